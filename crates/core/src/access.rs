@@ -1,0 +1,208 @@
+//! Who may do what. Pure checks over a [`Principal`]; the server resolves the
+//! principal from an API key or a JWT and asks here before touching the store.
+
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Patient,
+    Clinician,
+    Agent,
+    Admin,
+    /// Reads the audit log; sees no PHI.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Patient => "patient",
+            Role::Clinician => "clinician",
+            Role::Agent => "agent",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+        }
+    }
+    pub fn is_staff(self) -> bool {
+        matches!(self, Role::Clinician | Role::Agent | Role::Admin)
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "patient" => Ok(Role::Patient),
+            "clinician" => Ok(Role::Clinician),
+            "agent" => Ok(Role::Agent),
+            "admin" => Ok(Role::Admin),
+            "auditor" => Ok(Role::Auditor),
+            other => Err(format!(
+                "unknown role `{other}`; expected patient, clinician, agent, admin or auditor"
+            )),
+        }
+    }
+}
+
+/// Which conversations and rooms a token may touch. `"*"` means all of the tenant's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Grants {
+    #[serde(default)]
+    pub conversations: Vec<String>,
+    #[serde(default)]
+    pub rooms: Vec<String>,
+}
+
+impl Grants {
+    pub fn all() -> Self {
+        Grants {
+            conversations: vec!["*".into()],
+            rooms: vec!["*".into()],
+        }
+    }
+    pub fn allows_conversation(&self, id: &str) -> bool {
+        self.conversations.iter().any(|g| g == "*" || g == id)
+    }
+    pub fn allows_all_conversations(&self) -> bool {
+        self.conversations.iter().any(|g| g == "*")
+    }
+    pub fn allows_room(&self, id: &str) -> bool {
+        self.rooms.iter().any(|g| g == "*" || g == id)
+    }
+}
+
+/// The authenticated caller of one request; always bound to exactly one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A tenant API key: the customer's backend, trusted with the whole tenant.
+    ApiKey { tenant_id: String, key_id: String },
+    /// A JWT access token minted through `POST /v1/tokens`.
+    Token {
+        tenant_id: String,
+        identity: String,
+        role: Role,
+        grants: Grants,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ManageTenant,
+    MintTokens,
+    ReadContacts,
+    WriteContacts,
+    ManageStaff,
+    ListConversations,
+    ReadConversation,
+    WriteConversation,
+    ChangeConversationState,
+    ReadTimeline,
+    AppendEvent,
+    ReadContext,
+    ReadAudit,
+    ManageWebhooks,
+}
+
+impl Principal {
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            Principal::ApiKey { tenant_id, .. } | Principal::Token { tenant_id, .. } => tenant_id,
+        }
+    }
+
+    /// How this principal appears in the audit log.
+    pub fn audit_actor(&self) -> String {
+        match self {
+            Principal::ApiKey { key_id, .. } => format!("api_key:{key_id}"),
+            Principal::Token { identity, role, .. } => format!("{}:{identity}", role.as_str()),
+        }
+    }
+
+    /// May this principal do `perm` at all (before looking at a specific object)?
+    pub fn may(&self, perm: Permission) -> bool {
+        use Permission::*;
+        let role = match self {
+            Principal::ApiKey { .. } => return true,
+            Principal::Token { role, .. } => *role,
+        };
+        match role {
+            Role::Admin => true,
+            Role::Auditor => matches!(perm, ReadAudit),
+            Role::Clinician | Role::Agent => !matches!(
+                perm,
+                ManageTenant | MintTokens | ReadAudit | ManageWebhooks | ManageStaff
+            ),
+            Role::Patient => matches!(perm, ReadConversation | ReadTimeline | AppendEvent),
+        }
+    }
+
+    /// May this principal touch this particular conversation?
+    pub fn may_access_conversation(&self, conversation_id: &str) -> bool {
+        match self {
+            Principal::ApiKey { .. } => true,
+            Principal::Token {
+                role: Role::Admin, ..
+            } => true,
+            Principal::Token { grants, .. } => grants.allows_conversation(conversation_id),
+        }
+    }
+
+    /// Whether list endpoints may show every conversation (otherwise only granted ones).
+    pub fn sees_all_conversations(&self) -> bool {
+        match self {
+            Principal::ApiKey { .. } => true,
+            Principal::Token {
+                role: Role::Admin, ..
+            } => true,
+            Principal::Token { grants, .. } => grants.allows_all_conversations(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(role: Role, convs: &[&str]) -> Principal {
+        Principal::Token {
+            tenant_id: "t".into(),
+            identity: "u".into(),
+            role,
+            grants: Grants {
+                conversations: convs.iter().map(|s| s.to_string()).collect(),
+                rooms: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn auditors_see_the_log_and_no_phi() {
+        let a = token(Role::Auditor, &["*"]);
+        assert!(a.may(Permission::ReadAudit));
+        assert!(!a.may(Permission::ReadTimeline));
+        assert!(!a.may(Permission::ReadContacts));
+    }
+
+    #[test]
+    fn patients_only_reach_granted_conversations() {
+        let p = token(Role::Patient, &["c1"]);
+        assert!(p.may(Permission::AppendEvent));
+        assert!(!p.may(Permission::ReadContext));
+        assert!(!p.may(Permission::ListConversations));
+        assert!(p.may_access_conversation("c1"));
+        assert!(!p.may_access_conversation("c2"));
+    }
+
+    #[test]
+    fn clinicians_cannot_mint_tokens_or_read_audit() {
+        let c = token(Role::Clinician, &["*"]);
+        assert!(c.may(Permission::ReadContext));
+        assert!(!c.may(Permission::MintTokens));
+        assert!(!c.may(Permission::ReadAudit));
+        assert!(c.may_access_conversation("anything"));
+    }
+}

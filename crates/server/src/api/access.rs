@@ -1,0 +1,195 @@
+//! Tokens, API keys and staff: how a tenant lets people in.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use continuum_core::{Grants, Permission, Role};
+use continuum_store::{ApiKeyInfo, Staff, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MintTokenRequest {
+    /// Who the token is for: a staff id, your app's user id, a patient's contact id.
+    pub identity: String,
+    pub role: Role,
+    /// Conversations and rooms the token may touch (`"*"` = all; not allowed for patients).
+    #[serde(default)]
+    pub grants: Grants,
+    /// Lifetime; defaults to `security.token_default_ttl_secs`, at most `token_max_ttl_secs`.
+    pub ttl_seconds: Option<u64>,
+    /// Display name shown to other participants.
+    pub name: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MintTokenResponse {
+    pub token: String,
+    pub expires_at: Timestamp,
+    pub identity: String,
+    pub role: Role,
+    pub grants: Grants,
+}
+
+/// Mint a short-lived access token for a clinician, agent, patient, admin or auditor.
+#[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = MintTokenRequest,
+    responses((status = 201, body = MintTokenResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn mint_token(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<MintTokenRequest>,
+) -> ApiResult<(StatusCode, Json<MintTokenResponse>)> {
+    s.require(&p, Permission::MintTokens, "tokens").await?;
+    if req.identity.is_empty() || req.identity.len() > 128 {
+        return Err(ApiError::invalid("identity must be 1..=128 characters"));
+    }
+    if req.role == Role::Patient
+        && (req.grants.allows_all_conversations() || req.grants.rooms.iter().any(|r| r == "*"))
+    {
+        return Err(ApiError::invalid(
+            "patient tokens must name their conversations and rooms; `*` is refused",
+        ));
+    }
+    let sec = &s.config.security;
+    let ttl = req.ttl_seconds.unwrap_or(sec.token_default_ttl_secs);
+    if ttl == 0 || ttl > sec.token_max_ttl_secs {
+        return Err(ApiError::invalid(format!(
+            "ttl_seconds must be 1..={} (security.token_max_ttl_secs)",
+            sec.token_max_ttl_secs
+        )));
+    }
+    let (token, exp) = s.tokens.mint(
+        p.tenant_id(),
+        &req.identity,
+        req.role,
+        req.grants.clone(),
+        req.name,
+        Duration::from_secs(ttl),
+    );
+    let entry = continuum_store::AuditEntry::new(
+        p.audit_actor(),
+        "token.mint",
+        format!("identity/{}", req.identity),
+        continuum_store::Outcome::Ok,
+    )
+    .with_detail(serde_json::json!({ "role": req.role, "ttl_seconds": ttl }));
+    s.store.audit(p.tenant_id(), entry).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(MintTokenResponse {
+            token,
+            expires_at: Timestamp(exp as i64 * 1_000_000),
+            identity: req.identity,
+            role: req.role,
+            grants: req.grants,
+        }),
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+    /// The key itself. Shown once; only its hash is stored.
+    pub key: String,
+}
+
+/// Create an API key for server-to-server calls.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "access", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKey), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_key(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<CreateKeyRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
+    s.require(&p, Permission::ManageTenant, "api_keys").await?;
+    if req.name.is_empty() || req.name.len() > 100 {
+        return Err(ApiError::invalid("name must be 1..=100 characters"));
+    }
+    let (info, key) = s
+        .store
+        .create_api_key(p.tenant_id(), &req.name, &p.audit_actor())
+        .await?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { info, key })))
+}
+
+/// List the tenant's API keys (never the secrets).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "access",
+    responses((status = 200, body = Vec<ApiKeyInfo>)), security(("bearer" = [])))]
+pub async fn list_keys(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
+    s.require(&p, Permission::ManageTenant, "api_keys").await?;
+    Ok(Json(s.store.list_api_keys(p.tenant_id()).await?))
+}
+
+/// Revoke an API key; it stops working immediately on this node.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "access",
+    params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn revoke_key(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.require(&p, Permission::ManageTenant, "api_keys").await?;
+    s.store
+        .revoke_api_key(p.tenant_id(), &id, &p.audit_actor())
+        .await?;
+    s.keys.forget_key_id(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStaffRequest {
+    pub display_name: String,
+    pub role: Role,
+    pub email: Option<String>,
+}
+
+/// Add a clinician, agent, admin or auditor.
+#[utoipa::path(post, path = "/v1/staff", tag = "access", request_body = CreateStaffRequest,
+    responses((status = 201, body = Staff), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_staff(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<CreateStaffRequest>,
+) -> ApiResult<(StatusCode, Json<Staff>)> {
+    s.require(&p, Permission::ManageStaff, "staff").await?;
+    if req.role == Role::Patient {
+        return Err(ApiError::invalid(
+            "staff role must be clinician, agent, admin or auditor",
+        ));
+    }
+    let staff = s
+        .store
+        .create_staff(
+            p.tenant_id(),
+            req.role,
+            &req.display_name,
+            req.email,
+            &p.audit_actor(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(staff)))
+}
+
+/// List staff.
+#[utoipa::path(get, path = "/v1/staff", tag = "access", responses((status = 200, body = Vec<Staff>)), security(("bearer" = [])))]
+pub async fn list_staff(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<Staff>>> {
+    s.require(&p, Permission::ManageStaff, "staff").await?;
+    Ok(Json(s.store.list_staff(p.tenant_id()).await?))
+}

@@ -1,0 +1,126 @@
+//! Patients and the channel bindings that find them.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use continuum_core::{BindingKind, Permission};
+use continuum_store::{Contact, ContactInput, ContactList};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+/// Create a patient, optionally with phone, WhatsApp and app-user bindings.
+#[utoipa::path(post, path = "/v1/contacts", tag = "contacts", request_body = ContactInput,
+    responses((status = 201, body = Contact), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(input): Json<ContactInput>,
+) -> ApiResult<(StatusCode, Json<Contact>)> {
+    s.require(&p, Permission::WriteContacts, "contacts").await?;
+    let c = s
+        .store
+        .create_contact(p.tenant_id(), input, &p.audit_actor())
+        .await?;
+    Ok((StatusCode::CREATED, Json(c)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ContactQuery {
+    /// Find the contact bound to this phone number (E.164).
+    pub phone: Option<String>,
+    /// Find the contact bound to this WhatsApp id.
+    pub whatsapp: Option<String>,
+    /// Find the contact bound to this app user id.
+    pub app_user_id: Option<String>,
+    pub cursor: Option<String>,
+    /// 1..=200, default 50.
+    pub limit: Option<usize>,
+}
+
+/// List patients, or look one up by a binding (`?phone=+14155552671`).
+#[utoipa::path(get, path = "/v1/contacts", tag = "contacts", params(ContactQuery),
+    responses((status = 200, body = ContactList), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn list(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<ContactQuery>,
+) -> ApiResult<Json<ContactList>> {
+    s.require(&p, Permission::ReadContacts, "contacts").await?;
+    let lookup = [
+        (BindingKind::Phone, q.phone),
+        (BindingKind::Whatsapp, q.whatsapp),
+        (BindingKind::AppUserId, q.app_user_id),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k, v)))
+    .collect::<Vec<_>>();
+    if lookup.len() > 1 {
+        return Err(ApiError::invalid("look up by one binding at a time"));
+    }
+    if let Some((kind, value)) = lookup.into_iter().next() {
+        // A lookup answers with a list of zero or one, so "no match" is not an error.
+        return match s
+            .store
+            .find_contact_by_binding(p.tenant_id(), kind, &value, &p.audit_actor())
+            .await
+        {
+            Ok(c) => Ok(Json(ContactList {
+                contacts: vec![c],
+                next_cursor: None,
+            })),
+            Err(continuum_store::StoreError::NotFound(_)) => Ok(Json(ContactList {
+                contacts: vec![],
+                next_cursor: None,
+            })),
+            Err(e) => Err(e.into()),
+        };
+    }
+    let limit = super::limit(q.limit, 50, 200)?;
+    Ok(Json(
+        s.store
+            .list_contacts(p.tenant_id(), q.cursor, limit, &p.audit_actor())
+            .await?,
+    ))
+}
+
+/// Get one patient.
+#[utoipa::path(get, path = "/v1/contacts/{id}", tag = "contacts", params(("id" = String, Path)),
+    responses((status = 200, body = Contact), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn get(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Contact>> {
+    s.require(&p, Permission::ReadContacts, &format!("contact/{id}"))
+        .await?;
+    Ok(Json(
+        s.store
+            .get_contact(p.tenant_id(), &id, &p.audit_actor())
+            .await?,
+    ))
+}
+
+/// Change a patient. Absent fields stay; an empty string removes a binding.
+#[utoipa::path(patch, path = "/v1/contacts/{id}", tag = "contacts", params(("id" = String, Path)), request_body = ContactInput,
+    responses((status = 200, body = Contact), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn update(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(input): Json<ContactInput>,
+) -> ApiResult<Json<Contact>> {
+    let object = format!("contact/{id}");
+    s.require(&p, Permission::WriteContacts, &object).await?;
+    match s
+        .store
+        .update_contact(p.tenant_id(), &id, input, &p.audit_actor())
+        .await
+    {
+        Ok(c) => Ok(Json(c)),
+        Err(e) => Err(s.audit_failure(&p, "contact.update", &object, e).await),
+    }
+}

@@ -1,0 +1,88 @@
+//! The REST API under `/v1`, with its OpenAPI document generated from the
+//! handlers' annotations.
+
+pub mod access;
+pub mod audit;
+pub mod contacts;
+pub mod conversations;
+pub mod timeline;
+pub mod webhooks;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Continuum API", description = "Self-hosted real-time patient communication: one continuous, encrypted, audited conversation per patient across every channel."),
+    modifiers(&BearerAuth),
+    components(schemas(crate::error::ErrorBody)),
+    tags(
+        (name = "access", description = "Access tokens, API keys, staff"),
+        (name = "contacts", description = "Patients and their channel bindings"),
+        (name = "conversations", description = "Conversations and their lifecycle"),
+        (name = "timeline", description = "Events from every channel, live streams and the context snapshot"),
+        (name = "audit", description = "The tamper-evident audit chain"),
+        (name = "webhooks", description = "Signed outbound webhooks"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A tenant API key (`ck_...`) or an access token from POST /v1/tokens",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The API routes and the OpenAPI document describing them.
+pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(access::mint_token))
+        .routes(routes!(access::create_key, access::list_keys))
+        .routes(routes!(access::revoke_key))
+        .routes(routes!(access::create_staff, access::list_staff))
+        .routes(routes!(contacts::create, contacts::list))
+        .routes(routes!(contacts::get, contacts::update))
+        .routes(routes!(conversations::create, conversations::list))
+        .routes(routes!(conversations::get))
+        .routes(routes!(conversations::enqueue))
+        .routes(routes!(conversations::assign))
+        .routes(routes!(conversations::close))
+        .routes(routes!(conversations::reopen))
+        .routes(routes!(timeline::append, timeline::page))
+        .routes(routes!(timeline::stream))
+        .routes(routes!(timeline::context))
+        .routes(routes!(audit::list))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::delete))
+        .routes(routes!(webhooks::deliveries))
+        .split_for_parts()
+}
+
+/// Validates a `limit` query parameter.
+pub(crate) fn limit(asked: Option<usize>, default: usize, max: usize) -> ApiResult<usize> {
+    match asked {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::invalid(format!(
+            "limit {n} is out of range 1..={max}"
+        ))),
+    }
+}

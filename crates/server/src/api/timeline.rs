@@ -1,0 +1,319 @@
+//! The timeline: append, page, stream live, and the context snapshot.
+
+use super::conversations::principal_actor;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use continuum_core::{Actor, Channel, EventKind, NewEvent, Permission, Principal, Role};
+use continuum_store::{Context, Event};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppendEventRequest {
+    pub channel: Channel,
+    pub kind: EventKind,
+    /// Who caused it. API-key callers say who (default `system`); token holders
+    /// are the actor themselves and may omit it.
+    pub actor: Option<Actor>,
+    /// Message text or other free text; sealed at rest.
+    pub body: Option<String>,
+    /// Structured details (session ids, delivery status, triage level…); sealed at rest.
+    #[serde(default)]
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    /// Retrying with the same key returns the original event instead of a duplicate.
+    /// The `Idempotency-Key` header works too.
+    pub idempotency_key: Option<String>,
+}
+
+/// Kinds a patient may write about themselves.
+fn patient_may_write(kind: EventKind) -> bool {
+    use EventKind::*;
+    matches!(
+        kind,
+        Message | Attachment | CallbackRequested | ConsentGranted | ConsentRevoked | OptOut | OptIn
+    )
+}
+
+/// What a reader may see: patients never see internal notes.
+fn visible_to(p: &Principal, e: &Event) -> bool {
+    !(matches!(
+        p,
+        Principal::Token {
+            role: Role::Patient,
+            ..
+        }
+    ) && e.kind == EventKind::Note)
+}
+
+fn resolve_actor(p: &Principal, requested: Option<Actor>, kind: EventKind) -> ApiResult<Actor> {
+    match p {
+        Principal::ApiKey { .. } => Ok(requested.unwrap_or_else(Actor::system)),
+        Principal::Token { role, .. } => {
+            let me = principal_actor(p);
+            if let Some(r) = requested
+                && r != me
+            {
+                return Err(ApiError::invalid(format!(
+                    "actor is taken from your access token ({}:{}); omit it",
+                    me.actor_type.as_str(),
+                    me.id.as_deref().unwrap_or("")
+                )));
+            }
+            if *role == Role::Patient && !patient_may_write(kind) {
+                return Err(ApiError::forbidden(format!(
+                    "patients may not append `{kind}` events"
+                )));
+            }
+            Ok(me)
+        }
+    }
+}
+
+/// Append an event to the conversation's timeline (any channel).
+#[utoipa::path(post, path = "/v1/conversations/{id}/events", tag = "timeline", params(("id" = String, Path)), request_body = AppendEventRequest,
+    responses(
+        (status = 201, body = Event, description = "appended"),
+        (status = 200, body = Event, description = "the idempotency key matched an earlier append; that event is returned"),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn append(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<AppendEventRequest>,
+) -> ApiResult<(StatusCode, Json<Event>)> {
+    let object = format!("conversation/{id}");
+    s.require(&p, Permission::AppendEvent, &object).await?;
+    s.require_conversation(&p, &id).await?;
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let idempotency_key = match (req.idempotency_key, header_key) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::invalid(
+                "idempotency_key and the Idempotency-Key header differ",
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    let actor = resolve_actor(&p, req.actor, req.kind)?;
+    let ev = NewEvent {
+        channel: req.channel,
+        kind: req.kind,
+        actor,
+        body: req.body,
+        meta: req.meta,
+        idempotency_key,
+    };
+    match s
+        .store
+        .append_event(p.tenant_id(), &id, ev, &p.audit_actor())
+        .await
+    {
+        Ok(a) => Ok((
+            if a.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
+            Json(a.event),
+        )),
+        Err(e) => Err(s.audit_failure(&p, "event.append", &object, e).await),
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Return events with `seq` greater than this (default 0: from the start).
+    pub after: Option<i64>,
+    /// 1..=500, default 50.
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Pass as `after` for the next page; absent when this page reached the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
+}
+
+/// Page through the timeline in `seq` order.
+#[utoipa::path(get, path = "/v1/conversations/{id}/events", tag = "timeline", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = EventPage), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn page(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<EventPage>> {
+    s.require(&p, Permission::ReadTimeline, &format!("conversation/{id}"))
+        .await?;
+    s.require_conversation(&p, &id).await?;
+    let limit = super::limit(q.limit, 50, 500)?;
+    let after = q.after.unwrap_or(0).max(0);
+    let mut events = s
+        .store
+        .list_events(p.tenant_id(), &id, after, limit, &p.audit_actor())
+        .await?;
+    let next_after = (events.len() == limit)
+        .then(|| events.last().map(|e| e.seq))
+        .flatten();
+    events.retain(|e| visible_to(&p, e));
+    Ok(Json(EventPage { events, next_after }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct StreamQuery {
+    /// Resume after this `seq` (the `Last-Event-ID` header does the same).
+    pub after: Option<i64>,
+    /// For clients that cannot set headers (EventSource).
+    #[allow(dead_code)]
+    pub access_token: Option<String>,
+}
+
+/// Server-sent events: every new timeline event as it is committed, after
+/// replaying those since `after`. Event ids are `seq`s, so a reconnecting
+/// EventSource resumes exactly where it left off, with no gaps or repeats.
+#[utoipa::path(get, path = "/v1/conversations/{id}/events/stream", tag = "timeline", params(("id" = String, Path), StreamQuery),
+    responses((status = 200, content_type = "text/event-stream", description = "`event: timeline`, `id: <seq>`, `data: <Event JSON>`"), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn stream(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    s.require(&p, Permission::ReadTimeline, &format!("conversation/{id}"))
+        .await?;
+    s.require_conversation(&p, &id).await?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let after = last_event_id.or(q.after).unwrap_or(0).max(0);
+    s.store
+        .open_stream(p.tenant_id(), &id, after, &p.audit_actor())
+        .await?;
+
+    // Subscribe before reading the backlog so nothing committed in between is missed.
+    let mut live = s.store.subscribe();
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
+    let tenant = p.tenant_id().to_owned();
+    tokio::spawn(async move {
+        let mut last = after;
+        let send = |e: &Event| {
+            SseEvent::default()
+                .id(e.seq.to_string())
+                .event("timeline")
+                .json_data(e)
+                .ok()
+        };
+        // Replays from the store everything after `last`.
+        macro_rules! catch_up {
+            () => {
+                loop {
+                    let page = match s.store.stream_page(&tenant, &id, last, 500).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live stream could not read the timeline");
+                            return;
+                        }
+                    };
+                    let n = page.len();
+                    for e in page {
+                        last = e.seq;
+                        if visible_to(&p, &e)
+                            && let Some(ev) = send(&e)
+                            && tx.send(ev).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    if n < 500 {
+                        break;
+                    }
+                }
+            };
+        }
+        catch_up!();
+        loop {
+            let got = tokio::select! {
+                _ = tx.closed() => return,
+                got = live.recv() => got,
+            };
+            match got {
+                Ok(e) if e.tenant_id == tenant && e.conversation_id == id => {
+                    if e.seq <= last {
+                        continue;
+                    }
+                    if e.seq > last + 1 {
+                        catch_up!();
+                        continue;
+                    }
+                    last = e.seq;
+                    if visible_to(&p, &e)
+                        && let Some(ev) = send(&e)
+                        && tx.send(ev).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => catch_up!(),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let stream = futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ContextQuery {
+    /// How many recent events to include (default `context.recent_events`).
+    pub events: Option<usize>,
+}
+
+/// Everything the next clinician or agent needs: patient, state, pending items,
+/// open calls, last triage, the last N events across every channel.
+#[utoipa::path(get, path = "/v1/conversations/{id}/context", tag = "timeline", params(("id" = String, Path), ContextQuery),
+    responses((status = 200, body = Context), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn context(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Query(q): Query<ContextQuery>,
+) -> ApiResult<Json<Context>> {
+    s.require(&p, Permission::ReadContext, &format!("conversation/{id}"))
+        .await?;
+    s.require_conversation(&p, &id).await?;
+    let cfg = &s.config.context;
+    let n = q.events.unwrap_or(cfg.recent_events);
+    if n > cfg.max_recent_events {
+        return Err(ApiError::invalid(format!(
+            "events must be at most {} (context.max_recent_events)",
+            cfg.max_recent_events
+        )));
+    }
+    Ok(Json(
+        s.store
+            .context(p.tenant_id(), &id, n, &p.audit_actor())
+            .await?,
+    ))
+}

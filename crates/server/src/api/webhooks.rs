@@ -1,0 +1,94 @@
+//! Webhook endpoints and their delivery log.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use continuum_core::Permission;
+use continuum_store::{Delivery, Webhook};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    /// http(s) URL. Private and loopback targets are refused unless
+    /// `webhooks.allow_private_targets` is set.
+    pub url: String,
+    /// `event.created`, `conversation.created`, `conversation.updated`, or `*` (default).
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// HMAC-SHA256 signing secret. Shown once. Verify `Continuum-Signature:
+    /// t=<unix>,v1=<hex(HMAC(secret, "<t>.<body>"))>` on every delivery.
+    pub secret: String,
+}
+
+/// Register a webhook endpoint.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
+    responses((status = 201, body = CreatedWebhook), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<CreateWebhookRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedWebhook>)> {
+    s.require(&p, Permission::ManageWebhooks, "webhooks")
+        .await?;
+    crate::dispatch::check_target(&req.url, s.config.webhooks.allow_private_targets)
+        .await
+        .map_err(ApiError::invalid)?;
+    let (webhook, secret) = s
+        .store
+        .create_webhook(p.tenant_id(), &req.url, req.event_types, &p.audit_actor())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook { webhook, secret }),
+    ))
+}
+
+/// List webhook endpoints.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, body = Vec<Webhook>)), security(("bearer" = [])))]
+pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<Webhook>>> {
+    s.require(&p, Permission::ManageWebhooks, "webhooks")
+        .await?;
+    Ok(Json(s.store.list_webhooks(p.tenant_id()).await?))
+}
+
+/// Remove a webhook endpoint; its pending deliveries are cancelled.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn delete(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.require(&p, Permission::ManageWebhooks, "webhooks")
+        .await?;
+    s.store
+        .delete_webhook(p.tenant_id(), &id, &p.audit_actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The most recent delivery attempts to this endpoint.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<Delivery>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn deliveries(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Delivery>>> {
+    s.require(&p, Permission::ManageWebhooks, "webhooks")
+        .await?;
+    Ok(Json(
+        s.store.list_deliveries(p.tenant_id(), &id, 100).await?,
+    ))
+}

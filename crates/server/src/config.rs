@@ -1,0 +1,264 @@
+//! Configuration: embedded defaults, then an optional TOML file, then
+//! `CONTINUUM_<SECTION>__<KEY>` environment variables, then CLI flags.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub security: SecurityConfig,
+    pub context: ContextConfig,
+    pub webhooks: WebhookConfig,
+    pub log: LogConfig,
+    pub dev: DevConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub region: String,
+    pub metrics_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    pub master_key: Option<String>,
+    pub token_default_ttl_secs: u64,
+    pub token_max_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContextConfig {
+    pub recent_events: usize,
+    pub max_recent_events: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub allow_private_targets: bool,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+    pub timeout_secs: u64,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: String,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    pub bootstrap_tenant: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 7400).into(),
+            data_dir: PathBuf::from("./continuum-data"),
+            tls_cert: None,
+            tls_key: None,
+            max_body_bytes: 256 * 1024,
+            region: "local".into(),
+            metrics_token: None,
+        }
+    }
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            master_key: None,
+            token_default_ttl_secs: 900,
+            token_max_ttl_secs: 3600,
+        }
+    }
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            recent_events: 20,
+            max_recent_events: 200,
+        }
+    }
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            allow_private_targets: false,
+            max_attempts: 15,
+            backoff_base_ms: 1000,
+            backoff_max_secs: 3600,
+            timeout_secs: 10,
+            concurrency: 16,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            bootstrap_tenant: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}\n  (run `continuum config example` for a documented file)")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+impl Config {
+    /// Defaults ← `file` ← `CONTINUUM_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Missing(f.to_owned()));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // Only section-qualified names: CONTINUUM_KEY and friends are for clients, not us.
+        fig = fig.merge(
+            Env::prefixed("CONTINUUM_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "server.tls_cert and server.tls_key must be set together".into(),
+            ));
+        }
+        if self.security.token_default_ttl_secs > self.security.token_max_ttl_secs {
+            return Err(ConfigError::Inconsistent(
+                "security.token_default_ttl_secs must not exceed security.token_max_ttl_secs"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A documented configuration file with every default.
+pub const EXAMPLE: &str = r#"# Continuum configuration. Every key is optional; shown values are the defaults.
+# Any key can also be set from the environment: CONTINUUM_<SECTION>__<KEY>,
+# e.g. CONTINUUM_SERVER__LISTEN=0.0.0.0:7400 or CONTINUUM_SECURITY__MASTER_KEY=...
+
+[server]
+# HTTP (and WebSocket) listen address.
+listen = "127.0.0.1:7400"
+# SQLite database, dev master key and other state live here.
+data_dir = "./continuum-data"
+# Serve HTTPS with these PEM files (browsers need a secure context for cameras
+# anywhere but localhost). Both or neither.
+# tls_cert = "/etc/continuum/cert.pem"
+# tls_key = "/etc/continuum/key.pem"
+# Largest accepted request body; bigger requests get 413.
+max_body_bytes = 262144
+# This node's region tag (data residency, TURN/media node choice).
+region = "local"
+# If set, GET /metrics requires `Authorization: Bearer <metrics_token>`.
+# metrics_token = "..."
+
+[security]
+# 32-byte master key (64 hex chars or base64) that wraps every tenant's data
+# key. Unset: a key is generated into <data_dir>/master.key (mode 0600) — fine
+# for development, but in production keep it in a secret manager and set
+# CONTINUUM_SECURITY__MASTER_KEY. Losing it makes all PHI unreadable.
+# master_key = "..."
+# Lifetime of access tokens minted by POST /v1/tokens when none is asked for,
+# and the most a caller may ask for.
+token_default_ttl_secs = 900
+token_max_ttl_secs = 3600
+
+[context]
+# How many recent events the context snapshot returns by default (?events=N
+# overrides, up to max_recent_events).
+recent_events = 20
+max_recent_events = 200
+
+[webhooks]
+# Refuse webhook URLs that resolve to private, loopback, link-local and other
+# special-purpose addresses (SSRF protection). Set true only for testing.
+allow_private_targets = false
+# Attempts before a delivery is declared dead; retries back off exponentially
+# from backoff_base_ms up to backoff_max_secs, with jitter.
+max_attempts = 15
+backoff_base_ms = 1000
+backoff_max_secs = 3600
+timeout_secs = 10
+concurrency = 16
+
+[log]
+# "text" or "json".
+format = "text"
+# tracing filter, e.g. "info" or "continuum_server=debug,info".
+level = "info"
+
+[dev]
+# On first start with an empty database, create a `dev` tenant and print its API key.
+bootstrap_tenant = true
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_to_the_defaults() {
+        let from_example: Config = toml::from_str(EXAMPLE).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&from_example).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<Config>("[server]\nlisten_port = 1\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"));
+    }
+}

@@ -1,0 +1,17 @@
+//! The Continuum server: HTTP API, authentication, live streams, webhooks and
+//! the wiring that turns the store and domain crates into one service.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod serve;
+pub mod state;
+pub mod telemetry;
+
+pub use config::Config;
+pub use state::AppState;

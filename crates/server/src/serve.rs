@@ -1,0 +1,187 @@
+//! `continuum serve`: open the store, bootstrap a dev tenant on first start,
+//! serve HTTP(S), deliver webhooks, and shut down without losing acknowledged
+//! writes.
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::state::AppState;
+use crate::{app, telemetry};
+use anyhow::{Context as _, bail};
+use continuum_store::{SecretKey, Store, StoreOptions, database_path};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use tokio::sync::watch;
+
+const MASTER_KEY_FILE: &str = "master.key";
+
+/// The master key: from config/env, else `<data_dir>/master.key` (created
+/// with mode 0600 on first start of an empty data dir).
+pub fn load_master_key(cfg: &Config) -> anyhow::Result<SecretKey> {
+    if let Some(k) = &cfg.security.master_key {
+        return SecretKey::parse(k).context("security.master_key (CONTINUUM_SECURITY__MASTER_KEY)");
+    }
+    let dir = &cfg.server.data_dir;
+    let path = dir.join(MASTER_KEY_FILE);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return SecretKey::parse(&text)
+            .with_context(|| format!("{} is not a valid master key", path.display()));
+    }
+    if database_path(dir).exists() {
+        bail!(
+            "{} exists but there is no master key: set security.master_key (CONTINUUM_SECURITY__MASTER_KEY) \
+             or restore {}; without it the stored PHI cannot be read",
+            database_path(dir).display(),
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    let key = SecretKey::generate();
+    write_secret_file(&path, &key.to_hex())?;
+    tracing::warn!(path = %path.display(), "generated a development master key; in production set CONTINUUM_SECURITY__MASTER_KEY from a secret manager");
+    Ok(key)
+}
+
+fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    }
+    .with_context(|| format!("creating {}", path.display()))?;
+    #[cfg(not(unix))]
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Opens the store described by `cfg`.
+pub fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let master = load_master_key(cfg)?;
+    Store::open(&cfg.server.data_dir, master, StoreOptions::default())
+        .with_context(|| format!("opening the database in {}", cfg.server.data_dir.display()))
+}
+
+/// On an empty database, creates the `dev` tenant and prints its API key once.
+async fn bootstrap(store: &Store, cfg: &Config) -> anyhow::Result<()> {
+    if !cfg.dev.bootstrap_tenant || !store.list_tenants().await?.is_empty() {
+        return Ok(());
+    }
+    let tenant = store
+        .create_tenant("dev", &cfg.server.region, "system:bootstrap")
+        .await?;
+    let (_, key) = store
+        .create_api_key(&tenant.id, "dev", "system:bootstrap")
+        .await?;
+    println!();
+    println!(
+        "  Created tenant `dev` ({}). Its API key, shown only this once:",
+        tenant.id
+    );
+    println!();
+    println!("    export CONTINUUM_KEY={key}");
+    println!();
+    println!("  More keys: `continuum key create --tenant dev`.");
+    println!();
+    Ok(())
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let store = open_store(&cfg)?;
+    bootstrap(&store, &cfg).await?;
+    let metrics = telemetry::install_metrics();
+    let state = AppState::new(store.clone(), cfg.clone(), metrics);
+    let router = app::build(state.clone());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatcher =
+        tokio::spawn(Dispatcher::new(store.clone(), cfg.webhooks.clone()).run(stop_rx));
+
+    let addr = cfg.server.listen;
+    let scheme = if cfg.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let served = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => {
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                h.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
+            });
+            let server = axum_server::bind_rustls(addr, tls).handle(handle.clone());
+            state.ready.store(true, Ordering::Relaxed);
+            announce(scheme, addr);
+            server
+                .serve(router.into_make_service())
+                .await
+                .with_context(|| format!("serving HTTPS on {addr}"))
+        }
+        _ => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr}: is another server using it? Pick another with --listen or CONTINUUM_SERVER__LISTEN")
+            })?;
+            state.ready.store(true, Ordering::Relaxed);
+            announce(scheme, listener.local_addr().unwrap_or(addr));
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context("serving HTTP")
+        }
+    };
+    state.ready.store(false, Ordering::Relaxed);
+    tracing::info!("shutting down: finishing queued writes");
+    let _ = stop_tx.send(true);
+    let _ = dispatcher.await;
+    // In-flight requests have finished; let the writer commit what is queued.
+    tokio::task::spawn_blocking(move || store.shutdown()).await?;
+    tracing::info!("stopped");
+    served
+}
+
+fn announce(scheme: &str, addr: std::net::SocketAddr) {
+    println!(
+        "Continuum listening on {scheme}://{addr}  (API docs: {scheme}://{addr}/v1/openapi.json)"
+    );
+    tracing::info!(%addr, "listening");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,31 @@
+use crate::auth::{KeyCache, TokenIssuer};
+use crate::config::Config;
+use continuum_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Everything a request handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub tokens: Arc<TokenIssuer>,
+    pub keys: Arc<KeyCache>,
+    pub config: Arc<Config>,
+    pub metrics: Option<PrometheusHandle>,
+    /// False while starting and once shutdown begins (`/readyz` answers 503).
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: Config, metrics: Option<PrometheusHandle>) -> Self {
+        AppState {
+            tokens: Arc::new(TokenIssuer::new(store.master_key())),
+            keys: Arc::new(KeyCache::new(std::time::Duration::from_secs(30))),
+            store,
+            config: Arc::new(config),
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+use continuum_core::{BindingError, EventValidationError, TransitionError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Also what another tenant's objects look like: existence is never leaked.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    InvalidTransition(#[from] TransitionError),
+    #[error(transparent)]
+    InvalidEvent(#[from] EventValidationError),
+    #[error(transparent)]
+    InvalidBinding(#[from] BindingError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("stored data failed authentication: {0}")]
+    Integrity(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("the write could not be committed: {0}")]
+    Commit(String),
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<crate::crypto::CryptoError> for StoreError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        StoreError::Integrity(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,333 @@
+//! Continuum's persistence.
+//!
+//! SQLite in WAL mode with `synchronous=FULL`: an acknowledged write is on disk.
+//! All writes go through one group-committing writer thread ([`writer`]);
+//! reads use a small pool of read-only connections on tokio's blocking pool.
+//! PHI is sealed per tenant ([`crypto`]) and every PHI read and write lands in
+//! the tenant's MAC-chained audit log ([`audit`]) in the same transaction as the
+//! write itself, or before a read is returned.
+
+pub mod audit;
+pub mod crypto;
+mod error;
+mod pool;
+mod schema;
+mod writer;
+
+mod contacts;
+mod conversations;
+mod events;
+mod tenants;
+mod time_fmt;
+mod webhooks;
+
+pub use audit::{AuditEntry, AuditRecord, Outcome, Problem, SERVER_CHAIN, VerifyReport};
+pub use contacts::{Contact, ContactInput, ContactList};
+pub use conversations::{
+    Conversation, ConversationFilter, ConversationList, NewConversation, TransitionParams,
+};
+pub use crypto::{SecretKey, TenantKeys};
+pub use error::{Result, StoreError};
+pub use events::{Context, Event, MediaSession};
+pub use tenants::{ApiKeyInfo, Staff, Tenant};
+pub use time_fmt::Timestamp;
+pub use webhooks::{Delivery, DueDelivery, Webhook};
+pub use writer::WriteCtx;
+
+use parking_lot::RwLock;
+use pool::ReadPool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{Notify, broadcast, oneshot};
+use writer::{Completion, Job, Writer};
+
+pub(crate) fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Read connections kept open.
+    pub readers: usize,
+    /// Events kept for live subscribers that fall behind before they must re-read.
+    pub live_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            readers: 8,
+            live_buffer: 4096,
+        }
+    }
+}
+
+/// The database file inside a data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("continuum.db")
+}
+
+#[derive(Clone)]
+pub struct Store(Arc<Inner>);
+
+struct Inner {
+    writer: Writer,
+    readers: ReadPool,
+    master: SecretKey,
+    tenant_keys: RwLock<HashMap<String, Arc<TenantKeys>>>,
+    live: broadcast::Sender<Arc<Event>>,
+    outbox_ready: Arc<Notify>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir` and runs migrations.
+    pub fn open(data_dir: &Path, master: SecretKey, opts: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = database_path(data_dir);
+        let mut conn = rusqlite::Connection::open(&path)
+            .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        schema::configure(&conn, true)?;
+        schema::migrate(&mut conn)?;
+        let audit_key = master.derive("audit-chain");
+        let writer = Writer::start(conn, audit_key);
+        let readers = ReadPool::new(path, opts.readers.max(1));
+        let (live, _) = broadcast::channel(opts.live_buffer.max(16));
+        Ok(Store(Arc::new(Inner {
+            writer,
+            readers,
+            master,
+            tenant_keys: RwLock::new(HashMap::new()),
+            live,
+            outbox_ready: Arc::new(Notify::new()),
+        })))
+    }
+
+    /// Lets queued writes commit, then stops the writer. Later writes fail.
+    pub fn shutdown(&self) {
+        self.0.writer.shutdown();
+    }
+
+    /// Writes waiting for the writer thread.
+    pub fn write_queue_depth(&self) -> usize {
+        self.0.writer.queue_depth()
+    }
+
+    /// Every committed event, in commit order, for live streams. A receiver that
+    /// lags re-reads from the store; nothing is lost.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.0.live.subscribe()
+    }
+
+    /// Woken whenever a commit adds webhook deliveries.
+    pub fn outbox_ready(&self) -> Arc<Notify> {
+        self.0.outbox_ready.clone()
+    }
+
+    pub fn master_key(&self) -> &SecretKey {
+        &self.0.master
+    }
+
+    /// Runs `f` inside the writer's transaction and returns once it is committed.
+    pub(crate) async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+    {
+        self.write_then(f, |_| {}).await
+    }
+
+    /// Like [`Store::write`], and runs `after` on the writer thread right after
+    /// the commit, in commit order (used to publish events to live streams).
+    pub(crate) async fn write_then<T, F, A>(&self, f: F, after: A) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
+        A: FnOnce(&T) + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |ctx| {
+            let result = f(ctx);
+            let ok = result.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let outcome = commit.and(result);
+                if let Ok(v) = &outcome {
+                    after(v);
+                }
+                let _ = tx.send(outcome);
+            });
+            (ok, done)
+        });
+        self.0.writer.submit(job)?;
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Commit(
+                "the write was not committed (writer failure)".into(),
+            ))
+        })
+    }
+
+    /// Runs a read on a pooled read-only connection.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = store.0.readers.get()?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+
+    /// Synchronous read, for the CLI and verification.
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
+    ) -> Result<T> {
+        let conn = self.0.readers.get()?;
+        f(&conn)
+    }
+
+    /// Appends one audit record (used for denials and reads the server makes).
+    pub async fn audit(&self, tenant_id: &str, entry: AuditEntry) -> Result<i64> {
+        let tenant_id = tenant_id.to_owned();
+        self.write(move |ctx| ctx.audit(&tenant_id, &entry)).await
+    }
+
+    pub async fn list_audit(
+        &self,
+        tenant_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        let tenant_id = tenant_id.to_owned();
+        self.read(move |c| audit::list(c, &tenant_id, after, limit))
+            .await
+    }
+
+    /// The tenant's unwrapped keys (cached).
+    pub(crate) fn keys_for(
+        &self,
+        conn: &rusqlite::Connection,
+        tenant_id: &str,
+    ) -> Result<Arc<TenantKeys>> {
+        if let Some(k) = self.0.tenant_keys.read().get(tenant_id) {
+            return Ok(k.clone());
+        }
+        let wrapped: Vec<u8> = conn
+            .query_row(
+                "SELECT wrapped_key FROM tenants WHERE id = ?1",
+                [tenant_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("tenant"),
+                e => e.into(),
+            })?;
+        let data = self
+            .0
+            .master
+            .open(&wrapped, tenants::wrap_aad(tenant_id).as_bytes())
+            .map_err(|_| {
+                StoreError::Integrity(format!(
+                    "tenant {tenant_id}'s data key does not open with this master key (wrong CONTINUUM_SECURITY__MASTER_KEY or master.key file?)"
+                ))
+            })?;
+        let keys = Arc::new(TenantKeys::from_data_key(SecretKey::from_bytes(&data)?));
+        self.0
+            .tenant_keys
+            .write()
+            .insert(tenant_id.to_owned(), keys.clone());
+        Ok(keys)
+    }
+}
+
+impl Store {
+    /// A PHI read: runs `f`, then records it in the audit chain (committed)
+    /// before the caller may return anything. A missing object is recorded too.
+    pub(crate) async fn read_audited<T, F>(
+        &self,
+        tenant_id: &str,
+        entry: AuditEntry,
+        f: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+    {
+        let result = self.read(f).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(StoreError::NotFound(_)) => Outcome::NotFound,
+            Err(_) => return result,
+        };
+        self.audit(tenant_id, AuditEntry { outcome, ..entry })
+            .await?;
+        result
+    }
+}
+
+impl Store {
+    /// Verifies every audit chain, and every event against the audit record of
+    /// its append: reports the first broken link of each chain.
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let audit_key = self.0.master.derive("audit-chain");
+        self.read_blocking(|c| {
+            let mut report = VerifyReport::default();
+            for tenant in audit::tenants_with_chains(c)? {
+                let keys = if tenant == SERVER_CHAIN { None } else { Some(self.keys_for(c, &tenant)?) };
+                let mut appended = 0u64;
+                let (n, problem) = audit::verify_chain(c, &audit_key, &tenant, |rec| {
+                    if rec.action == "event.append" && rec.outcome == "ok" && !rec.detail.contains("duplicate_of") {
+                        appended += 1;
+                        let keys = keys.as_ref()?;
+                        return events::check_event_record(c, keys, &tenant, &rec.object, &rec.detail);
+                    }
+                    None
+                })?;
+                report.chains_checked += 1;
+                report.audit_records += n;
+                report.events_checked += appended;
+                if let Some(p) = problem {
+                    report.problems.push(p);
+                    continue;
+                }
+                // Every stored event must be covered by an append record, with no gaps.
+                let (stored, gaps): (i64, i64) = c.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN cnt != last_seq THEN 1 ELSE 0 END), 0) FROM (
+                        SELECT c.id, c.last_seq, (SELECT COUNT(*) FROM events e WHERE e.conversation_id = c.id) AS cnt
+                        FROM conversations c WHERE c.tenant_id = ?1)",
+                    [&tenant],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                let _ = stored;
+                let total_events: i64 = c.query_row("SELECT COUNT(*) FROM events WHERE tenant_id = ?1", [&tenant], |r| r.get(0))?;
+                if gaps > 0 {
+                    report.problems.push(Problem {
+                        tenant_id: tenant.clone(),
+                        location: "events".into(),
+                        reason: format!("{gaps} conversation(s) have a gap in their event sequence (events deleted)"),
+                    });
+                } else if total_events as u64 != appended {
+                    report.problems.push(Problem {
+                        tenant_id: tenant.clone(),
+                        location: "events".into(),
+                        reason: format!("{total_events} events stored but {appended} appends audited: events were inserted outside Continuum"),
+                    });
+                }
+            }
+            Ok(report)
+        })
+    }
+}

@@ -1,0 +1,167 @@
+//! Schema migrations, tracked with SQLite's `user_version`. Hand-rolled rather
+//! than a migration crate: it is a dozen lines, and the migration crates pin
+//! their own rusqlite version, which would fight ours.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation.
+    r#"
+    CREATE TABLE tenants (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        region TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        secret_hash BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+    CREATE TABLE staff (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        role TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX staff_tenant ON staff(tenant_id, id);
+    CREATE TABLE contacts (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX contacts_tenant ON contacts(tenant_id, id);
+    CREATE TABLE contact_bindings (
+        tenant_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        lookup BLOB NOT NULL,
+        contact_id TEXT NOT NULL REFERENCES contacts(id),
+        PRIMARY KEY (tenant_id, kind, lookup)
+    ) WITHOUT ROWID;
+    CREATE INDEX contact_bindings_contact ON contact_bindings(contact_id);
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        contact_id TEXT NOT NULL REFERENCES contacts(id),
+        state TEXT NOT NULL,
+        queue TEXT,
+        assignee TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        data BLOB NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX conversations_recent ON conversations(tenant_id, updated_at, id);
+    CREATE INDEX conversations_contact ON conversations(tenant_id, contact_id);
+    CREATE TABLE events (
+        conversation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        tenant_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        actor_type TEXT NOT NULL,
+        actor_id TEXT,
+        idempotency_key TEXT,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (conversation_id, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX events_idempotency ON events(conversation_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX events_kind ON events(conversation_id, kind, seq);
+    CREATE TABLE media_sessions (
+        conversation_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        started_seq INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        outcome TEXT,
+        PRIMARY KEY (conversation_id, session_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        tenant_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev BLOB NOT NULL,
+        mac BLOB NOT NULL,
+        PRIMARY KEY (tenant_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        url TEXT NOT NULL,
+        event_types TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    );
+    CREATE INDEX webhooks_tenant ON webhooks(tenant_id);
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id TEXT NOT NULL,
+        webhook_id TEXT NOT NULL REFERENCES webhooks(id),
+        event_type TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        last_error TEXT
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        outbox_id INTEGER NOT NULL REFERENCES outbox(id),
+        webhook_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        status INTEGER,
+        error TEXT,
+        duration_ms INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id);
+    "#,
+];
+
+/// Brings the schema up to date; returns the version it is now at.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied schema migration");
+    }
+    Ok(MIGRATIONS.len())
+}
+
+/// Pragmas every connection gets. FULL sync: a commit is on disk before we ack it.
+pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if writer {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    } else {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    conn.pragma_update(None, "cache_size", -16_000)?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Webhook endpoints and the durable outbox. Deliveries are inserted in the same
+//! transaction as the change they announce, so a committed event always gets
+//! announced (at least once), even across a crash; the dispatcher in the server
+//! sends them and records every attempt here.
+
+use crate::audit::{AuditEntry, Outcome};
+use crate::error::{Result, StoreError};
+use crate::time_fmt::Timestamp;
+use crate::{Store, TenantKeys, now_micros};
+use rand::RngCore;
+use rusqlite::params;
+use serde::Serialize;
+
+/// The event types a webhook can subscribe to.
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "event.created",
+    "conversation.created",
+    "conversation.updated",
+];
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Delivery {
+    pub outbox_id: i64,
+    pub attempt: i64,
+    pub at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// One delivery ready to send.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub outbox_id: i64,
+    pub tenant_id: String,
+    pub webhook_id: String,
+    pub url: String,
+    pub secret: String,
+    pub event_type: String,
+    pub body: Vec<u8>,
+    pub attempts: i64,
+}
+
+fn secret_aad(id: &str) -> Vec<u8> {
+    format!("webhook-secret:{id}").into_bytes()
+}
+fn payload_aad(tenant_id: &str, webhook_id: &str) -> Vec<u8> {
+    format!("outbox:{tenant_id}:{webhook_id}").into_bytes()
+}
+
+/// Queues `data` for every webhook of the tenant subscribed to `event_type`.
+pub(crate) fn enqueue(
+    conn: &rusqlite::Connection,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    event_type: &str,
+    data: &serde_json::Value,
+) -> Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, event_types FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL",
+    )?;
+    let hooks: Vec<(String, String)> = stmt
+        .query_map([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut n = 0;
+    let now = now_micros();
+    for (id, types) in hooks {
+        let types: Vec<String> = serde_json::from_str(&types).unwrap_or_default();
+        if !types.iter().any(|t| t == "*" || t == event_type) {
+            continue;
+        }
+        let body = serde_json::json!({
+            "id": uuid::Uuid::now_v7().to_string(),
+            "type": event_type,
+            "tenant_id": tenant_id,
+            "created_at": Timestamp(now),
+            "data": data,
+        });
+        let sealed = keys
+            .data
+            .seal(body.to_string().as_bytes(), &payload_aad(tenant_id, &id));
+        conn.prepare_cached(
+            "INSERT INTO outbox (tenant_id, webhook_id, event_type, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        )?
+        .execute(params![tenant_id, id, event_type, sealed, now])?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl Store {
+    /// Registers an endpoint. The signing secret is returned once.
+    pub async fn create_webhook(
+        &self,
+        tenant_id: &str,
+        url: &str,
+        event_types: Vec<String>,
+        actor: &str,
+    ) -> Result<(Webhook, String)> {
+        let event_types = if event_types.is_empty() {
+            vec!["*".to_owned()]
+        } else {
+            event_types
+        };
+        for t in &event_types {
+            if t != "*" && !WEBHOOK_EVENT_TYPES.contains(&t.as_str()) {
+                return Err(StoreError::Invalid(format!(
+                    "unknown webhook event type `{t}`; expected `*` or one of {}",
+                    WEBHOOK_EVENT_TYPES.join(", ")
+                )));
+            }
+        }
+        let mut raw = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut raw);
+        let secret = format!("whsec_{}", hex::encode(raw));
+        let hook = Webhook {
+            id: uuid::Uuid::now_v7().to_string(),
+            url: url.to_owned(),
+            event_types,
+            created_at: Timestamp(now_micros()),
+        };
+        let (h, tenant_id, actor, store, s) = (
+            hook.clone(),
+            tenant_id.to_owned(),
+            actor.to_owned(),
+            self.clone(),
+            secret.clone(),
+        );
+        self.write(move |ctx| {
+            let keys = store.keys_for(ctx.conn, &tenant_id)?;
+            ctx.conn.execute(
+                "INSERT INTO webhooks (id, tenant_id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![h.id, tenant_id, h.url, serde_json::to_string(&h.event_types).unwrap_or_default(), keys.data.seal(s.as_bytes(), &secret_aad(&h.id)), h.created_at.0],
+            )?;
+            ctx.audit(&tenant_id, &AuditEntry::new(actor, "webhook.create", format!("webhook/{}", h.id), Outcome::Ok))?;
+            Ok(())
+        })
+        .await?;
+        Ok((hook, secret))
+    }
+
+    pub async fn list_webhooks(&self, tenant_id: &str) -> Result<Vec<Webhook>> {
+        let t = tenant_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, url, event_types, created_at FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([t], |r| {
+                Ok(Webhook {
+                    id: r.get(0)?,
+                    url: r.get(1)?,
+                    event_types: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                    created_at: Timestamp(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    pub async fn delete_webhook(&self, tenant_id: &str, id: &str, actor: &str) -> Result<()> {
+        let (t, id, actor) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let n = ctx.conn.execute(
+                "UPDATE webhooks SET deleted_at = ?3 WHERE id = ?1 AND tenant_id = ?2 AND deleted_at IS NULL",
+                params![id, t, now_micros()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("webhook"));
+            }
+            ctx.conn.execute(
+                "UPDATE outbox SET state = 'cancelled' WHERE webhook_id = ?1 AND state = 'pending'",
+                [&id],
+            )?;
+            ctx.audit(&t, &AuditEntry::new(actor, "webhook.delete", format!("webhook/{id}"), Outcome::Ok))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deliveries whose time has come, oldest first.
+    pub async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>> {
+        let store = self.clone();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT o.id, o.tenant_id, o.webhook_id, w.url, w.secret, o.event_type, o.payload, o.attempts
+                 FROM outbox o JOIN webhooks w ON w.id = o.webhook_id
+                 WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
+                 ORDER BY o.next_attempt_at, o.id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![now_micros(), limit as i64])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let tenant_id: String = r.get(1)?;
+                let webhook_id: String = r.get(2)?;
+                let keys = store.keys_for(c, &tenant_id)?;
+                let secret = keys.data.open(&r.get::<_, Vec<u8>>(4)?, &secret_aad(&webhook_id))?;
+                let body = keys.data.open(&r.get::<_, Vec<u8>>(6)?, &payload_aad(&tenant_id, &webhook_id))?;
+                out.push(DueDelivery {
+                    outbox_id: r.get(0)?,
+                    url: r.get(3)?,
+                    secret: String::from_utf8_lossy(&secret).into_owned(),
+                    event_type: r.get(5)?,
+                    body,
+                    attempts: r.get(7)?,
+                    tenant_id,
+                    webhook_id,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// When the next pending delivery is due (micros), if any.
+    pub async fn next_delivery_due(&self) -> Result<Option<i64>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Records one attempt. `next_attempt_at`: when to retry; `None` after a
+    /// success or when retries are exhausted (then the delivery is dead).
+    pub async fn record_delivery(
+        &self,
+        d: &DueDelivery,
+        status: Option<u16>,
+        error: Option<String>,
+        duration_ms: i64,
+        next_attempt_at: Option<i64>,
+    ) -> Result<()> {
+        let (outbox_id, webhook_id, attempt) = (d.outbox_id, d.webhook_id.clone(), d.attempts + 1);
+        let ok = error.is_none() && status.is_some_and(|s| (200..300).contains(&s));
+        let state = if ok {
+            "delivered"
+        } else if next_attempt_at.is_some() {
+            "pending"
+        } else {
+            "dead"
+        };
+        self.write(move |ctx| {
+            ctx.conn.execute(
+                "UPDATE outbox SET attempts = ?2, state = ?3, next_attempt_at = COALESCE(?4, next_attempt_at), last_error = ?5 WHERE id = ?1",
+                params![outbox_id, attempt, state, next_attempt_at, error],
+            )?;
+            ctx.conn.execute(
+                "INSERT INTO deliveries (outbox_id, webhook_id, attempt, at, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![outbox_id, webhook_id, attempt, now_micros(), status, error, duration_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        tenant_id: &str,
+        webhook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Delivery>> {
+        let (t, w) = (tenant_id.to_owned(), webhook_id.to_owned());
+        self.read(move |c| {
+            c.query_row("SELECT 1 FROM webhooks WHERE id = ?1 AND tenant_id = ?2", params![w, t], |_| Ok(()))
+                .map_err(|_| StoreError::NotFound("webhook"))?;
+            let mut stmt = c.prepare(
+                "SELECT outbox_id, attempt, at, status, error, duration_ms FROM deliveries WHERE webhook_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![w, limit as i64], |r| {
+                Ok(Delivery {
+                    outbox_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    at: Timestamp(r.get(2)?),
+                    status: r.get(3)?,
+                    error: r.get(4)?,
+                    duration_ms: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    /// Pending deliveries (for `/metrics`).
+    pub async fn outbox_depth(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+}

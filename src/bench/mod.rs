@@ -1,0 +1,21 @@
+//! `continuum bench ...`: measurements on this machine, reported as tables and
+//! JSON (the JSON feeds capacity planning).
+
+mod events;
+mod server;
+
+use clap::Subcommand;
+use continuum_server::Config;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Durable appends/s at 1, 8 and 64 writers; timeline page latency with
+    /// many events stored; server memory idle and loaded.
+    Events(events::EventsArgs),
+}
+
+pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Events(args) => events::run(args, cfg),
+    }
+}

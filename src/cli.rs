@@ -1,0 +1,340 @@
+use crate::bench;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use continuum_core::{Grants, Role};
+use continuum_server::config::{Config, EXAMPLE};
+use continuum_server::{serve, telemetry};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "continuum",
+    version,
+    about = "Self-hosted real-time patient communication platform"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// TOML config file (see `continuum config example`).
+    #[arg(long, global = true, env = "CONTINUUM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (overrides server.data_dir).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server (HTTP API on 127.0.0.1:7400 by default).
+    Serve {
+        /// Listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage a tenant's API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Mint an access token locally (same as POST /v1/tokens).
+    Token {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        role: String,
+        /// Conversation ids the token may touch (`*` for all); repeatable.
+        #[arg(long = "conversation")]
+        conversations: Vec<String>,
+        /// Room ids the token may join (`*` for all); repeatable.
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        #[arg(long, default_value_t = 900)]
+        ttl: u64,
+    },
+    /// The audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Benchmarks (run on the machine you plan for).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print a commented config file with every default.
+    Example,
+    /// Print the effective configuration (file + environment), secrets hidden.
+    Show,
+}
+
+#[derive(Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its first API key.
+    Create {
+        name: String,
+        #[arg(long, default_value = "local")]
+        region: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key (printed once).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check every tenant's audit chain and every event against it.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(g: &Global) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(g.config.as_deref())?;
+    if let Some(d) = &g.data_dir {
+        cfg.server.data_dir = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.global;
+    match cli.command {
+        Command::Serve { listen } => {
+            let mut cfg = load_config(&g)?;
+            if let Some(l) = listen {
+                cfg.server.listen = l;
+            }
+            telemetry::init_logging(&cfg.log.format, &cfg.log.level);
+            runtime()?.block_on(serve::run(cfg))?;
+        }
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => print!("{EXAMPLE}"),
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => {
+            let mut cfg = load_config(&g)?;
+            if cfg.security.master_key.is_some() {
+                cfg.security.master_key = Some("<hidden>".into());
+            }
+            if cfg.server.metrics_token.is_some() {
+                cfg.server.metrics_token = Some("<hidden>".into());
+            }
+            print!("{}", toml::to_string_pretty(&cfg)?);
+        }
+        Command::Tenant { command } => {
+            let cfg = load_config(&g)?;
+            runtime()?.block_on(async {
+                let store = serve::open_store(&cfg)?;
+                match command {
+                    TenantCommand::Create { name, region } => {
+                        let t = store.create_tenant(&name, &region, "cli").await?;
+                        let (_, key) = store.create_api_key(&t.id, "initial", "cli").await?;
+                        println!("tenant {} ({})", t.name, t.id);
+                        println!("API key (shown once): {key}");
+                    }
+                    TenantCommand::List => {
+                        for t in store.list_tenants().await? {
+                            println!(
+                                "{}\t{}\tregion={}\tcreated={}",
+                                t.id,
+                                t.name,
+                                t.region,
+                                t.created_at.to_rfc3339()
+                            );
+                        }
+                    }
+                }
+                store.shutdown();
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Key { command } => {
+            let cfg = load_config(&g)?;
+            runtime()?.block_on(async {
+                let store = serve::open_store(&cfg)?;
+                match command {
+                    KeyCommand::Create { tenant, name } => {
+                        let t = store
+                            .find_tenant(&tenant)
+                            .await
+                            .with_context(|| format!("tenant `{tenant}`"))?;
+                        let (info, key) = store.create_api_key(&t.id, &name, "cli").await?;
+                        println!("key {} for tenant {} (shown once):\n{key}", info.id, t.name);
+                    }
+                    KeyCommand::List { tenant } => {
+                        let t = store
+                            .find_tenant(&tenant)
+                            .await
+                            .with_context(|| format!("tenant `{tenant}`"))?;
+                        for k in store.list_api_keys(&t.id).await? {
+                            let status = k
+                                .revoked_at
+                                .map(|r| format!("revoked {}", r.to_rfc3339()))
+                                .unwrap_or_else(|| "active".into());
+                            println!(
+                                "{}\t{}\t{}\t{status}",
+                                k.id,
+                                k.name,
+                                k.created_at.to_rfc3339()
+                            );
+                        }
+                    }
+                    KeyCommand::Revoke { tenant, key_id } => {
+                        let t = store
+                            .find_tenant(&tenant)
+                            .await
+                            .with_context(|| format!("tenant `{tenant}`"))?;
+                        store
+                            .revoke_api_key(&t.id, &key_id, "cli")
+                            .await
+                            .with_context(|| format!("key `{key_id}`"))?;
+                        println!(
+                            "revoked {key_id} (running servers stop accepting it within 30 s)"
+                        );
+                    }
+                }
+                store.shutdown();
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Token {
+            tenant,
+            identity,
+            role,
+            conversations,
+            rooms,
+            ttl,
+        } => {
+            let cfg = load_config(&g)?;
+            let role: Role = role.parse().map_err(anyhow::Error::msg)?;
+            if ttl == 0 || ttl > cfg.security.token_max_ttl_secs {
+                bail!(
+                    "--ttl must be 1..={} (security.token_max_ttl_secs)",
+                    cfg.security.token_max_ttl_secs
+                );
+            }
+            runtime()?.block_on(async {
+                let store = serve::open_store(&cfg)?;
+                let t = store
+                    .find_tenant(&tenant)
+                    .await
+                    .with_context(|| format!("tenant `{tenant}`"))?;
+                let issuer = continuum_server::auth::TokenIssuer::new(store.master_key());
+                let (token, _) = issuer.mint(
+                    &t.id,
+                    &identity,
+                    role,
+                    Grants {
+                        conversations,
+                        rooms,
+                    },
+                    None,
+                    std::time::Duration::from_secs(ttl),
+                );
+                store
+                    .audit(
+                        &t.id,
+                        continuum_store::AuditEntry::new(
+                            "cli",
+                            "token.mint",
+                            format!("identity/{identity}"),
+                            continuum_store::Outcome::Ok,
+                        ),
+                    )
+                    .await?;
+                println!("{token}");
+                store.shutdown();
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { json },
+        } => {
+            let cfg = load_config(&g)?;
+            let store = serve::open_store(&cfg)?;
+            let report = store.verify()?;
+            store.shutdown();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "checked {} chain(s), {} audit records, {} events",
+                    report.chains_checked, report.audit_records, report.events_checked
+                );
+                for p in &report.problems {
+                    println!(
+                        "BROKEN tenant {} at {}: {}",
+                        p.tenant_id, p.location, p.reason
+                    );
+                }
+                if report.is_intact() {
+                    println!("audit chain intact");
+                }
+            }
+            return Ok(if report.is_intact() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
+        }
+        Command::Openapi => {
+            println!("{}", continuum_server::app::openapi().to_pretty_json()?);
+        }
+        Command::Bench { command } => bench::run(command, load_config(&g)?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
