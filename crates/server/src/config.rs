@@ -137,7 +137,7 @@ pub enum ConfigError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
     #[error("invalid configuration: {0}\n  (run `continuum config example` for a documented file)")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(Box<figment::Error>),
     #[error("{0}")]
     Inconsistent(String),
 }

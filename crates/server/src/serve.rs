@@ -106,11 +106,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(Dispatcher::new(store.clone(), cfg.webhooks.clone()).run(stop_rx));
 
     let addr = cfg.server.listen;
-    let scheme = if cfg.server.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen on {addr}: is another server using it? Pick another with --listen or CONTINUUM_SERVER__LISTEN")
+    })?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr().unwrap_or(addr);
     let served = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -129,20 +129,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 shutdown_signal().await;
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
             });
-            let server = axum_server::bind_rustls(addr, tls).handle(handle.clone());
+            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
             state.ready.store(true, Ordering::Relaxed);
-            announce(scheme, addr);
+            announce("https", bound);
             server
                 .serve(router.into_make_service())
                 .await
-                .with_context(|| format!("serving HTTPS on {addr}"))
+                .with_context(|| format!("serving HTTPS on {bound}"))
         }
         _ => {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr}: is another server using it? Pick another with --listen or CONTINUUM_SERVER__LISTEN")
-            })?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             state.ready.store(true, Ordering::Relaxed);
-            announce(scheme, listener.local_addr().unwrap_or(addr));
+            announce("http", bound);
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown_signal())
                 .await

@@ -101,6 +101,9 @@ fn run_batch(
         heads.clear();
         return;
     }
+    // Another process (the CLI) may have written since our last batch; chain
+    // heads are only trusted within one transaction, which holds the write lock.
+    heads.clear();
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     for job in jobs {
         if let Err(e) = conn.execute_batch("SAVEPOINT job") {

@@ -1,0 +1,199 @@
+//! Runs the real `continuum` binary for end-to-end tests.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// The dev tenant's key, printed on first start only.
+    pub key: Option<String>,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+}
+
+/// Options for one server process.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_with(data_dir, Opts::default())
+    }
+
+    pub fn start_with(data_dir: &Path, opts: Opts) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(&opts.args)
+            .env("CONTINUUM_LOG", "warn")
+            .env("CONTINUUM_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting continuum serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut key = None;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(k) = line.trim().strip_prefix("export CONTINUUM_KEY=") {
+                    key = Some(k.to_owned());
+                }
+                if let Some(rest) = line.strip_prefix("Continuum listening on ") {
+                    let base = rest.split_whitespace().next().unwrap().to_owned();
+                    let _ = tx.send((base, key.take()));
+                }
+            }
+        });
+        let (base, key) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not report its listen address within 30 s");
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        Server {
+            child,
+            base,
+            key,
+            data_dir: data_dir.to_owned(),
+            client,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        self.key.as_deref().expect("dev key printed on first start")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(m, self.url(path)).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, v)
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, token, body).await;
+        assert!((200..300).contains(&s), "{method} {path} answered {s}: {v}");
+        v
+    }
+
+    /// A contact and a conversation with it; returns (contact id, conversation id).
+    pub async fn patient_conversation(&self, token: &str, phone: &str) -> (String, String) {
+        let c = self
+            .ok(
+                "POST",
+                "/v1/contacts",
+                token,
+                Some(json!({"display_name": "Test Patient", "phone": phone})),
+            )
+            .await;
+        let cid = c["id"].as_str().unwrap().to_owned();
+        let conv = self
+            .ok(
+                "POST",
+                "/v1/conversations",
+                token,
+                Some(json!({"contact_id": cid})),
+            )
+            .await;
+        (cid, conv["id"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn mint(
+        &self,
+        key: &str,
+        identity: &str,
+        role: &str,
+        conversations: &[&str],
+    ) -> String {
+        let v = self
+            .ok("POST", "/v1/tokens", key, Some(json!({"identity": identity, "role": role, "grants": {"conversations": conversations}})))
+            .await;
+        v["token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with arguments against a data dir; returns (exit code, stdout).
+pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("CONTINUUM_LOG", "warn")
+        .output()
+        .expect("running continuum");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("continuum-test-")
+        .tempdir()
+        .unwrap()
+}
