@@ -111,7 +111,6 @@ impl FromStr for ConversationState {
 mod tests {
     use super::ConversationState::*;
     use super::Transition::*;
-    use super::*;
 
     #[test]
     fn the_happy_path() {

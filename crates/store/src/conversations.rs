@@ -110,6 +110,35 @@ pub(crate) fn load(
     }
 }
 
+/// The conversation without its sealed fields (no decryption): what the
+/// append path needs (state, `last_seq`), on the hot path.
+pub(crate) fn load_head(
+    conn: &rusqlite::Connection,
+    tenant_id: &str,
+    id: &str,
+) -> Result<Conversation> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT contact_id, state, queue, assignee, last_seq, created_at, updated_at FROM conversations WHERE id = ?1 AND tenant_id = ?2",
+    )?;
+    let mut rows = stmt.query(params![id, tenant_id])?;
+    let Some(r) = rows.next()? else {
+        return Err(StoreError::NotFound("conversation"));
+    };
+    let state: String = r.get(1)?;
+    Ok(Conversation {
+        id: id.to_owned(),
+        contact_id: r.get(0)?,
+        state: state.parse().map_err(StoreError::Integrity)?,
+        queue: r.get(2)?,
+        assignee: r.get(3)?,
+        tags: Vec::new(),
+        subject: None,
+        last_seq: r.get(4)?,
+        created_at: Timestamp(r.get(5)?),
+        updated_at: Timestamp(r.get(6)?),
+    })
+}
+
 fn validate_label(what: &str, s: &str) -> Result<()> {
     if s.is_empty()
         || s.len() > 64
@@ -208,13 +237,9 @@ pub(crate) fn apply_transition(
         };
         written.push(append_row(ctx, keys, tenant_id, conv, &ev, audit_actor)?);
     }
-    enqueue(
-        ctx.conn,
-        keys,
-        tenant_id,
-        "conversation.updated",
-        &serde_json::to_value(&*conv).unwrap_or_default(),
-    )?;
+    enqueue(ctx.conn, keys, tenant_id, "conversation.updated", || {
+        serde_json::to_value(&*conv).unwrap_or_default()
+    })?;
     Ok(written)
 }
 
@@ -267,7 +292,7 @@ impl Store {
             )?;
             ctx.audit(&tenant_id, &AuditEntry::new(actor, "conversation.create", format!("conversation/{id}"), Outcome::Ok))?;
             let conv = load(ctx.conn, &keys, &tenant_id, &id)?;
-            enqueue(ctx.conn, &keys, &tenant_id, "conversation.created", &serde_json::to_value(&conv).unwrap_or_default())?;
+            enqueue(ctx.conn, &keys, &tenant_id, "conversation.created", || serde_json::to_value(&conv).unwrap_or_default())?;
             Ok(conv)
         })
         .await

@@ -122,6 +122,13 @@ pub(crate) fn append_row(
     conv.updated_at = Timestamp(at);
 
     track_media_session(ctx, tenant_id, &conv.id, ev, seq, at)?;
+    if let Some(marker) = marker_for(ev) {
+        ctx.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO event_markers (conversation_id, marker, seq) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![conv.id, marker, seq])?;
+    }
 
     let digest = row_digest(
         &conv.id,
@@ -156,13 +163,9 @@ pub(crate) fn append_row(
         idempotency_key: ev.idempotency_key.clone(),
         tenant_id: tenant_id.to_owned(),
     };
-    enqueue(
-        ctx.conn,
-        keys,
-        tenant_id,
-        "event.created",
-        &serde_json::to_value(&event).unwrap_or_default(),
-    )?;
+    enqueue(ctx.conn, keys, tenant_id, "event.created", || {
+        serde_json::to_value(&event).unwrap_or_default()
+    })?;
     Ok(event)
 }
 
@@ -291,24 +294,41 @@ fn latest(
     Ok(out)
 }
 
-fn latest_of_kind(
+fn event_at(
     c: &rusqlite::Connection,
     keys: &TenantKeys,
     tenant_id: &str,
     conv: &str,
-    kinds: &[EventKind],
+    seq: i64,
 ) -> Result<Option<Event>> {
-    let list = serde_json::to_string(&kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>())
-        .unwrap_or_default();
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 AND kind IN (SELECT value FROM json_each(?2))
-         ORDER BY seq DESC LIMIT 1"
+        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 AND seq = ?2"
     ))?;
-    let mut rows = stmt.query(params![conv, list])?;
+    let mut rows = stmt.query(params![conv, seq])?;
     match rows.next()? {
         Some(r) => Ok(Some(event_from_row(keys, tenant_id, r)?)),
         None => Ok(None),
     }
+}
+
+/// The marker an event kind maintains, if any.
+fn marker_for(ev: &NewEvent) -> Option<String> {
+    match ev.kind {
+        EventKind::TriageResult => Some("triage".into()),
+        EventKind::ChannelSwitched => Some("switch".into()),
+        EventKind::OptOut | EventKind::OptIn => {
+            Some(format!("opt:{}", opt_channel(&ev.meta, ev.channel)))
+        }
+        _ => None,
+    }
+}
+
+/// The channel an opt-in/out is about: `meta.channel`, else the channel it arrived on.
+fn opt_channel(meta: &serde_json::Map<String, serde_json::Value>, arrived: Channel) -> Channel {
+    meta.get("channel")
+        .and_then(|v| v.as_str())
+        .and_then(|s| s.parse::<Channel>().ok())
+        .unwrap_or(arrived)
 }
 
 /// A video room or voice call inside a conversation.
@@ -415,27 +435,22 @@ fn build_context(
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let last_triage = latest_of_kind(c, keys, tenant_id, id, &[EventKind::TriageResult])?;
-    let last_channel_switch =
-        latest_of_kind(c, keys, tenant_id, id, &[EventKind::ChannelSwitched])?;
-
-    // Opt-outs: replay every opt-in/out event (few per conversation, indexed by kind).
+    let mut last_triage = None;
+    let mut last_channel_switch = None;
     let mut opted_out: Vec<Channel> = Vec::new();
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 AND kind IN ('opt_out', 'opt_in') ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query([id])?;
-    while let Some(r) = rows.next()? {
-        let e = event_from_row(keys, tenant_id, r)?;
-        let ch = e
-            .meta
-            .get("channel")
-            .and_then(|v| v.as_str())
-            .and_then(|s| s.parse::<Channel>().ok())
-            .unwrap_or(e.channel);
-        opted_out.retain(|c| *c != ch);
-        if e.kind == EventKind::OptOut {
-            opted_out.push(ch);
+    let markers: Vec<(String, i64)> = c
+        .prepare_cached("SELECT marker, seq FROM event_markers WHERE conversation_id = ?1")?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (marker, seq) in markers {
+        let Some(e) = event_at(c, keys, tenant_id, id, seq)? else {
+            continue;
+        };
+        match marker.as_str() {
+            "triage" => last_triage = Some(e),
+            "switch" => last_channel_switch = Some(e),
+            _ if e.kind == EventKind::OptOut => opted_out.push(opt_channel(&e.meta, e.channel)),
+            _ => {}
         }
     }
 
@@ -509,7 +524,7 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &tenant_id)?;
-                let mut conv = conversations::load(ctx.conn, &keys, &tenant_id, &conv_id)?;
+                let mut conv = conversations::load_head(ctx.conn, &tenant_id, &conv_id)?;
                 if let Some(key) = &ev.idempotency_key {
                     let existing = ctx
                         .conn
@@ -530,6 +545,7 @@ impl Store {
                 }
                 let mut also_written = Vec::new();
                 if conv.state == ConversationState::Closed && ev.is_inbound() {
+                    conv = conversations::load(ctx.conn, &keys, &tenant_id, &conv_id)?;
                     let params = TransitionParams { reason: Some(format!("inbound {}", ev.channel)), ..Default::default() };
                     also_written = apply_transition(ctx, &keys, &tenant_id, &mut conv, Transition::Reopen, &params, &Actor::system(), &audit_actor)?;
                 }
@@ -659,7 +675,7 @@ impl Store {
         );
         self.write(move |ctx| {
             let keys = store.keys_for(ctx.conn, &tenant_id)?;
-            let mut conv = conversations::load(ctx.conn, &keys, &tenant_id, &conv_id)?;
+            let mut conv = conversations::load_head(ctx.conn, &tenant_id, &conv_id)?;
             for ev in &events {
                 append_row(ctx, &keys, &tenant_id, &mut conv, ev, &audit_actor)?;
             }

@@ -99,7 +99,7 @@ impl Store {
         schema::configure(&conn, true)?;
         schema::migrate(&mut conn)?;
         let audit_key = master.derive("audit-chain");
-        let writer = Writer::start(conn, audit_key);
+        let writer = Writer::start(conn, audit_key, path.clone());
         let readers = ReadPool::new(path, opts.readers.max(1));
         let (live, _) = broadcast::channel(opts.live_buffer.max(16));
         Ok(Store(Arc::new(Inner {

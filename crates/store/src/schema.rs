@@ -77,7 +77,15 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX events_idempotency ON events(conversation_id, idempotency_key)
         WHERE idempotency_key IS NOT NULL;
-    CREATE INDEX events_kind ON events(conversation_id, kind, seq);
+    -- The latest event of a few kinds the context snapshot always shows (last
+    -- triage, last channel switch, opt-in/out per channel). Written only on those
+    -- rare kinds, instead of a (conversation, kind) index every append would pay for.
+    CREATE TABLE event_markers (
+        conversation_id TEXT NOT NULL,
+        marker TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, marker)
+    ) WITHOUT ROWID;
     CREATE TABLE media_sessions (
         conversation_id TEXT NOT NULL,
         session_id TEXT NOT NULL,
@@ -163,5 +171,12 @@ pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
         conn.pragma_update(None, "query_only", "ON")?;
     }
     conn.pragma_update(None, "cache_size", -16_000)?;
+    // Savepoint journals stay in memory: every job runs in one.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    if writer {
+        // Checkpoints run on a separate connection (see `checkpointer`), off the
+        // writer's critical path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    }
     Ok(())
 }

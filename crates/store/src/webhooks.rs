@@ -61,12 +61,13 @@ fn payload_aad(tenant_id: &str, webhook_id: &str) -> Vec<u8> {
 }
 
 /// Queues `data` for every webhook of the tenant subscribed to `event_type`.
+/// `data` is only built when some webhook wants it (most appends have none).
 pub(crate) fn enqueue(
     conn: &rusqlite::Connection,
     keys: &TenantKeys,
     tenant_id: &str,
     event_type: &str,
-    data: &serde_json::Value,
+    data: impl FnOnce() -> serde_json::Value,
 ) -> Result<usize> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_types FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL",
@@ -76,17 +77,22 @@ pub(crate) fn enqueue(
         .collect::<rusqlite::Result<_>>()?;
     let mut n = 0;
     let now = now_micros();
+    let mut data = Some(data);
+    let mut built = serde_json::Value::Null;
     for (id, types) in hooks {
         let types: Vec<String> = serde_json::from_str(&types).unwrap_or_default();
         if !types.iter().any(|t| t == "*" || t == event_type) {
             continue;
+        }
+        if let Some(make) = data.take() {
+            built = make();
         }
         let body = serde_json::json!({
             "id": uuid::Uuid::now_v7().to_string(),
             "type": event_type,
             "tenant_id": tenant_id,
             "created_at": Timestamp(now),
-            "data": data,
+            "data": &built,
         });
         let sealed = keys
             .data

@@ -32,11 +32,16 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn start(conn: Connection, audit_key: crate::crypto::SecretKey) -> Writer {
+    pub fn start(
+        conn: Connection,
+        audit_key: crate::crypto::SecretKey,
+        path: std::path::PathBuf,
+    ) -> Writer {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let checkpoints = spawn_checkpointer(path);
         let handle = std::thread::Builder::new()
             .name("continuum-writer".into())
-            .spawn(move || run(conn, rx, audit_key))
+            .spawn(move || run(conn, rx, audit_key, checkpoints))
             .expect("spawning the writer thread");
         Writer {
             tx: parking_lot::RwLock::new(Some(tx)),
@@ -64,7 +69,46 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: Receiver<Job>, audit_key: crate::crypto::SecretKey) {
+/// Copies the WAL back into the database on its own connection and thread, so
+/// the writer never stalls on a checkpoint. PASSIVE checkpoints never block the
+/// writer; if the WAL still grows past ~64 MiB under sustained load, a RESTART
+/// checkpoint (brief writer pause) bounds it.
+fn spawn_checkpointer(path: std::path::PathBuf) -> Sender<()> {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    let _ = std::thread::Builder::new()
+        .name("continuum-checkpoint".into())
+        .spawn(move || {
+            let Ok(conn) = Connection::open(&path) else {
+                return;
+            };
+            let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+            let mut last = Instant::now();
+            loop {
+                match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                    Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                }
+                if last.elapsed() < std::time::Duration::from_millis(250) {
+                    continue;
+                }
+                last = Instant::now();
+                let wal_pages: i64 = conn
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+                    .unwrap_or(0);
+                if wal_pages > 16_384 {
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+                }
+            }
+        });
+    tx
+}
+
+fn run(
+    conn: Connection,
+    rx: Receiver<Job>,
+    audit_key: crate::crypto::SecretKey,
+    checkpoints: Sender<()>,
+) {
     let mut heads = AuditHeads::default();
     while let Ok(first) = rx.recv() {
         let mut jobs = Vec::with_capacity(64);
@@ -78,10 +122,12 @@ fn run(conn: Connection, rx: Receiver<Job>, audit_key: crate::crypto::SecretKey)
         let started = Instant::now();
         let n = jobs.len();
         run_batch(&conn, &mut heads, &audit_key, jobs);
+        let _ = checkpoints.try_send(());
         metrics::histogram!("continuum_store_commit_batch_size").record(n as f64);
         metrics::histogram!("continuum_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
     }
+    drop(checkpoints);
     // All senders gone: checkpoint so the next start does not replay a long WAL.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
     tracing::debug!("writer thread stopped");
@@ -90,6 +136,12 @@ fn run(conn: Connection, rx: Receiver<Job>, audit_key: crate::crypto::SecretKey)
 /// Runs one batch. A job whose completion is never called (the batch could not
 /// begin, or the job panicked) drops its reply channel, which its caller sees
 /// as a failed write: nothing is acknowledged that was not committed.
+/// Runs a parameterless statement through the statement cache (no re-parse).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 fn run_batch(
     conn: &Connection,
     heads: &mut AuditHeads,
@@ -106,7 +158,7 @@ fn run_batch(
     heads.clear();
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     for job in jobs {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec_cached(conn, "SAVEPOINT job") {
             tracing::error!(error = %e, "could not open a savepoint; failing one write");
             continue;
         }
@@ -117,7 +169,7 @@ fn run_batch(
         };
         match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut ctx))) {
             Ok((true, done)) => {
-                let _ = conn.execute_batch("RELEASE job");
+                let _ = exec_cached(conn, "RELEASE job");
                 completions.push(done);
             }
             Ok((false, done)) => {
