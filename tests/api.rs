@@ -730,3 +730,201 @@ async fn operations_endpoints() {
     }
     assert!(doc["components"]["schemas"]["Event"].is_object());
 }
+
+#[tokio::test]
+async fn staff_and_contact_updates() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let st = s.ok("POST", "/v1/staff", &key, Some(json!({"display_name": "Dr. Grace Lee", "role": "clinician", "email": "lee@example.org"}))).await;
+    assert_eq!(st["role"], "clinician");
+    let (code, _) = s
+        .call(
+            "POST",
+            "/v1/staff",
+            &key,
+            Some(json!({"display_name": "P", "role": "patient"})),
+        )
+        .await;
+    assert_eq!(code, 422, "patients are not staff");
+    let list = s.ok("GET", "/v1/staff", &key, None).await;
+    assert_eq!(list[0]["display_name"], "Dr. Grace Lee");
+    let clinician = s.mint(&key, "dr-lee", "clinician", &["*"]).await;
+    let (code, _) = s.call("GET", "/v1/staff", &clinician, None).await;
+    assert_eq!(code, 403, "managing staff is for admins");
+
+    let c = s
+        .ok(
+            "POST",
+            "/v1/contacts",
+            &key,
+            Some(json!({"display_name": "Ada", "phone": "+14155550600", "app_user_id": "u-1"})),
+        )
+        .await;
+    let id = c["id"].as_str().unwrap();
+    let c = s
+        .ok(
+            "PATCH",
+            &format!("/v1/contacts/{id}"),
+            &key,
+            Some(json!({"phone": "", "whatsapp": "+44 7911 123456"})),
+        )
+        .await;
+    assert_eq!(
+        c["bindings"],
+        json!({"whatsapp": "+447911123456", "app_user_id": "u-1"})
+    );
+    assert_eq!(c["display_name"], "Ada", "absent fields are kept");
+    // The old number no longer finds her; the new WhatsApp id does.
+    assert_eq!(
+        s.ok("GET", "/v1/contacts?phone=%2B14155550600", &key, None)
+            .await["contacts"],
+        json!([])
+    );
+    let found = s
+        .ok("GET", "/v1/contacts?whatsapp=%2B447911123456", &key, None)
+        .await;
+    assert_eq!(found["contacts"][0]["id"], id);
+    let found = s
+        .ok("GET", "/v1/contacts?app_user_id=u-1", &key, None)
+        .await;
+    assert_eq!(found["contacts"][0]["id"], id);
+    let (code, _) = s
+        .call(
+            "GET",
+            "/v1/contacts?phone=%2B14155550600&app_user_id=u-1",
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(code, 422, "one binding at a time");
+
+    // Cursor pagination over contacts.
+    for i in 0..5 {
+        s.ok(
+            "POST",
+            "/v1/contacts",
+            &key,
+            Some(json!({"display_name": format!("P{i}")})),
+        )
+        .await;
+    }
+    let page1 = s.ok("GET", "/v1/contacts?limit=4", &key, None).await;
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2 = s
+        .ok(
+            "GET",
+            &format!("/v1/contacts?limit=4&cursor={cursor}"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        page1["contacts"].as_array().unwrap().len() + page2["contacts"].as_array().unwrap().len(),
+        6
+    );
+    assert!(page2["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn conversation_list_filters_and_pages() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let (contact, first) = s.patient_conversation(&key, "+14155550700").await;
+    let mut ids = vec![first.clone()];
+    for _ in 0..4 {
+        let c = s
+            .ok(
+                "POST",
+                "/v1/conversations",
+                &key,
+                Some(json!({"contact_id": contact, "tags": ["follow-up"]})),
+            )
+            .await;
+        ids.push(c["id"].as_str().unwrap().to_owned());
+    }
+    let since = s
+        .ok("GET", &format!("/v1/conversations/{}", ids[4]), &key, None)
+        .await["created_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{first}/assign"),
+        &key,
+        Some(json!({"assignee": "dr-lee"})),
+    )
+    .await;
+
+    let mine = s
+        .ok("GET", "/v1/conversations?assignee=dr-lee", &key, None)
+        .await;
+    assert_eq!(mine["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["conversations"][0]["id"], first);
+    let recent = s
+        .ok(
+            "GET",
+            &format!(
+                "/v1/conversations?updated_since={}",
+                since.replace('+', "%2B")
+            ),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        recent["conversations"].as_array().unwrap().len(),
+        2,
+        "the newest and the one just assigned"
+    );
+    let (code, _) = s
+        .call(
+            "GET",
+            "/v1/conversations?updated_since=yesterday",
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(code, 422);
+
+    // Pages of 2 cover all 5 exactly once, most recently updated first.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let page = s
+            .ok(
+                "GET",
+                &format!("/v1/conversations?limit=2{q}&contact_id={contact}"),
+                &key,
+                None,
+            )
+            .await;
+        seen.extend(
+            page["conversations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(
+        seen[0], first,
+        "the assignment made it the most recently updated"
+    );
+    // A token granted one conversation lists only that one.
+    let narrow = s.mint(&key, "agent-1", "agent", &[&ids[2]]).await;
+    let list = s.ok("GET", "/v1/conversations", &narrow, None).await;
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(list["conversations"][0]["id"], ids[2]);
+}

@@ -252,7 +252,12 @@ impl Store {
         duration_ms: i64,
         next_attempt_at: Option<i64>,
     ) -> Result<()> {
-        let (outbox_id, webhook_id, attempt) = (d.outbox_id, d.webhook_id.clone(), d.attempts + 1);
+        let (outbox_id, webhook_id, attempt, tenant_id) = (
+            d.outbox_id,
+            d.webhook_id.clone(),
+            d.attempts + 1,
+            d.tenant_id.clone(),
+        );
         let ok = error.is_none() && status.is_some_and(|s| (200..300).contains(&s));
         let state = if ok {
             "delivered"
@@ -270,6 +275,13 @@ impl Store {
                 "INSERT INTO deliveries (outbox_id, webhook_id, attempt, at, status, error, duration_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![outbox_id, webhook_id, attempt, now_micros(), status, error, duration_ms],
             )?;
+            if ok {
+                // The payload (PHI) has left for the customer's endpoint: a disclosure.
+                ctx.audit(
+                    &tenant_id,
+                    &AuditEntry::new("system:webhooks", "webhook.deliver", format!("webhook/{webhook_id}/delivery/{outbox_id}"), Outcome::Ok),
+                )?;
+            }
             Ok(())
         })
         .await
