@@ -119,7 +119,31 @@ async fn sigterm_drains_and_exits_cleanly() {
         Some(json!({"channel": "sms", "kind": "message", "body": "x"})),
     )
     .await;
+    // An open live stream (a real client, curl) must not hold the shutdown open.
+    let out = dir.path().join("stream.txt");
+    let mut curl = std::process::Command::new("curl")
+        .args([
+            "-sN",
+            "-H",
+            &format!("Authorization: Bearer {key}"),
+            &s.url(&format!("/v1/conversations/{conv}/events/stream")),
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .expect("curl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("event: timeline")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream replayed nothing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let status = s.stop();
+    let _ = curl.kill();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     // The WAL was checkpointed on the way out.
     let wal = dir.path().join("continuum.db-wal");

@@ -137,7 +137,13 @@ async fn deliveries_are_signed_retried_and_logged() {
     assert_eq!(statuses, [500, 500, 204]);
     // Handing PHI to the endpoint is a disclosure, and is in the audit chain.
     let audit = s.ok("GET", "/v1/audit?limit=1000", &key, None).await;
-    assert!(audit["records"].as_array().unwrap().iter().any(|r| r["action"] == "webhook.deliver"));
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "webhook.deliver")
+    );
     // Only subscribed types are sent: the conversation.created before it was not.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())

@@ -125,8 +125,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 })?;
             let handle = axum_server::Handle::new();
             let h = handle.clone();
+            let stopping = state.shutdown.clone();
             tokio::spawn(async move {
                 shutdown_signal().await;
+                let _ = stopping.send(true);
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(30)));
             });
             let server = axum_server::from_tcp_rustls(listener, tls).handle(handle);
@@ -141,8 +143,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             state.ready.store(true, Ordering::Relaxed);
             announce("http", bound);
+            let stopping = state.shutdown.clone();
             axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(async move {
+                    shutdown_signal().await;
+                    let _ = stopping.send(true);
+                })
                 .await
                 .context("serving HTTP")
         }

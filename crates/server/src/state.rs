@@ -15,6 +15,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// False while starting and once shutdown begins (`/readyz` answers 503).
     pub ready: Arc<AtomicBool>,
+    /// Flips to true when shutdown begins; long-lived responses (live streams)
+    /// end on it so graceful shutdown is not held open by them.
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -26,6 +29,7 @@ impl AppState {
             config: Arc::new(config),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 }

@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use continuum_core::{Actor, ActorType, ConversationState, Permission, Principal, Transition};
 use continuum_store::{
-    Conversation, ConversationFilter, ConversationList, NewConversation, Timestamp,
-    TransitionParams,
+    AuditEntry, Conversation, ConversationFilter, ConversationList, NewConversation, Outcome,
+    Timestamp, TransitionParams,
 };
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -88,9 +88,17 @@ pub async fn list(
         cursor: q.cursor,
         limit: super::limit(q.limit, 50, 200)?,
     };
-    Ok(Json(
-        s.store.list_conversations(p.tenant_id(), filter).await?,
-    ))
+    let list = s.store.list_conversations(p.tenant_id(), filter).await?;
+    // Conversations carry a sealed subject: listing them is a PHI read.
+    let entry = AuditEntry::new(
+        p.audit_actor(),
+        "conversation.list",
+        "conversations",
+        Outcome::Ok,
+    )
+    .with_detail(serde_json::json!({ "count": list.conversations.len() }));
+    s.store.audit(p.tenant_id(), entry).await?;
+    Ok(Json(list))
 }
 
 /// Get one conversation.
@@ -108,11 +116,14 @@ pub async fn get(
     )
     .await?;
     s.require_conversation(&p, &id).await?;
+    let object = format!("conversation/{id}");
     match s.store.get_conversation(p.tenant_id(), &id).await {
-        Ok(c) => Ok(Json(c)),
-        Err(e) => Err(s
-            .audit_failure(&p, "conversation.read", &format!("conversation/{id}"), e)
-            .await),
+        Ok(c) => {
+            let entry = AuditEntry::new(p.audit_actor(), "conversation.read", &object, Outcome::Ok);
+            s.store.audit(p.tenant_id(), entry).await?;
+            Ok(Json(c))
+        }
+        Err(e) => Err(s.audit_failure(&p, "conversation.read", &object, e).await),
     }
 }
 

@@ -214,6 +214,7 @@ pub async fn stream(
     let mut live = s.store.subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     let tenant = p.tenant_id().to_owned();
+    let mut stop = s.shutdown.subscribe();
     tokio::spawn(async move {
         let mut last = after;
         let send = |e: &Event| {
@@ -254,6 +255,7 @@ pub async fn stream(
         loop {
             let got = tokio::select! {
                 _ = tx.closed() => return,
+                _ = stop.wait_for(|stopping| *stopping) => return,
                 got = live.recv() => got,
             };
             match got {
