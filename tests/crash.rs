@@ -144,6 +144,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     }
     let status = s.stop();
     let _ = curl.kill();
+    let _ = curl.wait();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     // The WAL was checkpointed on the way out.
     let wal = dir.path().join("continuum.db-wal");
