@@ -579,17 +579,8 @@ impl Store {
             Outcome::Ok,
         )
         .with_detail(serde_json::json!({ "after": after, "limit": limit }));
-        let (t, id, store) = (
-            tenant_id.to_owned(),
-            conversation_id.to_owned(),
-            self.clone(),
-        );
-        self.read_audited(tenant_id, entry, move |c| {
-            let keys = store.keys_for(c, &t)?;
-            ensure_conversation(c, &t, &id)?;
-            page(c, &keys, &t, &id, after, limit)
-        })
-        .await
+        let read = self.page_reader(tenant_id, conversation_id, after, limit);
+        self.read_audited(tenant_id, entry, read).await
     }
 
     /// Reads a page without auditing: only for a live stream whose opening was audited.
@@ -600,17 +591,27 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<Event>> {
+        self.read(self.page_reader(tenant_id, conversation_id, after, limit))
+            .await
+    }
+
+    fn page_reader(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> impl FnOnce(&rusqlite::Connection) -> Result<Vec<Event>> + Send + 'static {
         let (t, id, store) = (
             tenant_id.to_owned(),
             conversation_id.to_owned(),
             self.clone(),
         );
-        self.read(move |c| {
+        move |c| {
             let keys = store.keys_for(c, &t)?;
             ensure_conversation(c, &t, &id)?;
             page(c, &keys, &t, &id, after, limit)
-        })
-        .await
+        }
     }
 
     /// Checks that a conversation exists for this tenant (and audits the stream's opening).

@@ -62,6 +62,12 @@ pub async fn list(
         return Err(ApiError::invalid("look up by one binding at a time"));
     }
     if let Some((kind, value)) = lookup.into_iter().next() {
+        // `?phone=+1415...` unescaped arrives as " 1415..." (form decoding turns
+        // `+` into a space); that can only have meant the plus sign.
+        let value = match value.strip_prefix(' ') {
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => format!("+{rest}"),
+            _ => value,
+        };
         // A lookup answers with a list of zero or one, so "no match" is not an error.
         return match s
             .store
