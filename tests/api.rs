@@ -16,6 +16,11 @@ async fn walkthrough_two_channels_into_one_context() {
         .ok("GET", "/v1/contacts?phone=%2B14155552671", &key, None)
         .await;
     assert_eq!(found["contacts"][0]["id"], contact);
+    // Unescaped, as people type it: the `+` arrives as a space and still works.
+    let found = s
+        .ok("GET", "/v1/contacts?phone=+14155552671", &key, None)
+        .await;
+    assert_eq!(found["contacts"][0]["id"], contact);
     let none = s
         .ok("GET", "/v1/contacts?phone=%2B14155552672", &key, None)
         .await;
