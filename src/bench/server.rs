@@ -20,6 +20,7 @@ impl ServerProcess {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("CONTINUUM_LOG", "warn")
+            .env("CONTINUUM_RTC__UDP_LISTEN", "127.0.0.1:0")
             .env_remove("CONTINUUM_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -33,6 +33,19 @@ pub fn build(state: AppState) -> Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], (*doc).clone()) }
             }),
         )
+        .route(
+            "/visit",
+            get(|| async { axum::response::Html(include_str!("../../../web/visit.html")) }),
+        )
+        .route(
+            "/sdk.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript")],
+                    include_str!("../../../web/sdk.js"),
+                )
+            }),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -148,9 +148,11 @@ fn bearer(parts: &Parts) -> Option<String> {
             .then(|| rest.trim().to_owned());
     }
     let query = parts.uri.query()?;
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("access_token=").map(|v| v.to_owned()))
+    query.split('&').find_map(|kv| {
+        kv.strip_prefix("access_token=")
+            .or_else(|| kv.strip_prefix("token="))
+            .map(|v| v.to_owned())
+    })
 }
 
 impl FromRequestParts<AppState> for Auth {

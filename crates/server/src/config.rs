@@ -16,6 +16,28 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub log: LogConfig,
     pub dev: DevConfig,
+    pub rtc: RtcConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtcConfig {
+    /// UDP address of the media worker.
+    pub udp_listen: SocketAddr,
+    /// Address advertised to clients as our ICE candidate; defaults to the
+    /// listen address (required when listening on 0.0.0.0).
+    pub public_ip: Option<std::net::IpAddr>,
+    pub max_participants_per_room: usize,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            udp_listen: ([127, 0, 0, 1], 7401).into(),
+            public_ip: None,
+            max_participants_per_room: 16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +262,15 @@ level = "info"
 [dev]
 # On first start with an empty database, create a `dev` tenant and print its API key.
 bootstrap_tenant = true
+
+[rtc]
+# UDP address the SFU's media worker listens on (WebRTC media, ICE, DTLS).
+udp_listen = "127.0.0.1:7401"
+# The address browsers are told to send media to. Defaults to the listen
+# address; required when listening on 0.0.0.0 (use the node's reachable IP).
+# public_ip = "203.0.113.10"
+# Participants per room before further joins are refused.
+max_participants_per_room = 16
 "#;
 
 #[cfg(test)]

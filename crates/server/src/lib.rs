@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod media;
 pub mod ops;
 pub mod serve;
 pub mod state;

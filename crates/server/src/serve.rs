@@ -98,7 +98,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = open_store(&cfg)?;
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
-    let state = AppState::new(store.clone(), cfg.clone(), metrics);
+    let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
+    state.media = Some(crate::media::Media::start(&cfg.rtc, store.clone())?);
     let router = app::build(state.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);

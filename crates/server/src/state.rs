@@ -18,6 +18,8 @@ pub struct AppState {
     /// Flips to true when shutdown begins; long-lived responses (live streams)
     /// end on it so graceful shutdown is not held open by them.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The SFU's media worker, when this node runs one.
+    pub media: Option<crate::media::Media>,
 }
 
 impl AppState {
@@ -30,6 +32,7 @@ impl AppState {
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
+            media: None,
         }
     }
 }

@@ -17,6 +17,7 @@ mod writer;
 mod contacts;
 mod conversations;
 mod events;
+mod rooms;
 mod tenants;
 mod time_fmt;
 mod webhooks;
@@ -29,6 +30,7 @@ pub use conversations::{
 pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
+pub use rooms::Room;
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
 pub use webhooks::{Delivery, DueDelivery, Webhook};

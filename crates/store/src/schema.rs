@@ -145,6 +145,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id);
     "#,
+    // 2: video rooms, each a media session of a conversation.
+    r#"
+    CREATE TABLE rooms (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        max_participants INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        ended_at INTEGER
+    );
+    CREATE INDEX rooms_conversation ON rooms(tenant_id, conversation_id);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

@@ -5,6 +5,7 @@ pub mod access;
 pub mod audit;
 pub mod contacts;
 pub mod conversations;
+pub mod rtc;
 pub mod timeline;
 pub mod webhooks;
 
@@ -28,6 +29,7 @@ use utoipa_axum::routes;
         (name = "timeline", description = "Events from every channel, live streams and the context snapshot"),
         (name = "audit", description = "The tamper-evident audit chain"),
         (name = "webhooks", description = "Signed outbound webhooks"),
+        (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
     )
 )]
 struct ApiDoc;
@@ -73,6 +75,8 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::delete))
         .routes(routes!(webhooks::deliveries))
+        .routes(routes!(rtc::create_room))
+        .routes(routes!(rtc::signaling))
         .split_for_parts()
 }
 

@@ -1,0 +1,175 @@
+//! Video rooms and WebSocket signaling (`/v1/rtc`, protocol version 1).
+//!
+//! Client → server: `{"type":"join","room":ID,"sdp":OFFER}`, `{"type":"answer","sdp"}`
+//! (to our renegotiation offer), `{"type":"offer","sdp"}` (client renegotiation),
+//! `{"type":"leave"}`.
+//! Server → client: `{"type":"joined","participant","sdp":ANSWER,"ice_servers":[]}`,
+//! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
+//! `{"type":"error","code","message"}`, `{"type":"left"}`.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path};
+use crate::media::{Seat, ToClient};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use continuum_core::{Permission, Principal};
+use continuum_store::Room;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoomRequest {
+    /// Default `rtc.max_participants_per_room`.
+    pub max_participants: Option<i64>,
+}
+
+/// Open a video room as a media session of this conversation.
+#[utoipa::path(post, path = "/v1/conversations/{id}/rooms", tag = "video", params(("id" = String, Path)), request_body = CreateRoomRequest,
+    responses((status = 201, body = Room), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn create_room(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<CreateRoomRequest>,
+) -> ApiResult<(StatusCode, Json<Room>)> {
+    let object = format!("conversation/{id}");
+    s.require(&p, Permission::WriteConversation, &object)
+        .await?;
+    s.require_conversation(&p, &id).await?;
+    let limit = s.config.rtc.max_participants_per_room as i64;
+    let max = req.max_participants.unwrap_or(limit);
+    if !(2..=limit).contains(&max) {
+        return Err(ApiError::invalid(format!(
+            "max_participants must be 2..={limit} (rtc.max_participants_per_room)"
+        )));
+    }
+    match s
+        .store
+        .create_room(p.tenant_id(), &id, max, &p.audit_actor())
+        .await
+    {
+        Ok(room) => Ok((StatusCode::CREATED, Json(room))),
+        Err(e) => Err(s.audit_failure(&p, "room.create", &object, e).await),
+    }
+}
+
+/// Signaling WebSocket. Authenticate with `?token=<access token>` (a room grant is needed to join).
+#[utoipa::path(get, path = "/v1/rtc", tag = "video", params(("token" = String, Query, description = "access token with a room grant")),
+    responses((status = 101, description = "WebSocket upgrade; JSON messages as documented in the module"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn signaling(State(s): State<AppState>, Auth(p): Auth, ws: WebSocketUpgrade) -> Response {
+    if !matches!(p, Principal::Token { .. }) {
+        return ApiError::forbidden(
+            "join rooms with an access token from POST /v1/tokens, not an API key",
+        )
+        .into_response();
+    }
+    if s.media.is_none() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media_unavailable",
+            "this node runs no media worker",
+        )
+        .into_response();
+    }
+    ws.max_message_size(256 * 1024)
+        .on_upgrade(move |socket| session(s, p, socket))
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMsg {
+    Join { room: String, sdp: String },
+    Answer { sdp: String },
+    Offer { sdp: String },
+    Leave,
+}
+
+fn error(code: &str, message: impl Into<String>) -> String {
+    json!({"type": "error", "code": code, "message": message.into()}).to_string()
+}
+
+async fn session(s: AppState, p: Principal, socket: WebSocket) {
+    let Principal::Token {
+        tenant_id,
+        identity,
+        role,
+        grants,
+    } = p.clone()
+    else {
+        return;
+    };
+    let media = s.media.clone().expect("checked before upgrade");
+    let (mut sink, mut stream) = socket.split();
+    let (to_client, mut from_media) = tokio::sync::mpsc::unbounded_channel();
+    let mut participant = None;
+    let mut stop = s.shutdown.subscribe();
+    loop {
+        let reply: Option<String> = tokio::select! {
+            _ = stop.changed() => break,
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
+                    Err(e) => Some(error("bad_message", format!("unrecognised signaling message: {e}"))),
+                    Ok(ClientMsg::Join { .. }) if participant.is_some() => Some(error("already_joined", "this connection has already joined a room")),
+                    Ok(ClientMsg::Join { room, sdp }) => {
+                        if !grants.allows_room(&room) {
+                            s.audit_denial(&tenant_id, &p.audit_actor(), "room.join", &format!("room/{room}"), "not in grants").await;
+                            Some(error("not_found", "room not found"))
+                        } else {
+                            match s.store.get_room(&tenant_id, &room).await {
+                                Err(_) => Some(error("not_found", "room not found")),
+                                Ok(r) => {
+                                    let conversation = r.conversation_id.clone();
+                                    let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role };
+                                    match media.join(seat, sdp, to_client.clone()).await {
+                                        Ok((id, answer)) => {
+                                            participant = Some(id);
+                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": []}).to_string())
+                                        }
+                                        Err(e) => Some(error("join_refused", e.to_string())),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(ClientMsg::Answer { sdp }) => match participant {
+                        None => Some(error("not_joined", "join a room first")),
+                        Some(id) => media.answer(id, sdp).await.err().map(|e| error("bad_answer", e.to_string())),
+                    },
+                    Ok(ClientMsg::Offer { sdp }) => match participant {
+                        None => Some(error("not_joined", "join a room first")),
+                        Some(id) => Some(match media.offer(id, sdp).await {
+                            Ok(answer) => json!({"type": "answer", "sdp": answer}).to_string(),
+                            Err(e) => error("bad_offer", e.to_string()),
+                        }),
+                    },
+                    Ok(ClientMsg::Leave) => break,
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => None,
+            },
+            out = from_media.recv() => match out {
+                Some(ToClient::Offer(sdp)) => Some(json!({"type": "offer", "sdp": sdp}).to_string()),
+                Some(ToClient::Closed) | None => {
+                    let _ = sink.send(Message::Text(json!({"type": "left"}).to_string().into())).await;
+                    participant = None;
+                    break;
+                }
+            },
+        };
+        if let Some(text) = reply
+            && sink.send(Message::Text(text.into())).await.is_err()
+        {
+            break;
+        }
+    }
+    if let Some(id) = participant {
+        media.leave(id);
+    }
+}

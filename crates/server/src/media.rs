@@ -1,0 +1,310 @@
+//! The thin IO loop around the SFU's sans-IO worker: one thread, one UDP
+//! socket; commands in from signaling, datagrams in and out, room events out
+//! to the conversation timeline.
+
+use crate::config::RtcConfig;
+use anyhow::Context as _;
+use continuum_core::{Actor, ActorType, Channel, EventKind, NewEvent, Role};
+use continuum_sfu::{
+    JoinError, JoinRequest, ParticipantId, RoomEvent, SfuOutput, SignalError, Worker, WorkerConfig,
+};
+use continuum_store::Store;
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// Who is joining, for the timeline.
+#[derive(Debug, Clone)]
+pub struct Seat {
+    pub tenant_id: String,
+    pub conversation_id: String,
+    pub room_id: String,
+    pub identity: String,
+    pub role: Role,
+}
+
+/// Messages the media thread sends a participant's signaling connection.
+#[derive(Debug)]
+pub enum ToClient {
+    Offer(String),
+    Closed,
+}
+
+enum Command {
+    Join {
+        seat: Seat,
+        sdp: String,
+        to_client: mpsc::UnboundedSender<ToClient>,
+        reply: oneshot::Sender<Result<(ParticipantId, String), JoinError>>,
+    },
+    Answer {
+        id: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
+    Offer {
+        id: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SignalError>>,
+    },
+    Leave {
+        id: ParticipantId,
+    },
+}
+
+/// Handle to the media thread.
+#[derive(Clone)]
+pub struct Media {
+    commands: crossbeam_channel::Sender<Command>,
+    pub udp_addr: SocketAddr,
+}
+
+impl Media {
+    pub fn start(cfg: &RtcConfig, store: Store) -> anyhow::Result<Media> {
+        let socket = UdpSocket::bind(cfg.udp_listen).with_context(|| {
+            format!(
+                "cannot bind the media UDP port {}; set rtc.udp_listen",
+                cfg.udp_listen
+            )
+        })?;
+        let bound = socket.local_addr()?;
+        let public_ip = match (cfg.public_ip, bound.ip()) {
+            (Some(ip), _) => ip,
+            (None, ip) if ip.is_unspecified() => anyhow::bail!(
+                "rtc.udp_listen is {bound}: set rtc.public_ip to the address browsers can reach"
+            ),
+            (None, ip) => ip,
+        };
+        let public = SocketAddr::new(public_ip, bound.port());
+        let worker = Worker::new(WorkerConfig {
+            public_addr: public,
+            max_participants_per_room: cfg.max_participants_per_room,
+        });
+        let (commands, rx) = crossbeam_channel::unbounded();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(record_room_events(store, events_rx));
+        std::thread::Builder::new()
+            .name("continuum-media".into())
+            .spawn(move || run(socket, worker, rx, events_tx))
+            .context("spawning the media thread")?;
+        tracing::info!(%bound, %public, "media worker listening");
+        Ok(Media {
+            commands,
+            udp_addr: public,
+        })
+    }
+
+    pub async fn join(
+        &self,
+        seat: Seat,
+        sdp: String,
+        to_client: mpsc::UnboundedSender<ToClient>,
+    ) -> Result<(ParticipantId, String), JoinError> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Join {
+            seat,
+            sdp,
+            to_client,
+            reply,
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(JoinError::Refused("the media worker is not running".into())))
+    }
+
+    pub async fn answer(&self, id: ParticipantId, sdp: String) -> Result<(), SignalError> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Answer { id, sdp, reply });
+        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+    }
+
+    pub async fn offer(&self, id: ParticipantId, sdp: String) -> Result<String, SignalError> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Offer { id, sdp, reply });
+        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+    }
+
+    pub fn leave(&self, id: ParticipantId) {
+        let _ = self.commands.send(Command::Leave { id });
+    }
+}
+
+fn run(
+    socket: UdpSocket,
+    mut worker: Worker,
+    commands: crossbeam_channel::Receiver<Command>,
+    events: mpsc::UnboundedSender<(Seat, RoomEvent)>,
+) {
+    let local = socket.local_addr().expect("bound socket");
+    let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
+    let mut buf = vec![0u8; 2048];
+    loop {
+        loop {
+            match commands.try_recv() {
+                Ok(cmd) => handle_command(&mut worker, &mut seats, cmd),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+            }
+        }
+        let now = Instant::now();
+        let next = worker.drive(now);
+        while let Some(out) = worker.poll_output() {
+            match out {
+                SfuOutput::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    if let Err(e) = socket.send_to(&contents, destination) {
+                        tracing::debug!(%destination, error = %e, "media send failed");
+                    }
+                }
+                SfuOutput::Offer { participant, sdp } => {
+                    if let Some((_, tx)) = seats.get(&participant) {
+                        let _ = tx.send(ToClient::Offer(sdp));
+                    }
+                }
+                SfuOutput::Event(ev) => {
+                    let id = match &ev {
+                        RoomEvent::Joined { participant, .. }
+                        | RoomEvent::Connected { participant, .. }
+                        | RoomEvent::Left { participant, .. } => *participant,
+                    };
+                    let seat = match &ev {
+                        RoomEvent::Left { .. } => seats.remove(&id).map(|(s, tx)| {
+                            let _ = tx.send(ToClient::Closed);
+                            s
+                        }),
+                        _ => seats.get(&id).map(|(s, _)| s.clone()),
+                    };
+                    if let Some(seat) = seat {
+                        let _ = events.send((seat, ev));
+                    }
+                }
+            }
+        }
+        // Wake for the next timer, a datagram, or (at most 5 ms later) a command.
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(5));
+        let _ = socket.set_read_timeout(Some(wait));
+        match socket.recv_from(&mut buf) {
+            Ok((n, source)) => {
+                worker.handle_datagram(Instant::now(), source, local, &buf[..n]);
+                // Drain whatever else is already queued before driving again.
+                let _ = socket.set_nonblocking(true);
+                while let Ok((n, source)) = socket.recv_from(&mut buf) {
+                    worker.handle_datagram(Instant::now(), source, local, &buf[..n]);
+                }
+                let _ = socket.set_nonblocking(false);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => tracing::debug!(error = %e, "media receive failed"),
+        }
+    }
+}
+
+fn handle_command(
+    worker: &mut Worker,
+    seats: &mut HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)>,
+    cmd: Command,
+) {
+    match cmd {
+        Command::Join {
+            seat,
+            sdp,
+            to_client,
+            reply,
+        } => {
+            let room_key = format!("{}/{}", seat.tenant_id, seat.room_id);
+            let result = worker.join(
+                Instant::now(),
+                JoinRequest {
+                    room: room_key,
+                    identity: seat.identity.clone(),
+                    offer_sdp: sdp,
+                },
+            );
+            if let Ok((id, _)) = &result {
+                seats.insert(*id, (seat, to_client));
+            }
+            let _ = reply.send(result);
+        }
+        Command::Answer { id, sdp, reply } => {
+            let _ = reply.send(worker.answer(id, &sdp));
+        }
+        Command::Offer { id, sdp, reply } => {
+            let _ = reply.send(worker.offer(id, &sdp));
+        }
+        Command::Leave { id } => worker.leave(id),
+    }
+}
+
+/// Writes room activity onto the conversation's timeline: participants
+/// joining and leaving, the call starting when the first participant's media
+/// connects and ending when the room empties.
+async fn record_room_events(store: Store, mut rx: mpsc::UnboundedReceiver<(Seat, RoomEvent)>) {
+    let mut started: HashSet<String> = HashSet::new();
+    while let Some((seat, ev)) = rx.recv().await {
+        let actor = Actor {
+            actor_type: if seat.role == Role::Patient {
+                ActorType::Patient
+            } else {
+                ActorType::Staff
+            },
+            id: Some(seat.identity.clone()),
+        };
+        let session = serde_json::json!(seat.room_id);
+        let mut writes: Vec<(EventKind, Actor, serde_json::Value)> = Vec::new();
+        match &ev {
+            RoomEvent::Joined { participant, .. } => {
+                writes.push((EventKind::ParticipantJoined, actor, serde_json::json!({"session_id": session, "participant": participant.to_string(), "role": seat.role})));
+            }
+            RoomEvent::Connected { .. } => {
+                let key = format!("{}/{}", seat.tenant_id, seat.room_id);
+                if started.insert(key) {
+                    writes.push((
+                        EventKind::CallStarted,
+                        Actor::system(),
+                        serde_json::json!({"session_id": session, "backend": "self-hosted"}),
+                    ));
+                }
+            }
+            RoomEvent::Left {
+                participant,
+                room_now_empty,
+                ..
+            } => {
+                writes.push((EventKind::ParticipantLeft, actor, serde_json::json!({"session_id": session, "participant": participant.to_string()})));
+                if *room_now_empty
+                    && started.remove(&format!("{}/{}", seat.tenant_id, seat.room_id))
+                {
+                    writes.push((
+                        EventKind::CallEnded,
+                        Actor::system(),
+                        serde_json::json!({"session_id": session, "reason": "room_empty"}),
+                    ));
+                }
+            }
+        }
+        for (kind, actor, meta) in writes {
+            let ev = NewEvent {
+                channel: Channel::Video,
+                kind,
+                actor,
+                body: None,
+                meta: meta.as_object().cloned().unwrap_or_default(),
+                idempotency_key: None,
+            };
+            if let Err(e) = store
+                .append_event(&seat.tenant_id, &seat.conversation_id, ev, "system:sfu")
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a room event on the timeline");
+            }
+        }
+    }
+}

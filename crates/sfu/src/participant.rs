@@ -1,0 +1,305 @@
+//! One participant: its `Rtc`, the tracks it publishes, and the tracks it
+//! receives from others (with their negotiation state).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{
+    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid,
+};
+use str0m::{Event, IceConnectionState, Output, Rtc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u64);
+
+impl std::fmt::Display for ParticipantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+/// A track published by a participant; others hold weak references, so a
+/// departed publisher's tracks disappear from everyone.
+#[derive(Debug)]
+pub(crate) struct TrackIn {
+    pub origin: ParticipantId,
+    pub mid: Mid,
+    pub kind: MediaKind,
+}
+
+#[derive(Debug)]
+pub(crate) struct TrackInEntry {
+    pub track: Arc<TrackIn>,
+    pub last_keyframe_request: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+    ToStop(Mid),
+    NegotiatingStop(Mid),
+}
+
+#[derive(Debug)]
+pub(crate) struct TrackOut {
+    pub track: Weak<TrackIn>,
+    pub state: OutState,
+}
+
+impl TrackOut {
+    pub fn mid(&self) -> Option<Mid> {
+        match self.state {
+            OutState::ToOpen => None,
+            OutState::Negotiating(m)
+            | OutState::Open(m)
+            | OutState::ToStop(m)
+            | OutState::NegotiatingStop(m) => Some(m),
+        }
+    }
+}
+
+/// What polling a participant produced for the worker to route.
+#[allow(clippy::large_enum_variant)] // MediaData is moved straight through, never stored.
+pub(crate) enum Polled {
+    Nothing,
+    Timeout(Instant),
+    Transmit(std::net::SocketAddr, Vec<u8>),
+    TrackOpen(Weak<TrackIn>),
+    Media(MediaData),
+    KeyframeRequest {
+        req: KeyframeRequest,
+        origin: ParticipantId,
+        mid_in: Mid,
+    },
+    Connected,
+    Disconnected,
+}
+
+pub(crate) struct Participant {
+    pub id: ParticipantId,
+    pub room: String,
+    pub identity: String,
+    pub rtc: Rtc,
+    pub tracks_in: Vec<TrackInEntry>,
+    pub tracks_out: Vec<TrackOut>,
+    /// Our renegotiation offer awaiting the client's answer.
+    pub pending: Option<SdpPendingOffer>,
+    pub chosen_rid: Option<Rid>,
+    pub connected: bool,
+}
+
+const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+
+impl Participant {
+    pub fn new(id: ParticipantId, room: String, identity: String, rtc: Rtc) -> Self {
+        Participant {
+            id,
+            room,
+            identity,
+            rtc,
+            tracks_in: Vec::new(),
+            tracks_out: Vec::new(),
+            pending: None,
+            chosen_rid: None,
+            connected: false,
+        }
+    }
+
+    pub fn poll(&mut self) -> Polled {
+        if !self.rtc.is_alive() {
+            return Polled::Disconnected;
+        }
+        match self.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => Polled::Timeout(t),
+            Ok(Output::Transmit(t)) => Polled::Transmit(t.destination, t.contents.into()),
+            Ok(Output::Event(e)) => self.on_event(e),
+            Err(e) => {
+                tracing::info!(participant = %self.id, error = ?e, "participant failed; disconnecting");
+                self.rtc.disconnect();
+                Polled::Disconnected
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event) -> Polled {
+        match e {
+            Event::Connected => {
+                self.connected = true;
+                Polled::Connected
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.rtc.disconnect();
+                Polled::Disconnected
+            }
+            Event::MediaAdded(m)
+                if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) =>
+            {
+                let track = Arc::new(TrackIn {
+                    origin: self.id,
+                    mid: m.mid,
+                    kind: m.kind,
+                });
+                let weak = Arc::downgrade(&track);
+                self.tracks_in.push(TrackInEntry {
+                    track,
+                    last_keyframe_request: None,
+                });
+                Polled::TrackOpen(weak)
+            }
+            Event::MediaData(data) => {
+                if !data.contiguous {
+                    self.request_keyframe(data.mid, data.rid, KeyframeRequestKind::Fir);
+                }
+                Polled::Media(data)
+            }
+            Event::KeyframeRequest(mut req) => {
+                let Some(out) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) else {
+                    return Polled::Nothing;
+                };
+                let Some(track) = out.track.upgrade() else {
+                    return Polled::Nothing;
+                };
+                req.rid = self.chosen_rid;
+                Polled::KeyframeRequest {
+                    req,
+                    origin: track.origin,
+                    mid_in: track.mid,
+                }
+            }
+            _ => Polled::Nothing,
+        }
+    }
+
+    /// Asks this participant (a publisher) for a keyframe, at most every 500 ms per track.
+    pub fn request_keyframe(&mut self, mid: Mid, rid: Option<Rid>, kind: KeyframeRequestKind) {
+        let Some(entry) = self.tracks_in.iter_mut().find(|t| t.track.mid == mid) else {
+            return;
+        };
+        if entry
+            .last_keyframe_request
+            .is_some_and(|t| t.elapsed() < KEYFRAME_THROTTLE)
+        {
+            return;
+        }
+        if let Some(mut w) = self.rtc.writer(mid) {
+            let _ = w.request_keyframe(rid, kind);
+            entry.last_keyframe_request = Some(Instant::now());
+        }
+    }
+
+    pub fn add_track_out(&mut self, track: Weak<TrackIn>) {
+        self.tracks_out.push(TrackOut {
+            track,
+            state: OutState::ToOpen,
+        });
+    }
+
+    /// Builds a renegotiation offer when tracks came or went, unless one is in flight.
+    pub fn offer_if_needed(&mut self) -> Option<SdpOffer> {
+        if self.pending.is_some() || !self.connected {
+            return None;
+        }
+        for t in &mut self.tracks_out {
+            if let OutState::Open(m) = t.state
+                && t.track.upgrade().is_none()
+            {
+                t.state = OutState::ToStop(m);
+            }
+        }
+        let mut change = self.rtc.sdp_api();
+        for t in &mut self.tracks_out {
+            match t.state {
+                OutState::ToOpen => {
+                    if let Some(track) = t.track.upgrade() {
+                        let stream_id = track.origin.to_string();
+                        let mid = change.add_media(
+                            track.kind,
+                            Direction::SendOnly,
+                            Some(stream_id),
+                            None,
+                            None,
+                        );
+                        t.state = OutState::Negotiating(mid);
+                    }
+                }
+                OutState::ToStop(mid) => {
+                    change.stop_media(mid);
+                    t.state = OutState::NegotiatingStop(mid);
+                }
+                _ => {}
+            }
+        }
+        if !change.has_changes() {
+            return None;
+        }
+        let (offer, pending) = change.apply()?;
+        self.pending = Some(pending);
+        Some(offer)
+    }
+
+    pub fn accept_answer(&mut self, answer: SdpAnswer) -> Result<(), str0m::RtcError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        for t in &mut self.tracks_out {
+            if let OutState::Negotiating(m) = t.state {
+                t.state = OutState::Open(m);
+            }
+        }
+        self.tracks_out
+            .retain(|t| !matches!(t.state, OutState::NegotiatingStop(_)));
+        Ok(())
+    }
+
+    /// The client renegotiates (e.g. it started publishing): answer, and redo
+    /// any offer of ours that this one overtook.
+    pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, str0m::RtcError> {
+        self.pending = None;
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        for t in &mut self.tracks_out {
+            match t.state {
+                OutState::Negotiating(_) => t.state = OutState::ToOpen,
+                OutState::NegotiatingStop(m) => t.state = OutState::ToStop(m),
+                _ => {}
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Writes media from another participant into the matching outgoing track.
+    pub fn write_media(&mut self, origin: ParticipantId, data: &MediaData) {
+        let Some(mid) = self
+            .tracks_out
+            .iter()
+            .find(|o| {
+                o.track
+                    .upgrade()
+                    .is_some_and(|i| i.origin == origin && i.mid == data.mid)
+            })
+            .and_then(|o| match o.state {
+                OutState::Open(m) => Some(m),
+                _ => None,
+            })
+        else {
+            return;
+        };
+        // Without a layer policy yet, forward the top simulcast layer or the only one.
+        if data.rid.is_some() && data.rid != Some("h".into()) {
+            return;
+        }
+        self.chosen_rid = data.rid;
+        let Some(writer) = self.rtc.writer(mid) else {
+            return;
+        };
+        let Some(pt) = writer.match_params(data.params) else {
+            return;
+        };
+        if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            tracing::info!(participant = %self.id, error = ?e, "write failed; disconnecting");
+            self.rtc.disconnect();
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! One media worker: every room on one thread and one UDP port.
+
+use crate::participant::{Participant, ParticipantId, Polled};
+use crate::stun;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, IceCreds, Input, Rtc};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The address advertised to clients as our host candidate.
+    pub public_addr: SocketAddr,
+    /// Participants per room before joins are refused.
+    pub max_participants_per_room: usize,
+}
+
+pub struct JoinRequest {
+    pub room: String,
+    pub identity: String,
+    pub offer_sdp: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the SDP offer could not be parsed: {0}")]
+    BadOffer(String),
+    #[error("the offer was refused: {0}")]
+    Refused(String),
+    #[error("room `{room}` is full ({limit} participants)")]
+    RoomFull { room: String, limit: usize },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("no such participant (it left or was disconnected)")]
+    UnknownParticipant,
+    #[error("malformed SDP: {0}")]
+    BadSdp(String),
+    #[error("SDP refused: {0}")]
+    Refused(String),
+}
+
+/// Something that happened in a room, for the conversation timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomEvent {
+    Joined {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+    },
+    Connected {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+    },
+    Left {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+        room_now_empty: bool,
+    },
+}
+
+#[derive(Debug)]
+pub enum SfuOutput {
+    Transmit {
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    },
+    /// A renegotiation offer for the participant (tracks came or went).
+    Offer {
+        participant: ParticipantId,
+        sdp: String,
+    },
+    Event(RoomEvent),
+}
+
+pub struct Worker {
+    cfg: WorkerConfig,
+    next_id: u64,
+    participants: HashMap<ParticipantId, Participant>,
+    rooms: HashMap<String, Vec<ParticipantId>>,
+    by_addr: HashMap<SocketAddr, ParticipantId>,
+    by_ufrag: HashMap<String, ParticipantId>,
+    outputs: VecDeque<SfuOutput>,
+    /// Datagrams no participant would take (garbage, stale, wrong credentials).
+    pub unknown_datagrams: u64,
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig) -> Self {
+        crate::init_crypto();
+        Worker {
+            cfg,
+            next_id: 1,
+            participants: HashMap::new(),
+            rooms: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            outputs: VecDeque::new(),
+            unknown_datagrams: 0,
+        }
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.participants.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Admits a participant with its SDP offer; returns its id and our answer.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+    ) -> Result<(ParticipantId, String), JoinError> {
+        let members = self.rooms.get(&req.room).map_or(0, Vec::len);
+        if members >= self.cfg.max_participants_per_room {
+            return Err(JoinError::RoomFull {
+                room: req.room,
+                limit: self.cfg.max_participants_per_room,
+            });
+        }
+        let offer = SdpOffer::from_sdp_string(&req.offer_sdp)
+            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let creds = IceCreds::new();
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_local_ice_credentials(creds.clone())
+            .build(now);
+        let candidate = Candidate::host(self.cfg.public_addr, "udp")
+            .map_err(|e| JoinError::Refused(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| JoinError::Refused(e.to_string()))?;
+
+        let id = ParticipantId(self.next_id);
+        self.next_id += 1;
+        let mut p = Participant::new(id, req.room.clone(), req.identity.clone(), rtc);
+        // Everything already published in the room is offered to the newcomer.
+        for other in self.rooms.get(&req.room).into_iter().flatten() {
+            if let Some(o) = self.participants.get(other) {
+                for t in &o.tracks_in {
+                    p.add_track_out(std::sync::Arc::downgrade(&t.track));
+                }
+            }
+        }
+        self.by_ufrag.insert(creds.ufrag, id);
+        self.participants.insert(id, p);
+        self.rooms.entry(req.room.clone()).or_default().push(id);
+        self.outputs.push_back(SfuOutput::Event(RoomEvent::Joined {
+            room: req.room,
+            participant: id,
+            identity: req.identity,
+        }));
+        Ok((id, answer.to_sdp_string()))
+    }
+
+    pub fn leave(&mut self, id: ParticipantId) {
+        let Some(mut p) = self.participants.remove(&id) else {
+            return;
+        };
+        p.rtc.disconnect();
+        self.by_addr.retain(|_, v| *v != id);
+        self.by_ufrag.retain(|_, v| *v != id);
+        let room_now_empty = match self.rooms.get_mut(&p.room) {
+            Some(members) => {
+                members.retain(|m| *m != id);
+                members.is_empty()
+            }
+            None => true,
+        };
+        if room_now_empty {
+            self.rooms.remove(&p.room);
+        }
+        self.outputs.push_back(SfuOutput::Event(RoomEvent::Left {
+            room: p.room,
+            participant: id,
+            identity: p.identity,
+            room_now_empty,
+        }));
+    }
+
+    /// The client's answer to our renegotiation offer.
+    pub fn answer(&mut self, id: ParticipantId, sdp: &str) -> Result<(), SignalError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+        p.accept_answer(answer)
+            .map_err(|e| SignalError::Refused(e.to_string()))
+    }
+
+    /// A client-initiated renegotiation (it added or removed its own tracks).
+    pub fn offer(&mut self, id: ParticipantId, sdp: &str) -> Result<String, SignalError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+        let answer = p
+            .accept_offer(offer)
+            .map_err(|e| SignalError::Refused(e.to_string()))?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Routes one datagram to its participant: by remote address once known,
+    /// else by the ICE ufrag of a STUN binding request. Returns false if nobody
+    /// took it (counted in `unknown_datagrams`).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) -> bool {
+        let Ok(contents) = data.try_into() else {
+            self.unknown_datagrams += 1;
+            return false;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        let id = match self.by_addr.get(&source) {
+            Some(id) => Some(*id),
+            None => stun::local_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied()),
+        };
+        let Some(p) = id.and_then(|id| self.participants.get_mut(&id)) else {
+            self.unknown_datagrams += 1;
+            return false;
+        };
+        if !p.rtc.accepts(&input) {
+            self.unknown_datagrams += 1;
+            return false;
+        }
+        self.by_addr.insert(source, p.id);
+        if let Err(e) = p.rtc.handle_input(input) {
+            tracing::info!(participant = %p.id, error = ?e, "bad input; disconnecting");
+            p.rtc.disconnect();
+        }
+        true
+    }
+
+    /// Advances every participant to `now`, routes media between them, and
+    /// returns when it next needs to be called.
+    pub fn drive(&mut self, now: Instant) -> Instant {
+        for p in self.participants.values_mut() {
+            if p.rtc.is_alive() {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+            }
+        }
+        let mut next = now + Duration::from_millis(100);
+        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+        let mut gone = Vec::new();
+        for id in ids {
+            while let Some(p) = self.participants.get_mut(&id) {
+                if let Some(offer) = p.offer_if_needed() {
+                    self.outputs.push_back(SfuOutput::Offer {
+                        participant: id,
+                        sdp: offer.to_sdp_string(),
+                    });
+                }
+                match p.poll() {
+                    Polled::Timeout(t) => {
+                        next = next.min(t);
+                        break;
+                    }
+                    Polled::Nothing => {}
+                    Polled::Transmit(destination, contents) => {
+                        self.outputs.push_back(SfuOutput::Transmit {
+                            destination,
+                            contents,
+                        });
+                    }
+                    Polled::Connected => {
+                        let (room, identity) = (p.room.clone(), p.identity.clone());
+                        self.outputs
+                            .push_back(SfuOutput::Event(RoomEvent::Connected {
+                                room,
+                                participant: id,
+                                identity,
+                            }));
+                    }
+                    Polled::Disconnected => {
+                        gone.push(id);
+                        break;
+                    }
+                    Polled::TrackOpen(track) => {
+                        let room = p.room.clone();
+                        for other in self
+                            .rooms
+                            .get(&room)
+                            .into_iter()
+                            .flatten()
+                            .filter(|o| **o != id)
+                        {
+                            if let Some(o) = self.participants.get_mut(other) {
+                                o.add_track_out(track.clone());
+                            }
+                        }
+                    }
+                    Polled::Media(data) => {
+                        let room = p.room.clone();
+                        for other in self
+                            .rooms
+                            .get(&room)
+                            .into_iter()
+                            .flatten()
+                            .filter(|o| **o != id)
+                        {
+                            if let Some(o) = self.participants.get_mut(other) {
+                                o.write_media(id, &data);
+                            }
+                        }
+                    }
+                    Polled::KeyframeRequest {
+                        req,
+                        origin,
+                        mid_in,
+                    } => {
+                        if let Some(o) = self.participants.get_mut(&origin) {
+                            o.request_keyframe(mid_in, req.rid, req.kind);
+                        }
+                    }
+                }
+            }
+        }
+        for id in gone {
+            self.leave(id);
+        }
+        next
+    }
+
+    pub fn poll_output(&mut self) -> Option<SfuOutput> {
+        self.outputs.pop_front()
+    }
+}

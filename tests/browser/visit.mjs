@@ -1,0 +1,91 @@
+// Drives real Chromium peers through /visit. Usage:
+//   node visit.mjs <base-url> <room> <conversation> <token-a> <token-b> <token-c>
+// Scenario: A and B join and must decode each other's video and receive audio;
+// C joins and must decode both; B leaves. Prints one JSON line per check and
+// exits non-zero on the first failure.
+import { chromium } from "playwright-core";
+
+const [base, room, conversation, ...tokens] = process.argv.slice(2);
+const TIMEOUT_MS = 30000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+  ],
+});
+
+function report(check, ok, detail) {
+  console.log(JSON.stringify({ check, ok, ...detail }));
+  if (!ok) {
+    browser.close().finally(() => process.exit(1));
+    throw new Error(`check failed: ${check}`);
+  }
+}
+
+async function open(name, token) {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.error(`[${name}] ${m.text()}`); });
+  page.on("pageerror", (e) => console.error(`[${name}] ${e.message}`));
+  const url = `${base}/visit?token=${encodeURIComponent(token)}&room=${room}&conversation=${conversation}`;
+  await page.goto(url);
+  return { name, page, ctx };
+}
+
+// Per remote stream: decoded video frames and received audio packets.
+async function inbound(peer) {
+  return peer.page.evaluate(async () => {
+    if (!window.visit || !window.visit.pc) return { video: [], audio: [] };
+    const stats = await window.visit.pc.getStats();
+    const video = [], audio = [];
+    stats.forEach((r) => {
+      if (r.type !== "inbound-rtp") return;
+      if (r.kind === "video") video.push(r.framesDecoded || 0);
+      if (r.kind === "audio") audio.push(r.packetsReceived || 0);
+    });
+    return { video, audio, state: window.visit.state };
+  });
+}
+
+// Waits until `peer` decodes video from `remotes` others and gets their audio.
+async function waitForMedia(peer, remotes) {
+  const deadline = Date.now() + TIMEOUT_MS;
+  let last;
+  while (Date.now() < deadline) {
+    last = await inbound(peer);
+    const decoding = last.video.filter((f) => f > 10).length;
+    const hearing = last.audio.filter((p) => p > 10).length;
+    if (decoding >= remotes && hearing >= remotes) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  report(`${peer.name} receives media from ${remotes}`, false, { last });
+}
+
+const a = await open("A", tokens[0]);
+const b = await open("B", tokens[1]);
+report("A decodes B", true, await waitForMedia(a, 1));
+report("B decodes A", true, await waitForMedia(b, 1));
+
+const c = await open("C", tokens[2]);
+report("C decodes A and B", true, await waitForMedia(c, 2));
+report("A decodes B and C", true, await waitForMedia(a, 2));
+
+await b.page.click("#leave");
+await b.ctx.close();
+// A keeps receiving C after B left: decoded frames keep growing.
+const total = async () => (await inbound(a)).video.reduce((x, y) => x + y, 0);
+const before = await total();
+let after = before;
+for (const deadline = Date.now() + TIMEOUT_MS; after < before + 30 && Date.now() < deadline; ) {
+  await new Promise((r) => setTimeout(r, 250));
+  after = await total();
+}
+report("A still decodes after B left", after >= before + 30, { before, after });
+
+await a.page.click("#leave");
+await c.page.click("#leave");
+await browser.close();

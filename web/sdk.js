@@ -1,0 +1,127 @@
+// Continuum browser SDK: join a visit room over the signaling WebSocket and
+// exchange media through the SFU. No build step; an ES module.
+//
+//   import { Visit } from "/sdk.js";
+//   const visit = new Visit({ token });
+//   visit.addEventListener("track", (e) => attach(e.detail.stream));
+//   await visit.join(roomId, await navigator.mediaDevices.getUserMedia({ video: true, audio: true }));
+
+export class Visit extends EventTarget {
+  constructor({ token, url } = {}) {
+    super();
+    this.token = token;
+    const base = url || location.origin;
+    this.wsUrl = base.replace(/^http/, "ws") + "/v1/rtc?token=" + encodeURIComponent(token);
+    this.pc = null;
+    this.ws = null;
+    this.participant = null;
+    this.state = "new";
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _setState(state) {
+    this.state = state;
+    this._emit("state", { state });
+  }
+
+  /** Joins `room`, publishing the tracks of `stream` (if any). */
+  async join(room, stream) {
+    this._setState("connecting");
+    const pc = (this.pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" }));
+    pc.addEventListener("track", (e) => {
+      const stream = e.streams[0] || new MediaStream([e.track]);
+      this._emit("track", { track: e.track, stream });
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      const s = pc.connectionState;
+      if (s === "connected") this._setState("connected");
+      if (s === "failed" || s === "disconnected") this._setState(s);
+    });
+    if (stream) {
+      for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    }
+    // A data channel is always negotiated (chat and control later).
+    this.channel = pc.createDataChannel("continuum");
+
+    const ws = (this.ws = new WebSocket(this.wsUrl));
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error("signaling connection failed"));
+    });
+    const joined = new Promise((resolve, reject) => {
+      this._joined = { resolve, reject };
+    });
+    ws.onmessage = (m) => this._onSignal(JSON.parse(m.data));
+    ws.onclose = () => {
+      if (this.state !== "left") this._setState("disconnected");
+    };
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    ws.send(JSON.stringify({ type: "join", room, sdp: pc.localDescription.sdp }));
+    return joined;
+  }
+
+  async _onSignal(msg) {
+    const pc = this.pc;
+    switch (msg.type) {
+      case "joined":
+        this.participant = msg.participant;
+        this.conversation = msg.conversation;
+        await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+        this._joined?.resolve(msg);
+        break;
+      case "offer": {
+        // The SFU renegotiates when others' tracks come or go.
+        await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+        const answer = await pc.createAnswer();
+        await pc.setLocalDescription(answer);
+        this.ws.send(JSON.stringify({ type: "answer", sdp: pc.localDescription.sdp }));
+        break;
+      }
+      case "answer":
+        await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+        break;
+      case "error":
+        this._emit("error", msg);
+        this._joined?.reject(new Error(msg.message));
+        break;
+      case "left":
+        this._setState("left");
+        break;
+    }
+  }
+
+  /** Mutes or unmutes the local tracks of one kind ("audio" or "video"). */
+  setMuted(kind, muted) {
+    for (const s of this.pc?.getSenders() || []) {
+      if (s.track && s.track.kind === kind) s.track.enabled = !muted;
+    }
+  }
+
+  leave() {
+    this._setState("left");
+    try { this.ws?.send(JSON.stringify({ type: "leave" })); } catch (_) {}
+    this.ws?.close();
+    this.pc?.close();
+  }
+
+  /** Inbound video stats summed over tracks: { framesDecoded, packetsReceived }. */
+  async inboundStats() {
+    const out = { framesDecoded: 0, packetsReceived: 0, audioPacketsReceived: 0 };
+    if (!this.pc) return out;
+    const stats = await this.pc.getStats();
+    stats.forEach((r) => {
+      if (r.type !== "inbound-rtp") return;
+      if (r.kind === "video") {
+        out.framesDecoded += r.framesDecoded || 0;
+        out.packetsReceived += r.packetsReceived || 0;
+      } else if (r.kind === "audio") {
+        out.audioPacketsReceived += r.packetsReceived || 0;
+      }
+    });
+    return out;
+  }
+}
