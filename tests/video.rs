@@ -122,3 +122,232 @@ async fn three_browsers_see_and_hear_each_other() {
         .await;
     assert_eq!(ctx["open_media_sessions"], json!([]));
 }
+
+#[tokio::test]
+async fn the_demo_page_creates_a_working_visit_on_loopback_only() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let page = s
+        .client
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Start a demo visit"));
+    let v: Value = s
+        .client
+        .post(s.url("/dev/demo-visit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = v["clinician_url"].as_str().unwrap();
+    let token = url
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let conv = v["conversation_id"].as_str().unwrap();
+    let c = s
+        .ok("GET", &format!("/v1/conversations/{conv}"), token, None)
+        .await;
+    assert_eq!(c["subject"], "Demo visit");
+    let visit = s
+        .client
+        .get(s.url(url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(visit.contains("import { Visit } from \"/sdk.js\""));
+    drop(s);
+
+    let dir = tempdir();
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            args: vec!["--listen".into(), "0.0.0.0:0".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        s.client.get(s.url("/")).send().await.unwrap().status(),
+        404,
+        "no demo page off loopback"
+    );
+    assert_eq!(
+        s.client
+            .post(s.url("/dev/demo-visit"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn signaling_refuses_bad_requests_clearly() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550801").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    let room_id = room["id"].as_str().unwrap();
+    let (_, other_conv) = s.patient_conversation(&key, "+14155550802").await;
+    let other_room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{other_conv}/rooms"),
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    let token = s
+        .ok("POST", "/v1/tokens", &key, Some(json!({"identity": "dr", "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}})))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // API keys cannot join; bad tokens are refused before the upgrade.
+    let ws_base = s.base.replacen("http", "ws", 1);
+    for (credential, status) in [(key.as_str(), 403), ("garbage", 401)] {
+        match tokio_tungstenite::connect_async(format!("{ws_base}/v1/rtc?token={credential}")).await
+        {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), status)
+            }
+            other => panic!(
+                "expected HTTP {status}, got {:?}",
+                other.map(|(_, r)| r.status())
+            ),
+        }
+    }
+
+    let url = format!("{}/v1/rtc?token={token}", s.base.replacen("http", "ws", 1));
+    let (mut sock, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("signaling connects");
+    for (msg, code) in [
+        ("not json".to_owned(), "bad_message"),
+        (json!({"type": "dance"}).to_string(), "bad_message"),
+        (
+            json!({"type": "answer", "sdp": "v=0"}).to_string(),
+            "not_joined",
+        ),
+        (
+            json!({"type": "join", "room": other_room["id"], "sdp": "v=0"}).to_string(),
+            "not_found",
+        ),
+        (
+            json!({"type": "join", "room": room_id, "sdp": "this is not sdp"}).to_string(),
+            "join_refused",
+        ),
+    ] {
+        sock.send(Message::Text(msg.clone().into())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), sock.next())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        assert_eq!(v["type"], "error", "{msg} -> {v}");
+        assert_eq!(v["code"], code, "{msg} -> {v}");
+    }
+    // A room with a bad grant attempt is audited.
+    let audit = s.ok("GET", "/v1/audit?limit=1000", &key, None).await;
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "room.join" && r["outcome"] == "denied")
+    );
+}
+
+#[tokio::test]
+async fn garbage_on_the_media_port_is_dropped_and_counted() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let metrics_before = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let udp = metrics_line(&metrics_before, "continuum_sfu_udp_port")
+        .expect("the media port is exported") as u16;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stun_like = [
+        0u8, 1, 0, 8, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 6, 0, 4,
+        b'n', b'o', b'n', b'e',
+    ];
+    for datagram in [
+        &b"hello"[..],
+        &[0x80; 200][..],
+        &[22u8; 13][..],
+        &stun_like[..],
+        &[][..],
+    ] {
+        sock.send_to(datagram, ("127.0.0.1", udp)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics_line(&m, "continuum_sfu_unknown_datagrams_total").unwrap_or(0.0) >= 5.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unknown datagrams not counted:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The server is unaffected.
+    assert_eq!(
+        s.client
+            .get(s.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+fn metrics_line(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

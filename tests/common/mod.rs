@@ -32,7 +32,11 @@ impl Server {
 
     pub fn start_with(data_dir: &Path, opts: Opts) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.arg("serve");
+        if !opts.args.iter().any(|a| a == "--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.arg("--data-dir")
             .arg(data_dir)
             .args(&opts.args)
             .env("CONTINUUM_LOG", "warn")

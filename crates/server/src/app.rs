@@ -24,7 +24,15 @@ pub fn build(state: AppState) -> Router {
     let (api, doc) = api::router();
     let doc_json: Arc<String> = Arc::new(doc.to_pretty_json().unwrap_or_default());
     let max_body = state.config.server.max_body_bytes;
-    Router::new()
+    let demo = state.config.dev.demo_page && state.config.server.listen.ip().is_loopback();
+    let mut router = Router::new();
+    if demo {
+        router = router.route("/", get(crate::demo::index)).route(
+            "/dev/demo-visit",
+            axum::routing::post(crate::demo::demo_visit),
+        );
+    }
+    router
         .merge(api)
         .route(
             "/v1/openapi.json",

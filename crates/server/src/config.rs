@@ -89,6 +89,9 @@ pub struct LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DevConfig {
     pub bootstrap_tenant: bool,
+    /// Serve `/` with a button that creates a demo visit in the `dev` tenant
+    /// (only ever when listening on loopback).
+    pub demo_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -150,6 +153,7 @@ impl Default for DevConfig {
     fn default() -> Self {
         DevConfig {
             bootstrap_tenant: true,
+            demo_page: true,
         }
     }
 }
@@ -262,6 +266,9 @@ level = "info"
 [dev]
 # On first start with an empty database, create a `dev` tenant and print its API key.
 bootstrap_tenant = true
+# On a loopback listen address, `/` offers a one-click demo visit (two tabs:
+# clinician and patient) in the `dev` tenant. Never served on other addresses.
+demo_page = true
 
 [rtc]
 # UDP address the SFU's media worker listens on (WebRTC media, ICE, DTLS).

@@ -136,6 +136,8 @@ fn run(
     events: mpsc::UnboundedSender<(Seat, RoomEvent)>,
 ) {
     let local = socket.local_addr().expect("bound socket");
+    metrics::gauge!("continuum_sfu_udp_port").set(local.port() as f64);
+    let mut unknown_reported = 0u64;
     let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
@@ -181,6 +183,13 @@ fn run(
                     }
                 }
             }
+        }
+        metrics::gauge!("continuum_sfu_rooms").set(worker.room_count() as f64);
+        metrics::gauge!("continuum_sfu_participants").set(worker.participant_count() as f64);
+        if worker.unknown_datagrams > unknown_reported {
+            metrics::counter!("continuum_sfu_unknown_datagrams_total")
+                .increment(worker.unknown_datagrams - unknown_reported);
+            unknown_reported = worker.unknown_datagrams;
         }
         // Wake for the next timer, a datagram, or (at most 5 ms later) a command.
         let wait = next
