@@ -111,6 +111,11 @@ async fn three_browsers_see_and_hear_each_other() {
         .find(|(k, e)| k == "participant.joined" && e["actor"]["id"] == "patient-1")
         .unwrap();
     assert_eq!(patient_join.1["actor"]["type"], "patient");
+    // SFU internals are exported.
+    let m = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics_line(&m, "continuum_sfu_frames_forwarded_total").unwrap_or(0.0) > 100.0, "{m}");
+    assert!(metrics_line(&m, "continuum_sfu_bytes_forwarded_total").unwrap_or(0.0) > 10_000.0);
+    assert_eq!(metrics_line(&m, "continuum_sfu_participants_joined_total"), Some(3.0));
     // The call is no longer open in the context.
     let ctx = s
         .ok(

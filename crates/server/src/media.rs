@@ -137,7 +137,7 @@ fn run(
 ) {
     let local = socket.local_addr().expect("bound socket");
     metrics::gauge!("continuum_sfu_udp_port").set(local.port() as f64);
-    let mut unknown_reported = 0u64;
+    let mut reported = continuum_sfu::WorkerStats::default();
     let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
@@ -186,11 +186,7 @@ fn run(
         }
         metrics::gauge!("continuum_sfu_rooms").set(worker.room_count() as f64);
         metrics::gauge!("continuum_sfu_participants").set(worker.participant_count() as f64);
-        if worker.unknown_datagrams > unknown_reported {
-            metrics::counter!("continuum_sfu_unknown_datagrams_total")
-                .increment(worker.unknown_datagrams - unknown_reported);
-            unknown_reported = worker.unknown_datagrams;
-        }
+        export_stats(&worker.stats, &mut reported);
         // Wake for the next timer, a datagram, or (at most 5 ms later) a command.
         let wait = next
             .saturating_duration_since(Instant::now())
@@ -316,4 +312,59 @@ async fn record_room_events(store: Store, mut rx: mpsc::UnboundedReceiver<(Seat,
             }
         }
     }
+}
+
+/// Adds what changed since the last export to the Prometheus counters.
+fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::WorkerStats) {
+    if now == reported {
+        return;
+    }
+    let pairs = [
+        (
+            "continuum_sfu_datagrams_in_total",
+            now.datagrams_in,
+            reported.datagrams_in,
+        ),
+        (
+            "continuum_sfu_bytes_in_total",
+            now.bytes_in,
+            reported.bytes_in,
+        ),
+        (
+            "continuum_sfu_unknown_datagrams_total",
+            now.unknown_datagrams,
+            reported.unknown_datagrams,
+        ),
+        (
+            "continuum_sfu_frames_forwarded_total",
+            now.frames_forwarded,
+            reported.frames_forwarded,
+        ),
+        (
+            "continuum_sfu_bytes_forwarded_total",
+            now.bytes_forwarded,
+            reported.bytes_forwarded,
+        ),
+        (
+            "continuum_sfu_keyframe_requests_total",
+            now.keyframe_requests,
+            reported.keyframe_requests,
+        ),
+        (
+            "continuum_sfu_participants_joined_total",
+            now.participants_joined,
+            reported.participants_joined,
+        ),
+        (
+            "continuum_sfu_joins_refused_total",
+            now.joins_refused,
+            reported.joins_refused,
+        ),
+    ];
+    for (name, value, before) in pairs {
+        if value > before {
+            metrics::counter!(name).increment(value - before);
+        }
+    }
+    *reported = *now;
 }

@@ -12,7 +12,9 @@ mod stun;
 mod worker;
 
 pub use participant::ParticipantId;
-pub use worker::{JoinError, JoinRequest, RoomEvent, SfuOutput, SignalError, Worker, WorkerConfig};
+pub use worker::{
+    JoinError, JoinRequest, RoomEvent, SfuOutput, SignalError, Worker, WorkerConfig, WorkerStats,
+};
 
 /// Installs str0m's crypto provider (aws-lc-rs) for the process; idempotent.
 pub fn init_crypto() {

@@ -172,21 +172,29 @@ impl Participant {
         }
     }
 
-    /// Asks this participant (a publisher) for a keyframe, at most every 500 ms per track.
-    pub fn request_keyframe(&mut self, mid: Mid, rid: Option<Rid>, kind: KeyframeRequestKind) {
+    /// Asks this participant (a publisher) for a keyframe, at most every 500 ms
+    /// per track. Returns whether a request was sent.
+    pub fn request_keyframe(
+        &mut self,
+        mid: Mid,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
+    ) -> bool {
         let Some(entry) = self.tracks_in.iter_mut().find(|t| t.track.mid == mid) else {
-            return;
+            return false;
         };
         if entry
             .last_keyframe_request
             .is_some_and(|t| t.elapsed() < KEYFRAME_THROTTLE)
         {
-            return;
+            return false;
         }
-        if let Some(mut w) = self.rtc.writer(mid) {
-            let _ = w.request_keyframe(rid, kind);
-            entry.last_keyframe_request = Some(Instant::now());
-        }
+        let Some(mut w) = self.rtc.writer(mid) else {
+            return false;
+        };
+        let sent = w.request_keyframe(rid, kind).is_ok();
+        entry.last_keyframe_request = Some(Instant::now());
+        sent
     }
 
     pub fn add_track_out(&mut self, track: Weak<TrackIn>) {
@@ -269,8 +277,9 @@ impl Participant {
         Ok(answer)
     }
 
-    /// Writes media from another participant into the matching outgoing track.
-    pub fn write_media(&mut self, origin: ParticipantId, data: &MediaData) {
+    /// Writes media from another participant into the matching outgoing track;
+    /// returns whether it was written.
+    pub fn write_media(&mut self, origin: ParticipantId, data: &MediaData) -> bool {
         let Some(mid) = self
             .tracks_out
             .iter()
@@ -284,22 +293,26 @@ impl Participant {
                 _ => None,
             })
         else {
-            return;
+            return false;
         };
         // Without a layer policy yet, forward the top simulcast layer or the only one.
         if data.rid.is_some() && data.rid != Some("h".into()) {
-            return;
+            return false;
         }
         self.chosen_rid = data.rid;
         let Some(writer) = self.rtc.writer(mid) else {
-            return;
+            return false;
         };
         let Some(pt) = writer.match_params(data.params) else {
-            return;
+            return false;
         };
-        if let Err(e) = writer.write(pt, data.network_time, data.time, data.data.clone()) {
-            tracing::info!(participant = %self.id, error = ?e, "write failed; disconnecting");
-            self.rtc.disconnect();
+        match writer.write(pt, data.network_time, data.time, data.data.clone()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(participant = %self.id, error = ?e, "write failed; disconnecting");
+                self.rtc.disconnect();
+                false
+            }
         }
     }
 }

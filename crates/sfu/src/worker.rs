@@ -86,8 +86,23 @@ pub struct Worker {
     by_addr: HashMap<SocketAddr, ParticipantId>,
     by_ufrag: HashMap<String, ParticipantId>,
     outputs: VecDeque<SfuOutput>,
+    pub stats: WorkerStats,
+}
+
+/// Monotonic counters, exported by the IO loop as Prometheus counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
     /// Datagrams no participant would take (garbage, stale, wrong credentials).
     pub unknown_datagrams: u64,
+    /// Media frames written to subscribers, and their payload bytes.
+    pub frames_forwarded: u64,
+    pub bytes_forwarded: u64,
+    /// Keyframe requests relayed from subscribers to publishers.
+    pub keyframe_requests: u64,
+    pub participants_joined: u64,
+    pub joins_refused: u64,
 }
 
 impl Worker {
@@ -101,7 +116,7 @@ impl Worker {
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             outputs: VecDeque::new(),
-            unknown_datagrams: 0,
+            stats: WorkerStats::default(),
         }
     }
 
@@ -115,6 +130,19 @@ impl Worker {
 
     /// Admits a participant with its SDP offer; returns its id and our answer.
     pub fn join(
+        &mut self,
+        now: Instant,
+        req: JoinRequest,
+    ) -> Result<(ParticipantId, String), JoinError> {
+        let result = self.admit(now, req);
+        match &result {
+            Ok(_) => self.stats.participants_joined += 1,
+            Err(_) => self.stats.joins_refused += 1,
+        }
+        result
+    }
+
+    fn admit(
         &mut self,
         now: Instant,
         req: JoinRequest,
@@ -224,8 +252,10 @@ impl Worker {
         destination: SocketAddr,
         data: &[u8],
     ) -> bool {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += data.len() as u64;
         let Ok(contents) = data.try_into() else {
-            self.unknown_datagrams += 1;
+            self.stats.unknown_datagrams += 1;
             return false;
         };
         let input = Input::Receive(
@@ -242,11 +272,11 @@ impl Worker {
             None => stun::local_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied()),
         };
         let Some(p) = id.and_then(|id| self.participants.get_mut(&id)) else {
-            self.unknown_datagrams += 1;
+            self.stats.unknown_datagrams += 1;
             return false;
         };
         if !p.rtc.accepts(&input) {
-            self.unknown_datagrams += 1;
+            self.stats.unknown_datagrams += 1;
             return false;
         }
         self.by_addr.insert(source, p.id);
@@ -324,8 +354,11 @@ impl Worker {
                             .flatten()
                             .filter(|o| **o != id)
                         {
-                            if let Some(o) = self.participants.get_mut(other) {
-                                o.write_media(id, &data);
+                            if let Some(o) = self.participants.get_mut(other)
+                                && o.write_media(id, &data)
+                            {
+                                self.stats.frames_forwarded += 1;
+                                self.stats.bytes_forwarded += data.data.len() as u64;
                             }
                         }
                     }
@@ -334,8 +367,10 @@ impl Worker {
                         origin,
                         mid_in,
                     } => {
-                        if let Some(o) = self.participants.get_mut(&origin) {
-                            o.request_keyframe(mid_in, req.rid, req.kind);
+                        if let Some(o) = self.participants.get_mut(&origin)
+                            && o.request_keyframe(mid_in, req.rid, req.kind)
+                        {
+                            self.stats.keyframe_requests += 1;
                         }
                     }
                 }
