@@ -112,10 +112,24 @@ async fn three_browsers_see_and_hear_each_other() {
         .unwrap();
     assert_eq!(patient_join.1["actor"]["type"], "patient");
     // SFU internals are exported.
-    let m = s.client.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics_line(&m, "continuum_sfu_frames_forwarded_total").unwrap_or(0.0) > 100.0, "{m}");
+    let m = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics_line(&m, "continuum_sfu_frames_forwarded_total").unwrap_or(0.0) > 100.0,
+        "{m}"
+    );
     assert!(metrics_line(&m, "continuum_sfu_bytes_forwarded_total").unwrap_or(0.0) > 10_000.0);
-    assert_eq!(metrics_line(&m, "continuum_sfu_participants_joined_total"), Some(3.0));
+    assert_eq!(
+        metrics_line(&m, "continuum_sfu_participants_joined_total"),
+        Some(3.0)
+    );
     // The call is no longer open in the context.
     let ctx = s
         .ok(
@@ -355,4 +369,109 @@ fn metrics_line(text: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publishes_and_whep_watches() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550803").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    let mint = |who: &'static str| {
+        let body = json!({"identity": who, "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
+        let s = &s;
+        let key = key.clone();
+        async move {
+            s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (camera, viewer) = (
+        mint("exam-room-camera").await,
+        mint("remote-specialist").await,
+    );
+
+    // Refusals first: wrong content type, API keys, rooms outside the grant.
+    let r = s
+        .client
+        .post(s.url(&format!("/v1/rooms/{room_id}/whip")))
+        .bearer_auth(&camera)
+        .body("v=0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = s
+        .client
+        .post(s.url(&format!("/v1/rooms/{room_id}/whip")))
+        .bearer_auth(&key)
+        .header("content-type", "application/sdp")
+        .body("v=0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = s
+        .client
+        .post(s.url("/v1/rooms/not-my-room/whep"))
+        .bearer_auth(&viewer)
+        .header("content-type", "application/sdp")
+        .body("v=0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s
+        .client
+        .post(s.url(&format!("/v1/rooms/{room_id}/whip")))
+        .bearer_auth(&camera)
+        .header("content-type", "application/sdp")
+        .body("garbage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "malformed SDP is a clear 400");
+
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir().join("whip.mjs"))
+        .args([&s.base, &room_id, &camera, &viewer])
+        .output()
+        .await
+        .expect("node runs the WHIP/WHEP scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "WHIP/WHEP scenario failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in ["WHIP publish", "WHEP watch", "DELETE"] {
+        assert!(
+            stdout.contains(&format!("\"check\":\"{check}\",\"ok\":true")),
+            "missing {check}:\n{stdout}"
+        );
+    }
+    // The camera is on the timeline like any participant.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = timeline_kinds(&s, &key, &conv).await;
+        if events
+            .iter()
+            .any(|(k, e)| k == "participant.joined" && e["actor"]["id"] == "exam-room-camera")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -6,7 +6,8 @@ use crate::config::RtcConfig;
 use anyhow::Context as _;
 use continuum_core::{Actor, ActorType, Channel, EventKind, NewEvent, Role};
 use continuum_sfu::{
-    JoinError, JoinRequest, ParticipantId, RoomEvent, SfuOutput, SignalError, Worker, WorkerConfig,
+    JoinError, JoinRequest, Mode, ParticipantId, RoomEvent, SfuOutput, SignalError, Worker,
+    WorkerConfig,
 };
 use continuum_store::Store;
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,7 @@ enum Command {
     Join {
         seat: Seat,
         sdp: String,
+        mode: Mode,
         to_client: mpsc::UnboundedSender<ToClient>,
         reply: oneshot::Sender<Result<(ParticipantId, String), JoinError>>,
     },
@@ -99,12 +101,14 @@ impl Media {
         &self,
         seat: Seat,
         sdp: String,
+        mode: Mode,
         to_client: mpsc::UnboundedSender<ToClient>,
     ) -> Result<(ParticipantId, String), JoinError> {
         let (reply, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Join {
             seat,
             sdp,
+            mode,
             to_client,
             reply,
         });
@@ -221,6 +225,7 @@ fn handle_command(
         Command::Join {
             seat,
             sdp,
+            mode,
             to_client,
             reply,
         } => {
@@ -231,6 +236,7 @@ fn handle_command(
                     room: room_key,
                     identity: seat.identity.clone(),
                     offer_sdp: sdp,
+                    mode,
                 },
             );
             if let Ok((id, _)) = &result {

@@ -20,6 +20,7 @@ pub struct AppState {
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The SFU's media worker, when this node runs one.
     pub media: Option<crate::media::Media>,
+    pub whip: Arc<crate::api::whip::Sessions>,
 }
 
 impl AppState {
@@ -33,6 +34,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
             media: None,
+            whip: Arc::default(),
         }
     }
 }

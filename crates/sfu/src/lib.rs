@@ -11,7 +11,7 @@ mod participant;
 mod stun;
 mod worker;
 
-pub use participant::ParticipantId;
+pub use participant::{Mode, ParticipantId};
 pub use worker::{
     JoinError, JoinRequest, RoomEvent, SfuOutput, SignalError, Worker, WorkerConfig, WorkerStats,
 };

@@ -18,6 +18,18 @@ impl std::fmt::Display for ParticipantId {
     }
 }
 
+/// How a participant takes part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Publishes and subscribes; renegotiates over signaling as tracks come and go.
+    Full,
+    /// WHIP: publishes only, never renegotiated.
+    PublishOnly,
+    /// WHEP: receives the room's tracks in the m-lines of its own offer; no
+    /// renegotiation, so tracks published after it joined do not reach it.
+    SubscribeOnly,
+}
+
 /// A track published by a participant; others hold weak references, so a
 /// departed publisher's tracks disappear from everyone.
 #[derive(Debug)]
@@ -88,12 +100,13 @@ pub(crate) struct Participant {
     pub pending: Option<SdpPendingOffer>,
     pub chosen_rid: Option<Rid>,
     pub connected: bool,
+    pub mode: Mode,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 
 impl Participant {
-    pub fn new(id: ParticipantId, room: String, identity: String, rtc: Rtc) -> Self {
+    pub fn new(id: ParticipantId, room: String, identity: String, rtc: Rtc, mode: Mode) -> Self {
         Participant {
             id,
             room,
@@ -104,6 +117,7 @@ impl Participant {
             pending: None,
             chosen_rid: None,
             connected: false,
+            mode,
         }
     }
 
@@ -132,6 +146,19 @@ impl Participant {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.rtc.disconnect();
                 Polled::Disconnected
+            }
+            Event::MediaAdded(m)
+                if self.mode == Mode::SubscribeOnly && m.direction == Direction::SendOnly =>
+            {
+                // A WHEP viewer's m-line: bind the first room track of its kind.
+                let slot = self.tracks_out.iter_mut().find(|t| {
+                    t.state == OutState::ToOpen
+                        && t.track.upgrade().is_some_and(|tr| tr.kind == m.kind)
+                });
+                if let Some(t) = slot {
+                    t.state = OutState::Open(m.mid);
+                }
+                Polled::Nothing
             }
             Event::MediaAdded(m)
                 if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) =>
@@ -198,6 +225,9 @@ impl Participant {
     }
 
     pub fn add_track_out(&mut self, track: Weak<TrackIn>) {
+        if self.mode == Mode::PublishOnly {
+            return;
+        }
         self.tracks_out.push(TrackOut {
             track,
             state: OutState::ToOpen,
@@ -206,7 +236,7 @@ impl Participant {
 
     /// Builds a renegotiation offer when tracks came or went, unless one is in flight.
     pub fn offer_if_needed(&mut self) -> Option<SdpOffer> {
-        if self.pending.is_some() || !self.connected {
+        if self.mode != Mode::Full || self.pending.is_some() || !self.connected {
             return None;
         }
         for t in &mut self.tracks_out {

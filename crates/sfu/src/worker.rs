@@ -1,6 +1,6 @@
 //! One media worker: every room on one thread and one UDP port.
 
-use crate::participant::{Participant, ParticipantId, Polled};
+use crate::participant::{Mode, Participant, ParticipantId, Polled};
 use crate::stun;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ pub struct JoinRequest {
     pub room: String,
     pub identity: String,
     pub offer_sdp: String,
+    pub mode: Mode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +172,7 @@ impl Worker {
 
         let id = ParticipantId(self.next_id);
         self.next_id += 1;
-        let mut p = Participant::new(id, req.room.clone(), req.identity.clone(), rtc);
+        let mut p = Participant::new(id, req.room.clone(), req.identity.clone(), rtc, req.mode);
         // Everything already published in the room is offered to the newcomer.
         for other in self.rooms.get(&req.room).into_iter().flatten() {
             if let Some(o) = self.participants.get(other) {

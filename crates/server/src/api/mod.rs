@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod rtc;
 pub mod timeline;
 pub mod webhooks;
+pub mod whip;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -77,6 +78,9 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(rtc::create_room))
         .routes(routes!(rtc::signaling))
+        .routes(routes!(whip::whip))
+        .routes(routes!(whip::whep))
+        .routes(routes!(whip::end, whip::trickle))
         .split_for_parts()
 }
 

@@ -127,7 +127,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                 Ok(r) => {
                                     let conversation = r.conversation_id.clone();
                                     let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role };
-                                    match media.join(seat, sdp, to_client.clone()).await {
+                                    match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);
                                             Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": []}).to_string())

@@ -1,0 +1,177 @@
+//! WHIP (RFC 9725) and WHEP: publish into, or watch, a visit room with one
+//! HTTP request carrying an SDP offer, so a medical camera, an encoder or any
+//! standard tool can join without our SDK. Authenticate with
+//! `Authorization: Bearer <access token with a grant for the room>`.
+//!
+//! `POST /v1/rooms/{room}/whip` (publish) or `/whep` (watch), body
+//! `application/sdp` → `201 Created`, `Location: /v1/rooms/{room}/sessions/{id}`,
+//! body the SDP answer. `PATCH` the session with trickle ICE fragments (accepted;
+//! this server is ICE-lite and needs none), `DELETE` it to leave.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::Path;
+use crate::media::Seat;
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use continuum_core::Principal;
+use continuum_sfu::{Mode, ParticipantId};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+
+/// WHIP/WHEP sessions on this node: who may delete which.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<u64, (String, String)>>);
+
+async fn start(
+    s: AppState,
+    p: Principal,
+    room: String,
+    headers: HeaderMap,
+    body: Bytes,
+    mode: Mode,
+) -> ApiResult<Response> {
+    let Principal::Token {
+        tenant_id,
+        identity,
+        role,
+        grants,
+    } = &p
+    else {
+        return Err(ApiError::forbidden(
+            "use an access token with a grant for this room, not an API key",
+        ));
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ctype.starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the SDP offer with `Content-Type: application/sdp`",
+        ));
+    }
+    if !grants.allows_room(&room) {
+        s.audit_denial(
+            tenant_id,
+            &p.audit_actor(),
+            "room.join",
+            &format!("room/{room}"),
+            "not in grants",
+        )
+        .await;
+        return Err(ApiError::not_found("room"));
+    }
+    let r = s.store.get_room(tenant_id, &room).await?;
+    let sdp = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
+    let media = s.media.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "media_unavailable",
+            "this node runs no media worker",
+        )
+    })?;
+    let seat = Seat {
+        tenant_id: tenant_id.clone(),
+        conversation_id: r.conversation_id,
+        room_id: r.id.clone(),
+        identity: identity.clone(),
+        role: *role,
+    };
+    // WHIP/WHEP sessions are never renegotiated: nobody reads this channel.
+    let (to_client, _) = tokio::sync::mpsc::unbounded_channel();
+    let (id, answer) = media
+        .join(seat, sdp, mode, to_client)
+        .await
+        .map_err(|e| match e {
+            continuum_sfu::JoinError::RoomFull { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room_full", e.to_string())
+            }
+            e => ApiError::bad_request(e.to_string()),
+        })?;
+    s.whip
+        .0
+        .lock()
+        .insert(id.0, (tenant_id.clone(), room.clone()));
+    let location = format!("/v1/rooms/{room}/sessions/{}", id.0);
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        answer,
+    )
+        .into_response())
+}
+
+/// Publish into a room (WHIP).
+#[utoipa::path(post, path = "/v1/rooms/{room}/whip", tag = "video", params(("room" = String, Path)),
+    request_body(content = String, content_type = "application/sdp", description = "SDP offer"),
+    responses((status = 201, description = "SDP answer; `Location` names the session"), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn whip(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    start(s, p, room, headers, body, Mode::PublishOnly).await
+}
+
+/// Watch a room (WHEP): the offer's receive-only m-lines get the room's current tracks.
+#[utoipa::path(post, path = "/v1/rooms/{room}/whep", tag = "video", params(("room" = String, Path)),
+    request_body(content = String, content_type = "application/sdp", description = "SDP offer"),
+    responses((status = 201, description = "SDP answer; `Location` names the session"), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn whep(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    start(s, p, room, headers, body, Mode::SubscribeOnly).await
+}
+
+fn owned(s: &AppState, p: &Principal, room: &str, id: u64) -> ApiResult<()> {
+    match s.whip.0.lock().get(&id) {
+        Some((tenant, r)) if tenant == p.tenant_id() && r == room => Ok(()),
+        _ => Err(ApiError::not_found("session")),
+    }
+}
+
+/// End a WHIP/WHEP session.
+#[utoipa::path(delete, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = u64, Path)),
+    responses((status = 200), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn end(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path((room, id)): Path<(String, u64)>,
+) -> ApiResult<StatusCode> {
+    owned(&s, &p, &room, id)?;
+    s.whip.0.lock().remove(&id);
+    if let Some(media) = &s.media {
+        media.leave(ParticipantId(id));
+    }
+    Ok(StatusCode::OK)
+}
+
+/// Trickle ICE for a session: accepted and not needed (the server is ICE-lite).
+#[utoipa::path(patch, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = u64, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+pub async fn trickle(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path((room, id)): Path<(String, u64)>,
+) -> ApiResult<StatusCode> {
+    owned(&s, &p, &room, id)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,85 @@
+// WHIP publish + WHEP watch with plain RTCPeerConnection and fetch (no SDK):
+// what any standards-based encoder or player does. Usage:
+//   node whip.mjs <base-url> <room> <publisher-token> <viewer-token>
+// Prints one JSON line per check; exits non-zero on failure.
+import { chromium } from "playwright-core";
+
+const [base, room, pubToken, viewToken] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+  ],
+});
+const fail = async (check, detail) => {
+  console.log(JSON.stringify({ check, ok: false, ...detail }));
+  await browser.close();
+  process.exit(1);
+};
+
+async function page() {
+  const p = await (await browser.newContext()).newPage();
+  p.on("pageerror", (e) => console.error(e.message));
+  await p.goto(`${base}/healthz`); // same origin, secure context (127.0.0.1)
+  return p;
+}
+
+const publisher = await page();
+const pub = await publisher.evaluate(async ({ room, token }) => {
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+  const pc = new RTCPeerConnection();
+  for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: "sendonly", streams: [stream] });
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch(`/v1/rooms/${room}/whip`, {
+    method: "POST",
+    headers: { "content-type": "application/sdp", authorization: `Bearer ${token}` },
+    body: pc.localDescription.sdp,
+  });
+  if (r.status !== 201) return { status: r.status, body: await r.text() };
+  await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+  window.pc = pc;
+  for (let i = 0; i < 100 && pc.connectionState !== "connected"; i++) await new Promise((ok) => setTimeout(ok, 100));
+  return { status: 201, location: r.headers.get("location"), state: pc.connectionState };
+}, { room, token: pubToken });
+if (pub.status !== 201 || pub.state !== "connected") await fail("WHIP publish", pub);
+console.log(JSON.stringify({ check: "WHIP publish", ok: true, ...pub }));
+
+const viewer = await page();
+const view = await viewer.evaluate(async ({ room, token }) => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch(`/v1/rooms/${room}/whep`, {
+    method: "POST",
+    headers: { "content-type": "application/sdp", authorization: `Bearer ${token}` },
+    body: pc.localDescription.sdp,
+  });
+  if (r.status !== 201) return { status: r.status, body: await r.text() };
+  await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+  let frames = 0, audio = 0;
+  for (let i = 0; i < 300 && (frames < 10 || audio < 10); i++) {
+    await new Promise((ok) => setTimeout(ok, 100));
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded || 0;
+      if (s.type === "inbound-rtp" && s.kind === "audio") audio = s.packetsReceived || 0;
+    });
+  }
+  return { status: 201, location: r.headers.get("location"), frames, audio };
+}, { room, token: viewToken });
+if (view.status !== 201 || view.frames < 10 || view.audio < 10) await fail("WHEP watch", view);
+console.log(JSON.stringify({ check: "WHEP watch", ok: true, ...view }));
+
+// Ending: the owner deletes its session (200); a second delete finds nothing (404).
+const del = async (p, location, token) => p.evaluate(async ({ location, token }) =>
+  (await fetch(location, { method: "DELETE", headers: { authorization: `Bearer ${token}` } })).status, { location, token });
+const first = await del(viewer, view.location, viewToken);
+const again = await del(viewer, view.location, viewToken);
+const other = await del(viewer, pub.location, "not-a-token");
+if (first !== 200 || again !== 404 || other !== 401) await fail("DELETE", { first, again, other });
+console.log(JSON.stringify({ check: "DELETE", ok: true }));
+if ((await del(publisher, pub.location, pubToken)) !== 200) await fail("DELETE publisher", {});
+await browser.close();
