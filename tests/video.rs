@@ -130,6 +130,13 @@ async fn three_browsers_see_and_hear_each_other() {
         metrics_line(&m, "continuum_sfu_participants_joined_total"),
         Some(3.0)
     );
+    // Quality samples (RTT, loss) flowed from str0m's stats (1 s interval) during the call.
+    assert!(
+        metrics_line(&m, "continuum_sfu_rtt_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    // Loopback is clean: no participant was reported degraded.
+    assert_eq!(count("quality.degraded"), 0);
     // The call is no longer open in the context.
     let ctx = s
         .ok(

@@ -44,6 +44,8 @@ event_kinds! {
     ParticipantLeft = "participant.left", system_only = false;
     /// Media quality crossed a threshold for long enough to matter.
     QualityDegraded = "quality.degraded", system_only = false;
+    /// Quality is back under the thresholds for the hold time.
+    QualityRecovered = "quality.recovered", system_only = false;
     /// Digits or speech captured by the IVR.
     IvrInput = "ivr.input", system_only = false;
     /// The IVR routed the caller somewhere (`meta.queue`).

@@ -28,6 +28,12 @@ pub struct RtcConfig {
     /// listen address (required when listening on 0.0.0.0).
     pub public_ip: Option<std::net::IpAddr>,
     pub max_participants_per_room: usize,
+    /// `quality.degraded` thresholds: loss fraction, round-trip and jitter
+    /// limits, and how long they must be exceeded without interruption.
+    pub quality_max_loss: f32,
+    pub quality_max_rtt_ms: u64,
+    pub quality_max_jitter_ms: u64,
+    pub quality_hold_secs: u64,
 }
 
 impl Default for RtcConfig {
@@ -36,6 +42,10 @@ impl Default for RtcConfig {
             udp_listen: ([127, 0, 0, 1], 7401).into(),
             public_ip: None,
             max_participants_per_room: 16,
+            quality_max_loss: 0.05,
+            quality_max_rtt_ms: 400,
+            quality_max_jitter_ms: 50,
+            quality_hold_secs: 5,
         }
     }
 }
@@ -278,6 +288,14 @@ udp_listen = "127.0.0.1:7401"
 # public_ip = "203.0.113.10"
 # Participants per room before further joins are refused.
 max_participants_per_room = 16
+# A participant's connection is `quality.degraded` (on the timeline; what PSTN
+# fallback listens to) when loss, round-trip time or jitter exceed these for
+# quality_hold_secs without interruption, and `quality.recovered` when all are
+# back under them for as long.
+quality_max_loss = 0.05
+quality_max_rtt_ms = 400
+quality_max_jitter_ms = 50
+quality_hold_secs = 5
 "#;
 
 #[cfg(test)]

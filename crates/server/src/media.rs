@@ -82,6 +82,12 @@ impl Media {
         let worker = Worker::new(WorkerConfig {
             public_addr: public,
             max_participants_per_room: cfg.max_participants_per_room,
+            quality: continuum_sfu::quality::QualityThresholds {
+                max_loss: cfg.quality_max_loss,
+                max_rtt: Duration::from_millis(cfg.quality_max_rtt_ms),
+                max_jitter: Duration::from_millis(cfg.quality_max_jitter_ms),
+                hold: Duration::from_secs(cfg.quality_hold_secs),
+            },
         });
         let (commands, rx) = crossbeam_channel::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -164,6 +170,7 @@ fn run(
                         tracing::debug!(%destination, error = %e, "media send failed");
                     }
                 }
+                SfuOutput::Quality { sample, .. } => record_quality(&sample),
                 SfuOutput::Offer { participant, sdp } => {
                     if let Some((_, tx)) = seats.get(&participant) {
                         let _ = tx.send(ToClient::Offer(sdp));
@@ -173,7 +180,9 @@ fn run(
                     let id = match &ev {
                         RoomEvent::Joined { participant, .. }
                         | RoomEvent::Connected { participant, .. }
-                        | RoomEvent::Left { participant, .. } => *participant,
+                        | RoomEvent::Left { participant, .. }
+                        | RoomEvent::QualityDegraded { participant, .. }
+                        | RoomEvent::QualityRecovered { participant, .. } => *participant,
                     };
                     let seat = match &ev {
                         RoomEvent::Left { .. } => seats.remove(&id).map(|(s, tx)| {
@@ -300,6 +309,29 @@ async fn record_room_events(store: Store, mut rx: mpsc::UnboundedReceiver<(Seat,
                     ));
                 }
             }
+            RoomEvent::QualityDegraded {
+                participant,
+                reasons,
+                held,
+                sample,
+                ..
+            } => {
+                let mut meta = quality_meta(&session, *participant, sample, *held);
+                meta["reasons"] = serde_json::json!(reasons);
+                writes.push((EventKind::QualityDegraded, actor, meta));
+            }
+            RoomEvent::QualityRecovered {
+                participant,
+                held,
+                sample,
+                ..
+            } => {
+                writes.push((
+                    EventKind::QualityRecovered,
+                    actor,
+                    quality_meta(&session, *participant, sample, *held),
+                ));
+            }
         }
         for (kind, actor, meta) in writes {
             let ev = NewEvent {
@@ -373,4 +405,39 @@ fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::
         }
     }
     *reported = *now;
+}
+
+/// The documented `meta` of `quality.degraded` / `quality.recovered` events.
+fn quality_meta(
+    session: &serde_json::Value,
+    participant: ParticipantId,
+    s: &continuum_sfu::quality::QualitySample,
+    held: Duration,
+) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": session,
+        "participant": participant.to_string(),
+        "loss": s.loss,
+        "rtt_ms": s.rtt.map(|d| d.as_millis() as u64),
+        "jitter_ms": s.jitter.map(|d| d.as_millis() as u64),
+        "ingress_bps": s.ingress_bps,
+        "egress_estimate_bps": s.egress_estimate_bps,
+        "held_secs": held.as_secs(),
+    })
+}
+
+/// Per-participant quality samples as Prometheus histograms.
+fn record_quality(s: &continuum_sfu::quality::QualitySample) {
+    if let Some(rtt) = s.rtt {
+        metrics::histogram!("continuum_sfu_rtt_seconds").record(rtt.as_secs_f64());
+    }
+    if let Some(loss) = s.loss {
+        metrics::histogram!("continuum_sfu_loss_ratio").record(loss as f64);
+    }
+    if let Some(j) = s.jitter {
+        metrics::histogram!("continuum_sfu_jitter_seconds").record(j.as_secs_f64());
+    }
+    if let Some(bps) = s.egress_estimate_bps {
+        metrics::histogram!("continuum_sfu_egress_estimate_bps").record(bps as f64);
+    }
 }

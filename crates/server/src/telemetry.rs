@@ -38,6 +38,18 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
                         ],
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("continuum_sfu_loss_ratio".into()),
+                        &[0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("continuum_sfu_egress_estimate_bps".into()),
+                        &[1e5, 3e5, 5e5, 1e6, 2e6, 4e6, 8e6],
+                    )
+                })
                 .ok()?
                 .install_recorder()
                 .ok()

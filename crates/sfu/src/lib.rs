@@ -8,6 +8,7 @@
 //! of the video issue.
 
 mod participant;
+pub mod quality;
 mod stun;
 mod worker;
 

@@ -1,6 +1,7 @@
 //! One participant: its `Rtc`, the tracks it publishes, and the tracks it
 //! receives from others (with their negotiation state).
 
+use crate::quality::{QualityChange, QualityMonitor, QualitySample, QualityThresholds};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -87,6 +88,10 @@ pub(crate) enum Polled {
     },
     Connected,
     Disconnected,
+    Quality {
+        sample: QualitySample,
+        change: Option<QualityChange>,
+    },
 }
 
 pub(crate) struct Participant {
@@ -101,12 +106,24 @@ pub(crate) struct Participant {
     pub chosen_rid: Option<Rid>,
     pub connected: bool,
     pub mode: Mode,
+    quality: QualityMonitor,
+    thresholds: QualityThresholds,
+    /// Worst jitter seen on this participant's incoming media since the last sample.
+    jitter: Option<Duration>,
+    last_rx: Option<(Instant, u64)>,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
 
 impl Participant {
-    pub fn new(id: ParticipantId, room: String, identity: String, rtc: Rtc, mode: Mode) -> Self {
+    pub fn new(
+        id: ParticipantId,
+        room: String,
+        identity: String,
+        rtc: Rtc,
+        mode: Mode,
+        thresholds: QualityThresholds,
+    ) -> Self {
         Participant {
             id,
             room,
@@ -118,6 +135,10 @@ impl Participant {
             chosen_rid: None,
             connected: false,
             mode,
+            quality: QualityMonitor::default(),
+            thresholds,
+            jitter: None,
+            last_rx: None,
         }
     }
 
@@ -146,6 +167,41 @@ impl Participant {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.rtc.disconnect();
                 Polled::Disconnected
+            }
+            Event::MediaIngressStats(s) => {
+                let clock = match self
+                    .tracks_in
+                    .iter()
+                    .find(|t| t.track.mid == s.mid)
+                    .map(|t| t.track.kind)
+                {
+                    Some(MediaKind::Audio) => 48_000.0,
+                    _ => 90_000.0,
+                };
+                let j = Duration::from_secs_f64(s.jitter as f64 / clock);
+                self.jitter = Some(self.jitter.map_or(j, |prev| prev.max(j)));
+                Polled::Nothing
+            }
+            Event::PeerStats(s) => {
+                let ingress_bps = self.last_rx.and_then(|(at, bytes)| {
+                    let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
+                    (secs > 0.0)
+                        .then(|| (s.peer_bytes_rx.saturating_sub(bytes) as f64 * 8.0 / secs) as u64)
+                });
+                self.last_rx = Some((s.timestamp, s.peer_bytes_rx));
+                let loss = match (s.ingress_loss_fraction, s.egress_loss_fraction) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let sample = QualitySample {
+                    loss,
+                    rtt: s.rtt,
+                    jitter: self.jitter.take(),
+                    ingress_bps,
+                    egress_estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
+                };
+                let change = self.quality.observe(s.timestamp, &sample, &self.thresholds);
+                Polled::Quality { sample, change }
             }
             Event::MediaAdded(m)
                 if self.mode == Mode::SubscribeOnly && m.direction == Direction::SendOnly =>

@@ -1,6 +1,7 @@
 //! One media worker: every room on one thread and one UDP port.
 
 use crate::participant::{Mode, Participant, ParticipantId, Polled};
+use crate::quality::{QualityChange, QualitySample, QualityThresholds};
 use crate::stun;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ pub struct WorkerConfig {
     pub public_addr: SocketAddr,
     /// Participants per room before joins are refused.
     pub max_participants_per_room: usize,
+    pub quality: QualityThresholds,
 }
 
 pub struct JoinRequest {
@@ -63,6 +65,22 @@ pub enum RoomEvent {
         identity: String,
         room_now_empty: bool,
     },
+    /// Quality crossed the thresholds for the hold time (see [`crate::quality`]).
+    QualityDegraded {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+        reasons: Vec<&'static str>,
+        held: Duration,
+        sample: QualitySample,
+    },
+    QualityRecovered {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+        held: Duration,
+        sample: QualitySample,
+    },
 }
 
 #[derive(Debug)]
@@ -75,6 +93,11 @@ pub enum SfuOutput {
     Offer {
         participant: ParticipantId,
         sdp: String,
+    },
+    /// A quality measurement (about once a second per participant), for metrics.
+    Quality {
+        participant: ParticipantId,
+        sample: QualitySample,
     },
     Event(RoomEvent),
 }
@@ -161,6 +184,7 @@ impl Worker {
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_local_ice_credentials(creds.clone())
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
         let candidate = Candidate::host(self.cfg.public_addr, "udp")
             .map_err(|e| JoinError::Refused(e.to_string()))?;
@@ -172,7 +196,14 @@ impl Worker {
 
         let id = ParticipantId(self.next_id);
         self.next_id += 1;
-        let mut p = Participant::new(id, req.room.clone(), req.identity.clone(), rtc, req.mode);
+        let mut p = Participant::new(
+            id,
+            req.room.clone(),
+            req.identity.clone(),
+            rtc,
+            req.mode,
+            self.cfg.quality,
+        );
         // Everything already published in the room is offered to the newcomer.
         for other in self.rooms.get(&req.room).into_iter().flatten() {
             if let Some(o) = self.participants.get(other) {
@@ -318,6 +349,39 @@ impl Worker {
                             destination,
                             contents,
                         });
+                    }
+                    Polled::Quality { sample, change } => {
+                        self.outputs.push_back(SfuOutput::Quality {
+                            participant: id,
+                            sample,
+                        });
+                        let (room, identity) = (p.room.clone(), p.identity.clone());
+                        match change {
+                            Some(QualityChange::Degraded { reasons, held }) => {
+                                self.outputs.push_back(SfuOutput::Event(
+                                    RoomEvent::QualityDegraded {
+                                        room,
+                                        participant: id,
+                                        identity,
+                                        reasons,
+                                        held,
+                                        sample,
+                                    },
+                                ));
+                            }
+                            Some(QualityChange::Recovered { held }) => {
+                                self.outputs.push_back(SfuOutput::Event(
+                                    RoomEvent::QualityRecovered {
+                                        room,
+                                        participant: id,
+                                        identity,
+                                        held,
+                                        sample,
+                                    },
+                                ));
+                            }
+                            None => {}
+                        }
                     }
                     Polled::Connected => {
                         let (room, identity) = (p.room.clone(), p.identity.clone());
