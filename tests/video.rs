@@ -482,3 +482,53 @@ async fn whip_publishes_and_whep_watches() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_publishes_and_receives() {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-peers/bin/python");
+    assert!(
+        python.exists(),
+        "run scripts/test (it installs aiortc into .venv-peers)"
+    );
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550804").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    let mut tokens = Vec::new();
+    for who in ["aiortc-camera", "aiortc-viewer"] {
+        let body = json!({"identity": who, "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
+        tokens.push(
+            s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aiortc_peer.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .args([&s.base, &room_id, &tokens[0], &tokens[1]])
+        .output()
+        .await
+        .expect("python runs the aiortc peers");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "aiortc scenario failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"check\": \"aiortc receives (WHEP)\", \"ok\": true"),
+        "{stdout}"
+    );
+}
