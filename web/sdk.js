@@ -91,6 +91,14 @@ export class Visit extends EventTarget {
       case "left":
         this._setState("left");
         break;
+      case "speaker":
+        // participant: the SFU's id ("p3"), which is also the stream id of their tracks.
+        this.speaker = msg.participant;
+        this._emit("speaker", msg);
+        break;
+      case "muted":
+        this._emit("muted", msg);
+        break;
     }
   }
 
@@ -99,6 +107,8 @@ export class Visit extends EventTarget {
     for (const s of this.pc?.getSenders() || []) {
       if (s.track && s.track.kind === kind) s.track.enabled = !muted;
     }
+    // Tell the room, so others can show it.
+    try { this.ws?.send(JSON.stringify({ type: "mute", kind, muted })); } catch (_) {}
   }
 
   leave() {

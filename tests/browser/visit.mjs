@@ -70,6 +70,20 @@ const b = await open("B", tokens[1]);
 report("A decodes B", true, await waitForMedia(a, 1));
 report("B decodes A", true, await waitForMedia(b, 1));
 
+// Signaling fan-out: B mutes its microphone and A is told.
+// Active speaker: Chromium's fake microphone beeps; someone becomes the speaker.
+const speaker = await a.page.waitForFunction(() => window.visit.speaker !== undefined, null, { timeout: TIMEOUT_MS })
+  .then(() => a.page.evaluate(() => window.visit.speaker), () => undefined);
+report("A is told the active speaker", speaker !== undefined, { speaker });
+
+await b.page.click("#mute-audio");
+const told = await a.page.waitForFunction(
+  () => [...document.querySelectorAll("#log p")].some((p) => p.textContent.includes("muted audio")),
+  null, { timeout: TIMEOUT_MS },
+).then(() => true, () => false);
+report("A is told B muted", told, {});
+await b.page.click("#mute-audio");
+
 const c = await open("C", tokens[2]);
 report("C decodes A and B", true, await waitForMedia(c, 2));
 report("A decodes B and C", true, await waitForMedia(a, 2));

@@ -29,6 +29,18 @@ pub struct Seat {
 #[derive(Debug)]
 pub enum ToClient {
     Offer(String),
+    /// The room's active speaker changed.
+    Speaker {
+        participant: Option<String>,
+        identity: Option<String>,
+    },
+    /// Another participant muted or unmuted a track.
+    Muted {
+        participant: String,
+        identity: String,
+        kind: String,
+        muted: bool,
+    },
     Closed,
 }
 
@@ -49,6 +61,11 @@ enum Command {
         id: ParticipantId,
         sdp: String,
         reply: oneshot::Sender<Result<String, SignalError>>,
+    },
+    Mute {
+        id: ParticipantId,
+        kind: String,
+        muted: bool,
     },
     Leave {
         id: ParticipantId,
@@ -134,6 +151,10 @@ impl Media {
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
     }
 
+    pub fn mute(&self, id: ParticipantId, kind: String, muted: bool) {
+        let _ = self.commands.send(Command::Mute { id, kind, muted });
+    }
+
     pub fn leave(&self, id: ParticipantId) {
         let _ = self.commands.send(Command::Leave { id });
     }
@@ -171,6 +192,19 @@ fn run(
                     }
                 }
                 SfuOutput::Quality { sample, .. } => record_quality(&sample),
+                SfuOutput::Speaker { room, participant } => {
+                    let identity = participant
+                        .and_then(|p| seats.get(&p))
+                        .map(|(s, _)| s.identity.clone());
+                    for (seat, tx) in seats.values() {
+                        if format!("{}/{}", seat.tenant_id, seat.room_id) == room {
+                            let _ = tx.send(ToClient::Speaker {
+                                participant: participant.map(|p| p.to_string()),
+                                identity: identity.clone(),
+                            });
+                        }
+                    }
+                }
                 SfuOutput::Offer { participant, sdp } => {
                     if let Some((_, tx)) = seats.get(&participant) {
                         let _ = tx.send(ToClient::Offer(sdp));
@@ -260,6 +294,26 @@ fn handle_command(
             let _ = reply.send(worker.offer(id, &sdp));
         }
         Command::Leave { id } => worker.leave(id),
+        Command::Mute { id, kind, muted } => {
+            let Some((me, _)) = seats.get(&id) else {
+                return;
+            };
+            let (tenant, room, identity) = (
+                me.tenant_id.clone(),
+                me.room_id.clone(),
+                me.identity.clone(),
+            );
+            for (other, (seat, tx)) in seats.iter() {
+                if *other != id && seat.tenant_id == tenant && seat.room_id == room {
+                    let _ = tx.send(ToClient::Muted {
+                        participant: id.to_string(),
+                        identity: identity.clone(),
+                        kind: kind.clone(),
+                        muted,
+                    });
+                }
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod participant;
 pub mod quality;
+mod speaker;
 mod stun;
 mod worker;
 

@@ -94,6 +94,11 @@ pub enum SfuOutput {
         participant: ParticipantId,
         sdp: String,
     },
+    /// The room's active speaker changed (`None`: nobody is speaking).
+    Speaker {
+        room: String,
+        participant: Option<ParticipantId>,
+    },
     /// A quality measurement (about once a second per participant), for metrics.
     Quality {
         participant: ParticipantId,
@@ -107,6 +112,7 @@ pub struct Worker {
     next_id: u64,
     participants: HashMap<ParticipantId, Participant>,
     rooms: HashMap<String, Vec<ParticipantId>>,
+    speakers: HashMap<String, crate::speaker::SpeakerDetector>,
     by_addr: HashMap<SocketAddr, ParticipantId>,
     by_ufrag: HashMap<String, ParticipantId>,
     outputs: VecDeque<SfuOutput>,
@@ -137,6 +143,7 @@ impl Worker {
             next_id: 1,
             participants: HashMap::new(),
             rooms: HashMap::new(),
+            speakers: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             outputs: VecDeque::new(),
@@ -239,6 +246,9 @@ impl Worker {
         };
         if room_now_empty {
             self.rooms.remove(&p.room);
+            self.speakers.remove(&p.room);
+        } else if let Some(d) = self.speakers.get_mut(&p.room) {
+            d.forget(id);
         }
         self.outputs.push_back(SfuOutput::Event(RoomEvent::Left {
             room: p.room,
@@ -412,6 +422,12 @@ impl Worker {
                     }
                     Polled::Media(data) => {
                         let room = p.room.clone();
+                        if let Some(level) = data.ext_vals.audio_level {
+                            self.speakers
+                                .entry(room.clone())
+                                .or_default()
+                                .observe(id, level, now);
+                        }
                         for other in self
                             .rooms
                             .get(&room)
@@ -443,6 +459,14 @@ impl Worker {
         }
         for id in gone {
             self.leave(id);
+        }
+        for (room, detector) in &mut self.speakers {
+            if let Some(participant) = detector.tick(now) {
+                self.outputs.push_back(SfuOutput::Speaker {
+                    room: room.clone(),
+                    participant,
+                });
+            }
         }
         next
     }

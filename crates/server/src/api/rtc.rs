@@ -5,7 +5,10 @@
 //! `{"type":"leave"}`.
 //! Server → client: `{"type":"joined","participant","sdp":ANSWER,"ice_servers":[]}`,
 //! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
-//! `{"type":"error","code","message"}`, `{"type":"left"}`.
+//! `{"type":"error","code","message"}`, `{"type":"left"}`,
+//! `{"type":"speaker","participant","identity"}` (active speaker changed; null: nobody),
+//! `{"type":"muted","participant","identity","kind","muted"}` (another participant).
+//! Client → server also: `{"type":"mute","kind":"audio"|"video","muted":bool}`.
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -85,10 +88,22 @@ pub async fn signaling(State(s): State<AppState>, Auth(p): Auth, ws: WebSocketUp
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ClientMsg {
-    Join { room: String, sdp: String },
-    Answer { sdp: String },
-    Offer { sdp: String },
+    Join {
+        room: String,
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Offer {
+        sdp: String,
+    },
     Leave,
+    /// The client muted or unmuted its own `audio` or `video`.
+    Mute {
+        kind: String,
+        muted: bool,
+    },
 }
 
 fn error(code: &str, message: impl Into<String>) -> String {
@@ -150,12 +165,28 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                         }),
                     },
                     Ok(ClientMsg::Leave) => break,
+                    Ok(ClientMsg::Mute { kind, .. }) if kind != "audio" && kind != "video" => {
+                        Some(error("bad_message", "mute.kind must be `audio` or `video`"))
+                    }
+                    Ok(ClientMsg::Mute { kind, muted }) => match participant {
+                        None => Some(error("not_joined", "join a room first")),
+                        Some(id) => {
+                            media.mute(id, kind, muted);
+                            None
+                        }
+                    },
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => None,
             },
             out = from_media.recv() => match out {
                 Some(ToClient::Offer(sdp)) => Some(json!({"type": "offer", "sdp": sdp}).to_string()),
+                Some(ToClient::Speaker { participant, identity }) => {
+                    Some(json!({"type": "speaker", "participant": participant, "identity": identity}).to_string())
+                }
+                Some(ToClient::Muted { participant, identity, kind, muted }) => Some(
+                    json!({"type": "muted", "participant": participant, "identity": identity, "kind": kind, "muted": muted}).to_string(),
+                ),
                 Some(ToClient::Closed) | None => {
                     let _ = sink.send(Message::Text(json!({"type": "left"}).to_string().into())).await;
                     participant = None;
