@@ -534,3 +534,88 @@ async fn aiortc_publishes_and_receives() {
         "{stdout}"
     );
 }
+
+/// A minimal, valid WHIP offer: one Opus track, as an encoder would send.
+fn audio_offer() -> String {
+    let fingerprint = (0..32)
+        .map(|i| format!("{:02X}", i * 7 % 256))
+        .collect::<Vec<_>>()
+        .join(":");
+    [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS s",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:wXyZ",
+        "a=ice-pwd:Zm9vYmFyYmF6cXV4cXV1eHh5",
+        &format!("a=fingerprint:sha-256 {fingerprint}"),
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendonly",
+        "a=msid:s t",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=ssrc:1234 cname:enc",
+        "",
+    ]
+    .join("\r\n")
+}
+
+#[tokio::test]
+async fn rooms_refuse_joins_beyond_their_capacity() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550805").await;
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"max_participants": 1})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"max_participants": 2})),
+        )
+        .await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    let body = json!({"identity": "encoder", "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
+    let token = s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let whip = |s: &Server| {
+        s.client
+            .post(s.url(&format!("/v1/rooms/{room_id}/whip")))
+            .bearer_auth(&token)
+            .header("content-type", "application/sdp")
+            .body(audio_offer())
+            .send()
+    };
+    let first = whip(&s).await.unwrap();
+    assert_eq!(first.status(), 201, "{}", first.text().await.unwrap());
+    assert_eq!(whip(&s).await.unwrap().status(), 201);
+    let third = whip(&s).await.unwrap();
+    assert_eq!(third.status(), 503);
+    let v: Value = third.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "room_full");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 participants"),
+        "{v}"
+    );
+}

@@ -23,6 +23,7 @@ pub struct Seat {
     pub room_id: String,
     pub identity: String,
     pub role: Role,
+    pub max_participants: usize,
 }
 
 /// Messages the media thread sends a participant's signaling connection.
@@ -280,6 +281,7 @@ fn handle_command(
                     identity: seat.identity.clone(),
                     offer_sdp: sdp,
                     mode,
+                    max_participants: Some(seat.max_participants),
                 },
             );
             if let Ok((id, _)) = &result {

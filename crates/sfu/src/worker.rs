@@ -24,6 +24,8 @@ pub struct JoinRequest {
     pub identity: String,
     pub offer_sdp: String,
     pub mode: Mode,
+    /// This room's own limit (never above the worker's).
+    pub max_participants: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,10 +181,15 @@ impl Worker {
         req: JoinRequest,
     ) -> Result<(ParticipantId, String), JoinError> {
         let members = self.rooms.get(&req.room).map_or(0, Vec::len);
-        if members >= self.cfg.max_participants_per_room {
+        let limit = req
+            .max_participants
+            .map_or(self.cfg.max_participants_per_room, |m| {
+                m.min(self.cfg.max_participants_per_room)
+            });
+        if members >= limit {
             return Err(JoinError::RoomFull {
                 room: req.room,
-                limit: self.cfg.max_participants_per_room,
+                limit,
             });
         }
         let offer = SdpOffer::from_sdp_string(&req.offer_sdp)

@@ -141,7 +141,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                 Err(_) => Some(error("not_found", "room not found")),
                                 Ok(r) => {
                                     let conversation = r.conversation_id.clone();
-                                    let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role };
+                                    let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role, max_participants: r.max_participants.max(0) as usize };
                                     match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);

@@ -83,6 +83,7 @@ async fn start(
         room_id: r.id.clone(),
         identity: identity.clone(),
         role: *role,
+        max_participants: r.max_participants.max(0) as usize,
     };
     // WHIP/WHEP sessions are never renegotiated: nobody reads this channel.
     let (to_client, _) = tokio::sync::mpsc::unbounded_channel();
