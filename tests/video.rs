@@ -301,6 +301,37 @@ async fn signaling_refuses_bad_requests_clearly() {
         assert_eq!(v["type"], "error", "{msg} -> {v}");
         assert_eq!(v["code"], code, "{msg} -> {v}");
     }
+    // Joined (an encoder-style audio offer), trickle is validated; a second join is refused.
+    macro_rules! next {
+        () => {{
+            let reply = tokio::time::timeout(Duration::from_secs(5), sock.next())
+                .await
+                .expect("a reply")
+                .unwrap()
+                .unwrap();
+            serde_json::from_str::<Value>(reply.to_text().unwrap()).unwrap()
+        }};
+    }
+    let join = json!({"type": "join", "room": room_id, "sdp": audio_offer()}).to_string();
+    sock.send(Message::Text(join.clone().into())).await.unwrap();
+    let joined = next!();
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["conversation"], conv);
+    assert!(joined["sdp"].as_str().unwrap().contains("a=ice-lite"));
+    for candidate in ["candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", ""] {
+        let msg = json!({"type": "candidate", "candidate": candidate}).to_string();
+        sock.send(Message::Text(msg.into())).await.unwrap();
+    }
+    let msg = json!({"type": "candidate", "candidate": "candidate:garbage"}).to_string();
+    sock.send(Message::Text(msg.into())).await.unwrap();
+    assert_eq!(
+        next!()["code"],
+        "bad_candidate",
+        "valid candidates get no reply; the bad one does"
+    );
+    sock.send(Message::Text(join.into())).await.unwrap();
+    assert_eq!(next!()["code"], "already_joined");
+
     // A room with a bad grant attempt is audited.
     let audit = s.ok("GET", "/v1/audit?limit=1000", &key, None).await;
     assert!(

@@ -43,6 +43,12 @@ export class Visit extends EventTarget {
     if (stream) {
       for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
     }
+    // Trickle our candidates (optional for the ICE-lite SFU, but cheap).
+    pc.addEventListener("icecandidate", (e) => {
+      if (this.participant && this.ws?.readyState === WebSocket.OPEN) {
+        this.ws.send(JSON.stringify({ type: "candidate", candidate: e.candidate ? e.candidate.candidate : "" }));
+      }
+    });
     // A data channel is always negotiated (chat and control later).
     this.channel = pc.createDataChannel("continuum");
 

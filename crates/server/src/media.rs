@@ -63,6 +63,11 @@ enum Command {
         sdp: String,
         reply: oneshot::Sender<Result<String, SignalError>>,
     },
+    Candidate {
+        id: ParticipantId,
+        candidate: String,
+        reply: oneshot::Sender<Result<(), SignalError>>,
+    },
     Mute {
         id: ParticipantId,
         kind: String,
@@ -149,6 +154,16 @@ impl Media {
     pub async fn offer(&self, id: ParticipantId, sdp: String) -> Result<String, SignalError> {
         let (reply, rx) = oneshot::channel();
         let _ = self.commands.send(Command::Offer { id, sdp, reply });
+        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+    }
+
+    pub async fn candidate(&self, id: ParticipantId, candidate: String) -> Result<(), SignalError> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.commands.send(Command::Candidate {
+            id,
+            candidate,
+            reply,
+        });
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
     }
 
@@ -296,6 +311,13 @@ fn handle_command(
             let _ = reply.send(worker.offer(id, &sdp));
         }
         Command::Leave { id } => worker.leave(id),
+        Command::Candidate {
+            id,
+            candidate,
+            reply,
+        } => {
+            let _ = reply.send(worker.candidate(id, &candidate));
+        }
         Command::Mute { id, kind, muted } => {
             let Some((me, _)) = seats.get(&id) else {
                 return;

@@ -277,6 +277,24 @@ impl Worker {
             .map_err(|e| SignalError::Refused(e.to_string()))
     }
 
+    /// A trickled remote candidate (`candidate:...` or `a=candidate:...`). An
+    /// ICE-lite server learns addresses from the client's checks, so this is
+    /// only validated and recorded; an empty string is end-of-candidates.
+    pub fn candidate(&mut self, id: ParticipantId, candidate: &str) -> Result<(), SignalError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let line = candidate.trim().trim_start_matches("a=");
+        if line.is_empty() {
+            return Ok(());
+        }
+        let c = Candidate::from_sdp_string(line)
+            .map_err(|e| SignalError::BadSdp(format!("bad candidate: {e}")))?;
+        p.rtc.add_remote_candidate(c);
+        Ok(())
+    }
+
     /// A client-initiated renegotiation (it added or removed its own tracks).
     pub fn offer(&mut self, id: ParticipantId, sdp: &str) -> Result<String, SignalError> {
         let p = self

@@ -8,7 +8,9 @@
 //! `{"type":"error","code","message"}`, `{"type":"left"}`,
 //! `{"type":"speaker","participant","identity"}` (active speaker changed; null: nobody),
 //! `{"type":"muted","participant","identity","kind","muted"}` (another participant).
-//! Client → server also: `{"type":"mute","kind":"audio"|"video","muted":bool}`.
+//! Client → server also: `{"type":"mute","kind":"audio"|"video","muted":bool}`,
+//! `{"type":"candidate","candidate":"candidate:..."}` (trickle; optional with an
+//! ICE-lite server, `""` ends them).
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -99,6 +101,10 @@ enum ClientMsg {
         sdp: String,
     },
     Leave,
+    /// A trickled ICE candidate (`""` = end of candidates).
+    Candidate {
+        candidate: String,
+    },
     /// The client muted or unmuted its own `audio` or `video`.
     Mute {
         kind: String,
@@ -165,6 +171,10 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                         }),
                     },
                     Ok(ClientMsg::Leave) => break,
+                    Ok(ClientMsg::Candidate { candidate }) => match participant {
+                        None => Some(error("not_joined", "join a room first")),
+                        Some(id) => media.candidate(id, candidate).await.err().map(|e| error("bad_candidate", e.to_string())),
+                    },
                     Ok(ClientMsg::Mute { kind, .. }) if kind != "audio" && kind != "video" => {
                         Some(error("bad_message", "mute.kind must be `audio` or `video`"))
                     }
