@@ -38,7 +38,13 @@ export class Visit extends EventTarget {
     pc.addEventListener("connectionstatechange", () => {
       const s = pc.connectionState;
       if (s === "connected") this._setState("connected");
-      if (s === "failed" || s === "disconnected") this._setState(s);
+      if (s === "failed" || s === "disconnected") {
+        this._setState(s);
+        // The network changed or dropped: restart ICE, keeping our seat in the
+        // room (the SFU holds it for a grace period).
+        if (s === "failed") this.restartIce().catch(() => {});
+        else setTimeout(() => { if (pc.connectionState === "disconnected") this.restartIce().catch(() => {}); }, 2000);
+      }
     });
     if (stream) {
       for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
@@ -106,6 +112,16 @@ export class Visit extends EventTarget {
         this._emit("muted", msg);
         break;
     }
+  }
+
+  /** Restarts ICE (new credentials and candidates) without leaving the room. */
+  async restartIce() {
+    const pc = this.pc;
+    if (!pc || !this.ws || this.ws.readyState !== WebSocket.OPEN) throw new Error("not joined");
+    if (pc.signalingState !== "stable") return;
+    const offer = await pc.createOffer({ iceRestart: true });
+    await pc.setLocalDescription(offer);
+    this.ws.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
   }
 
   /** Mutes or unmutes the local tracks of one kind ("audio" or "video"). */

@@ -71,6 +71,22 @@ report("A decodes B", true, await waitForMedia(a, 1));
 report("B decodes A", true, await waitForMedia(b, 1));
 
 // Signaling fan-out: B mutes its microphone and A is told.
+// ICE restart (what the SDK does after a network change): same seat, media flows on.
+const idBefore = await a.page.evaluate(() => window.visit.participant);
+const framesBefore = (await inbound(a)).video.reduce((x, y) => x + y, 0);
+const ufragBefore = await a.page.evaluate(() => window.visit.pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/)[1]);
+await a.page.evaluate(() => window.visit.restartIce());
+let restarted = false, framesAfter = framesBefore, ufragAfter = ufragBefore;
+for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline; ) {
+  await new Promise((r) => setTimeout(r, 250));
+  ufragAfter = await a.page.evaluate(() => window.visit.pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/)[1]);
+  framesAfter = (await inbound(a)).video.reduce((x, y) => x + y, 0);
+  const state = await a.page.evaluate(() => window.visit.pc.connectionState);
+  if (ufragAfter !== ufragBefore && state === "connected" && framesAfter > framesBefore + 30) { restarted = true; break; }
+}
+const idAfter = await a.page.evaluate(() => window.visit.participant);
+report("A restarts ICE and keeps its seat", restarted && idBefore === idAfter, { idBefore, idAfter, ufragBefore, ufragAfter, framesBefore, framesAfter });
+
 // Active speaker: Chromium's fake microphone beeps; someone becomes the speaker.
 const speaker = await a.page.waitForFunction(() => window.visit.speaker !== undefined, null, { timeout: TIMEOUT_MS })
   .then(() => a.page.evaluate(() => window.visit.speaker), () => undefined);

@@ -111,6 +111,8 @@ pub(crate) struct Participant {
     /// Worst jitter seen on this participant's incoming media since the last sample.
     jitter: Option<Duration>,
     last_rx: Option<(Instant, u64)>,
+    /// Since when ICE has been disconnected (awaiting a restart), if it is.
+    pub disconnected_at: Option<Instant>,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
@@ -139,6 +141,7 @@ impl Participant {
             thresholds,
             jitter: None,
             last_rx: None,
+            disconnected_at: None,
         }
     }
 
@@ -165,8 +168,16 @@ impl Participant {
                 Polled::Connected
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.rtc.disconnect();
-                Polled::Disconnected
+                // Keep the seat (identity, subscriptions) for an ICE restart; the
+                // worker ends it if the participant stays away too long.
+                self.disconnected_at.get_or_insert_with(Instant::now);
+                Polled::Nothing
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                self.disconnected_at = None;
+                Polled::Nothing
             }
             Event::MediaIngressStats(s) => {
                 let clock = match self

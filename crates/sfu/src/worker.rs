@@ -109,6 +109,10 @@ pub enum SfuOutput {
     Event(RoomEvent),
 }
 
+/// How long a participant whose ICE connection dropped keeps its seat,
+/// waiting for an ICE restart (network change, Wi-Fi to cellular).
+pub const RECONNECT_GRACE: Duration = Duration::from_secs(15);
+
 pub struct Worker {
     cfg: WorkerConfig,
     next_id: u64,
@@ -305,8 +309,18 @@ impl Worker {
             SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
         let answer = p
             .accept_offer(offer)
-            .map_err(|e| SignalError::Refused(e.to_string()))?;
-        Ok(answer.to_sdp_string())
+            .map_err(|e| SignalError::Refused(e.to_string()))?
+            .to_sdp_string();
+        // An ICE restart gives us new local credentials: checks from the
+        // client's new address will carry the new ufrag.
+        if let Some(ufrag) = answer
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        {
+            self.by_ufrag.retain(|_, v| *v != id);
+            self.by_ufrag.insert(ufrag.to_owned(), id);
+        }
+        Ok(answer)
     }
 
     /// Routes one datagram to its participant: by remote address once known,
@@ -482,6 +496,16 @@ impl Worker {
                 }
             }
         }
+        // ICE lost and not restarted within the grace period: the participant is gone.
+        gone.extend(
+            self.participants
+                .values()
+                .filter(|p| {
+                    p.disconnected_at
+                        .is_some_and(|t| now.saturating_duration_since(t) > RECONNECT_GRACE)
+                })
+                .map(|p| p.id),
+        );
         for id in gone {
             self.leave(id);
         }
