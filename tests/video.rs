@@ -138,6 +138,12 @@ async fn three_browsers_see_and_hear_each_other() {
         metrics_line(&m, "continuum_sfu_rtt_seconds_count").unwrap_or(0.0) >= 1.0,
         "{m}"
     );
+    // RTCP feedback is counted: new subscribers ask for keyframes (PLI/FIR).
+    let keyframe_feedback: f64 = ["plis_received", "firs_received", "plis_sent", "firs_sent"]
+        .iter()
+        .map(|n| metrics_line(&m, &format!("continuum_sfu_{n}_total")).unwrap_or(0.0))
+        .sum();
+    assert!(keyframe_feedback >= 1.0, "{m}");
     // Loopback is clean: no participant was reported degraded.
     assert_eq!(count("quality.degraded"), 0);
     // The call is no longer open in the context.

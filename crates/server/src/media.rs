@@ -476,6 +476,36 @@ fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::
             now.joins_refused,
             reported.joins_refused,
         ),
+        (
+            "continuum_sfu_nacks_received_total",
+            now.nacks_received,
+            reported.nacks_received,
+        ),
+        (
+            "continuum_sfu_plis_received_total",
+            now.plis_received,
+            reported.plis_received,
+        ),
+        (
+            "continuum_sfu_firs_received_total",
+            now.firs_received,
+            reported.firs_received,
+        ),
+        (
+            "continuum_sfu_nacks_sent_total",
+            now.nacks_sent,
+            reported.nacks_sent,
+        ),
+        (
+            "continuum_sfu_plis_sent_total",
+            now.plis_sent,
+            reported.plis_sent,
+        ),
+        (
+            "continuum_sfu_firs_sent_total",
+            now.firs_sent,
+            reported.firs_sent,
+        ),
     ];
     for (name, value, before) in pairs {
         if value > before {

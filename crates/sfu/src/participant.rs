@@ -92,6 +92,18 @@ pub(crate) enum Polled {
         sample: QualitySample,
         change: Option<QualityChange>,
     },
+    /// New RTCP feedback since the last stats: `sent` (to publishers) or received.
+    Rtcp(RtcpDelta),
+}
+
+/// NACK, PLI and FIR counts since the previous stats report of a stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RtcpDelta {
+    /// True when we sent them (ingress stream), false when we received them.
+    pub sent: bool,
+    pub nacks: u64,
+    pub plis: u64,
+    pub firs: u64,
 }
 
 pub(crate) struct Participant {
@@ -113,6 +125,8 @@ pub(crate) struct Participant {
     last_rx: Option<(Instant, u64)>,
     /// Since when ICE has been disconnected (awaiting a restart), if it is.
     pub disconnected_at: Option<Instant>,
+    /// Last cumulative [nacks, plis, firs] per (mid, ingress?) stream.
+    rtcp_seen: std::collections::HashMap<(Mid, bool), [u64; 3]>,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
@@ -142,6 +156,7 @@ impl Participant {
             jitter: None,
             last_rx: None,
             disconnected_at: None,
+            rtcp_seen: Default::default(),
         }
     }
 
@@ -191,7 +206,12 @@ impl Participant {
                 };
                 let j = Duration::from_secs_f64(s.jitter as f64 / clock);
                 self.jitter = Some(self.jitter.map_or(j, |prev| prev.max(j)));
-                Polled::Nothing
+                // What we asked of this publisher: retransmissions and keyframes.
+                Polled::Rtcp(self.rtcp_delta(s.mid, true, [s.nacks, s.plis, s.firs]))
+            }
+            Event::MediaEgressStats(s) => {
+                // What this subscriber asked of us.
+                Polled::Rtcp(self.rtcp_delta(s.mid, false, [s.nacks, s.plis, s.firs]))
             }
             Event::PeerStats(s) => {
                 let ingress_bps = self.last_rx.and_then(|(at, bytes)| {
@@ -263,6 +283,16 @@ impl Participant {
                 }
             }
             _ => Polled::Nothing,
+        }
+    }
+
+    fn rtcp_delta(&mut self, mid: Mid, sent: bool, now: [u64; 3]) -> RtcpDelta {
+        let before = self.rtcp_seen.insert((mid, sent), now).unwrap_or([0; 3]);
+        RtcpDelta {
+            sent,
+            nacks: now[0].saturating_sub(before[0]),
+            plis: now[1].saturating_sub(before[1]),
+            firs: now[2].saturating_sub(before[2]),
         }
     }
 

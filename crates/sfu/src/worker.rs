@@ -139,6 +139,14 @@ pub struct WorkerStats {
     pub keyframe_requests: u64,
     pub participants_joined: u64,
     pub joins_refused: u64,
+    /// RTCP feedback received from subscribers (they lost packets or need a keyframe).
+    pub nacks_received: u64,
+    pub plis_received: u64,
+    pub firs_received: u64,
+    /// RTCP feedback sent to publishers.
+    pub nacks_sent: u64,
+    pub plis_sent: u64,
+    pub firs_sent: u64,
 }
 
 impl Worker {
@@ -393,6 +401,21 @@ impl Worker {
                         break;
                     }
                     Polled::Nothing => {}
+                    Polled::Rtcp(d) => {
+                        let s = &mut self.stats;
+                        let (nacks, plis, firs) = if d.sent {
+                            (&mut s.nacks_sent, &mut s.plis_sent, &mut s.firs_sent)
+                        } else {
+                            (
+                                &mut s.nacks_received,
+                                &mut s.plis_received,
+                                &mut s.firs_received,
+                            )
+                        };
+                        *nacks += d.nacks;
+                        *plis += d.plis;
+                        *firs += d.firs;
+                    }
                     Polled::Transmit(destination, contents) => {
                         self.outputs.push_back(SfuOutput::Transmit {
                             destination,
