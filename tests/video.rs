@@ -138,6 +138,10 @@ async fn three_browsers_see_and_hear_each_other() {
         metrics_line(&m, "continuum_sfu_rtt_seconds_count").unwrap_or(0.0) >= 1.0,
         "{m}"
     );
+    assert!(
+        m.contains("continuum_sfu_tenant_participants{tenant="),
+        "per-tenant gauges: {m}"
+    );
     // RTCP feedback is counted: new subscribers ask for keyframes (PLI/FIR).
     let keyframe_feedback: f64 = ["plis_received", "firs_received", "plis_sent", "firs_sent"]
         .iter()

@@ -185,6 +185,8 @@ fn run(
     let local = socket.local_addr().expect("bound socket");
     metrics::gauge!("continuum_sfu_udp_port").set(local.port() as f64);
     let mut reported = continuum_sfu::WorkerStats::default();
+    let mut last_tenant_gauges = Instant::now();
+    let mut tenants_seen: HashSet<String> = HashSet::new();
     let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
@@ -250,6 +252,10 @@ fn run(
         metrics::gauge!("continuum_sfu_rooms").set(worker.room_count() as f64);
         metrics::gauge!("continuum_sfu_participants").set(worker.participant_count() as f64);
         export_stats(&worker.stats, &mut reported);
+        if last_tenant_gauges.elapsed() >= Duration::from_secs(1) {
+            last_tenant_gauges = Instant::now();
+            export_tenant_gauges(&seats, &mut tenants_seen);
+        }
         // Wake for the next timer, a datagram, or (at most 5 ms later) a command.
         let wait = next
             .saturating_duration_since(Instant::now())
@@ -547,5 +553,32 @@ fn record_quality(s: &continuum_sfu::quality::QualitySample) {
     }
     if let Some(bps) = s.egress_estimate_bps {
         metrics::histogram!("continuum_sfu_egress_estimate_bps").record(bps as f64);
+    }
+}
+
+/// Rooms and participants per tenant (a tenant that emptied out is set to 0).
+fn export_tenant_gauges(
+    seats: &HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)>,
+    tenants_seen: &mut HashSet<String>,
+) {
+    let mut per_tenant: HashMap<&str, (usize, HashSet<&str>)> = HashMap::new();
+    for (seat, _) in seats.values() {
+        let entry = per_tenant.entry(&seat.tenant_id).or_default();
+        entry.0 += 1;
+        entry.1.insert(&seat.room_id);
+    }
+    for tenant in tenants_seen.iter() {
+        if !per_tenant.contains_key(tenant.as_str()) {
+            metrics::gauge!("continuum_sfu_tenant_participants", "tenant" => tenant.clone())
+                .set(0.0);
+            metrics::gauge!("continuum_sfu_tenant_rooms", "tenant" => tenant.clone()).set(0.0);
+        }
+    }
+    for (tenant, (participants, rooms)) in &per_tenant {
+        metrics::gauge!("continuum_sfu_tenant_participants", "tenant" => tenant.to_string())
+            .set(*participants as f64);
+        metrics::gauge!("continuum_sfu_tenant_rooms", "tenant" => tenant.to_string())
+            .set(rooms.len() as f64);
+        tenants_seen.insert(tenant.to_string());
     }
 }
