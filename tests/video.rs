@@ -79,6 +79,7 @@ async fn three_browsers_see_and_hear_each_other() {
     for check in [
         "A decodes B",
         "B decodes A",
+        "B gets A's data-channel message",
         "A restarts ICE and keeps its seat",
         "A is told the active speaker",
         "A is told B muted",

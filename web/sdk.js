@@ -55,8 +55,10 @@ export class Visit extends EventTarget {
         this.ws.send(JSON.stringify({ type: "candidate", candidate: e.candidate ? e.candidate.candidate : "" }));
       }
     });
-    // A data channel is always negotiated (chat and control later).
+    // One data channel per participant; the SFU relays its messages to the
+    // rest of the room (annotations, reactions, device control; ≤ 16 KiB each).
     this.channel = pc.createDataChannel("continuum");
+    this.channel.addEventListener("message", (e) => this._emit("data", { data: e.data }));
 
     const ws = (this.ws = new WebSocket(this.wsUrl));
     await new Promise((resolve, reject) => {
@@ -112,6 +114,12 @@ export class Visit extends EventTarget {
         this._emit("muted", msg);
         break;
     }
+  }
+
+  /** Sends a message to everyone else in the room over the data channel. */
+  sendData(data) {
+    if (this.channel?.readyState !== "open") throw new Error("the data channel is not open yet");
+    this.channel.send(data);
   }
 
   /** Restarts ICE (new credentials and candidates) without leaving the room. */

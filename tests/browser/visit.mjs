@@ -71,6 +71,16 @@ report("A decodes B", true, await waitForMedia(a, 1));
 report("B decodes A", true, await waitForMedia(b, 1));
 
 // Signaling fan-out: B mutes its microphone and A is told.
+// Data channel: A's message reaches B through the SFU.
+await b.page.evaluate(() => { window.gotData = []; window.visit.addEventListener("data", (e) => window.gotData.push(e.detail.data)); });
+const sentOk = await a.page.evaluate(async () => {
+  for (let i = 0; i < 100 && window.visit.channel.readyState !== "open"; i++) await new Promise((r) => setTimeout(r, 100));
+  window.visit.sendData("vitals: HR 72");
+  return window.visit.channel.readyState;
+});
+const got = await b.page.waitForFunction(() => window.gotData.includes("vitals: HR 72"), null, { timeout: TIMEOUT_MS }).then(() => true, () => false);
+report("B gets A's data-channel message", got, { sentOk });
+
 // ICE restart (what the SDK does after a network change): same seat, media flows on.
 const idBefore = await a.page.evaluate(() => window.visit.participant);
 const framesBefore = (await inbound(a)).video.reduce((x, y) => x + y, 0);

@@ -483,6 +483,11 @@ fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::
             reported.joins_refused,
         ),
         (
+            "continuum_sfu_data_messages_relayed_total",
+            now.data_messages_relayed,
+            reported.data_messages_relayed,
+        ),
+        (
             "continuum_sfu_nacks_received_total",
             now.nacks_received,
             reported.nacks_received,

@@ -94,6 +94,11 @@ pub(crate) enum Polled {
     },
     /// New RTCP feedback since the last stats: `sent` (to publishers) or received.
     Rtcp(RtcpDelta),
+    /// A data-channel message for the rest of the room.
+    Data {
+        binary: bool,
+        data: Vec<u8>,
+    },
 }
 
 /// NACK, PLI and FIR counts since the previous stats report of a stream.
@@ -127,9 +132,13 @@ pub(crate) struct Participant {
     pub disconnected_at: Option<Instant>,
     /// Last cumulative [nacks, plis, firs] per (mid, ingress?) stream.
     rtcp_seen: std::collections::HashMap<(Mid, bool), [u64; 3]>,
+    /// The participant's data channel, once open.
+    channel: Option<str0m::channel::ChannelId>,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
+/// Larger data-channel messages are dropped rather than relayed.
+pub(crate) const MAX_DATA_MESSAGE: usize = 16 * 1024;
 
 impl Participant {
     pub fn new(
@@ -157,6 +166,7 @@ impl Participant {
             last_rx: None,
             disconnected_at: None,
             rtcp_seen: Default::default(),
+            channel: None,
         }
     }
 
@@ -208,6 +218,18 @@ impl Participant {
                 self.jitter = Some(self.jitter.map_or(j, |prev| prev.max(j)));
                 // What we asked of this publisher: retransmissions and keyframes.
                 Polled::Rtcp(self.rtcp_delta(s.mid, true, [s.nacks, s.plis, s.firs]))
+            }
+            Event::ChannelOpen(id, _) => {
+                self.channel = Some(id);
+                Polled::Nothing
+            }
+            Event::ChannelData(d)
+                if Some(d.id) == self.channel && d.data.len() <= MAX_DATA_MESSAGE =>
+            {
+                Polled::Data {
+                    binary: d.binary,
+                    data: d.data,
+                }
             }
             Event::MediaEgressStats(s) => {
                 // What this subscriber asked of us.
@@ -294,6 +316,15 @@ impl Participant {
             plis: now[1].saturating_sub(before[1]),
             firs: now[2].saturating_sub(before[2]),
         }
+    }
+
+    /// Relays a data-channel message from another participant; false if the
+    /// channel is not open yet or its buffer is full (messages are not queued).
+    pub fn send_data(&mut self, binary: bool, data: &[u8]) -> bool {
+        let Some(mut ch) = self.channel.and_then(|id| self.rtc.channel(id)) else {
+            return false;
+        };
+        ch.write(binary, data).unwrap_or(false)
     }
 
     /// Asks this participant (a publisher) for a keyframe, at most every 500 ms

@@ -143,6 +143,8 @@ pub struct WorkerStats {
     pub nacks_received: u64,
     pub plis_received: u64,
     pub firs_received: u64,
+    /// Data-channel messages delivered to other participants.
+    pub data_messages_relayed: u64,
     /// RTCP feedback sent to publishers.
     pub nacks_sent: u64,
     pub plis_sent: u64,
@@ -401,6 +403,22 @@ impl Worker {
                         break;
                     }
                     Polled::Nothing => {}
+                    Polled::Data { binary, data } => {
+                        let room = p.room.clone();
+                        for other in self
+                            .rooms
+                            .get(&room)
+                            .into_iter()
+                            .flatten()
+                            .filter(|o| **o != id)
+                        {
+                            if let Some(o) = self.participants.get_mut(other)
+                                && o.send_data(binary, &data)
+                            {
+                                self.stats.data_messages_relayed += 1;
+                            }
+                        }
+                    }
                     Polled::Rtcp(d) => {
                         let s = &mut self.stats;
                         let (nacks, plis, firs) = if d.sent {
