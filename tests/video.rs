@@ -662,3 +662,59 @@ async fn rooms_refuse_joins_beyond_their_capacity() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_never_answers_is_disconnected() {
+    let dir = tempdir();
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            env: vec![("CONTINUUM_RTC__ANSWER_TIMEOUT_SECS".into(), "2".into())],
+            ..Default::default()
+        },
+    );
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550806").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({})),
+        )
+        .await;
+    let room_id = room["id"].as_str().unwrap().to_owned();
+    let mut tokens = Vec::new();
+    for who in ["silent", "other"] {
+        let body = json!({"identity": who, "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
+        tokens.push(
+            s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir().join("silent.mjs"))
+        .args([&s.base, &room_id, &conv, &tokens[0], &tokens[1]])
+        .output()
+        .await
+        .expect("node runs the scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The silent one is the first to leave (the other leaves only when the script closes its browser).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = timeline_kinds(&s, &key, &conv).await;
+        if let Some((_, first_left)) = events.iter().find(|(k, _)| k == "participant.left") {
+            assert_eq!(first_left["actor"]["id"], "silent", "{events:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

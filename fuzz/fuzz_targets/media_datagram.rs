@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         public_addr: local,
         max_participants_per_room: 4,
         quality: Default::default(),
+        answer_timeout: std::time::Duration::from_secs(10),
     });
     let source: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     assert!(!worker.handle_datagram(Instant::now(), source, local, data), "no participant can accept it");

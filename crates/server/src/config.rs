@@ -34,6 +34,8 @@ pub struct RtcConfig {
     pub quality_max_rtt_ms: u64,
     pub quality_max_jitter_ms: u64,
     pub quality_hold_secs: u64,
+    /// A participant that leaves a renegotiation offer unanswered this long is disconnected.
+    pub answer_timeout_secs: u64,
 }
 
 impl Default for RtcConfig {
@@ -46,6 +48,7 @@ impl Default for RtcConfig {
             quality_max_rtt_ms: 400,
             quality_max_jitter_ms: 50,
             quality_hold_secs: 5,
+            answer_timeout_secs: 10,
         }
     }
 }
@@ -296,6 +299,9 @@ quality_max_loss = 0.05
 quality_max_rtt_ms = 400
 quality_max_jitter_ms = 50
 quality_hold_secs = 5
+# A participant that does not answer the SFU's renegotiation offer within this
+# many seconds is disconnected (it would never receive new tracks otherwise).
+answer_timeout_secs = 10
 "#;
 
 #[cfg(test)]

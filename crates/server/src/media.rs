@@ -111,6 +111,7 @@ impl Media {
                 max_jitter: Duration::from_millis(cfg.quality_max_jitter_ms),
                 hold: Duration::from_secs(cfg.quality_hold_secs),
             },
+            answer_timeout: Duration::from_secs(cfg.answer_timeout_secs),
         });
         let (commands, rx) = crossbeam_channel::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded_channel();

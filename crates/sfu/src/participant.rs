@@ -120,6 +120,8 @@ pub(crate) struct Participant {
     pub tracks_out: Vec<TrackOut>,
     /// Our renegotiation offer awaiting the client's answer.
     pub pending: Option<SdpPendingOffer>,
+    /// When our pending offer was sent (a client that never answers is dropped).
+    pub pending_since: Option<Instant>,
     pub chosen_rid: Option<Rid>,
     pub connected: bool,
     pub mode: Mode,
@@ -157,6 +159,7 @@ impl Participant {
             tracks_in: Vec::new(),
             tracks_out: Vec::new(),
             pending: None,
+            pending_since: None,
             chosen_rid: None,
             connected: false,
             mode,
@@ -402,10 +405,12 @@ impl Participant {
         }
         let (offer, pending) = change.apply()?;
         self.pending = Some(pending);
+        self.pending_since = Some(Instant::now());
         Some(offer)
     }
 
     pub fn accept_answer(&mut self, answer: SdpAnswer) -> Result<(), str0m::RtcError> {
+        self.pending_since = None;
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };

@@ -17,6 +17,9 @@ pub struct WorkerConfig {
     /// Participants per room before joins are refused.
     pub max_participants_per_room: usize,
     pub quality: QualityThresholds,
+    /// A participant that leaves our renegotiation offer unanswered this long is
+    /// disconnected (it would otherwise never see new tracks).
+    pub answer_timeout: Duration,
 }
 
 pub struct JoinRequest {
@@ -544,6 +547,9 @@ impl Worker {
                 .filter(|p| {
                     p.disconnected_at
                         .is_some_and(|t| now.saturating_duration_since(t) > RECONNECT_GRACE)
+                        || p.pending_since.is_some_and(|t| {
+                            now.saturating_duration_since(t) > self.cfg.answer_timeout
+                        })
                 })
                 .map(|p| p.id),
         );

@@ -1,0 +1,34 @@
+// A participant that never answers the SFU's renegotiation offer is
+// disconnected after rtc.answer_timeout_secs. Usage:
+//   node silent.mjs <base-url> <room> <conversation> <token-silent> <token-other>
+import { chromium } from "playwright-core";
+
+const [base, room, conversation, silentToken, otherToken] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+  ],
+});
+const open = async (token) => {
+  const page = await (await browser.newContext()).newPage();
+  await page.goto(`${base}/visit?token=${encodeURIComponent(token)}&room=${room}&conversation=${conversation}`);
+  return page;
+};
+const silent = await open(silentToken);
+await silent.waitForFunction(() => window.visit && window.visit.state === "connected", null, { timeout: 30000 });
+// From now on it reads signaling but never answers.
+await silent.evaluate(() => {
+  window.seen = [];
+  window.visit._onSignal = (msg) => window.seen.push(msg.type);
+});
+await open(otherToken);
+const ok = await silent.waitForFunction(() => window.seen.includes("offer") && window.seen.includes("left"), null, { timeout: 30000 })
+  .then(() => true, () => false);
+const seen = await silent.evaluate(() => window.seen);
+console.log(JSON.stringify({ check: "silent participant is disconnected", ok, seen }));
+await browser.close();
+process.exit(ok ? 0 : 1);
