@@ -85,8 +85,9 @@ async fn start(
         role: *role,
         max_participants: r.max_participants.max(0) as usize,
     };
-    // WHIP/WHEP sessions are never renegotiated: nobody reads this channel.
-    let (to_client, _) = tokio::sync::mpsc::unbounded_channel();
+    // WHIP/WHEP sessions are never renegotiated; the channel only tells us when
+    // the session ends (DELETE, ICE timeout, room closed) to forget it.
+    let (to_client, mut from_media) = tokio::sync::mpsc::unbounded_channel();
     let (id, answer) = media
         .join(seat, sdp, mode, to_client)
         .await
@@ -100,6 +101,15 @@ async fn start(
         .0
         .lock()
         .insert(id.0, (tenant_id.clone(), room.clone()));
+    let sessions = s.whip.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = from_media.recv().await {
+            if matches!(msg, crate::media::ToClient::Closed) {
+                break;
+            }
+        }
+        sessions.0.lock().remove(&id.0);
+    });
     let location = format!("/v1/rooms/{room}/sessions/{}", id.0);
     Ok((
         StatusCode::CREATED,
