@@ -42,27 +42,21 @@ async fn three_browsers_see_and_hear_each_other() {
         },
     );
     let key = s.key().to_owned();
-    let (_, conv) = s.patient_conversation(&key, "+14155550800").await;
-    let room = s
-        .ok(
-            "POST",
-            &format!("/v1/conversations/{conv}/rooms"),
+    let Visit {
+        conv,
+        room: room_id,
+        tokens,
+    } = s
+        .visit(
             &key,
-            Some(json!({})),
+            "+14155550800",
+            &[
+                ("dr-lee", "clinician"),
+                ("patient-1", "patient"),
+                ("interpreter", "clinician"),
+            ],
         )
         .await;
-    let room_id = room["id"].as_str().unwrap().to_owned();
-    let mut tokens = Vec::new();
-    for (who, role) in [
-        ("dr-lee", "clinician"),
-        ("patient-1", "patient"),
-        ("interpreter", "clinician"),
-    ] {
-        let t = s
-            .ok("POST", "/v1/tokens", &key, Some(json!({"identity": who, "role": role, "grants": {"conversations": [conv], "rooms": [room_id]}})))
-            .await;
-        tokens.push(t["token"].as_str().unwrap().to_owned());
-    }
 
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("visit.mjs"))
@@ -428,31 +422,21 @@ async fn whip_publishes_and_whep_watches() {
     let dir = tempdir();
     let s = Server::start(dir.path());
     let key = s.key().to_owned();
-    let (_, conv) = s.patient_conversation(&key, "+14155550803").await;
-    let room = s
-        .ok(
-            "POST",
-            &format!("/v1/conversations/{conv}/rooms"),
+    let Visit {
+        conv,
+        room: room_id,
+        tokens,
+    } = s
+        .visit(
             &key,
-            Some(json!({})),
+            "+14155550803",
+            &[
+                ("exam-room-camera", "clinician"),
+                ("remote-specialist", "clinician"),
+            ],
         )
         .await;
-    let room_id = room["id"].as_str().unwrap().to_owned();
-    let mint = |who: &'static str| {
-        let body = json!({"identity": who, "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
-        let s = &s;
-        let key = key.clone();
-        async move {
-            s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    let (camera, viewer) = (
-        mint("exam-room-camera").await,
-        mint("remote-specialist").await,
-    );
+    let (camera, viewer) = (tokens[0].clone(), tokens[1].clone());
 
     // Refusals first: wrong content type, API keys, rooms outside the grant.
     let r = s
@@ -538,26 +522,20 @@ async fn aiortc_publishes_and_receives() {
     let dir = tempdir();
     let s = Server::start(dir.path());
     let key = s.key().to_owned();
-    let (_, conv) = s.patient_conversation(&key, "+14155550804").await;
-    let room = s
-        .ok(
-            "POST",
-            &format!("/v1/conversations/{conv}/rooms"),
+    let Visit {
+        room: room_id,
+        tokens,
+        ..
+    } = s
+        .visit(
             &key,
-            Some(json!({})),
+            "+14155550804",
+            &[
+                ("aiortc-camera", "clinician"),
+                ("aiortc-viewer", "clinician"),
+            ],
         )
         .await;
-    let room_id = room["id"].as_str().unwrap().to_owned();
-    let mut tokens = Vec::new();
-    for who in ["aiortc-camera", "aiortc-viewer"] {
-        let body = json!({"identity": who, "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
-        tokens.push(
-            s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aiortc_peer.py");
     let out = tokio::process::Command::new(python)
@@ -674,26 +652,17 @@ async fn a_participant_that_never_answers_is_disconnected() {
         },
     );
     let key = s.key().to_owned();
-    let (_, conv) = s.patient_conversation(&key, "+14155550806").await;
-    let room = s
-        .ok(
-            "POST",
-            &format!("/v1/conversations/{conv}/rooms"),
+    let Visit {
+        conv,
+        room: room_id,
+        tokens,
+    } = s
+        .visit(
             &key,
-            Some(json!({})),
+            "+14155550806",
+            &[("silent", "clinician"), ("other", "clinician")],
         )
         .await;
-    let room_id = room["id"].as_str().unwrap().to_owned();
-    let mut tokens = Vec::new();
-    for who in ["silent", "other"] {
-        let body = json!({"identity": who, "role": "clinician", "grants": {"conversations": [conv], "rooms": [room_id]}});
-        tokens.push(
-            s.ok("POST", "/v1/tokens", &key, Some(body)).await["token"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("silent.mjs"))
         .args([&s.base, &room_id, &conv, &tokens[0], &tokens[1]])

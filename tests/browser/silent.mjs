@@ -1,18 +1,10 @@
 // A participant that never answers the SFU's renegotiation offer is
 // disconnected after rtc.answer_timeout_secs. Usage:
 //   node silent.mjs <base-url> <room> <conversation> <token-silent> <token-other>
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, room, conversation, silentToken, otherToken] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-  ],
-});
+const browser = await launch();
 const open = async (token) => {
   const page = await (await browser.newContext()).newPage();
   await page.goto(`${base}/visit?token=${encodeURIComponent(token)}&room=${room}&conversation=${conversation}`);

@@ -3,20 +3,12 @@
 // Scenario: A and B join and must decode each other's video and receive audio;
 // C joins and must decode both; B leaves. Prints one JSON line per check and
 // exits non-zero on the first failure.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, room, conversation, ...tokens] = process.argv.slice(2);
 const TIMEOUT_MS = 30000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-  ],
-});
+const browser = await launch();
 
 function report(check, ok, detail) {
   console.log(JSON.stringify({ check, ok, ...detail }));

@@ -2,18 +2,10 @@
 // what any standards-based encoder or player does. Usage:
 //   node whip.mjs <base-url> <room> <publisher-token> <viewer-token>
 // Prints one JSON line per check; exits non-zero on failure.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, room, pubToken, viewToken] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-  ],
-});
+const browser = await launch();
 const fail = async (check, detail) => {
   console.log(JSON.stringify({ check, ok: false, ...detail }));
   await browser.close();

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
 
+pub struct Visit {
+    pub conv: String,
+    pub room: String,
+    pub tokens: Vec<String>,
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,
@@ -136,6 +142,33 @@ impl Server {
             )
             .await;
         (cid, conv["id"].as_str().unwrap().to_owned())
+    }
+
+    /// A patient conversation with a visit room, and access tokens granting both
+    /// for each `(identity, role)`.
+    pub async fn visit(&self, key: &str, phone: &str, people: &[(&str, &str)]) -> Visit {
+        let (_, conv) = self.patient_conversation(key, phone).await;
+        let room = self
+            .ok(
+                "POST",
+                &format!("/v1/conversations/{conv}/rooms"),
+                key,
+                Some(json!({})),
+            )
+            .await;
+        let room = room["id"].as_str().unwrap().to_owned();
+        let mut tokens = Vec::new();
+        for (identity, role) in people {
+            let grants = json!({"conversations": [conv], "rooms": [room]});
+            let body = json!({"identity": identity, "role": role, "grants": grants});
+            tokens.push(
+                self.ok("POST", "/v1/tokens", key, Some(body)).await["token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        Visit { conv, room, tokens }
     }
 
     pub async fn mint(
