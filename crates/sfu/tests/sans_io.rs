@@ -74,7 +74,7 @@ fn a_publisher_reaches_a_subscriber_through_the_worker() {
         quality: Default::default(),
         answer_timeout: Duration::from_secs(10),
     });
-    let mut peers = vec![
+    let mut peers = [
         peer(&mut worker, now, "10.0.0.2:5000", true),
         peer(&mut worker, now, "10.0.0.3:5000", false),
     ];
