@@ -186,7 +186,7 @@ fn run(
     let local = socket.local_addr().expect("bound socket");
     metrics::gauge!("continuum_sfu_udp_port").set(local.port() as f64);
     let mut reported = continuum_sfu::WorkerStats::default();
-    let mut last_tenant_gauges = Instant::now();
+    let mut last_gauges = Instant::now();
     let mut tenants_seen: HashSet<String> = HashSet::new();
     let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
     let mut buf = vec![0u8; 2048];
@@ -250,11 +250,12 @@ fn run(
                 }
             }
         }
-        metrics::gauge!("continuum_sfu_rooms").set(worker.room_count() as f64);
-        metrics::gauge!("continuum_sfu_participants").set(worker.participant_count() as f64);
         export_stats(&worker.stats, &mut reported);
-        if last_tenant_gauges.elapsed() >= Duration::from_secs(1) {
-            last_tenant_gauges = Instant::now();
+        // Gauges once a second, not on every wake-up.
+        if last_gauges.elapsed() >= Duration::from_secs(1) {
+            last_gauges = Instant::now();
+            metrics::gauge!("continuum_sfu_rooms").set(worker.room_count() as f64);
+            metrics::gauge!("continuum_sfu_participants").set(worker.participant_count() as f64);
             export_tenant_gauges(&seats, &mut tenants_seen);
         }
         // Wake for the next timer, a datagram, or (at most 5 ms later) a command.

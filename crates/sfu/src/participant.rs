@@ -113,7 +113,8 @@ pub(crate) struct RtcpDelta {
 
 pub(crate) struct Participant {
     pub id: ParticipantId,
-    pub room: String,
+    /// Shared, so routing a frame to the room costs no allocation.
+    pub room: Arc<str>,
     pub identity: String,
     pub rtc: Rtc,
     pub tracks_in: Vec<TrackInEntry>,
@@ -153,7 +154,7 @@ impl Participant {
     ) -> Self {
         Participant {
             id,
-            room,
+            room: room.into(),
             identity,
             rtc,
             tracks_in: Vec::new(),

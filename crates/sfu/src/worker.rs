@@ -261,7 +261,7 @@ impl Worker {
         p.rtc.disconnect();
         self.by_addr.retain(|_, v| *v != id);
         self.by_ufrag.retain(|_, v| *v != id);
-        let room_now_empty = match self.rooms.get_mut(&p.room) {
+        let room_now_empty = match self.rooms.get_mut(&*p.room) {
             Some(members) => {
                 members.retain(|m| *m != id);
                 members.is_empty()
@@ -269,13 +269,13 @@ impl Worker {
             None => true,
         };
         if room_now_empty {
-            self.rooms.remove(&p.room);
-            self.speakers.remove(&p.room);
-        } else if let Some(d) = self.speakers.get_mut(&p.room) {
+            self.rooms.remove(&*p.room);
+            self.speakers.remove(&*p.room);
+        } else if let Some(d) = self.speakers.get_mut(&*p.room) {
             d.forget(id);
         }
         self.outputs.push_back(SfuOutput::Event(RoomEvent::Left {
-            room: p.room,
+            room: p.room.to_string(),
             participant: id,
             identity: p.identity,
             room_now_empty,
@@ -407,20 +407,12 @@ impl Worker {
                     }
                     Polled::Nothing => {}
                     Polled::Data { binary, data } => {
-                        let room = p.room.clone();
-                        for other in self
-                            .rooms
-                            .get(&room)
-                            .into_iter()
-                            .flatten()
-                            .filter(|o| **o != id)
-                        {
-                            if let Some(o) = self.participants.get_mut(other)
-                                && o.send_data(binary, &data)
-                            {
-                                self.stats.data_messages_relayed += 1;
+                        let (room, stats) = (p.room.clone(), &mut self.stats);
+                        each_other(&self.rooms, &mut self.participants, &room, id, |o| {
+                            if o.send_data(binary, &data) {
+                                stats.data_messages_relayed += 1;
                             }
-                        }
+                        });
                     }
                     Polled::Rtcp(d) => {
                         let s = &mut self.stats;
@@ -448,7 +440,7 @@ impl Worker {
                             participant: id,
                             sample,
                         });
-                        let (room, identity) = (p.room.clone(), p.identity.clone());
+                        let (room, identity) = (p.room.to_string(), p.identity.clone());
                         match change {
                             Some(QualityChange::Degraded { reasons, held }) => {
                                 self.outputs.push_back(SfuOutput::Event(
@@ -477,7 +469,7 @@ impl Worker {
                         }
                     }
                     Polled::Connected => {
-                        let (room, identity) = (p.room.clone(), p.identity.clone());
+                        let (room, identity) = (p.room.to_string(), p.identity.clone());
                         self.outputs
                             .push_back(SfuOutput::Event(RoomEvent::Connected {
                                 room,
@@ -491,40 +483,29 @@ impl Worker {
                     }
                     Polled::TrackOpen(track) => {
                         let room = p.room.clone();
-                        for other in self
-                            .rooms
-                            .get(&room)
-                            .into_iter()
-                            .flatten()
-                            .filter(|o| **o != id)
-                        {
-                            if let Some(o) = self.participants.get_mut(other) {
-                                o.add_track_out(track.clone());
-                            }
-                        }
+                        each_other(&self.rooms, &mut self.participants, &room, id, |o| {
+                            o.add_track_out(track.clone())
+                        });
                     }
                     Polled::Media(data) => {
                         let room = p.room.clone();
                         if let Some(level) = data.ext_vals.audio_level {
-                            self.speakers
-                                .entry(room.clone())
-                                .or_default()
-                                .observe(id, level, now);
-                        }
-                        for other in self
-                            .rooms
-                            .get(&room)
-                            .into_iter()
-                            .flatten()
-                            .filter(|o| **o != id)
-                        {
-                            if let Some(o) = self.participants.get_mut(other)
-                                && o.write_media(id, &data)
-                            {
-                                self.stats.frames_forwarded += 1;
-                                self.stats.bytes_forwarded += data.data.len() as u64;
+                            match self.speakers.get_mut(&*room) {
+                                Some(d) => d.observe(id, level, now),
+                                None => self
+                                    .speakers
+                                    .entry(room.to_string())
+                                    .or_default()
+                                    .observe(id, level, now),
                             }
                         }
+                        let stats = &mut self.stats;
+                        each_other(&self.rooms, &mut self.participants, &room, id, |o| {
+                            if o.write_media(id, &data) {
+                                stats.frames_forwarded += 1;
+                                stats.bytes_forwarded += data.data.len() as u64;
+                            }
+                        });
                     }
                     Polled::KeyframeRequest {
                         req,
@@ -569,5 +550,25 @@ impl Worker {
 
     pub fn poll_output(&mut self) -> Option<SfuOutput> {
         self.outputs.pop_front()
+    }
+}
+
+/// Applies `f` to every participant of `room` but `except`.
+fn each_other(
+    rooms: &HashMap<String, Vec<ParticipantId>>,
+    participants: &mut HashMap<ParticipantId, Participant>,
+    room: &str,
+    except: ParticipantId,
+    mut f: impl FnMut(&mut Participant),
+) {
+    for other in rooms
+        .get(room)
+        .into_iter()
+        .flatten()
+        .filter(|o| **o != except)
+    {
+        if let Some(o) = participants.get_mut(other) {
+            f(o);
+        }
     }
 }

@@ -390,19 +390,19 @@ fn build_context(
     let conversation = conversations::load(c, keys, tenant_id, id)?;
     let patient = contacts::load(c, keys, tenant_id, &conversation.contact_id)?;
     let window = latest(c, keys, tenant_id, id, n.max(PENDING_WINDOW))?;
-    let facts: Vec<EventFacts<'_>> = Vec::new();
     let at_strings: Vec<String> = window.iter().map(|e| e.at.to_rfc3339()).collect();
-    let mut facts = facts;
-    for (e, at) in window.iter().zip(&at_strings) {
-        facts.push(EventFacts {
+    let facts: Vec<EventFacts<'_>> = window
+        .iter()
+        .zip(&at_strings)
+        .map(|(e, at)| EventFacts {
             seq: e.seq,
             at,
             channel: e.channel,
             kind: e.kind,
             actor_type: e.actor.actor_type,
             meta: &e.meta,
-        });
-    }
+        })
+        .collect();
     let pending = build_pending_items(conversation.state, conversation.assignee.as_deref(), &facts);
 
     let mut stmt = c.prepare_cached(

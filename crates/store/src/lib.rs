@@ -306,14 +306,13 @@ impl Store {
                     continue;
                 }
                 // Every stored event must be covered by an append record, with no gaps.
-                let (stored, gaps): (i64, i64) = c.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(CASE WHEN cnt != last_seq THEN 1 ELSE 0 END), 0) FROM (
+                let gaps: i64 = c.query_row(
+                    "SELECT COALESCE(SUM(CASE WHEN cnt != last_seq THEN 1 ELSE 0 END), 0) FROM (
                         SELECT c.id, c.last_seq, (SELECT COUNT(*) FROM events e WHERE e.conversation_id = c.id) AS cnt
                         FROM conversations c WHERE c.tenant_id = ?1)",
                     [&tenant],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| r.get(0),
                 )?;
-                let _ = stored;
                 let total_events: i64 = c.query_row("SELECT COUNT(*) FROM events WHERE tenant_id = ?1", [&tenant], |r| r.get(0))?;
                 if gaps > 0 {
                     report.problems.push(Problem {
