@@ -120,7 +120,7 @@ async fn three_browsers_see_and_hear_each_other() {
         .await
         .unwrap();
     assert!(
-        metrics_line(&m, "continuum_sfu_frames_forwarded_total").unwrap_or(0.0) > 100.0,
+        metrics_line(&m, "continuum_sfu_packets_forwarded_total").unwrap_or(0.0) > 100.0,
         "{m}"
     );
     assert!(metrics_line(&m, "continuum_sfu_bytes_forwarded_total").unwrap_or(0.0) > 10_000.0);

@@ -6,6 +6,14 @@
 //   visit.addEventListener("track", (e) => attach(e.detail.stream));
 //   await visit.join(roomId, await navigator.mediaDevices.getUserMedia({ video: true, audio: true }));
 
+// Simulcast layers, lowest first (the SFU orders them by measured bitrate,
+// so the rid names are only labels).
+const SIMULCAST = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", maxBitrate: 1_500_000 },
+];
+
 export class Visit extends EventTarget {
   constructor({ token, url } = {}) {
     super();
@@ -27,8 +35,12 @@ export class Visit extends EventTarget {
     this._emit("state", { state });
   }
 
-  /** Joins `room`, publishing the tracks of `stream` (if any). */
-  async join(room, stream) {
+  /**
+   * Joins `room`, publishing the tracks of `stream` (if any). Video is sent
+   * as simulcast (full, half and quarter size; the SFU gives each viewer the
+   * layer its bandwidth and requested size allow) unless `simulcast: false`.
+   */
+  async join(room, stream, { simulcast = true } = {}) {
     this._setState("connecting");
     const pc = (this.pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" }));
     pc.addEventListener("track", (e) => {
@@ -47,7 +59,11 @@ export class Visit extends EventTarget {
       }
     });
     if (stream) {
-      for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+      for (const track of stream.getTracks()) {
+        const init = { direction: "sendonly", streams: [stream] };
+        if (simulcast && track.kind === "video") init.sendEncodings = SIMULCAST;
+        pc.addTransceiver(track, init);
+      }
     }
     // Trickle our candidates (optional for the ICE-lite SFU, but cheap).
     pc.addEventListener("icecandidate", (e) => {
@@ -130,6 +146,16 @@ export class Visit extends EventTarget {
     const offer = await pc.createOffer({ iceRestart: true });
     await pc.setLocalDescription(offer);
     this.ws.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
+  }
+
+  /**
+   * Caps the video quality received from `participant` (or from everyone when
+   * omitted): "low", "medium" or "high", e.g. by the size it is shown at.
+   */
+  setVideoQuality(quality, participant) {
+    const msg = { type: "layer", quality };
+    if (participant) msg.participant = participant;
+    this.ws?.send(JSON.stringify(msg));
   }
 
   /** Mutes or unmutes the local tracks of one kind ("audio" or "video"). */

@@ -8,12 +8,7 @@ use std::time::Instant;
 
 fuzz_target!(|data: &[u8]| {
     let local: SocketAddr = "127.0.0.1:7401".parse().unwrap();
-    let mut worker = Worker::new(WorkerConfig {
-        public_addr: local,
-        max_participants_per_room: 4,
-        quality: Default::default(),
-        answer_timeout: std::time::Duration::from_secs(10),
-    });
+    let mut worker = Worker::new(WorkerConfig::new(local));
     let source: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     assert!(!worker.handle_datagram(Instant::now(), source, local, data), "no participant can accept it");
     assert_eq!(worker.stats.unknown_datagrams, 1);

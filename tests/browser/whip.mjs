@@ -52,15 +52,22 @@ const view = await viewer.evaluate(async ({ room, token }) => {
   });
   if (r.status !== 201) return { status: r.status, body: await r.text() };
   await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
-  let frames = 0, audio = 0;
+  let frames = 0, audio = 0, videoPackets = 0, keyFrames = 0, nacks = 0, plis = 0, codec = null;
   for (let i = 0; i < 300 && (frames < 10 || audio < 10); i++) {
     await new Promise((ok) => setTimeout(ok, 100));
     (await pc.getStats()).forEach((s) => {
-      if (s.type === "inbound-rtp" && s.kind === "video") frames = s.framesDecoded || 0;
+      if (s.type === "inbound-rtp" && s.kind === "video") {
+        frames = s.framesDecoded || 0;
+        videoPackets = s.packetsReceived || 0;
+        keyFrames = s.keyFramesDecoded || 0;
+        nacks = s.nackCount || 0;
+        plis = s.pliCount || 0;
+        codec = s.codecId || null;
+      }
       if (s.type === "inbound-rtp" && s.kind === "audio") audio = s.packetsReceived || 0;
     });
   }
-  return { status: 201, location: r.headers.get("location"), frames, audio };
+  return { status: 201, location: r.headers.get("location"), frames, audio, videoPackets, keyFrames, nacks, plis, codec };
 }, { room, token: viewToken });
 if (view.status !== 201 || view.frames < 10 || view.audio < 10) await fail("WHEP watch", view);
 console.log(JSON.stringify({ check: "WHEP watch", ok: true, ...view }));

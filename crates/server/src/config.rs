@@ -28,6 +28,9 @@ pub struct RtcConfig {
     /// listen address (required when listening on 0.0.0.0).
     pub public_ip: Option<std::net::IpAddr>,
     pub max_participants_per_room: usize,
+    /// Media worker threads (0 = one per core). Each has its own UDP port:
+    /// `udp_listen`'s port + its index (or a random port when that is 0).
+    pub workers: usize,
     /// `quality.degraded` thresholds: loss fraction, round-trip and jitter
     /// limits, and how long they must be exceeded without interruption.
     pub quality_max_loss: f32,
@@ -44,6 +47,7 @@ impl Default for RtcConfig {
             udp_listen: ([127, 0, 0, 1], 7401).into(),
             public_ip: None,
             max_participants_per_room: 16,
+            workers: 0,
             quality_max_loss: 0.05,
             quality_max_rtt_ms: 400,
             quality_max_jitter_ms: 50,
@@ -291,6 +295,8 @@ udp_listen = "127.0.0.1:7401"
 # public_ip = "203.0.113.10"
 # Participants per room before further joins are refused.
 max_participants_per_room = 16
+# media worker threads, 0 = one per core; worker i listens on udp_listen's port + i
+workers = 0
 # A participant's connection is `quality.degraded` (on the timeline; what PSTN
 # fallback listens to) when loss, round-trip time or jitter exceed these for
 # quality_hold_secs without interruption, and `quality.recovered` when all are

@@ -76,55 +76,94 @@ enum Command {
     Leave {
         id: ParticipantId,
     },
+    Layer {
+        id: ParticipantId,
+        origin: Option<ParticipantId>,
+        max_layer: usize,
+        reply: oneshot::Sender<Result<usize, SignalError>>,
+    },
 }
 
-/// Handle to the media thread.
+/// Handle to the media workers: one thread and one UDP port each; a room
+/// lives on one worker (chosen by hashing its key), and a participant id
+/// names its worker (`(id - 1) % workers`), so commands need no lookup table.
 #[derive(Clone)]
 pub struct Media {
-    commands: crossbeam_channel::Sender<Command>,
-    pub udp_addr: SocketAddr,
+    shards: std::sync::Arc<[crossbeam_channel::Sender<Command>]>,
+    /// The advertised media address of each worker.
+    pub udp_addrs: Vec<SocketAddr>,
 }
 
 impl Media {
     pub fn start(cfg: &RtcConfig, store: Store) -> anyhow::Result<Media> {
-        let socket = UdpSocket::bind(cfg.udp_listen).with_context(|| {
-            format!(
-                "cannot bind the media UDP port {}; set rtc.udp_listen",
-                cfg.udp_listen
-            )
-        })?;
-        let bound = socket.local_addr()?;
-        let public_ip = match (cfg.public_ip, bound.ip()) {
-            (Some(ip), _) => ip,
-            (None, ip) if ip.is_unspecified() => anyhow::bail!(
-                "rtc.udp_listen is {bound}: set rtc.public_ip to the address browsers can reach"
-            ),
-            (None, ip) => ip,
+        let workers = match cfg.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         };
-        let public = SocketAddr::new(public_ip, bound.port());
-        let worker = Worker::new(WorkerConfig {
-            public_addr: public,
-            max_participants_per_room: cfg.max_participants_per_room,
-            quality: continuum_sfu::quality::QualityThresholds {
-                max_loss: cfg.quality_max_loss,
-                max_rtt: Duration::from_millis(cfg.quality_max_rtt_ms),
-                max_jitter: Duration::from_millis(cfg.quality_max_jitter_ms),
-                hold: Duration::from_secs(cfg.quality_hold_secs),
-            },
-            answer_timeout: Duration::from_secs(cfg.answer_timeout_secs),
-        });
-        let (commands, rx) = crossbeam_channel::unbounded();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         tokio::spawn(record_room_events(store, events_rx));
-        std::thread::Builder::new()
-            .name("continuum-media".into())
-            .spawn(move || run(socket, worker, rx, events_tx))
-            .context("spawning the media thread")?;
-        tracing::info!(%bound, %public, "media worker listening");
+        let mut shards = Vec::with_capacity(workers);
+        let mut udp_addrs = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let mut listen = cfg.udp_listen;
+            if listen.port() != 0 {
+                listen.set_port(listen.port().checked_add(index as u16).with_context(|| {
+                    format!("rtc.udp_listen port + {index} workers exceeds 65535")
+                })?);
+            }
+            let socket = UdpSocket::bind(listen).with_context(|| {
+                format!(
+                    "cannot bind the media UDP port {listen} (worker {index}); set rtc.udp_listen \
+                     (worker i listens on its port + i) or rtc.workers"
+                )
+            })?;
+            let bound = socket.local_addr()?;
+            let public_ip = match (cfg.public_ip, bound.ip()) {
+                (Some(ip), _) => ip,
+                (None, ip) if ip.is_unspecified() => anyhow::bail!(
+                    "rtc.udp_listen is {bound}: set rtc.public_ip to the address browsers can reach"
+                ),
+                (None, ip) => ip,
+            };
+            let public = SocketAddr::new(public_ip, bound.port());
+            let worker = Worker::new(WorkerConfig {
+                public_addr: public,
+                max_participants_per_room: cfg.max_participants_per_room,
+                quality: continuum_sfu::quality::QualityThresholds {
+                    max_loss: cfg.quality_max_loss,
+                    max_rtt: Duration::from_millis(cfg.quality_max_rtt_ms),
+                    max_jitter: Duration::from_millis(cfg.quality_max_jitter_ms),
+                    hold: Duration::from_secs(cfg.quality_hold_secs),
+                },
+                answer_timeout: Duration::from_secs(cfg.answer_timeout_secs),
+                first_participant_id: index as u64 + 1,
+                participant_id_stride: workers as u64,
+            });
+            let (commands, rx) = crossbeam_channel::unbounded();
+            let events = events_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("continuum-media-{index}"))
+                .spawn(move || run(index, socket, worker, rx, events))
+                .context("spawning a media thread")?;
+            tracing::info!(worker = index, %bound, %public, "media worker listening");
+            shards.push(commands);
+            udp_addrs.push(public);
+        }
         Ok(Media {
-            commands,
-            udp_addr: public,
+            shards: shards.into(),
+            udp_addrs,
         })
+    }
+
+    fn for_room(&self, seat: &Seat) -> &crossbeam_channel::Sender<Command> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&seat.tenant_id, &seat.room_id).hash(&mut h);
+        &self.shards[(h.finish() % self.shards.len() as u64) as usize]
+    }
+
+    fn for_participant(&self, id: ParticipantId) -> &crossbeam_channel::Sender<Command> {
+        &self.shards[(id.0.saturating_sub(1) % self.shards.len() as u64) as usize]
     }
 
     pub async fn join(
@@ -135,7 +174,7 @@ impl Media {
         to_client: mpsc::UnboundedSender<ToClient>,
     ) -> Result<(ParticipantId, String), JoinError> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Join {
+        let _ = self.for_room(&seat).send(Command::Join {
             seat,
             sdp,
             mode,
@@ -148,19 +187,23 @@ impl Media {
 
     pub async fn answer(&self, id: ParticipantId, sdp: String) -> Result<(), SignalError> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Answer { id, sdp, reply });
+        let _ = self
+            .for_participant(id)
+            .send(Command::Answer { id, sdp, reply });
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
     }
 
     pub async fn offer(&self, id: ParticipantId, sdp: String) -> Result<String, SignalError> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Offer { id, sdp, reply });
+        let _ = self
+            .for_participant(id)
+            .send(Command::Offer { id, sdp, reply });
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
     }
 
     pub async fn candidate(&self, id: ParticipantId, candidate: String) -> Result<(), SignalError> {
         let (reply, rx) = oneshot::channel();
-        let _ = self.commands.send(Command::Candidate {
+        let _ = self.for_participant(id).send(Command::Candidate {
             id,
             candidate,
             reply,
@@ -168,23 +211,44 @@ impl Media {
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
     }
 
+    /// The subscriber's requested quality for `origin`'s video (or everyone's).
+    pub async fn set_max_layer(
+        &self,
+        id: ParticipantId,
+        origin: Option<ParticipantId>,
+        max_layer: usize,
+    ) -> Result<usize, SignalError> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.for_participant(id).send(Command::Layer {
+            id,
+            origin,
+            max_layer,
+            reply,
+        });
+        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+    }
+
     pub fn mute(&self, id: ParticipantId, kind: String, muted: bool) {
-        let _ = self.commands.send(Command::Mute { id, kind, muted });
+        let _ = self
+            .for_participant(id)
+            .send(Command::Mute { id, kind, muted });
     }
 
     pub fn leave(&self, id: ParticipantId) {
-        let _ = self.commands.send(Command::Leave { id });
+        let _ = self.for_participant(id).send(Command::Leave { id });
     }
 }
 
 fn run(
+    index: usize,
     socket: UdpSocket,
     mut worker: Worker,
     commands: crossbeam_channel::Receiver<Command>,
     events: mpsc::UnboundedSender<(Seat, RoomEvent)>,
 ) {
     let local = socket.local_addr().expect("bound socket");
-    metrics::gauge!("continuum_sfu_udp_port").set(local.port() as f64);
+    let label = index.to_string();
+    metrics::gauge!("continuum_sfu_udp_port", "worker" => label.clone()).set(local.port() as f64);
     let mut reported = continuum_sfu::WorkerStats::default();
     let mut last_gauges = Instant::now();
     let mut tenants_seen: HashSet<String> = HashSet::new();
@@ -254,9 +318,11 @@ fn run(
         // Gauges once a second, not on every wake-up.
         if last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = Instant::now();
-            metrics::gauge!("continuum_sfu_rooms").set(worker.room_count() as f64);
-            metrics::gauge!("continuum_sfu_participants").set(worker.participant_count() as f64);
-            export_tenant_gauges(&seats, &mut tenants_seen);
+            metrics::gauge!("continuum_sfu_rooms", "worker" => label.clone())
+                .set(worker.room_count() as f64);
+            metrics::gauge!("continuum_sfu_participants", "worker" => label.clone())
+                .set(worker.participant_count() as f64);
+            export_tenant_gauges(&label, &seats, &mut tenants_seen);
         }
         // Wake for the next timer, a datagram, or (at most 5 ms later) a command.
         let wait = next
@@ -319,6 +385,14 @@ fn handle_command(
             let _ = reply.send(worker.offer(id, &sdp));
         }
         Command::Leave { id } => worker.leave(id),
+        Command::Layer {
+            id,
+            origin,
+            max_layer,
+            reply,
+        } => {
+            let _ = reply.send(worker.set_max_layer(id, origin, max_layer));
+        }
         Command::Candidate {
             id,
             candidate,
@@ -460,9 +534,24 @@ fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::
             reported.unknown_datagrams,
         ),
         (
-            "continuum_sfu_frames_forwarded_total",
-            now.frames_forwarded,
-            reported.frames_forwarded,
+            "continuum_sfu_packets_forwarded_total",
+            now.packets_forwarded,
+            reported.packets_forwarded,
+        ),
+        (
+            "continuum_sfu_packets_not_forwarded_total",
+            now.packets_not_forwarded,
+            reported.packets_not_forwarded,
+        ),
+        (
+            "continuum_sfu_layer_switches_total",
+            now.layer_switches,
+            reported.layer_switches,
+        ),
+        (
+            "continuum_sfu_rtx_sent_total",
+            now.rtx_sent,
+            reported.rtx_sent,
         ),
         (
             "continuum_sfu_bytes_forwarded_total",
@@ -565,6 +654,7 @@ fn record_quality(s: &continuum_sfu::quality::QualitySample) {
 
 /// Rooms and participants per tenant (a tenant that emptied out is set to 0).
 fn export_tenant_gauges(
+    worker: &str,
     seats: &HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)>,
     tenants_seen: &mut HashSet<String>,
 ) {
@@ -576,15 +666,15 @@ fn export_tenant_gauges(
     }
     for tenant in tenants_seen.iter() {
         if !per_tenant.contains_key(tenant.as_str()) {
-            metrics::gauge!("continuum_sfu_tenant_participants", "tenant" => tenant.clone())
+            metrics::gauge!("continuum_sfu_tenant_participants", "tenant" => tenant.clone(), "worker" => worker.to_owned())
                 .set(0.0);
-            metrics::gauge!("continuum_sfu_tenant_rooms", "tenant" => tenant.clone()).set(0.0);
+            metrics::gauge!("continuum_sfu_tenant_rooms", "tenant" => tenant.clone(), "worker" => worker.to_owned()).set(0.0);
         }
     }
     for (tenant, (participants, rooms)) in &per_tenant {
-        metrics::gauge!("continuum_sfu_tenant_participants", "tenant" => tenant.to_string())
+        metrics::gauge!("continuum_sfu_tenant_participants", "tenant" => tenant.to_string(), "worker" => worker.to_owned())
             .set(*participants as f64);
-        metrics::gauge!("continuum_sfu_tenant_rooms", "tenant" => tenant.to_string())
+        metrics::gauge!("continuum_sfu_tenant_rooms", "tenant" => tenant.to_string(), "worker" => worker.to_owned())
             .set(rooms.len() as f64);
         tenants_seen.insert(tenant.to_string());
     }

@@ -3,10 +3,12 @@
 //! thread: feed it datagrams, time and signaling; it returns datagrams to send,
 //! signaling messages for participants, and room events for the timeline.
 //!
-//! Status: forwarding is frame-level (str0m's depacketized `MediaData`) for
-//! now; RTP-mode forwarding, simulcast layer choice and BWE are the next steps
-//! of the video issue.
+//! Forwarding is RTP-level (str0m's RTP mode): a published packet's payload
+//! is shared (`Arc`) by every subscriber's copy, with sequence numbers,
+//! timestamps and VP8 picture ids rewritten per subscriber ([`forward`]) so
+//! simulcast layer switches stay invisible to the receiver.
 
+pub mod forward;
 mod participant;
 pub mod quality;
 mod speaker;

@@ -1,13 +1,15 @@
 //! One participant: its `Rtc`, the tracks it publishes, and the tracks it
 //! receives from others (with their negotiation state).
 
+use crate::forward::{Forwarder, InPacket, LayerMeter, Layers, Verdict};
 use crate::quality::{QualityChange, QualityMonitor, QualitySample, QualityThresholds};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{
-    Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid, Rid,
-};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Event, IceConnectionState, Output, Rtc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -43,7 +45,9 @@ pub(crate) struct TrackIn {
 #[derive(Debug)]
 pub(crate) struct TrackInEntry {
     pub track: Arc<TrackIn>,
-    pub last_keyframe_request: Option<Instant>,
+    /// Last keyframe request per layer (throttled).
+    pub last_keyframe_request: Vec<(Option<Rid>, Instant)>,
+    pub meter: LayerMeter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +61,15 @@ pub(crate) enum OutState {
 
 #[derive(Debug)]
 pub(crate) struct TrackOut {
+    /// Copied from the track, so forwarding needs no `Weak::upgrade`.
+    pub origin: ParticipantId,
+    pub mid_in: Mid,
+    pub kind: MediaKind,
     pub track: Weak<TrackIn>,
     pub state: OutState,
+    pub fwd: Forwarder,
+    /// Publisher payload type → ours, learned on first use.
+    pt_map: Vec<(Pt, Option<Pt>)>,
 }
 
 impl TrackOut {
@@ -73,24 +84,37 @@ impl TrackOut {
     }
 }
 
+/// One published RTP packet on its way to the room's subscribers.
+pub(crate) struct Incoming {
+    pub mid: Mid,
+    pub params: PayloadParams,
+    pub rid: Option<Rid>,
+    pub keyframe: bool,
+    pub layers: Layers,
+    pub pkt: RtpPacket,
+}
+
 /// What polling a participant produced for the worker to route.
-#[allow(clippy::large_enum_variant)] // MediaData is moved straight through, never stored.
+#[allow(clippy::large_enum_variant)] // Moved straight through, never stored.
 pub(crate) enum Polled {
     Nothing,
     Timeout(Instant),
     Transmit(std::net::SocketAddr, Vec<u8>),
     TrackOpen(Weak<TrackIn>),
-    Media(MediaData),
+    Rtp(Incoming),
     KeyframeRequest {
-        req: KeyframeRequest,
         origin: ParticipantId,
         mid_in: Mid,
+        rid: Option<Rid>,
+        kind: KeyframeRequestKind,
     },
     Connected,
     Disconnected,
     Quality {
         sample: QualitySample,
         change: Option<QualityChange>,
+        /// Packets retransmitted (or padding) since the last sample.
+        rtx_delta: u64,
     },
     /// New RTCP feedback since the last stats: `sent` (to publishers) or received.
     Rtcp(RtcpDelta),
@@ -123,7 +147,6 @@ pub(crate) struct Participant {
     pub pending: Option<SdpPendingOffer>,
     /// When our pending offer was sent (a client that never answers is dropped).
     pub pending_since: Option<Instant>,
-    pub chosen_rid: Option<Rid>,
     pub connected: bool,
     pub mode: Mode,
     quality: QualityMonitor,
@@ -137,6 +160,23 @@ pub(crate) struct Participant {
     rtcp_seen: std::collections::HashMap<(Mid, bool), [u64; 3]>,
     /// The participant's data channel, once open.
     channel: Option<str0m::channel::ChannelId>,
+    /// Incoming SSRC → (mid, rid), so a packet's track is one lookup.
+    ssrcs: std::collections::HashMap<Ssrc, (Mid, Option<Rid>)>,
+    /// Our latest bandwidth estimate towards this participant (TWCC).
+    pub bwe: Option<Bitrate>,
+    /// Keyframe requests to relay to publishers (layer switches, new subscriptions).
+    keyframe_asks: Vec<(ParticipantId, Mid, Option<Rid>)>,
+    last_layer_choice: Option<Instant>,
+    /// RTP packets written towards this subscriber, and the egress packet
+    /// count str0m reported (which includes retransmissions and padding).
+    pub packets_written: u64,
+    egress_packets: std::collections::HashMap<Mid, u64>,
+    pub rtx_reported: u64,
+    /// Simulcast layer switches made for this subscriber (all tracks).
+    pub layer_switches: u64,
+    /// When str0m next wants time, and whether the worker already queued us.
+    pub next_timeout: Instant,
+    pub queued: bool,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
@@ -161,7 +201,6 @@ impl Participant {
             tracks_out: Vec::new(),
             pending: None,
             pending_since: None,
-            chosen_rid: None,
             connected: false,
             mode,
             quality: QualityMonitor::default(),
@@ -171,12 +210,31 @@ impl Participant {
             disconnected_at: None,
             rtcp_seen: Default::default(),
             channel: None,
+            ssrcs: Default::default(),
+            bwe: None,
+            keyframe_asks: Vec::new(),
+            last_layer_choice: None,
+            packets_written: 0,
+            egress_packets: Default::default(),
+            rtx_reported: 0,
+            layer_switches: 0,
+            next_timeout: Instant::now(),
+            queued: false,
         }
     }
 
-    pub fn poll(&mut self) -> Polled {
+    pub fn poll(&mut self, now: Instant) -> Polled {
         if !self.rtc.is_alive() {
             return Polled::Disconnected;
+        }
+        self.choose_layers(now);
+        if let Some((origin, mid_in, rid)) = self.keyframe_asks.pop() {
+            return Polled::KeyframeRequest {
+                origin,
+                mid_in,
+                rid,
+                kind: KeyframeRequestKind::Pli,
+            };
         }
         match self.rtc.poll_output() {
             Ok(Output::Timeout(t)) => Polled::Timeout(t),
@@ -236,8 +294,13 @@ impl Participant {
                 }
             }
             Event::MediaEgressStats(s) => {
+                self.egress_packets.insert(s.mid, s.packets);
                 // What this subscriber asked of us.
                 Polled::Rtcp(self.rtcp_delta(s.mid, false, [s.nacks, s.plis, s.firs]))
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.bwe = Some(estimate);
+                Polled::Nothing
             }
             Event::PeerStats(s) => {
                 let ingress_bps = self.last_rx.and_then(|(at, bytes)| {
@@ -258,7 +321,18 @@ impl Participant {
                     egress_estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
                 };
                 let change = self.quality.observe(s.timestamp, &sample, &self.thresholds);
-                Polled::Quality { sample, change }
+                // Egress packets beyond those we forwarded: RTX (and BWE padding).
+                let sent: u64 = self.egress_packets.values().sum();
+                let rtx = self
+                    .rtx_reported
+                    .max(sent.saturating_sub(self.packets_written));
+                let rtx_delta = rtx - self.rtx_reported;
+                self.rtx_reported = rtx;
+                Polled::Quality {
+                    sample,
+                    change,
+                    rtx_delta,
+                }
             }
             Event::MediaAdded(m)
                 if self.mode == Mode::SubscribeOnly && m.direction == Direction::SendOnly =>
@@ -270,6 +344,9 @@ impl Participant {
                 });
                 if let Some(t) = slot {
                     t.state = OutState::Open(m.mid);
+                    if t.kind == MediaKind::Video {
+                        self.keyframe_asks.push((t.origin, t.mid_in, t.fwd.target));
+                    }
                 }
                 Polled::Nothing
             }
@@ -284,32 +361,133 @@ impl Participant {
                 let weak = Arc::downgrade(&track);
                 self.tracks_in.push(TrackInEntry {
                     track,
-                    last_keyframe_request: None,
+                    last_keyframe_request: Vec::new(),
+                    meter: LayerMeter::default(),
                 });
                 Polled::TrackOpen(weak)
             }
-            Event::MediaData(data) => {
-                if !data.contiguous {
-                    self.request_keyframe(data.mid, data.rid, KeyframeRequestKind::Fir);
-                }
-                Polled::Media(data)
-            }
-            Event::KeyframeRequest(mut req) => {
+            Event::RtpPacket(pkt) => self.on_rtp(pkt),
+            Event::KeyframeRequest(req) => {
                 let Some(out) = self.tracks_out.iter().find(|t| t.mid() == Some(req.mid)) else {
                     return Polled::Nothing;
                 };
                 let Some(track) = out.track.upgrade() else {
                     return Polled::Nothing;
                 };
-                req.rid = self.chosen_rid;
+                // The subscriber's decoder needs a keyframe of the layer it gets.
+                let rid = out.fwd.current().unwrap_or(out.fwd.target);
                 Polled::KeyframeRequest {
-                    req,
                     origin: track.origin,
                     mid_in: track.mid,
+                    rid,
+                    kind: req.kind,
                 }
             }
             _ => Polled::Nothing,
         }
+    }
+
+    /// A publisher's RTP packet: which track and layer, whether it starts a
+    /// keyframe, and the track's layer rates, for the worker to fan out.
+    fn on_rtp(&mut self, pkt: RtpPacket) -> Polled {
+        let ssrc = pkt.header.ssrc;
+        let (mid, rid) = match self.ssrcs.get(&ssrc) {
+            Some(v) => *v,
+            None => {
+                let mut api = self.rtc.direct_api();
+                let Some(s) = api.stream_rx(&ssrc) else {
+                    return Polled::Nothing;
+                };
+                let v = (s.mid(), s.rid());
+                self.ssrcs.insert(ssrc, v);
+                v
+            }
+        };
+        let pt = pkt.header.payload_type;
+        let Some(params) = self.rtc.codec_config().find(|p| p.pt() == pt).copied() else {
+            return Polled::Nothing;
+        };
+        let Some(entry) = self.tracks_in.iter_mut().find(|t| t.track.mid == mid) else {
+            return Polled::Nothing;
+        };
+        let keyframe = entry.track.kind == MediaKind::Video
+            && crate::forward::starts_keyframe(params.spec().codec, &pkt.payload);
+        let size = pkt.payload.len() + pkt.header.header_len;
+        if entry.meter.observe(rid, size, pkt.timestamp).is_none() {
+            return Polled::Nothing; // more layers than any encoder sends
+        }
+        Polled::Rtp(Incoming {
+            mid,
+            params,
+            rid,
+            keyframe,
+            layers: entry.meter.layers,
+            pkt,
+        })
+    }
+
+    /// Re-chooses every subscribed simulcast track's layer (twice a second):
+    /// the bandwidth estimate, less audio, shared among the video tracks, each
+    /// capped by the size the subscriber asked for. Also tells str0m's BWE
+    /// what we would like to send, so it probes for it.
+    fn choose_layers(&mut self, now: Instant) {
+        if self
+            .last_layer_choice
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(500))
+        {
+            return;
+        }
+        self.last_layer_choice = Some(now);
+        const AUDIO_BPS: u64 = 64_000;
+        let open = |o: &&mut TrackOut| matches!(o.state, OutState::Open(_));
+        let audio = self
+            .tracks_out
+            .iter()
+            .filter(|o| o.kind == MediaKind::Audio)
+            .count() as u64
+            * AUDIO_BPS;
+        let videos = self
+            .tracks_out
+            .iter()
+            .filter(|o| o.kind == MediaKind::Video)
+            .count() as u64;
+        if videos == 0 {
+            return;
+        }
+        let budget = self.bwe.map(|b| b.as_u64().saturating_sub(audio) / videos);
+        let (mut sending, mut desired) = (audio, audio);
+        for o in self.tracks_out.iter_mut().filter(open) {
+            if o.kind != MediaKind::Video {
+                continue;
+            }
+            let target = o.fwd.choose(budget);
+            let layers = o.fwd.layers;
+            let top = o.fwd.max_layer.min((layers.len as usize).saturating_sub(1));
+            desired += layers.bps.get(top).copied().unwrap_or(0) as u64;
+            sending += layers.index_of(target).map_or(0, |i| layers.bps[i] as u64);
+            if o.fwd.awaiting_keyframe() {
+                self.keyframe_asks.push((o.origin, o.mid_in, target));
+            }
+        }
+        if self.bwe.is_some() && desired > 0 {
+            self.rtc
+                .bwe()
+                .set_bitrate(Bitrate::bps(sending.min(desired)), Bitrate::bps(desired));
+        }
+    }
+
+    /// Caps the simulcast layer this subscriber gets from a publisher (or from
+    /// everyone): 0 = lowest. Returns how many tracks it applied to.
+    pub fn set_max_layer(&mut self, origin: Option<ParticipantId>, max_layer: usize) -> usize {
+        let mut n = 0;
+        for o in &mut self.tracks_out {
+            if o.kind == MediaKind::Video && origin.is_none_or(|p| p == o.origin) {
+                o.fwd.max_layer = max_layer;
+                n += 1;
+            }
+        }
+        self.last_layer_choice = None;
+        n
     }
 
     fn rtcp_delta(&mut self, mid: Mid, sent: bool, now: [u64; 3]) -> RtcpDelta {
@@ -331,38 +509,58 @@ impl Participant {
         ch.write(binary, data).unwrap_or(false)
     }
 
-    /// Asks this participant (a publisher) for a keyframe, at most every 500 ms
-    /// per track. Returns whether a request was sent.
+    /// Asks this participant (a publisher) for a keyframe of one layer, at
+    /// most every 500 ms per layer. Returns whether a request was sent.
     pub fn request_keyframe(
         &mut self,
         mid: Mid,
         rid: Option<Rid>,
         kind: KeyframeRequestKind,
+        now: Instant,
     ) -> bool {
         let Some(entry) = self.tracks_in.iter_mut().find(|t| t.track.mid == mid) else {
             return false;
         };
-        if entry
+        if entry.track.kind != MediaKind::Video {
+            return false;
+        }
+        let last = entry
             .last_keyframe_request
-            .is_some_and(|t| t.elapsed() < KEYFRAME_THROTTLE)
+            .iter_mut()
+            .find(|(r, _)| *r == rid);
+        if last
+            .as_ref()
+            .is_some_and(|(_, t)| now.saturating_duration_since(*t) < KEYFRAME_THROTTLE)
         {
             return false;
         }
-        let Some(mut w) = self.rtc.writer(mid) else {
+        match last {
+            Some((_, t)) => *t = now,
+            None => entry.last_keyframe_request.push((rid, now)),
+        }
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_rx_by_mid(mid, rid) else {
             return false;
         };
-        let sent = w.request_keyframe(rid, kind).is_ok();
-        entry.last_keyframe_request = Some(Instant::now());
-        sent
+        stream.request_keyframe(kind);
+        true
     }
 
     pub fn add_track_out(&mut self, track: Weak<TrackIn>) {
         if self.mode == Mode::PublishOnly {
             return;
         }
+        let Some(t) = track.upgrade() else {
+            return;
+        };
         self.tracks_out.push(TrackOut {
+            origin: t.origin,
+            mid_in: t.mid,
+            kind: t.kind,
             track,
             state: OutState::ToOpen,
+            fwd: Forwarder::new(t.kind),
+            pt_map: Vec::new(),
         });
     }
 
@@ -419,6 +617,10 @@ impl Participant {
         for t in &mut self.tracks_out {
             if let OutState::Negotiating(m) = t.state {
                 t.state = OutState::Open(m);
+                // A new subscriber's decoder starts at a keyframe.
+                if t.kind == MediaKind::Video {
+                    self.keyframe_asks.push((t.origin, t.mid_in, t.fwd.target));
+                }
             }
         }
         self.tracks_out
@@ -441,42 +643,86 @@ impl Participant {
         Ok(answer)
     }
 
-    /// Writes media from another participant into the matching outgoing track;
-    /// returns whether it was written.
-    pub fn write_media(&mut self, origin: ParticipantId, data: &MediaData) -> bool {
-        let Some(mid) = self
+    /// Forwards another participant's RTP packet into the matching outgoing
+    /// track, if this subscriber's layer choice wants it.
+    pub fn forward_rtp(&mut self, origin: ParticipantId, inc: &Incoming) -> bool {
+        let Some(out) = self
             .tracks_out
-            .iter()
-            .find(|o| {
-                o.track
-                    .upgrade()
-                    .is_some_and(|i| i.origin == origin && i.mid == data.mid)
-            })
-            .and_then(|o| match o.state {
-                OutState::Open(m) => Some(m),
-                _ => None,
-            })
+            .iter_mut()
+            .find(|o| o.origin == origin && o.mid_in == inc.mid)
         else {
             return false;
         };
-        // Without a layer policy yet, forward the top simulcast layer or the only one.
-        if data.rid.is_some() && data.rid != Some("h".into()) {
-            return false;
-        }
-        self.chosen_rid = data.rid;
-        let Some(writer) = self.rtc.writer(mid) else {
+        let OutState::Open(mid) = out.state else {
             return false;
         };
-        let Some(pt) = writer.match_params(data.params) else {
+        let verdict = out.fwd.forward(
+            &InPacket {
+                rid: inc.rid,
+                seq: *inc.pkt.seq_no,
+                timestamp: inc.pkt.header.timestamp,
+                arrival: inc.pkt.timestamp,
+                keyframe: inc.keyframe,
+                payload: &inc.pkt.payload,
+                codec: inc.params.spec().codec,
+            },
+            inc.layers,
+        );
+        let Verdict::Write {
+            seq,
+            timestamp,
+            vp8,
+            switched,
+        } = verdict
+        else {
             return false;
         };
-        match writer.write(pt, data.network_time, data.time, data.data.clone()) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::info!(participant = %self.id, error = ?e, "write failed; disconnecting");
-                self.rtc.disconnect();
-                false
+        let in_pt = inc.pkt.header.payload_type;
+        let pt = match out.pt_map.iter().find(|(p, _)| *p == in_pt) {
+            Some((_, pt)) => *pt,
+            None => {
+                let pt = self
+                    .rtc
+                    .codec_config()
+                    .match_params(inc.params)
+                    .map(|p| p.pt());
+                out.pt_map.push((in_pt, pt));
+                pt
             }
+        };
+        let Some(pt) = pt else {
+            return false; // the subscriber did not accept this codec
+        };
+        let kind = out.kind;
+        if switched && out.fwd.switches > 0 {
+            self.layer_switches += 1;
         }
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        let h = &inc.pkt.header;
+        let ext = ExtensionValues {
+            audio_level: h.ext_vals.audio_level,
+            voice_activity: h.ext_vals.voice_activity,
+            video_orientation: h.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let mut w = RtpWrite::new(
+            pt,
+            SeqNo::from(seq),
+            timestamp,
+            inc.pkt.timestamp,
+            inc.pkt.payload.clone(),
+        )
+        .marker(h.marker)
+        .ext_vals(ext)
+        .nackable(kind == MediaKind::Video);
+        if let Some(patch) = vp8 {
+            w = w.vp8_patch(patch);
+        }
+        tx.write_rtp(w);
+        self.packets_written += 1;
+        true
     }
 }

@@ -20,6 +20,24 @@ pub struct WorkerConfig {
     /// A participant that leaves our renegotiation offer unanswered this long is
     /// disconnected (it would otherwise never see new tracks).
     pub answer_timeout: Duration,
+    /// Participant ids are `first_participant_id + k * participant_id_stride`,
+    /// so ids from several workers never collide and name their worker.
+    pub first_participant_id: u64,
+    pub participant_id_stride: u64,
+}
+
+impl WorkerConfig {
+    /// Defaults for one worker advertising `public_addr`.
+    pub fn new(public_addr: SocketAddr) -> Self {
+        WorkerConfig {
+            public_addr,
+            max_participants_per_room: 16,
+            quality: QualityThresholds::default(),
+            answer_timeout: Duration::from_secs(10),
+            first_participant_id: 1,
+            participant_id_stride: 1,
+        }
+    }
 }
 
 pub struct JoinRequest {
@@ -116,6 +134,10 @@ pub enum SfuOutput {
 /// waiting for an ICE restart (network change, Wi-Fi to cellular).
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(15);
 
+/// Where a subscriber's bandwidth estimate starts: enough for a middle
+/// simulcast layer; TWCC feedback moves it within seconds.
+const INITIAL_BWE: str0m::bwe::Bitrate = str0m::bwe::Bitrate::kbps(800);
+
 pub struct Worker {
     cfg: WorkerConfig,
     next_id: u64,
@@ -125,6 +147,10 @@ pub struct Worker {
     by_addr: HashMap<SocketAddr, ParticipantId>,
     by_ufrag: HashMap<String, ParticipantId>,
     outputs: VecDeque<SfuOutput>,
+    /// Participants to give time and poll (see [`Worker::service`]).
+    queue: VecDeque<ParticipantId>,
+    /// Participants whose `Rtc` died, to remove at the end of `drive`.
+    gone: Vec<ParticipantId>,
     pub stats: WorkerStats,
 }
 
@@ -135,9 +161,17 @@ pub struct WorkerStats {
     pub bytes_in: u64,
     /// Datagrams no participant would take (garbage, stale, wrong credentials).
     pub unknown_datagrams: u64,
-    /// Media frames written to subscribers, and their payload bytes.
-    pub frames_forwarded: u64,
+    /// RTP packets written to subscribers, and their payload bytes.
+    pub packets_forwarded: u64,
     pub bytes_forwarded: u64,
+    /// Packets not forwarded to a subscriber (another simulcast layer, waiting
+    /// for a keyframe, a codec it did not accept).
+    pub packets_not_forwarded: u64,
+    /// Simulcast layer switches made for subscribers.
+    pub layer_switches: u64,
+    /// Packets sent to subscribers beyond those forwarded: NACK-driven
+    /// retransmissions (RTX) and BWE probing padding.
+    pub rtx_sent: u64,
     /// Keyframe requests relayed from subscribers to publishers.
     pub keyframe_requests: u64,
     pub participants_joined: u64,
@@ -158,14 +192,16 @@ impl Worker {
     pub fn new(cfg: WorkerConfig) -> Self {
         crate::init_crypto();
         Worker {
+            next_id: cfg.first_participant_id.max(1),
             cfg,
-            next_id: 1,
             participants: HashMap::new(),
             rooms: HashMap::new(),
             speakers: HashMap::new(),
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             outputs: VecDeque::new(),
+            queue: VecDeque::new(),
+            gone: Vec::new(),
             stats: WorkerStats::default(),
         }
     }
@@ -213,6 +249,15 @@ impl Worker {
             .map_err(|e| JoinError::BadOffer(e.to_string()))?;
         let creds = IceCreds::new();
         let mut rtc = Rtc::builder()
+            // RTP-level forwarding: packets go out as they came in (numbers
+            // rewritten), never depacketized into frames and packetized again.
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_bwe(Some(INITIAL_BWE))
             .set_ice_lite(true)
             .set_local_ice_credentials(creds.clone())
             .set_stats_interval(Some(Duration::from_secs(1)))
@@ -226,7 +271,7 @@ impl Worker {
             .map_err(|e| JoinError::Refused(e.to_string()))?;
 
         let id = ParticipantId(self.next_id);
-        self.next_id += 1;
+        self.next_id += self.cfg.participant_id_stride.max(1);
         let mut p = Participant::new(
             id,
             req.room.clone(),
@@ -292,6 +337,22 @@ impl Worker {
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
         p.accept_answer(answer)
             .map_err(|e| SignalError::Refused(e.to_string()))
+    }
+
+    /// The subscriber's requested video quality (its rendered size): the
+    /// highest simulcast layer it gets from `origin`'s tracks (or everyone's),
+    /// 0 being the lowest. Returns how many tracks it applies to now.
+    pub fn set_max_layer(
+        &mut self,
+        id: ParticipantId,
+        origin: Option<ParticipantId>,
+        max_layer: usize,
+    ) -> Result<usize, SignalError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SignalError::UnknownParticipant)?;
+        Ok(p.set_max_layer(origin, max_layer))
     }
 
     /// A trickled remote candidate (`candidate:...` or `a=candidate:...`). An
@@ -374,154 +435,215 @@ impl Worker {
             return false;
         }
         self.by_addr.insert(source, p.id);
+        let id = p.id;
         if let Err(e) = p.rtc.handle_input(input) {
             tracing::info!(participant = %p.id, error = ?e, "bad input; disconnecting");
             p.rtc.disconnect();
         }
+        // Poll now: in RTP mode str0m holds a single received packet.
+        self.poll_participant(id, now);
+        self.service(now);
         true
     }
 
-    /// Advances every participant to `now`, routes media between them, and
-    /// returns when it next needs to be called.
-    pub fn drive(&mut self, now: Instant) -> Instant {
-        for p in self.participants.values_mut() {
+    /// Polls queued participants until none has anything left: a
+    /// publisher's packets mark its subscribers, whose `Rtc`s then need time
+    /// and polling to put them on the wire (str0m's RTP mode holds one
+    /// received packet at a time, so a participant is polled right after
+    /// every datagram).
+    fn service(&mut self, now: Instant) {
+        while let Some(id) = self.queue.pop_front() {
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            p.queued = false;
             if p.rtc.is_alive() {
                 let _ = p.rtc.handle_input(Input::Timeout(now));
             }
+            self.poll_participant(id, now);
         }
-        let mut next = now + Duration::from_millis(100);
-        let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
-        let mut gone = Vec::new();
-        for id in ids {
-            while let Some(p) = self.participants.get_mut(&id) {
-                if let Some(offer) = p.offer_if_needed() {
-                    self.outputs.push_back(SfuOutput::Offer {
-                        participant: id,
-                        sdp: offer.to_sdp_string(),
+    }
+
+    fn poll_participant(&mut self, id: ParticipantId, now: Instant) {
+        while let Some(p) = self.participants.get_mut(&id) {
+            if let Some(offer) = p.offer_if_needed() {
+                self.outputs.push_back(SfuOutput::Offer {
+                    participant: id,
+                    sdp: offer.to_sdp_string(),
+                });
+            }
+            match p.poll(now) {
+                Polled::Timeout(t) => {
+                    p.next_timeout = t;
+                    break;
+                }
+                Polled::Nothing => {}
+                Polled::Data { binary, data } => {
+                    let (room, stats) = (p.room.clone(), &mut self.stats);
+                    each_other(
+                        &self.rooms,
+                        &mut self.participants,
+                        &mut self.queue,
+                        &room,
+                        id,
+                        |o| {
+                            let sent = o.send_data(binary, &data);
+                            stats.data_messages_relayed += sent as u64;
+                            sent
+                        },
+                    );
+                }
+                Polled::Rtcp(d) => {
+                    let s = &mut self.stats;
+                    let (nacks, plis, firs) = if d.sent {
+                        (&mut s.nacks_sent, &mut s.plis_sent, &mut s.firs_sent)
+                    } else {
+                        (
+                            &mut s.nacks_received,
+                            &mut s.plis_received,
+                            &mut s.firs_received,
+                        )
+                    };
+                    *nacks += d.nacks;
+                    *plis += d.plis;
+                    *firs += d.firs;
+                }
+                Polled::Transmit(destination, contents) => {
+                    self.outputs.push_back(SfuOutput::Transmit {
+                        destination,
+                        contents,
                     });
                 }
-                match p.poll() {
-                    Polled::Timeout(t) => {
-                        next = next.min(t);
-                        break;
+                Polled::Quality {
+                    sample,
+                    change,
+                    rtx_delta,
+                } => {
+                    self.stats.rtx_sent += rtx_delta;
+                    self.outputs.push_back(SfuOutput::Quality {
+                        participant: id,
+                        sample,
+                    });
+                    let (room, identity) = (p.room.to_string(), p.identity.clone());
+                    match change {
+                        Some(QualityChange::Degraded { reasons, held }) => {
+                            self.outputs
+                                .push_back(SfuOutput::Event(RoomEvent::QualityDegraded {
+                                    room,
+                                    participant: id,
+                                    identity,
+                                    reasons,
+                                    held,
+                                    sample,
+                                }));
+                        }
+                        Some(QualityChange::Recovered { held }) => {
+                            self.outputs
+                                .push_back(SfuOutput::Event(RoomEvent::QualityRecovered {
+                                    room,
+                                    participant: id,
+                                    identity,
+                                    held,
+                                    sample,
+                                }));
+                        }
+                        None => {}
                     }
-                    Polled::Nothing => {}
-                    Polled::Data { binary, data } => {
-                        let (room, stats) = (p.room.clone(), &mut self.stats);
-                        each_other(&self.rooms, &mut self.participants, &room, id, |o| {
-                            if o.send_data(binary, &data) {
-                                stats.data_messages_relayed += 1;
-                            }
-                        });
-                    }
-                    Polled::Rtcp(d) => {
-                        let s = &mut self.stats;
-                        let (nacks, plis, firs) = if d.sent {
-                            (&mut s.nacks_sent, &mut s.plis_sent, &mut s.firs_sent)
-                        } else {
-                            (
-                                &mut s.nacks_received,
-                                &mut s.plis_received,
-                                &mut s.firs_received,
-                            )
-                        };
-                        *nacks += d.nacks;
-                        *plis += d.plis;
-                        *firs += d.firs;
-                    }
-                    Polled::Transmit(destination, contents) => {
-                        self.outputs.push_back(SfuOutput::Transmit {
-                            destination,
-                            contents,
-                        });
-                    }
-                    Polled::Quality { sample, change } => {
-                        self.outputs.push_back(SfuOutput::Quality {
+                }
+                Polled::Connected => {
+                    let (room, identity) = (p.room.to_string(), p.identity.clone());
+                    self.outputs
+                        .push_back(SfuOutput::Event(RoomEvent::Connected {
+                            room,
                             participant: id,
-                            sample,
-                        });
-                        let (room, identity) = (p.room.to_string(), p.identity.clone());
-                        match change {
-                            Some(QualityChange::Degraded { reasons, held }) => {
-                                self.outputs.push_back(SfuOutput::Event(
-                                    RoomEvent::QualityDegraded {
-                                        room,
-                                        participant: id,
-                                        identity,
-                                        reasons,
-                                        held,
-                                        sample,
-                                    },
-                                ));
-                            }
-                            Some(QualityChange::Recovered { held }) => {
-                                self.outputs.push_back(SfuOutput::Event(
-                                    RoomEvent::QualityRecovered {
-                                        room,
-                                        participant: id,
-                                        identity,
-                                        held,
-                                        sample,
-                                    },
-                                ));
-                            }
-                            None => {}
+                            identity,
+                        }));
+                }
+                Polled::Disconnected => {
+                    p.next_timeout = now + Duration::from_secs(3600);
+                    self.gone.push(id);
+                    break;
+                }
+                Polled::TrackOpen(track) => {
+                    let room = p.room.clone();
+                    each_other(
+                        &self.rooms,
+                        &mut self.participants,
+                        &mut self.queue,
+                        &room,
+                        id,
+                        |o| {
+                            o.add_track_out(track.clone());
+                            true
+                        },
+                    );
+                }
+                Polled::Rtp(inc) => {
+                    let room = p.room.clone();
+                    if let Some(level) = inc.pkt.header.ext_vals.audio_level {
+                        match self.speakers.get_mut(&*room) {
+                            Some(d) => d.observe(id, level, now),
+                            None => self
+                                .speakers
+                                .entry(room.to_string())
+                                .or_default()
+                                .observe(id, level, now),
                         }
                     }
-                    Polled::Connected => {
-                        let (room, identity) = (p.room.to_string(), p.identity.clone());
-                        self.outputs
-                            .push_back(SfuOutput::Event(RoomEvent::Connected {
-                                room,
-                                participant: id,
-                                identity,
-                            }));
-                    }
-                    Polled::Disconnected => {
-                        gone.push(id);
-                        break;
-                    }
-                    Polled::TrackOpen(track) => {
-                        let room = p.room.clone();
-                        each_other(&self.rooms, &mut self.participants, &room, id, |o| {
-                            o.add_track_out(track.clone())
-                        });
-                    }
-                    Polled::Media(data) => {
-                        let room = p.room.clone();
-                        if let Some(level) = data.ext_vals.audio_level {
-                            match self.speakers.get_mut(&*room) {
-                                Some(d) => d.observe(id, level, now),
-                                None => self
-                                    .speakers
-                                    .entry(room.to_string())
-                                    .or_default()
-                                    .observe(id, level, now),
+                    let stats = &mut self.stats;
+                    let size = inc.pkt.payload.len() as u64;
+                    each_other(
+                        &self.rooms,
+                        &mut self.participants,
+                        &mut self.queue,
+                        &room,
+                        id,
+                        |o| {
+                            let switches = o.layer_switches;
+                            let written = o.forward_rtp(id, &inc);
+                            if written {
+                                stats.packets_forwarded += 1;
+                                stats.bytes_forwarded += size;
+                            } else {
+                                stats.packets_not_forwarded += 1;
                             }
-                        }
-                        let stats = &mut self.stats;
-                        each_other(&self.rooms, &mut self.participants, &room, id, |o| {
-                            if o.write_media(id, &data) {
-                                stats.frames_forwarded += 1;
-                                stats.bytes_forwarded += data.data.len() as u64;
-                            }
-                        });
-                    }
-                    Polled::KeyframeRequest {
-                        req,
-                        origin,
-                        mid_in,
-                    } => {
-                        if let Some(o) = self.participants.get_mut(&origin)
-                            && o.request_keyframe(mid_in, req.rid, req.kind)
-                        {
-                            self.stats.keyframe_requests += 1;
+                            stats.layer_switches += o.layer_switches - switches;
+                            written
+                        },
+                    );
+                }
+                Polled::KeyframeRequest {
+                    origin,
+                    mid_in,
+                    rid,
+                    kind,
+                } => {
+                    if let Some(o) = self.participants.get_mut(&origin)
+                        && o.request_keyframe(mid_in, rid, kind, now)
+                    {
+                        self.stats.keyframe_requests += 1;
+                        if !o.queued {
+                            o.queued = true;
+                            self.queue.push_back(origin);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Advances every participant whose timer is due to `now`, routes what
+    /// they produce, and returns when it next needs to be called.
+    pub fn drive(&mut self, now: Instant) -> Instant {
+        for p in self.participants.values_mut() {
+            if p.next_timeout <= now && !p.queued {
+                p.queued = true;
+                self.queue.push_back(p.id);
+            }
+        }
+        self.service(now);
         // ICE lost and not restarted within the grace period: the participant is gone.
+        let mut gone = std::mem::take(&mut self.gone);
         gone.extend(
             self.participants
                 .values()
@@ -545,7 +667,10 @@ impl Worker {
                 });
             }
         }
-        next
+        self.participants
+            .values()
+            .map(|p| p.next_timeout)
+            .fold(now + Duration::from_millis(100), Instant::min)
     }
 
     pub fn poll_output(&mut self) -> Option<SfuOutput> {
@@ -553,13 +678,15 @@ impl Worker {
     }
 }
 
-/// Applies `f` to every participant of `room` but `except`.
+/// Applies `f` to every participant of `room` but `except`; those for which
+/// it returns true (it gave them something to send) are queued for service.
 fn each_other(
     rooms: &HashMap<String, Vec<ParticipantId>>,
     participants: &mut HashMap<ParticipantId, Participant>,
+    queue: &mut VecDeque<ParticipantId>,
     room: &str,
     except: ParticipantId,
-    mut f: impl FnMut(&mut Participant),
+    mut f: impl FnMut(&mut Participant) -> bool,
 ) {
     for other in rooms
         .get(room)
@@ -567,8 +694,12 @@ fn each_other(
         .flatten()
         .filter(|o| **o != except)
     {
-        if let Some(o) = participants.get_mut(other) {
-            f(o);
+        if let Some(o) = participants.get_mut(other)
+            && f(o)
+            && !o.queued
+        {
+            o.queued = true;
+            queue.push_back(o.id);
         }
     }
 }

@@ -10,7 +10,9 @@
 //! `{"type":"muted","participant","identity","kind","muted"}` (another participant).
 //! Client → server also: `{"type":"mute","kind":"audio"|"video","muted":bool}`,
 //! `{"type":"candidate","candidate":"candidate:..."}` (trickle; optional with an
-//! ICE-lite server, `""` ends them).
+//! ICE-lite server, `""` ends them),
+//! `{"type":"layer","participant":"p3"?,"quality":"low"|"medium"|"high"}` (the
+//! highest simulcast layer wanted from one participant, or from everyone).
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -110,6 +112,31 @@ enum ClientMsg {
         kind: String,
         muted: bool,
     },
+    /// The video quality the client wants from one participant (or, without
+    /// `participant`, from everyone): `low`, `medium` or `high`, e.g. by the
+    /// size it renders them at. The SFU never exceeds it, and goes lower when
+    /// the bandwidth estimate requires.
+    Layer {
+        participant: Option<String>,
+        quality: String,
+    },
+}
+
+/// Simulcast layer index for a requested quality (layers are ordered by bitrate).
+fn layer_of(quality: &str) -> Option<usize> {
+    match quality {
+        "low" => Some(0),
+        "medium" => Some(1),
+        "high" => Some(2),
+        _ => None,
+    }
+}
+
+fn parse_participant(s: &str) -> Option<continuum_sfu::ParticipantId> {
+    s.strip_prefix('p')?
+        .parse()
+        .ok()
+        .map(continuum_sfu::ParticipantId)
 }
 
 fn error(code: &str, message: impl Into<String>) -> String {
@@ -178,6 +205,15 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     Ok(ClientMsg::Mute { kind, .. }) if kind != "audio" && kind != "video" => {
                         Some(error("bad_message", "mute.kind must be `audio` or `video`"))
                     }
+                    Ok(ClientMsg::Layer { participant: origin, quality }) => match (participant, layer_of(&quality), origin.as_deref().map(parse_participant)) {
+                        (None, _, _) => Some(error("not_joined", "join a room first")),
+                        (_, None, _) => Some(error("bad_message", "layer.quality must be `low`, `medium` or `high`")),
+                        (_, _, Some(None)) => Some(error("bad_message", "layer.participant must be a participant id such as `p3`")),
+                        (Some(id), Some(layer), origin) => match media.set_max_layer(id, origin.flatten(), layer).await {
+                            Ok(_) => None,
+                            Err(e) => Some(error("bad_layer", e.to_string())),
+                        },
+                    },
                     Ok(ClientMsg::Mute { kind, muted }) => match participant {
                         None => Some(error("not_joined", "join a room first")),
                         Some(id) => {
