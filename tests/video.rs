@@ -65,6 +65,7 @@ async fn three_browsers_see_and_hear_each_other() {
         .await
         .expect("node runs the browser scenario");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
     assert!(
         out.status.success(),
         "browser scenario failed:\n{stdout}\n{}",
@@ -75,6 +76,7 @@ async fn three_browsers_see_and_hear_each_other() {
         "B decodes A",
         "B gets A's data-channel message",
         "A restarts ICE and keeps its seat",
+        "A switches B's simulcast layer on request",
         "A is told the active speaker",
         "A is told B muted",
         "C decodes A and B",
@@ -124,6 +126,10 @@ async fn three_browsers_see_and_hear_each_other() {
         "{m}"
     );
     assert!(metrics_line(&m, "continuum_sfu_bytes_forwarded_total").unwrap_or(0.0) > 10_000.0);
+    assert!(
+        metrics_line(&m, "continuum_sfu_layer_switches_total").unwrap_or(0.0) >= 1.0,
+        "the simulcast switch is counted"
+    );
     assert_eq!(
         metrics_line(&m, "continuum_sfu_participants_joined_total"),
         Some(3.0)

@@ -89,6 +89,39 @@ for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline; ) {
 const idAfter = await a.page.evaluate(() => window.visit.participant);
 report("A restarts ICE and keeps its seat", restarted && idBefore === idAfter, { idBefore, idAfter, ufragBefore, ufragAfter, framesBefore, framesAfter });
 
+// Simulcast: B sends several layers; A gets the layer it asks for (the SFU
+// switches at a keyframe, rewriting numbers so A's decoder never notices).
+async function videoWidth(peer) {
+  return peer.page.evaluate(async () => {
+    let w = 0;
+    (await window.visit.pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "video") w = Math.max(w, r.frameWidth || 0); });
+    return w;
+  });
+}
+async function waitWidth(peer, ok) {
+  let w = 0;
+  for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline; ) {
+    w = await videoWidth(peer);
+    if (ok(w)) return { w, ok: true };
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return { w, ok: false };
+}
+const layersSent = await b.page.evaluate(async () => {
+  const rids = new Set();
+  (await window.visit.pc.getStats()).forEach((r) => { if (r.type === "outbound-rtp" && r.kind === "video" && r.rid && r.bytesSent > 0) rids.add(r.rid); });
+  return [...rids].sort();
+});
+await a.page.evaluate(() => window.visit.setVideoQuality("high"));
+const high = await waitWidth(a, (w) => w >= 320);
+await a.page.evaluate(() => window.visit.setVideoQuality("low"));
+const low = await waitWidth(a, (w) => w > 0 && w <= 200);
+const framesLow = (await inbound(a)).video.reduce((x, y) => x + y, 0);
+await new Promise((r) => setTimeout(r, 1000));
+const framesLowLater = (await inbound(a)).video.reduce((x, y) => x + y, 0);
+report("A switches B's simulcast layer on request", layersSent.length >= 2 && high.ok && low.ok && framesLowLater > framesLow + 5,
+  { layersSent, widthHigh: high.w, widthLow: low.w, framesLow, framesLowLater });
+
 // Active speaker: Chromium's fake microphone beeps; someone becomes the speaker.
 const speaker = await a.page.waitForFunction(() => window.visit.speaker !== undefined, null, { timeout: TIMEOUT_MS })
   .then(() => a.page.evaluate(() => window.visit.speaker), () => undefined);
