@@ -11,6 +11,7 @@
 pub mod forward;
 mod participant;
 pub mod quality;
+pub mod sim;
 mod speaker;
 mod stun;
 mod worker;

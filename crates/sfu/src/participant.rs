@@ -172,6 +172,7 @@ pub(crate) struct Participant {
     pub packets_written: u64,
     egress_packets: std::collections::HashMap<Mid, u64>,
     pub rtx_reported: u64,
+    rtx_unreported: u64,
     /// Simulcast layer switches made for this subscriber (all tracks).
     pub layer_switches: u64,
     /// When str0m next wants time, and whether the worker already queued us.
@@ -217,6 +218,7 @@ impl Participant {
             packets_written: 0,
             egress_packets: Default::default(),
             rtx_reported: 0,
+            rtx_unreported: 0,
             layer_switches: 0,
             next_timeout: Instant::now(),
             queued: false,
@@ -295,6 +297,15 @@ impl Participant {
             }
             Event::MediaEgressStats(s) => {
                 self.egress_packets.insert(s.mid, s.packets);
+                // Egress packets beyond those we forwarded: RTX (and BWE
+                // padding). Packets still in the pacer make this undercount
+                // by a few, never overcount.
+                let sent: u64 = self.egress_packets.values().sum();
+                let rtx = sent.saturating_sub(self.packets_written);
+                if rtx > self.rtx_reported {
+                    self.rtx_unreported += rtx - self.rtx_reported;
+                    self.rtx_reported = rtx;
+                }
                 // What this subscriber asked of us.
                 Polled::Rtcp(self.rtcp_delta(s.mid, false, [s.nacks, s.plis, s.firs]))
             }
@@ -321,13 +332,7 @@ impl Participant {
                     egress_estimate_bps: s.bwe_tx.map(|b| b.as_u64()),
                 };
                 let change = self.quality.observe(s.timestamp, &sample, &self.thresholds);
-                // Egress packets beyond those we forwarded: RTX (and BWE padding).
-                let sent: u64 = self.egress_packets.values().sum();
-                let rtx = self
-                    .rtx_reported
-                    .max(sent.saturating_sub(self.packets_written));
-                let rtx_delta = rtx - self.rtx_reported;
-                self.rtx_reported = rtx;
+                let rtx_delta = std::mem::take(&mut self.rtx_unreported);
                 Polled::Quality {
                     sample,
                     change,
