@@ -1,6 +1,7 @@
 //! `continuum`: the one binary. Subcommands wire the crates together; all the
 //! logic lives in `crates/`.
 
+mod alloc;
 mod bench;
 mod cli;
 
@@ -8,7 +9,7 @@ use clap::Parser;
 
 // glibc malloc showed up at ~7% of server CPU under append load (perf).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Counting<mimalloc::MiMalloc> = alloc::Counting(mimalloc::MiMalloc);
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();

@@ -3,6 +3,7 @@
 
 mod events;
 mod server;
+mod sfu;
 
 use clap::Subcommand;
 use continuum_server::Config;
@@ -12,10 +13,14 @@ pub enum BenchCommand {
     /// Durable appends/s at 1, 8 and 64 writers; timeline page latency with
     /// many events stored; server memory idle and loaded.
     Events(events::EventsArgs),
+    /// SFU forwarding: egress packets/s per core, loss, forwarding delay and
+    /// memory per participant, for 1:1 visits and a large fan-out.
+    Sfu(sfu::SfuArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Events(args) => events::run(args, cfg),
+        BenchCommand::Sfu(args) => sfu::run(args),
     }
 }

@@ -440,9 +440,9 @@ impl Worker {
             tracing::info!(participant = %p.id, error = ?e, "bad input; disconnecting");
             p.rtc.disconnect();
         }
-        // Poll now: in RTP mode str0m holds a single received packet.
+        // Poll now: in RTP mode str0m holds a single received packet. The
+        // subscribers it fed are serviced once per batch, in `drive`.
         self.poll_participant(id, now);
-        self.service(now);
         true
     }
 

@@ -1,0 +1,235 @@
+//! `continuum bench sfu`: the SFU worker forwarding real SRTP between many
+//! str0m-based synthetic peers (Opus audio + 3-layer VP8 simulcast at real
+//! packet sizes and rates), every datagram through UDP sockets on loopback.
+//!
+//! Peers and worker share one thread, so the worker's cost is measured as
+//! the time spent inside its calls (and its socket calls), not wall time:
+//! "per core" figures are packets per second of worker time. Forwarding
+//! delay is measured end to end (publisher write → subscriber read, payload
+//! timestamps), so it includes the other peers' work in the same round: an
+//! upper bound on the SFU's share. Memory is the heap the worker frees when
+//! dropped, divided by participants.
+
+use crate::alloc::live_bytes;
+use anyhow::Context as _;
+use clap::Args;
+use continuum_sfu::sim::{MediaSpec, SimNet};
+use continuum_sfu::{Worker, WorkerConfig};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct SfuArgs {
+    /// 1:1 visits (two participants, each publishing camera + microphone).
+    #[arg(long, default_value_t = 20)]
+    pub visits: usize,
+    /// Subscribers of one publisher in the fan-out run (a large group / webinar).
+    #[arg(long, default_value_t = 40)]
+    pub fanout: usize,
+    /// Seconds of media per run (after a 3 s warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Write the results as JSON here too (feeds `continuum plan --capacity`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct RunResult {
+    scenario: String,
+    participants: usize,
+    seconds: f64,
+    /// RTP packets the SFU sent subscribers (forwarded + retransmitted/padding).
+    egress_rtp_packets: u64,
+    egress_rtp_packets_per_sec: f64,
+    /// Worker time (its calls and socket IO) as a share of one core.
+    worker_core_share: f64,
+    /// Egress RTP packets per second of worker time: the per-core capacity.
+    egress_rtp_packets_per_core_sec: f64,
+    ingress_packets_per_sec: f64,
+    /// Subscribers' loss: 1 − received / expected by sequence ranges.
+    loss: f64,
+    delay_p50_ms: f64,
+    delay_p99_ms: f64,
+    worker_heap_bytes_per_participant: u64,
+}
+
+pub fn run(args: SfuArgs) -> anyhow::Result<()> {
+    println!(
+        "SFU benchmark: str0m peers over UDP loopback, {} s per run (+3 s warm-up)",
+        args.seconds
+    );
+    let mut results = Vec::new();
+    let visits = scenario(
+        &format!("{} 1:1 visits (A+V simulcast each way)", args.visits),
+        args.seconds,
+        |net, now| {
+            for v in 0..args.visits {
+                for _ in 0..2 {
+                    net.join(
+                        &format!("t/visit-{v}"),
+                        MediaSpec::camera_and_microphone(),
+                        now,
+                    )?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    let fanout = scenario(
+        &format!("1 publisher → {} subscribers", args.fanout),
+        args.seconds,
+        |net, now| {
+            net.join("t/webinar", MediaSpec::camera_and_microphone(), now)?;
+            for _ in 0..args.fanout {
+                net.join("t/webinar", MediaSpec::nothing(), now)?;
+            }
+            Ok(())
+        },
+    )?;
+    let visits_per_core = args.visits as f64 / visits.worker_core_share.max(1e-9);
+    results.push(visits);
+    results.push(fanout);
+
+    println!();
+    println!(
+        "{:<42} {:>10} {:>8} {:>14} {:>7} {:>8} {:>8} {:>10}",
+        "scenario", "egress/s", "core", "egress/core-s", "loss", "p50 ms", "p99 ms", "heap/part"
+    );
+    for r in &results {
+        println!(
+            "{:<42} {:>10.0} {:>7.1}% {:>14.0} {:>6.2}% {:>8.2} {:>8.2} {:>7.0} KiB",
+            r.scenario,
+            r.egress_rtp_packets_per_sec,
+            r.worker_core_share * 100.0,
+            r.egress_rtp_packets_per_core_sec,
+            r.loss * 100.0,
+            r.delay_p50_ms,
+            r.delay_p99_ms,
+            r.worker_heap_bytes_per_participant as f64 / 1024.0,
+        );
+    }
+    println!(
+        "1:1 visits one core holds (worker share {:.1}% for {} visits, linear): ≈ {:.0}",
+        results[0].worker_core_share * 100.0,
+        args.visits,
+        visits_per_core
+    );
+    let report = serde_json::json!({
+        "runs": results,
+        "visits_per_core_estimate": visits_per_core,
+        "method": "in-process str0m peers, UDP loopback, worker time measured per call",
+    });
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("results written to {}", out.display());
+    }
+    Ok(())
+}
+
+fn scenario(
+    name: &str,
+    seconds: u64,
+    setup: impl FnOnce(&mut SimNet, Instant) -> Result<(), String>,
+) -> anyhow::Result<RunResult> {
+    let sfu: SocketAddr = "10.255.0.1:7401".parse()?;
+    let mut cfg = WorkerConfig::new(sfu);
+    cfg.max_participants_per_room = 1_000;
+    let heap_before = live_bytes();
+    let mut net = SimNet::new(Worker::new(cfg), sfu)
+        .with_loopback()
+        .context("binding loopback UDP sockets")?;
+    setup(&mut net, Instant::now()).map_err(|e| anyhow::anyhow!("joining: {e}"))?;
+    let participants = net.peers.len();
+
+    let bar = ProgressBar::new(seconds + 3);
+    bar.set_style(ProgressStyle::with_template(
+        "{msg:42} [{bar:30}] {pos}/{len} s",
+    )?);
+    bar.set_message(name.to_owned());
+    // Warm-up: ICE, DTLS, first keyframes, layer choice.
+    let warm_end = Instant::now() + Duration::from_secs(3);
+    let mut last_tick = Instant::now();
+    while Instant::now() < warm_end {
+        net.step(Instant::now());
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            bar.inc(1);
+        }
+    }
+    let connected = net.peers.iter().filter(|p| p.connected).count();
+    anyhow::ensure!(
+        connected == participants,
+        "only {connected} of {participants} peers connected during the warm-up"
+    );
+    // Measure from here.
+    for p in &mut net.peers {
+        p.delays_us.clear();
+    }
+    let rx_before: Vec<(u64, u64)> = net
+        .peers
+        .iter()
+        .map(|p| p.received_and_expected())
+        .collect();
+    let stats_before = net.worker.stats;
+    net.worker_time = Duration::ZERO;
+    let start = Instant::now();
+    let end = start + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        net.step(Instant::now());
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            bar.inc(1);
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let s = net.worker.stats;
+    let egress = (s.packets_forwarded - stats_before.packets_forwarded)
+        + (s.rtx_sent - stats_before.rtx_sent);
+    let ingress = s.datagrams_in - stats_before.datagrams_in;
+    let worker_secs = net.worker_time.as_secs_f64();
+    let (mut got, mut expected) = (0u64, 0u64);
+    for (p, (g0, e0)) in net.peers.iter().zip(rx_before) {
+        let (g, e) = p.received_and_expected();
+        got += g - g0;
+        expected += e - e0;
+    }
+    let mut h = Histogram::<u64>::new(3)?;
+    for p in &net.peers {
+        for d in &p.delays_us {
+            h.record(*d as u64)?;
+        }
+    }
+    // The worker's heap: what dropping it gives back.
+    let heap_with_all = live_bytes();
+    let SimNet { worker, peers, .. } = net;
+    drop(worker);
+    let worker_heap = heap_with_all.saturating_sub(live_bytes());
+    drop(peers);
+    let _ = heap_before;
+    Ok(RunResult {
+        scenario: name.to_owned(),
+        participants,
+        seconds: wall,
+        egress_rtp_packets: egress,
+        egress_rtp_packets_per_sec: egress as f64 / wall,
+        worker_core_share: worker_secs / wall,
+        egress_rtp_packets_per_core_sec: egress as f64 / worker_secs.max(1e-9),
+        ingress_packets_per_sec: ingress as f64 / wall,
+        loss: if expected == 0 {
+            0.0
+        } else {
+            1.0 - got as f64 / expected as f64
+        },
+        delay_p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+        delay_p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+        worker_heap_bytes_per_participant: (worker_heap / participants.max(1)) as u64,
+    })
+}
