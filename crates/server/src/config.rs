@@ -31,6 +31,8 @@ pub struct RtcConfig {
     /// Media worker threads (0 = one per core). Each has its own UDP port:
     /// `udp_listen`'s port + its index (or a random port when that is 0).
     pub workers: usize,
+    /// Pace subscribers' media through str0m's pacer (smoother, more CPU).
+    pub pacing: bool,
     /// `quality.degraded` thresholds: loss fraction, round-trip and jitter
     /// limits, and how long they must be exceeded without interruption.
     pub quality_max_loss: f32,
@@ -48,6 +50,7 @@ impl Default for RtcConfig {
             public_ip: None,
             max_participants_per_room: 16,
             workers: 0,
+            pacing: false,
             quality_max_loss: 0.05,
             quality_max_rtt_ms: 400,
             quality_max_jitter_ms: 50,
@@ -297,6 +300,8 @@ udp_listen = "127.0.0.1:7401"
 max_participants_per_room = 16
 # media worker threads, 0 = one per core; worker i listens on udp_listen's port + i
 workers = 0
+# pace subscribers' media (smooths keyframe bursts; costs CPU). Off: forward as received
+pacing = false
 # A participant's connection is `quality.degraded` (on the timeline; what PSTN
 # fallback listens to) when loss, round-trip time or jitter exceed these for
 # quality_hold_secs without interruption, and `quality.recovered` when all are

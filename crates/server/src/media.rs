@@ -138,6 +138,7 @@ impl Media {
                 answer_timeout: Duration::from_secs(cfg.answer_timeout_secs),
                 first_participant_id: index as u64 + 1,
                 participant_id_stride: workers as u64,
+                pacing: cfg.pacing,
             });
             let (commands, rx) = crossbeam_channel::unbounded();
             let events = events_tx.clone();

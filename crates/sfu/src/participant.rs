@@ -70,6 +70,7 @@ pub(crate) struct TrackOut {
     pub fwd: Forwarder,
     /// Publisher payload type → ours, learned on first use.
     pt_map: Vec<(Pt, Option<Pt>)>,
+    unpaced_set: bool,
 }
 
 impl TrackOut {
@@ -178,6 +179,10 @@ pub(crate) struct Participant {
     /// When str0m next wants time, and whether the worker already queued us.
     pub next_timeout: Instant,
     pub queued: bool,
+    /// Tracks came or went since our last offer (see `offer_if_needed`).
+    pub renegotiate: bool,
+    /// Whether our egress goes through str0m's pacer (see `WorkerConfig::pacing`).
+    pub pacing: bool,
 }
 
 const KEYFRAME_THROTTLE: Duration = Duration::from_millis(500);
@@ -222,6 +227,8 @@ impl Participant {
             layer_switches: 0,
             next_timeout: Instant::now(),
             queued: false,
+            renegotiate: true,
+            pacing: false,
         }
     }
 
@@ -558,6 +565,7 @@ impl Participant {
         let Some(t) = track.upgrade() else {
             return;
         };
+        self.renegotiate = true;
         self.tracks_out.push(TrackOut {
             origin: t.origin,
             mid_in: t.mid,
@@ -566,14 +574,18 @@ impl Participant {
             state: OutState::ToOpen,
             fwd: Forwarder::new(t.kind),
             pt_map: Vec::new(),
+            unpaced_set: false,
         });
     }
 
     /// Builds a renegotiation offer when tracks came or went, unless one is in flight.
     pub fn offer_if_needed(&mut self) -> Option<SdpOffer> {
-        if self.mode != Mode::Full || self.pending.is_some() || !self.connected {
+        // Checked on every poll, so the common case is one branch.
+        if !self.renegotiate || self.mode != Mode::Full || self.pending.is_some() || !self.connected
+        {
             return None;
         }
+        self.renegotiate = false;
         for t in &mut self.tracks_out {
             if let OutState::Open(m) = t.state
                 && t.track.upgrade().is_none()
@@ -637,6 +649,7 @@ impl Participant {
     /// any offer of ours that this one overtook.
     pub fn accept_offer(&mut self, offer: SdpOffer) -> Result<SdpAnswer, str0m::RtcError> {
         self.pending = None;
+        self.renegotiate = true;
         let answer = self.rtc.sdp_api().accept_offer(offer)?;
         for t in &mut self.tracks_out {
             match t.state {
@@ -706,6 +719,10 @@ impl Participant {
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return false;
         };
+        if !out.unpaced_set {
+            out.unpaced_set = true;
+            tx.set_unpaced(!self.pacing);
+        }
         let h = &inc.pkt.header;
         let ext = ExtensionValues {
             audio_level: h.ext_vals.audio_level,

@@ -418,6 +418,21 @@ pub struct SimNet {
     loopback: Option<Loopback>,
     pending_offers: Vec<(usize, crate::ParticipantId, String)>,
     pub events: Vec<crate::RoomEvent>,
+    batch_rtp_in: Vec<Instant>,
+    /// Loopback mode: for each media datagram, its receive time to the moment
+    /// its batch's output was all sent (an upper bound of its forwarding delay), µs.
+    pub sfu_delays_us: Vec<u32>,
+    /// Datagrams handled per worker drive (default [`RECV_BATCH`]).
+    pub recv_batch: usize,
+}
+
+/// Datagrams handled before the worker is driven and its output sent (the
+/// production IO loop uses the same bound).
+pub const RECV_BATCH: usize = 32;
+
+/// RTP, not RTCP (RFC 5761 §4: RTCP packet types 192–223).
+fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
 }
 
 struct Loopback {
@@ -445,6 +460,9 @@ impl SimNet {
             loopback: None,
             pending_offers: Vec::new(),
             events: Vec::new(),
+            batch_rtp_in: Vec::new(),
+            sfu_delays_us: Vec::new(),
+            recv_batch: RECV_BATCH,
         }
     }
 
@@ -505,51 +523,10 @@ impl SimNet {
         (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// One round: every peer sends what it has, the SFU handles it and runs
-    /// its timers, and its output reaches the peers (minus injected loss).
-    pub fn step(&mut self, now: Instant) {
-        let mut out = Vec::new();
-        let mut from = Vec::new();
-        for p in &mut self.peers {
-            let before = out.len();
-            p.poll(now, &mut out);
-            from.extend(std::iter::repeat_n(p.addr, out.len() - before));
-        }
-        let t = Instant::now();
-        let mut excluded = Duration::ZERO;
-        match &mut self.loopback {
-            None => {
-                for ((_, d), source) in out.iter().zip(&from) {
-                    self.worker.handle_datagram(now, *source, self.sfu, d);
-                }
-            }
-            Some(lo) => {
-                // The peers' sends are not the SFU's cost (excluded from its
-                // time); in chunks, so this harness never overflows the socket.
-                let sfu_addr = lo.sfu_side.local_addr().expect("bound");
-                for (chunk, sources) in out.chunks(64).zip(from.chunks(64)) {
-                    let t_send = Instant::now();
-                    for ((_, d), source) in chunk.iter().zip(sources) {
-                        if lo.peers_side.send_to(d, sfu_addr).is_ok() {
-                            lo.in_flight.push_back(*source);
-                        }
-                    }
-                    excluded += t_send.elapsed();
-                    while let Ok(n) = lo.sfu_side.recv(&mut lo.buf) {
-                        let Some(source) = lo.in_flight.pop_front() else {
-                            break;
-                        };
-                        self.worker
-                            .handle_datagram(now, source, self.sfu, &lo.buf[..n]);
-                    }
-                    // Whatever the kernel dropped is lost.
-                    self.dropped_by_net += lo.in_flight.len() as u64;
-                    lo.in_flight.clear();
-                }
-            }
-        }
+    /// Drives the worker and sends its output; records the forwarding delay
+    /// of the media packets received since the last flush.
+    fn flush(&mut self, now: Instant, to_peers: &mut Vec<(SocketAddr, Vec<u8>)>) {
         self.worker.drive(now);
-        let mut to_peers = Vec::new();
         while let Some(o) = self.worker.poll_output() {
             match o {
                 crate::SfuOutput::Transmit {
@@ -573,7 +550,70 @@ impl SimNet {
                 _ => {}
             }
         }
-        self.worker_time += t.elapsed().saturating_sub(excluded);
+        let sent = Instant::now();
+        for t_in in self.batch_rtp_in.drain(..) {
+            let us = sent.saturating_duration_since(t_in).as_micros();
+            self.sfu_delays_us.push(us.min(u32::MAX as u128) as u32);
+        }
+    }
+
+    /// One round: every peer sends what it has, the SFU handles it and runs
+    /// its timers, and its output reaches the peers (minus injected loss).
+    pub fn step(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        for p in &mut self.peers {
+            let before = out.len();
+            p.poll(now, &mut out);
+            from.extend(std::iter::repeat_n(p.addr, out.len() - before));
+        }
+        let mut to_peers = Vec::new();
+        // Like the production IO loop: take up to a batch of datagrams, then
+        // drive the worker and send what it produced, so a packet waits for
+        // at most one batch.
+        let batch = self.recv_batch.max(1);
+        for (chunk, sources) in out.chunks(batch).zip(from.chunks(batch)) {
+            let t = Instant::now();
+            let mut excluded = Duration::ZERO;
+            match &mut self.loopback {
+                None => {
+                    for ((_, d), source) in chunk.iter().zip(sources) {
+                        self.worker.handle_datagram(now, *source, self.sfu, d);
+                    }
+                }
+                Some(lo) => {
+                    // The peers' sends are not the SFU's cost.
+                    let sfu_addr = lo.sfu_side.local_addr().expect("bound");
+                    let t_send = Instant::now();
+                    for ((_, d), source) in chunk.iter().zip(sources) {
+                        if lo.peers_side.send_to(d, sfu_addr).is_ok() {
+                            lo.in_flight.push_back(*source);
+                        }
+                    }
+                    excluded = t_send.elapsed();
+                    while let Ok(n) = lo.sfu_side.recv(&mut lo.buf) {
+                        let Some(source) = lo.in_flight.pop_front() else {
+                            break;
+                        };
+                        if is_rtp(&lo.buf[..n]) {
+                            self.batch_rtp_in.push(Instant::now());
+                        }
+                        self.worker
+                            .handle_datagram(now, source, self.sfu, &lo.buf[..n]);
+                    }
+                    // Whatever the kernel dropped is lost.
+                    self.dropped_by_net += lo.in_flight.len() as u64;
+                    lo.in_flight.clear();
+                }
+            }
+            self.flush(now, &mut to_peers);
+            self.worker_time += t.elapsed().saturating_sub(excluded);
+        }
+        if out.is_empty() {
+            let t = Instant::now();
+            self.flush(now, &mut to_peers);
+            self.worker_time += t.elapsed();
+        }
         if let Some(lo) = &mut self.loopback {
             while lo.sink.recv(&mut lo.buf).is_ok() {}
         }

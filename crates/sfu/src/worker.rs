@@ -24,6 +24,11 @@ pub struct WorkerConfig {
     /// so ids from several workers never collide and name their worker.
     pub first_participant_id: u64,
     pub participant_id_stride: u64,
+    /// Send subscribers' media through str0m's pacer (smooths keyframe
+    /// bursts, costs a wake-up every few ms per subscriber). Off by default,
+    /// like mediasoup: packets leave as they arrive; the bandwidth estimate
+    /// still drives simulcast layer choice.
+    pub pacing: bool,
 }
 
 impl WorkerConfig {
@@ -36,6 +41,7 @@ impl WorkerConfig {
             answer_timeout: Duration::from_secs(10),
             first_participant_id: 1,
             participant_id_stride: 1,
+            pacing: false,
         }
     }
 }
@@ -169,6 +175,11 @@ pub struct WorkerStats {
     pub packets_not_forwarded: u64,
     /// Simulcast layer switches made for subscribers.
     pub layer_switches: u64,
+    /// Times a participant's `Rtc` was given time and polled (its timer was
+    /// due or it had packets to send): the SFU's main per-participant cost.
+    pub services: u64,
+    /// Of those, the ones due to the participant's own timer.
+    pub timer_services: u64,
     /// Packets sent to subscribers beyond those forwarded: NACK-driven
     /// retransmissions (RTX) and BWE probing padding.
     pub rtx_sent: u64,
@@ -280,6 +291,7 @@ impl Worker {
             req.mode,
             self.cfg.quality,
         );
+        p.pacing = self.cfg.pacing;
         // Everything already published in the room is offered to the newcomer.
         for other in self.rooms.get(&req.room).into_iter().flatten() {
             if let Some(o) = self.participants.get(other) {
@@ -309,6 +321,12 @@ impl Worker {
         let room_now_empty = match self.rooms.get_mut(&*p.room) {
             Some(members) => {
                 members.retain(|m| *m != id);
+                // Its tracks go away: everyone else renegotiates.
+                for m in members.iter() {
+                    if let Some(o) = self.participants.get_mut(m) {
+                        o.renegotiate = true;
+                    }
+                }
                 members.is_empty()
             }
             None => true,
@@ -457,6 +475,7 @@ impl Worker {
                 continue;
             };
             p.queued = false;
+            self.stats.services += 1;
             if p.rtc.is_alive() {
                 let _ = p.rtc.handle_input(Input::Timeout(now));
             }
@@ -638,6 +657,7 @@ impl Worker {
         for p in self.participants.values_mut() {
             if p.next_timeout <= now && !p.queued {
                 p.queued = true;
+                self.stats.timer_services += 1;
                 self.queue.push_back(p.id);
             }
         }
