@@ -333,9 +333,14 @@ fn run(
         match socket.recv_from(&mut buf) {
             Ok((n, source)) => {
                 worker.handle_datagram(Instant::now(), source, local, &buf[..n]);
-                // Drain whatever else is already queued before driving again.
+                // Take what else is queued, up to a batch, before driving
+                // again: subscribers are serviced once per batch, and a
+                // packet waits for at most one batch.
                 let _ = socket.set_nonblocking(true);
-                while let Ok((n, source)) = socket.recv_from(&mut buf) {
+                for _ in 1..continuum_sfu::RECV_BATCH {
+                    let Ok((n, source)) = socket.recv_from(&mut buf) else {
+                        break;
+                    };
                     worker.handle_datagram(Instant::now(), source, local, &buf[..n]);
                 }
                 let _ = socket.set_nonblocking(false);

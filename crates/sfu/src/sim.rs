@@ -426,9 +426,7 @@ pub struct SimNet {
     pub recv_batch: usize,
 }
 
-/// Datagrams handled before the worker is driven and its output sent (the
-/// production IO loop uses the same bound).
-pub const RECV_BATCH: usize = 32;
+pub use crate::worker::RECV_BATCH;
 
 /// RTP, not RTCP (RFC 5761 §4: RTCP packet types 192–223).
 fn is_rtp(d: &[u8]) -> bool {

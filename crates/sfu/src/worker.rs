@@ -140,6 +140,11 @@ pub enum SfuOutput {
 /// waiting for an ICE restart (network change, Wi-Fi to cellular).
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(15);
 
+/// Datagrams an IO loop should hand the worker before driving it and sending
+/// its output: subscribers fed by those packets are serviced once per batch
+/// (cheaper), and a packet waits for at most one batch (bounded delay).
+pub const RECV_BATCH: usize = 32;
+
 /// Where a subscriber's bandwidth estimate starts: enough for a middle
 /// simulcast layer; TWCC feedback moves it within seconds.
 const INITIAL_BWE: str0m::bwe::Bitrate = str0m::bwe::Bitrate::kbps(800);
