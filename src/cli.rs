@@ -78,6 +78,10 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Run only the STUN/TURN server (`[turn]` config), e.g. on an edge node
+    /// near the users. REST credentials must share `turn.rest_secrets` (or the
+    /// master key) with the API nodes.
+    Turn,
     /// Benchmarks (run on the machine you plan for).
     Bench {
         #[command(subcommand)]
@@ -152,6 +156,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = cli.global;
     match cli.command {
+        Command::Turn => {
+            let cfg = load_config(&g)?;
+            telemetry::init_logging(&cfg.log.format, &cfg.log.level);
+            runtime()?.block_on(async {
+                let master = serve::load_master_key(&cfg)?;
+                let turn =
+                    continuum_server::turn::TurnService::start(&cfg.turn, &master, &[]).await?;
+                println!(
+                    "TURN listening: udp {} tcp {} (region {}); Ctrl-C stops",
+                    turn.udp_addr.map_or("-".into(), |a| a.to_string()),
+                    turn.tcp_addr.map_or("-".into(), |a| a.to_string()),
+                    turn.region
+                );
+                tokio::signal::ctrl_c()
+                    .await
+                    .context("waiting for Ctrl-C")?;
+                anyhow::Ok(())
+            })?;
+        }
         Command::Serve { listen } => {
             let mut cfg = load_config(&g)?;
             if let Some(l) = listen {

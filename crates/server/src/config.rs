@@ -17,6 +17,69 @@ pub struct Config {
     pub log: LogConfig,
     pub dev: DevConfig,
     pub rtc: RtcConfig,
+    pub turn: TurnConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// Run the STUN/TURN server inside `continuum serve`.
+    pub enabled: bool,
+    /// UDP and TCP listen addresses (RFC 8656 §3.1); either may be unset.
+    pub udp_listen: Option<SocketAddr>,
+    pub tcp_listen: Option<SocketAddr>,
+    /// Local address relay sockets bind to.
+    pub relay_ip: std::net::IpAddr,
+    /// Host or IP clients reach this TURN server at (in `ice_servers`);
+    /// defaults to the UDP listen IP.
+    pub public_host: Option<String>,
+    pub realm: String,
+    /// This node's region tag (metrics label; `ice_servers` order).
+    pub region: String,
+    /// Static long-term users (`name = "password"`), e.g. for test tools.
+    pub users: std::collections::BTreeMap<String, String>,
+    /// TURN REST shared secrets, newest first; several are accepted at once so
+    /// they can be rotated. Empty: one derived from the master key.
+    pub rest_secrets: Vec<String>,
+    /// Lifetime of the credentials handed out in `ice_servers`.
+    pub credential_ttl_secs: u64,
+    /// Peers always allowed / always refused (CIDR). Special-purpose ranges and
+    /// the server's own addresses are refused unless allowed here.
+    pub allow_peers: Vec<String>,
+    pub deny_peers: Vec<String>,
+    /// Allow relaying to this node's own SFU media addresses.
+    pub allow_own_sfu: bool,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub max_allocations_per_tenant: usize,
+    pub max_lifetime_secs: u64,
+    /// Per allocation, both directions together (0 = unlimited).
+    pub bandwidth_kbps: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            enabled: true,
+            udp_listen: Some(([127, 0, 0, 1], 3478).into()),
+            tcp_listen: Some(([127, 0, 0, 1], 3478).into()),
+            relay_ip: [127, 0, 0, 1].into(),
+            public_host: None,
+            realm: "continuum".into(),
+            region: "default".into(),
+            users: Default::default(),
+            rest_secrets: Vec::new(),
+            credential_ttl_secs: 3600,
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            allow_own_sfu: true,
+            max_allocations: 100_000,
+            max_allocations_per_user: 10,
+            max_allocations_per_tenant: 10_000,
+            max_lifetime_secs: 3600,
+            bandwidth_kbps: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +376,36 @@ quality_hold_secs = 5
 # A participant that does not answer the SFU's renegotiation offer within this
 # many seconds is disconnected (it would never receive new tracks otherwise).
 answer_timeout_secs = 10
+
+[turn]
+# STUN/TURN server for clients behind UDP-blocking or strict NAT networks
+# (also runnable alone on edge nodes: `continuum turn`).
+enabled = true
+udp_listen = "127.0.0.1:3478"
+tcp_listen = "127.0.0.1:3478"
+# local address relay sockets bind to
+relay_ip = "127.0.0.1"
+# public_host = "turn.example.org"   # what clients are told; defaults to udp_listen's IP
+realm = "continuum"
+region = "default"
+# Static long-term users, e.g. for test tools: { alice = "secret" }
+users = {}
+# TURN REST secrets (newest first; older ones still accepted while rotating).
+# Empty: one derived from the master key.
+rest_secrets = []
+credential_ttl_secs = 3600
+# Peers: special-purpose ranges (private, loopback, link-local, ...) and this
+# server's own addresses are refused unless listed in allow_peers (CIDR).
+allow_peers = []
+deny_peers = []
+# relaying to this node's own SFU is allowed
+allow_own_sfu = true
+max_allocations = 100000
+max_allocations_per_user = 10
+max_allocations_per_tenant = 10000
+max_lifetime_secs = 3600
+# per allocation, 0 = unlimited
+bandwidth_kbps = 0
 "#;
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
+pub mod turn;
 
 pub use config::Config;
 pub use state::AppState;

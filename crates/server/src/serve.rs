@@ -99,7 +99,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
     let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
-    state.media = Some(crate::media::Media::start(&cfg.rtc, store.clone())?);
+    let media = crate::media::Media::start(&cfg.rtc, store.clone())?;
+    if cfg.turn.enabled {
+        let turn = crate::turn::TurnService::start(&cfg.turn, store.master_key(), &media.udp_addrs)
+            .await?;
+        state.turn = Some(std::sync::Arc::new(turn));
+    }
+    state.media = Some(media);
     let router = app::build(state.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -20,6 +20,8 @@ pub struct AppState {
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The SFU's media worker, when this node runs one.
     pub media: Option<crate::media::Media>,
+    /// The TURN server, when this node runs one (for `ice_servers`).
+    pub turn: Option<Arc<crate::turn::TurnService>>,
     pub whip: Arc<crate::api::whip::Sessions>,
 }
 
@@ -34,6 +36,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
             media: None,
+            turn: None,
             whip: Arc::default(),
         }
     }

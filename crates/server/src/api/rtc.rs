@@ -3,7 +3,9 @@
 //! Client → server: `{"type":"join","room":ID,"sdp":OFFER}`, `{"type":"answer","sdp"}`
 //! (to our renegotiation offer), `{"type":"offer","sdp"}` (client renegotiation),
 //! `{"type":"leave"}`.
-//! Server → client: `{"type":"joined","participant","sdp":ANSWER,"ice_servers":[]}`,
+//! Server → client: `{"type":"joined","participant","sdp":ANSWER,"ice_servers":[...]}`
+//! (TURN over UDP and TCP with short-lived REST credentials for this tenant and
+//! participant; `[]` when the node runs no TURN server),
 //! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
 //! `{"type":"error","code","message"}`, `{"type":"left"}`,
 //! `{"type":"speaker","participant","identity"}` (active speaker changed; null: nobody),
@@ -122,6 +124,13 @@ enum ClientMsg {
     },
 }
 
+/// TURN servers with credentials bound to `<tenant>.<participant>`.
+fn ice_servers(s: &AppState, tenant: &str, participant: &str) -> serde_json::Value {
+    s.turn
+        .as_ref()
+        .map_or_else(|| json!([]), |t| t.ice_servers(tenant, participant))
+}
+
 /// Simulcast layer index for a requested quality (layers are ordered by bitrate).
 fn layer_of(quality: &str) -> Option<usize> {
     match quality {
@@ -178,7 +187,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                     match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);
-                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": []}).to_string())
+                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &id.to_string())}).to_string())
                                         }
                                         Err(e) => Some(error("join_refused", e.to_string())),
                                     }

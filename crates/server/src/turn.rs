@@ -1,0 +1,140 @@
+//! Wires the TURN server (`crates/turn`) into `continuum serve` / `continuum
+//! turn`, and mints the short-lived `ice_servers` credentials the API hands
+//! to participants (TURN REST scheme, bound to tenant and participant).
+
+use crate::config::TurnConfig;
+use anyhow::Context as _;
+use continuum_store::crypto::SecretKey;
+use continuum_turn::auth::{Credentials, rest_credentials};
+use continuum_turn::policy::{Cidr, PeerPolicy};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub struct TurnService {
+    pub udp_addr: Option<SocketAddr>,
+    pub tcp_addr: Option<SocketAddr>,
+    public_host: String,
+    secret: String,
+    ttl: Duration,
+    pub region: String,
+    _running: continuum_turn::io::Running,
+}
+
+fn rest_secrets(cfg: &TurnConfig, master: &SecretKey) -> Vec<String> {
+    if cfg.rest_secrets.is_empty() {
+        vec![master.derive("turn-rest-secret").to_hex()]
+    } else {
+        cfg.rest_secrets.clone()
+    }
+}
+
+pub fn build_server(
+    cfg: &TurnConfig,
+    master: &SecretKey,
+    sfu_addrs: &[SocketAddr],
+) -> anyhow::Result<continuum_turn::Server> {
+    let credentials = Credentials {
+        users: cfg.users.clone().into_iter().collect(),
+        rest_secrets: rest_secrets(cfg, master),
+    };
+    let parse = |list: &[String], what: &str| -> anyhow::Result<Vec<Cidr>> {
+        list.iter()
+            .map(|s| {
+                s.parse::<Cidr>()
+                    .map_err(|e| anyhow::anyhow!("turn.{what}: {e}"))
+            })
+            .collect()
+    };
+    let mut allow = parse(&cfg.allow_peers, "allow_peers")?;
+    if cfg.allow_own_sfu {
+        for a in sfu_addrs {
+            allow.push(a.ip().to_string().parse().map_err(anyhow::Error::msg)?);
+        }
+    }
+    let mut own: Vec<std::net::IpAddr> = vec![cfg.relay_ip];
+    own.extend(cfg.udp_listen.map(|a| a.ip()));
+    own.extend(cfg.tcp_listen.map(|a| a.ip()));
+    let mut c = continuum_turn::Config::new(
+        cfg.realm.clone(),
+        credentials,
+        *master.derive("turn-nonce").as_bytes(),
+    );
+    c.policy = PeerPolicy {
+        allow,
+        deny: parse(&cfg.deny_peers, "deny_peers")?,
+        own: own.into_iter().filter(|ip| !ip.is_unspecified()).collect(),
+    };
+    c.max_allocations = cfg.max_allocations;
+    c.max_allocations_per_user = cfg.max_allocations_per_user;
+    c.max_allocations_per_tenant = cfg.max_allocations_per_tenant;
+    c.max_lifetime = Duration::from_secs(cfg.max_lifetime_secs.max(600));
+    c.bandwidth_bytes_per_sec = cfg.bandwidth_kbps * 1000 / 8;
+    Ok(continuum_turn::Server::new(c))
+}
+
+impl TurnService {
+    pub async fn start(
+        cfg: &TurnConfig,
+        master: &SecretKey,
+        sfu_addrs: &[SocketAddr],
+    ) -> anyhow::Result<TurnService> {
+        let server = build_server(cfg, master, sfu_addrs)?;
+        let running = continuum_turn::io::start(
+            server,
+            continuum_turn::io::Listen {
+                udp: cfg.udp_listen,
+                tcp: cfg.tcp_listen,
+                relay_ip: cfg.relay_ip,
+                region: cfg.region.clone(),
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start TURN on udp {:?} / tcp {:?}: is another TURN server running? \
+                 Set turn.udp_listen / turn.tcp_listen, or turn.enabled = false",
+                cfg.udp_listen, cfg.tcp_listen
+            )
+        })?;
+        let public_host = match (&cfg.public_host, running.udp_addr.or(running.tcp_addr)) {
+            (Some(h), _) => h.clone(),
+            (None, Some(a)) => a.ip().to_string(),
+            (None, None) => anyhow::bail!("turn: set udp_listen or tcp_listen"),
+        };
+        tracing::info!(udp = ?running.udp_addr, tcp = ?running.tcp_addr, region = %cfg.region, "TURN listening");
+        Ok(TurnService {
+            udp_addr: running.udp_addr,
+            tcp_addr: running.tcp_addr,
+            public_host,
+            secret: rest_secrets(cfg, master).remove(0),
+            ttl: Duration::from_secs(cfg.credential_ttl_secs),
+            region: cfg.region.clone(),
+            _running: running,
+        })
+    }
+
+    /// WebRTC `iceServers` for one participant: TURN over UDP and TCP with
+    /// REST credentials for `<tenant>.<participant>`, valid `credential_ttl_secs`.
+    pub fn ice_servers(&self, tenant: &str, participant: &str) -> serde_json::Value {
+        let (username, credential) =
+            rest_credentials(&self.secret, &format!("{tenant}.{participant}"), self.ttl);
+        let host = if self.public_host.contains(':') {
+            format!("[{}]", self.public_host)
+        } else {
+            self.public_host.clone()
+        };
+        let mut urls = Vec::new();
+        if let Some(a) = self.udp_addr {
+            urls.push(format!("turn:{host}:{}?transport=udp", a.port()));
+        }
+        if let Some(a) = self.tcp_addr {
+            urls.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+        }
+        serde_json::json!([{
+            "urls": urls,
+            "username": username,
+            "credential": credential,
+            "region": self.region,
+        }])
+    }
+}

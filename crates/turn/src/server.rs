@@ -1,0 +1,726 @@
+//! The TURN allocation core (RFC 8656), sans-IO: fed client and peer
+//! datagrams and the time, it answers with datagrams to send. Relay sockets
+//! are opened through the [`Relays`] trait the IO layer implements.
+
+use crate::auth::{ChallengeLimiter, Credentials, KeyLookup, NonceCheck, Nonces};
+use crate::policy::PeerPolicy;
+use crate::stun::{self, Builder, Class, Message, attr, method};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub realm: String,
+    pub credentials: Credentials,
+    pub policy: PeerPolicy,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    /// Per tenant (the REST id's part before the first `.`).
+    pub max_allocations_per_tenant: usize,
+    /// Relayed bytes per second per allocation, both ways (0 = unlimited).
+    pub bandwidth_bytes_per_sec: u64,
+    pub nonce_key: [u8; 32],
+    pub nonce_lifetime: Duration,
+    /// SOFTWARE attribute; none by default (it only helps attackers).
+    pub software: Option<String>,
+    /// Unauthenticated 401 challenges per source IP per second.
+    pub challenges_per_sec: u32,
+}
+
+impl Config {
+    pub fn new(realm: impl Into<String>, credentials: Credentials, nonce_key: [u8; 32]) -> Self {
+        Config {
+            realm: realm.into(),
+            credentials,
+            policy: PeerPolicy::default(),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            max_allocations: 100_000,
+            max_allocations_per_user: 10,
+            max_allocations_per_tenant: 10_000,
+            bandwidth_bytes_per_sec: 0,
+            nonce_key,
+            nonce_lifetime: Duration::from_secs(600),
+            software: None,
+            challenges_per_sec: 20,
+        }
+    }
+}
+
+/// How a client reached us; with its address, the allocation's 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    /// A TCP (or TLS) connection, by the IO layer's id.
+    Stream(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Client {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+/// Relay sockets, opened and closed by the IO layer.
+pub trait Relays {
+    /// Opens a relay; with `even_port`, on an even port (RTP), and with
+    /// `reserve_next` also binds and holds the port above it (RTCP).
+    fn open(
+        &mut self,
+        ipv6: bool,
+        even_port: bool,
+        reserve_next: bool,
+    ) -> std::io::Result<SocketAddr>;
+    /// Starts relaying on a port held by an earlier `reserve_next`.
+    fn open_reserved(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr>;
+    /// Closes a relay or releases a held port.
+    fn close(&mut self, relay: SocketAddr);
+}
+
+/// How long a reserved port (RESERVATION-TOKEN) is held.
+const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A STUN message or Data indication for the client.
+    ToClient { client: Client, data: Vec<u8> },
+    /// Bytes `range` of the datagram just handled, from `relay` to `peer`.
+    ToPeer {
+        relay: SocketAddr,
+        peer: SocketAddr,
+        range: std::ops::Range<usize>,
+    },
+    /// The datagram just handled, to the client as ChannelData on `channel`
+    /// (the IO layer writes the 4-byte header, and pads on streams).
+    ChannelToClient { client: Client, channel: u16 },
+}
+
+/// Counters for `/metrics` (monotonic, plus the current gauges).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub allocations_created: u64,
+    pub allocations_refused: HashMap<&'static str, u64>,
+    pub auth_failures: u64,
+    pub policy_denials: HashMap<&'static str, u64>,
+    pub packets_to_peers: u64,
+    pub bytes_to_peers: u64,
+    pub packets_to_clients: u64,
+    pub bytes_to_clients: u64,
+    pub dropped_no_permission: u64,
+    pub dropped_over_bandwidth: u64,
+    pub malformed: u64,
+}
+
+struct Allocation {
+    client: Client,
+    relay: SocketAddr,
+    username: String,
+    tenant: String,
+    expires: Instant,
+    permissions: HashMap<IpAddr, Instant>,
+    channels: HashMap<u16, (SocketAddr, Instant)>,
+    channel_of: HashMap<SocketAddr, u16>,
+    /// Bandwidth cap: (window start, bytes in window).
+    window: (Instant, u64),
+}
+
+pub struct Server {
+    cfg: Config,
+    nonces: Nonces,
+    limiter: ChallengeLimiter,
+    allocations: HashMap<Client, Allocation>,
+    by_relay: HashMap<SocketAddr, Client>,
+    per_user: HashMap<String, usize>,
+    per_tenant: HashMap<String, usize>,
+    /// RESERVATION-TOKEN → held relay address and until when.
+    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
+    pub stats: Stats,
+}
+
+type Reply = Result<Builder, (u16, &'static str)>;
+
+impl Server {
+    pub fn new(cfg: Config) -> Self {
+        Server {
+            nonces: Nonces::new(cfg.nonce_key, cfg.nonce_lifetime),
+            limiter: ChallengeLimiter::new(cfg.challenges_per_sec),
+            cfg,
+            allocations: HashMap::new(),
+            by_relay: HashMap::new(),
+            per_user: HashMap::new(),
+            per_tenant: HashMap::new(),
+            reservations: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    pub fn permission_count(&self) -> usize {
+        self.allocations.values().map(|a| a.permissions.len()).sum()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.allocations.values().map(|a| a.channels.len()).sum()
+    }
+
+    /// Allocations per tenant, for metrics.
+    pub fn tenants(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.per_tenant.iter().map(|(t, n)| (t.as_str(), *n))
+    }
+
+    /// A datagram (or a whole stream frame) from a client.
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        client: Client,
+        data: &[u8],
+        relays: &mut dyn Relays,
+        out: &mut Vec<Output>,
+    ) {
+        if let Some((channel, payload)) = stun::parse_channel_data(data) {
+            self.channel_from_client(now, client, channel, payload.len(), out);
+            return;
+        }
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed += 1;
+                // A request we can read the header of gets a 400; the rest is dropped.
+                if stun::is_stun(data) && data[0] & 0x01 == 0 && data[1] & 0x10 == 0 {
+                    let mut tx = [0u8; 12];
+                    tx.copy_from_slice(&data[8..20]);
+                    let m = u16::from_be_bytes([data[0], data[1]]);
+                    let method = (m & 0x000F) | ((m & 0x00E0) >> 1) | ((m & 0x3E00) >> 2);
+                    let b = Builder::new(Class::Error, method, tx).error(400, "Bad Request");
+                    out.push(Output::ToClient {
+                        client,
+                        data: self.finish(b, None),
+                    });
+                }
+                return;
+            }
+        };
+        match (msg.class, msg.method) {
+            (Class::Indication, method::SEND) => self.send_indication(now, client, &msg, data, out),
+            (Class::Request, _) => {
+                let unknown = msg.unknown_required();
+                let reply = if !unknown.is_empty() {
+                    let list: Vec<u8> = unknown.iter().flat_map(|k| k.to_be_bytes()).collect();
+                    Builder::new(Class::Error, msg.method, msg.transaction)
+                        .error(420, "Unknown Attribute")
+                        .attr(attr::UNKNOWN_ATTRIBUTES, &list)
+                } else if msg.method == method::BINDING {
+                    Builder::new(Class::Success, method::BINDING, msg.transaction)
+                        .xor_address(attr::XOR_MAPPED_ADDRESS, client.addr)
+                } else {
+                    match self.authenticate(now, unix, client, &msg) {
+                        Err(None) => return, // rate-limited challenge: silence
+                        Err(Some(challenge)) => challenge,
+                        Ok(auth) => {
+                            let wrong_user = msg.method != method::ALLOCATE
+                                && self
+                                    .allocations
+                                    .get(&client)
+                                    .is_some_and(|a| a.username != auth.username);
+                            let reply = match msg.method {
+                                _ if wrong_user => Err((441, "Wrong Credentials")),
+                                method::ALLOCATE => self.allocate(now, client, &msg, &auth, relays),
+                                method::REFRESH => self.refresh(now, client, &msg, relays),
+                                method::CREATE_PERMISSION => {
+                                    self.create_permission(now, client, &msg)
+                                }
+                                method::CHANNEL_BIND => self.channel_bind(now, client, &msg),
+                                _ => Err((400, "Bad Request")),
+                            };
+                            let reply = reply.unwrap_or_else(|(code, reason)| {
+                                Builder::new(Class::Error, msg.method, msg.transaction)
+                                    .error(code, reason)
+                            });
+                            out.push(Output::ToClient {
+                                client,
+                                data: self.finish(reply, Some(&auth.key)),
+                            });
+                            return;
+                        }
+                    }
+                };
+                out.push(Output::ToClient {
+                    client,
+                    data: self.finish(reply, None),
+                });
+            }
+            _ => {} // responses and other indications: nothing to do
+        }
+    }
+
+    fn finish(&self, mut b: Builder, key: Option<&[u8; 16]>) -> Vec<u8> {
+        if let Some(s) = &self.cfg.software {
+            b = b.attr(attr::SOFTWARE, s.as_bytes());
+        }
+        if let Some(k) = key {
+            b = b.integrity(k);
+        }
+        b.fingerprint()
+    }
+
+    /// Long-term credential check. `Err(Some(reply))` is a 401/438 challenge;
+    /// `Err(None)` means stay silent (challenge rate exceeded).
+    fn authenticate(
+        &mut self,
+        _now: Instant,
+        unix: u64,
+        client: Client,
+        msg: &Message,
+    ) -> Result<Auth, Option<Builder>> {
+        let challenge = |s: &mut Self, code: u16, reason: &'static str| {
+            if !s.limiter.allow(client.addr.ip(), unix) {
+                return None;
+            }
+            let nonce = s.nonces.mint(client.addr.ip(), unix);
+            Some(
+                Builder::new(Class::Error, msg.method, msg.transaction)
+                    .error(code, reason)
+                    .attr(attr::REALM, s.cfg.realm.as_bytes())
+                    .attr(attr::NONCE, nonce.as_bytes()),
+            )
+        };
+        let (Some(username), Some(nonce), true) = (
+            msg.str_attr(attr::USERNAME),
+            msg.str_attr(attr::NONCE),
+            msg.has_integrity(),
+        ) else {
+            return Err(challenge(self, 401, "Unauthorized"));
+        };
+        if msg.str_attr(attr::REALM) != Some(self.cfg.realm.as_str()) {
+            self.stats.auth_failures += 1;
+            return Err(challenge(self, 401, "Unauthorized"));
+        }
+        match self.nonces.check(nonce, client.addr.ip(), unix) {
+            NonceCheck::Valid => {}
+            NonceCheck::Stale => return Err(challenge(self, 438, "Stale Nonce")),
+            NonceCheck::Invalid => return Err(challenge(self, 401, "Unauthorized")),
+        }
+        let keys = match self.cfg.credentials.keys(username, &self.cfg.realm, unix) {
+            KeyLookup::Keys(k) => k,
+            KeyLookup::Expired | KeyLookup::Unknown => {
+                self.stats.auth_failures += 1;
+                return Err(challenge(self, 401, "Unauthorized"));
+            }
+        };
+        let Some(key) = keys.into_iter().find(|k| msg.verify_integrity(k)) else {
+            self.stats.auth_failures += 1;
+            return Err(challenge(self, 401, "Unauthorized"));
+        };
+        Ok(Auth {
+            username: username.to_owned(),
+            key,
+        })
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        client: Client,
+        msg: &Message,
+        auth: &Auth,
+        relays: &mut dyn Relays,
+    ) -> Reply {
+        let refuse = |s: &mut Self, why: &'static str, code: u16, reason: &'static str| {
+            *s.stats.allocations_refused.entry(why).or_default() += 1;
+            Err((code, reason))
+        };
+        if self.allocations.contains_key(&client) {
+            return refuse(self, "mismatch", 437, "Allocation Mismatch");
+        }
+        match msg.attr(attr::REQUESTED_TRANSPORT) {
+            Some([17, ..]) => {}
+            Some(_) => return refuse(self, "transport", 442, "Unsupported Transport Protocol"),
+            None => return refuse(self, "bad_request", 400, "Bad Request"),
+        }
+        let token = msg.attr(attr::RESERVATION_TOKEN);
+        let even = msg.attr(attr::EVEN_PORT);
+        if token.is_some() && (even.is_some() || msg.has(attr::REQUESTED_ADDRESS_FAMILY)) {
+            return refuse(self, "bad_request", 400, "Bad Request");
+        }
+        let ipv6 = match msg.attr(attr::REQUESTED_ADDRESS_FAMILY) {
+            None | Some([0x01, ..]) => false,
+            Some([0x02, ..]) => true,
+            Some(_) => return refuse(self, "family", 440, "Address Family not Supported"),
+        };
+        let tenant = tenant_of(&auth.username);
+        if self.allocations.len() >= self.cfg.max_allocations
+            || self.per_user.get(&auth.username).copied().unwrap_or(0)
+                >= self.cfg.max_allocations_per_user
+            || self.per_tenant.get(&tenant).copied().unwrap_or(0)
+                >= self.cfg.max_allocations_per_tenant
+        {
+            return refuse(self, "quota", 486, "Allocation Quota Reached");
+        }
+        let reserve_next = even.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
+        let opened = match token {
+            Some(t) => match self.reservations.remove(t) {
+                Some((addr, until)) if until > now => relays.open_reserved(addr),
+                _ => return refuse(self, "reservation", 508, "Insufficient Capacity"),
+            },
+            None => relays.open(ipv6, even.is_some(), reserve_next),
+        };
+        let relay = match opened {
+            Ok(r) => r,
+            Err(_) => return refuse(self, "capacity", 508, "Insufficient Capacity"),
+        };
+        let mut reservation = None;
+        if reserve_next {
+            let token: [u8; 8] = rand::random();
+            let next = SocketAddr::new(relay.ip(), relay.port() + 1);
+            self.reservations
+                .insert(token, (next, now + RESERVATION_LIFETIME));
+            reservation = Some(token);
+        }
+        let lifetime = self.lifetime(msg);
+        self.allocations.insert(
+            client,
+            Allocation {
+                client,
+                relay,
+                username: auth.username.clone(),
+                tenant: tenant.clone(),
+                expires: now + lifetime,
+                permissions: HashMap::new(),
+                channels: HashMap::new(),
+                channel_of: HashMap::new(),
+                window: (now, 0),
+            },
+        );
+        self.by_relay.insert(relay, client);
+        *self.per_user.entry(auth.username.clone()).or_default() += 1;
+        *self.per_tenant.entry(tenant).or_default() += 1;
+        self.stats.allocations_created += 1;
+        let mut b = Builder::new(Class::Success, method::ALLOCATE, msg.transaction)
+            .xor_address(attr::XOR_RELAYED_ADDRESS, relay)
+            .u32_attr(attr::LIFETIME, lifetime.as_secs() as u32)
+            .xor_address(attr::XOR_MAPPED_ADDRESS, client.addr);
+        if let Some(t) = reservation {
+            b = b.attr(attr::RESERVATION_TOKEN, &t);
+        }
+        Ok(b)
+    }
+
+    fn lifetime(&self, msg: &Message) -> Duration {
+        msg.u32_attr(attr::LIFETIME)
+            .map_or(self.cfg.default_lifetime, |s| Duration::from_secs(s as u64))
+            .max(self.cfg.default_lifetime.min(Duration::from_secs(600)))
+            .min(self.cfg.max_lifetime)
+    }
+
+    fn refresh(
+        &mut self,
+        now: Instant,
+        client: Client,
+        msg: &Message,
+        relays: &mut dyn Relays,
+    ) -> Reply {
+        let requested = msg.u32_attr(attr::LIFETIME);
+        let lifetime = self.lifetime(msg);
+        let Some(a) = self.allocations.get_mut(&client) else {
+            return Err((437, "Allocation Mismatch"));
+        };
+        if let Some(fam) = msg.attr(attr::REQUESTED_ADDRESS_FAMILY)
+            && (fam.first() == Some(&0x02)) != a.relay.is_ipv6()
+        {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
+        let granted = if requested == Some(0) {
+            self.remove(client, relays);
+            0
+        } else {
+            a.expires = now + lifetime;
+            lifetime.as_secs() as u32
+        };
+        Ok(
+            Builder::new(Class::Success, method::REFRESH, msg.transaction)
+                .u32_attr(attr::LIFETIME, granted),
+        )
+    }
+
+    /// Peers named by a request: each must be allowed and of the relay's family.
+    fn peers(
+        &mut self,
+        msg: &Message,
+        relay_v6: bool,
+    ) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
+        let mut peers = Vec::new();
+        for v in msg.attrs(attr::XOR_PEER_ADDRESS) {
+            let peer = msg.xor_address(v).map_err(|_| (400, "Bad Request"))?;
+            if peer.is_ipv6() != relay_v6 {
+                return Err((443, "Peer Address Family Mismatch"));
+            }
+            if let Err(d) = self.cfg.policy.check(peer.ip()) {
+                *self.stats.policy_denials.entry(d.label()).or_default() += 1;
+                return Err((403, "Forbidden"));
+            }
+            peers.push(peer);
+        }
+        if peers.is_empty() {
+            return Err((400, "Bad Request"));
+        }
+        Ok(peers)
+    }
+
+    fn create_permission(&mut self, now: Instant, client: Client, msg: &Message) -> Reply {
+        let Some(relay_v6) = self.allocations.get(&client).map(|a| a.relay.is_ipv6()) else {
+            return Err((437, "Allocation Mismatch"));
+        };
+        let peers = self.peers(msg, relay_v6)?;
+        let a = self.allocations.get_mut(&client).expect("checked");
+        for p in peers {
+            a.permissions.insert(p.ip(), now + PERMISSION_LIFETIME);
+        }
+        Ok(Builder::new(
+            Class::Success,
+            method::CREATE_PERMISSION,
+            msg.transaction,
+        ))
+    }
+
+    fn channel_bind(&mut self, now: Instant, client: Client, msg: &Message) -> Reply {
+        let Some(relay_v6) = self.allocations.get(&client).map(|a| a.relay.is_ipv6()) else {
+            return Err((437, "Allocation Mismatch"));
+        };
+        let Some(channel) = msg
+            .attr(attr::CHANNEL_NUMBER)
+            .filter(|v| v.len() == 4)
+            .map(|v| u16::from_be_bytes([v[0], v[1]]))
+            .filter(|c| stun::CHANNELS.contains(c))
+        else {
+            return Err((400, "Bad Request"));
+        };
+        let peers = self.peers(msg, relay_v6)?;
+        let [peer] = peers[..] else {
+            return Err((400, "Bad Request"));
+        };
+        let a = self.allocations.get_mut(&client).expect("checked");
+        // A channel stays bound to one peer, and a peer to one channel.
+        if a.channels.get(&channel).is_some_and(|(p, _)| *p != peer)
+            || a.channel_of.get(&peer).is_some_and(|c| *c != channel)
+        {
+            return Err((400, "Bad Request"));
+        }
+        a.channels.insert(channel, (peer, now + CHANNEL_LIFETIME));
+        a.channel_of.insert(peer, channel);
+        let until = now + PERMISSION_LIFETIME;
+        let p = a.permissions.entry(peer.ip()).or_insert(until);
+        *p = (*p).max(until);
+        Ok(Builder::new(
+            Class::Success,
+            method::CHANNEL_BIND,
+            msg.transaction,
+        ))
+    }
+
+    fn within_bandwidth(cfg: &Config, a: &mut Allocation, now: Instant, bytes: usize) -> bool {
+        if cfg.bandwidth_bytes_per_sec == 0 {
+            return true;
+        }
+        if now.saturating_duration_since(a.window.0) >= Duration::from_secs(1) {
+            a.window = (now, 0);
+        }
+        a.window.1 += bytes as u64;
+        a.window.1 <= cfg.bandwidth_bytes_per_sec
+    }
+
+    fn send_indication(
+        &mut self,
+        now: Instant,
+        client: Client,
+        msg: &Message,
+        data: &[u8],
+        out: &mut Vec<Output>,
+    ) {
+        let (Some(peer_attr), Some(payload)) =
+            (msg.attr(attr::XOR_PEER_ADDRESS), msg.attr(attr::DATA))
+        else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let Ok(peer) = msg.xor_address(peer_attr) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if let Err(d) = self.cfg.policy.check(peer.ip()) {
+            *self.stats.policy_denials.entry(d.label()).or_default() += 1;
+            return;
+        }
+        let Some(a) = self.allocations.get_mut(&client) else {
+            return;
+        };
+        if !a.permissions.get(&peer.ip()).is_some_and(|t| *t > now) {
+            self.stats.dropped_no_permission += 1;
+            return;
+        }
+        if !Self::within_bandwidth(&self.cfg, a, now, payload.len()) {
+            self.stats.dropped_over_bandwidth += 1;
+            return;
+        }
+        let start = payload.as_ptr() as usize - data.as_ptr() as usize;
+        self.stats.packets_to_peers += 1;
+        self.stats.bytes_to_peers += payload.len() as u64;
+        out.push(Output::ToPeer {
+            relay: a.relay,
+            peer,
+            range: start..start + payload.len(),
+        });
+    }
+
+    fn channel_from_client(
+        &mut self,
+        now: Instant,
+        client: Client,
+        channel: u16,
+        len: usize,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(a) = self.allocations.get_mut(&client) else {
+            return;
+        };
+        let Some((peer, until)) = a.channels.get(&channel).copied() else {
+            self.stats.dropped_no_permission += 1;
+            return;
+        };
+        if until <= now || !a.permissions.get(&peer.ip()).is_some_and(|t| *t > now) {
+            self.stats.dropped_no_permission += 1;
+            return;
+        }
+        if !Self::within_bandwidth(&self.cfg, a, now, len) {
+            self.stats.dropped_over_bandwidth += 1;
+            return;
+        }
+        self.stats.packets_to_peers += 1;
+        self.stats.bytes_to_peers += len as u64;
+        out.push(Output::ToPeer {
+            relay: a.relay,
+            peer,
+            range: 4..4 + len,
+        });
+    }
+
+    /// A datagram a peer sent to one of our relays.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        data: &[u8],
+        out: &mut Vec<Output>,
+    ) {
+        if let Err(d) = self.cfg.policy.check(peer.ip()) {
+            *self.stats.policy_denials.entry(d.label()).or_default() += 1;
+            return;
+        }
+        let Some(client) = self.by_relay.get(&relay).copied() else {
+            return;
+        };
+        let Some(a) = self.allocations.get_mut(&client) else {
+            return;
+        };
+        if !a.permissions.get(&peer.ip()).is_some_and(|t| *t > now) {
+            self.stats.dropped_no_permission += 1;
+            return;
+        }
+        if !Self::within_bandwidth(&self.cfg, a, now, data.len()) {
+            self.stats.dropped_over_bandwidth += 1;
+            return;
+        }
+        self.stats.packets_to_clients += 1;
+        self.stats.bytes_to_clients += data.len() as u64;
+        match a.channel_of.get(&peer).copied() {
+            Some(channel) if a.channels.get(&channel).is_some_and(|(_, t)| *t > now) => {
+                out.push(Output::ChannelToClient { client, channel });
+            }
+            _ => {
+                let tx: [u8; 12] = rand::random();
+                let b = Builder::new(Class::Indication, method::DATA, tx)
+                    .xor_address(attr::XOR_PEER_ADDRESS, peer)
+                    .attr(attr::DATA, data);
+                out.push(Output::ToClient {
+                    client,
+                    data: b.finish(),
+                });
+            }
+        }
+    }
+
+    /// Ends expired allocations, permissions and channels; returns when to call again.
+    pub fn expire(&mut self, now: Instant, relays: &mut dyn Relays) -> Instant {
+        let gone: Vec<Client> = self
+            .allocations
+            .values()
+            .filter(|a| a.expires <= now)
+            .map(|a| a.client)
+            .collect();
+        for c in gone {
+            self.remove(c, relays);
+        }
+        self.reservations.retain(|_, (addr, until)| {
+            let keep = *until > now;
+            if !keep {
+                relays.close(*addr);
+            }
+            keep
+        });
+        for a in self.allocations.values_mut() {
+            a.permissions.retain(|_, t| *t > now);
+            a.channels.retain(|_, (_, t)| *t > now);
+            let channels = &a.channels;
+            a.channel_of.retain(|_, c| channels.contains_key(c));
+        }
+        now + Duration::from_secs(1)
+    }
+
+    /// The client's connection closed (TCP/TLS): its allocation ends.
+    pub fn client_gone(&mut self, client: Client, relays: &mut dyn Relays) {
+        self.remove(client, relays);
+    }
+
+    fn remove(&mut self, client: Client, relays: &mut dyn Relays) {
+        let Some(a) = self.allocations.remove(&client) else {
+            return;
+        };
+        self.by_relay.remove(&a.relay);
+        relays.close(a.relay);
+        for (map, k) in [
+            (&mut self.per_user, &a.username),
+            (&mut self.per_tenant, &a.tenant),
+        ] {
+            if let Some(n) = map.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(k);
+                }
+            }
+        }
+    }
+}
+
+struct Auth {
+    username: String,
+    key: [u8; 16],
+}
+
+/// `<expiry>:<tenant>.<participant>` → tenant; static users count as `-`.
+fn tenant_of(username: &str) -> String {
+    // (REST ids are `tenant.participant`.)
+    match username.split_once(':') {
+        Some((_, id)) => id.split('.').next().unwrap_or("-").to_owned(),
+        None => "-".to_owned(),
+    }
+}
