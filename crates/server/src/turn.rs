@@ -102,6 +102,12 @@ impl TurnService {
             (None, None) => anyhow::bail!("turn: set udp_listen or tcp_listen"),
         };
         tracing::info!(udp = ?running.udp_addr, tcp = ?running.tcp_addr, region = %cfg.region, "TURN listening");
+        for (proto, a) in [("udp", running.udp_addr), ("tcp", running.tcp_addr)] {
+            if let Some(a) = a {
+                metrics::gauge!("continuum_turn_port", "transport" => proto, "region" => cfg.region.clone())
+                    .set(a.port() as f64);
+            }
+        }
         Ok(TurnService {
             udp_addr: running.udp_addr,
             tcp_addr: running.tcp_addr,

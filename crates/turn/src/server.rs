@@ -563,7 +563,7 @@ impl Server {
         let Some(a) = self.allocations.get_mut(&client) else {
             return;
         };
-        if !a.permissions.get(&peer.ip()).is_some_and(|t| *t > now) {
+        if !permitted(a, peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
             return;
         }
@@ -596,7 +596,7 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return;
         };
-        if until <= now || !a.permissions.get(&peer.ip()).is_some_and(|t| *t > now) {
+        if until <= now || !permitted(a, peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
             return;
         }
@@ -632,7 +632,7 @@ impl Server {
         let Some(a) = self.allocations.get_mut(&client) else {
             return;
         };
-        if !a.permissions.get(&peer.ip()).is_some_and(|t| *t > now) {
+        if !permitted(a, peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
             return;
         }
@@ -709,6 +709,10 @@ impl Server {
             }
         }
     }
+}
+
+fn permitted(a: &Allocation, ip: IpAddr, now: Instant) -> bool {
+    a.permissions.get(&ip).is_some_and(|t| *t > now)
 }
 
 struct Auth {

@@ -181,7 +181,7 @@ impl<'a> Message<'a> {
             return Err(StunError::NotStun);
         }
         let len = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        if len % 4 != 0 || HEADER + len != buf.len() {
+        if !len.is_multiple_of(4) || HEADER + len != buf.len() {
             return Err(StunError::Length(len));
         }
         let t = u16::from_be_bytes([buf[0], buf[1]]);

@@ -1,0 +1,389 @@
+//! The TURN server against coturn's own clients (`turnutils_stunclient`,
+//! `turnutils_uclient`, `turnutils_peer`; Debian `coturn`): long-term and
+//! REST credentials, UDP and TCP, ChannelData and Send indications, many
+//! clients; refusals (bad password, expired REST credentials, quota, peer
+//! policy) with the right codes, counted in `/metrics`.
+
+mod common;
+
+use common::{Opts, Server, tempdir};
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::Duration;
+
+fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn metrics(s: &Server) -> String {
+    s.client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits (≤ 10 s; TURN exports once a second) for `name{label}` ≥ `min`.
+async fn wait_metric(s: &Server, name: &str, label: &str, min: f64) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(s).await;
+        if metric(&m, name, label).unwrap_or(0.0) >= min || std::time::Instant::now() > deadline {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Peer(std::process::Child);
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// coturn's echo peer on a free loopback port.
+fn echo_peer() -> (Peer, u16) {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("turnutils_peer (Debian package coturn; scripts/test installs it)");
+    (Peer(child), port)
+}
+
+/// Test tools talk to an echo peer on loopback, which the default policy refuses.
+const WITH_LOOPBACK_PEERS: &str = "[turn]\nrealm = \"test\"\nusers = { u = \"p\" }\n\
+    rest_secrets = [\"new-secret\", \"old-secret\"]\nallow_peers = [\"127.0.0.1/32\"]\n\
+    max_allocations_per_user = 500\n";
+
+fn start(dir: &std::path::Path, toml: &str) -> Server {
+    let config = dir.join("turn.toml");
+    std::fs::write(&config, toml).unwrap();
+    Server::start_with(
+        dir,
+        Opts {
+            args: vec!["--config".into(), config.display().to_string()],
+            ..Default::default()
+        },
+    )
+}
+
+async fn ports(s: &Server) -> (u16, u16) {
+    let m = metrics(s).await;
+    let udp = metric(&m, "continuum_turn_port", "transport=\"udp\"").expect("udp port exported");
+    let tcp = metric(&m, "continuum_turn_port", "transport=\"tcp\"").expect("tcp port exported");
+    (udp as u16, tcp as u16)
+}
+
+/// Runs uclient; returns (exit ok, sent, received, output).
+fn uclient(args: &[&str], turn_port: u16, peer_port: u16) -> (bool, u64, u64, String) {
+    let out = Command::new("turnutils_uclient")
+        .args(args)
+        .args([
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-p",
+            &turn_port.to_string(),
+        ])
+        .arg("127.0.0.1")
+        .output()
+        .expect("turnutils_uclient");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let find = |key: &str| {
+        text.lines()
+            .rev()
+            .find_map(|l| l.split(key).nth(1))
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        out.status.success(),
+        find("tot_send_msgs="),
+        find("tot_recv_msgs="),
+        text,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_clients_relay_through_us() {
+    let dir = tempdir();
+    let s = start(dir.path(), WITH_LOOPBACK_PEERS);
+    let (udp, tcp) = ports(&s).await;
+    let (_peer, peer_port) = echo_peer();
+
+    let out = Command::new("turnutils_stunclient")
+        .args(["-p", &udp.to_string(), "127.0.0.1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("UDP reflexive addr: 127.0.0.1:"),
+        "binding works:\n{text}"
+    );
+
+    let (turn_user, turn_rest) = (["-u", "u", "-w", "p"], ["-u", "t1.p1", "-W", "old-secret"]);
+    let cases: Vec<(&str, Vec<&str>, u16)> = vec![
+        (
+            "UDP, ChannelData, RTP/RTCP pair (EVEN-PORT)",
+            [&turn_user[..], &["-n", "30", "-m", "3", "-l", "120"]].concat(),
+            udp,
+        ),
+        (
+            "UDP, Send indications",
+            [
+                &turn_user[..],
+                &["-s", "-c", "-n", "30", "-m", "3", "-l", "120"],
+            ]
+            .concat(),
+            udp,
+        ),
+        (
+            "TCP, ChannelData",
+            [
+                &turn_user[..],
+                &["-t", "-c", "-n", "30", "-m", "3", "-l", "120"],
+            ]
+            .concat(),
+            tcp,
+        ),
+        (
+            "TCP, Send indications",
+            [
+                &turn_user[..],
+                &["-t", "-s", "-c", "-n", "30", "-m", "3", "-l", "120"],
+            ]
+            .concat(),
+            tcp,
+        ),
+        (
+            "REST credentials (rotated secret)",
+            [&turn_rest[..], &["-c", "-n", "30", "-m", "3", "-l", "120"]].concat(),
+            udp,
+        ),
+        (
+            "50 clients",
+            [&turn_user[..], &["-c", "-n", "20", "-m", "50", "-l", "170"]].concat(),
+            udp,
+        ),
+    ];
+    for (name, args, port) in cases {
+        let (ok, sent, received, text) = uclient(&args, port, peer_port);
+        assert!(
+            ok && sent > 0 && received == sent,
+            "{name}: sent {sent}, echoed {received}\n{}",
+            text.lines().rev().take(12).collect::<Vec<_>>().join("\n")
+        );
+    }
+    let m = metrics(&s).await;
+    assert!(
+        metric(&m, "continuum_turn_allocations_created_total", "region").unwrap_or(0.0) >= 60.0
+    );
+    assert!(metric(&m, "continuum_turn_packets_to_peers_total", "region").unwrap_or(0.0) >= 1000.0);
+    assert!(
+        metric(&m, "continuum_turn_packets_to_clients_total", "region").unwrap_or(0.0) >= 1000.0
+    );
+    assert!(
+        metric(&m, "continuum_turn_tenant_allocations", "tenant=\"t1\"").is_some(),
+        "REST allocations are counted per tenant:\n{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_quota_and_expiry_are_refused() {
+    let dir = tempdir();
+    let s = start(
+        dir.path(),
+        &format!("{WITH_LOOPBACK_PEERS}max_allocations_per_tenant = 2\n"),
+    );
+    let (udp, _) = ports(&s).await;
+    let (_peer, peer_port) = echo_peer();
+
+    let (ok, _, _, text) = uclient(&["-u", "u", "-w", "wrong", "-c", "-n", "5"], udp, peer_port);
+    assert!(!ok, "wrong password: 401\n{text}");
+    let (ok, _, _, text) = uclient(
+        &["-u", "t9.p1", "-W", "not-our-secret", "-c", "-n", "5"],
+        udp,
+        peer_port,
+    );
+    assert!(!ok, "unknown REST secret: 401\n{text}");
+
+    // Tenant quota 2: a third concurrent allocation of tenant t2 gets 486.
+    let (ok, _, _, text) = uclient(
+        &[
+            "-u",
+            "t2.p1",
+            "-W",
+            "new-secret",
+            "-c",
+            "-n",
+            "5",
+            "-m",
+            "3",
+        ],
+        udp,
+        peer_port,
+    );
+    assert!(!ok, "over the tenant quota: 486\n{text}");
+
+    let m = wait_metric(
+        &s,
+        "continuum_turn_allocations_refused_total",
+        "reason=\"quota\"",
+        1.0,
+    )
+    .await;
+    assert!(
+        metric(&m, "continuum_turn_auth_failures_total", "region").unwrap_or(0.0) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "continuum_turn_allocations_refused_total",
+            "reason=\"quota\""
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rest_credentials_and_denied_peers_are_refused() {
+    use continuum_turn::auth::{long_term_key, rest_password};
+    use continuum_turn::stun::{Builder, Class, Message, attr, method};
+    let dir = tempdir();
+    // No loopback allowance: the peer policy applies in full.
+    let s = start(
+        dir.path(),
+        "[turn]\nrealm = \"test\"\nusers = { u = \"p\" }\nrest_secrets = [\"new-secret\"]\nallow_own_sfu = false\n",
+    );
+    let (udp, _) = ports(&s).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.connect(("127.0.0.1", udp)).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut ask = |b: Vec<u8>| -> Vec<u8> {
+        sock.send(&b).unwrap();
+        let n = sock.recv(&mut buf).expect("an answer");
+        buf[..n].to_vec()
+    };
+    let error_code = |m: &Message| {
+        m.attr(attr::ERROR_CODE)
+            .map(|v| v[2] as u16 * 100 + v[3] as u16)
+    };
+
+    // Challenge: 401 with realm and nonce.
+    let r = ask(Builder::new(Class::Request, method::ALLOCATE, [1; 12])
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .fingerprint());
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(error_code(&m), Some(401));
+    let nonce = m.str_attr(attr::NONCE).unwrap().to_owned();
+
+    // Expired REST username: refused.
+    let user = "1000:t1.p1";
+    let key = long_term_key(user, "test", &rest_password("new-secret", user));
+    let r = ask(Builder::new(Class::Request, method::ALLOCATE, [2; 12])
+        .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+        .attr(attr::USERNAME, user.as_bytes())
+        .attr(attr::REALM, b"test")
+        .attr(attr::NONCE, nonce.as_bytes())
+        .integrity(&key)
+        .fingerprint());
+    assert_eq!(
+        error_code(&Message::parse(&r).unwrap()),
+        Some(401),
+        "expired REST credentials"
+    );
+
+    // A real allocation, then permissions towards every denied range.
+    let key = long_term_key("u", "test", "p");
+    let auth = |b: Builder| {
+        b.attr(attr::USERNAME, b"u")
+            .attr(attr::REALM, b"test")
+            .attr(attr::NONCE, nonce.as_bytes())
+            .integrity(&key)
+            .fingerprint()
+    };
+    let r = ask(auth(
+        Builder::new(Class::Request, method::ALLOCATE, [3; 12])
+            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
+    ));
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(m.class, Class::Success, "allocated: {:?}", error_code(&m));
+    let denied = [
+        "0.0.0.1",
+        "10.1.2.3",
+        "100.64.0.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "172.16.0.1",
+        "192.0.0.1",
+        "192.0.2.1",
+        "192.88.99.1",
+        "192.168.0.1",
+        "198.18.0.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "224.0.0.1",
+        "240.0.0.1",
+    ];
+    for (i, ip) in denied.iter().enumerate() {
+        let peer = format!("{ip}:9").parse().unwrap();
+        let r = ask(auth(
+            Builder::new(
+                Class::Request,
+                method::CREATE_PERMISSION,
+                [10 + i as u8; 12],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, peer),
+        ));
+        assert_eq!(
+            error_code(&Message::parse(&r).unwrap()),
+            Some(403),
+            "{ip} must be refused"
+        );
+    }
+    // An allowed public peer works.
+    let r = ask(auth(
+        Builder::new(Class::Request, method::CREATE_PERMISSION, [99; 12])
+            .xor_address(attr::XOR_PEER_ADDRESS, "8.8.8.8:53".parse().unwrap()),
+    ));
+    assert_eq!(Message::parse(&r).unwrap().class, Class::Success);
+    let m = wait_metric(
+        &s,
+        "continuum_turn_peer_policy_denials_total",
+        "reason=\"special_purpose\"",
+        denied.len() as f64,
+    )
+    .await;
+    assert!(
+        metric(
+            &m,
+            "continuum_turn_peer_policy_denials_total",
+            "reason=\"special_purpose\""
+        )
+        .unwrap_or(0.0)
+            >= denied.len() as f64,
+        "{m}"
+    );
+}
