@@ -28,6 +28,10 @@ pub struct TurnConfig {
     /// UDP and TCP listen addresses (RFC 8656 §3.1); either may be unset.
     pub udp_listen: Option<SocketAddr>,
     pub tcp_listen: Option<SocketAddr>,
+    /// TURN over TLS (`turns:`), e.g. 0.0.0.0:5349 or :443; needs tls_cert/tls_key.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Local address relay sockets bind to.
     pub relay_ip: std::net::IpAddr,
     /// Host or IP clients reach this TURN server at (in `ice_servers`);
@@ -63,6 +67,9 @@ impl Default for TurnConfig {
             enabled: true,
             udp_listen: Some(([127, 0, 0, 1], 3478).into()),
             tcp_listen: Some(([127, 0, 0, 1], 3478).into()),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             relay_ip: [127, 0, 0, 1].into(),
             public_host: None,
             realm: "continuum".into(),
@@ -383,6 +390,10 @@ answer_timeout_secs = 10
 enabled = true
 udp_listen = "127.0.0.1:3478"
 tcp_listen = "127.0.0.1:3478"
+# TURN over TLS for networks that only pass TLS (PEM files):
+# tls_listen = "0.0.0.0:5349"
+# tls_cert = "/etc/continuum/turn.crt"
+# tls_key = "/etc/continuum/turn.key"
 # local address relay sockets bind to
 relay_ip = "127.0.0.1"
 # public_host = "turn.example.org"   # what clients are told; defaults to udp_listen's IP

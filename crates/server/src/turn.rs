@@ -13,6 +13,7 @@ use std::time::Duration;
 pub struct TurnService {
     pub udp_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
     public_host: String,
     secret: String,
     ttl: Duration,
@@ -79,11 +80,28 @@ impl TurnService {
         sfu_addrs: &[SocketAddr],
     ) -> anyhow::Result<TurnService> {
         let server = build_server(cfg, master, sfu_addrs)?;
+        let tls = match (cfg.tls_listen, &cfg.tls_cert, &cfg.tls_key) {
+            (None, _, _) => None,
+            (Some(a), Some(cert), Some(key)) => Some((
+                a,
+                continuum_turn::io::tls_config(cert, key).with_context(|| {
+                    format!(
+                        "turn.tls_cert {} / turn.tls_key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?,
+            )),
+            (Some(_), _, _) => {
+                anyhow::bail!("turn.tls_listen needs turn.tls_cert and turn.tls_key (PEM)")
+            }
+        };
         let running = continuum_turn::io::start(
             server,
             continuum_turn::io::Listen {
                 udp: cfg.udp_listen,
                 tcp: cfg.tcp_listen,
+                tls,
                 relay_ip: cfg.relay_ip,
                 region: cfg.region.clone(),
             },
@@ -102,7 +120,11 @@ impl TurnService {
             (None, None) => anyhow::bail!("turn: set udp_listen or tcp_listen"),
         };
         tracing::info!(udp = ?running.udp_addr, tcp = ?running.tcp_addr, region = %cfg.region, "TURN listening");
-        for (proto, a) in [("udp", running.udp_addr), ("tcp", running.tcp_addr)] {
+        for (proto, a) in [
+            ("udp", running.udp_addr),
+            ("tcp", running.tcp_addr),
+            ("tls", running.tls_addr),
+        ] {
             if let Some(a) = a {
                 metrics::gauge!("continuum_turn_port", "transport" => proto, "region" => cfg.region.clone())
                     .set(a.port() as f64);
@@ -111,6 +133,7 @@ impl TurnService {
         Ok(TurnService {
             udp_addr: running.udp_addr,
             tcp_addr: running.tcp_addr,
+            tls_addr: running.tls_addr,
             public_host,
             secret: rest_secrets(cfg, master).remove(0),
             ttl: Duration::from_secs(cfg.credential_ttl_secs),
@@ -135,6 +158,9 @@ impl TurnService {
         }
         if let Some(a) = self.tcp_addr {
             urls.push(format!("turn:{host}:{}?transport=tcp", a.port()));
+        }
+        if let Some(a) = self.tls_addr {
+            urls.push(format!("turns:{host}:{}?transport=tcp", a.port()));
         }
         serde_json::json!([{
             "urls": urls,

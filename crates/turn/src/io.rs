@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 pub struct Listen {
     pub udp: Option<SocketAddr>,
     pub tcp: Option<SocketAddr>,
+    /// TURN over TLS (5349, or 443 for the most restrictive networks).
+    pub tls: Option<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
     /// Local address relay sockets bind to (port 0: the OS picks).
     pub relay_ip: IpAddr,
     pub region: String,
@@ -26,6 +28,7 @@ pub struct Listen {
 pub struct Running {
     pub udp_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -99,24 +102,34 @@ impl RelayTable {
         let state = self.state.clone().expect("relays open after start");
         let udp = self.udp.clone();
         let reader = socket.clone();
+        // No buffer per relay: the task waits for readiness, then reads into
+        // its worker thread's shared buffer (a relay costs a few hundred bytes).
         let task = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4 + 65_536];
-            let mut out = Vec::new();
             loop {
-                // Leave 4 bytes in front for a ChannelData header (no copy).
-                let Ok((n, peer)) = reader.recv_from(&mut buf[4..]).await else {
+                if reader.readable().await.is_err() {
                     break;
-                };
+                }
                 let Some(state) = state.upgrade() else {
                     break;
                 };
-                let sends = {
-                    let mut g = state.lock().expect("turn state");
-                    g.server
-                        .handle_peer(Instant::now(), addr, peer, &buf[4..4 + n], &mut out);
-                    collect_sends(&mut g, &mut out)
-                };
-                deliver(sends, &mut buf, n, udp.as_deref()).await;
+                RELAY_BUF.with_borrow_mut(|buf| {
+                    let mut out = Vec::new();
+                    // Leave 4 bytes in front for a ChannelData header (no copy).
+                    while let Ok((n, peer)) = reader.try_recv_from(&mut buf[4..]) {
+                        let sends = {
+                            let mut g = state.lock().expect("turn state");
+                            g.server.handle_peer(
+                                Instant::now(),
+                                addr,
+                                peer,
+                                &buf[4..4 + n],
+                                &mut out,
+                            );
+                            collect_sends(&mut g, &mut out)
+                        };
+                        deliver(sends, buf, n, udp.as_deref());
+                    }
+                });
             }
         });
         self.sockets.insert(addr, (socket, task.abort_handle()));
@@ -151,6 +164,11 @@ impl Relays for RelayTable {
             task.abort();
         }
     }
+}
+
+thread_local! {
+    /// Receive buffer shared by every relay task on a worker thread.
+    static RELAY_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4 + 65_536]);
 }
 
 /// What to send once the lock is released.
@@ -194,12 +212,13 @@ fn collect_sends(g: &mut Inner, out: &mut Vec<Output>) -> Vec<Send> {
 
 /// `buf[4..4 + n]` holds the datagram the outputs refer to (peer side), or
 /// `buf[..n]` when `n` is the client datagram (client side, no headroom).
-async fn deliver(sends: Vec<Send>, buf: &mut [u8], n: usize, udp: Option<&UdpSocket>) {
+fn deliver(sends: Vec<Send>, buf: &mut [u8], n: usize, udp: Option<&UdpSocket>) {
     for s in sends {
         match s {
+            // UDP is best effort: a full socket buffer drops, like the network would.
             Send::Udp(to, data) => {
                 if let Some(u) = udp {
-                    let _ = u.send_to(&data, to).await;
+                    let _ = u.try_send_to(&data, to);
                 }
             }
             Send::Stream(tx, data) => {
@@ -238,6 +257,13 @@ pub async fn start(server: Server, listen: Listen) -> std::io::Result<Running> {
         Some(a) => Some(TcpListener::bind(a).await?),
         None => None,
     };
+    let tls = match listen.tls {
+        Some((a, cfg)) => Some((
+            TcpListener::bind(a).await?,
+            tokio_rustls::TlsAcceptor::from(cfg),
+        )),
+        None => None,
+    };
     let inner = Arc::new(Mutex::new(Inner {
         server,
         relays: RelayTable {
@@ -254,8 +280,12 @@ pub async fn start(server: Server, listen: Listen) -> std::io::Result<Running> {
     let running = Running {
         udp_addr: udp.as_ref().map(|u| u.local_addr()).transpose()?,
         tcp_addr: tcp.as_ref().map(|t| t.local_addr()).transpose()?,
+        tls_addr: tls.as_ref().map(|(t, _)| t.local_addr()).transpose()?,
         inner: inner.clone(),
     };
+    if let Some((listener, acceptor)) = tls {
+        tokio::spawn(tls_accept(listener, acceptor, inner.clone()));
+    }
     if let Some(udp) = udp {
         tokio::spawn(udp_loop(udp, inner.clone()));
     }
@@ -322,6 +352,49 @@ async fn tcp_accept(listener: TcpListener, inner: Arc<Mutex<Inner>>) {
     }
 }
 
+async fn tls_accept(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    inner: Arc<Mutex<Inner>>,
+) {
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, inner) = (acceptor.clone(), inner.clone());
+        tokio::spawn(async move {
+            // A client that never finishes the handshake does not hold a task forever.
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            if let Ok(Ok(tls)) = handshake {
+                stream_session(tls, from, inner).await;
+            }
+        });
+    }
+}
+
+/// TLS settings from PEM files (certificate chain and private key).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+    use std::io::{BufReader, Error, ErrorKind};
+    let certs = rustls_pemfile::certs(&mut BufReader::new(std::fs::File::open(cert)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut BufReader::new(std::fs::File::open(key)?))?
+        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no private key in the PEM file"))?;
+    let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::new(ErrorKind::InvalidInput, e))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+    Ok(Arc::new(cfg))
+}
+
 /// One TCP (or TLS) client connection: frames in, frames out; the
 /// allocation ends with the connection.
 async fn stream_session<S>(stream: S, from: SocketAddr, inner: Arc<Mutex<Inner>>)
@@ -348,8 +421,8 @@ where
             }
         }
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 65_536];
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = vec![0u8; 4096];
     let mut out = Vec::new();
     'read: loop {
         let n = match reader.read(&mut chunk).await {

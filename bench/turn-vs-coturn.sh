@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Side-by-side TURN benchmark: Debian's coturn `turnserver` and `continuum turn`
+# under the same turnutils_uclient loads, on this machine, in one run.
+# Reports per server and load: messages sent/echoed, loss, relayed packets/s,
+# server CPU µs per relayed packet, peak RSS growth per allocation; then the
+# saturation sweep (clients at -z 0 until loss appears).
+#
+#   bench/turn-vs-coturn.sh            # needs: cargo, coturn (apt-get install coturn)
+#   QUICK=1 bench/turn-vs-coturn.sh    # smaller loads
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v turnserver >/dev/null || { echo "needs coturn: apt-get install -y coturn" >&2; exit 1; }
+cargo build --release --quiet
+BIN=target/release/continuum
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+PEER_PORT=13480
+turnutils_peer -L 127.0.0.1 -p $PEER_PORT >/dev/null 2>&1 &
+
+cat > "$WORK/continuum.toml" <<TOML
+[server]
+data_dir = "$WORK/data"
+[log]
+level = "warn"
+[turn]
+udp_listen = "127.0.0.1:13478"
+tcp_listen = "127.0.0.1:13478"
+realm = "test"
+users = { u = "p" }
+allow_peers = ["127.0.0.1/32"]
+max_allocations_per_user = 100000
+max_allocations_per_tenant = 100000
+TOML
+
+start_server() { # name → pid in $SERVER_PID
+  case $1 in
+    coturn)
+      turnserver -n --listening-ip=127.0.0.1 --relay-ip=127.0.0.1 --listening-port=13479 \
+        --lt-cred-mech --user=u:p --realm=test --allow-loopback-peers --no-cli \
+        --log-file=stdout --no-tls --no-dtls --min-port=49152 --max-port=65535 >"$WORK/coturn.log" 2>&1 &
+      SERVER_PID=$!; PORT=13479 ;;
+    continuum)
+      $BIN --config "$WORK/continuum.toml" turn >"$WORK/continuum.log" 2>&1 &
+      SERVER_PID=$!; PORT=13478 ;;
+  esac
+  # (turnutils_stunclient signals its whole process group, so it is not used here.)
+  sleep 1
+  kill -0 $SERVER_PID 2>/dev/null || { echo "$1 did not start:" >&2; cat "$WORK/$1.log" >&2; exit 1; }
+}
+
+cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+rss_kib() { awk '/VmRSS/{print $2}' /proc/$1/status; }
+TICK=$(getconf CLK_TCK)
+
+# run_load server label uclient-args... → one result line
+run_load() {
+  local name=$1 label=$2; shift 2
+  local c0 r0 peak=0 t0 t1 out
+  c0=$(cpu_ticks $SERVER_PID); r0=$(rss_kib $SERVER_PID); t0=$(date +%s.%N)
+  turnutils_uclient "$@" -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >"$WORK/uc.log" 2>&1 &
+  local uc=$!
+  while kill -0 $uc 2>/dev/null; do
+    local r; r=$(rss_kib $SERVER_PID); (( r > peak )) && peak=$r; sleep 0.2
+  done
+  wait $uc || true
+  t1=$(date +%s.%N)
+  local c1; c1=$(cpu_ticks $SERVER_PID)
+  local sent recv lost clients
+  sent=$(grep -o 'tot_send_msgs=[0-9]*' "$WORK/uc.log" | tail -1 | cut -d= -f2); sent=${sent:-0}
+  recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$WORK/uc.log" | tail -1 | cut -d= -f2); recv=${recv:-0}
+  lost=$(grep -o 'Total lost packets [0-9]* ([0-9.]*%)' "$WORK/uc.log" | tail -1 | sed 's/Total lost packets //'); lost=${lost:-"? (?)"}
+  clients=$(printf '%s\n' "$@" | awk 'p{print; exit} /^-m$/{p=1}')
+  # Each message crosses the server twice (client→peer, peer→client).
+  awk -v n="$name" -v l="$label" -v s="$sent" -v r="$recv" -v lost="$lost" \
+      -v cpu=$(( c1 - c0 )) -v tick=$TICK -v t="$(echo "$t1 - $t0" | bc)" \
+      -v peak=$peak -v r0=$r0 -v m="${clients:-1}" 'BEGIN {
+    relayed = s + r; secs = cpu / tick
+    printf "%-10s %-34s %8d %8d %-16s %10.0f %9.2f %10.1f\n", n, l, s, r, lost, relayed / t, (relayed ? secs * 1e6 / relayed : 0), (peak > r0 ? (peak - r0) / m : 0)
+  }'
+}
+
+LOADS=(
+  "bulk -m 40 -n 5000 -l 170 -z 1:-c -m 40 -n 5000 -l 170 -z 1"
+  "audio-like -m 100 -n 500 -l 200 -z 20:-c -m 100 -n 500 -l 200 -z 20"
+)
+SWEEP=(20 50 80 120)
+if [[ ${QUICK:-} ]]; then
+  LOADS=("bulk -m 20 -n 1000 -l 170 -z 1:-c -m 20 -n 1000 -l 170 -z 1" "audio-like -m 50 -n 200 -l 200 -z 20:-c -m 50 -n 200 -l 200 -z 20")
+  SWEEP=(20 50)
+fi
+
+printf "%-10s %-34s %8s %8s %-16s %10s %9s %10s\n" server load sent echoed "lost (%)" "relayed/s" "µs CPU/pk" "KiB/alloc"
+for server in coturn continuum; do
+  start_server $server
+  for entry in "${LOADS[@]}"; do
+    label=${entry%%:*}; args=${entry#*:}
+    # shellcheck disable=SC2086
+    run_load $server "$label" $args
+  done
+  for m in "${SWEEP[@]}"; do
+    run_load $server "saturation -m $m -n 1000 -l 170 -z 0" -c -m $m -n 1000 -l 170 -z 0
+  done
+  kill $SERVER_PID; wait $SERVER_PID 2>/dev/null || true
+done
+echo "(µs CPU/pk: server user+system CPU per relayed packet, both directions; KiB/alloc: peak RSS growth / clients)"
