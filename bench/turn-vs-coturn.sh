@@ -91,7 +91,7 @@ if [[ ${QUICK:-} ]]; then
 fi
 
 printf "%-10s %-34s %8s %8s %-16s %10s %9s %10s\n" server load sent echoed "lost (%)" "relayed/s" "µs CPU/pk" "KiB/alloc"
-for server in coturn continuum; do
+for server in ${ONLY:-coturn continuum}; do
   start_server $server
   for entry in "${LOADS[@]}"; do
     label=${entry%%:*}; args=${entry#*:}

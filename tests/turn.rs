@@ -207,6 +207,100 @@ async fn coturn_clients_relay_through_us() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
+    let dir = tempdir();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("turn.crt"), dir.path().join("turn.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            "{WITH_LOOPBACK_PEERS}tls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let m = metrics(&s).await;
+    let tls = metric(&m, "continuum_turn_port", "transport=\"tls\"").expect("tls port") as u16;
+    let (_peer, peer_port) = echo_peer();
+    let (ok, sent, received, text) = uclient(
+        &[
+            "-u", "u", "-w", "p", "-t", "-S", "-c", "-n", "30", "-m", "3", "-l", "120",
+        ],
+        tls,
+        peer_port,
+    );
+    assert!(
+        ok && sent > 0 && received == sent,
+        "TLS: sent {sent}, echoed {received}\n{}",
+        text.lines().rev().take(12).collect::<Vec<_>>().join("\n")
+    );
+
+    // The API hands out TURN servers with REST credentials our TURN accepts.
+    let (status, token) = s
+        .call(
+            "POST",
+            "/v1/tokens",
+            s.key(),
+            Some(serde_json::json!({"identity": "dr-who", "role": "clinician", "grants": {"conversations": ["*"], "rooms": ["*"]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    let servers = &token["ice_servers"];
+    let first = &servers[0];
+    let urls: Vec<&str> = first["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert!(
+        urls.iter()
+            .any(|u| u.starts_with("turn:127.0.0.1:") && u.ends_with("transport=udp")),
+        "{servers}"
+    );
+    assert!(urls.iter().any(|u| u.starts_with("turns:")), "{servers}");
+    let username = first["username"].as_str().unwrap();
+    let (expiry, id) = username.split_once(':').unwrap();
+    assert!(expiry.parse::<u64>().unwrap() > continuum_turn::auth::now_unix());
+    assert!(
+        id.ends_with(".dr-who"),
+        "bound to tenant and participant: {username}"
+    );
+    let udp = metric(&m, "continuum_turn_port", "transport=\"udp\"").unwrap() as u16;
+    let out = Command::new("turnutils_uclient")
+        .args([
+            "-u",
+            username,
+            "-w",
+            first["credential"].as_str().unwrap(),
+            "-c",
+            "-n",
+            "10",
+            "-m",
+            "1",
+        ])
+        .args([
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-p",
+            &udp.to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the handed-out credentials work: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_credentials_quota_and_expiry_are_refused() {
     let dir = tempdir();
     let s = start(

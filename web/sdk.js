@@ -101,6 +101,13 @@ export class Visit extends EventTarget {
         this.participant = msg.participant;
         this.conversation = msg.conversation;
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
+        // Our TURN servers (short-lived credentials): used from the next ICE
+        // restart on, e.g. when the network turns out to block UDP.
+        if (Array.isArray(msg.ice_servers) && msg.ice_servers.length) {
+          try {
+            pc.setConfiguration({ ...pc.getConfiguration(), iceServers: msg.ice_servers.map(({ urls, username, credential }) => ({ urls, username, credential })) });
+          } catch (_) {}
+        }
         this._joined?.resolve(msg);
         break;
       case "offer": {

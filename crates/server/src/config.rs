@@ -34,6 +34,8 @@ pub struct TurnConfig {
     pub tls_key: Option<PathBuf>,
     /// Local address relay sockets bind to.
     pub relay_ip: std::net::IpAddr,
+    /// Also relay over IPv6 (RFC 6156) from this local address.
+    pub relay_ip_v6: Option<std::net::IpAddr>,
     /// Host or IP clients reach this TURN server at (in `ice_servers`);
     /// defaults to the UDP listen IP.
     pub public_host: Option<String>,
@@ -71,6 +73,7 @@ impl Default for TurnConfig {
             tls_cert: None,
             tls_key: None,
             relay_ip: [127, 0, 0, 1].into(),
+            relay_ip_v6: None,
             public_host: None,
             realm: "continuum".into(),
             region: "default".into(),
@@ -396,6 +399,7 @@ tcp_listen = "127.0.0.1:3478"
 # tls_key = "/etc/continuum/turn.key"
 # local address relay sockets bind to
 relay_ip = "127.0.0.1"
+# relay_ip_v6 = "::1"   # also offer IPv6 relays (REQUESTED-ADDRESS-FAMILY)
 # public_host = "turn.example.org"   # what clients are told; defaults to udp_listen's IP
 realm = "continuum"
 region = "default"

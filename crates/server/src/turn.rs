@@ -53,6 +53,7 @@ pub fn build_server(
         }
     }
     let mut own: Vec<std::net::IpAddr> = vec![cfg.relay_ip];
+    own.extend(cfg.relay_ip_v6);
     own.extend(cfg.udp_listen.map(|a| a.ip()));
     own.extend(cfg.tcp_listen.map(|a| a.ip()));
     let mut c = continuum_turn::Config::new(
@@ -96,17 +97,18 @@ impl TurnService {
                 anyhow::bail!("turn.tls_listen needs turn.tls_cert and turn.tls_key (PEM)")
             }
         };
-        let running = continuum_turn::io::start(
+        let running = continuum_turn::io::spawn_thread(
             server,
             continuum_turn::io::Listen {
                 udp: cfg.udp_listen,
                 tcp: cfg.tcp_listen,
                 tls,
-                relay_ip: cfg.relay_ip,
+                relay_ips: std::iter::once(cfg.relay_ip)
+                    .chain(cfg.relay_ip_v6)
+                    .collect(),
                 region: cfg.region.clone(),
             },
         )
-        .await
         .with_context(|| {
             format!(
                 "cannot start TURN on udp {:?} / tcp {:?}: is another TURN server running? \

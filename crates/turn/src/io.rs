@@ -19,8 +19,9 @@ pub struct Listen {
     pub tcp: Option<SocketAddr>,
     /// TURN over TLS (5349, or 443 for the most restrictive networks).
     pub tls: Option<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
-    /// Local address relay sockets bind to (port 0: the OS picks).
-    pub relay_ip: IpAddr,
+    /// Local addresses relay sockets bind to (port 0: the OS picks): one per
+    /// family served (RFC 6156: IPv6 relays when an IPv6 address is given).
+    pub relay_ips: Vec<IpAddr>,
     pub region: String,
 }
 
@@ -51,7 +52,7 @@ struct Inner {
 }
 
 struct RelayTable {
-    ip: IpAddr,
+    ips: Vec<IpAddr>,
     sockets: HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)>,
     /// Ports held for a RESERVATION-TOKEN.
     held: HashMap<SocketAddr, std::net::UdpSocket>,
@@ -67,14 +68,11 @@ impl RelayTable {
         even: bool,
         reserve_next: bool,
     ) -> std::io::Result<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
-        let ip = match (ipv6, self.ip) {
-            (false, IpAddr::V4(_)) | (true, IpAddr::V6(_)) => self.ip,
-            _ => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "no relay address of that family",
-                ));
-            }
+        let Some(ip) = self.ips.iter().copied().find(|ip| ip.is_ipv6() == ipv6) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no relay address of that family",
+            ));
         };
         for _ in 0..64 {
             let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
@@ -97,6 +95,7 @@ impl RelayTable {
 
     fn start(&mut self, std_socket: std::net::UdpSocket) -> std::io::Result<SocketAddr> {
         std_socket.set_nonblocking(true)?;
+        let std_socket = with_buffers(std_socket, RELAY_SOCKET_BUFFER);
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
         let addr = socket.local_addr()?;
         let state = self.state.clone().expect("relays open after start");
@@ -164,6 +163,19 @@ impl Relays for RelayTable {
             task.abort();
         }
     }
+}
+
+/// Kernel socket buffers: bursts from many clients at once must not overflow
+/// the defaults (~208 KiB). Memory is only used while packets wait (and
+/// capped by net.core.rmem_max / wmem_max).
+const LISTENER_SOCKET_BUFFER: usize = 8 << 20;
+const RELAY_SOCKET_BUFFER: usize = 512 << 10;
+
+fn with_buffers(s: std::net::UdpSocket, bytes: usize) -> std::net::UdpSocket {
+    let s = socket2::Socket::from(s);
+    let _ = s.set_recv_buffer_size(bytes);
+    let _ = s.set_send_buffer_size(bytes);
+    s.into()
 }
 
 thread_local! {
@@ -247,10 +259,46 @@ fn deliver(sends: Vec<Send>, buf: &mut [u8], n: usize, udp: Option<&UdpSocket>) 
     }
 }
 
+/// Runs the TURN server on a thread of its own with a single-threaded tokio
+/// runtime: every listener and relay task shares that thread, so the core's
+/// lock is never contended and no packet crosses threads (the API's runtime
+/// is not disturbed either).
+pub fn spawn_thread(server: Server, listen: Listen) -> std::io::Result<Running> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("continuum-turn".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let started = start(server, listen).await;
+                let ok = started.is_ok();
+                let _ = tx.send(started);
+                if ok {
+                    std::future::pending::<()>().await;
+                }
+            });
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the TURN thread ended during start-up"))?
+}
+
 /// Starts the listeners, relays and timer on the current tokio runtime.
 pub async fn start(server: Server, listen: Listen) -> std::io::Result<Running> {
     let udp = match listen.udp {
-        Some(a) => Some(Arc::new(UdpSocket::bind(a).await?)),
+        Some(a) => {
+            let s = with_buffers(std::net::UdpSocket::bind(a)?, LISTENER_SOCKET_BUFFER);
+            s.set_nonblocking(true)?;
+            Some(Arc::new(UdpSocket::from_std(s)?))
+        }
         None => None,
     };
     let tcp = match listen.tcp {
@@ -267,7 +315,7 @@ pub async fn start(server: Server, listen: Listen) -> std::io::Result<Running> {
     let inner = Arc::new(Mutex::new(Inner {
         server,
         relays: RelayTable {
-            ip: listen.relay_ip,
+            ips: listen.relay_ips.clone(),
             sockets: HashMap::new(),
             held: HashMap::new(),
             state: None,
@@ -300,36 +348,39 @@ async fn udp_loop(udp: Arc<UdpSocket>, inner: Arc<Mutex<Inner>>) {
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::new();
     loop {
-        let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+        // Readiness once, then drain without further wake-ups.
+        if udp.readable().await.is_err() {
             continue;
-        };
-        let client = Client {
-            transport: Transport::Udp,
-            addr: from,
-        };
-        let sends = {
-            let mut g = inner.lock().expect("turn state");
-            let Inner { server, relays, .. } = &mut *g;
-            server.handle_client(
-                Instant::now(),
-                crate::auth::now_unix(),
-                client,
-                &buf[..n],
-                relays,
-                &mut out,
-            );
-            collect_sends(&mut g, &mut out)
-        };
-        deliver_client(sends, &buf[..n], &udp).await;
+        }
+        while let Ok((n, from)) = udp.try_recv_from(&mut buf) {
+            let client = Client {
+                transport: Transport::Udp,
+                addr: from,
+            };
+            let sends = {
+                let mut g = inner.lock().expect("turn state");
+                let Inner { server, relays, .. } = &mut *g;
+                server.handle_client(
+                    Instant::now(),
+                    crate::auth::now_unix(),
+                    client,
+                    &buf[..n],
+                    relays,
+                    &mut out,
+                );
+                collect_sends(&mut g, &mut out)
+            };
+            deliver_client(sends, &buf[..n], &udp);
+        }
     }
 }
 
 /// Sends for a client datagram: relayed slices come from `data` itself.
-async fn deliver_client(sends: Vec<Send>, data: &[u8], udp: &UdpSocket) {
+fn deliver_client(sends: Vec<Send>, data: &[u8], udp: &UdpSocket) {
     for s in sends {
         match s {
             Send::Udp(to, d) => {
-                let _ = udp.send_to(&d, to).await;
+                let _ = udp.try_send_to(&d, to);
             }
             Send::Stream(tx, d) => {
                 let _ = tx.try_send(d);

@@ -376,6 +376,9 @@ impl Server {
         };
         let relay = match opened {
             Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return refuse(self, "family", 440, "Address Family not Supported");
+            }
             Err(_) => return refuse(self, "capacity", 508, "Insufficient Capacity"),
         };
         let mut reservation = None;

@@ -34,6 +34,11 @@ pub struct MintTokenResponse {
     pub identity: String,
     pub role: Role,
     pub grants: Grants,
+    /// TURN servers (`RTCPeerConnection` `iceServers`) with short-lived
+    /// credentials for this identity, when tokens grant rooms and this node
+    /// runs TURN; the `joined` signaling reply carries them too.
+    #[schema(value_type = Vec<Object>)]
+    pub ice_servers: serde_json::Value,
 }
 
 /// Mint a short-lived access token for a clinician, agent, patient, admin or auditor.
@@ -85,6 +90,10 @@ pub async fn mint_token(
         Json(MintTokenResponse {
             token,
             expires_at: Timestamp(exp as i64 * 1_000_000),
+            ice_servers: match (&s.turn, req.grants.rooms.is_empty()) {
+                (Some(t), false) => t.ice_servers(p.tenant_id(), &req.identity),
+                _ => serde_json::json!([]),
+            },
             identity: req.identity,
             role: req.role,
             grants: req.grants,

@@ -187,7 +187,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                     match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);
-                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &id.to_string())}).to_string())
+                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity)}).to_string())
                                         }
                                         Err(e) => Some(error("join_refused", e.to_string())),
                                     }
