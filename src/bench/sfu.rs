@@ -34,6 +34,10 @@ pub struct SfuArgs {
     /// (the production loop's batch is 32): larger batches trade delay for CPU.
     #[arg(long, default_value_t = continuum_sfu::sim::RECV_BATCH)]
     pub batch: usize,
+    /// Initial bandwidth estimate per subscriber, kbit/s (default as in
+    /// production; a high value pins subscribers to the top layer they ask for).
+    #[arg(long)]
+    pub initial_bwe_kbps: Option<u64>,
     /// Seconds of media per run (after a 3 s warm-up).
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -82,8 +86,7 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     let visits = scenario(
         &format!("{} 1:1 visits (A+V simulcast each way)", args.visits),
-        args.seconds,
-        args.batch,
+        &args,
         |net, now| {
             for v in 0..args.visits {
                 for _ in 0..2 {
@@ -99,8 +102,7 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     )?;
     let fanout = scenario(
         &format!("1 publisher → {} subscribers", args.fanout),
-        args.seconds,
-        args.batch,
+        &args,
         |net, now| {
             net.join("t/webinar", MediaSpec::camera_and_microphone(), now)?;
             for _ in 0..args.fanout {
@@ -161,13 +163,16 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
 
 fn scenario(
     name: &str,
-    seconds: u64,
-    batch: usize,
+    args: &SfuArgs,
     setup: impl FnOnce(&mut SimNet, Instant) -> Result<(), String>,
 ) -> anyhow::Result<RunResult> {
     let sfu: SocketAddr = "10.255.0.1:7401".parse()?;
+    let (seconds, batch) = (args.seconds, args.batch);
     let mut cfg = WorkerConfig::new(sfu);
     cfg.max_participants_per_room = 1_000;
+    if let Some(k) = args.initial_bwe_kbps {
+        cfg.initial_bwe_bps = k * 1000;
+    }
     let heap_before = live_bytes();
     let mut net = SimNet::new(Worker::new(cfg), sfu)
         .with_loopback()

@@ -139,6 +139,7 @@ impl Media {
                 first_participant_id: index as u64 + 1,
                 participant_id_stride: workers as u64,
                 pacing: cfg.pacing,
+                initial_bwe_bps: continuum_sfu::INITIAL_BWE_BPS,
             });
             let (commands, rx) = crossbeam_channel::unbounded();
             let events = events_tx.clone();

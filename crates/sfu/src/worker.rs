@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     /// like mediasoup: packets leave as they arrive; the bandwidth estimate
     /// still drives simulcast layer choice.
     pub pacing: bool,
+    /// Where each subscriber's bandwidth estimate starts.
+    pub initial_bwe_bps: u64,
 }
 
 impl WorkerConfig {
@@ -42,6 +44,7 @@ impl WorkerConfig {
             first_participant_id: 1,
             participant_id_stride: 1,
             pacing: false,
+            initial_bwe_bps: INITIAL_BWE_BPS,
         }
     }
 }
@@ -145,9 +148,9 @@ pub const RECONNECT_GRACE: Duration = Duration::from_secs(15);
 /// (cheaper), and a packet waits for at most one batch (bounded delay).
 pub const RECV_BATCH: usize = 32;
 
-/// Where a subscriber's bandwidth estimate starts: enough for a middle
-/// simulcast layer; TWCC feedback moves it within seconds.
-const INITIAL_BWE: str0m::bwe::Bitrate = str0m::bwe::Bitrate::kbps(800);
+/// Where a subscriber's bandwidth estimate starts by default: enough for a
+/// middle simulcast layer; TWCC feedback moves it within seconds.
+pub const INITIAL_BWE_BPS: u64 = 800_000;
 
 pub struct Worker {
     cfg: WorkerConfig,
@@ -273,7 +276,7 @@ impl Worker {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
-            .enable_bwe(Some(INITIAL_BWE))
+            .enable_bwe(Some(str0m::bwe::Bitrate::bps(self.cfg.initial_bwe_bps)))
             .set_ice_lite(true)
             .set_local_ice_credentials(creds.clone())
             .set_stats_interval(Some(Duration::from_secs(1)))
@@ -498,6 +501,9 @@ impl Worker {
             }
             match p.poll(now) {
                 Polled::Timeout(t) => {
+                    // (Coalescing these timers was tried: a 10–20 ms floor
+                    // halves services but holds packets in str0m's queues and
+                    // starves BWE, so str0m gets exactly the wake-ups it asks for.)
                     p.next_timeout = t;
                     break;
                 }
