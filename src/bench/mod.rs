@@ -4,6 +4,7 @@
 mod events;
 mod server;
 mod sfu;
+mod turn;
 
 use clap::Subcommand;
 use continuum_server::Config;
@@ -16,11 +17,15 @@ pub enum BenchCommand {
     /// SFU forwarding: egress packets/s per core, loss, forwarding delay and
     /// memory per participant, for 1:1 visits and a large fan-out.
     Sfu(sfu::SfuArgs),
+    /// TURN: user-space memory per live allocation (relaying speed against
+    /// coturn: bench/turn-vs-coturn.sh).
+    Turn(turn::TurnArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Events(args) => events::run(args, cfg),
         BenchCommand::Sfu(args) => sfu::run(args),
+        BenchCommand::Turn(args) => turn::run(args),
     }
 }
