@@ -29,7 +29,9 @@ pub struct Config {
     pub nonce_lifetime: Duration,
     /// SOFTWARE attribute; none by default (it only helps attackers).
     pub software: Option<String>,
-    /// Unauthenticated 401 challenges per source IP per second.
+    /// Unauthenticated 401 challenges per source IP per second (a hospital
+    /// NAT puts many clients behind one address; a 401 is no larger than the
+    /// request, so this bounds reflection volume, not amplification).
     pub challenges_per_sec: u32,
 }
 
@@ -48,7 +50,7 @@ impl Config {
             nonce_key,
             nonce_lifetime: Duration::from_secs(600),
             software: None,
-            challenges_per_sec: 20,
+            challenges_per_sec: 100,
         }
     }
 }
