@@ -363,12 +363,13 @@ async fn bad_credentials_quota_and_expiry_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_rest_credentials_and_denied_peers_are_refused() {
     use continuum_turn::auth::{long_term_key, rest_password};
+    use continuum_turn::policy::DENIED_BY_DEFAULT;
     use continuum_turn::stun::{Builder, Class, Message, attr, method};
     let dir = tempdir();
     // No loopback allowance: the peer policy applies in full.
     let s = start(
         dir.path(),
-        "[turn]\nrealm = \"test\"\nusers = { u = \"p\" }\nrest_secrets = [\"new-secret\"]\nallow_own_sfu = false\n",
+        "[turn]\nrealm = \"test\"\nusers = { u = \"p\" }\nrest_secrets = [\"new-secret\"]\nallow_own_sfu = false\nrelay_ip_v6 = \"::1\"\n",
     );
     let (udp, _) = ports(&s).await;
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -424,23 +425,11 @@ async fn expired_rest_credentials_and_denied_peers_are_refused() {
     ));
     let m = Message::parse(&r).unwrap();
     assert_eq!(m.class, Class::Success, "allocated: {:?}", error_code(&m));
-    let denied = [
-        "0.0.0.1",
-        "10.1.2.3",
-        "100.64.0.1",
-        "127.0.0.1",
-        "169.254.169.254",
-        "172.16.0.1",
-        "192.0.0.1",
-        "192.0.2.1",
-        "192.88.99.1",
-        "192.168.0.1",
-        "198.18.0.1",
-        "198.51.100.1",
-        "203.0.113.1",
-        "224.0.0.1",
-        "240.0.0.1",
-    ];
+    let denied: Vec<&str> = DENIED_BY_DEFAULT
+        .iter()
+        .copied()
+        .filter(|ip| !ip.contains(':'))
+        .collect();
     for (i, ip) in denied.iter().enumerate() {
         let peer = format!("{ip}:9").parse().unwrap();
         let r = ask(auth(
@@ -463,6 +452,53 @@ async fn expired_rest_credentials_and_denied_peers_are_refused() {
             .xor_address(attr::XOR_PEER_ADDRESS, "8.8.8.8:53".parse().unwrap()),
     ));
     assert_eq!(Message::parse(&r).unwrap().class, Class::Success);
+
+    // An IPv6 relay (RFC 6156) from another client: every IPv6 range and every
+    // IPv4 range hidden in an IPv6 form is refused too.
+    let sock6 = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock6
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    sock6.connect(("127.0.0.1", udp)).unwrap();
+    let mut buf6 = [0u8; 1500];
+    let mut ask6 = |b: Vec<u8>| -> Vec<u8> {
+        sock6.send(&b).unwrap();
+        let n = sock6.recv(&mut buf6).expect("an answer");
+        buf6[..n].to_vec()
+    };
+    let r = ask6(auth(
+        Builder::new(Class::Request, method::ALLOCATE, [4; 12])
+            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
+    ));
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(m.class, Class::Success, "IPv6 relay: {:?}", error_code(&m));
+    let relay = m
+        .xor_address(m.attr(attr::XOR_RELAYED_ADDRESS).unwrap())
+        .unwrap();
+    assert!(relay.is_ipv6(), "{relay}");
+    let denied6: Vec<&str> = DENIED_BY_DEFAULT
+        .iter()
+        .copied()
+        .filter(|ip| ip.contains(':'))
+        .collect();
+    for (i, ip) in denied6.iter().enumerate() {
+        let peer = std::net::SocketAddr::new(ip.parse().unwrap(), 9);
+        let r = ask6(auth(
+            Builder::new(
+                Class::Request,
+                method::CREATE_PERMISSION,
+                [40 + i as u8; 12],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, peer),
+        ));
+        assert_eq!(
+            error_code(&Message::parse(&r).unwrap()),
+            Some(403),
+            "{ip} must be refused"
+        );
+    }
+    let denied: Vec<&str> = denied.into_iter().chain(denied6).collect();
     let m = wait_metric(
         &s,
         "continuum_turn_peer_policy_denials_total",

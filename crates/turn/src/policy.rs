@@ -106,46 +106,48 @@ impl PeerPolicy {
     }
 }
 
+/// One address from every range refused by default, plus IPv4 ranges in
+/// their IPv6 disguises (mapped, compatible, NAT64, 6to4): the probe list
+/// the policy is tested with, here and end to end.
+pub const DENIED_BY_DEFAULT: &[&str] = &[
+    "0.0.0.1",
+    "10.1.2.3",
+    "100.64.0.1",
+    "127.0.0.1",
+    "169.254.169.254",
+    "172.16.0.1",
+    "192.0.0.1",
+    "192.0.2.1",
+    "192.88.99.1",
+    "192.168.0.1",
+    "198.18.0.1",
+    "198.51.100.1",
+    "203.0.113.1",
+    "224.0.0.1",
+    "240.0.0.1",
+    "::",
+    "::1",
+    "fc00::1",
+    "fe80::1",
+    "fec0::1",
+    "ff02::1",
+    "2001:db8::1",
+    "2001::1",
+    "100::1",
+    "64:ff9b:1::1",
+    // IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of 10/8 and 127/8:
+    "::ffff:10.0.0.1",
+    "::ffff:127.0.0.1",
+    "::10.0.0.1",
+    "64:ff9b::a00:1",
+    "64:ff9b::7f00:1",
+    "2002:a00:1::1",
+    "2002:7f00:1::1",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every range the issue lists, plus their IPv4-in-IPv6 disguises.
-    pub const DENIED_BY_DEFAULT: &[&str] = &[
-        "0.0.0.1",
-        "10.1.2.3",
-        "100.64.0.1",
-        "127.0.0.1",
-        "169.254.169.254",
-        "172.16.0.1",
-        "192.0.0.1",
-        "192.0.2.1",
-        "192.88.99.1",
-        "192.168.0.1",
-        "198.18.0.1",
-        "198.51.100.1",
-        "203.0.113.1",
-        "224.0.0.1",
-        "240.0.0.1",
-        "::",
-        "::1",
-        "fc00::1",
-        "fe80::1",
-        "fec0::1",
-        "ff02::1",
-        "2001:db8::1",
-        "2001::1",
-        "100::1",
-        "64:ff9b:1::1",
-        // IPv4-mapped, IPv4-compatible, NAT64 and 6to4 forms of 10/8 and 127/8:
-        "::ffff:10.0.0.1",
-        "::ffff:127.0.0.1",
-        "::10.0.0.1",
-        "64:ff9b::a00:1",
-        "64:ff9b::7f00:1",
-        "2002:a00:1::1",
-        "2002:7f00:1::1",
-    ];
 
     #[test]
     fn special_purpose_peers_are_refused_by_default() {
