@@ -217,7 +217,8 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
     let s = start(
         dir.path(),
         &format!(
-            "{WITH_LOOPBACK_PEERS}tls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            "{WITH_LOOPBACK_PEERS}tls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+             nodes = [{{ region = \"eu\", urls = [\"turn:turn-eu.example.org:3478?transport=udp\"] }}]\n",
             cert_path.display(),
             key_path.display()
         ),
@@ -298,6 +299,28 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
         "the handed-out credentials work: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+    assert_eq!(
+        servers.as_array().unwrap().len(),
+        2,
+        "this node and the eu node: {servers}"
+    );
+    assert_eq!(servers[1]["region"], "eu");
+
+    // A participant in the eu region gets the eu node first.
+    let (status, token) = s
+        .call(
+            "POST",
+            "/v1/tokens",
+            s.key(),
+            Some(
+                serde_json::json!({"identity": "patient-7", "role": "clinician", "region": "eu",
+                "grants": {"conversations": ["*"], "rooms": ["*"]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{token}");
+    assert_eq!(token["ice_servers"][0]["region"], "eu", "{token}");
+    assert_eq!(token["ice_servers"][1]["region"], "default");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

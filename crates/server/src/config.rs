@@ -61,6 +61,18 @@ pub struct TurnConfig {
     pub max_lifetime_secs: u64,
     /// Per allocation, both directions together (0 = unlimited).
     pub bandwidth_kbps: u64,
+    /// Other TURN nodes (e.g. `continuum turn` at the edge, sharing
+    /// `rest_secrets`), handed out in `ice_servers` with the participant's
+    /// region first.
+    pub nodes: Vec<TurnNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnNode {
+    pub region: String,
+    /// e.g. `["turn:turn-eu.example.org:3478?transport=udp", "turns:turn-eu.example.org:443?transport=tcp"]`
+    pub urls: Vec<String>,
 }
 
 impl Default for TurnConfig {
@@ -88,6 +100,7 @@ impl Default for TurnConfig {
             max_allocations_per_tenant: 10_000,
             max_lifetime_secs: 3600,
             bandwidth_kbps: 0,
+            nodes: Vec::new(),
         }
     }
 }
@@ -421,6 +434,10 @@ max_allocations_per_tenant = 10000
 max_lifetime_secs = 3600
 # per allocation, 0 = unlimited
 bandwidth_kbps = 0
+# Other TURN nodes sharing rest_secrets, offered with the participant's region
+# first (POST /v1/tokens `region`):
+# nodes = [{ region = "eu", urls = ["turn:turn-eu.example.org:3478?transport=udp"] }]
+nodes = []
 "#;
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub struct TurnService {
     secret: String,
     ttl: Duration,
     pub region: String,
+    nodes: Vec<crate::config::TurnNode>,
     _running: continuum_turn::io::Running,
 }
 
@@ -140,13 +141,20 @@ impl TurnService {
             secret: rest_secrets(cfg, master).remove(0),
             ttl: Duration::from_secs(cfg.credential_ttl_secs),
             region: cfg.region.clone(),
+            nodes: cfg.nodes.clone(),
             _running: running,
         })
     }
 
     /// WebRTC `iceServers` for one participant: TURN over UDP and TCP with
     /// REST credentials for `<tenant>.<participant>`, valid `credential_ttl_secs`.
-    pub fn ice_servers(&self, tenant: &str, participant: &str) -> serde_json::Value {
+    /// `region`: the participant's region; nodes tagged with it come first.
+    pub fn ice_servers(
+        &self,
+        tenant: &str,
+        participant: &str,
+        region: Option<&str>,
+    ) -> serde_json::Value {
         let (username, credential) =
             rest_credentials(&self.secret, &format!("{tenant}.{participant}"), self.ttl);
         let host = if self.public_host.contains(':') {
@@ -164,11 +172,25 @@ impl TurnService {
         if let Some(a) = self.tls_addr {
             urls.push(format!("turns:{host}:{}?transport=tcp", a.port()));
         }
-        serde_json::json!([{
+        let mut servers = vec![serde_json::json!({
             "urls": urls,
             "username": username,
             "credential": credential,
             "region": self.region,
-        }])
+        })];
+        // Other TURN nodes sharing the REST secret (edge nodes run `continuum turn`).
+        for n in &self.nodes {
+            servers.push(serde_json::json!({
+                "urls": n.urls,
+                "username": username,
+                "credential": credential,
+                "region": n.region,
+            }));
+        }
+        if let Some(r) = region {
+            // Stable: the participant's region first, the rest in configured order.
+            servers.sort_by_key(|s| s["region"] != r);
+        }
+        serde_json::Value::Array(servers)
     }
 }

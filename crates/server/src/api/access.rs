@@ -25,6 +25,9 @@ pub struct MintTokenRequest {
     pub ttl_seconds: Option<u64>,
     /// Display name shown to other participants.
     pub name: Option<String>,
+    /// The participant's region (e.g. `eu`): TURN nodes there come first in
+    /// `ice_servers`.
+    pub region: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -91,7 +94,9 @@ pub async fn mint_token(
             token,
             expires_at: Timestamp(exp as i64 * 1_000_000),
             ice_servers: match (&s.turn, req.grants.rooms.is_empty()) {
-                (Some(t), false) => t.ice_servers(p.tenant_id(), &req.identity),
+                (Some(t), false) => {
+                    t.ice_servers(p.tenant_id(), &req.identity, req.region.as_deref())
+                }
                 _ => serde_json::json!([]),
             },
             identity: req.identity,

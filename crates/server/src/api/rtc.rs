@@ -128,7 +128,7 @@ enum ClientMsg {
 fn ice_servers(s: &AppState, tenant: &str, participant: &str) -> serde_json::Value {
     s.turn
         .as_ref()
-        .map_or_else(|| json!([]), |t| t.ice_servers(tenant, participant))
+        .map_or_else(|| json!([]), |t| t.ice_servers(tenant, participant, None))
 }
 
 /// Simulcast layer index for a requested quality (layers are ordered by bitrate).
