@@ -193,6 +193,27 @@ enum Send {
     Channel(Client, Option<mpsc::Sender<Vec<u8>>>, u16),
 }
 
+/// One client datagram or stream frame through the core, under the lock;
+/// returns what to send once it is released.
+fn from_client(
+    inner: &Mutex<Inner>,
+    client: Client,
+    data: &[u8],
+    out: &mut Vec<Output>,
+) -> Vec<Send> {
+    let mut g = inner.lock().expect("turn state");
+    let Inner { server, relays, .. } = &mut *g;
+    server.handle_client(
+        Instant::now(),
+        crate::auth::now_unix(),
+        client,
+        data,
+        relays,
+        out,
+    );
+    collect_sends(&mut g, out)
+}
+
 fn collect_sends(g: &mut Inner, out: &mut Vec<Output>) -> Vec<Send> {
     let mut sends = Vec::with_capacity(out.len());
     for o in out.drain(..) {
@@ -357,19 +378,7 @@ async fn udp_loop(udp: Arc<UdpSocket>, inner: Arc<Mutex<Inner>>) {
                 transport: Transport::Udp,
                 addr: from,
             };
-            let sends = {
-                let mut g = inner.lock().expect("turn state");
-                let Inner { server, relays, .. } = &mut *g;
-                server.handle_client(
-                    Instant::now(),
-                    crate::auth::now_unix(),
-                    client,
-                    &buf[..n],
-                    relays,
-                    &mut out,
-                );
-                collect_sends(&mut g, &mut out)
-            };
+            let sends = from_client(&inner, client, &buf[..n], &mut out);
             deliver_client(sends, &buf[..n], &udp);
         }
     }
@@ -494,19 +503,7 @@ where
                 Some((_, d)) => &frame[..4 + d.len()],
                 None => &frame[..],
             };
-            let sends = {
-                let mut g = inner.lock().expect("turn state");
-                let Inner { server, relays, .. } = &mut *g;
-                server.handle_client(
-                    Instant::now(),
-                    crate::auth::now_unix(),
-                    client,
-                    data,
-                    relays,
-                    &mut out,
-                );
-                collect_sends(&mut g, &mut out)
-            };
+            let sends = from_client(&inner, client, data, &mut out);
             for s in sends {
                 match s {
                     Send::Stream(tx, d) => {

@@ -568,12 +568,7 @@ impl Server {
         let Some(a) = self.allocations.get_mut(&client) else {
             return;
         };
-        if !permitted(a, peer.ip(), now) {
-            self.stats.dropped_no_permission += 1;
-            return;
-        }
-        if !Self::within_bandwidth(&self.cfg, a, now, payload.len()) {
-            self.stats.dropped_over_bandwidth += 1;
+        if !admit(&mut self.stats, &self.cfg, a, peer.ip(), now, payload.len()) {
             return;
         }
         let start = payload.as_ptr() as usize - data.as_ptr() as usize;
@@ -601,12 +596,11 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return;
         };
-        if until <= now || !permitted(a, peer.ip(), now) {
+        if until <= now {
             self.stats.dropped_no_permission += 1;
             return;
         }
-        if !Self::within_bandwidth(&self.cfg, a, now, len) {
-            self.stats.dropped_over_bandwidth += 1;
+        if !admit(&mut self.stats, &self.cfg, a, peer.ip(), now, len) {
             return;
         }
         self.stats.packets_to_peers += 1;
@@ -637,12 +631,7 @@ impl Server {
         let Some(a) = self.allocations.get_mut(&client) else {
             return;
         };
-        if !permitted(a, peer.ip(), now) {
-            self.stats.dropped_no_permission += 1;
-            return;
-        }
-        if !Self::within_bandwidth(&self.cfg, a, now, data.len()) {
-            self.stats.dropped_over_bandwidth += 1;
+        if !admit(&mut self.stats, &self.cfg, a, peer.ip(), now, data.len()) {
             return;
         }
         self.stats.packets_to_clients += 1;
@@ -718,6 +707,27 @@ impl Server {
 
 fn permitted(a: &Allocation, ip: IpAddr, now: Instant) -> bool {
     a.permissions.get(&ip).is_some_and(|t| *t > now)
+}
+
+/// The gate every relayed datagram passes, both ways: a live permission for
+/// the peer and room under the allocation's bandwidth cap (drops counted).
+fn admit(
+    stats: &mut Stats,
+    cfg: &Config,
+    a: &mut Allocation,
+    peer: IpAddr,
+    now: Instant,
+    len: usize,
+) -> bool {
+    if !permitted(a, peer, now) {
+        stats.dropped_no_permission += 1;
+        return false;
+    }
+    if !Server::within_bandwidth(cfg, a, now, len) {
+        stats.dropped_over_bandwidth += 1;
+        return false;
+    }
+    true
 }
 
 struct Auth {
