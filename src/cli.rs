@@ -306,6 +306,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         rooms,
                     },
                     None,
+                    None,
                     std::time::Duration::from_secs(ttl),
                 );
                 store

@@ -321,6 +321,45 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
     assert_eq!(status, 201, "{token}");
     assert_eq!(token["ice_servers"][0]["region"], "eu", "{token}");
     assert_eq!(token["ice_servers"][1]["region"], "default");
+
+    // The token carries the region, so the signaling `joined` reply orders
+    // its ice_servers the same way.
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550871").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(serde_json::json!({})),
+        )
+        .await;
+    let url = format!(
+        "{}/v1/rtc?token={}",
+        s.base.replacen("http", "ws", 1),
+        token["token"].as_str().unwrap()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    let join =
+        serde_json::json!({"type": "join", "room": room["id"], "sdp": common::audio_offer()});
+    ws.send(join.to_string().into()).await.unwrap();
+    let joined: serde_json::Value = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a reply to join")
+            .unwrap()
+            .unwrap();
+        if let Ok(text) = msg.to_text() {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            if v["type"] == "joined" || v["type"] == "error" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["ice_servers"][0]["region"], "eu", "{joined}");
+    assert_eq!(joined["ice_servers"][1]["region"], "default", "{joined}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

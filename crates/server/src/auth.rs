@@ -30,6 +30,10 @@ pub struct Claims {
     pub jti: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The participant's region: TURN nodes there come first in the
+    /// `ice_servers` of the signaling `joined` reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Mints and checks access tokens (HS256 under a key derived from the master key).
@@ -60,6 +64,7 @@ impl TokenIssuer {
         role: Role,
         grants: Grants,
         name: Option<String>,
+        region: Option<String>,
         ttl: Duration,
     ) -> (String, u64) {
         let now = unix_now();
@@ -74,6 +79,7 @@ impl TokenIssuer {
             exp,
             jti: uuid::Uuid::now_v7().to_string(),
             name,
+            region,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of serialisable claims cannot fail");
@@ -206,6 +212,7 @@ impl FromRequestParts<AppState> for Auth {
                 identity: c.sub,
                 role: c.role,
                 grants: c.grants,
+                region: c.region,
             })),
             Err(e) => {
                 use jsonwebtoken::errors::ErrorKind;

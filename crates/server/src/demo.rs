@@ -66,6 +66,7 @@ pub async fn demo_visit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
         Role::Clinician,
         grants.clone(),
         Some("Dr. Demo".into()),
+        None,
         hour,
     );
     let (patient, _) = s.tokens.mint(
@@ -74,6 +75,7 @@ pub async fn demo_visit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
         Role::Patient,
         grants,
         Some("Demo Patient".into()),
+        None,
         hour,
     );
     let url = |token: &str| {

@@ -26,7 +26,8 @@ pub struct MintTokenRequest {
     /// Display name shown to other participants.
     pub name: Option<String>,
     /// The participant's region (e.g. `eu`): TURN nodes there come first in
-    /// `ice_servers`.
+    /// `ice_servers`, here and in the signaling `joined` reply (the token
+    /// carries it).
     pub region: Option<String>,
 }
 
@@ -78,6 +79,7 @@ pub async fn mint_token(
         req.role,
         req.grants.clone(),
         req.name,
+        req.region.clone(),
         Duration::from_secs(ttl),
     );
     let entry = continuum_store::AuditEntry::new(
