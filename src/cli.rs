@@ -305,8 +305,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         conversations,
                         rooms,
                     },
-                    None,
-                    None,
+                    Default::default(),
                     std::time::Duration::from_secs(ttl),
                 );
                 store

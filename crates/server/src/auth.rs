@@ -36,6 +36,15 @@ pub struct Claims {
     pub region: Option<String>,
 }
 
+/// What a token says about its holder beyond identity and role.
+#[derive(Debug, Clone, Default)]
+pub struct About {
+    /// Display name shown to other participants.
+    pub name: Option<String>,
+    /// Region, for the order of `ice_servers`.
+    pub region: Option<String>,
+}
+
 /// Mints and checks access tokens (HS256 under a key derived from the master key).
 pub struct TokenIssuer {
     encoding: EncodingKey,
@@ -63,8 +72,7 @@ impl TokenIssuer {
         identity: &str,
         role: Role,
         grants: Grants,
-        name: Option<String>,
-        region: Option<String>,
+        about: About,
         ttl: Duration,
     ) -> (String, u64) {
         let now = unix_now();
@@ -78,8 +86,8 @@ impl TokenIssuer {
             iat: now,
             exp,
             jti: uuid::Uuid::now_v7().to_string(),
-            name,
-            region,
+            name: about.name,
+            region: about.region,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of serialisable claims cannot fail");

@@ -78,8 +78,10 @@ pub async fn mint_token(
         &req.identity,
         req.role,
         req.grants.clone(),
-        req.name,
-        req.region.clone(),
+        crate::auth::About {
+            name: req.name,
+            region: req.region.clone(),
+        },
         Duration::from_secs(ttl),
     );
     let entry = continuum_store::AuditEntry::new(
