@@ -6,9 +6,10 @@
 //! (allocation table) and the relay sockets of its allocations. A relayed
 //! datagram never leaves the thread that received it and takes no lock; only
 //! quotas, reservations and 401 rate limits are shared ([`Ledger`]). UDP is
-//! read and written in batches ([`Batch`]: `recvmmsg`, `sendmmsg`, GSO).
+//! read and written in batches ([`Batch`], `crates/udp`: `recvmmsg`,
+//! `sendmmsg`, GSO).
 
-use crate::batch::{Batch, HEADROOM};
+use continuum_udp::{Batch, HEADROOM};
 use crate::ledger::Ledger;
 use crate::server::{Client, Config, Output, Relays, Server, Transport};
 use crate::stun;
@@ -189,7 +190,7 @@ async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize
             let full = BATCH.with_borrow_mut(|batch| {
                 let r = socket.try_io(Interest::READABLE, || {
                     got = batch.recv(fd)?;
-                    if got < crate::batch::BATCH {
+                    if got < continuum_udp::BATCH {
                         return Err(std::io::ErrorKind::WouldBlock.into());
                     }
                     Ok(())

@@ -4,7 +4,6 @@
 //! allocation core ([`server`]) and thin tokio IO loops ([`io`]).
 
 pub mod auth;
-mod batch;
 pub mod io;
 pub mod ledger;
 mod metrics;

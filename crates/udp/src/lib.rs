@@ -1,7 +1,8 @@
-//! Batched UDP IO for the relay workers: `recvmmsg` fills up to [`BATCH`]
-//! slots in one system call, and the datagrams those slots produce leave with
-//! one `sendmmsg` per socket; runs of equal-size datagrams from one socket to
-//! one destination leave as a single UDP GSO send (`UDP_SEGMENT`).
+//! Batched UDP IO for the media paths (TURN relay workers, SFU workers):
+//! `recvmmsg` fills up to [`BATCH`] slots in one system call, and the
+//! datagrams a batch produces leave with one `sendmmsg` per socket; runs of
+//! equal-size datagrams from one socket to one destination leave as a single
+//! UDP GSO send (`UDP_SEGMENT`).
 //!
 //! Why our own ~200 lines of `libc` instead of a crate: quinn-udp batches
 //! receives but sends to one destination per call (QUIC's shape), and nix's
@@ -261,6 +262,31 @@ impl Batch {
             sent += n as usize;
         }
         hdrs.iter().filter(|h| h.msg_len == 0).count()
+    }
+}
+
+/// Waits up to `timeout` for `fd` to be readable (`poll`): for loops that
+/// own a thread and have timers of their own, where a readiness reactor
+/// would add nothing. False on timeout.
+pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    match unsafe { libc::poll(&mut p, 1, ms) } {
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
+        0 => Ok(false),
+        _ => Ok(true),
     }
 }
 
