@@ -479,7 +479,9 @@ impl SimNet {
             sink,
             in_flight: Default::default(),
             buf: vec![0; 2048],
-            batch: continuum_udp::Batch::new(),
+            // All output goes to one sink here, while real subscribers are
+            // many destinations: no GSO runs, as in production.
+            batch: continuum_udp::Batch::new().without_gso(),
         });
         Ok(self)
     }

@@ -9,10 +9,10 @@
 //! read and written in batches ([`Batch`], `crates/udp`: `recvmmsg`,
 //! `sendmmsg`, GSO).
 
-use continuum_udp::{Batch, HEADROOM};
 use crate::ledger::Ledger;
 use crate::server::{Client, Config, Output, Relays, Server, Transport};
 use crate::stun;
+use continuum_udp::{Batch, HEADROOM};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -75,6 +75,13 @@ impl Batch {
         }
     }
 
+    /// Never coalesces sends into GSO segments (e.g. when every datagram
+    /// goes to one sink only because the destinations are simulated).
+    pub fn without_gso(mut self) -> Self {
+        self.gso = false;
+        self
+    }
+
     /// Receives up to [`BATCH`] datagrams without blocking; `Ok(0)` never
     /// happens (an empty socket is `WouldBlock`).
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
