@@ -231,7 +231,7 @@ pub const PRICE_SOURCES: &[(&str, &str)] = &[
     ),
     (
         "staff.self_hosted_fte / hybrid_fte / self_hosted_fixed_per_month",
-        "assumptions of this planner: set your own",
+        "assumptions of this planner (2026-11): set your own",
     ),
 ];
 

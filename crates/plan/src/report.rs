@@ -164,8 +164,8 @@ pub fn plan(p: &Plan) -> String {
     for o in [&p.costs.cpaas, &p.costs.self_hosted, &p.costs.hybrid] {
         option(&mut s, o);
     }
-    let _ = writeln!(s, "  {}", p.self_hosted_break_even.note);
-    let _ = writeln!(s, "  {}", p.hybrid_break_even.note);
+    let _ = writeln!(s, "  break-even: {}", p.self_hosted_break_even.note);
+    let _ = writeln!(s, "  break-even: {}", p.hybrid_break_even.note);
     let _ = writeln!(s);
     let _ = writeln!(s, "Assumptions");
     for a in &p.assumptions {
