@@ -195,7 +195,14 @@ fn run_simulation(s: SimArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         let sized: f64 = plan.demand.channels.iter().map(|c| c.sizing_erlangs).sum();
-        print!("{}", report::simulation(&result, sized));
+        let hint = match (&plan.agents, s.agents) {
+            (Some(a), None) if a.agents_at_hourly_mean < a.peak.agents => Some(format!(
+                "the plan staffs {} agents for the intra-hour peak; Erlang C at the hourly mean alone would staff {}: try --agents {}",
+                a.peak.agents, a.agents_at_hourly_mean, a.agents_at_hourly_mean
+            )),
+            _ => None,
+        };
+        print!("{}", report::simulation(&result, sized, hint.as_deref()));
     }
     Ok(())
 }

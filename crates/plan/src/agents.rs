@@ -13,6 +13,9 @@ pub struct AgentPlan {
     pub handle_minutes: f64,
     /// At the sizing rate (peak hour × intra-hour peak).
     pub peak: Staffing,
+    /// What Erlang C alone would staff for the peak hour's mean rate, with
+    /// no intra-hour bunching (`plan simulate --agents N` shows what it misses).
+    pub agents_at_hourly_mean: u64,
     /// Paid agents to roster at the peak: `peak.agents / (1 − shrinkage)`.
     pub scheduled_at_peak: u64,
     /// Each hour of the sizing day (hourly mean rate × intra-hour peak).
@@ -42,6 +45,7 @@ pub fn plan(p: &Profile, d: &Demand) -> Result<Option<AgentPlan>, ErlangError> {
     };
     let arrivals_per_hour = d.sizing_rate * queued;
     let peak = solve(arrivals_per_hour)?;
+    let agents_at_hourly_mean = solve(d.peak_hour_rate * queued)?.agents;
     let by_hour = d
         .peak_day
         .iter()
@@ -52,6 +56,7 @@ pub fn plan(p: &Profile, d: &Demand) -> Result<Option<AgentPlan>, ErlangError> {
         handle_minutes: a.handle_minutes,
         scheduled_at_peak: (peak.agents as f64 / (1.0 - a.shrinkage)).ceil() as u64,
         peak,
+        agents_at_hourly_mean,
         by_hour,
     }))
 }

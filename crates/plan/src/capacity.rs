@@ -7,11 +7,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CapacityError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::ReadError),
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {field}: {reason}")]
@@ -86,12 +83,7 @@ impl Capacity {
     /// Reads a bench result (JSON with `runs`) or a capacity file (TOML, or
     /// JSON with the fields of [`Capacity`]); missing fields keep defaults.
     pub fn load(path: &Path) -> Result<Capacity, CapacityError> {
-        let label = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CapacityError::Read {
-            path: label.clone(),
-            source,
-        })?;
-        Self::parse(&text, &label)
+        Self::parse(&crate::read_input(path)?, &path.display().to_string())
     }
 
     pub fn parse(text: &str, label: &str) -> Result<Capacity, CapacityError> {

@@ -6,6 +6,7 @@
 use crate::Plan;
 use crate::cost::format_count;
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -177,14 +178,7 @@ where
         (now, y_max * 0.05),
         (FONT, 13).into_font().color(&GREY),
     )))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart)
 }
 
 fn demand<DB: DrawingBackend>(plan: &Plan, area: &DrawingArea<DB, Shift>) -> DrawResult
@@ -267,6 +261,16 @@ where
             format_count(capacity)
         ))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], SELF_HOSTED.stroke_width(2)));
+    legend(&mut chart)
+}
+
+/// The series legend, top left, the same on every chart.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)

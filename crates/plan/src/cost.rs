@@ -11,11 +11,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PriceError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::ReadError),
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{path}: {field}: {reason}")]
@@ -237,12 +234,7 @@ pub const PRICE_SOURCES: &[(&str, &str)] = &[
 
 impl PriceBook {
     pub fn load(path: &Path) -> Result<PriceBook, PriceError> {
-        let label = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PriceError::Read {
-            path: label.clone(),
-            source,
-        })?;
-        Self::parse(&text, &label)
+        Self::parse(&crate::read_input(path)?, &path.display().to_string())
     }
 
     pub fn parse(text: &str, label: &str) -> Result<PriceBook, PriceError> {

@@ -28,6 +28,22 @@ use media::{MediaSizing, NodeShape};
 use profile::Profile;
 use serde::Serialize;
 
+/// An input file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {path}: {source}")]
+pub struct ReadError {
+    pub path: String,
+    pub source: std::io::Error,
+}
+
+/// Reads an input file as text (errors name the path).
+pub fn read_input(path: &std::path::Path) -> Result<String, ReadError> {
+    std::fs::read_to_string(path).map_err(|source| ReadError {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     #[error(transparent)]

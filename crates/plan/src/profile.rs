@@ -12,11 +12,8 @@ pub const CHANNELS: [&str; 5] = ["video", "group_video", "voice", "sms", "whatsa
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::ReadError),
     #[error("{path}: {message}")]
     Toml { path: String, message: String },
     #[error("{field}: {reason}")]
@@ -310,10 +307,7 @@ fn toml_err(path: &str, e: impl std::fmt::Display) -> ProfileError {
 impl Profile {
     /// Reads a profile file; `volume.arrivals_csv` is relative to its folder.
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::read_input(path)?;
         Self::parse(&text, &path.display().to_string(), path.parent())
     }
 
@@ -368,10 +362,7 @@ impl Profile {
                     Some(b) if csv.is_relative() => b.join(csv),
                     _ => csv.clone(),
                 };
-                let text = std::fs::read_to_string(&path).map_err(|source| ProfileError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text = crate::read_input(&path)?;
                 let hourly = parse_arrivals_csv(&text, &path.display().to_string())?;
                 Arrivals::Series {
                     source: path,

@@ -63,7 +63,7 @@ pub fn plan(p: &Plan) -> String {
     if m.trunk_channels > 0 {
         let _ = writeln!(
             s,
-            "  PSTN voice: {} SIP trunk channels (Erlang B, {:.1}% blocking)",
+            "  PSTN voice: {} SIP trunk channels (Erlang B, {:.1}% blocking); voice slots above are in-app calls",
             n(m.trunk_channels as f64),
             p.targets.trunk_blocking * 100.0
         );
@@ -144,6 +144,13 @@ pub fn plan(p: &Plan) -> String {
             k.occupancy * 100.0,
             a.scheduled_at_peak
         );
+        if a.agents_at_hourly_mean != k.agents {
+            let _ = writeln!(
+                s,
+                "  (Erlang C at the peak hour's mean rate, no intra-hour bunching: {} agents; `continuum plan simulate --agents {}` shows what that misses)",
+                a.agents_at_hourly_mean, a.agents_at_hourly_mean
+            );
+        }
         let hours: Vec<String> = a
             .by_hour
             .iter()
@@ -191,7 +198,8 @@ fn option(s: &mut String, o: &OptionCost) {
 }
 
 /// The simulator's result against Erlang.
-pub fn simulation(r: &SimResult, planned_peak_hour_erlangs: f64) -> String {
+/// `hint`: a note to print after the figures (e.g. another agent count to try).
+pub fn simulation(r: &SimResult, planned_peak_hour_erlangs: f64, hint: Option<&str>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -259,6 +267,9 @@ pub fn simulation(r: &SimResult, planned_peak_hour_erlangs: f64) -> String {
                 );
             }
         }
+    }
+    if let Some(h) = hint {
+        let _ = writeln!(s, "  {h}");
     }
     s
 }
