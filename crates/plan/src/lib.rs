@@ -63,8 +63,12 @@ pub enum PlanError {
 /// Where self-hosting (or hybrid) becomes cheaper than the CPaaS.
 #[derive(Debug, Clone, Serialize)]
 pub struct BreakEven {
-    /// Sessions per month from which the option is cheaper (`None`: see `note`).
+    /// Sessions per month above which the option is never dearer than the
+    /// CPaaS (`None`: see `note`).
     pub sessions_per_month: Option<f64>,
+    /// Where it is first cheaper (below `sessions_per_month` when node
+    /// steps make the two alternate for a while).
+    pub first_cheaper_sessions_per_month: Option<f64>,
     pub note: String,
 }
 
@@ -99,7 +103,7 @@ pub struct Plan {
 }
 
 /// Volumes the break-even search covers, as multiples of the profile's.
-pub const BREAK_EVEN_RANGE: (f64, f64) = (0.01, 100.0);
+pub const BREAK_EVEN_RANGE: (f64, f64) = (1e-4, 100.0);
 
 struct Eval {
     sessions: f64,
@@ -133,6 +137,18 @@ fn evaluate_scaled(p: &Profile, c: &Capacity, b: &PriceBook, k: f64) -> Result<E
     })
 }
 
+/// The three options' monthly cost with every volume of the profile × `k`
+/// (the sizing is redone at that volume).
+pub fn cost_at(p: &Profile, c: &Capacity, b: &PriceBook, k: f64) -> Result<CostPoint, PlanError> {
+    let e = evaluate_scaled(p, c, b, k)?;
+    Ok(CostPoint {
+        sessions_per_month: e.sessions,
+        cpaas: e.costs.cpaas.monthly,
+        self_hosted: e.costs.self_hosted.monthly,
+        hybrid: e.costs.hybrid.monthly,
+    })
+}
+
 pub fn plan(p: &Profile, c: &Capacity, b: &PriceBook) -> Result<Plan, PlanError> {
     let (d, m, u, costs) = evaluate(p, c, b)?;
     let agents = agents::plan(p, &d)?;
@@ -150,15 +166,7 @@ pub fn plan(p: &Profile, c: &Capacity, b: &PriceBook) -> Result<Plan, PlanError>
     }
     const POINTS: usize = 120;
     let cost_curve = (0..=POINTS)
-        .map(|i| {
-            let e = evaluate_scaled(p, c, b, top * i as f64 / POINTS as f64)?;
-            Ok(CostPoint {
-                sessions_per_month: e.sessions,
-                cpaas: e.costs.cpaas.monthly,
-                self_hosted: e.costs.self_hosted.monthly,
-                hybrid: e.costs.hybrid.monthly,
-            })
-        })
+        .map(|i| cost_at(p, c, b, top * i as f64 / POINTS as f64))
         .collect::<Result<Vec<_>, PlanError>>()?;
     Ok(Plan {
         profile: p.name.clone(),
@@ -180,10 +188,12 @@ pub fn plan(p: &Profile, c: &Capacity, b: &PriceBook) -> Result<Plan, PlanError>
     })
 }
 
-/// The smallest volume (a multiple of the profile's, within
-/// [`BREAK_EVEN_RANGE`]) from which `option` costs no more than the CPaaS:
-/// a log-spaced scan, then bisection between the two scan points around
-/// the first crossing.
+/// The volume (a multiple of the profile's, within [`BREAK_EVEN_RANGE`])
+/// above which `option` never costs more than the CPaaS. Node counts step,
+/// so near the crossing the curves can cross several times: a log-spaced
+/// scan (30 points a decade) brackets the crossings, a linear scan of 400
+/// points between the first cheaper and the last dearer scan point finds
+/// both edges, and bisection refines each.
 fn break_even(
     p: &Profile,
     c: &Capacity,
@@ -196,46 +206,116 @@ fn break_even(
         Ok((option(&e.costs) - e.costs.cpaas.monthly, e.sessions))
     };
     let (lo, hi) = BREAK_EVEN_RANGE;
-    const STEPS: usize = 80;
+    const STEPS: usize = 180;
     let at = |i: usize| lo * (hi / lo).powf(i as f64 / STEPS as f64);
-    let (first, sessions_lo) = diff(lo)?;
-    if first <= 0.0 {
+    let x = |k: f64| {
+        if k >= 0.1 {
+            format!("{k:.2}")
+        } else {
+            format!("{k:.2e}")
+        }
+    };
+    // Coarse scan. It stops early where the scaled profile needs more than
+    // erlang::MAX_SERVERS of something (a very large profile × 100).
+    let (mut first_cheaper, mut last_dearer) = (None, None);
+    let mut sessions_lo = 0.0;
+    let mut top = STEPS;
+    for i in 0..=STEPS {
+        let (d, sessions) = match diff(at(i)) {
+            Err(PlanError::Erlang(erlang::ErlangError::TooManyServers { .. })) if i > 0 => {
+                top = i - 1;
+                break;
+            }
+            r => r?,
+        };
+        if i == 0 {
+            sessions_lo = sessions;
+        }
+        if d > 0.0 {
+            last_dearer = Some(i);
+        } else if first_cheaper.is_none() {
+            first_cheaper = Some(i);
+        }
+    }
+    let (Some(first), Some(last)) = (first_cheaper, last_dearer) else {
+        let note = if last_dearer.is_none() {
+            format!(
+                "{name} is cheaper at every volume from {}× this profile ({} sessions/month) up",
+                x(lo),
+                cost::format_count(sessions_lo)
+            )
+        } else {
+            format!(
+                "{name} stays dearer than the CPaaS up to {}× this profile's volume",
+                x(at(top))
+            )
+        };
         return Ok(BreakEven {
             sessions_per_month: None,
+            first_cheaper_sessions_per_month: None,
+            note,
+        });
+    };
+    if last == top {
+        return Ok(BreakEven {
+            sessions_per_month: None,
+            first_cheaper_sessions_per_month: None,
             note: format!(
-                "{name} is cheaper at every volume from {lo}× this profile ({} sessions/month) up",
-                cost::format_count(sessions_lo)
+                "{name} is cheaper from about {}× this profile but dearer again at {}× (node steps); no stable break-even",
+                x(at(first)),
+                x(at(top))
             ),
         });
     }
-    let mut prev = lo;
-    for i in 1..=STEPS {
-        let k = at(i);
-        if diff(k)?.0 <= 0.0 {
-            let (mut a, mut z) = (prev, k);
-            for _ in 0..24 {
-                let mid = 0.5 * (a + z);
-                if diff(mid)?.0 <= 0.0 {
-                    z = mid;
-                } else {
-                    a = mid;
-                }
-            }
-            let s = diff(z)?.1;
-            return Ok(BreakEven {
-                sessions_per_month: Some(s),
-                note: format!(
-                    "{name} is cheaper than the CPaaS from {} sessions/month ({:.2}× this profile)",
-                    cost::format_count(s),
-                    z
-                ),
-            });
+    // Fine scan between the edges, then bisect each edge: d > 0 on `a`,
+    // d ≤ 0 on `z`, or the other way round.
+    let (from, to) = (at(first.min(last + 1).saturating_sub(1)), at(last + 1));
+    const FINE: usize = 400;
+    let fine = |j: usize| from + (to - from) * j as f64 / FINE as f64;
+    let (mut f_first, mut f_last) = (None, None);
+    for j in 0..=FINE {
+        if diff(fine(j))?.0 > 0.0 {
+            f_last = Some(j);
+        } else if f_first.is_none() {
+            f_first = Some(j);
         }
-        prev = k;
+    }
+    let edge = |mut dearer: f64, mut cheaper: f64| -> Result<f64, PlanError> {
+        for _ in 0..30 {
+            let mid = 0.5 * (dearer + cheaper);
+            if diff(mid)?.0 > 0.0 {
+                dearer = mid;
+            } else {
+                cheaper = mid;
+            }
+        }
+        Ok(diff(cheaper)?.1)
+    };
+    let stable_k = f_last.map_or(from, |j| fine(j + 1));
+    let stable = match f_last {
+        Some(j) => edge(fine(j), fine(j + 1))?,
+        None => diff(from)?.1,
+    };
+    let first_k = f_first.map_or(stable_k, fine);
+    let first_s = match f_first {
+        Some(j) if j > 0 && diff(fine(j - 1))?.0 > 0.0 => edge(fine(j - 1), fine(j))?,
+        _ => diff(first_k)?.1,
+    };
+    let mut note = format!(
+        "{name} is cheaper than the CPaaS above {} sessions/month ({}× this profile)",
+        cost::format_count(stable),
+        x(stable / sessions_lo * lo)
+    );
+    if first_s < stable * 0.99 {
+        note.push_str(&format!(
+            "; first cheaper at {} (node steps make them alternate in between)",
+            cost::format_count(first_s)
+        ));
     }
     Ok(BreakEven {
-        sessions_per_month: None,
-        note: format!("{name} stays dearer than the CPaaS up to {hi}× this profile's volume"),
+        sessions_per_month: Some(stable),
+        first_cheaper_sessions_per_month: Some(first_s),
+        note,
     })
 }
 
