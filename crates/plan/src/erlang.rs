@@ -122,14 +122,38 @@ pub fn servers_for_blocking(
     if a > 2.0 * MAX_SERVERS as f64 {
         return Err(too_many);
     }
-    let mut b = 1.0;
-    for k in 1..=MAX_SERVERS {
+    let (mut n, mut b) = skip_ahead(a);
+    if b <= blocking {
+        // The answer lies below the skipped part: walk from 0.
+        (n, b) = (0, 1.0);
+    }
+    for k in n + 1..=MAX_SERVERS {
         b = a * b / (k as f64 + a * b);
         if b <= blocking {
             return Ok(k);
         }
     }
     Err(too_many)
+}
+
+/// `(n, B(a, n))` for n = ⌊a − 10√a⌋ without the O(a) walk from 0 (for
+/// a above about 400): the recursion starts at n₀ = ⌊a − 20√a⌋ from the fluid
+/// estimate B ≈ 1 − n₀/a. In the form 1/B(n) = 1 + (n/a)·1/B(n−1) an error
+/// in the start value is multiplied by Π k/a over the steps, about
+/// e^(−150) by n, so the result is B itself to double precision (a unit
+/// test compares it with the full recursion). Below 400 erlangs: `(0, 1)`.
+fn skip_ahead(a: f64) -> (u64, f64) {
+    let s = a.sqrt();
+    let n0 = (a - 20.0 * s).floor();
+    if n0 < 1.0 {
+        return (0, 1.0);
+    }
+    let (n0, n1) = (n0 as u64, (a - 10.0 * s).floor() as u64);
+    let mut b = 1.0 - n0 as f64 / a;
+    for k in n0 + 1..=n1 {
+        b = a * b / (k as f64 + a * b);
+    }
+    (n1, b)
 }
 
 /// What the agent solver found for one interval.
@@ -178,8 +202,7 @@ pub fn agents_for_service_level(
         return Err(too_many);
     }
     // Walk B up to the first n > a, then test each n.
-    let mut b = 1.0;
-    let mut n = 0u64;
+    let (mut n, mut b) = skip_ahead(a);
     let start = (a.floor() as u64 + 1).max((a / max_occupancy.clamp(1e-9, 1.0)).ceil() as u64);
     while n < start.min(MAX_SERVERS) {
         n += 1;
@@ -215,6 +238,25 @@ mod tests {
         assert_eq!(erlang_b(0.0, 3), 0.0);
         assert_eq!(erlang_c(0.0, 3), 0.0);
         assert_eq!(servers_for_blocking("x", "f", 0.0, 0.01), Ok(0));
+    }
+
+    #[test]
+    fn skipping_ahead_gives_the_full_recursion() {
+        for a in [500.0, 1_000.0, 9_800.0, 123_456.7, 900_000.0] {
+            let (n, b) = skip_ahead(a);
+            assert!(n > 0);
+            let full = erlang_b(a, n);
+            assert!((b / full - 1.0).abs() < 1e-12, "A={a} n={n}: {b} vs {full}");
+        }
+        assert_eq!(skip_ahead(399.0), (0, 1.0));
+        // The solvers agree with a walk from 0.
+        for (a, t) in [(9_800.0, 0.01), (9_800.0, 0.2), (50_000.0, 0.001)] {
+            let n = servers_for_blocking("x", "f", a, t).unwrap();
+            assert!(
+                erlang_b(a, n) <= t && erlang_b(a, n - 1) > t,
+                "A={a} target={t}: {n}"
+            );
+        }
     }
 
     #[test]
