@@ -7,6 +7,7 @@
 #
 #   bench/turn-vs-coturn.sh            # needs: cargo, coturn (apt-get install coturn)
 #   QUICK=1 bench/turn-vs-coturn.sh    # smaller loads
+#   ONLY=continuum THREADS=1 ...       # one server; continuum's relay threads (0 = one per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v turnserver >/dev/null || { echo "needs coturn: apt-get install -y coturn" >&2; exit 1; }
@@ -31,6 +32,7 @@ users = { u = "p" }
 allow_peers = ["127.0.0.1/32"]
 max_allocations_per_user = 100000
 max_allocations_per_tenant = 100000
+threads = ${THREADS:-0}
 TOML
 
 start_server() { # name → pid in $SERVER_PID
@@ -93,6 +95,9 @@ fi
 printf "%-10s %-34s %8s %8s %-16s %10s %9s %10s\n" server load sent echoed "lost (%)" "relayed/s" "µs CPU/pk" "KiB/alloc"
 for server in ${ONLY:-coturn continuum}; do
   start_server $server
+  # Warm-up (not reported): lazily built per-thread state (buffers, tables)
+  # is not charged to the first load's allocations, for either server.
+  turnutils_uclient -c -m 4 -n 20 -l 170 -z 1 -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >/dev/null 2>&1 || true
   for entry in "${LOADS[@]}"; do
     label=${entry%%:*}; args=${entry#*:}
     # shellcheck disable=SC2086

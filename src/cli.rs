@@ -308,7 +308,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         conversations,
                         rooms,
                     },
-                    None,
+                    Default::default(),
                     std::time::Duration::from_secs(ttl),
                 );
                 store

@@ -321,6 +321,45 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
     assert_eq!(status, 201, "{token}");
     assert_eq!(token["ice_servers"][0]["region"], "eu", "{token}");
     assert_eq!(token["ice_servers"][1]["region"], "default");
+
+    // The token carries the region, so the signaling `joined` reply orders
+    // its ice_servers the same way.
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550871").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(serde_json::json!({})),
+        )
+        .await;
+    let url = format!(
+        "{}/v1/rtc?token={}",
+        s.base.replacen("http", "ws", 1),
+        token["token"].as_str().unwrap()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    let join =
+        serde_json::json!({"type": "join", "room": room["id"], "sdp": common::audio_offer()});
+    ws.send(join.to_string().into()).await.unwrap();
+    let joined: serde_json::Value = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a reply to join")
+            .unwrap()
+            .unwrap();
+        if let Ok(text) = msg.to_text() {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            if v["type"] == "joined" || v["type"] == "error" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["ice_servers"][0]["region"], "eu", "{joined}");
+    assert_eq!(joined["ice_servers"][1]["region"], "default", "{joined}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,4 +578,109 @@ async fn expired_rest_credentials_and_denied_peers_are_refused() {
             >= denied.len() as f64,
         "{m}"
     );
+}
+
+/// A minimal TURN client of our own over UDP (coturn's uclient cannot ask
+/// for a RESERVATION-TOKEN from a second client): one authenticated
+/// Allocate with `extra` attributes.
+fn allocate(port: u16, user: &str, pass: &str, extra: &[(u16, Vec<u8>)]) -> Allocated {
+    use continuum_turn::stun::{Builder, Class, Message, attr, method};
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.connect(("127.0.0.1", port)).unwrap();
+    let ask = |msg: Vec<u8>| -> Vec<u8> {
+        sock.send(&msg).unwrap();
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).expect("a TURN response");
+        buf[..n].to_vec()
+    };
+    let request = |tx: u8| {
+        let mut b = Builder::new(Class::Request, method::ALLOCATE, [tx; 12])
+            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        for (k, v) in extra {
+            b = b.attr(*k, v);
+        }
+        b
+    };
+    let challenge = ask(request(1).fingerprint());
+    let nonce = Message::parse(&challenge)
+        .unwrap()
+        .str_attr(attr::NONCE)
+        .expect("a 401 with a nonce")
+        .to_owned();
+    let key = continuum_turn::auth::long_term_key(user, "test", pass);
+    let reply = ask(request(2)
+        .attr(attr::USERNAME, user.as_bytes())
+        .attr(attr::REALM, b"test")
+        .attr(attr::NONCE, nonce.as_bytes())
+        .integrity(&key)
+        .fingerprint());
+    let m = Message::parse(&reply).unwrap();
+    let relay = if m.class == Class::Success {
+        Ok(m.xor_address(m.attr(attr::XOR_RELAYED_ADDRESS).unwrap())
+            .unwrap())
+    } else {
+        let e = m.attr(attr::ERROR_CODE).expect("an error code");
+        Err(e[2] as u16 * 100 + e[3] as u16)
+    };
+    Allocated {
+        relay,
+        token: m.attr(attr::RESERVATION_TOKEN).map(<[u8]>::to_vec),
+        _socket: sock,
+    }
+}
+
+/// An allocation (alive while this is) or the error code that refused it.
+struct Allocated {
+    relay: Result<std::net::SocketAddr, u16>,
+    token: Option<Vec<u8>>,
+    _socket: UdpSocket,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_workers_share_quotas_and_reservations() {
+    use continuum_turn::stun::attr;
+    let dir = tempdir();
+    // Four relay workers: clients from different ports land on different
+    // workers (SO_REUSEPORT hash), yet quotas and reservations are global.
+    let s = start(
+        dir.path(),
+        "[turn]\nrealm = \"test\"\nthreads = 4\nusers = { u = \"p\", v = \"p\" }\n\
+         max_allocations_per_user = 3\n",
+    );
+    let (udp, _) = ports(&s).await;
+
+    let tries: Vec<Allocated> = (0..8).map(|_| allocate(udp, "u", "p", &[])).collect();
+    let mut codes: Vec<u16> = tries
+        .iter()
+        .map(|a| a.relay.map_or_else(|c| c, |_| 200))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [200, 200, 200, 486, 486, 486, 486, 486],
+        "per-user quota 3 across workers"
+    );
+    // Each worker exports its own share; the gauge is their sum.
+    let m = wait_metric(&s, "continuum_turn_allocations{", "region", 3.0).await;
+    assert_eq!(
+        metric(&m, "continuum_turn_allocations{", "region"),
+        Some(3.0),
+        "{m}"
+    );
+
+    // EVEN-PORT with R: the next port is held for whoever brings the token,
+    // whichever worker that client lands on.
+    let first = allocate(udp, "v", "p", &[(attr::EVEN_PORT, vec![0x80])]);
+    let relay = first.relay.expect("even-port allocation");
+    assert_eq!(relay.port() % 2, 0, "even port");
+    let token = first.token.clone().expect("a RESERVATION-TOKEN");
+    let second = allocate(udp, "v", "p", &[(attr::RESERVATION_TOKEN, token.clone())]);
+    assert_eq!(
+        second.relay.expect("the reserved port").port(),
+        relay.port() + 1
+    );
+    let again = allocate(udp, "v", "p", &[(attr::RESERVATION_TOKEN, token)]);
+    assert_eq!(again.relay, Err(508), "a token works once");
+    drop(tries);
 }

@@ -54,15 +54,15 @@ pub fn run(args: TurnArgs) -> anyhow::Result<()> {
     cfg.max_allocations_per_user = usize::MAX;
     cfg.policy.allow = vec!["127.0.0.1/32".parse().map_err(anyhow::Error::msg)?];
     cfg.challenges_per_sec = u32::MAX;
-    let server = continuum_turn::Server::new(cfg);
-    let running = continuum_turn::io::spawn_thread(
-        server,
+    let running = continuum_turn::io::spawn(
+        cfg,
         continuum_turn::io::Listen {
             udp: Some("127.0.0.1:0".parse()?),
             tcp: None,
             tls: None,
             relay_ips: vec!["127.0.0.1".parse()?],
             region: "bench".into(),
+            threads: 1,
         },
     )
     .context("starting the TURN server")?;

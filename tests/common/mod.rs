@@ -237,3 +237,35 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// A minimal, valid WHIP offer: one Opus track, as an encoder would send.
+pub fn audio_offer() -> String {
+    let fingerprint = (0..32)
+        .map(|i| format!("{:02X}", i * 7 % 256))
+        .collect::<Vec<_>>()
+        .join(":");
+    [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS s",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:wXyZ",
+        "a=ice-pwd:Zm9vYmFyYmF6cXV4cXV1eHh5",
+        &format!("a=fingerprint:sha-256 {fingerprint}"),
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendonly",
+        "a=msid:s t",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=ssrc:1234 cname:enc",
+        "",
+    ]
+    .join("\r\n")
+}

@@ -86,6 +86,8 @@ pub enum Principal {
         identity: String,
         role: Role,
         grants: Grants,
+        /// Where the participant is (e.g. `eu`): TURN nodes there first.
+        region: Option<String>,
     },
 }
 
@@ -176,6 +178,7 @@ mod tests {
                 conversations: convs.iter().map(|s| s.to_string()).collect(),
                 rooms: vec![],
             },
+            region: None,
         }
     }
 

@@ -30,6 +30,19 @@ pub struct Claims {
     pub jti: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The participant's region: TURN nodes there come first in the
+    /// `ice_servers` of the signaling `joined` reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// What a token says about its holder beyond identity and role.
+#[derive(Debug, Clone, Default)]
+pub struct About {
+    /// Display name shown to other participants.
+    pub name: Option<String>,
+    /// Region, for the order of `ice_servers`.
+    pub region: Option<String>,
 }
 
 /// Mints and checks access tokens (HS256 under a key derived from the master key).
@@ -59,7 +72,7 @@ impl TokenIssuer {
         identity: &str,
         role: Role,
         grants: Grants,
-        name: Option<String>,
+        about: About,
         ttl: Duration,
     ) -> (String, u64) {
         let now = unix_now();
@@ -73,7 +86,8 @@ impl TokenIssuer {
             iat: now,
             exp,
             jti: uuid::Uuid::now_v7().to_string(),
-            name,
+            name: about.name,
+            region: about.region,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of serialisable claims cannot fail");
@@ -206,6 +220,7 @@ impl FromRequestParts<AppState> for Auth {
                 identity: c.sub,
                 role: c.role,
                 grants: c.grants,
+                region: c.region,
             })),
             Err(e) => {
                 use jsonwebtoken::errors::ErrorKind;

@@ -61,6 +61,9 @@ pub struct TurnConfig {
     pub max_lifetime_secs: u64,
     /// Per allocation, both directions together (0 = unlimited).
     pub bandwidth_kbps: u64,
+    /// Relay worker threads sharing the listen ports (SO_REUSEPORT);
+    /// 0 = one per core.
+    pub threads: usize,
     /// Other TURN nodes (e.g. `continuum turn` at the edge, sharing
     /// `rest_secrets`), handed out in `ice_servers` with the participant's
     /// region first.
@@ -100,6 +103,7 @@ impl Default for TurnConfig {
             max_allocations_per_tenant: 10_000,
             max_lifetime_secs: 3600,
             bandwidth_kbps: 0,
+            threads: 0,
             nodes: Vec::new(),
         }
     }
@@ -434,6 +438,8 @@ max_allocations_per_tenant = 10000
 max_lifetime_secs = 3600
 # per allocation, 0 = unlimited
 bandwidth_kbps = 0
+# relay worker threads sharing the listen ports (SO_REUSEPORT), 0 = one per core
+threads = 0
 # Other TURN nodes sharing rest_secrets, offered with the participant's region
 # first (POST /v1/tokens `region`):
 # nodes = [{ region = "eu", urls = ["turn:turn-eu.example.org:3478?transport=udp"] }]

@@ -65,7 +65,10 @@ pub async fn demo_visit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
         "demo-clinician",
         Role::Clinician,
         grants.clone(),
-        Some("Dr. Demo".into()),
+        crate::auth::About {
+            name: Some("Dr. Demo".into()),
+            region: None,
+        },
         hour,
     );
     let (patient, _) = s.tokens.mint(
@@ -73,7 +76,10 @@ pub async fn demo_visit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
         "demo-patient",
         Role::Patient,
         grants,
-        Some("Demo Patient".into()),
+        crate::auth::About {
+            name: Some("Demo Patient".into()),
+            region: None,
+        },
         hour,
     );
     let url = |token: &str| {

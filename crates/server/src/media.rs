@@ -255,7 +255,13 @@ fn run(
     let mut last_gauges = Instant::now();
     let mut tenants_seen: HashSet<String> = HashSet::new();
     let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
-    let mut buf = vec![0u8; 2048];
+    // Batched IO: one recvmmsg per wake-up, one sendmmsg per drive.
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    if let Err(e) = socket.set_nonblocking(true) {
+        tracing::error!(error = %e, "media socket cannot be made non-blocking");
+        return;
+    }
+    let mut batch = continuum_udp::Batch::new();
     loop {
         loop {
             match commands.try_recv() {
@@ -271,11 +277,7 @@ fn run(
                 SfuOutput::Transmit {
                     destination,
                     contents,
-                } => {
-                    if let Err(e) = socket.send_to(&contents, destination) {
-                        tracing::debug!(%destination, error = %e, "media send failed");
-                    }
-                }
+                } => batch.send_owned(fd, destination, contents),
                 SfuOutput::Quality { sample, .. } => record_quality(&sample),
                 SfuOutput::Speaker { room, participant } => {
                     let identity = participant
@@ -316,6 +318,10 @@ fn run(
                 }
             }
         }
+        let dropped = batch.flush();
+        if dropped > 0 {
+            tracing::debug!(dropped, "media sends refused (socket buffer full)");
+        }
         export_stats(&worker.stats, &mut reported);
         // Gauges once a second, not on every wake-up.
         if last_gauges.elapsed() >= Duration::from_secs(1) {
@@ -330,27 +336,27 @@ fn run(
         let wait = next
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(1), Duration::from_millis(5));
-        let _ = socket.set_read_timeout(Some(wait));
-        match socket.recv_from(&mut buf) {
-            Ok((n, source)) => {
-                worker.handle_datagram(Instant::now(), source, local, &buf[..n]);
-                // Take what else is queued, up to a batch, before driving
-                // again: subscribers are serviced once per batch, and a
-                // packet waits for at most one batch.
-                let _ = socket.set_nonblocking(true);
-                for _ in 1..continuum_sfu::RECV_BATCH {
-                    let Ok((n, source)) = socket.recv_from(&mut buf) else {
-                        break;
-                    };
-                    worker.handle_datagram(Instant::now(), source, local, &buf[..n]);
-                }
-                let _ = socket.set_nonblocking(false);
+        match continuum_udp::wait_readable(fd, wait) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "media poll failed");
+                continue;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+        }
+        // Take what is queued, up to a batch, before driving again:
+        // subscribers are serviced once per batch, and a packet waits for
+        // at most one batch.
+        match batch.recv(fd) {
+            Ok(n) => {
+                let now = Instant::now();
+                for i in 0..n {
+                    let (source, slot, len) = batch.slot(i);
+                    let data = &slot[continuum_udp::HEADROOM..continuum_udp::HEADROOM + len];
+                    worker.handle_datagram(now, source, local, data);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => tracing::debug!(error = %e, "media receive failed"),
         }
     }

@@ -30,11 +30,11 @@ fn rest_secrets(cfg: &TurnConfig, master: &SecretKey) -> Vec<String> {
     }
 }
 
-pub fn build_server(
+pub fn build_config(
     cfg: &TurnConfig,
     master: &SecretKey,
     sfu_addrs: &[SocketAddr],
-) -> anyhow::Result<continuum_turn::Server> {
+) -> anyhow::Result<continuum_turn::Config> {
     let credentials = Credentials {
         users: cfg.users.clone().into_iter().collect(),
         rest_secrets: rest_secrets(cfg, master),
@@ -72,7 +72,7 @@ pub fn build_server(
     c.max_allocations_per_tenant = cfg.max_allocations_per_tenant;
     c.max_lifetime = Duration::from_secs(cfg.max_lifetime_secs.max(600));
     c.bandwidth_bytes_per_sec = cfg.bandwidth_kbps * 1000 / 8;
-    Ok(continuum_turn::Server::new(c))
+    Ok(c)
 }
 
 impl TurnService {
@@ -81,7 +81,7 @@ impl TurnService {
         master: &SecretKey,
         sfu_addrs: &[SocketAddr],
     ) -> anyhow::Result<TurnService> {
-        let server = build_server(cfg, master, sfu_addrs)?;
+        let server = build_config(cfg, master, sfu_addrs)?;
         let tls = match (cfg.tls_listen, &cfg.tls_cert, &cfg.tls_key) {
             (None, _, _) => None,
             (Some(a), Some(cert), Some(key)) => Some((
@@ -98,7 +98,7 @@ impl TurnService {
                 anyhow::bail!("turn.tls_listen needs turn.tls_cert and turn.tls_key (PEM)")
             }
         };
-        let running = continuum_turn::io::spawn_thread(
+        let running = continuum_turn::io::spawn(
             server,
             continuum_turn::io::Listen {
                 udp: cfg.udp_listen,
@@ -108,6 +108,7 @@ impl TurnService {
                     .chain(cfg.relay_ip_v6)
                     .collect(),
                 region: cfg.region.clone(),
+                threads: cfg.threads,
             },
         )
         .with_context(|| {

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -439,6 +440,8 @@ struct Loopback {
     sink: std::net::UdpSocket,
     in_flight: std::collections::VecDeque<SocketAddr>,
     buf: Vec<u8>,
+    /// The SFU side's batched IO, as in production (`recvmmsg`/`sendmmsg`).
+    batch: continuum_udp::Batch,
 }
 
 impl SimNet {
@@ -476,6 +479,7 @@ impl SimNet {
             sink,
             in_flight: Default::default(),
             buf: vec![0; 2048],
+            batch: continuum_udp::Batch::new(),
         });
         Ok(self)
     }
@@ -531,10 +535,10 @@ impl SimNet {
                     destination,
                     contents,
                 } => {
-                    if let Some(lo) = &self.loopback {
-                        let _ = lo
-                            .sink
-                            .send_to(&contents, lo.sink.local_addr().expect("bound"));
+                    if let Some(lo) = &mut self.loopback {
+                        let sink = lo.sink.local_addr().expect("bound");
+                        lo.batch
+                            .send_owned(lo.sink.as_raw_fd(), sink, contents.clone());
                     }
                     self.sfu_datagrams_out += 1;
                     to_peers.push((destination, contents));
@@ -547,6 +551,9 @@ impl SimNet {
                 crate::SfuOutput::Event(e) => self.events.push(e),
                 _ => {}
             }
+        }
+        if let Some(lo) = &mut self.loopback {
+            lo.batch.flush();
         }
         let sent = Instant::now();
         for t_in in self.batch_rtp_in.drain(..) {
@@ -589,15 +596,23 @@ impl SimNet {
                         }
                     }
                     excluded = t_send.elapsed();
-                    while let Ok(n) = lo.sfu_side.recv(&mut lo.buf) {
-                        let Some(source) = lo.in_flight.pop_front() else {
-                            break;
-                        };
-                        if is_rtp(&lo.buf[..n]) {
-                            self.batch_rtp_in.push(Instant::now());
+                    let fd = lo.sfu_side.as_raw_fd();
+                    'recv: while let Ok(n) = lo.batch.recv(fd) {
+                        for i in 0..n {
+                            // The real source is the simulated peer's address.
+                            let Some(source) = lo.in_flight.pop_front() else {
+                                break 'recv;
+                            };
+                            let (_, slot, len) = lo.batch.slot(i);
+                            let data = &slot[continuum_udp::HEADROOM..][..len];
+                            if is_rtp(data) {
+                                self.batch_rtp_in.push(Instant::now());
+                            }
+                            self.worker.handle_datagram(now, source, self.sfu, data);
                         }
-                        self.worker
-                            .handle_datagram(now, source, self.sfu, &lo.buf[..n]);
+                        if n < continuum_udp::BATCH {
+                            break;
+                        }
                     }
                     // Whatever the kernel dropped is lost.
                     self.dropped_by_net += lo.in_flight.len() as u64;

@@ -1,14 +1,26 @@
-//! Thin tokio IO around the sans-IO [`Server`]: a UDP listener, a TCP
-//! listener (RFC 8656 §3.1 framing), one UDP socket per relay, and a timer.
-//! The core sits behind one mutex that is never held across an await.
+//! Thin IO around the sans-IO [`Server`]: one relay worker per core.
+//!
+//! Every worker is a thread with a single-threaded tokio runtime and its own
+//! UDP, TCP and TLS listeners on the shared ports (`SO_REUSEPORT`: the kernel
+//! hashes each client's 5-tuple to one worker), its own [`Server`] core
+//! (allocation table) and the relay sockets of its allocations. A relayed
+//! datagram never leaves the thread that received it and takes no lock; only
+//! quotas, reservations and 401 rate limits are shared ([`Ledger`]). UDP is
+//! read and written in batches ([`Batch`], `crates/udp`: `recvmmsg`,
+//! `sendmmsg`, GSO).
 
-use crate::server::{Client, Output, Relays, Server, Transport};
+use continuum_udp::{Batch, HEADROOM};
+use crate::ledger::Ledger;
+use crate::server::{Client, Config, Output, Relays, Server, Transport};
 use crate::stun;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -23,42 +35,44 @@ pub struct Listen {
     /// family served (RFC 6156: IPv6 relays when an IPv6 address is given).
     pub relay_ips: Vec<IpAddr>,
     pub region: String,
+    /// Relay worker threads; 0 = one per core.
+    pub threads: usize,
 }
 
-/// A running TURN service.
+/// A running TURN service (its worker threads live as long as the process).
 pub struct Running {
     pub udp_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
     pub tls_addr: Option<SocketAddr>,
-    inner: Arc<Mutex<Inner>>,
+    pub threads: usize,
+    ledger: Arc<Ledger>,
 }
 
 impl Running {
-    /// Current allocation count (for tests and health).
+    /// Live allocations on all workers (for tests and health).
     pub fn allocations(&self) -> usize {
-        self.inner
-            .lock()
-            .expect("turn state")
-            .server
-            .allocation_count()
+        self.ledger.allocations()
     }
 }
 
-struct Inner {
+/// Ports held for a RESERVATION-TOKEN: any worker may redeem one.
+type Held = Arc<Mutex<HashMap<SocketAddr, std::net::UdpSocket>>>;
+
+/// One worker's state; only its own thread touches it.
+struct Worker {
     server: Server,
     relays: RelayTable,
     streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     next_stream: u64,
+    udp_fd: Option<RawFd>,
 }
 
 struct RelayTable {
     ips: Vec<IpAddr>,
-    sockets: HashMap<SocketAddr, (Arc<UdpSocket>, tokio::task::AbortHandle)>,
-    /// Ports held for a RESERVATION-TOKEN.
-    held: HashMap<SocketAddr, std::net::UdpSocket>,
-    /// Set once the service runs: relay reader tasks call back into it.
-    state: Option<std::sync::Weak<Mutex<Inner>>>,
-    udp: Option<Arc<UdpSocket>>,
+    sockets: HashMap<SocketAddr, (Rc<UdpSocket>, tokio::task::AbortHandle)>,
+    held: Held,
+    /// Set once the worker runs: relay reader tasks call back into it.
+    worker: Weak<RefCell<Worker>>,
 }
 
 impl RelayTable {
@@ -96,43 +110,15 @@ impl RelayTable {
     fn start(&mut self, std_socket: std::net::UdpSocket) -> std::io::Result<SocketAddr> {
         std_socket.set_nonblocking(true)?;
         let std_socket = with_buffers(std_socket, RELAY_SOCKET_BUFFER);
-        let socket = Arc::new(UdpSocket::from_std(std_socket)?);
+        let socket = Rc::new(UdpSocket::from_std(std_socket)?);
         let addr = socket.local_addr()?;
-        let state = self.state.clone().expect("relays open after start");
-        let udp = self.udp.clone();
-        let reader = socket.clone();
-        // No buffer per relay: the task waits for readiness, then reads into
-        // its worker thread's shared buffer (a relay costs a few hundred bytes).
-        let task = tokio::spawn(async move {
-            loop {
-                if reader.readable().await.is_err() {
-                    break;
-                }
-                let Some(state) = state.upgrade() else {
-                    break;
-                };
-                RELAY_BUF.with_borrow_mut(|buf| {
-                    let mut out = Vec::new();
-                    // Leave 4 bytes in front for a ChannelData header (no copy).
-                    while let Ok((n, peer)) = reader.try_recv_from(&mut buf[4..]) {
-                        let sends = {
-                            let mut g = state.lock().expect("turn state");
-                            g.server.handle_peer(
-                                Instant::now(),
-                                addr,
-                                peer,
-                                &buf[4..4 + n],
-                                &mut out,
-                            );
-                            collect_sends(&mut g, &mut out)
-                        };
-                        deliver(sends, buf, n, udp.as_deref());
-                    }
-                });
-            }
-        });
+        let task = tokio::task::spawn_local(relay_loop(socket.clone(), addr, self.worker.clone()));
         self.sockets.insert(addr, (socket, task.abort_handle()));
         Ok(addr)
+    }
+
+    fn fd(&self, relay: &SocketAddr) -> Option<RawFd> {
+        self.sockets.get(relay).map(|(s, _)| s.as_raw_fd())
     }
 }
 
@@ -145,24 +131,28 @@ impl Relays for RelayTable {
     ) -> std::io::Result<SocketAddr> {
         let (socket, next) = self.bind(ipv6, even_port, reserve_next)?;
         if let Some(next) = next {
-            self.held.insert(next.local_addr()?, next);
+            lock(&self.held).insert(next.local_addr()?, next);
         }
         self.start(socket)
     }
 
     fn open_reserved(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let socket = self.held.remove(&addr).ok_or_else(|| {
+        let socket = lock(&self.held).remove(&addr).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, "reservation released")
         })?;
         self.start(socket)
     }
 
     fn close(&mut self, relay: SocketAddr) {
-        self.held.remove(&relay);
+        lock(&self.held).remove(&relay);
         if let Some((_, task)) = self.sockets.remove(&relay) {
             task.abort();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Kernel socket buffers: bursts from many clients at once must not overflow
@@ -179,258 +169,361 @@ fn with_buffers(s: std::net::UdpSocket, bytes: usize) -> std::net::UdpSocket {
 }
 
 thread_local! {
-    /// Receive buffer shared by every relay task on a worker thread.
-    static RELAY_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 4 + 65_536]);
+    /// The worker's receive slots and pending sends, shared by its listener
+    /// and every relay task (they run one at a time on the worker's thread,
+    /// and never hold it across an await): a relay costs no buffer.
+    static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
 }
 
-/// What to send once the lock is released.
-enum Send {
-    Udp(SocketAddr, Vec<u8>),
-    Stream(mpsc::Sender<Vec<u8>>, Vec<u8>),
-    /// Part of the input buffer, to a peer through a relay socket.
-    Peer(Arc<UdpSocket>, SocketAddr, std::ops::Range<usize>),
-    /// The input buffer as ChannelData (header written in front of it).
-    Channel(Client, Option<mpsc::Sender<Vec<u8>>>, u16),
-}
-
-/// One client datagram or stream frame through the core, under the lock;
-/// returns what to send once it is released.
-fn from_client(
-    inner: &Mutex<Inner>,
-    client: Client,
-    data: &[u8],
-    out: &mut Vec<Output>,
-) -> Vec<Send> {
-    let mut g = inner.lock().expect("turn state");
-    let Inner { server, relays, .. } = &mut *g;
-    server.handle_client(
-        Instant::now(),
-        crate::auth::now_unix(),
-        client,
-        data,
-        relays,
-        out,
-    );
-    collect_sends(&mut g, out)
-}
-
-fn collect_sends(g: &mut Inner, out: &mut Vec<Output>) -> Vec<Send> {
-    let mut sends = Vec::with_capacity(out.len());
-    for o in out.drain(..) {
-        match o {
-            Output::ToClient { client, data } => match client.transport {
-                Transport::Udp => sends.push(Send::Udp(client.addr, data)),
-                Transport::Stream(id) => {
-                    if let Some(tx) = g.streams.get(&id) {
-                        sends.push(Send::Stream(tx.clone(), data));
+/// Receives batches from `socket` until it is empty, handing each batch to
+/// `each`. A short batch means the socket was drained, so readiness is
+/// cleared without the extra empty `recvmmsg` a drain-to-EAGAIN loop costs
+/// (every datagram arriving later raises a new readiness event).
+async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize) -> bool) {
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        loop {
+            let fd = socket.as_raw_fd();
+            let mut got = 0;
+            let full = BATCH.with_borrow_mut(|batch| {
+                let r = socket.try_io(Interest::READABLE, || {
+                    got = batch.recv(fd)?;
+                    if got < continuum_udp::BATCH {
+                        return Err(std::io::ErrorKind::WouldBlock.into());
                     }
-                }
-            },
-            Output::ToPeer { relay, peer, range } => {
-                if let Some((s, _)) = g.relays.sockets.get(&relay) {
-                    sends.push(Send::Peer(s.clone(), peer, range));
-                }
-            }
-            Output::ChannelToClient { client, channel } => {
-                let tx = match client.transport {
-                    Transport::Stream(id) => g.streams.get(&id).cloned(),
-                    Transport::Udp => None,
-                };
-                sends.push(Send::Channel(client, tx, channel));
+                    Ok(())
+                });
+                let keep_going = got == 0 || each(batch, got);
+                batch.flush();
+                r.is_ok() && keep_going
+            });
+            if !full {
+                break;
             }
         }
     }
-    sends
 }
 
-/// `buf[4..4 + n]` holds the datagram the outputs refer to (peer side), or
-/// `buf[..n]` when `n` is the client datagram (client side, no headroom).
-fn deliver(sends: Vec<Send>, buf: &mut [u8], n: usize, udp: Option<&UdpSocket>) {
-    for s in sends {
-        match s {
-            // UDP is best effort: a full socket buffer drops, like the network would.
-            Send::Udp(to, data) => {
-                if let Some(u) = udp {
-                    let _ = u.try_send_to(&data, to);
-                }
-            }
-            Send::Stream(tx, data) => {
-                let _ = tx.try_send(data);
-            }
-            Send::Peer(sock, peer, range) => {
-                let _ = sock.try_send_to(&buf[range], peer);
-            }
-            Send::Channel(client, tx, channel) => {
-                buf[0..2].copy_from_slice(&channel.to_be_bytes());
-                buf[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-                match tx {
-                    None => {
-                        if let Some(u) = udp {
-                            let _ = u.try_send_to(&buf[..4 + n], client.addr);
+/// Peer datagrams arriving on one relay socket.
+async fn relay_loop(socket: Rc<UdpSocket>, relay: SocketAddr, worker: Weak<RefCell<Worker>>) {
+    let mut out = Vec::new();
+    read_batches(&socket, |batch, n| {
+        let Some(worker) = worker.upgrade() else {
+            return false;
+        };
+        let mut w = worker.borrow_mut();
+        let now = Instant::now();
+        for i in 0..n {
+            let (peer, slot, len) = batch.slot(i);
+            w.server
+                .handle_peer(now, relay, peer, &slot[HEADROOM..HEADROOM + len], &mut out);
+            for o in out.drain(..) {
+                match o {
+                    Output::ChannelToClient { client, channel } => {
+                        let (_, slot, _) = batch.slot(i);
+                        slot[0..2].copy_from_slice(&channel.to_be_bytes());
+                        slot[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                        match client.transport {
+                            Transport::Udp => {
+                                if let Some(fd) = w.udp_fd {
+                                    batch.send_slot(fd, client.addr, i, 0..HEADROOM + len);
+                                }
+                            }
+                            Transport::Stream(id) => {
+                                if let Some(tx) = w.streams.get(&id) {
+                                    // Streams carry ChannelData padded to 4 bytes.
+                                    let mut v = slot[..HEADROOM + len].to_vec();
+                                    v.resize(HEADROOM + len.div_ceil(4) * 4, 0);
+                                    let _ = tx.try_send(v);
+                                }
+                            }
                         }
                     }
-                    Some(tx) => {
-                        let mut v = buf[..4 + n].to_vec();
-                        v.resize(4 + n.div_ceil(4) * 4, 0);
-                        let _ = tx.try_send(v);
-                    }
+                    o => route(&w, batch, o, None),
                 }
             }
         }
-    }
+        true
+    })
+    .await;
 }
 
-/// Runs the TURN server on a thread of its own with a single-threaded tokio
-/// runtime: every listener and relay task shares that thread, so the core's
-/// lock is never contended and no packet crosses threads (the API's runtime
-/// is not disturbed either).
-pub fn spawn_thread(server: Server, listen: Listen) -> std::io::Result<Running> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("continuum-turn".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
+/// Queues an output that is not ChannelData-from-a-slot; `slot` is the slot
+/// holding the client datagram a `ToPeer` range refers to.
+fn route(w: &Worker, batch: &mut Batch, o: Output, slot: Option<usize>) {
+    match o {
+        Output::ToClient { client, data } => match client.transport {
+            Transport::Udp => {
+                if let Some(fd) = w.udp_fd {
+                    batch.send_owned(fd, client.addr, data);
                 }
-            };
-            rt.block_on(async move {
-                let started = start(server, listen).await;
-                let ok = started.is_ok();
-                let _ = tx.send(started);
-                if ok {
-                    std::future::pending::<()>().await;
+            }
+            Transport::Stream(id) => {
+                if let Some(tx) = w.streams.get(&id) {
+                    let _ = tx.try_send(data);
                 }
-            });
-        })?;
-    rx.recv()
-        .map_err(|_| std::io::Error::other("the TURN thread ended during start-up"))?
-}
-
-/// Starts the listeners, relays and timer on the current tokio runtime.
-pub async fn start(server: Server, listen: Listen) -> std::io::Result<Running> {
-    let udp = match listen.udp {
-        Some(a) => {
-            let s = with_buffers(std::net::UdpSocket::bind(a)?, LISTENER_SOCKET_BUFFER);
-            s.set_nonblocking(true)?;
-            Some(Arc::new(UdpSocket::from_std(s)?))
-        }
-        None => None,
-    };
-    let tcp = match listen.tcp {
-        Some(a) => Some(TcpListener::bind(a).await?),
-        None => None,
-    };
-    let tls = match listen.tls {
-        Some((a, cfg)) => Some((
-            TcpListener::bind(a).await?,
-            tokio_rustls::TlsAcceptor::from(cfg),
-        )),
-        None => None,
-    };
-    let inner = Arc::new(Mutex::new(Inner {
-        server,
-        relays: RelayTable {
-            ips: listen.relay_ips.clone(),
-            sockets: HashMap::new(),
-            held: HashMap::new(),
-            state: None,
-            udp: udp.clone(),
+            }
         },
-        streams: HashMap::new(),
-        next_stream: 1,
-    }));
-    inner.lock().expect("turn state").relays.state = Some(Arc::downgrade(&inner));
-    let running = Running {
-        udp_addr: udp.as_ref().map(|u| u.local_addr()).transpose()?,
-        tcp_addr: tcp.as_ref().map(|t| t.local_addr()).transpose()?,
-        tls_addr: tls.as_ref().map(|(t, _)| t.local_addr()).transpose()?,
-        inner: inner.clone(),
-    };
-    if let Some((listener, acceptor)) = tls {
-        tokio::spawn(tls_accept(listener, acceptor, inner.clone()));
+        Output::ToPeer { relay, peer, range } => {
+            if let (Some(fd), Some(slot)) = (w.relays.fd(&relay), slot) {
+                batch.send_slot(fd, peer, slot, HEADROOM + range.start..HEADROOM + range.end);
+            }
+        }
+        Output::ChannelToClient { .. } => {} // only for peer data
     }
-    if let Some(udp) = udp {
-        tokio::spawn(udp_loop(udp, inner.clone()));
-    }
-    if let Some(tcp) = tcp {
-        tokio::spawn(tcp_accept(tcp, inner.clone()));
-    }
-    tokio::spawn(timer(inner.clone(), listen.region.clone()));
-    Ok(running)
 }
 
-async fn udp_loop(udp: Arc<UdpSocket>, inner: Arc<Mutex<Inner>>) {
-    let mut buf = vec![0u8; 65_536];
+/// Client datagrams on the worker's UDP listener.
+async fn udp_loop(udp: Rc<UdpSocket>, worker: Rc<RefCell<Worker>>) {
     let mut out = Vec::new();
-    loop {
-        // Readiness once, then drain without further wake-ups.
-        if udp.readable().await.is_err() {
-            continue;
-        }
-        while let Ok((n, from)) = udp.try_recv_from(&mut buf) {
+    read_batches(&udp, |batch, n| {
+        let mut w = worker.borrow_mut();
+        let now = Instant::now();
+        let unix = crate::auth::now_unix();
+        for i in 0..n {
+            let (from, slot, len) = batch.slot(i);
             let client = Client {
                 transport: Transport::Udp,
                 addr: from,
             };
-            let sends = from_client(&inner, client, &buf[..n], &mut out);
-            deliver_client(sends, &buf[..n], &udp);
+            let Worker { server, relays, .. } = &mut *w;
+            server.handle_client(
+                now,
+                unix,
+                client,
+                &slot[HEADROOM..HEADROOM + len],
+                relays,
+                &mut out,
+            );
+            for o in out.drain(..) {
+                route(&w, batch, o, Some(i));
+            }
         }
-    }
+        true
+    })
+    .await;
 }
 
-/// Sends for a client datagram: relayed slices come from `data` itself.
-fn deliver_client(sends: Vec<Send>, data: &[u8], udp: &UdpSocket) {
-    for s in sends {
-        match s {
-            Send::Udp(to, d) => {
-                let _ = udp.try_send_to(&d, to);
-            }
-            Send::Stream(tx, d) => {
-                let _ = tx.try_send(d);
-            }
-            Send::Peer(sock, peer, range) => {
-                let _ = sock.try_send_to(&data[range], peer);
-            }
-            Send::Channel(..) => {} // only produced for peer data
+/// Binds `n` sockets on `addr` sharing it by `SO_REUSEPORT` (one per
+/// worker); `make` turns a bound socket2 socket into the wanted type.
+fn bind_group(
+    addr: SocketAddr,
+    n: usize,
+    ty: socket2::Type,
+    protocol: socket2::Protocol,
+) -> std::io::Result<Vec<socket2::Socket>> {
+    let domain = socket2::Domain::for_address(addr);
+    let new = |reuse: bool| -> std::io::Result<socket2::Socket> {
+        let s = socket2::Socket::new(domain, ty, Some(protocol))?;
+        if ty == socket2::Type::STREAM {
+            s.set_reuse_address(true)?;
         }
+        if reuse {
+            s.set_reuse_port(true)?;
+        }
+        Ok(s)
+    };
+    let mut addr = addr;
+    if n > 1 && addr.port() == 0 {
+        // An ephemeral bind with SO_REUSEPORT may join another process's
+        // group on the same port; find a free port without it first.
+        let probe = new(false)?;
+        probe.bind(&addr.into())?;
+        addr = probe.local_addr()?.as_socket().expect("IP socket");
     }
+    (0..n)
+        .map(|_| {
+            let s = new(n > 1)?;
+            s.bind(&addr.into())?;
+            if ty == socket2::Type::STREAM {
+                s.listen(1024)?;
+            }
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect()
 }
 
-async fn tcp_accept(listener: TcpListener, inner: Arc<Mutex<Inner>>) {
-    loop {
-        let Ok((stream, from)) = listener.accept().await else {
-            continue;
+/// One worker's listeners, bound on the starting thread so bind errors
+/// reach the caller.
+struct Sockets {
+    udp: Option<std::net::UdpSocket>,
+    tcp: Option<std::net::TcpListener>,
+    tls: Option<std::net::TcpListener>,
+}
+
+/// Starts `listen.threads` relay workers (one per core by default), each on a
+/// thread of its own, and returns once all of them listen. The API's runtime
+/// is not disturbed by relaying.
+pub fn spawn(cfg: Config, listen: Listen) -> std::io::Result<Running> {
+    let threads = match listen.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let group = |addr: Option<SocketAddr>, ty, proto| -> std::io::Result<Vec<Option<_>>> {
+        Ok(match addr {
+            Some(a) => bind_group(a, threads, ty, proto)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => (0..threads).map(|_| None).collect(),
+        })
+    };
+    use socket2::{Protocol, Type};
+    let udp = group(listen.udp, Type::DGRAM, Protocol::UDP)?;
+    let tcp = group(listen.tcp, Type::STREAM, Protocol::TCP)?;
+    let tls = group(
+        listen.tls.as_ref().map(|t| t.0),
+        Type::STREAM,
+        Protocol::TCP,
+    )?;
+    let local = |s: &Option<socket2::Socket>| -> std::io::Result<Option<SocketAddr>> {
+        s.as_ref()
+            .map(|s| Ok(s.local_addr()?.as_socket().expect("IP socket")))
+            .transpose()
+    };
+    let ledger = Arc::new(Server::ledger_for(&cfg));
+    let running = Running {
+        udp_addr: local(&udp[0])?,
+        tcp_addr: local(&tcp[0])?,
+        tls_addr: local(&tls[0])?,
+        threads,
+        ledger: ledger.clone(),
+    };
+    let held: Held = Arc::default();
+    let acceptor = listen
+        .tls
+        .as_ref()
+        .map(|(_, c)| tokio_rustls::TlsAcceptor::from(c.clone()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, ((udp, tcp), tls)) in udp.into_iter().zip(tcp).zip(tls).enumerate() {
+        let sockets = Sockets {
+            udp: udp.map(|s| with_buffers(s.into(), LISTENER_SOCKET_BUFFER)),
+            tcp: tcp.map(Into::into),
+            tls: tls.map(Into::into),
         };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(stream_session(stream, from, inner.clone()));
+        let server = Server::sharing(cfg.clone(), ledger.clone());
+        let (held, acceptor, listen, tx) =
+            (held.clone(), acceptor.clone(), listen.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name(format!("continuum-turn-{i}"))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    let w = WorkerArgs {
+                        index: i,
+                        server,
+                        sockets,
+                        acceptor,
+                        held,
+                        listen,
+                    };
+                    match run_worker(w) {
+                        Ok(()) => {
+                            let _ = tx.send(Ok(()));
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
     }
+    drop(tx);
+    for _ in 0..threads {
+        rx.recv()
+            .map_err(|_| std::io::Error::other("a TURN worker ended during start-up"))??;
+    }
+    Ok(running)
 }
 
-async fn tls_accept(
+struct WorkerArgs {
+    index: usize,
+    server: Server,
+    sockets: Sockets,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    held: Held,
+    listen: Listen,
+}
+
+/// Registers a worker's sockets with its runtime and spawns its tasks.
+fn run_worker(a: WorkerArgs) -> std::io::Result<()> {
+    let udp = a
+        .sockets
+        .udp
+        .map(UdpSocket::from_std)
+        .transpose()?
+        .map(Rc::new);
+    let worker = Rc::new_cyclic(|me| {
+        RefCell::new(Worker {
+            server: a.server,
+            relays: RelayTable {
+                ips: a.listen.relay_ips.clone(),
+                sockets: HashMap::new(),
+                held: a.held,
+                worker: me.clone(),
+            },
+            streams: HashMap::new(),
+            next_stream: 1,
+            udp_fd: udp.as_ref().map(|u| u.as_raw_fd()),
+        })
+    });
+    if let Some(udp) = udp {
+        tokio::task::spawn_local(udp_loop(udp, worker.clone()));
+    }
+    if let Some(tcp) = a.sockets.tcp {
+        let listener = TcpListener::from_std(tcp)?;
+        tokio::task::spawn_local(tcp_accept(listener, None, worker.clone()));
+    }
+    if let (Some(tls), Some(acceptor)) = (a.sockets.tls, a.acceptor) {
+        let listener = TcpListener::from_std(tls)?;
+        tokio::task::spawn_local(tcp_accept(listener, Some(acceptor), worker.clone()));
+    }
+    tokio::task::spawn_local(timer(worker, a.listen.region, a.index == 0));
+    Ok(())
+}
+
+/// Accepts TCP (or, with an acceptor, TLS) clients on this worker.
+async fn tcp_accept(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    inner: Arc<Mutex<Inner>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    worker: Rc<RefCell<Worker>>,
 ) {
     loop {
         let Ok((stream, from)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (acceptor, inner) = (acceptor.clone(), inner.clone());
-        tokio::spawn(async move {
-            // A client that never finishes the handshake does not hold a task forever.
-            let handshake =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-            if let Ok(Ok(tls)) = handshake {
-                stream_session(tls, from, inner).await;
+        let worker = worker.clone();
+        match tls.clone() {
+            None => {
+                tokio::task::spawn_local(stream_session(stream, from, worker));
             }
-        });
+            Some(acceptor) => {
+                tokio::task::spawn_local(async move {
+                    // A client that never finishes the handshake does not hold a task forever.
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
+                    if let Ok(Ok(tls)) = handshake {
+                        stream_session(tls, from, worker).await;
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -457,16 +550,16 @@ pub fn tls_config(
 
 /// One TCP (or TLS) client connection: frames in, frames out; the
 /// allocation ends with the connection.
-async fn stream_session<S>(stream: S, from: SocketAddr, inner: Arc<Mutex<Inner>>)
+async fn stream_session<S>(stream: S, from: SocketAddr, worker: Rc<RefCell<Worker>>)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::marker::Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     let id = {
-        let mut g = inner.lock().expect("turn state");
-        let id = g.next_stream;
-        g.next_stream += 1;
-        g.streams.insert(id, tx);
+        let mut w = worker.borrow_mut();
+        let id = w.next_stream;
+        w.next_stream += 1;
+        w.streams.insert(id, tx.clone());
         id
     };
     let client = Client {
@@ -474,7 +567,7 @@ where
         addr: from,
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let writer_task = tokio::spawn(async move {
+    let writer_task = tokio::task::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
             if writer.write_all(&frame).await.is_err() {
                 break;
@@ -484,6 +577,7 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 4096];
     let mut out = Vec::new();
+    let mut replies = Vec::new();
     'read: loop {
         let n = match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -503,35 +597,51 @@ where
                 Some((_, d)) => &frame[..4 + d.len()],
                 None => &frame[..],
             };
-            let sends = from_client(&inner, client, data, &mut out);
-            for s in sends {
-                match s {
-                    Send::Stream(tx, d) => {
-                        let _ = tx.send(d).await;
+            {
+                let mut w = worker.borrow_mut();
+                let Worker { server, relays, .. } = &mut *w;
+                server.handle_client(
+                    Instant::now(),
+                    crate::auth::now_unix(),
+                    client,
+                    data,
+                    relays,
+                    &mut out,
+                );
+                for o in out.drain(..) {
+                    match o {
+                        Output::ToClient { data, .. } => replies.push(data),
+                        Output::ToPeer { relay, peer, range } => {
+                            if let Some((s, _)) = w.relays.sockets.get(&relay) {
+                                let _ = s.try_send_to(&data[range], peer);
+                            }
+                        }
+                        Output::ChannelToClient { .. } => {}
                     }
-                    Send::Peer(sock, peer, range) => {
-                        let _ = sock.try_send_to(&data[range], peer);
-                    }
-                    Send::Udp(..) | Send::Channel(..) => {}
                 }
+            }
+            // Replies wait for room: a stream client is not dropped from.
+            for r in replies.drain(..) {
+                let _ = tx.send(r).await;
             }
         }
     }
     writer_task.abort();
-    let mut g = inner.lock().expect("turn state");
-    g.streams.remove(&id);
-    let Inner { server, relays, .. } = &mut *g;
+    let mut w = worker.borrow_mut();
+    w.streams.remove(&id);
+    let Worker { server, relays, .. } = &mut *w;
     server.client_gone(client, relays);
 }
 
-async fn timer(inner: Arc<Mutex<Inner>>, region: String) {
+/// Expiry and metrics, once a second per worker.
+async fn timer(worker: Rc<RefCell<Worker>>, region: String, exports_tenants: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut reported = crate::server::Stats::default();
+    let mut reported = crate::metrics::Reported::default();
     loop {
         tick.tick().await;
-        let mut g = inner.lock().expect("turn state");
-        let Inner { server, relays, .. } = &mut *g;
+        let mut w = worker.borrow_mut();
+        let Worker { server, relays, .. } = &mut *w;
         server.expire(Instant::now(), relays);
-        crate::metrics::export(server, &mut reported, &region);
+        crate::metrics::export(server, &mut reported, &region, exports_tenants);
     }
 }

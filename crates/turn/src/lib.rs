@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod io;
+pub mod ledger;
 mod metrics;
 pub mod policy;
 pub mod server;

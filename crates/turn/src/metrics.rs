@@ -1,10 +1,23 @@
 //! TURN figures for `/metrics` (Prometheus via the `metrics` facade), with a
-//! `region` label, and per-tenant allocation gauges.
+//! `region` label, and per-tenant allocation gauges. Every relay worker
+//! exports what changed on it since its last export (counters and gauges by
+//! delta, so the workers' figures add up); one worker exports the tenants.
 
 use crate::server::{Server, Stats};
 
-pub(crate) fn export(server: &Server, reported: &mut Stats, region: &str) {
+/// What a worker exported last time.
+#[derive(Default)]
+pub(crate) struct Reported {
+    stats: Stats,
+    allocations: usize,
+    permissions: usize,
+    channels: usize,
+    tenants: Vec<String>,
+}
+
+pub(crate) fn export(server: &Server, last: &mut Reported, region: &str, tenants: bool) {
     let s = &server.stats;
+    let reported = &last.stats;
     let r = region.to_owned();
     let counters = [
         (
@@ -76,15 +89,47 @@ pub(crate) fn export(server: &Server, reported: &mut Stats, region: &str) {
                 .increment(n - before);
         }
     }
-    metrics::gauge!("continuum_turn_allocations", "region" => r.clone())
-        .set(server.allocation_count() as f64);
-    metrics::gauge!("continuum_turn_permissions", "region" => r.clone())
-        .set(server.permission_count() as f64);
-    metrics::gauge!("continuum_turn_channels", "region" => r.clone())
-        .set(server.channel_count() as f64);
-    for (tenant, n) in server.tenants() {
-        metrics::gauge!("continuum_turn_tenant_allocations", "region" => r.clone(), "tenant" => tenant.to_owned())
-            .set(n as f64);
+    for (name, now, before) in [
+        (
+            "continuum_turn_allocations",
+            server.allocation_count(),
+            &mut last.allocations,
+        ),
+        (
+            "continuum_turn_permissions",
+            server.permission_count(),
+            &mut last.permissions,
+        ),
+        (
+            "continuum_turn_channels",
+            server.channel_count(),
+            &mut last.channels,
+        ),
+    ] {
+        let g = metrics::gauge!(name, "region" => r.clone());
+        if now >= *before {
+            g.increment((now - *before) as f64);
+        } else {
+            g.decrement((*before - now) as f64);
+        }
+        *before = now;
     }
-    *reported = s.clone();
+    if tenants {
+        let now = server.ledger().tenants();
+        // A tenant whose last allocation ended goes to 0, not stale.
+        for gone in last
+            .tenants
+            .iter()
+            .filter(|t| !now.iter().any(|(n, _)| n == *t))
+        {
+            metrics::gauge!("continuum_turn_tenant_allocations", "region" => r.clone(), "tenant" => gone.clone())
+                .set(0.0);
+        }
+        for (tenant, n) in &now {
+            metrics::gauge!("continuum_turn_tenant_allocations", "region" => r.clone(), "tenant" => tenant.clone())
+                .set(*n as f64);
+        }
+        last.tenants = now.into_iter().map(|(t, _)| t).collect();
+    }
+    last.stats = s.clone();
 }

@@ -2,11 +2,13 @@
 //! datagrams and the time, it answers with datagrams to send. Relay sockets
 //! are opened through the [`Relays`] trait the IO layer implements.
 
-use crate::auth::{ChallengeLimiter, Credentials, KeyLookup, NonceCheck, Nonces};
+use crate::auth::{Credentials, KeyLookup, NonceCheck, Nonces};
+use crate::ledger::{Ledger, Quotas};
 use crate::policy::PeerPolicy;
 use crate::stun::{self, Builder, Class, Message, attr, method};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -135,33 +137,51 @@ struct Allocation {
 pub struct Server {
     cfg: Config,
     nonces: Nonces,
-    limiter: ChallengeLimiter,
+    /// Quotas, reservations and the challenge limiter, shared by workers.
+    ledger: Arc<Ledger>,
     allocations: HashMap<Client, Allocation>,
     by_relay: HashMap<SocketAddr, Client>,
-    per_user: HashMap<String, usize>,
-    per_tenant: HashMap<String, usize>,
-    /// RESERVATION-TOKEN → held relay address and until when.
-    reservations: HashMap<[u8; 8], (SocketAddr, Instant)>,
     pub stats: Stats,
 }
 
 type Reply = Result<Builder, (u16, &'static str)>;
 
 impl Server {
+    /// A server on its own (one worker).
     pub fn new(cfg: Config) -> Self {
+        let ledger = Arc::new(Self::ledger_for(&cfg));
+        Self::sharing(cfg, ledger)
+    }
+
+    /// The ledger the workers of one TURN service share.
+    pub fn ledger_for(cfg: &Config) -> Ledger {
+        Ledger::new(
+            Quotas {
+                total: cfg.max_allocations,
+                per_user: cfg.max_allocations_per_user,
+                per_tenant: cfg.max_allocations_per_tenant,
+            },
+            cfg.challenges_per_sec,
+        )
+    }
+
+    /// One worker of a service whose workers share `ledger`.
+    pub fn sharing(cfg: Config, ledger: Arc<Ledger>) -> Self {
         Server {
             nonces: Nonces::new(cfg.nonce_key, cfg.nonce_lifetime),
-            limiter: ChallengeLimiter::new(cfg.challenges_per_sec),
             cfg,
+            ledger,
             allocations: HashMap::new(),
             by_relay: HashMap::new(),
-            per_user: HashMap::new(),
-            per_tenant: HashMap::new(),
-            reservations: HashMap::new(),
             stats: Stats::default(),
         }
     }
 
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Allocations on this worker.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
     }
@@ -172,11 +192,6 @@ impl Server {
 
     pub fn channel_count(&self) -> usize {
         self.allocations.values().map(|a| a.channels.len()).sum()
-    }
-
-    /// Allocations per tenant, for metrics.
-    pub fn tenants(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.per_tenant.iter().map(|(t, n)| (t.as_str(), *n))
     }
 
     /// A datagram (or a whole stream frame) from a client.
@@ -285,7 +300,7 @@ impl Server {
         msg: &Message,
     ) -> Result<Auth, Option<Builder>> {
         let challenge = |s: &mut Self, code: u16, reason: &'static str| {
-            if !s.limiter.allow(client.addr.ip(), unix) {
+            if !s.ledger.allow_challenge(client.addr.ip(), unix) {
                 return None;
             }
             let nonce = s.nonces.mint(client.addr.ip(), unix);
@@ -360,35 +375,37 @@ impl Server {
             Some(_) => return refuse(self, "family", 440, "Address Family not Supported"),
         };
         let tenant = tenant_of(&auth.username);
-        if self.allocations.len() >= self.cfg.max_allocations
-            || self.per_user.get(&auth.username).copied().unwrap_or(0)
-                >= self.cfg.max_allocations_per_user
-            || self.per_tenant.get(&tenant).copied().unwrap_or(0)
-                >= self.cfg.max_allocations_per_tenant
-        {
+        if !self.ledger.admit(&auth.username, &tenant) {
             return refuse(self, "quota", 486, "Allocation Quota Reached");
         }
         let reserve_next = even.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
         let opened = match token {
-            Some(t) => match self.reservations.remove(t) {
-                Some((addr, until)) if until > now => relays.open_reserved(addr),
-                _ => return refuse(self, "reservation", 508, "Insufficient Capacity"),
+            Some(t) => match self.ledger.redeem(t, now) {
+                Some(addr) => relays.open_reserved(addr),
+                None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
             },
             None => relays.open(ipv6, even.is_some(), reserve_next),
         };
         let relay = match opened {
             Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
-                return refuse(self, "family", 440, "Address Family not Supported");
+            Err(e) => {
+                self.ledger.release(&auth.username, &tenant);
+                return match e.kind() {
+                    std::io::ErrorKind::Unsupported => {
+                        refuse(self, "family", 440, "Address Family not Supported")
+                    }
+                    std::io::ErrorKind::NotFound => {
+                        refuse(self, "reservation", 508, "Insufficient Capacity")
+                    }
+                    _ => refuse(self, "capacity", 508, "Insufficient Capacity"),
+                };
             }
-            Err(_) => return refuse(self, "capacity", 508, "Insufficient Capacity"),
         };
         let mut reservation = None;
         if reserve_next {
             let token: [u8; 8] = rand::random();
             let next = SocketAddr::new(relay.ip(), relay.port() + 1);
-            self.reservations
-                .insert(token, (next, now + RESERVATION_LIFETIME));
+            self.ledger.hold(token, next, now + RESERVATION_LIFETIME);
             reservation = Some(token);
         }
         let lifetime = self.lifetime(msg);
@@ -407,8 +424,6 @@ impl Server {
             },
         );
         self.by_relay.insert(relay, client);
-        *self.per_user.entry(auth.username.clone()).or_default() += 1;
-        *self.per_tenant.entry(tenant).or_default() += 1;
         self.stats.allocations_created += 1;
         let mut b = Builder::new(Class::Success, method::ALLOCATE, msg.transaction)
             .xor_address(attr::XOR_RELAYED_ADDRESS, relay)
@@ -664,13 +679,9 @@ impl Server {
         for c in gone {
             self.remove(c, relays);
         }
-        self.reservations.retain(|_, (addr, until)| {
-            let keep = *until > now;
-            if !keep {
-                relays.close(*addr);
-            }
-            keep
-        });
+        for addr in self.ledger.expired_reservations(now) {
+            relays.close(addr);
+        }
         for a in self.allocations.values_mut() {
             a.permissions.retain(|_, t| *t > now);
             a.channels.retain(|_, (_, t)| *t > now);
@@ -691,17 +702,7 @@ impl Server {
         };
         self.by_relay.remove(&a.relay);
         relays.close(a.relay);
-        for (map, k) in [
-            (&mut self.per_user, &a.username),
-            (&mut self.per_tenant, &a.tenant),
-        ] {
-            if let Some(n) = map.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    map.remove(k);
-                }
-            }
-        }
+        self.ledger.release(&a.username, &a.tenant);
     }
 }
 

@@ -26,7 +26,8 @@ pub struct MintTokenRequest {
     /// Display name shown to other participants.
     pub name: Option<String>,
     /// The participant's region (e.g. `eu`): TURN nodes there come first in
-    /// `ice_servers`.
+    /// `ice_servers`, here and in the signaling `joined` reply (the token
+    /// carries it).
     pub region: Option<String>,
 }
 
@@ -77,7 +78,10 @@ pub async fn mint_token(
         &req.identity,
         req.role,
         req.grants.clone(),
-        req.name,
+        crate::auth::About {
+            name: req.name,
+            region: req.region.clone(),
+        },
         Duration::from_secs(ttl),
     );
     let entry = continuum_store::AuditEntry::new(

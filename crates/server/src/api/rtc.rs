@@ -124,11 +124,17 @@ enum ClientMsg {
     },
 }
 
-/// TURN servers with credentials bound to `<tenant>.<participant>`.
-fn ice_servers(s: &AppState, tenant: &str, participant: &str) -> serde_json::Value {
+/// TURN servers with credentials bound to `<tenant>.<participant>`, those
+/// of the participant's region (from its token) first.
+fn ice_servers(
+    s: &AppState,
+    tenant: &str,
+    participant: &str,
+    region: Option<&str>,
+) -> serde_json::Value {
     s.turn
         .as_ref()
-        .map_or_else(|| json!([]), |t| t.ice_servers(tenant, participant, None))
+        .map_or_else(|| json!([]), |t| t.ice_servers(tenant, participant, region))
 }
 
 /// Simulcast layer index for a requested quality (layers are ordered by bitrate).
@@ -158,6 +164,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         identity,
         role,
         grants,
+        region,
     } = p.clone()
     else {
         return;
@@ -187,7 +194,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                     match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);
-                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity)}).to_string())
+                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
                                         }
                                         Err(e) => Some(error("join_refused", e.to_string())),
                                     }

@@ -39,6 +39,7 @@ async fn start(
         identity,
         role,
         grants,
+        ..
     } = &p
     else {
         return Err(ApiError::forbidden(
