@@ -82,6 +82,9 @@ pub enum Command {
     /// near the users. REST credentials must share `turn.rest_secrets` (or the
     /// master key) with the API nodes.
     Turn,
+    /// Capacity for the peak burst and the cost curve against a CPaaS, from
+    /// a workload profile (examples/plan/profile.toml).
+    Plan(crate::plan::PlanArgs),
     /// Benchmarks (run on the machine you plan for).
     Bench {
         #[command(subcommand)]
@@ -358,6 +361,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", continuum_server::app::openapi().to_pretty_json()?);
         }
         Command::Bench { command } => bench::run(command, load_config(&g)?)?,
+        Command::Plan(args) => crate::plan::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 mod alloc;
 mod bench;
 mod cli;
+mod plan;
 
 use clap::Parser;
 
