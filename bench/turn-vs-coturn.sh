@@ -7,7 +7,8 @@
 #
 #   bench/turn-vs-coturn.sh            # needs: cargo, coturn (apt-get install coturn)
 #   QUICK=1 bench/turn-vs-coturn.sh    # smaller loads
-#   ONLY=continuum THREADS=1 ...       # one server; continuum's relay threads (0 = one per core)
+#   ONLY=continuum:1 ...               # one server; continuum:N runs N relay threads
+#                                      # (plain `continuum`: one per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v turnserver >/dev/null || { echo "needs coturn: apt-get install -y coturn" >&2; exit 1; }
@@ -32,7 +33,6 @@ users = { u = "p" }
 allow_peers = ["127.0.0.1/32"]
 max_allocations_per_user = 100000
 max_allocations_per_tenant = 100000
-threads = ${THREADS:-0}
 TOML
 
 start_server() { # name → pid in $SERVER_PID
@@ -42,13 +42,14 @@ start_server() { # name → pid in $SERVER_PID
         --lt-cred-mech --user=u:p --realm=test --allow-loopback-peers --no-cli \
         --log-file=stdout --no-tls --no-dtls --min-port=49152 --max-port=65535 >"$WORK/coturn.log" 2>&1 &
       SERVER_PID=$!; PORT=13479 ;;
-    continuum)
-      $BIN --config "$WORK/continuum.toml" turn >"$WORK/continuum.log" 2>&1 &
+    continuum*)
+      local threads=0; [[ $1 == continuum:* ]] && threads=${1#continuum:}
+      CONTINUUM_TURN__THREADS=$threads $BIN --config "$WORK/continuum.toml" turn >"$WORK/continuum.log" 2>&1 &
       SERVER_PID=$!; PORT=13478 ;;
   esac
   # (turnutils_stunclient signals its whole process group, so it is not used here.)
   sleep 1
-  kill -0 $SERVER_PID 2>/dev/null || { echo "$1 did not start:" >&2; cat "$WORK/$1.log" >&2; exit 1; }
+  kill -0 $SERVER_PID 2>/dev/null || { echo "$1 did not start:" >&2; cat "$WORK/${1%%:*}.log" >&2; exit 1; }
 }
 
 cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
@@ -60,7 +61,8 @@ run_load() {
   local name=$1 label=$2; shift 2
   local c0 r0 peak=0 t0 t1 out
   c0=$(cpu_ticks $SERVER_PID); r0=$(rss_kib $SERVER_PID); t0=$(date +%s.%N)
-  turnutils_uclient "$@" -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >"$WORK/uc.log" 2>&1 &
+  # Its own session: coturn's tools may signal their whole process group.
+  setsid turnutils_uclient "$@" -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >"$WORK/uc.log" 2>&1 &
   local uc=$!
   while kill -0 $uc 2>/dev/null; do
     local r; r=$(rss_kib $SERVER_PID); (( r > peak )) && peak=$r; sleep 0.2
@@ -78,7 +80,7 @@ run_load() {
       -v cpu=$(( c1 - c0 )) -v tick=$TICK -v t="$(echo "$t1 - $t0" | bc)" \
       -v peak=$peak -v r0=$r0 -v m="${clients:-1}" 'BEGIN {
     relayed = s + r; secs = cpu / tick
-    printf "%-10s %-34s %8d %8d %-16s %10.0f %9.2f %10.1f\n", n, l, s, r, lost, relayed / t, (relayed ? secs * 1e6 / relayed : 0), (peak > r0 ? (peak - r0) / m : 0)
+    printf "%-12s %-34s %8d %8d %-16s %10.0f %9.2f %10.1f\n", n, l, s, r, lost, relayed / t, (relayed ? secs * 1e6 / relayed : 0), (peak > r0 ? (peak - r0) / m : 0)
   }'
 }
 
@@ -86,14 +88,14 @@ LOADS=(
   "bulk -m 40 -n 5000 -l 170 -z 1:-c -m 40 -n 5000 -l 170 -z 1"
   "audio-like -m 100 -n 500 -l 200 -z 20:-c -m 100 -n 500 -l 200 -z 20"
 )
-SWEEP=(20 50 80 120)
+SWEEP=(20 50 80 120 160)
 if [[ ${QUICK:-} ]]; then
   LOADS=("bulk -m 20 -n 1000 -l 170 -z 1:-c -m 20 -n 1000 -l 170 -z 1" "audio-like -m 50 -n 200 -l 200 -z 20:-c -m 50 -n 200 -l 200 -z 20")
   SWEEP=(20 50)
 fi
 
-printf "%-10s %-34s %8s %8s %-16s %10s %9s %10s\n" server load sent echoed "lost (%)" "relayed/s" "µs CPU/pk" "KiB/alloc"
-for server in ${ONLY:-coturn continuum}; do
+printf "%-12s %-34s %8s %8s %-16s %10s %9s %10s\n" server load sent echoed "lost (%)" "relayed/s" "µs CPU/pk" "KiB/alloc"
+for server in ${ONLY:-coturn continuum:1 continuum}; do
   start_server $server
   # Warm-up (not reported): lazily built per-thread state (buffers, tables)
   # is not charged to the first load's allocations, for either server.
