@@ -46,7 +46,8 @@ pub struct Capacity {
 /// Default source note (figures in docs/benchmarks.md).
 pub const DEFAULT_SOURCE: &str = "defaults: docs/benchmarks.md, 2-core dev VM, 2026-11-26 \
      (`continuum bench sfu`: 44,301 egress packets/core-s and ≈103 1:1 visits per core; \
-     fan-out 73,910; bench/turn-vs-coturn.sh: 6.2 µs CPU per relayed packet); \
+     fan-out 73,910; bench/turn-vs-coturn.sh: 4.35 µs CPU per relayed packet at the \
+     bulk load, one relay worker); \
      voice gateway 500 calls/core is an estimate (no SIP benchmark yet)";
 
 impl Default for Capacity {
@@ -56,7 +57,7 @@ impl Default for Capacity {
             sfu_egress_packets_per_core: 44_301.0,
             sfu_fanout_egress_packets_per_core: 73_910.0,
             sfu_visits_per_core: 103.0,
-            turn_cpu_us_per_packet: 6.2,
+            turn_cpu_us_per_packet: 4.35,
             // G.711 at 50 packets/s each way = 100 packets/s per call: 500
             // calls = 50k packets/s, the SFU's per-core packet rate.
             voice_calls_per_core: 500.0,

@@ -176,7 +176,7 @@ thread_local! {
 }
 
 /// Receives batches from `socket` until it is empty, handing each batch to
-/// `each`. A short batch means the socket was drained, so readiness is
+/// `each` (which returns false to stop reading). A short batch means the socket was drained, so readiness is
 /// cleared without the extra empty `recvmmsg` a drain-to-EAGAIN loop costs
 /// (every datagram arriving later raises a new readiness event).
 async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize) -> bool) {
@@ -187,7 +187,7 @@ async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize
         loop {
             let fd = socket.as_raw_fd();
             let mut got = 0;
-            let full = BATCH.with_borrow_mut(|batch| {
+            let (full, keep_going) = BATCH.with_borrow_mut(|batch| {
                 let r = socket.try_io(Interest::READABLE, || {
                     got = batch.recv(fd)?;
                     if got < continuum_udp::BATCH {
@@ -197,8 +197,11 @@ async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize
                 });
                 let keep_going = got == 0 || each(batch, got);
                 batch.flush();
-                r.is_ok() && keep_going
+                (r.is_ok(), keep_going)
             });
+            if !keep_going {
+                return;
+            }
             if !full {
                 break;
             }

@@ -286,7 +286,11 @@ fn no_huge_pages(buf: &[u8]) {
         // SAFETY: advice on whole pages inside our own live allocation; it
         // changes how they are backed, not their contents.
         unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_NOHUGEPAGE);
+            libc::madvise(
+                start as *mut libc::c_void,
+                end - start,
+                libc::MADV_NOHUGEPAGE,
+            );
         }
     }
 }
