@@ -626,7 +626,8 @@ fn allocate(port: u16, user: &str, pass: &str, extra: &[(u16, Vec<u8>)]) -> Allo
     Allocated {
         relay,
         token: m.attr(attr::RESERVATION_TOKEN).map(<[u8]>::to_vec),
-        _socket: sock,
+        socket: sock,
+        auth: (user.to_owned(), nonce, key),
     }
 }
 
@@ -634,7 +635,100 @@ fn allocate(port: u16, user: &str, pass: &str, extra: &[(u16, Vec<u8>)]) -> Allo
 struct Allocated {
     relay: Result<std::net::SocketAddr, u16>,
     token: Option<Vec<u8>>,
-    _socket: UdpSocket,
+    socket: UdpSocket,
+    /// Username, nonce and key for further requests.
+    auth: (String, String, [u8; 16]),
+}
+
+impl Allocated {
+    /// One more authenticated request on this allocation: 200 or the error code.
+    fn request(&self, b: continuum_turn::stun::Builder) -> u16 {
+        use continuum_turn::stun::{Class, Message, attr};
+        let (user, nonce, key) = &self.auth;
+        let msg = b
+            .attr(attr::USERNAME, user.as_bytes())
+            .attr(attr::REALM, b"test")
+            .attr(attr::NONCE, nonce.as_bytes())
+            .integrity(key)
+            .fingerprint();
+        self.socket.send(&msg).unwrap();
+        let mut buf = [0u8; 1500];
+        let n = self.socket.recv(&mut buf).expect("a TURN response");
+        let m = Message::parse(&buf[..n]).unwrap();
+        match m.class {
+            Class::Success => 200,
+            _ => {
+                let e = m.attr(attr::ERROR_CODE).expect("an error code");
+                e[2] as u16 * 100 + e[3] as u16
+            }
+        }
+    }
+}
+
+/// The relay may reach this node's own SFU, but only its media ports: with
+/// the default policy (no loopback allowance), a ChannelBind to the SFU's
+/// port works and its data reaches the SFU, while the TURN port on the same
+/// address is refused (403) and a Send indication to it is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_reach_our_own_sfu_media_ports_only() {
+    use continuum_turn::stun::{Builder, Class, attr, method};
+    let dir = tempdir();
+    let s = start(
+        dir.path(),
+        "[turn]\nrealm = \"test\"\nusers = { u = \"p\" }\n",
+    );
+    let (udp, _) = ports(&s).await;
+    let m = metrics(&s).await;
+    let sfu = metric(&m, "continuum_sfu_udp_port", "worker=\"0\"").expect("SFU port") as u16;
+    let a = allocate(udp, "u", "p", &[]);
+    a.relay.expect("allocation");
+    let bind = |channel: u16, port: u16| {
+        Builder::new(Class::Request, method::CHANNEL_BIND, [channel as u8; 12])
+            .attr(
+                attr::CHANNEL_NUMBER,
+                &[(channel >> 8) as u8, channel as u8, 0, 0],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, ([127, 0, 0, 1], port).into())
+    };
+    assert_eq!(a.request(bind(0x4001, sfu)), 200, "the SFU's media port");
+    assert_eq!(a.request(bind(0x4002, udp)), 403, "the TURN port beside it");
+    let before = metric(&m, "continuum_sfu_unknown_datagrams_total", "").unwrap_or(0.0);
+    // ChannelData to the SFU: a datagram from an address it does not know.
+    a.socket.send(&[0x40, 0x01, 0, 4, 1, 2, 3, 4]).unwrap();
+    let m = wait_metric(
+        &s,
+        "continuum_sfu_unknown_datagrams_total",
+        "",
+        before + 1.0,
+    )
+    .await;
+    assert!(
+        metric(&m, "continuum_sfu_unknown_datagrams_total", "").unwrap_or(0.0) >= before + 1.0,
+        "relayed data reached the SFU\n{m}"
+    );
+    // A Send indication to the TURN port is dropped and counted.
+    let denied = |m: &str| {
+        metric(
+            m,
+            "continuum_turn_peer_policy_denials_total",
+            "special_purpose",
+        )
+        .unwrap_or(0.0)
+    };
+    let before = denied(&m);
+    let send = Builder::new(Class::Indication, method::SEND, [9; 12])
+        .xor_address(attr::XOR_PEER_ADDRESS, ([127, 0, 0, 1], udp).into())
+        .attr(attr::DATA, b"knock")
+        .fingerprint();
+    a.socket.send(&send).unwrap();
+    let m = wait_metric(
+        &s,
+        "continuum_turn_peer_policy_denials_total",
+        "special_purpose",
+        before + 1.0,
+    )
+    .await;
+    assert!(denied(&m) >= before + 1.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

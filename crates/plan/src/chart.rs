@@ -77,20 +77,24 @@ pub fn write_all(plan: &Plan, dir: &Path) -> Result<Vec<PathBuf>, ChartError> {
 }
 
 fn money(v: f64) -> String {
-    if v >= 1e6 {
-        format!("${:.1}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("${:.0}k", v / 1e3)
-    } else {
-        format!("${v:.0}")
-    }
+    format!("${}", count(v))
 }
 
+/// Axis labels: 800, 1k, 1.2k, 15k, 2.5M (one decimal only when needed, so
+/// neighbouring ticks never print the same label).
 fn count(v: f64) -> String {
+    let short = |unit: f64, suffix: &str| {
+        let x = v / unit;
+        if (x - x.round()).abs() < 1e-6 {
+            format!("{x:.0}{suffix}")
+        } else {
+            format!("{x:.1}{suffix}")
+        }
+    };
     if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        short(1e6, "M")
     } else if v >= 1e3 {
-        format!("{:.0}k", v / 1e3)
+        short(1e3, "k")
     } else {
         format!("{v:.0}")
     }
@@ -279,4 +283,18 @@ where
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{count, money};
+
+    #[test]
+    fn neighbouring_ticks_get_distinct_labels() {
+        assert_eq!(
+            [800.0, 1000.0, 1200.0, 15_000.0, 2_500_000.0].map(count),
+            ["800", "1k", "1.2k", "15k", "2.5M"]
+        );
+        assert_eq!(money(80_000.0), "$80k");
+    }
 }

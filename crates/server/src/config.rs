@@ -53,7 +53,8 @@ pub struct TurnConfig {
     /// the server's own addresses are refused unless allowed here.
     pub allow_peers: Vec<String>,
     pub deny_peers: Vec<String>,
-    /// Allow relaying to this node's own SFU media addresses.
+    /// Allow relaying to this node's own SFU media addresses (their exact
+    /// ports: the rest of the host stays refused).
     pub allow_own_sfu: bool,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
@@ -430,7 +431,7 @@ credential_ttl_secs = 3600
 # server's own addresses are refused unless listed in allow_peers (CIDR).
 allow_peers = []
 deny_peers = []
-# relaying to this node's own SFU is allowed
+# relaying to this node's own SFU media ports (only those) is allowed
 allow_own_sfu = true
 max_allocations = 100000
 max_allocations_per_user = 10

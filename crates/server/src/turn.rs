@@ -47,12 +47,13 @@ pub fn build_config(
             })
             .collect()
     };
-    let mut allow = parse(&cfg.allow_peers, "allow_peers")?;
-    if cfg.allow_own_sfu {
-        for a in sfu_addrs {
-            allow.push(a.ip().to_string().parse().map_err(anyhow::Error::msg)?);
-        }
-    }
+    let allow = parse(&cfg.allow_peers, "allow_peers")?;
+    // The SFU's media ports only, not the rest of its host.
+    let allow_addrs = if cfg.allow_own_sfu {
+        sfu_addrs.to_vec()
+    } else {
+        Vec::new()
+    };
     let mut own: Vec<std::net::IpAddr> = vec![cfg.relay_ip];
     own.extend(cfg.relay_ip_v6);
     own.extend(cfg.udp_listen.map(|a| a.ip()));
@@ -64,6 +65,7 @@ pub fn build_config(
     );
     c.policy = PeerPolicy {
         allow,
+        allow_addrs,
         deny: parse(&cfg.deny_peers, "deny_peers")?,
         own: own.into_iter().filter(|ip| !ip.is_unspecified()).collect(),
     };

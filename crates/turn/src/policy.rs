@@ -5,7 +5,7 @@
 //! gateway) and deny-lists; tests use an explicit loopback allowance.
 
 use continuum_core::netpolicy::{embedded_ipv4, is_special_purpose};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 /// An address range in CIDR notation.
@@ -64,6 +64,10 @@ fn normalize(ip: IpAddr) -> IpAddr {
 pub struct PeerPolicy {
     /// Always allowed (wins over everything else).
     pub allow: Vec<Cidr>,
+    /// Exact transport addresses allowed even where their IP is refused:
+    /// our own SFU's media ports, without opening the rest of that host
+    /// (its API, or this TURN server itself, when they share the address).
+    pub allow_addrs: Vec<SocketAddr>,
     /// Always refused.
     pub deny: Vec<Cidr>,
     /// The server's own addresses (listeners, relays).
@@ -88,7 +92,34 @@ impl Denied {
 }
 
 impl PeerPolicy {
+    /// May a permission be installed for `peer`? (Permissions are per IP;
+    /// an IP with allowed transport addresses gets one, and
+    /// [`PeerPolicy::check_addr`] then limits it to those ports.)
     pub fn check(&self, peer: IpAddr) -> Result<(), Denied> {
+        let n = normalize(peer);
+        match self.check_ip(peer) {
+            Err(_) if self.allow_addrs.iter().any(|a| normalize(a.ip()) == n) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// May a datagram go to, or come from, `peer`?
+    pub fn check_addr(&self, peer: SocketAddr) -> Result<(), Denied> {
+        let n = normalize(peer.ip());
+        match self.check_ip(peer.ip()) {
+            Err(_)
+                if self
+                    .allow_addrs
+                    .iter()
+                    .any(|a| normalize(a.ip()) == n && a.port() == peer.port()) =>
+            {
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn check_ip(&self, peer: IpAddr) -> Result<(), Denied> {
         if self.allow.iter().any(|c| c.contains(peer)) {
             return Ok(());
         }
@@ -172,6 +203,7 @@ mod tests {
                 "2606:4700::/32".parse().unwrap(),
             ],
             own: vec!["1.2.3.4".parse().unwrap()],
+            ..Default::default()
         };
         assert_eq!(
             p.check("127.0.0.1".parse().unwrap()),
@@ -195,5 +227,33 @@ mod tests {
         );
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn allowed_transport_addresses_open_only_their_ports() {
+        // The SFU on this node's own (loopback) address: its media port is
+        // reachable through a relay, the API or TURN port beside it is not.
+        let p = PeerPolicy {
+            allow_addrs: vec!["127.0.0.1:7401".parse().unwrap()],
+            own: vec!["127.0.0.1".parse().unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(p.check("127.0.0.1".parse().unwrap()), Ok(()), "permission");
+        assert_eq!(p.check_addr("127.0.0.1:7401".parse().unwrap()), Ok(()));
+        assert_eq!(
+            p.check_addr("[::ffff:127.0.0.1]:7401".parse().unwrap()),
+            Ok(())
+        );
+        for other in ["127.0.0.1:7400", "127.0.0.1:3478", "127.0.0.2:7401"] {
+            assert_eq!(
+                p.check_addr(other.parse().unwrap()),
+                Err(Denied::SpecialPurpose),
+                "{other}"
+            );
+        }
+        assert_eq!(
+            p.check("10.0.0.1".parse().unwrap()),
+            Err(Denied::SpecialPurpose)
+        );
     }
 }

@@ -473,10 +473,13 @@ impl Server {
     }
 
     /// Peers named by a request: each must be allowed and of the relay's family.
+    /// (`exact`: judged as a transport address, not only by IP: ChannelBind
+    /// fixes the peer's port, CreatePermission does not.)
     fn peers(
         &mut self,
         msg: &Message,
         relay_v6: bool,
+        exact: bool,
     ) -> Result<Vec<SocketAddr>, (u16, &'static str)> {
         let mut peers = Vec::new();
         for v in msg.attrs(attr::XOR_PEER_ADDRESS) {
@@ -484,7 +487,12 @@ impl Server {
             if peer.is_ipv6() != relay_v6 {
                 return Err((443, "Peer Address Family Mismatch"));
             }
-            if let Err(d) = self.cfg.policy.check(peer.ip()) {
+            let verdict = if exact {
+                self.cfg.policy.check_addr(peer)
+            } else {
+                self.cfg.policy.check(peer.ip())
+            };
+            if let Err(d) = verdict {
                 *self.stats.policy_denials.entry(d.label()).or_default() += 1;
                 return Err((403, "Forbidden"));
             }
@@ -500,7 +508,7 @@ impl Server {
         let Some(relay_v6) = self.allocations.get(&client).map(|a| a.relay.is_ipv6()) else {
             return Err((437, "Allocation Mismatch"));
         };
-        let peers = self.peers(msg, relay_v6)?;
+        let peers = self.peers(msg, relay_v6, false)?;
         let a = self.allocations.get_mut(&client).expect("checked");
         for p in peers {
             a.permissions.insert(p.ip(), now + PERMISSION_LIFETIME);
@@ -524,7 +532,7 @@ impl Server {
         else {
             return Err((400, "Bad Request"));
         };
-        let peers = self.peers(msg, relay_v6)?;
+        let peers = self.peers(msg, relay_v6, true)?;
         let [peer] = peers[..] else {
             return Err((400, "Bad Request"));
         };
@@ -576,7 +584,7 @@ impl Server {
             self.stats.malformed += 1;
             return;
         };
-        if let Err(d) = self.cfg.policy.check(peer.ip()) {
+        if let Err(d) = self.cfg.policy.check_addr(peer) {
             *self.stats.policy_denials.entry(d.label()).or_default() += 1;
             return;
         }
@@ -636,7 +644,7 @@ impl Server {
         data: &[u8],
         out: &mut Vec<Output>,
     ) {
-        if let Err(d) = self.cfg.policy.check(peer.ip()) {
+        if let Err(d) = self.cfg.policy.check_addr(peer) {
             *self.stats.policy_denials.entry(d.label()).or_default() += 1;
             return;
         }
