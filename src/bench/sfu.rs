@@ -63,6 +63,8 @@ struct RunResult {
     services_per_sec: f64,
     egress_per_service: f64,
     timer_services_per_sec: f64,
+    /// Timer services per second by str0m's reason.
+    timer_services_by_reason: std::collections::BTreeMap<&'static str, f64>,
     /// Of the egress: retransmissions and BWE padding.
     rtx_and_padding_per_sec: f64,
     /// Subscribers' loss: 1 − received / expected by sequence ranges.
@@ -148,6 +150,21 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         args.visits,
         visits_per_core
     );
+    println!("timer wake-ups per participant per second, by str0m's reason (services per egress packet):");
+    for r in &results {
+        let per_participant = |v: f64| v / r.participants.max(1) as f64;
+        let reasons: Vec<String> = r
+            .timer_services_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k} {:.1}", per_participant(*v)))
+            .collect();
+        println!(
+            "  {:<40} {} ({:.2})",
+            r.scenario,
+            reasons.join(", "),
+            r.services_per_sec / r.egress_rtp_packets_per_sec.max(1.0)
+        );
+    }
     let report = serde_json::json!({
         "runs": results,
         "visits_per_core_estimate": visits_per_core,
@@ -264,6 +281,15 @@ fn scenario(
         ingress_packets_per_sec: ingress as f64 / wall,
         services_per_sec: (s.services - stats_before.services) as f64 / wall,
         timer_services_per_sec: (s.timer_services - stats_before.timer_services) as f64 / wall,
+        timer_services_by_reason: continuum_sfu::TIMER_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let n = s.timer_reasons[i] - stats_before.timer_reasons[i];
+                (*r, n as f64 / wall)
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect(),
         egress_per_service: egress as f64 / (s.services - stats_before.services).max(1) as f64,
         rtx_and_padding_per_sec: (s.rtx_sent - stats_before.rtx_sent) as f64 / wall,
         loss: if expected == 0 {

@@ -627,6 +627,13 @@ fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::
             metrics::counter!(name).increment(value - before);
         }
     }
+    for (i, reason) in continuum_sfu::TIMER_REASONS.iter().enumerate() {
+        let (value, before) = (now.timer_reasons[i], reported.timer_reasons[i]);
+        if value > before {
+            metrics::counter!("continuum_sfu_timer_wakeups_total", "reason" => *reason)
+                .increment(value - before);
+        }
+    }
     *reported = *now;
 }
 

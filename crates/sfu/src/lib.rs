@@ -18,8 +18,8 @@ mod worker;
 
 pub use participant::{Mode, ParticipantId};
 pub use worker::{
-    INITIAL_BWE_BPS, JoinError, JoinRequest, RECV_BATCH, RoomEvent, SfuOutput, SignalError, Worker,
-    WorkerConfig, WorkerStats,
+    INITIAL_BWE_BPS, JoinError, JoinRequest, RECV_BATCH, RoomEvent, SfuOutput, SignalError,
+    TIMER_REASONS, Worker, WorkerConfig, WorkerStats,
 };
 
 /// Installs str0m's crypto provider (aws-lc-rs) for the process; idempotent.

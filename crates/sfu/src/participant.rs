@@ -178,6 +178,8 @@ pub(crate) struct Participant {
     pub layer_switches: u64,
     /// When str0m next wants time, and whether the worker already queued us.
     pub next_timeout: Instant,
+    /// Why (index into `TIMER_REASONS`).
+    pub next_reason: u8,
     pub queued: bool,
     /// Tracks came or went since our last offer (see `offer_if_needed`).
     pub renegotiate: bool,
@@ -226,6 +228,7 @@ impl Participant {
             rtx_unreported: 0,
             layer_switches: 0,
             next_timeout: Instant::now(),
+            next_reason: 0,
             queued: false,
             renegotiate: true,
             pacing: false,

@@ -168,6 +168,35 @@ pub struct Worker {
     pub stats: WorkerStats,
 }
 
+/// str0m's reasons for waking a participant's `Rtc`, as metric labels.
+pub const TIMER_REASONS: [&str; 9] = [
+    "ice_dtls_sctp",
+    "rtcp_feedback",
+    "nack",
+    "twcc",
+    "pacer",
+    "bwe",
+    "receive_reorder",
+    "stats",
+    "other",
+];
+
+/// Index into [`TIMER_REASONS`].
+pub(crate) fn timer_reason(r: str0m::Reason) -> u8 {
+    use str0m::Reason::*;
+    match r {
+        Ice | DTLS | Sctp | Channel => 0,
+        Feedback => 1,
+        Nack => 2,
+        Twcc => 3,
+        Pacer(_) => 4,
+        BweDelayControl | BweProbeControl => 5,
+        ReceiveReorder => 6,
+        Stats => 7,
+        _ => 8,
+    }
+}
+
 /// Monotonic counters, exported by the IO loop as Prometheus counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerStats {
@@ -188,6 +217,9 @@ pub struct WorkerStats {
     pub services: u64,
     /// Of those, the ones due to the participant's own timer.
     pub timer_services: u64,
+    /// Timer services by str0m's reason for the timer (see [`TIMER_REASONS`]):
+    /// where the per-participant cost that is not forwarding comes from.
+    pub timer_reasons: [u64; TIMER_REASONS.len()],
     /// Packets sent to subscribers beyond those forwarded: NACK-driven
     /// retransmissions (RTX) and BWE probing padding.
     pub rtx_sent: u64,
@@ -505,6 +537,7 @@ impl Worker {
                     // halves services but holds packets in str0m's queues and
                     // starves BWE, so str0m gets exactly the wake-ups it asks for.)
                     p.next_timeout = t;
+                    p.next_reason = timer_reason(p.rtc.last_timeout_reason());
                     break;
                 }
                 Polled::Nothing => {}
@@ -669,6 +702,7 @@ impl Worker {
             if p.next_timeout <= now && !p.queued {
                 p.queued = true;
                 self.stats.timer_services += 1;
+                self.stats.timer_reasons[p.next_reason as usize] += 1;
                 self.queue.push_back(p.id);
             }
         }
