@@ -150,7 +150,9 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         args.visits,
         visits_per_core
     );
-    println!("timer wake-ups per participant per second, by str0m's reason (services per egress packet):");
+    println!(
+        "timer wake-ups per participant per second, by str0m's reason (services per egress packet):"
+    );
     for r in &results {
         let per_participant = |v: f64| v / r.participants.max(1) as f64;
         let reasons: Vec<String> = r
