@@ -320,7 +320,9 @@ fn run(
         }
         let dropped = batch.flush();
         if dropped > 0 {
-            tracing::debug!(dropped, "media sends refused (socket buffer full)");
+            // The kernel refused them (socket buffer full): this worker is saturated.
+            metrics::counter!("continuum_sfu_send_dropped_total", "worker" => label.clone())
+                .increment(dropped as u64);
         }
         export_stats(&worker.stats, &mut reported);
         // Gauges once a second, not on every wake-up.

@@ -173,6 +173,9 @@ thread_local! {
     /// and every relay task (they run one at a time on the worker's thread,
     /// and never hold it across an await): a relay costs no buffer.
     static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
+    /// Datagrams the kernel refused (full socket buffers): the worker's
+    /// saturation signal, exported by its timer.
+    static SEND_DROPPED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Receives batches from `socket` until it is empty, handing each batch to
@@ -196,7 +199,10 @@ async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize
                     Ok(())
                 });
                 let keep_going = got == 0 || each(batch, got);
-                batch.flush();
+                let dropped = batch.flush() as u64;
+                if dropped > 0 {
+                    SEND_DROPPED.with(|c| c.set(c.get() + dropped));
+                }
                 (r.is_ok(), keep_going)
             });
             if !keep_going {
@@ -645,6 +651,7 @@ async fn timer(worker: Rc<RefCell<Worker>>, region: String, exports_tenants: boo
         let mut w = worker.borrow_mut();
         let Worker { server, relays, .. } = &mut *w;
         server.expire(Instant::now(), relays);
-        crate::metrics::export(server, &mut reported, &region, exports_tenants);
+        let dropped = SEND_DROPPED.with(std::cell::Cell::get);
+        crate::metrics::export(server, &mut reported, &region, exports_tenants, dropped);
     }
 }

@@ -13,12 +13,24 @@ pub(crate) struct Reported {
     permissions: usize,
     channels: usize,
     tenants: Vec<String>,
+    send_dropped: u64,
 }
 
-pub(crate) fn export(server: &Server, last: &mut Reported, region: &str, tenants: bool) {
+pub(crate) fn export(
+    server: &Server,
+    last: &mut Reported,
+    region: &str,
+    tenants: bool,
+    send_dropped: u64,
+) {
     let s = &server.stats;
     let reported = &last.stats;
     let r = region.to_owned();
+    if send_dropped > last.send_dropped {
+        metrics::counter!("continuum_turn_send_dropped_total", "region" => r.clone())
+            .increment(send_dropped - last.send_dropped);
+        last.send_dropped = send_dropped;
+    }
     let counters = [
         (
             "continuum_turn_allocations_created_total",

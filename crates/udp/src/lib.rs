@@ -424,6 +424,21 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_datagram_is_counted_and_the_rest_still_go() {
+        let (a, b) = pair();
+        let mut batch = Batch::new();
+        let to = b.local_addr().unwrap();
+        batch.send_owned(a.as_raw_fd(), to, vec![1; 10]);
+        // An IPv6 destination on an IPv4 socket: the kernel refuses it.
+        batch.send_owned(a.as_raw_fd(), "[::1]:9".parse().unwrap(), vec![2; 20]);
+        batch.send_owned(a.as_raw_fd(), to, vec![3; 30]);
+        assert_eq!(batch.flush(), 1);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf).unwrap(), 10);
+        assert_eq!(b.recv(&mut buf).unwrap(), 30);
+    }
+
+    #[test]
     fn slot_payloads_are_sent_from_the_receive_buffer() {
         let (a, b) = pair();
         let (x, y) = pair();
