@@ -443,11 +443,6 @@ async fn expired_rest_credentials_and_denied_peers_are_refused() {
         let n = sock.recv(&mut buf).expect("an answer");
         buf[..n].to_vec()
     };
-    let error_code = |m: &Message| {
-        m.attr(attr::ERROR_CODE)
-            .map(|v| v[2] as u16 * 100 + v[3] as u16)
-    };
-
     // Challenge: 401 with realm and nonce.
     let r = ask(Builder::new(Class::Request, method::ALLOCATE, [1; 12])
         .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
@@ -472,95 +467,39 @@ async fn expired_rest_credentials_and_denied_peers_are_refused() {
         "expired REST credentials"
     );
 
-    // A real allocation, then permissions towards every denied range.
-    let key = long_term_key("u", "test", "p");
-    let auth = |b: Builder| {
-        b.attr(attr::USERNAME, b"u")
-            .attr(attr::REALM, b"test")
-            .attr(attr::NONCE, nonce.as_bytes())
-            .integrity(&key)
-            .fingerprint()
+    // A real allocation over IPv4 and one over IPv6 (RFC 6156), then
+    // permissions towards every denied range: IPv4 ranges through the IPv4
+    // relay, every IPv6 range and every IPv4 range in an IPv6 form through
+    // the IPv6 relay.
+    let v4 = allocate(udp, "u", "p", &[]);
+    v4.relay.expect("IPv4 relay");
+    let v6 = allocate(
+        udp,
+        "u",
+        "p",
+        &[(attr::REQUESTED_ADDRESS_FAMILY, vec![2, 0, 0, 0])],
+    );
+    let relay = v6.relay.expect("IPv6 relay");
+    assert!(relay.is_ipv6(), "{relay}");
+    let permission = |tx: u8, peer: std::net::SocketAddr| {
+        Builder::new(Class::Request, method::CREATE_PERMISSION, [tx; 12])
+            .xor_address(attr::XOR_PEER_ADDRESS, peer)
     };
-    let r = ask(auth(
-        Builder::new(Class::Request, method::ALLOCATE, [3; 12])
-            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]),
-    ));
-    let m = Message::parse(&r).unwrap();
-    assert_eq!(m.class, Class::Success, "allocated: {:?}", error_code(&m));
-    let denied: Vec<&str> = DENIED_BY_DEFAULT
-        .iter()
-        .copied()
-        .filter(|ip| !ip.contains(':'))
-        .collect();
+    let denied = DENIED_BY_DEFAULT;
     for (i, ip) in denied.iter().enumerate() {
-        let peer = format!("{ip}:9").parse().unwrap();
-        let r = ask(auth(
-            Builder::new(
-                Class::Request,
-                method::CREATE_PERMISSION,
-                [10 + i as u8; 12],
-            )
-            .xor_address(attr::XOR_PEER_ADDRESS, peer),
-        ));
+        let peer = std::net::SocketAddr::new(ip.parse().unwrap(), 9);
+        let through = if peer.is_ipv6() { &v6 } else { &v4 };
         assert_eq!(
-            error_code(&Message::parse(&r).unwrap()),
-            Some(403),
+            through.request(permission(10 + i as u8, peer)),
+            403,
             "{ip} must be refused"
         );
     }
     // An allowed public peer works.
-    let r = ask(auth(
-        Builder::new(Class::Request, method::CREATE_PERMISSION, [99; 12])
-            .xor_address(attr::XOR_PEER_ADDRESS, "8.8.8.8:53".parse().unwrap()),
-    ));
-    assert_eq!(Message::parse(&r).unwrap().class, Class::Success);
-
-    // An IPv6 relay (RFC 6156) from another client: every IPv6 range and every
-    // IPv4 range hidden in an IPv6 form is refused too.
-    let sock6 = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock6
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    sock6.connect(("127.0.0.1", udp)).unwrap();
-    let mut buf6 = [0u8; 1500];
-    let mut ask6 = |b: Vec<u8>| -> Vec<u8> {
-        sock6.send(&b).unwrap();
-        let n = sock6.recv(&mut buf6).expect("an answer");
-        buf6[..n].to_vec()
-    };
-    let r = ask6(auth(
-        Builder::new(Class::Request, method::ALLOCATE, [4; 12])
-            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
-            .attr(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0]),
-    ));
-    let m = Message::parse(&r).unwrap();
-    assert_eq!(m.class, Class::Success, "IPv6 relay: {:?}", error_code(&m));
-    let relay = m
-        .xor_address(m.attr(attr::XOR_RELAYED_ADDRESS).unwrap())
-        .unwrap();
-    assert!(relay.is_ipv6(), "{relay}");
-    let denied6: Vec<&str> = DENIED_BY_DEFAULT
-        .iter()
-        .copied()
-        .filter(|ip| ip.contains(':'))
-        .collect();
-    for (i, ip) in denied6.iter().enumerate() {
-        let peer = std::net::SocketAddr::new(ip.parse().unwrap(), 9);
-        let r = ask6(auth(
-            Builder::new(
-                Class::Request,
-                method::CREATE_PERMISSION,
-                [40 + i as u8; 12],
-            )
-            .xor_address(attr::XOR_PEER_ADDRESS, peer),
-        ));
-        assert_eq!(
-            error_code(&Message::parse(&r).unwrap()),
-            Some(403),
-            "{ip} must be refused"
-        );
-    }
-    let denied: Vec<&str> = denied.into_iter().chain(denied6).collect();
+    assert_eq!(
+        v4.request(permission(99, "8.8.8.8:53".parse().unwrap())),
+        200
+    );
     let m = wait_metric(
         &s,
         "continuum_turn_peer_policy_denials_total",
@@ -578,6 +517,12 @@ async fn expired_rest_credentials_and_denied_peers_are_refused() {
             >= denied.len() as f64,
         "{m}"
     );
+}
+
+/// A STUN error response's code (class × 100 + number).
+fn error_code(m: &continuum_turn::stun::Message) -> Option<u16> {
+    m.attr(continuum_turn::stun::attr::ERROR_CODE)
+        .map(|v| v[2] as u16 * 100 + v[3] as u16)
 }
 
 /// A minimal TURN client of our own over UDP (coturn's uclient cannot ask
@@ -620,8 +565,7 @@ fn allocate(port: u16, user: &str, pass: &str, extra: &[(u16, Vec<u8>)]) -> Allo
         Ok(m.xor_address(m.attr(attr::XOR_RELAYED_ADDRESS).unwrap())
             .unwrap())
     } else {
-        let e = m.attr(attr::ERROR_CODE).expect("an error code");
-        Err(e[2] as u16 * 100 + e[3] as u16)
+        Err(error_code(&m).expect("an error code"))
     };
     Allocated {
         relay,
@@ -657,10 +601,7 @@ impl Allocated {
         let m = Message::parse(&buf[..n]).unwrap();
         match m.class {
             Class::Success => 200,
-            _ => {
-                let e = m.attr(attr::ERROR_CODE).expect("an error code");
-                e[2] as u16 * 100 + e[3] as u16
-            }
+            _ => error_code(&m).expect("an error code"),
         }
     }
 }
