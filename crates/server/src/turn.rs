@@ -125,7 +125,7 @@ impl TurnService {
             (None, Some(a)) => a.ip().to_string(),
             (None, None) => anyhow::bail!("turn: set udp_listen or tcp_listen"),
         };
-        tracing::info!(udp = ?running.udp_addr, tcp = ?running.tcp_addr, region = %cfg.region, "TURN listening");
+        tracing::info!(udp = ?running.udp_addr, tcp = ?running.tcp_addr, region = %cfg.region, relay_workers = running.threads, "TURN listening");
         for (proto, a) in [
             ("udp", running.udp_addr),
             ("tcp", running.tcp_addr),

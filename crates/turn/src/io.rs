@@ -315,8 +315,8 @@ async fn udp_loop(udp: Rc<UdpSocket>, worker: Rc<RefCell<Worker>>) {
     .await;
 }
 
-/// Binds `n` sockets on `addr` sharing it by `SO_REUSEPORT` (one per
-/// worker); `make` turns a bound socket2 socket into the wanted type.
+/// Binds `n` sockets (UDP, or listening TCP) on `addr`, sharing it by
+/// `SO_REUSEPORT` when there is more than one: one per worker.
 fn bind_group(
     addr: SocketAddr,
     n: usize,
