@@ -251,7 +251,7 @@ impl Participant {
         match self.rtc.poll_output() {
             Ok(Output::Timeout(t)) => Polled::Timeout(t),
             Ok(Output::Transmit(t)) => Polled::Transmit(t.destination, t.contents.into()),
-            Ok(Output::Event(e)) => self.on_event(e),
+            Ok(Output::Event(e)) => self.on_event(e, now),
             Err(e) => {
                 tracing::info!(participant = %self.id, error = ?e, "participant failed; disconnecting");
                 self.rtc.disconnect();
@@ -260,7 +260,7 @@ impl Participant {
         }
     }
 
-    fn on_event(&mut self, e: Event) -> Polled {
+    fn on_event(&mut self, e: Event, now: Instant) -> Polled {
         match e {
             Event::Connected => {
                 self.connected = true;
@@ -269,7 +269,7 @@ impl Participant {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 // Keep the seat (identity, subscriptions) for an ICE restart; the
                 // worker ends it if the participant stays away too long.
-                self.disconnected_at.get_or_insert_with(Instant::now);
+                self.disconnected_at.get_or_insert(now);
                 Polled::Nothing
             }
             Event::IceConnectionStateChange(
@@ -582,7 +582,7 @@ impl Participant {
     }
 
     /// Builds a renegotiation offer when tracks came or went, unless one is in flight.
-    pub fn offer_if_needed(&mut self) -> Option<SdpOffer> {
+    pub fn offer_if_needed(&mut self, now: Instant) -> Option<SdpOffer> {
         // Checked on every poll, so the common case is one branch.
         if !self.renegotiate || self.mode != Mode::Full || self.pending.is_some() || !self.connected
         {
@@ -624,7 +624,7 @@ impl Participant {
         }
         let (offer, pending) = change.apply()?;
         self.pending = Some(pending);
-        self.pending_since = Some(Instant::now());
+        self.pending_since = Some(now);
         Some(offer)
     }
 

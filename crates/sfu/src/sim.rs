@@ -86,6 +86,7 @@ struct VideoLayer {
 /// Received-side accounting for one incoming SSRC.
 #[derive(Debug, Default, Clone, Copy)]
 struct RxStream {
+    video: bool,
     first: u64,
     last: u64,
     received: u64,
@@ -114,6 +115,12 @@ pub struct SimPeer {
     pub delays_us: Vec<u32>,
     pub keyframe_requests: u64,
     outbox: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+fn count<'a>(streams: impl Iterator<Item = &'a RxStream>) -> (u64, u64) {
+    streams.fold((0, 0), |(r, e), s| {
+        (r + s.received, e + (s.last - s.first + 1))
+    })
 }
 
 impl SimPeer {
@@ -263,6 +270,7 @@ impl SimPeer {
                 self.bytes_received += p.payload.len() as u64;
                 let seq = *p.seq_no;
                 let s = self.rx.entry(p.header.ssrc).or_insert(RxStream {
+                    video: p.time.frequency().get() == 90_000,
                     first: seq,
                     last: seq,
                     received: 0,
@@ -294,9 +302,13 @@ impl SimPeer {
     /// Packets received and expected (from the sequence ranges) over all
     /// incoming streams; RTX repairs count as received.
     pub fn received_and_expected(&self) -> (u64, u64) {
-        self.rx.values().fold((0, 0), |(r, e), s| {
-            (r + s.received, e + (s.last - s.first + 1))
-        })
+        count(self.rx.values())
+    }
+
+    /// [`SimPeer::received_and_expected`] for video only: audio has no
+    /// NACK/RTX (Opus conceals loss instead), so repair is a video figure.
+    pub fn video_received_and_expected(&self) -> (u64, u64) {
+        count(self.rx.values().filter(|s| s.video))
     }
 
     fn stamp(&self, now: Instant, payload: &mut [u8]) {

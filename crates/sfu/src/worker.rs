@@ -525,7 +525,7 @@ impl Worker {
 
     fn poll_participant(&mut self, id: ParticipantId, now: Instant) {
         while let Some(p) = self.participants.get_mut(&id) {
-            if let Some(offer) = p.offer_if_needed() {
+            if let Some(offer) = p.offer_if_needed(now) {
                 self.outputs.push_back(SfuOutput::Offer {
                     participant: id,
                     sdp: offer.to_sdp_string(),

@@ -77,7 +77,10 @@ fn a_visit_gets_one_layer_each_and_the_requested_size_is_honoured() {
 #[test]
 fn loss_is_repaired_by_rtx_and_reported_as_degraded_quality() {
     let (mut net, mut now) = net(|c| {
-        c.quality.max_loss = 0.05;
+        // Each one-second loss sample counts ~150 packets, so 10 % loss reads
+        // 10 ± 2.5 %: the threshold sits 3 standard deviations below, else one
+        // low sample in the hold window resets it (a CI run saw 4.1 %).
+        c.quality.max_loss = 0.02;
         c.quality.hold = Duration::from_secs(3);
     });
     let a = net
@@ -89,15 +92,18 @@ fn loss_is_repaired_by_rtx_and_reported_as_degraded_quality() {
     run(&mut net, &mut now, Duration::from_secs(3));
     assert!(net.peers[a].connected && net.peers[b].connected);
     // 10% loss towards B.
+    let (got_before, expected_before) = net.peers[b].video_received_and_expected();
     net.downlink_loss[b] = 0.10;
     run(&mut net, &mut now, Duration::from_secs(8));
     let s = net.worker.stats;
     assert!(s.nacks_received > 0, "B's NACKs reach the SFU");
     assert!(s.rtx_sent > 0, "the SFU retransmits from its RTX cache");
-    let (got, expected) = net.peers[b].received_and_expected();
+    // Video over the lossy window only (audio is not retransmitted).
+    let (got, expected) = net.peers[b].video_received_and_expected();
+    let (got, expected) = (got - got_before, expected - expected_before);
     assert!(
-        got as f64 >= expected as f64 * 0.97,
-        "RTX repairs most of the 10% loss: {got}/{expected}"
+        got as f64 >= expected as f64 * 0.99,
+        "RTX repairs the 10% loss (0.90 without it): {got}/{expected}"
     );
     let degraded = net.events.iter().find_map(|e| match e {
         RoomEvent::QualityDegraded {
@@ -111,7 +117,7 @@ fn loss_is_repaired_by_rtx_and_reported_as_degraded_quality() {
     let (who, reasons, sample) = degraded.expect("quality.degraded after the hold time");
     assert_eq!(who, "peer-1");
     assert!(reasons.contains(&"loss"), "{reasons:?}");
-    assert!(sample.loss.unwrap() >= 0.05, "{sample:?}");
+    assert!(sample.loss.unwrap() > 0.02, "{sample:?}");
     // The network heals: recovered after the hold time.
     net.downlink_loss[b] = 0.0;
     run(&mut net, &mut now, Duration::from_secs(8));
