@@ -178,6 +178,8 @@ pub(crate) struct Participant {
     pub layer_switches: u64,
     /// When str0m next wants time, and whether the worker already queued us.
     pub next_timeout: Instant,
+    /// The worker's timer heap holds a live entry for `next_timeout`.
+    pub timer_armed: bool,
     /// Why (index into `TIMER_REASONS`).
     pub next_reason: u8,
     pub queued: bool,
@@ -228,6 +230,7 @@ impl Participant {
             rtx_unreported: 0,
             layer_switches: 0,
             next_timeout: Instant::now(),
+            timer_armed: false,
             next_reason: 0,
             queued: false,
             renegotiate: true,

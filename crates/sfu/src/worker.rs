@@ -3,7 +3,8 @@
 use crate::participant::{Mode, Participant, ParticipantId, Polled};
 use crate::quality::{QualityChange, QualitySample, QualityThresholds};
 use crate::stun;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer};
@@ -165,8 +166,20 @@ pub struct Worker {
     queue: VecDeque<ParticipantId>,
     /// Participants whose `Rtc` died, to remove at the end of `drive`.
     gone: Vec<ParticipantId>,
+    /// Participants' timers, earliest first, so `drive` touches only those
+    /// due (not every participant per drive: a worker holds hundreds and is
+    /// driven thousands of times a second). Moving a timer pushes a new
+    /// entry; the old one goes stale and is skipped when it comes up (live
+    /// entries match the participant's `next_timeout`).
+    timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
+    /// When grace periods and speakers are next checked (see [`HOUSEKEEPING`]).
+    next_housekeeping: Option<Instant>,
     pub stats: WorkerStats,
 }
+
+/// How often `drive` checks the second-scale deadlines (reconnect grace,
+/// answer timeout) and the active speaker, rather than on every drive.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
 
 /// str0m's reasons for waking a participant's `Rtc`, as metric labels.
 pub const TIMER_REASONS: [&str; 9] = [
@@ -253,6 +266,8 @@ impl Worker {
             outputs: VecDeque::new(),
             queue: VecDeque::new(),
             gone: Vec::new(),
+            timers: BinaryHeap::new(),
+            next_housekeeping: None,
             stats: WorkerStats::default(),
         }
     }
@@ -332,6 +347,9 @@ impl Worker {
             self.cfg.quality,
         );
         p.pacing = self.cfg.pacing;
+        p.next_timeout = now;
+        p.timer_armed = true;
+        self.timers.push(Reverse((now, id)));
         // Everything already published in the room is offered to the newcomer.
         for other in self.rooms.get(&req.room).into_iter().flatten() {
             if let Some(o) = self.participants.get(other) {
@@ -536,7 +554,11 @@ impl Worker {
                     // (Coalescing these timers was tried: a 10–20 ms floor
                     // halves services but holds packets in str0m's queues and
                     // starves BWE, so str0m gets exactly the wake-ups it asks for.)
-                    p.next_timeout = t;
+                    if t != p.next_timeout || !p.timer_armed {
+                        p.next_timeout = t;
+                        p.timer_armed = true;
+                        self.timers.push(Reverse((t, id)));
+                    }
                     p.next_reason = timer_reason(p.rtc.last_timeout_reason());
                     break;
                 }
@@ -623,6 +645,7 @@ impl Worker {
                         }));
                 }
                 Polled::Disconnected => {
+                    // No timer entry: it is removed at the end of this drive.
                     p.next_timeout = now + Duration::from_secs(3600);
                     self.gone.push(id);
                     break;
@@ -698,8 +721,19 @@ impl Worker {
     /// Advances every participant whose timer is due to `now`, routes what
     /// they produce, and returns when it next needs to be called.
     pub fn drive(&mut self, now: Instant) -> Instant {
-        for p in self.participants.values_mut() {
-            if p.next_timeout <= now && !p.queued {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.participants.get_mut(&id) else {
+                continue;
+            };
+            if p.next_timeout != at || !p.timer_armed {
+                continue; // stale: the timer moved since
+            }
+            p.timer_armed = false;
+            if !p.queued {
                 p.queued = true;
                 self.stats.timer_services += 1;
                 self.stats.timer_reasons[p.next_reason as usize] += 1;
@@ -707,8 +741,27 @@ impl Worker {
             }
         }
         self.service(now);
-        // ICE lost and not restarted within the grace period: the participant is gone.
         let mut gone = std::mem::take(&mut self.gone);
+        let housekeeping = self.next_housekeeping.is_none_or(|t| t <= now);
+        if !housekeeping {
+            for id in gone {
+                self.leave(id);
+            }
+            return self.next_wake(now);
+        }
+        self.next_housekeeping = Some(now + HOUSEKEEPING);
+        // Stale entries leave the heap when their time comes; a participant
+        // whose timer keeps moving earlier leaves a trail, so rebuild from
+        // the live timers when the trail gets long.
+        if self.timers.len() > 4 * self.participants.len() + 1024 {
+            self.timers = self
+                .participants
+                .values()
+                .filter(|p| p.timer_armed)
+                .map(|p| Reverse((p.next_timeout, p.id)))
+                .collect();
+        }
+        // ICE lost and not restarted within the grace period: the participant is gone.
         gone.extend(
             self.participants
                 .values()
@@ -732,10 +785,17 @@ impl Worker {
                 });
             }
         }
-        self.participants
-            .values()
-            .map(|p| p.next_timeout)
-            .fold(now + Duration::from_millis(100), Instant::min)
+        self.next_wake(now)
+    }
+
+    /// The earliest timer (possibly a stale one: an early wake-up is
+    /// harmless), or the next housekeeping.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let housekeeping = self.next_housekeeping.unwrap_or(now);
+        match self.timers.peek() {
+            Some(Reverse((at, _))) => (*at).min(housekeeping),
+            None => housekeeping,
+        }
     }
 
     pub fn poll_output(&mut self) -> Option<SfuOutput> {
