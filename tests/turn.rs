@@ -183,6 +183,14 @@ async fn coturn_clients_relay_through_us() {
             [&turn_user[..], &["-c", "-n", "20", "-m", "50", "-l", "170"]].concat(),
             udp,
         ),
+        (
+            // Client pairs, each relaying to the other's TCP relay: one side
+            // Connects, the other hears a ConnectionAttempt; both bind a
+            // data connection (on any worker).
+            "TCP relays (RFC 6062)",
+            [&turn_user[..], &["-T", "-n", "30", "-m", "4", "-l", "120"]].concat(),
+            tcp,
+        ),
     ];
     for (name, args, port) in cases {
         let (ok, sent, received, text) = uclient(&args, port, peer_port);
@@ -203,6 +211,11 @@ async fn coturn_clients_relay_through_us() {
     assert!(
         metric(&m, "continuum_turn_tenant_allocations", "tenant=\"t1\"").is_some(),
         "REST allocations are counted per tenant:\n{m}"
+    );
+    let m = wait_metric(&s, "continuum_turn_tcp_connections_total", "region", 4.0).await;
+    assert!(
+        metric(&m, "continuum_turn_tcp_connections_total", "region").unwrap_or(0.0) >= 4.0,
+        "RFC 6062 peer connections are counted:\n{m}"
     );
 }
 
@@ -236,6 +249,18 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
     assert!(
         ok && sent > 0 && received == sent,
         "TLS: sent {sent}, echoed {received}\n{}",
+        text.lines().rev().take(12).collect::<Vec<_>>().join("\n")
+    );
+    let (ok, sent, received, text) = uclient(
+        &[
+            "-u", "u", "-w", "p", "-T", "-S", "-n", "30", "-m", "2", "-l", "120",
+        ],
+        tls,
+        peer_port,
+    );
+    assert!(
+        ok && sent > 0 && received == sent,
+        "TCP relays over TLS: sent {sent}, echoed {received}\n{}",
         text.lines().rev().take(12).collect::<Vec<_>>().join("\n")
     );
 
@@ -540,8 +565,10 @@ fn allocate(port: u16, user: &str, pass: &str, extra: &[(u16, Vec<u8>)]) -> Allo
         buf[..n].to_vec()
     };
     let request = |tx: u8| {
-        let mut b = Builder::new(Class::Request, method::ALLOCATE, [tx; 12])
-            .attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        let mut b = Builder::new(Class::Request, method::ALLOCATE, [tx; 12]);
+        if !extra.iter().any(|(k, _)| *k == attr::REQUESTED_TRANSPORT) {
+            b = b.attr(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        }
         for (k, v) in extra {
             b = b.attr(*k, v);
         }
@@ -718,4 +745,245 @@ async fn relay_workers_share_quotas_and_reservations() {
     let again = allocate(udp, "v", "p", &[(attr::RESERVATION_TOKEN, token)]);
     assert_eq!(again.relay, Err(508), "a token works once");
     drop(tries);
+}
+
+/// A minimal TURN client of our own over one TCP connection (control or
+/// data connection, RFC 6062): authenticated requests, raw reads.
+struct StreamTurn {
+    stream: std::net::TcpStream,
+    auth: Option<(String, [u8; 16])>,
+    tx: u8,
+}
+
+impl StreamTurn {
+    fn connect(port: u16) -> Self {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        StreamTurn {
+            stream,
+            auth: None,
+            tx: 0,
+        }
+    }
+
+    /// The next STUN message on the connection.
+    fn read_message(&mut self) -> Vec<u8> {
+        use std::io::Read;
+        let mut head = [0u8; 20];
+        self.stream.read_exact(&mut head).expect("a STUN message");
+        let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+        let mut msg = head.to_vec();
+        msg.resize(20 + len, 0);
+        self.stream.read_exact(&mut msg[20..]).unwrap();
+        msg
+    }
+
+    /// One request (authenticated after the first 401): the response.
+    fn ask(&mut self, method: u16, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        use continuum_turn::stun::{Builder, Class, Message, attr};
+        use std::io::Write;
+        loop {
+            self.tx += 1;
+            let mut b = Builder::new(Class::Request, method, [self.tx; 12]);
+            for (k, v) in attrs {
+                b = b.attr(*k, v);
+            }
+            if let Some((nonce, key)) = &self.auth {
+                b = b
+                    .attr(attr::USERNAME, b"u")
+                    .attr(attr::REALM, b"test")
+                    .attr(attr::NONCE, nonce.as_bytes())
+                    .integrity(key);
+            }
+            self.stream.write_all(&b.fingerprint()).unwrap();
+            let reply = self.read_message();
+            let m = Message::parse(&reply).unwrap();
+            if self.auth.is_none() && error_code(&m) == Some(401) {
+                let nonce = m.str_attr(attr::NONCE).unwrap().to_owned();
+                self.auth = Some((nonce, continuum_turn::auth::long_term_key("u", "test", "p")));
+                continue;
+            }
+            return reply;
+        }
+    }
+
+    /// 200 or the error code.
+    fn code(&mut self, method: u16, attrs: &[(u16, Vec<u8>)]) -> u16 {
+        let reply = self.ask(method, attrs);
+        let m = continuum_turn::stun::Message::parse(&reply).unwrap();
+        error_code(&m).unwrap_or(200)
+    }
+}
+
+/// An XOR-PEER-ADDRESS value for `addr` (IPv4).
+fn xor_peer(addr: std::net::SocketAddr) -> Vec<u8> {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only")
+    };
+    let port = v4.port() ^ 0x2112;
+    let ip = u32::from(*v4.ip()) ^ 0x2112_A442;
+    let mut v = vec![0, 1];
+    v.extend_from_slice(&port.to_be_bytes());
+    v.extend_from_slice(&ip.to_be_bytes());
+    v
+}
+
+/// RFC 6062 step by step with our own client, including what coturn's
+/// uclient never sends: refusals (TCP relay over UDP, a second connection
+/// to the same peer, an unreachable or denied peer, ChannelBind on a TCP
+/// relay, an unknown CONNECTION-ID), both directions of data, an inbound
+/// connection announced by ConnectionAttempt, and data connections that
+/// close when the allocation ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_allocations_connect_bind_and_refuse() {
+    use continuum_turn::stun::{Message, attr, method};
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    let s = start(dir.path(), &format!("{WITH_LOOPBACK_PEERS}threads = 2\n"));
+    let (udp, tcp) = ports(&s).await;
+    let tcp_transport = (attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0]);
+
+    // A TCP relay needs a TCP or TLS client.
+    let over_udp = allocate(udp, "u", "p", std::slice::from_ref(&tcp_transport));
+    assert_eq!(over_udp.relay, Err(400));
+
+    // An echo peer on TCP.
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+
+    let mut control = StreamTurn::connect(tcp);
+    let reply = control.ask(method::ALLOCATE, std::slice::from_ref(&tcp_transport));
+    let m = Message::parse(&reply).unwrap();
+    let relay = m
+        .xor_address(m.attr(attr::XOR_RELAYED_ADDRESS).expect("a TCP relay"))
+        .unwrap();
+    assert_eq!(
+        control.code(
+            method::CHANNEL_BIND,
+            &[
+                (attr::CHANNEL_NUMBER, vec![0x40, 0, 0, 0]),
+                (attr::XOR_PEER_ADDRESS, xor_peer(echo_addr)),
+            ]
+        ),
+        400,
+        "no channels on TCP relays"
+    );
+    let denied: std::net::SocketAddr = "10.1.2.3:80".parse().unwrap();
+    assert_eq!(
+        control.code(
+            method::CONNECT,
+            &[(attr::XOR_PEER_ADDRESS, xor_peer(denied))]
+        ),
+        403
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    assert_eq!(
+        control.code(
+            method::CONNECT,
+            &[(attr::XOR_PEER_ADDRESS, xor_peer(closed_addr))]
+        ),
+        447
+    );
+    let reply = control.ask(
+        method::CONNECT,
+        &[(attr::XOR_PEER_ADDRESS, xor_peer(echo_addr))],
+    );
+    let m = Message::parse(&reply).unwrap();
+    let id = m.u32_attr(attr::CONNECTION_ID).expect("a CONNECTION-ID");
+    assert_eq!(
+        control.code(
+            method::CONNECT,
+            &[(attr::XOR_PEER_ADDRESS, xor_peer(echo_addr))]
+        ),
+        446,
+        "one connection per peer"
+    );
+
+    // The data connection: an unknown id is refused, the right one joins.
+    let mut data = StreamTurn::connect(tcp);
+    assert_eq!(
+        data.code(
+            method::CONNECTION_BIND,
+            &[(attr::CONNECTION_ID, (id ^ 1).to_be_bytes().to_vec())]
+        ),
+        400
+    );
+    assert_eq!(
+        data.code(
+            method::CONNECTION_BIND,
+            &[(attr::CONNECTION_ID, id.to_be_bytes().to_vec())]
+        ),
+        200
+    );
+    data.stream.write_all(b"hello, peer").unwrap();
+    let mut got = [0u8; 11];
+    data.stream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello, peer", "echoed through the TCP relay");
+
+    // Inbound: a peer (with a permission: the Connect made one for its IP)
+    // connects to the relay; the client hears a ConnectionAttempt.
+    let mut inbound = std::net::TcpStream::connect(relay).unwrap();
+    inbound
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let attempt = control.read_message();
+    let m = Message::parse(&attempt).unwrap();
+    assert_eq!(m.method, method::CONNECTION_ATTEMPT);
+    assert_eq!(
+        m.xor_address(m.attr(attr::XOR_PEER_ADDRESS).unwrap())
+            .unwrap(),
+        inbound.local_addr().unwrap()
+    );
+    let id2 = m.u32_attr(attr::CONNECTION_ID).unwrap();
+    let mut data2 = StreamTurn::connect(tcp);
+    assert_eq!(
+        data2.code(
+            method::CONNECTION_BIND,
+            &[(attr::CONNECTION_ID, id2.to_be_bytes().to_vec())]
+        ),
+        200
+    );
+    inbound.write_all(b"from the peer").unwrap();
+    let mut got = [0u8; 13];
+    data2.stream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"from the peer");
+    data2.stream.write_all(b"to the peer").unwrap();
+    let mut got = [0u8; 11];
+    inbound.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"to the peer");
+
+    // The allocation ends with its control connection, and with it every
+    // data connection.
+    drop(control);
+    let mut rest = Vec::new();
+    assert!(
+        data.stream.read_to_end(&mut rest).is_ok(),
+        "closed, not timed out"
+    );
+    assert!(
+        inbound.read_to_end(&mut rest).is_ok(),
+        "peer side closed too"
+    );
+    let m = wait_metric(&s, "continuum_turn_tcp_connections_total", "region", 2.0).await;
+    assert!(
+        metric(&m, "continuum_turn_tcp_connections_total", "region").unwrap_or(0.0) >= 2.0,
+        "{m}"
+    );
 }

@@ -19,13 +19,21 @@ impl Relays for FakeRelays {
     fn open_reserved(&mut self, a: SocketAddr) -> std::io::Result<SocketAddr> {
         Ok(a)
     }
+    fn open_tcp(&mut self, _: bool) -> std::io::Result<SocketAddr> {
+        self.open(false, false, false)
+    }
     fn close(&mut self, _: SocketAddr) {}
 }
 
 fuzz_target!(|data: &[u8]| {
     let _ = Message::parse(data);
     let mut server = Server::new(Config::new("fuzz", Credentials::default(), [1; 32]));
-    let client = Client { transport: Transport::Udp, addr: "198.51.100.7:5000".parse().unwrap() };
+    // Odd first bytes come over a stream (TCP relays, RFC 6062 requests).
+    let transport = match data.first() {
+        Some(b) if b & 1 == 1 => Transport::Stream(1),
+        _ => Transport::Udp,
+    };
+    let client = Client { transport, addr: "198.51.100.7:5000".parse().unwrap() };
     let (first, rest) = data.split_at(data.len() / 2);
     let mut out = Vec::new();
     let mut relays = FakeRelays(0);

@@ -10,7 +10,7 @@
 //! `sendmmsg`, GSO).
 
 use crate::ledger::Ledger;
-use crate::server::{Client, Config, Output, Relays, Server, Transport};
+use crate::server::{Client, Config, Output, PendingReply, Relays, Server, Transport};
 use crate::stun;
 use continuum_udp::{Batch, HEADROOM};
 use std::cell::RefCell;
@@ -21,8 +21,8 @@ use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
 
 /// Where the IO layer listens and relays.
 #[derive(Debug, Clone)]
@@ -58,6 +58,42 @@ impl Running {
 /// Ports held for a RESERVATION-TOKEN: any worker may redeem one.
 type Held = Arc<Mutex<HashMap<SocketAddr, std::net::UdpSocket>>>;
 
+/// Peer data connections (RFC 6062) waiting for the client's
+/// ConnectionBind, by CONNECTION-ID. Shared: the client's data connection
+/// may reach any worker.
+type PendingPeers = Arc<Mutex<HashMap<u32, PendingPeer>>>;
+
+/// How long a peer data connection waits for its ConnectionBind (RFC 6062).
+const BIND_WAIT: Duration = Duration::from_secs(30);
+/// How long a Connect may take before the client hears 447.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peer data connections waiting at once, all workers (each holds a socket).
+const MAX_PENDING_PEERS: usize = 10_000;
+
+struct PendingPeer {
+    stream: std::net::TcpStream,
+    /// The allocation's user: the ConnectionBind must come with the same.
+    username: String,
+    expires: Instant,
+    /// Turns true when the allocation ends: its data connections close.
+    ended: watch::Receiver<bool>,
+    _gone: PeerGone,
+}
+
+/// Dropped when a peer data connection ends (whichever worker ran it): the
+/// allocation's worker hears of it and frees that peer's slot.
+struct PeerGone {
+    relay: SocketAddr,
+    peer: SocketAddr,
+    notify: mpsc::UnboundedSender<(SocketAddr, SocketAddr)>,
+}
+
+impl Drop for PeerGone {
+    fn drop(&mut self) {
+        let _ = self.notify.send((self.relay, self.peer));
+    }
+}
+
 /// One worker's state; only its own thread touches it.
 struct Worker {
     server: Server,
@@ -65,29 +101,73 @@ struct Worker {
     streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     next_stream: u64,
     udp_fd: Option<RawFd>,
+    pending: PendingPeers,
+    peer_gone: mpsc::UnboundedSender<(SocketAddr, SocketAddr)>,
+}
+
+impl Worker {
+    /// Queues `data` for a client on a TCP/TLS connection.
+    fn to_stream(&self, client: Client, data: Vec<u8>) {
+        if let Transport::Stream(id) = client.transport
+            && let Some(tx) = self.streams.get(&id)
+        {
+            let _ = tx.try_send(data);
+        }
+    }
+
+    /// Files a peer data connection under a new CONNECTION-ID.
+    fn file_pending(&self, id: u32, peer: PendingPeer) -> bool {
+        let mut pending = lock(&self.pending);
+        if pending.len() >= MAX_PENDING_PEERS || pending.contains_key(&id) {
+            return false;
+        }
+        pending.insert(id, peer);
+        true
+    }
+}
+
+/// A CONNECTION-ID not in use (random: ids are not guessable).
+fn new_connection_id(pending: &PendingPeers) -> u32 {
+    let pending = lock(pending);
+    loop {
+        let id: u32 = rand::random();
+        if id != 0 && !pending.contains_key(&id) {
+            return id;
+        }
+    }
 }
 
 struct RelayTable {
     ips: Vec<IpAddr>,
     sockets: HashMap<SocketAddr, (Rc<UdpSocket>, tokio::task::AbortHandle)>,
+    /// TCP relays: the accept task, and the signal that ends their data connections.
+    tcp: HashMap<SocketAddr, (tokio::task::AbortHandle, watch::Sender<bool>)>,
     held: Held,
     /// Set once the worker runs: relay reader tasks call back into it.
     worker: Weak<RefCell<Worker>>,
 }
 
 impl RelayTable {
+    fn ip_for(&self, ipv6: bool) -> std::io::Result<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == ipv6)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "no relay address of that family",
+                )
+            })
+    }
+
     fn bind(
         &self,
         ipv6: bool,
         even: bool,
         reserve_next: bool,
     ) -> std::io::Result<(std::net::UdpSocket, Option<std::net::UdpSocket>)> {
-        let Some(ip) = self.ips.iter().copied().find(|ip| ip.is_ipv6() == ipv6) else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "no relay address of that family",
-            ));
-        };
+        let ip = self.ip_for(ipv6)?;
         for _ in 0..64 {
             let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
             let port = s.local_addr()?.port();
@@ -120,6 +200,11 @@ impl RelayTable {
     fn fd(&self, relay: &SocketAddr) -> Option<RawFd> {
         self.sockets.get(relay).map(|(s, _)| s.as_raw_fd())
     }
+
+    /// The end signal of a live TCP relay.
+    fn ended(&self, relay: &SocketAddr) -> Option<watch::Receiver<bool>> {
+        self.tcp.get(relay).map(|(_, ended)| ended.subscribe())
+    }
 }
 
 impl Relays for RelayTable {
@@ -143,11 +228,189 @@ impl Relays for RelayTable {
         self.start(socket)
     }
 
+    fn open_tcp(&mut self, ipv6: bool) -> std::io::Result<SocketAddr> {
+        let ip = self.ip_for(ipv6)?;
+        let socket = if ipv6 {
+            TcpSocket::new_v6()?
+        } else {
+            TcpSocket::new_v4()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(ip, 0))?;
+        // Only after the bind (the port is ours alone, not another
+        // process's SO_REUSEPORT group): Connect's sockets bind to this
+        // address as their source, which Linux allows next to a listener
+        // only when both have SO_REUSEPORT.
+        socket2::SockRef::from(&socket).set_reuse_port(true)?;
+        let listener = socket.listen(128)?;
+        let addr = listener.local_addr()?;
+        let (ended_tx, ended) = watch::channel(false);
+        let task =
+            tokio::task::spawn_local(tcp_relay_accept(listener, addr, self.worker.clone(), ended));
+        self.tcp.insert(addr, (task.abort_handle(), ended_tx));
+        Ok(addr)
+    }
+
     fn close(&mut self, relay: SocketAddr) {
         lock(&self.held).remove(&relay);
         if let Some((_, task)) = self.sockets.remove(&relay) {
             task.abort();
         }
+        if let Some((task, ended)) = self.tcp.remove(&relay) {
+            task.abort();
+            let _ = ended.send(true);
+        }
+    }
+}
+
+/// Peers connecting to one TCP relay (RFC 6062): with a permission, each
+/// waits for the client's ConnectionBind under a new CONNECTION-ID.
+async fn tcp_relay_accept(
+    listener: TcpListener,
+    relay: SocketAddr,
+    worker: Weak<RefCell<Worker>>,
+    ended: watch::Receiver<bool>,
+) {
+    let mut out = Vec::new();
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        let mut w = worker.borrow_mut();
+        let id = new_connection_id(&w.pending);
+        let now = Instant::now();
+        // Refused (no permission, policy): dropping the stream closes it.
+        let Some(username) = w.server.tcp_peer_arrived(now, relay, peer, id, &mut out) else {
+            continue;
+        };
+        let gone = PeerGone {
+            relay,
+            peer,
+            notify: w.peer_gone.clone(),
+        };
+        let filed = stream.into_std().is_ok_and(|stream| {
+            w.file_pending(
+                id,
+                PendingPeer {
+                    stream,
+                    username,
+                    expires: now + BIND_WAIT,
+                    ended: ended.clone(),
+                    _gone: gone,
+                },
+            )
+        });
+        for o in out.drain(..) {
+            if let (true, Output::ToClient { client, data }) = (filed, o) {
+                w.to_stream(client, data);
+            }
+        }
+    }
+}
+
+/// A Connect: a TCP connection from the relay's address to the peer, filed
+/// for the client's ConnectionBind, and the answer on the control connection.
+async fn connect_to_peer(
+    worker: Rc<RefCell<Worker>>,
+    client: Client,
+    relay: SocketAddr,
+    peer: SocketAddr,
+    username: String,
+    reply: PendingReply,
+) {
+    let ended = worker.borrow().relays.ended(&relay);
+    let connected = match &ended {
+        Some(_) => tokio::time::timeout(CONNECT_TIMEOUT, connect_from(relay, peer))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|s| s.into_std().ok()),
+        None => None,
+    };
+    let mut w = worker.borrow_mut();
+    // Dropped on failure: the peer's slot is freed.
+    let gone = PeerGone {
+        relay,
+        peer,
+        notify: w.peer_gone.clone(),
+    };
+    let outcome = match (connected, ended) {
+        (Some(stream), Some(ended)) => {
+            let id = new_connection_id(&w.pending);
+            let filed = w.file_pending(
+                id,
+                PendingPeer {
+                    stream,
+                    username,
+                    expires: Instant::now() + BIND_WAIT,
+                    ended,
+                    _gone: gone,
+                },
+            );
+            if filed {
+                w.server.tcp_peer_connected();
+                Ok(Some(id))
+            } else {
+                Err((508, "Insufficient Capacity"))
+            }
+        }
+        _ => Err((447, "Connection Timeout or Failure")),
+    };
+    let data = w.server.reply(&reply, outcome);
+    w.to_stream(client, data);
+}
+
+async fn connect_from(relay: SocketAddr, peer: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = if relay.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    s.set_reuseaddr(true)?;
+    s.set_reuseport(true)?;
+    s.bind(relay)?;
+    let stream = s.connect(peer).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A bound client data connection and its peer data connection, joined:
+/// raw bytes both ways until either side closes or the allocation ends.
+async fn pipe<R>(mut reader: R, tx: mpsc::Sender<Vec<u8>>, leftover: Vec<u8>, peer: PendingPeer)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let PendingPeer {
+        stream,
+        mut ended,
+        _gone,
+        ..
+    } = peer;
+    let Ok(stream) = TcpStream::from_std(stream) else {
+        return;
+    };
+    let (mut from_peer, mut to_peer) = stream.into_split();
+    let up = async {
+        to_peer.write_all(&leftover).await?;
+        tokio::io::copy(&mut reader, &mut to_peer).await?;
+        to_peer.shutdown().await
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 << 10];
+        loop {
+            let n = from_peer.read(&mut buf).await?;
+            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                return Ok::<_, std::io::Error>(());
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = ended.wait_for(|e| *e) => {}
     }
 }
 
@@ -280,7 +543,11 @@ fn route(w: &Worker, batch: &mut Batch, o: Output, slot: Option<usize>) {
                 batch.send_slot(fd, peer, slot, HEADROOM + range.start..HEADROOM + range.end);
             }
         }
-        Output::ChannelToClient { .. } => {} // only for peer data
+        // ChannelData is only for peer data; RFC 6062 requests only come
+        // on streams (the core refuses them on UDP).
+        Output::ChannelToClient { .. }
+        | Output::ConnectToPeer { .. }
+        | Output::BindConnection { .. } => {}
     }
 }
 
@@ -402,6 +669,7 @@ pub fn spawn(cfg: Config, listen: Listen) -> std::io::Result<Running> {
         ledger: ledger.clone(),
     };
     let held: Held = Arc::default();
+    let pending: PendingPeers = Arc::default();
     let acceptor = listen
         .tls
         .as_ref()
@@ -414,8 +682,13 @@ pub fn spawn(cfg: Config, listen: Listen) -> std::io::Result<Running> {
             tls: tls.map(Into::into),
         };
         let server = Server::sharing(cfg.clone(), ledger.clone());
-        let (held, acceptor, listen, tx) =
-            (held.clone(), acceptor.clone(), listen.clone(), tx.clone());
+        let (held, pending, acceptor, listen, tx) = (
+            held.clone(),
+            pending.clone(),
+            acceptor.clone(),
+            listen.clone(),
+            tx.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("continuum-turn-{i}"))
             .spawn(move || {
@@ -437,6 +710,7 @@ pub fn spawn(cfg: Config, listen: Listen) -> std::io::Result<Running> {
                         sockets,
                         acceptor,
                         held,
+                        pending,
                         listen,
                     };
                     match run_worker(w) {
@@ -465,6 +739,7 @@ struct WorkerArgs {
     sockets: Sockets,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     held: Held,
+    pending: PendingPeers,
     listen: Listen,
 }
 
@@ -476,20 +751,25 @@ fn run_worker(a: WorkerArgs) -> std::io::Result<()> {
         .map(UdpSocket::from_std)
         .transpose()?
         .map(Rc::new);
+    let (peer_gone, gone_notices) = mpsc::unbounded_channel();
     let worker = Rc::new_cyclic(|me| {
         RefCell::new(Worker {
             server: a.server,
             relays: RelayTable {
                 ips: a.listen.relay_ips.clone(),
                 sockets: HashMap::new(),
+                tcp: HashMap::new(),
                 held: a.held,
                 worker: me.clone(),
             },
             streams: HashMap::new(),
             next_stream: 1,
             udp_fd: udp.as_ref().map(|u| u.as_raw_fd()),
+            pending: a.pending,
+            peer_gone,
         })
     });
+    tokio::task::spawn_local(peer_gone_loop(gone_notices, Rc::downgrade(&worker)));
     if let Some(udp) = udp {
         tokio::task::spawn_local(udp_loop(udp, worker.clone()));
     }
@@ -587,6 +867,8 @@ where
     let mut chunk = vec![0u8; 4096];
     let mut out = Vec::new();
     let mut replies = Vec::new();
+    // Set by a successful ConnectionBind: the connection turns into a pipe.
+    let mut joined = None;
     'read: loop {
         let n = match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
@@ -626,6 +908,43 @@ where
                             }
                         }
                         Output::ChannelToClient { .. } => {}
+                        Output::ConnectToPeer {
+                            client,
+                            relay,
+                            peer,
+                            username,
+                            reply,
+                        } => {
+                            tokio::task::spawn_local(connect_to_peer(
+                                worker.clone(),
+                                client,
+                                relay,
+                                peer,
+                                username,
+                                reply,
+                            ));
+                        }
+                        Output::BindConnection {
+                            id,
+                            username,
+                            reply,
+                            ..
+                        } => {
+                            let now = Instant::now();
+                            let peer = {
+                                let mut pending = lock(&w.pending);
+                                let valid = pending.get(&id).is_some_and(|p| {
+                                    p.username == username && p.expires > now && !*p.ended.borrow()
+                                });
+                                if valid { pending.remove(&id) } else { None }
+                            };
+                            let outcome = match peer {
+                                Some(_) => Ok(None),
+                                None => Err((400, "Bad Request")),
+                            };
+                            replies.push(w.server.reply(&reply, outcome));
+                            joined = peer;
+                        }
                     }
                 }
             }
@@ -633,13 +952,45 @@ where
             for r in replies.drain(..) {
                 let _ = tx.send(r).await;
             }
+            if joined.is_some() {
+                break 'read;
+            }
         }
+    }
+    if let Some(peer) = joined {
+        // From here on the connection carries the peer's bytes, not STUN.
+        worker.borrow_mut().streams.remove(&id);
+        pipe(reader, tx, std::mem::take(&mut buf), peer).await;
+        // The pipe dropped the last sender: the writer sends what the peer
+        // sent last, then ends (a client that stopped reading is cut off).
+        let writer = writer_task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), writer_task)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+        return;
     }
     writer_task.abort();
     let mut w = worker.borrow_mut();
     w.streams.remove(&id);
     let Worker { server, relays, .. } = &mut *w;
     server.client_gone(client, relays);
+}
+
+/// Peer data connections that ended (on any worker) free their peer's slot
+/// in this worker's allocations.
+async fn peer_gone_loop(
+    mut notices: mpsc::UnboundedReceiver<(SocketAddr, SocketAddr)>,
+    worker: Weak<RefCell<Worker>>,
+) {
+    while let Some((relay, peer)) = notices.recv().await {
+        let Some(worker) = worker.upgrade() else {
+            return;
+        };
+        worker.borrow_mut().server.tcp_peer_closed(relay, peer);
+    }
 }
 
 /// Expiry and metrics, once a second per worker.
@@ -649,8 +1000,11 @@ async fn timer(worker: Rc<RefCell<Worker>>, region: String, exports_tenants: boo
     loop {
         tick.tick().await;
         let mut w = worker.borrow_mut();
+        let now = Instant::now();
+        // Peer data connections nobody bound in time close (RFC 6062: 30 s).
+        lock(&w.pending).retain(|_, p| p.expires > now);
         let Worker { server, relays, .. } = &mut *w;
-        server.expire(Instant::now(), relays);
+        server.expire(now, relays);
         let dropped = SEND_DROPPED.with(std::cell::Cell::get);
         crate::metrics::export(server, &mut reported, &region, exports_tenants, dropped);
     }

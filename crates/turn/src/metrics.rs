@@ -77,6 +77,11 @@ pub(crate) fn export(
             s.malformed,
             reported.malformed,
         ),
+        (
+            "continuum_turn_tcp_connections_total",
+            s.tcp_connections,
+            reported.tcp_connections,
+        ),
     ];
     for (name, now, before) in counters {
         if now > before {

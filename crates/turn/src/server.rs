@@ -83,8 +83,22 @@ pub trait Relays {
     ) -> std::io::Result<SocketAddr>;
     /// Starts relaying on a port held by an earlier `reserve_next`.
     fn open_reserved(&mut self, addr: SocketAddr) -> std::io::Result<SocketAddr>;
+    /// Opens a TCP relay (RFC 6062): a listening socket peers connect to,
+    /// and the source of the connections the client asks for.
+    fn open_tcp(&mut self, _ipv6: bool) -> std::io::Result<SocketAddr> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
     /// Closes a relay or releases a held port.
     fn close(&mut self, relay: SocketAddr);
+}
+
+/// A reply the core cannot give at once (it waits on a TCP connection):
+/// the IO layer hands it back to [`Server::reply`] with the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingReply {
+    method: u16,
+    transaction: [u8; 12],
+    key: [u8; 16],
 }
 
 /// How long a reserved port (RESERVATION-TOKEN) is held.
@@ -103,6 +117,25 @@ pub enum Output {
     /// The datagram just handled, to the client as ChannelData on `channel`
     /// (the IO layer writes the 4-byte header, and pads on streams).
     ChannelToClient { client: Client, channel: u16 },
+    /// RFC 6062 Connect: open a TCP connection from `relay` to `peer` and
+    /// answer with [`Server::reply`] (a new CONNECTION-ID, or 447); either
+    /// way, report its end with [`Server::tcp_peer_closed`].
+    ConnectToPeer {
+        client: Client,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        username: String,
+        reply: PendingReply,
+    },
+    /// RFC 6062 ConnectionBind: join this client data connection to peer
+    /// data connection `id` if it was made for `username`, then relay raw
+    /// bytes both ways; answer with [`Server::reply`] (success, or 400).
+    BindConnection {
+        client: Client,
+        id: u32,
+        username: String,
+        reply: PendingReply,
+    },
 }
 
 /// Counters for `/metrics` (monotonic, plus the current gauges).
@@ -119,6 +152,8 @@ pub struct Stats {
     pub dropped_no_permission: u64,
     pub dropped_over_bandwidth: u64,
     pub malformed: u64,
+    /// TCP peer connections (RFC 6062) made for clients or accepted from peers.
+    pub tcp_connections: u64,
 }
 
 struct Allocation {
@@ -132,6 +167,10 @@ struct Allocation {
     channel_of: HashMap<SocketAddr, u16>,
     /// Bandwidth cap: (window start, bytes in window).
     window: (Instant, u64),
+    /// A TCP allocation (RFC 6062), and the peers it has (or is making) a
+    /// connection with: one per peer address.
+    tcp: bool,
+    tcp_peers: std::collections::HashSet<SocketAddr>,
 }
 
 pub struct Server {
@@ -257,6 +296,25 @@ impl Server {
                                     self.create_permission(now, client, &msg)
                                 }
                                 method::CHANNEL_BIND => self.channel_bind(now, client, &msg),
+                                method::CONNECT | method::CONNECTION_BIND => {
+                                    let pending = PendingReply {
+                                        method: msg.method,
+                                        transaction: msg.transaction,
+                                        key: auth.key,
+                                    };
+                                    let deferred = if msg.method == method::CONNECT {
+                                        self.connect(now, client, &msg, &auth, pending)
+                                    } else {
+                                        self.connection_bind(client, &msg, &auth, pending)
+                                    };
+                                    match deferred {
+                                        Ok(o) => {
+                                            out.push(o);
+                                            return;
+                                        }
+                                        Err(e) => Err(e),
+                                    }
+                                }
                                 _ => Err((400, "Bad Request")),
                             };
                             let reply = reply.unwrap_or_else(|(code, reason)| {
@@ -359,11 +417,22 @@ impl Server {
         if self.allocations.contains_key(&client) {
             return refuse(self, "mismatch", 437, "Allocation Mismatch");
         }
-        match msg.attr(attr::REQUESTED_TRANSPORT) {
-            Some([17, ..]) => {}
+        let tcp = match msg.attr(attr::REQUESTED_TRANSPORT) {
+            Some([17, ..]) => false,
+            // RFC 6062: TCP relays for clients on TCP or TLS, without the
+            // UDP-only attributes.
+            Some([6, ..])
+                if matches!(client.transport, Transport::Stream(_))
+                    && !msg.has(attr::RESERVATION_TOKEN)
+                    && !msg.has(attr::EVEN_PORT)
+                    && !msg.has(attr::DONT_FRAGMENT) =>
+            {
+                true
+            }
+            Some([6, ..]) => return refuse(self, "bad_request", 400, "Bad Request"),
             Some(_) => return refuse(self, "transport", 442, "Unsupported Transport Protocol"),
             None => return refuse(self, "bad_request", 400, "Bad Request"),
-        }
+        };
         let token = msg.attr(attr::RESERVATION_TOKEN);
         let even = msg.attr(attr::EVEN_PORT);
         if token.is_some() && (even.is_some() || msg.has(attr::REQUESTED_ADDRESS_FAMILY)) {
@@ -380,6 +449,7 @@ impl Server {
         }
         let reserve_next = even.is_some_and(|v| v.first().is_some_and(|b| b & 0x80 != 0));
         let opened = match token {
+            _ if tcp => relays.open_tcp(ipv6),
             Some(t) => match self.ledger.redeem(t, now) {
                 Some(addr) => relays.open_reserved(addr),
                 None => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
@@ -421,6 +491,8 @@ impl Server {
                 channels: HashMap::new(),
                 channel_of: HashMap::new(),
                 window: (now, 0),
+                tcp,
+                tcp_peers: Default::default(),
             },
         );
         self.by_relay.insert(relay, client);
@@ -521,9 +593,16 @@ impl Server {
     }
 
     fn channel_bind(&mut self, now: Instant, client: Client, msg: &Message) -> Reply {
-        let Some(relay_v6) = self.allocations.get(&client).map(|a| a.relay.is_ipv6()) else {
+        let Some((relay_v6, tcp)) = self
+            .allocations
+            .get(&client)
+            .map(|a| (a.relay.is_ipv6(), a.tcp))
+        else {
             return Err((437, "Allocation Mismatch"));
         };
+        if tcp {
+            return Err((400, "Bad Request")); // channels are for UDP relays
+        }
         let Some(channel) = msg
             .attr(attr::CHANNEL_NUMBER)
             .filter(|v| v.len() == 4)
@@ -588,7 +667,7 @@ impl Server {
             *self.stats.policy_denials.entry(d.label()).or_default() += 1;
             return;
         }
-        let Some(a) = self.allocations.get_mut(&client) else {
+        let Some(a) = self.allocations.get_mut(&client).filter(|a| !a.tcp) else {
             return;
         };
         if !admit(&mut self.stats, &self.cfg, a, peer.ip(), now, payload.len()) {
@@ -673,6 +752,141 @@ impl Server {
                     data: b.finish(),
                 });
             }
+        }
+    }
+
+    /// RFC 6062 Connect (on the control connection of a TCP allocation).
+    fn connect(
+        &mut self,
+        now: Instant,
+        client: Client,
+        msg: &Message,
+        auth: &Auth,
+        reply: PendingReply,
+    ) -> Result<Output, (u16, &'static str)> {
+        let Some((relay_v6, tcp)) = self
+            .allocations
+            .get(&client)
+            .map(|a| (a.relay.is_ipv6(), a.tcp))
+        else {
+            return Err((437, "Allocation Mismatch"));
+        };
+        if !tcp {
+            return Err((400, "Bad Request"));
+        }
+        let peers = self.peers(msg, relay_v6, true)?;
+        let [peer] = peers[..] else {
+            return Err((400, "Bad Request"));
+        };
+        let a = self.allocations.get_mut(&client).expect("checked");
+        if !a.tcp_peers.insert(peer) {
+            return Err((446, "Connection Already Exists"));
+        }
+        // Asking for a connection lets that peer's data back in.
+        let until = now + PERMISSION_LIFETIME;
+        let p = a.permissions.entry(peer.ip()).or_insert(until);
+        *p = (*p).max(until);
+        Ok(Output::ConnectToPeer {
+            client,
+            relay: a.relay,
+            peer,
+            username: auth.username.clone(),
+            reply,
+        })
+    }
+
+    /// RFC 6062 ConnectionBind (on a new connection of the client's).
+    fn connection_bind(
+        &mut self,
+        client: Client,
+        msg: &Message,
+        auth: &Auth,
+        reply: PendingReply,
+    ) -> Result<Output, (u16, &'static str)> {
+        // A data connection is a fresh TCP/TLS connection, not a control one.
+        if client.transport == Transport::Udp || self.allocations.contains_key(&client) {
+            return Err((400, "Bad Request"));
+        }
+        let Some(id) = msg.u32_attr(attr::CONNECTION_ID) else {
+            return Err((400, "Bad Request"));
+        };
+        Ok(Output::BindConnection {
+            client,
+            id,
+            username: auth.username.clone(),
+            reply,
+        })
+    }
+
+    /// The answer to a deferred request: success (with a CONNECTION-ID for
+    /// Connect) or an error.
+    pub fn reply(&self, r: &PendingReply, outcome: Result<Option<u32>, (u16, &str)>) -> Vec<u8> {
+        let b = match outcome {
+            Ok(id) => {
+                let b = Builder::new(Class::Success, r.method, r.transaction);
+                match id {
+                    Some(id) => b.u32_attr(attr::CONNECTION_ID, id),
+                    None => b,
+                }
+            }
+            Err((code, reason)) => {
+                Builder::new(Class::Error, r.method, r.transaction).error(code, reason)
+            }
+        };
+        self.finish(b, Some(&r.key))
+    }
+
+    /// A Connect made its connection (for the metrics).
+    pub fn tcp_peer_connected(&mut self) {
+        self.stats.tcp_connections += 1;
+    }
+
+    /// A peer connected to TCP relay `relay`. With a permission for it (and
+    /// the policy's leave), the client is told by a ConnectionAttempt for
+    /// CONNECTION-ID `id` and this returns the allocation's username (the
+    /// ConnectionBind must come with it); otherwise the IO layer closes it.
+    pub fn tcp_peer_arrived(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        id: u32,
+        out: &mut Vec<Output>,
+    ) -> Option<String> {
+        if let Err(d) = self.cfg.policy.check_addr(peer) {
+            *self.stats.policy_denials.entry(d.label()).or_default() += 1;
+            return None;
+        }
+        let client = self.by_relay.get(&relay).copied()?;
+        let a = self.allocations.get_mut(&client).filter(|a| a.tcp)?;
+        if !permitted(a, peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return None;
+        }
+        if !a.tcp_peers.insert(peer) {
+            return None; // one connection per peer address
+        }
+        self.stats.tcp_connections += 1;
+        let tx: [u8; 12] = rand::random();
+        let b = Builder::new(Class::Indication, method::CONNECTION_ATTEMPT, tx)
+            .xor_address(attr::XOR_PEER_ADDRESS, peer)
+            .u32_attr(attr::CONNECTION_ID, id);
+        out.push(Output::ToClient {
+            client,
+            data: b.finish(),
+        });
+        Some(a.username.clone())
+    }
+
+    /// A peer connection of TCP relay `relay` ended (or never started): a
+    /// new one with that peer may be made.
+    pub fn tcp_peer_closed(&mut self, relay: SocketAddr, peer: SocketAddr) {
+        if let Some(a) = self
+            .by_relay
+            .get(&relay)
+            .and_then(|c| self.allocations.get_mut(c))
+        {
+            a.tcp_peers.remove(&peer);
         }
     }
 

@@ -19,6 +19,10 @@ pub mod method {
     pub const DATA: u16 = 0x007;
     pub const CREATE_PERMISSION: u16 = 0x008;
     pub const CHANNEL_BIND: u16 = 0x009;
+    /// RFC 6062 (TCP allocations).
+    pub const CONNECT: u16 = 0x00A;
+    pub const CONNECTION_BIND: u16 = 0x00B;
+    pub const CONNECTION_ATTEMPT: u16 = 0x00C;
 }
 
 pub mod attr {
@@ -43,6 +47,8 @@ pub mod attr {
     pub const USERHASH: u16 = 0x001E;
     pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
     pub const RESERVATION_TOKEN: u16 = 0x0022;
+    /// RFC 6062: names a peer data connection of a TCP allocation.
+    pub const CONNECTION_ID: u16 = 0x002A;
     pub const PRIORITY: u16 = 0x0024;
     pub const USE_CANDIDATE: u16 = 0x0025;
     pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
@@ -76,6 +82,7 @@ pub mod attr {
                 | MESSAGE_INTEGRITY_SHA256
                 | XOR_MAPPED_ADDRESS
                 | RESERVATION_TOKEN
+                | CONNECTION_ID
                 | PRIORITY
                 | USE_CANDIDATE
         ) || t >= 0x8000
