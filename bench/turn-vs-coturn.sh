@@ -3,7 +3,8 @@
 # under the same turnutils_uclient loads, on this machine, in one run.
 # Reports per server and load: messages sent/echoed, loss, relayed packets/s,
 # server CPU µs per relayed packet, peak RSS growth per allocation; then the
-# saturation sweep (clients at -z 0 until loss appears).
+# saturation sweep (clients at -z 0 until loss appears). The tcp-relay load is
+# RFC 6062 (client pairs relaying to each other's TCP relay).
 #
 #   bench/turn-vs-coturn.sh            # needs: cargo, coturn (apt-get install coturn)
 #   QUICK=1 bench/turn-vs-coturn.sh    # smaller loads
@@ -87,10 +88,12 @@ run_load() {
 LOADS=(
   "bulk -m 40 -n 5000 -l 170 -z 1:-c -m 40 -n 5000 -l 170 -z 1"
   "audio-like -m 100 -n 500 -l 200 -z 20:-c -m 100 -n 500 -l 200 -z 20"
+  "tcp-relay -T -m 40 -n 500 -l 170:-T -m 40 -n 500 -l 170"
 )
 SWEEP=(20 50 80 120 160)
 if [[ ${QUICK:-} ]]; then
-  LOADS=("bulk -m 20 -n 1000 -l 170 -z 1:-c -m 20 -n 1000 -l 170 -z 1" "audio-like -m 50 -n 200 -l 200 -z 20:-c -m 50 -n 200 -l 200 -z 20")
+  LOADS=("bulk -m 20 -n 1000 -l 170 -z 1:-c -m 20 -n 1000 -l 170 -z 1" "audio-like -m 50 -n 200 -l 200 -z 20:-c -m 50 -n 200 -l 200 -z 20"
+    "tcp-relay -T -m 10 -n 100 -l 170:-T -m 10 -n 100 -l 170")
   SWEEP=(20 50)
 fi
 

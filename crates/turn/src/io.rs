@@ -378,10 +378,11 @@ async fn connect_from(relay: SocketAddr, peer: SocketAddr) -> std::io::Result<Tc
 }
 
 /// A bound client data connection and its peer data connection, joined:
-/// raw bytes both ways until either side closes or the allocation ends.
-async fn pipe<R>(mut reader: R, tx: mpsc::Sender<Vec<u8>>, leftover: Vec<u8>, peer: PendingPeer)
+/// raw bytes both ways until both sides close, either fails, or the
+/// allocation ends.
+async fn pipe<S>(mut client: S, leftover: Vec<u8>, peer: PendingPeer)
 where
-    R: tokio::io::AsyncRead + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let PendingPeer {
         stream,
@@ -389,27 +390,15 @@ where
         _gone,
         ..
     } = peer;
-    let Ok(stream) = TcpStream::from_std(stream) else {
+    let Ok(mut stream) = TcpStream::from_std(stream) else {
         return;
     };
-    let (mut from_peer, mut to_peer) = stream.into_split();
-    let up = async {
-        to_peer.write_all(&leftover).await?;
-        tokio::io::copy(&mut reader, &mut to_peer).await?;
-        to_peer.shutdown().await
-    };
-    let down = async {
-        let mut buf = vec![0u8; 16 << 10];
-        loop {
-            let n = from_peer.read(&mut buf).await?;
-            if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
-                return Ok::<_, std::io::Error>(());
-            }
-        }
+    let relay = async {
+        stream.write_all(&leftover).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut stream).await
     };
     tokio::select! {
-        _ = up => {}
-        _ = down => {}
+        _ = relay => {}
         _ = ended.wait_for(|e| *e) => {}
     }
 }
@@ -841,7 +830,7 @@ pub fn tls_config(
 /// allocation ends with the connection.
 async fn stream_session<S>(stream: S, from: SocketAddr, worker: Rc<RefCell<Worker>>)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     let id = {
@@ -856,12 +845,15 @@ where
         addr: from,
     };
     let (mut reader, mut writer) = tokio::io::split(stream);
+    // Hands the write half back when every sender is gone (a bound data
+    // connection then pipes on the whole stream).
     let writer_task = tokio::task::spawn_local(async move {
         while let Some(frame) = rx.recv().await {
             if writer.write_all(&frame).await.is_err() {
                 break;
             }
         }
+        writer
     });
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 4096];
@@ -959,16 +951,16 @@ where
     }
     if let Some(peer) = joined {
         // From here on the connection carries the peer's bytes, not STUN.
+        // With the last sender gone, the writer sends the bind's success
+        // and hands its half back.
         worker.borrow_mut().streams.remove(&id);
-        pipe(reader, tx, std::mem::take(&mut buf), peer).await;
-        // The pipe dropped the last sender: the writer sends what the peer
-        // sent last, then ends (a client that stopped reading is cut off).
+        drop(tx);
         let writer = writer_task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(5), writer_task)
-            .await
-            .is_err()
-        {
-            writer.abort();
+        match tokio::time::timeout(Duration::from_secs(5), writer_task).await {
+            Ok(Ok(write_half)) => {
+                pipe(reader.unsplit(write_half), std::mem::take(&mut buf), peer).await;
+            }
+            _ => writer.abort(), // a client that does not read is cut off
         }
         return;
     }
