@@ -77,6 +77,7 @@ async fn three_browsers_see_and_hear_each_other() {
         "B gets A's data-channel message",
         "A restarts ICE and keeps its seat",
         "A gets the simulcast layer it asks for",
+        "B stops sending the layers nobody takes",
         "A is told the active speaker",
         "A is told B muted",
         "C decodes A and B",

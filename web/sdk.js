@@ -136,6 +136,34 @@ export class Visit extends EventTarget {
       case "muted":
         this._emit("muted", msg);
         break;
+      case "publish_layers":
+        // Nobody in the room takes some of our simulcast layers: stop
+        // encoding and sending them (saves our uplink and CPU) until asked again.
+        await this._pauseLayers(msg.mid, msg.paused);
+        break;
+    }
+  }
+
+  async _pauseLayers(mid, paused) {
+    const t = this.pc.getTransceivers().find((t) => t.mid === mid);
+    if (!t?.sender) return;
+    const params = t.sender.getParameters();
+    if (!params.encodings?.length) return;
+    let changed = false;
+    for (const e of params.encodings) {
+      const on = !e.rid || !paused.includes(e.rid);
+      if (e.active !== on) {
+        e.active = on;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    try {
+      await t.sender.setParameters(params);
+      this._emit("layers", { mid, paused });
+    } catch (_) {
+      // A concurrent renegotiation changed the parameters: the layers stay
+      // as they were (the SFU drops what nobody takes).
     }
   }
 

@@ -125,6 +125,17 @@ const framesLowLater = (await inbound(a)).video.reduce((x, y) => x + y, 0);
 report("A gets the simulcast layer it asks for", layersSent.length >= 2 && low.ok && framesLowLater > framesLow + 5,
   { layersSent, widthHigh: high.w, upSwitchAllowedByBwe: high.ok, widthLow: low.w, framesLow, framesLowLater });
 
+// Dynacast: A, B's only subscriber, shows B as a thumbnail, so the SFU asks
+// B to stop encoding its upper layers (the lowest keeps running).
+const encodings = await b.page.waitForFunction(() => {
+  const t = window.visit.pc.getTransceivers().find((t) => t.sender?.track?.kind === "video");
+  const enc = t?.sender.getParameters().encodings || [];
+  const off = enc.filter((e) => e.active === false).length;
+  return enc.length > 1 && off >= 1 && enc[0].active !== false && enc.map((e) => `${e.rid}:${e.active}`);
+}, null, { timeout: TIMEOUT_MS }).then((h) => h.jsonValue(), () => null);
+report("B stops sending the layers nobody takes", encodings !== null, { encodings });
+await a.page.evaluate(() => window.visit.setVideoQuality("high"));
+
 // Active speaker: Chromium's fake microphone beeps; someone becomes the speaker.
 const speaker = await a.page.waitForFunction(() => window.visit.speaker !== undefined, null, { timeout: TIMEOUT_MS })
   .then(() => a.page.evaluate(() => window.visit.speaker), () => undefined);

@@ -35,6 +35,12 @@ pub enum ToClient {
         participant: Option<String>,
         identity: Option<String>,
     },
+    /// Pause these simulcast layers (rids) of track `mid` (nobody takes
+    /// them), send the others.
+    PublishLayers {
+        mid: String,
+        paused: Vec<String>,
+    },
     /// Another participant muted or unmuted a track.
     Muted {
         participant: String,
@@ -295,6 +301,15 @@ fn run(
                 SfuOutput::Offer { participant, sdp } => {
                     if let Some((_, tx)) = seats.get(&participant) {
                         let _ = tx.send(ToClient::Offer(sdp));
+                    }
+                }
+                SfuOutput::PublisherLayers {
+                    participant,
+                    mid,
+                    paused,
+                } => {
+                    if let Some((_, tx)) = seats.get(&participant) {
+                        let _ = tx.send(ToClient::PublishLayers { mid, paused });
                     }
                 }
                 SfuOutput::Event(ev) => {
@@ -577,6 +592,16 @@ fn export_stats(now: &continuum_sfu::WorkerStats, reported: &mut continuum_sfu::
             "continuum_sfu_keyframe_requests_total",
             now.keyframe_requests,
             reported.keyframe_requests,
+        ),
+        (
+            "continuum_sfu_layers_paused_total",
+            now.layers_paused,
+            reported.layers_paused,
+        ),
+        (
+            "continuum_sfu_layers_resumed_total",
+            now.layers_resumed,
+            reported.layers_resumed,
         ),
         (
             "continuum_sfu_participants_joined_total",

@@ -18,8 +18,12 @@ pub const MAX_LAYERS: usize = 4;
 pub struct Layers {
     pub len: u8,
     pub rids: [Option<Rid>; MAX_LAYERS],
-    /// Measured bitrate, bits/s (0 until the first second is measured).
+    /// Measured bitrate, bits/s (0 until the first second is measured, and
+    /// while the layer is paused or stopped).
     pub bps: [u32; MAX_LAYERS],
+    /// The last non-zero measured bitrate: what the layer costs when it runs
+    /// (it orders the layers, and prices a paused layer a subscriber wants).
+    pub known: [u32; MAX_LAYERS],
 }
 
 impl Layers {
@@ -33,6 +37,11 @@ impl Layers {
 
     pub fn is_simulcast(&self) -> bool {
         self.len > 1
+    }
+
+    /// Every layer has run long enough to be priced.
+    pub fn all_known(&self) -> bool {
+        self.known[..self.len as usize].iter().all(|k| *k > 0)
     }
 }
 
@@ -64,6 +73,9 @@ impl LayerMeter {
         if secs >= 1.0 {
             for j in 0..l.len as usize {
                 l.bps[j] = (self.bytes[j] as f64 * 8.0 / secs).min(u32::MAX as f64) as u32;
+                if l.bps[j] > 0 {
+                    l.known[j] = l.bps[j];
+                }
                 self.bytes[j] = 0;
             }
             self.since = Some(now);
@@ -72,17 +84,19 @@ impl LayerMeter {
         self.layers.index_of(rid)
     }
 
-    /// Lowest rate first; a layer that stopped (rate 0) after being measured
-    /// sorts first too, so it is never chosen over a live one by accident.
+    /// Lowest rate first, by the rate a layer has when it runs: a paused
+    /// layer keeps its place (subscribers' layer indices stay meaningful),
+    /// and [`Forwarder::choose`] passes over it while its rate is 0.
     fn sort(&mut self) {
         let l = &mut self.layers;
         let n = l.len as usize;
         let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by_key(|i| l.bps[*i]);
-        let (rids, bps, bytes) = (l.rids, l.bps, self.bytes);
+        order.sort_by_key(|i| l.known[*i]);
+        let (rids, bps, known, bytes) = (l.rids, l.bps, l.known, self.bytes);
         for (to, from) in order.into_iter().enumerate() {
             l.rids[to] = rids[from];
             l.bps[to] = bps[from];
+            l.known[to] = known[from];
             self.bytes[to] = bytes[from];
         }
     }
@@ -177,6 +191,9 @@ pub struct Forwarder {
     pub layers: Layers,
     /// Highest layer index the subscriber asked for (its rendered size).
     pub max_layer: usize,
+    /// The layer index it would take if every layer ran (paused ones
+    /// priced at their known rate): what the publisher must keep sending.
+    pub want: usize,
     seq_delta: u64,
     ts_delta: u32,
     /// Packets of the current layer older than the switch point are dropped:
@@ -203,6 +220,7 @@ impl Forwarder {
             target: None,
             layers: Layers::default(),
             max_layer: MAX_LAYERS - 1,
+            want: MAX_LAYERS - 1,
             seq_delta: 0,
             ts_delta: 0,
             floor: 0,
@@ -226,24 +244,31 @@ impl Forwarder {
     /// Picks the target layer: the highest the subscriber wants whose rate
     /// fits `budget_bps` (its share of the bandwidth estimate), else the
     /// lowest. Upswitches need 15% headroom so the choice does not flap.
+    /// Also notes [`Forwarder::want`]: the same choice as if paused layers ran.
     pub fn choose(&mut self, budget_bps: Option<u64>) -> Option<Rid> {
         if !self.layers.is_simulcast() {
             self.target = self.layers.rids[0];
+            self.want = 0;
             return self.target;
         }
         let top = self.max_layer.min(self.layers.len as usize - 1);
         let current = self.current.and_then(|c| self.layers.index_of(c));
-        let mut pick = 0;
-        for (i, (_, bps)) in self.layers.iter().enumerate().take(top + 1) {
-            let fits = match budget_bps {
-                None => true,
-                Some(b) if Some(i) <= current => bps as u64 <= b,
-                Some(b) => bps as u64 * 115 / 100 <= b,
-            };
-            if fits && (bps > 0 || i == 0) {
+        let fits = |i: usize, bps: u32| match budget_bps {
+            None => true,
+            Some(b) if Some(i) <= current => bps as u64 <= b,
+            Some(b) => bps as u64 * 115 / 100 <= b,
+        };
+        let (mut pick, mut want) = (0, 0);
+        for i in 0..=top {
+            let (bps, known) = (self.layers.bps[i], self.layers.known[i]);
+            if fits(i, bps) && (bps > 0 || i == 0) {
                 pick = i;
             }
+            if fits(i, known.max(bps)) {
+                want = i;
+            }
         }
+        self.want = want;
         self.target = self.layers.rids[pick];
         self.target
     }

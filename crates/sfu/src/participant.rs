@@ -48,6 +48,10 @@ pub(crate) struct TrackInEntry {
     /// Last keyframe request per layer (throttled).
     pub last_keyframe_request: Vec<(Option<Rid>, Instant)>,
     pub meter: LayerMeter,
+    /// Layers we asked the publisher to stop sending (nobody takes them),
+    /// and since when each layer has been unwanted (see `Worker::dynacast`).
+    pub paused: Vec<Option<Rid>>,
+    pub unwanted_since: Vec<(Option<Rid>, Instant)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +385,8 @@ impl Participant {
                     track,
                     last_keyframe_request: Vec::new(),
                     meter: LayerMeter::default(),
+                    paused: Vec::new(),
+                    unwanted_since: Vec::new(),
                 });
                 Polled::TrackOpen(weak)
             }
@@ -481,7 +487,8 @@ impl Participant {
             let target = o.fwd.choose(budget);
             let layers = o.fwd.layers;
             let top = o.fwd.max_layer.min((layers.len as usize).saturating_sub(1));
-            desired += layers.bps.get(top).copied().unwrap_or(0) as u64;
+            // Priced as if running: BWE probes for a paused layer we would take.
+            desired += layers.known[top].max(layers.bps[top]) as u64;
             sending += layers.index_of(target).map_or(0, |i| layers.bps[i] as u64);
             if o.fwd.awaiting_keyframe() {
                 self.keyframe_asks.push((o.origin, o.mid_in, target));

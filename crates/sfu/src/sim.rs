@@ -81,6 +81,8 @@ struct VideoLayer {
     seq: u64,
     pic: u16,
     keyframe_wanted: bool,
+    /// Like a browser encoding's `active`: the SFU may pause a layer.
+    active: bool,
 }
 
 /// Received-side accounting for one incoming SSRC.
@@ -171,6 +173,7 @@ impl SimPeer {
                 seq: 1_000 + i as u64 * 20_000,
                 pic: 0,
                 keyframe_wanted: true,
+                active: true,
             })
             .collect();
         let peer = SimPeer {
@@ -299,6 +302,27 @@ impl SimPeer {
         }
     }
 
+    /// Stops sending the `paused` simulcast layers and sends the others (the
+    /// SFU's `publish_layers` request); a resumed layer starts with a
+    /// keyframe, as an encoder does.
+    pub fn set_paused_layers(&mut self, paused: &[String]) {
+        for l in &mut self.layers {
+            let on = !paused.iter().any(|r| r.as_str() == &*l.rid);
+            if on && !l.active {
+                l.keyframe_wanted = true;
+            }
+            l.active = on;
+        }
+    }
+
+    /// Whether the simulcast layer `rid` is being sent.
+    pub fn layer_active(&self, rid: &str) -> Option<bool> {
+        self.layers
+            .iter()
+            .find(|l| &*l.rid == rid)
+            .map(|l| l.active)
+    }
+
     /// Packets received and expected (from the sequence ranges) over all
     /// incoming streams; RTX repairs count as received.
     pub fn received_and_expected(&self) -> (u64, u64) {
@@ -367,6 +391,9 @@ impl SimPeer {
             let simulcast = self.layers.len() > 1;
             let ts = self.frame_no.wrapping_mul(90_000 / self.spec.fps.max(1));
             for i in 0..self.layers.len() {
+                if !self.layers[i].active {
+                    continue;
+                }
                 let (rid, bytes, key, pic) = {
                     let l = &mut self.layers[i];
                     l.pic = (l.pic + 1) & 0x7fff;
@@ -563,6 +590,15 @@ impl SimNet {
                     }
                 }
                 crate::SfuOutput::Event(e) => self.events.push(e),
+                crate::SfuOutput::PublisherLayers {
+                    participant,
+                    paused,
+                    ..
+                } => {
+                    if let Some(&i) = self.by_id.get(&participant) {
+                        self.peers[i].set_paused_layers(&paused);
+                    }
+                }
                 _ => {}
             }
         }

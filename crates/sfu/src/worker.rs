@@ -132,6 +132,14 @@ pub enum SfuOutput {
         room: String,
         participant: Option<ParticipantId>,
     },
+    /// Ask a publisher to stop sending the `paused` simulcast layers (rids)
+    /// of its track `mid`, and to send the others: nobody takes the paused
+    /// ones (see `Worker::dynacast`). Layers we never saw are not named.
+    PublisherLayers {
+        participant: ParticipantId,
+        mid: String,
+        paused: Vec<String>,
+    },
     /// A quality measurement (about once a second per participant), for metrics.
     Quality {
         participant: ParticipantId,
@@ -174,12 +182,20 @@ pub struct Worker {
     timers: BinaryHeap<Reverse<(Instant, ParticipantId)>>,
     /// When grace periods and speakers are next checked (see [`HOUSEKEEPING`]).
     next_housekeeping: Option<Instant>,
+    /// When publishers' simulcast layers are next reviewed (see [`Worker::dynacast`]).
+    next_dynacast: Option<Instant>,
     pub stats: WorkerStats,
 }
 
 /// How often `drive` checks the second-scale deadlines (reconnect grace,
 /// answer timeout) and the active speaker, rather than on every drive.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// How often publishers' simulcast layers are reviewed (subscribers
+/// re-choose layers twice a second).
+const DYNACAST_EVERY: Duration = Duration::from_millis(500);
+/// A layer nobody has wanted for this long is paused at the publisher;
+/// one that is wanted again resumes at once.
+const PAUSE_AFTER: Duration = Duration::from_secs(3);
 
 /// str0m's reasons for waking a participant's `Rtc`, as metric labels.
 pub const TIMER_REASONS: [&str; 9] = [
@@ -238,6 +254,10 @@ pub struct WorkerStats {
     pub rtx_sent: u64,
     /// Keyframe requests relayed from subscribers to publishers.
     pub keyframe_requests: u64,
+    /// Simulcast layers publishers were asked to pause (nobody took them)
+    /// and to resume.
+    pub layers_paused: u64,
+    pub layers_resumed: u64,
     pub participants_joined: u64,
     pub joins_refused: u64,
     /// RTCP feedback received from subscribers (they lost packets or need a keyframe).
@@ -268,6 +288,7 @@ impl Worker {
             gone: Vec::new(),
             timers: BinaryHeap::new(),
             next_housekeeping: None,
+            next_dynacast: None,
             stats: WorkerStats::default(),
         }
     }
@@ -777,6 +798,10 @@ impl Worker {
         for id in gone {
             self.leave(id);
         }
+        if self.next_dynacast.is_none_or(|t| t <= now) {
+            self.next_dynacast = Some(now + DYNACAST_EVERY);
+            self.dynacast(now);
+        }
         for (room, detector) in &mut self.speakers {
             if let Some(participant) = detector.tick(now) {
                 self.outputs.push_back(SfuOutput::Speaker {
@@ -786,6 +811,75 @@ impl Worker {
             }
         }
         self.next_wake(now)
+    }
+
+    /// Pauses simulcast layers nobody takes ("dynacast"): for each video
+    /// track a participant publishes over signaling (WHIP publishers have no
+    /// channel to be asked on), the highest layer any subscriber would take
+    /// if it ran ([`crate::forward::Forwarder::want`]) and every layer below
+    /// it keep running; a layer above it for [`PAUSE_AFTER`] is paused, and
+    /// resumes as soon as someone wants it. The lowest layer always runs
+    /// (a subscriber whose bandwidth drops needs it at once). Saves the
+    /// publisher's uplink and this worker the ingress it would drop.
+    fn dynacast(&mut self, now: Instant) {
+        let mut wants: HashMap<(ParticipantId, str0m::media::Mid), usize> = HashMap::new();
+        for p in self.participants.values() {
+            for o in &p.tracks_out {
+                if matches!(o.state, crate::participant::OutState::Open(_))
+                    && o.kind == str0m::media::MediaKind::Video
+                {
+                    let w = wants.entry((o.origin, o.mid_in)).or_default();
+                    *w = (*w).max(o.fwd.want);
+                }
+            }
+        }
+        for p in self.participants.values_mut() {
+            if p.mode != Mode::Full {
+                continue;
+            }
+            for t in &mut p.tracks_in {
+                let layers = t.meter.layers;
+                if t.track.kind != str0m::media::MediaKind::Video
+                    || !layers.is_simulcast()
+                    || !layers.all_known()
+                {
+                    continue;
+                }
+                let want = wants.get(&(p.id, t.track.mid)).copied().unwrap_or(0);
+                let mut paused = Vec::new();
+                for i in 1..layers.len as usize {
+                    let rid = layers.rids[i];
+                    if i <= want {
+                        t.unwanted_since.retain(|(r, _)| *r != rid);
+                        continue;
+                    }
+                    let since = match t.unwanted_since.iter().find(|(r, _)| *r == rid) {
+                        Some((_, at)) => *at,
+                        None => {
+                            t.unwanted_since.push((rid, now));
+                            now
+                        }
+                    };
+                    let was_paused = t.paused.contains(&rid);
+                    if was_paused || now.saturating_duration_since(since) >= PAUSE_AFTER {
+                        paused.push(rid);
+                    }
+                }
+                if paused == t.paused {
+                    continue;
+                }
+                self.stats.layers_paused +=
+                    paused.iter().filter(|r| !t.paused.contains(r)).count() as u64;
+                self.stats.layers_resumed +=
+                    t.paused.iter().filter(|r| !paused.contains(r)).count() as u64;
+                t.paused = paused;
+                self.outputs.push_back(SfuOutput::PublisherLayers {
+                    participant: p.id,
+                    mid: t.track.mid.to_string(),
+                    paused: t.paused.iter().flatten().map(|r| r.to_string()).collect(),
+                });
+            }
+        }
     }
 
     /// The earliest timer (possibly a stale one: an early wake-up is

@@ -128,3 +128,61 @@ fn loss_is_repaired_by_rtx_and_reported_as_degraded_quality() {
         "quality.recovered once the loss stops"
     );
 }
+
+#[test]
+fn layers_nobody_takes_are_paused_at_the_publisher_and_resume_when_wanted() {
+    // Bandwidth for every layer: only B's requested size limits what it takes.
+    let (mut net, mut now) = net(|c| c.initial_bwe_bps = 20_000_000);
+    let a = net
+        .join("t/visit", MediaSpec::camera_and_microphone(), now)
+        .unwrap();
+    let b = net
+        .join("t/visit", MediaSpec::camera_and_microphone(), now)
+        .unwrap();
+    run(&mut net, &mut now, Duration::from_secs(5));
+    let sent = |net: &mut SimNet, now: &mut Instant| {
+        let before = net.peers[a].packets_sent;
+        run(net, now, Duration::from_secs(2));
+        net.peers[a].packets_sent - before
+    };
+    let all_layers = sent(&mut net, &mut now);
+    assert_eq!(net.peers[a].layer_active("f"), Some(true));
+
+    // B shows A as a thumbnail: nobody takes A's upper layers, so after the
+    // hold A is asked to stop sending them; B keeps getting the lowest.
+    let id_b = net.participant(b).unwrap();
+    net.worker.set_max_layer(id_b, None, 0).unwrap();
+    run(&mut net, &mut now, Duration::from_secs(5));
+    assert_eq!(net.peers[a].layer_active("q"), Some(true));
+    assert_eq!(net.peers[a].layer_active("h"), Some(false));
+    assert_eq!(net.peers[a].layer_active("f"), Some(false));
+    assert!(net.worker.stats.layers_paused >= 2);
+    let lowest_only = sent(&mut net, &mut now);
+    assert!(
+        lowest_only * 2 < all_layers,
+        "A sends {lowest_only} packets in 2 s with two layers paused, {all_layers} with all"
+    );
+    let thumb = rate(&mut net, &mut now, b, Duration::from_secs(2));
+    assert!(
+        thumb > 100_000,
+        "B still gets A's lowest layer: {thumb} bit/s"
+    );
+
+    // B wants A big again: what its bandwidth estimate (which settled on
+    // the thumbnail meanwhile) allows resumes at once; the top layer follows
+    // when the estimate has probed up to it.
+    net.worker.set_max_layer(id_b, None, 2).unwrap();
+    run(&mut net, &mut now, Duration::from_secs(2));
+    assert_eq!(net.peers[a].layer_active("h"), Some(true));
+    assert!(net.worker.stats.layers_resumed >= 1);
+    let big = rate(&mut net, &mut now, b, Duration::from_secs(3));
+    assert!(
+        big > thumb * 2,
+        "B gets A's upper layers again: {big} vs {thumb} bit/s"
+    );
+    let (got, expected) = net.peers[b].video_received_and_expected();
+    assert!(
+        got * 1000 >= expected * 995,
+        "pauses and resumes leave no holes: {got}/{expected}"
+    );
+}

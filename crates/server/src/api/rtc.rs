@@ -9,7 +9,11 @@
 //! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
 //! `{"type":"error","code","message"}`, `{"type":"left"}`,
 //! `{"type":"speaker","participant","identity"}` (active speaker changed; null: nobody),
-//! `{"type":"muted","participant","identity","kind","muted"}` (another participant).
+//! `{"type":"muted","participant","identity","kind","muted"}` (another participant),
+//! `{"type":"publish_layers","mid","paused":["h","f"]}` (stop sending these simulcast
+//! encodings, by rid, of the track in m-line `mid`, and send the others: nobody in
+//! the room takes the paused ones now; a later message resumes them as soon as
+//! someone does).
 //! Client → server also: `{"type":"mute","kind":"audio"|"video","muted":bool}`,
 //! `{"type":"candidate","candidate":"candidate:..."}` (trickle; optional with an
 //! ICE-lite server, `""` ends them),
@@ -245,6 +249,9 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                 Some(ToClient::Offer(sdp)) => Some(json!({"type": "offer", "sdp": sdp}).to_string()),
                 Some(ToClient::Speaker { participant, identity }) => {
                     Some(json!({"type": "speaker", "participant": participant, "identity": identity}).to_string())
+                }
+                Some(ToClient::PublishLayers { mid, paused }) => {
+                    Some(json!({"type": "publish_layers", "mid": mid, "paused": paused}).to_string())
                 }
                 Some(ToClient::Muted { participant, identity, kind, muted }) => Some(
                     json!({"type": "muted", "participant": participant, "identity": identity, "kind": kind, "muted": muted}).to_string(),

@@ -21,6 +21,7 @@ fn layers(rids: &[&str], bps: &[u32]) -> Layers {
     for (i, r) in rids.iter().enumerate() {
         l.rids[i] = Some((*r).into());
         l.bps[i] = bps[i];
+        l.known[i] = bps[i];
     }
     l.len = rids.len() as u8;
     l
