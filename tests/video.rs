@@ -78,6 +78,7 @@ async fn three_browsers_see_and_hear_each_other() {
         "A restarts ICE and keeps its seat",
         "A gets the simulcast layer it asks for",
         "B stops sending the layers nobody takes",
+        "A unsubscribes from B's video and back",
         "A is told the active speaker",
         "A is told B muted",
         "C decodes A and B",
@@ -296,6 +297,10 @@ async fn signaling_refuses_bad_requests_clearly() {
             "not_joined",
         ),
         (
+            json!({"type": "unsubscribe", "participant": "p1"}).to_string(),
+            "not_joined",
+        ),
+        (
             json!({"type": "join", "room": other_room["id"], "sdp": "v=0"}).to_string(),
             "not_found",
         ),
@@ -315,14 +320,20 @@ async fn signaling_refuses_bad_requests_clearly() {
         assert_eq!(v["code"], code, "{msg} -> {v}");
     }
     // Joined (an encoder-style audio offer), trickle is validated; a second join is refused.
+    // (Room notices may come in between: skipped.)
     macro_rules! next {
         () => {{
-            let reply = tokio::time::timeout(Duration::from_secs(5), sock.next())
-                .await
-                .expect("a reply")
-                .unwrap()
-                .unwrap();
-            serde_json::from_str::<Value>(reply.to_text().unwrap()).unwrap()
+            loop {
+                let reply = tokio::time::timeout(Duration::from_secs(5), sock.next())
+                    .await
+                    .expect("a reply")
+                    .unwrap()
+                    .unwrap();
+                let v = serde_json::from_str::<Value>(reply.to_text().unwrap()).unwrap();
+                if !matches!(v["type"].as_str(), Some("quality" | "track_published")) {
+                    break v;
+                }
+            }
         }};
     }
     let join = json!({"type": "join", "room": room_id, "sdp": audio_offer()}).to_string();
@@ -344,6 +355,27 @@ async fn signaling_refuses_bad_requests_clearly() {
     );
     sock.send(Message::Text(join.into())).await.unwrap();
     assert_eq!(next!()["code"], "already_joined");
+    for (msg, code) in [
+        (
+            json!({"type": "unsubscribe", "participant": "dr-who"}),
+            "bad_message",
+        ),
+        (
+            json!({"type": "subscribe", "participant": "p1", "kind": "smell"}),
+            "bad_message",
+        ),
+        (
+            json!({"type": "unsubscribe", "participant": "p999", "kind": "video"}),
+            "not_found",
+        ),
+    ] {
+        sock.send(Message::Text(msg.to_string().into()))
+            .await
+            .unwrap();
+        let v = next!();
+        assert_eq!(v["code"], code, "{msg} -> {v}");
+        assert!(!v["message"].as_str().unwrap_or("").is_empty());
+    }
 
     // A room with a bad grant attempt is audited.
     let audit = s.ok("GET", "/v1/audit?limit=1000", &key, None).await;

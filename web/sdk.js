@@ -24,6 +24,10 @@ export class Visit extends EventTarget {
     this.ws = null;
     this.participant = null;
     this.state = "new";
+    /** Others' tracks in the room, by track id (from `track_published`). */
+    this.tracks = new Map();
+    /** Latest connection-quality notice per participant (ours included). */
+    this.quality = new Map();
   }
 
   _emit(type, detail) {
@@ -136,6 +140,22 @@ export class Visit extends EventTarget {
       case "muted":
         this._emit("muted", msg);
         break;
+      case "track_published":
+        // {participant, identity, kind, track}: its media arrives in the
+        // remote stream whose id is the participant id.
+        this.tracks.set(msg.track, msg);
+        this._emit("track_published", msg);
+        break;
+      case "track_unpublished":
+        this.tracks.delete(msg.track);
+        this._emit("track_unpublished", msg);
+        break;
+      case "quality":
+        // {participant, rating: excellent|good|poor, loss, rtt_ms, jitter_ms}:
+        // our own connection about once a second, others' when it changes.
+        this.quality.set(msg.participant, msg);
+        this._emit("quality", msg);
+        break;
       case "publish_layers":
         // Nobody in the room takes some of our simulcast layers: stop
         // encoding and sending them (saves our uplink and CPU) until asked again.
@@ -190,6 +210,25 @@ export class Visit extends EventTarget {
   setVideoQuality(quality, participant) {
     const msg = { type: "layer", quality };
     if (participant) msg.participant = participant;
+    this.ws?.send(JSON.stringify(msg));
+  }
+
+  /**
+   * Stops receiving `participant`'s tracks of `kind` ("audio", "video", or
+   * both when omitted), e.g. a tile out of view or audio-only on a weak link.
+   */
+  unsubscribe(participant, kind) {
+    this._subscription("unsubscribe", participant, kind);
+  }
+
+  /** Receives `participant`'s tracks again (video restarts at a keyframe). */
+  subscribe(participant, kind) {
+    this._subscription("subscribe", participant, kind);
+  }
+
+  _subscription(type, participant, kind) {
+    const msg = { type, participant };
+    if (kind) msg.kind = kind;
     this.ws?.send(JSON.stringify(msg));
   }
 

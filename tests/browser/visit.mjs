@@ -136,6 +136,36 @@ const encodings = await b.page.waitForFunction(() => {
 report("B stops sending the layers nobody takes", encodings !== null, { encodings });
 await a.page.evaluate(() => window.visit.setVideoQuality("high"));
 
+// Room notices: A knows B's tracks and ratings (its own too). Subscriptions:
+// A stops B's video (frames stop while B's audio goes on), then restarts it.
+const bId = await b.page.evaluate(() => window.visit.participant);
+const known = await a.page.waitForFunction((bId) => {
+  const v = window.visit;
+  const tracks = [...v.tracks.values()].filter((t) => t.participant === bId).map((t) => t.kind).sort();
+  return tracks.join() === "audio,video" && v.quality.has(v.participant) &&
+    { tracks, ratings: [...v.quality.values()].map((q) => `${q.participant}:${q.rating}`) };
+}, bId, { timeout: TIMEOUT_MS }).then((h) => h.jsonValue(), () => null);
+const frames = async () => (await inbound(a)).video.reduce((x, y) => x + y, 0);
+const audioPackets = async () => (await inbound(a)).audio.reduce((x, y) => x + y, 0);
+await a.page.evaluate((p) => window.visit.unsubscribe(p, "video"), bId);
+// Stopped: the frame count holds still over a whole second.
+let stopped = false, held = 0;
+for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !stopped; ) {
+  const f0 = await frames(), a0 = await audioPackets();
+  await new Promise((r) => setTimeout(r, 1000));
+  held = (await frames()) - f0;
+  stopped = held === 0 && (await audioPackets()) > a0 + 20;
+}
+const framesOff = await frames();
+await a.page.evaluate((p) => window.visit.subscribe(p, "video"), bId);
+let resumed = false;
+for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !resumed; ) {
+  resumed = (await frames()) > framesOff + 10;
+  if (!resumed) await new Promise((r) => setTimeout(r, 250));
+}
+report("A unsubscribes from B's video and back", known !== null && stopped && resumed,
+  { known, stopped, resumed, framesOff, framesNow: await frames() });
+
 // Active speaker: Chromium's fake microphone beeps; someone becomes the speaker.
 const speaker = await a.page.waitForFunction(() => window.visit.speaker !== undefined, null, { timeout: TIMEOUT_MS })
   .then(() => a.page.evaluate(() => window.visit.speaker), () => undefined);

@@ -35,6 +35,8 @@ pub enum ToClient {
         participant: Option<String>,
         identity: Option<String>,
     },
+    /// Tracks, quality (see [`continuum_sfu::Notice`]).
+    Notice(continuum_sfu::Notice),
     /// Pause these simulcast layers (rids) of track `mid` (nobody takes
     /// them), send the others.
     PublishLayers {
@@ -86,6 +88,13 @@ enum Command {
         id: ParticipantId,
         origin: Option<ParticipantId>,
         max_layer: usize,
+        reply: oneshot::Sender<Result<usize, SignalError>>,
+    },
+    Subscribe {
+        id: ParticipantId,
+        origin: ParticipantId,
+        kind: Option<continuum_sfu::MediaKind>,
+        subscribed: bool,
         reply: oneshot::Sender<Result<usize, SignalError>>,
     },
 }
@@ -219,6 +228,25 @@ impl Media {
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
     }
 
+    /// Subscribes `id` to `origin`'s tracks (of `kind`, or all) or unsubscribes it.
+    pub async fn set_subscribed(
+        &self,
+        id: ParticipantId,
+        origin: ParticipantId,
+        kind: Option<continuum_sfu::MediaKind>,
+        subscribed: bool,
+    ) -> Result<usize, SignalError> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.for_participant(id).send(Command::Subscribe {
+            id,
+            origin,
+            kind,
+            subscribed,
+            reply,
+        });
+        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+    }
+
     /// The subscriber's requested quality for `origin`'s video (or everyone's).
     pub async fn set_max_layer(
         &self,
@@ -301,6 +329,11 @@ fn run(
                 SfuOutput::Offer { participant, sdp } => {
                     if let Some((_, tx)) = seats.get(&participant) {
                         let _ = tx.send(ToClient::Offer(sdp));
+                    }
+                }
+                SfuOutput::Notice { to, notice } => {
+                    if let Some((_, tx)) = seats.get(&to) {
+                        let _ = tx.send(ToClient::Notice(notice));
                     }
                 }
                 SfuOutput::PublisherLayers {
@@ -429,6 +462,15 @@ fn handle_command(
             reply,
         } => {
             let _ = reply.send(worker.candidate(id, &candidate));
+        }
+        Command::Subscribe {
+            id,
+            origin,
+            kind,
+            subscribed,
+            reply,
+        } => {
+            let _ = reply.send(worker.set_subscribed(id, origin, kind, subscribed));
         }
         Command::Mute { id, kind, muted } => {
             let Some((me, _)) = seats.get(&id) else {

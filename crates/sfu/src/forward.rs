@@ -202,6 +202,10 @@ pub struct Forwarder {
     last_out: Option<(u64, u32, Instant)>,
     vp8_pic: Option<Vp8State>,
     pub switches: u64,
+    /// The subscriber unsubscribed: nothing passes.
+    paused: bool,
+    /// Resumed video restarts at a keyframe (its decoder missed frames).
+    need_keyframe: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -227,6 +231,27 @@ impl Forwarder {
             last_out: None,
             vp8_pic: None,
             switches: 0,
+            paused: false,
+            need_keyframe: false,
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Stops (unsubscribe) or restarts (subscribe) the track for this
+    /// subscriber. On restart the numbering continues where it stopped, as on
+    /// a layer switch, so the subscriber sees a jump in timestamps, not a
+    /// burst of losses to NACK; video waits for a keyframe.
+    pub fn set_paused(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        if !paused {
+            self.current = None;
+            self.need_keyframe = self.kind == MediaKind::Video;
         }
     }
 
@@ -237,8 +262,9 @@ impl Forwarder {
     /// Waiting for a keyframe of the target layer (the publisher should be asked).
     pub fn awaiting_keyframe(&self) -> bool {
         self.kind == MediaKind::Video
-            && self.layers.is_simulcast()
-            && self.current != Some(self.target)
+            && !self.paused
+            && (self.need_keyframe
+                || (self.layers.is_simulcast() && self.current != Some(self.target)))
     }
 
     /// Picks the target layer: the highest the subscriber wants whose rate
@@ -276,6 +302,9 @@ impl Forwarder {
     /// Decides one packet's fate and rewrites its numbers.
     pub fn forward(&mut self, p: &InPacket, layers: Layers) -> Verdict {
         self.layers = layers;
+        if self.paused {
+            return Verdict::Drop;
+        }
         if self.kind == MediaKind::Video && layers.is_simulcast() && self.target.is_none() {
             // No choice made yet (first packets): start at the lowest layer.
             self.target = layers.rids[0];
@@ -284,11 +313,12 @@ impl Forwarder {
         if self.current != Some(p.rid) {
             let wanted =
                 !layers.is_simulcast() || self.kind == MediaKind::Audio || p.rid == self.target;
-            let can_start = !layers.is_simulcast() || p.keyframe;
+            let can_start = (!layers.is_simulcast() && !self.need_keyframe) || p.keyframe;
             if !(wanted && can_start) {
                 return Verdict::Drop;
             }
             self.start_layer(p);
+            self.need_keyframe = false;
             switched = true;
         } else if p.seq < self.floor {
             return Verdict::Drop;

@@ -17,8 +17,9 @@ mod stun;
 mod worker;
 
 pub use participant::{Mode, ParticipantId};
+pub use str0m::media::MediaKind;
 pub use worker::{
-    INITIAL_BWE_BPS, JoinError, JoinRequest, RECV_BATCH, RoomEvent, SfuOutput, SignalError,
+    INITIAL_BWE_BPS, JoinError, JoinRequest, Notice, RECV_BATCH, RoomEvent, SfuOutput, SignalError,
     TIMER_REASONS, Worker, WorkerConfig, WorkerStats,
 };
 

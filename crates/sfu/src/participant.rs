@@ -155,7 +155,7 @@ pub(crate) struct Participant {
     pub connected: bool,
     pub mode: Mode,
     quality: QualityMonitor,
-    thresholds: QualityThresholds,
+    pub thresholds: QualityThresholds,
     /// Worst jitter seen on this participant's incoming media since the last sample.
     jitter: Option<Duration>,
     last_rx: Option<(Instant, u64)>,
@@ -184,6 +184,8 @@ pub(crate) struct Participant {
     pub next_timeout: Instant,
     /// The worker's timer heap holds a live entry for `next_timeout`.
     pub timer_armed: bool,
+    /// The rating last sent to the room (others hear only of changes).
+    pub last_rating: Option<crate::quality::Rating>,
     /// Why (index into `TIMER_REASONS`).
     pub next_reason: u8,
     pub queued: bool,
@@ -235,6 +237,7 @@ impl Participant {
             layer_switches: 0,
             next_timeout: Instant::now(),
             timer_armed: false,
+            last_rating: None,
             next_reason: 0,
             queued: false,
             renegotiate: true,
@@ -473,7 +476,7 @@ impl Participant {
         let videos = self
             .tracks_out
             .iter()
-            .filter(|o| o.kind == MediaKind::Video)
+            .filter(|o| o.kind == MediaKind::Video && !o.fwd.is_paused())
             .count() as u64;
         if videos == 0 {
             return;
@@ -481,7 +484,7 @@ impl Participant {
         let budget = self.bwe.map(|b| b.as_u64().saturating_sub(audio) / videos);
         let (mut sending, mut desired) = (audio, audio);
         for o in self.tracks_out.iter_mut().filter(open) {
-            if o.kind != MediaKind::Video {
+            if o.kind != MediaKind::Video || o.fwd.is_paused() {
                 continue;
             }
             let target = o.fwd.choose(budget);
@@ -499,6 +502,26 @@ impl Participant {
                 .bwe()
                 .set_bitrate(Bitrate::bps(sending.min(desired)), Bitrate::bps(desired));
         }
+    }
+
+    /// Stops or restarts `origin`'s tracks (of `kind`, or all) for this
+    /// subscriber; returns how many tracks it applied to.
+    pub fn set_subscribed(
+        &mut self,
+        origin: ParticipantId,
+        kind: Option<MediaKind>,
+        subscribed: bool,
+    ) -> usize {
+        let mut n = 0;
+        for o in &mut self.tracks_out {
+            if o.origin == origin && kind.is_none_or(|k| k == o.kind) {
+                o.fwd.set_paused(!subscribed);
+                n += 1;
+            }
+        }
+        // Re-split the bandwidth, and ask resumed video for a keyframe now.
+        self.last_layer_choice = None;
+        n
     }
 
     /// Caps the simulcast layer this subscriber gets from a publisher (or from

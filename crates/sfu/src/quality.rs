@@ -44,7 +44,42 @@ pub struct QualitySample {
     pub egress_estimate_bps: Option<u64>,
 }
 
+/// A connection-quality indicator for clients (a tile's signal bars).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rating {
+    Excellent,
+    Good,
+    Poor,
+}
+
+impl Rating {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rating::Excellent => "excellent",
+            Rating::Good => "good",
+            Rating::Poor => "poor",
+        }
+    }
+}
+
 impl QualitySample {
+    /// Poor when the sample exceeds a threshold (what `quality.degraded`
+    /// counts, here without the hold), excellent when well inside all of them
+    /// (loss ≤ a fifth, RTT ≤ a quarter, jitter ≤ half), good otherwise.
+    pub fn rating(&self, t: &QualityThresholds) -> Rating {
+        if !self.exceeded(t).is_empty() {
+            return Rating::Poor;
+        }
+        let excellent = self.loss.is_none_or(|l| l <= t.max_loss / 5.0)
+            && self.rtt.is_none_or(|r| r <= t.max_rtt / 4)
+            && self.jitter.is_none_or(|j| j <= t.max_jitter / 2);
+        if excellent {
+            Rating::Excellent
+        } else {
+            Rating::Good
+        }
+    }
+
     /// Which thresholds this sample exceeds.
     pub fn exceeded(&self, t: &QualityThresholds) -> Vec<&'static str> {
         let mut why = Vec::new();
@@ -202,5 +237,28 @@ mod tests {
         };
         assert_eq!(s.exceeded(&t), vec!["rtt", "jitter"]);
         assert!(QualitySample::default().exceeded(&t).is_empty());
+    }
+
+    #[test]
+    fn ratings_follow_the_thresholds() {
+        let t = QualityThresholds::default(); // 5 %, 400 ms, 50 ms
+        let s = |loss: f32, rtt: u64, jitter: u64| QualitySample {
+            loss: Some(loss),
+            rtt: Some(Duration::from_millis(rtt)),
+            jitter: Some(Duration::from_millis(jitter)),
+            ..Default::default()
+        };
+        assert_eq!(s(0.0, 30, 5).rating(&t), Rating::Excellent);
+        assert_eq!(s(0.01, 100, 25).rating(&t), Rating::Excellent);
+        assert_eq!(s(0.02, 100, 25).rating(&t), Rating::Good);
+        assert_eq!(s(0.0, 150, 5).rating(&t), Rating::Good);
+        assert_eq!(
+            s(0.05, 400, 50).rating(&t),
+            Rating::Good,
+            "at the thresholds"
+        );
+        assert_eq!(s(0.06, 30, 5).rating(&t), Rating::Poor);
+        assert_eq!(s(0.0, 30, 51).rating(&t), Rating::Poor);
+        assert_eq!(QualitySample::default().rating(&t), Rating::Excellent);
     }
 }

@@ -458,6 +458,8 @@ pub struct SimNet {
     loopback: Option<Loopback>,
     pending_offers: Vec<(usize, crate::ParticipantId, String)>,
     pub events: Vec<crate::RoomEvent>,
+    /// What clients were told ([`crate::SfuOutput::Notice`]), by recipient.
+    pub notices: Vec<(crate::ParticipantId, crate::Notice)>,
     batch_rtp_in: Vec<Instant>,
     /// Loopback mode: for each media datagram, its receive time to the moment
     /// its batch's output was all sent (an upper bound of its forwarding delay), µs.
@@ -500,6 +502,7 @@ impl SimNet {
             loopback: None,
             pending_offers: Vec::new(),
             events: Vec::new(),
+            notices: Vec::new(),
             batch_rtp_in: Vec::new(),
             sfu_delays_us: Vec::new(),
             recv_batch: RECV_BATCH,
@@ -590,6 +593,7 @@ impl SimNet {
                     }
                 }
                 crate::SfuOutput::Event(e) => self.events.push(e),
+                crate::SfuOutput::Notice { to, notice } => self.notices.push((to, notice)),
                 crate::SfuOutput::PublisherLayers {
                     participant,
                     paused,

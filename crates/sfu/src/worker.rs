@@ -116,6 +116,30 @@ pub enum RoomEvent {
     },
 }
 
+/// What a client is told about the room, beyond media (routed to its signaling).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// `origin` publishes a track (its m-line `mid` on the publisher's side):
+    /// sent to everyone else when it opens, and to a newcomer for each track
+    /// already in the room.
+    TrackPublished {
+        origin: ParticipantId,
+        identity: String,
+        kind: str0m::media::MediaKind,
+        mid: String,
+    },
+    /// `origin`'s track is gone (it left).
+    TrackUnpublished { origin: ParticipantId, mid: String },
+    /// `origin`'s connection quality: to itself with every sample (about once
+    /// a second), to the others when its rating changes.
+    Quality {
+        origin: ParticipantId,
+        identity: String,
+        rating: crate::quality::Rating,
+        sample: QualitySample,
+    },
+}
+
 #[derive(Debug)]
 pub enum SfuOutput {
     Transmit {
@@ -139,6 +163,11 @@ pub enum SfuOutput {
         participant: ParticipantId,
         mid: String,
         paused: Vec<String>,
+    },
+    /// Something participant `to`'s client is told about the room.
+    Notice {
+        to: ParticipantId,
+        notice: Notice,
     },
     /// A quality measurement (about once a second per participant), for metrics.
     Quality {
@@ -376,6 +405,15 @@ impl Worker {
             if let Some(o) = self.participants.get(other) {
                 for t in &o.tracks_in {
                     p.add_track_out(std::sync::Arc::downgrade(&t.track));
+                    self.outputs.push_back(SfuOutput::Notice {
+                        to: id,
+                        notice: Notice::TrackPublished {
+                            origin: o.id,
+                            identity: o.identity.clone(),
+                            kind: t.track.kind,
+                            mid: t.track.mid.to_string(),
+                        },
+                    });
                 }
             }
         }
@@ -404,6 +442,15 @@ impl Worker {
                 for m in members.iter() {
                     if let Some(o) = self.participants.get_mut(m) {
                         o.renegotiate = true;
+                    }
+                    for t in &p.tracks_in {
+                        self.outputs.push_back(SfuOutput::Notice {
+                            to: *m,
+                            notice: Notice::TrackUnpublished {
+                                origin: id,
+                                mid: t.track.mid.to_string(),
+                            },
+                        });
                     }
                 }
                 members.is_empty()
@@ -450,6 +497,28 @@ impl Worker {
             .get_mut(&id)
             .ok_or(SignalError::UnknownParticipant)?;
         Ok(p.set_max_layer(origin, max_layer))
+    }
+
+    /// Subscribes `id` to `origin`'s tracks (of `kind`, or all of them) or
+    /// unsubscribes it: nothing of them is forwarded until it subscribes
+    /// again (video then restarts at a keyframe). Returns the tracks affected.
+    pub fn set_subscribed(
+        &mut self,
+        id: ParticipantId,
+        origin: ParticipantId,
+        kind: Option<str0m::media::MediaKind>,
+        subscribed: bool,
+    ) -> Result<usize, SignalError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SignalError::UnknownParticipant)?;
+        let n = p.set_subscribed(origin, kind, subscribed);
+        if !p.queued {
+            p.queued = true;
+            self.queue.push_back(id);
+        }
+        Ok(n)
     }
 
     /// A trickled remote candidate (`candidate:...` or `a=candidate:...`). An
@@ -630,6 +699,23 @@ impl Worker {
                         participant: id,
                         sample,
                     });
+                    let rating = sample.rating(&p.thresholds);
+                    let changed = p.last_rating.replace(rating) != Some(rating);
+                    let notice = Notice::Quality {
+                        origin: id,
+                        identity: p.identity.clone(),
+                        rating,
+                        sample,
+                    };
+                    let members = self.rooms.get(&*p.room).map(Vec::as_slice).unwrap_or(&[]);
+                    for to in members {
+                        if *to == id || changed {
+                            self.outputs.push_back(SfuOutput::Notice {
+                                to: *to,
+                                notice: notice.clone(),
+                            });
+                        }
+                    }
                     let (room, identity) = (p.room.to_string(), p.identity.clone());
                     match change {
                         Some(QualityChange::Degraded { reasons, held }) => {
@@ -673,6 +759,9 @@ impl Worker {
                 }
                 Polled::TrackOpen(track) => {
                     let room = p.room.clone();
+                    let identity = p.identity.clone();
+                    let published = track.upgrade().map(|t| (t.kind, t.mid.to_string()));
+                    let outputs = &mut self.outputs;
                     each_other(
                         &self.rooms,
                         &mut self.participants,
@@ -681,6 +770,17 @@ impl Worker {
                         id,
                         |o| {
                             o.add_track_out(track.clone());
+                            if let Some((kind, mid)) = &published {
+                                outputs.push_back(SfuOutput::Notice {
+                                    to: o.id,
+                                    notice: Notice::TrackPublished {
+                                        origin: id,
+                                        identity: identity.clone(),
+                                        kind: *kind,
+                                        mid: mid.clone(),
+                                    },
+                                });
+                            }
                             true
                         },
                     );
@@ -827,6 +927,7 @@ impl Worker {
             for o in &p.tracks_out {
                 if matches!(o.state, crate::participant::OutState::Open(_))
                     && o.kind == str0m::media::MediaKind::Video
+                    && !o.fwd.is_paused()
                 {
                     let w = wants.entry((o.origin, o.mid_in)).or_default();
                     *w = (*w).max(o.fwd.want);

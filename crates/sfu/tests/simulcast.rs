@@ -186,3 +186,100 @@ fn layers_nobody_takes_are_paused_at_the_publisher_and_resume_when_wanted() {
         "pauses and resumes leave no holes: {got}/{expected}"
     );
 }
+
+#[test]
+fn clients_hear_of_tracks_and_quality_and_choose_what_to_receive() {
+    use continuum_sfu::Notice;
+    use str0m::media::MediaKind;
+    let (mut net, mut now) = net(|_| {});
+    let a = net
+        .join("t/visit", MediaSpec::camera_and_microphone(), now)
+        .unwrap();
+    run(&mut net, &mut now, Duration::from_secs(2));
+    let b = net
+        .join("t/visit", MediaSpec::camera_and_microphone(), now)
+        .unwrap();
+    run(&mut net, &mut now, Duration::from_secs(4));
+    let (id_a, id_b) = (net.participant(a).unwrap(), net.participant(b).unwrap());
+    let published = |to, origin| {
+        let mut kinds: Vec<MediaKind> = net
+            .notices
+            .iter()
+            .filter_map(|(t, n)| match n {
+                Notice::TrackPublished {
+                    origin: o, kind, ..
+                } if *t == to && *o == origin => Some(*kind),
+                _ => None,
+            })
+            .collect();
+        kinds.sort_by_key(|k| format!("{k:?}"));
+        kinds
+    };
+    // B joined after A published: told on joining; A is told when B's open.
+    assert_eq!(
+        published(id_b, id_a),
+        vec![MediaKind::Audio, MediaKind::Video]
+    );
+    assert_eq!(
+        published(id_a, id_b),
+        vec![MediaKind::Audio, MediaKind::Video]
+    );
+    let own_quality = net
+        .notices
+        .iter()
+        .filter(|(t, n)| {
+            *t == id_b && matches!(n, Notice::Quality { origin, .. } if *origin == id_b)
+        })
+        .count();
+    assert!(own_quality >= 2, "B hears its own quality every second");
+    assert!(
+        net.notices
+            .iter()
+            .any(|(t, n)| *t == id_a
+                && matches!(n, Notice::Quality { origin, .. } if *origin == id_b)),
+        "A hears B's rating"
+    );
+
+    // B stops receiving A's video; A's audio still flows.
+    assert_eq!(
+        net.worker
+            .set_subscribed(id_b, id_a, Some(MediaKind::Video), false)
+            .unwrap(),
+        1
+    );
+    run(&mut net, &mut now, Duration::from_millis(500));
+    let (video_before, _) = net.peers[b].video_received_and_expected();
+    let all_before = net.peers[b].packets_received;
+    run(&mut net, &mut now, Duration::from_secs(2));
+    let (video_after, _) = net.peers[b].video_received_and_expected();
+    assert_eq!(video_after, video_before, "no video while unsubscribed");
+    assert!(
+        net.peers[b].packets_received > all_before + 80,
+        "audio goes on"
+    );
+
+    // Subscribed again: video resumes at a keyframe, its numbering
+    // continuing where it stopped (no gap for B to NACK).
+    net.worker
+        .set_subscribed(id_b, id_a, Some(MediaKind::Video), true)
+        .unwrap();
+    run(&mut net, &mut now, Duration::from_secs(2));
+    let (video_resumed, expected) = net.peers[b].video_received_and_expected();
+    assert!(video_resumed > video_after + 50, "video resumes");
+    assert!(
+        video_resumed * 1000 >= expected * 995,
+        "no hole in the numbering: {video_resumed}/{expected}"
+    );
+
+    // A leaves: B hears its tracks go.
+    net.worker.leave(id_a);
+    run(&mut net, &mut now, Duration::from_millis(100));
+    let gone = net
+        .notices
+        .iter()
+        .filter(|(t, n)| {
+            *t == id_b && matches!(n, Notice::TrackUnpublished { origin, .. } if *origin == id_a)
+        })
+        .count();
+    assert_eq!(gone, 2);
+}

@@ -10,6 +10,12 @@
 //! `{"type":"error","code","message"}`, `{"type":"left"}`,
 //! `{"type":"speaker","participant","identity"}` (active speaker changed; null: nobody),
 //! `{"type":"muted","participant","identity","kind","muted"}` (another participant),
+//! `{"type":"track_published","participant","identity","kind":"audio"|"video","track"}`
+//! (another participant's track, also each one already in the room on joining; its
+//! media arrives in a stream whose id is the participant id), `{"type":"track_unpublished",
+//! "participant","track"}`, `{"type":"quality","participant","identity","rating":
+//! "excellent"|"good"|"poor","loss","rtt_ms","jitter_ms"}` (one's own about once a
+//! second, the others' when their rating changes),
 //! `{"type":"publish_layers","mid","paused":["h","f"]}` (stop sending these simulcast
 //! encodings, by rid, of the track in m-line `mid`, and send the others: nobody in
 //! the room takes the paused ones now; a later message resumes them as soon as
@@ -18,7 +24,9 @@
 //! `{"type":"candidate","candidate":"candidate:..."}` (trickle; optional with an
 //! ICE-lite server, `""` ends them),
 //! `{"type":"layer","participant":"p3"?,"quality":"low"|"medium"|"high"}` (the
-//! highest simulcast layer wanted from one participant, or from everyone).
+//! highest simulcast layer wanted from one participant, or from everyone),
+//! `{"type":"unsubscribe"|"subscribe","participant":"p3","kind":"audio"|"video"?}`
+//! (stop or restart receiving one participant's tracks, of one kind or both).
 
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -126,6 +134,26 @@ enum ClientMsg {
         participant: Option<String>,
         quality: String,
     },
+    /// Receive `participant`'s tracks (of `kind`, or all) again.
+    Subscribe {
+        participant: String,
+        kind: Option<String>,
+    },
+    /// Stop receiving `participant`'s tracks (of `kind`, or all): e.g. a tile
+    /// scrolled out of view, or audio-only on a weak connection.
+    Unsubscribe {
+        participant: String,
+        kind: Option<String>,
+    },
+}
+
+fn media_kind(kind: Option<&str>) -> Result<Option<continuum_sfu::MediaKind>, ()> {
+    match kind {
+        None => Ok(None),
+        Some("audio") => Ok(Some(continuum_sfu::MediaKind::Audio)),
+        Some("video") => Ok(Some(continuum_sfu::MediaKind::Video)),
+        Some(_) => Err(()),
+    }
 }
 
 /// TURN servers with credentials bound to `<tenant>.<participant>`, those
@@ -156,6 +184,70 @@ fn parse_participant(s: &str) -> Option<continuum_sfu::ParticipantId> {
         .parse()
         .ok()
         .map(continuum_sfu::ParticipantId)
+}
+
+/// A `subscribe` / `unsubscribe` message: the error to send, if any.
+async fn subscribe(
+    media: &crate::media::Media,
+    me: Option<continuum_sfu::ParticipantId>,
+    origin: &str,
+    kind: Option<&str>,
+    subscribed: bool,
+) -> Option<String> {
+    let Some(me) = me else {
+        return Some(error("not_joined", "join a room first"));
+    };
+    let Some(origin) = parse_participant(origin) else {
+        return Some(error(
+            "bad_message",
+            "subscribe.participant must be a participant id such as `p3`",
+        ));
+    };
+    let Ok(kind) = media_kind(kind) else {
+        return Some(error(
+            "bad_message",
+            "subscribe.kind must be `audio` or `video` (or absent: both)",
+        ));
+    };
+    match media.set_subscribed(me, origin, kind, subscribed).await {
+        Ok(0) => Some(error(
+            "not_found",
+            format!("{origin} publishes no such track in this room"),
+        )),
+        Ok(_) => None,
+        Err(e) => Some(error("bad_subscribe", e.to_string())),
+    }
+}
+
+/// A room notice as its signaling message.
+fn notice_json(n: continuum_sfu::Notice) -> String {
+    use continuum_sfu::Notice;
+    let kind = |k: continuum_sfu::MediaKind| match k {
+        continuum_sfu::MediaKind::Audio => "audio",
+        continuum_sfu::MediaKind::Video => "video",
+    };
+    match n {
+        Notice::TrackPublished {
+            origin,
+            identity,
+            kind: k,
+            mid,
+        } => json!({"type": "track_published", "participant": origin.to_string(), "identity": identity,
+            "kind": kind(k), "track": format!("{origin}/{mid}")}),
+        Notice::TrackUnpublished { origin, mid } => {
+            json!({"type": "track_unpublished", "participant": origin.to_string(), "track": format!("{origin}/{mid}")})
+        }
+        Notice::Quality {
+            origin,
+            identity,
+            rating,
+            sample,
+        } => json!({"type": "quality", "participant": origin.to_string(), "identity": identity,
+            "rating": rating.as_str(), "loss": sample.loss,
+            "rtt_ms": sample.rtt.map(|d| d.as_millis() as u64),
+            "jitter_ms": sample.jitter.map(|d| d.as_millis() as u64)}),
+    }
+    .to_string()
 }
 
 fn error(code: &str, message: impl Into<String>) -> String {
@@ -234,6 +326,8 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                             Err(e) => Some(error("bad_layer", e.to_string())),
                         },
                     },
+                    Ok(ClientMsg::Subscribe { participant: origin, kind }) => subscribe(&media, participant, &origin, kind.as_deref(), true).await,
+                    Ok(ClientMsg::Unsubscribe { participant: origin, kind }) => subscribe(&media, participant, &origin, kind.as_deref(), false).await,
                     Ok(ClientMsg::Mute { kind, muted }) => match participant {
                         None => Some(error("not_joined", "join a room first")),
                         Some(id) => {
@@ -250,6 +344,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                 Some(ToClient::Speaker { participant, identity }) => {
                     Some(json!({"type": "speaker", "participant": participant, "identity": identity}).to_string())
                 }
+                Some(ToClient::Notice(n)) => Some(notice_json(n)),
                 Some(ToClient::PublishLayers { mid, paused }) => {
                     Some(json!({"type": "publish_layers", "mid": mid, "paused": paused}).to_string())
                 }
