@@ -340,6 +340,7 @@ async fn signaling_refuses_bad_requests_clearly() {
     sock.send(Message::Text(join.clone().into())).await.unwrap();
     let joined = next!();
     assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["protocol"], 1, "versioned: {joined}");
     assert_eq!(joined["conversation"], conv);
     assert!(joined["sdp"].as_str().unwrap().contains("a=ice-lite"));
     for candidate in ["candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", ""] {

@@ -3,7 +3,7 @@
 //! Client → server: `{"type":"join","room":ID,"sdp":OFFER}`, `{"type":"answer","sdp"}`
 //! (to our renegotiation offer), `{"type":"offer","sdp"}` (client renegotiation),
 //! `{"type":"leave"}`.
-//! Server → client: `{"type":"joined","participant","sdp":ANSWER,"ice_servers":[...]}`
+//! Server → client: `{"type":"joined","protocol":1,"participant","sdp":ANSWER,"ice_servers":[...]}`
 //! (TURN over UDP and TCP with short-lived REST credentials for this tenant and
 //! participant; `[]` when the node runs no TURN server),
 //! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
@@ -186,6 +186,11 @@ fn parse_participant(s: &str) -> Option<continuum_sfu::ParticipantId> {
         .map(continuum_sfu::ParticipantId)
 }
 
+/// The signaling protocol's version, in the `joined` reply (the path's `/v1`
+/// names the API; this changes only if messages change incompatibly, and new
+/// message types are added without it: clients ignore types they do not know).
+const PROTOCOL_VERSION: u32 = 1;
+
 /// A `subscribe` / `unsubscribe` message: the error to send, if any.
 async fn subscribe(
     media: &crate::media::Media,
@@ -290,7 +295,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                     match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);
-                                            Some(json!({"type": "joined", "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
+                                            Some(json!({"type": "joined", "protocol": PROTOCOL_VERSION, "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
                                         }
                                         Err(e) => Some(error("join_refused", e.to_string())),
                                     }
