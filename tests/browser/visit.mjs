@@ -137,7 +137,7 @@ report("B stops sending the layers nobody takes", encodings !== null, { encoding
 await a.page.evaluate(() => window.visit.setVideoQuality("high"));
 
 // Room notices: A knows B's tracks and ratings (its own too). Subscriptions:
-// A stops B's video (frames stop while B's audio goes on), then restarts it.
+// A goes audio-only (B's frames stop while B's audio goes on), then back.
 const bId = await b.page.evaluate(() => window.visit.participant);
 const known = await a.page.waitForFunction((bId) => {
   const v = window.visit;
@@ -147,7 +147,7 @@ const known = await a.page.waitForFunction((bId) => {
 }, bId, { timeout: TIMEOUT_MS }).then((h) => h.jsonValue(), () => null);
 const frames = async () => (await inbound(a)).video.reduce((x, y) => x + y, 0);
 const audioPackets = async () => (await inbound(a)).audio.reduce((x, y) => x + y, 0);
-await a.page.evaluate((p) => window.visit.unsubscribe(p, "video"), bId);
+await a.page.click("#audio-only"); // the page's button: unsubscribes everyone's video
 // Stopped: the frame count holds still over a whole second.
 let stopped = false, held = 0;
 for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !stopped; ) {
@@ -157,7 +157,7 @@ for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !stopped
   stopped = held === 0 && (await audioPackets()) > a0 + 20;
 }
 const framesOff = await frames();
-await a.page.evaluate((p) => window.visit.subscribe(p, "video"), bId);
+await a.page.click("#audio-only"); // and back
 let resumed = false;
 for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !resumed; ) {
   resumed = (await frames()) > framesOff + 10;
