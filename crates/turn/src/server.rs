@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// TCP peer connections one TCP allocation may have or be making: a client
+/// cannot turn the relay into a port scanner or exhaust its sockets.
+const MAX_TCP_PEERS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -779,9 +782,13 @@ impl Server {
             return Err((400, "Bad Request"));
         };
         let a = self.allocations.get_mut(&client).expect("checked");
-        if !a.tcp_peers.insert(peer) {
+        if a.tcp_peers.contains(&peer) {
             return Err((446, "Connection Already Exists"));
         }
+        if a.tcp_peers.len() >= MAX_TCP_PEERS {
+            return Err((508, "Insufficient Capacity"));
+        }
+        a.tcp_peers.insert(peer);
         // Asking for a connection lets that peer's data back in.
         let until = now + PERMISSION_LIFETIME;
         let p = a.permissions.entry(peer.ip()).or_insert(until);
@@ -863,8 +870,8 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return None;
         }
-        if !a.tcp_peers.insert(peer) {
-            return None; // one connection per peer address
+        if a.tcp_peers.len() >= MAX_TCP_PEERS || !a.tcp_peers.insert(peer) {
+            return None; // one connection per peer address, and not too many
         }
         self.stats.tcp_connections += 1;
         let tx: [u8; 12] = rand::random();
