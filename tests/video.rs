@@ -79,6 +79,7 @@ async fn three_browsers_see_and_hear_each_other() {
         "A gets the simulcast layer it asks for",
         "B stops sending the layers nobody takes",
         "A unsubscribes from B's video and back",
+        "A's signaling drops and it resumes its seat",
         "A is told the active speaker",
         "A is told B muted",
         "C decodes A and B",
@@ -694,4 +695,135 @@ async fn a_participant_that_never_answers_is_disconnected() {
         assert!(Instant::now() < deadline, "{events:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A participant whose signaling connection drops (network change) keeps its
+/// seat for `rtc.resume_grace_secs`: a new connection with its resume token
+/// takes it back (same participant, no leave on the timeline); a wrong token,
+/// another identity or an expired seat is refused, and an abandoned seat
+/// leaves when the grace ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_signaling_connection_resumes_its_seat() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempdir();
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            env: vec![("CONTINUUM_RTC__RESUME_GRACE_SECS".into(), "2".into())],
+            ..Default::default()
+        },
+    );
+    let key = s.key().to_owned();
+    let Visit {
+        conv,
+        room: room_id,
+        tokens,
+    } = s
+        .visit(
+            &key,
+            "+14155550807",
+            &[("dr-a", "clinician"), ("dr-b", "clinician")],
+        )
+        .await;
+    let ws = |token: &str| format!("{}/v1/rtc?token={token}", s.base.replacen("http", "ws", 1));
+    // The next message that is not a room notice.
+    async fn next<S>(sock: &mut S) -> Value
+    where
+        S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), sock.next())
+                .await
+                .expect("a reply")
+                .unwrap()
+                .unwrap();
+            let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            if !matches!(v["type"].as_str(), Some("quality" | "track_published")) {
+                return v;
+            }
+        }
+    }
+    let join = json!({"type": "join", "room": room_id, "sdp": audio_offer()}).to_string();
+    let (mut first, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
+        .await
+        .unwrap();
+    first
+        .send(Message::Text(join.clone().into()))
+        .await
+        .unwrap();
+    let joined = next(&mut first).await;
+    let (id, resume) = (
+        joined["participant"].as_str().unwrap().to_owned(),
+        joined["resume"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(resume.len(), 32, "{joined}");
+    drop(first); // the network changed
+
+    let (mut second, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
+        .await
+        .unwrap();
+    for (msg, code) in [
+        (
+            json!({"type": "resume", "participant": id, "token": "0".repeat(32)}),
+            "resume_refused",
+        ),
+        (
+            json!({"type": "resume", "participant": "p999", "token": resume}),
+            "resume_refused",
+        ),
+        (
+            json!({"type": "resume", "participant": "me", "token": resume}),
+            "bad_message",
+        ),
+    ] {
+        second
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .unwrap();
+        let v = next(&mut second).await;
+        assert_eq!(v["code"], code, "{msg} -> {v}");
+    }
+    // Another identity with the right token cannot take the seat.
+    let (mut other, _) = tokio_tungstenite::connect_async(ws(&tokens[1]))
+        .await
+        .unwrap();
+    let msg = json!({"type": "resume", "participant": id, "token": resume}).to_string();
+    other.send(Message::Text(msg.clone().into())).await.unwrap();
+    assert_eq!(next(&mut other).await["code"], "resume_refused");
+    // The owner can.
+    second
+        .send(Message::Text(msg.clone().into()))
+        .await
+        .unwrap();
+    let resumed = next(&mut second).await;
+    assert_eq!(resumed["type"], "resumed", "{resumed}");
+    assert_eq!(resumed["participant"], id.as_str());
+    // Its seat holds while the connection lives, past the grace period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kinds =
+        |events: &[(String, Value)], kind: &str| events.iter().filter(|(k, _)| k == kind).count();
+    let events = timeline_kinds(&s, &key, &conv).await;
+    assert_eq!(kinds(&events, "participant.joined"), 1, "{events:?}");
+    assert_eq!(
+        kinds(&events, "participant.left"),
+        0,
+        "resumed, not left: {events:?}"
+    );
+    // Abandoned: it leaves when the grace ends, and cannot be resumed after.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = timeline_kinds(&s, &key, &conv).await;
+        if kinds(&events, "participant.left") == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut third, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
+        .await
+        .unwrap();
+    third.send(Message::Text(msg.into())).await.unwrap();
+    assert_eq!(next(&mut third).await["code"], "resume_refused");
 }

@@ -80,30 +80,71 @@ export class Visit extends EventTarget {
     this.channel = pc.createDataChannel("continuum");
     this.channel.addEventListener("message", (e) => this._emit("data", { data: e.data }));
 
+    await this._openSignaling();
+    const joined = new Promise((resolve, reject) => {
+      this._joined = { resolve, reject };
+    });
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    this.ws.send(JSON.stringify({ type: "join", room, sdp: pc.localDescription.sdp }));
+    return joined;
+  }
+
+  async _openSignaling() {
     const ws = (this.ws = new WebSocket(this.wsUrl));
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
       ws.onerror = () => reject(new Error("signaling connection failed"));
     });
-    const joined = new Promise((resolve, reject) => {
-      this._joined = { resolve, reject };
-    });
     ws.onmessage = (m) => this._onSignal(JSON.parse(m.data));
     ws.onclose = () => {
-      if (this.state !== "left") this._setState("disconnected");
+      if (this.state !== "left" && this.ws === ws) this._resume();
     };
-    const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    ws.send(JSON.stringify({ type: "join", room, sdp: pc.localDescription.sdp }));
-    return joined;
+  }
+
+  /**
+   * The signaling connection dropped (network change): take our seat back on
+   * a new one (the SFU holds it for a grace period, with our subscriptions
+   * and layer choices), then restart ICE for the new network.
+   */
+  async _resume() {
+    if (this._resuming) return;
+    if (!this.resumeToken || !this.participant) return this._setState("disconnected");
+    this._resuming = true;
+    this._setState("reconnecting");
+    const deadline = Date.now() + 15000;
+    for (let delay = 250; Date.now() < deadline && this.state !== "left"; delay = Math.min(delay * 2, 4000)) {
+      try {
+        await this._openSignaling();
+        const resumed = new Promise((resolve, reject) => { this._resumed = { resolve, reject }; });
+        this.ws.send(JSON.stringify({ type: "resume", participant: this.participant, token: this.resumeToken }));
+        await resumed;
+        this._resuming = false;
+        if (this.pc?.connectionState === "connected") this._setState("connected");
+        await this.restartIce();
+        return;
+      } catch (e) {
+        if (e.code === "resume_refused") break;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+    this._resuming = false;
+    this._setState("disconnected");
+    this._emit("error", { code: "resume_failed", message: "lost the connection to the room: join again" });
   }
 
   async _onSignal(msg) {
     const pc = this.pc;
     switch (msg.type) {
+      case "resumed":
+        this._resumed?.resolve(msg);
+        this._resumed = null;
+        this._emit("resumed", msg);
+        break;
       case "joined":
         this.participant = msg.participant;
         this.conversation = msg.conversation;
+        this.resumeToken = msg.resume;
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
         // Our TURN servers (short-lived credentials): used from the next ICE
         // restart on, e.g. when the network turns out to block UDP.
@@ -126,6 +167,11 @@ export class Visit extends EventTarget {
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
         break;
       case "error":
+        if (this._resumed) {
+          this._resumed.reject(Object.assign(new Error(msg.message), { code: msg.code }));
+          this._resumed = null;
+          break;
+        }
         this._emit("error", msg);
         this._joined?.reject(new Error(msg.message));
         break;

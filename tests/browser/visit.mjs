@@ -166,6 +166,23 @@ for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !resumed
 report("A unsubscribes from B's video and back", known !== null && stopped && resumed,
   { known, stopped, resumed, framesOff, framesNow: await frames() });
 
+// Signaling reconnect: A's WebSocket drops (as on a network change); the SDK
+// takes the same seat back on a new connection and restarts ICE.
+await a.page.evaluate(() => { window.resumes = 0; window.visit.addEventListener("resumed", () => window.resumes++); });
+const seatBefore = await a.page.evaluate(() => window.visit.participant);
+await a.page.evaluate(() => window.visit.ws.close());
+const resumedSeat = await a.page.waitForFunction(() => window.resumes >= 1 && window.visit.state === "connected" && window.visit.ws.readyState === 1,
+  null, { timeout: TIMEOUT_MS }).then(() => true, () => false);
+const framesAfterResume = await frames();
+let flowing = false;
+for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline && !flowing; ) {
+  flowing = (await frames()) > framesAfterResume + 30;
+  if (!flowing) await new Promise((r) => setTimeout(r, 250));
+}
+const seatAfter = await a.page.evaluate(() => window.visit.participant);
+report("A's signaling drops and it resumes its seat", resumedSeat && flowing && seatBefore === seatAfter,
+  { resumedSeat, flowing, seatBefore, seatAfter, state: await a.page.evaluate(() => window.visit.state) });
+
 // Active speaker: Chromium's fake microphone beeps; someone becomes the speaker.
 const speaker = await a.page.waitForFunction(() => window.visit.speaker !== undefined, null, { timeout: TIMEOUT_MS })
   .then(() => a.page.evaluate(() => window.visit.speaker), () => undefined);

@@ -132,6 +132,9 @@ pub struct RtcConfig {
     pub quality_hold_secs: u64,
     /// A participant that leaves a renegotiation offer unanswered this long is disconnected.
     pub answer_timeout_secs: u64,
+    /// A participant whose signaling connection drops keeps its seat this long
+    /// for a `resume` on a new connection (network change), then leaves.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for RtcConfig {
@@ -147,6 +150,7 @@ impl Default for RtcConfig {
             quality_max_jitter_ms: 50,
             quality_hold_secs: 5,
             answer_timeout_secs: 10,
+            resume_grace_secs: 15,
         }
     }
 }
@@ -404,6 +408,9 @@ quality_hold_secs = 5
 # A participant that does not answer the SFU's renegotiation offer within this
 # many seconds is disconnected (it would never receive new tracks otherwise).
 answer_timeout_secs = 10
+# A participant whose signaling connection drops (Wi-Fi to LTE) keeps its seat,
+# subscriptions and layer choices this long for a `resume` on a new connection.
+resume_grace_secs = 15
 
 [turn]
 # STUN/TURN server for clients behind UDP-blocking or strict NAT networks

@@ -24,7 +24,15 @@ pub struct Seat {
     pub identity: String,
     pub role: Role,
     pub max_participants: usize,
+    /// The secret a new signaling connection shows to take this seat over
+    /// (`resume`); none for WHIP/WHEP sessions.
+    pub resume_token: Option<String>,
 }
+
+/// Why a `resume` was refused (one reason only: no hints for guessers).
+#[derive(Debug, thiserror::Error)]
+#[error("no such session to resume (it ended, or the token is wrong): join again")]
+pub struct ResumeRefused;
 
 /// Messages the media thread sends a participant's signaling connection.
 #[derive(Debug)]
@@ -97,7 +105,23 @@ enum Command {
         subscribed: bool,
         reply: oneshot::Sender<Result<usize, SignalError>>,
     },
+    /// The signaling connection `link` dropped: the seat waits for a resume.
+    Detach {
+        id: ParticipantId,
+        link: mpsc::UnboundedSender<ToClient>,
+    },
+    Resume {
+        id: ParticipantId,
+        token: String,
+        tenant_id: String,
+        identity: String,
+        to_client: mpsc::UnboundedSender<ToClient>,
+        reply: oneshot::Sender<Result<(), ResumeRefused>>,
+    },
 }
+
+/// Seats whose signaling connection dropped, and when their grace ends.
+type Detached = HashMap<ParticipantId, Instant>;
 
 /// Handle to the media workers: one thread and one UDP port each; a room
 /// lives on one worker (chosen by hashing its key), and a participant id
@@ -158,9 +182,10 @@ impl Media {
             });
             let (commands, rx) = crossbeam_channel::unbounded();
             let events = events_tx.clone();
+            let grace = Duration::from_secs(cfg.resume_grace_secs);
             std::thread::Builder::new()
                 .name(format!("continuum-media-{index}"))
-                .spawn(move || run(index, socket, worker, rx, events))
+                .spawn(move || run(index, socket, worker, rx, events, grace))
                 .context("spawning a media thread")?;
             tracing::info!(worker = index, %bound, %public, "media worker listening");
             shards.push(commands);
@@ -273,6 +298,36 @@ impl Media {
     pub fn leave(&self, id: ParticipantId) {
         let _ = self.for_participant(id).send(Command::Leave { id });
     }
+
+    /// The signaling connection `link` of participant `id` dropped: it keeps
+    /// its seat for `rtc.resume_grace_secs` (unless another connection has
+    /// already taken it over), then leaves.
+    pub fn detach(&self, id: ParticipantId, link: mpsc::UnboundedSender<ToClient>) {
+        let _ = self.for_participant(id).send(Command::Detach { id, link });
+    }
+
+    /// A new signaling connection takes over participant `id`'s seat: same
+    /// tenant, identity and resume token. A connection still attached is
+    /// closed (`left`).
+    pub async fn resume(
+        &self,
+        id: ParticipantId,
+        token: String,
+        tenant_id: String,
+        identity: String,
+        to_client: mpsc::UnboundedSender<ToClient>,
+    ) -> Result<(), ResumeRefused> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.for_participant(id).send(Command::Resume {
+            id,
+            token,
+            tenant_id,
+            identity,
+            to_client,
+            reply,
+        });
+        rx.await.unwrap_or(Err(ResumeRefused))
+    }
 }
 
 fn run(
@@ -281,6 +336,7 @@ fn run(
     mut worker: Worker,
     commands: crossbeam_channel::Receiver<Command>,
     events: mpsc::UnboundedSender<(Seat, RoomEvent)>,
+    grace: Duration,
 ) {
     let local = socket.local_addr().expect("bound socket");
     let label = index.to_string();
@@ -289,6 +345,7 @@ fn run(
     let mut last_gauges = Instant::now();
     let mut tenants_seen: HashSet<String> = HashSet::new();
     let mut seats: HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)> = HashMap::new();
+    let mut detached = Detached::new();
     // Batched IO: one recvmmsg per wake-up, one sendmmsg per drive.
     let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
     if let Err(e) = socket.set_nonblocking(true) {
@@ -299,12 +356,21 @@ fn run(
     loop {
         loop {
             match commands.try_recv() {
-                Ok(cmd) => handle_command(&mut worker, &mut seats, cmd),
+                Ok(cmd) => handle_command(&mut worker, &mut seats, &mut detached, grace, cmd),
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => return,
             }
         }
         let now = Instant::now();
+        if !detached.is_empty() {
+            detached.retain(|id, until| {
+                let waiting = *until > now;
+                if !waiting {
+                    worker.leave(*id); // nobody resumed it in time
+                }
+                waiting
+            });
+        }
         let next = worker.drive(now);
         while let Some(out) = worker.poll_output() {
             match out {
@@ -415,9 +481,42 @@ fn run(
 fn handle_command(
     worker: &mut Worker,
     seats: &mut HashMap<ParticipantId, (Seat, mpsc::UnboundedSender<ToClient>)>,
+    detached: &mut Detached,
+    grace: Duration,
     cmd: Command,
 ) {
     match cmd {
+        Command::Detach { id, link } => {
+            if seats.get(&id).is_some_and(|(_, tx)| tx.same_channel(&link)) {
+                detached.insert(id, Instant::now() + grace);
+            }
+        }
+        Command::Resume {
+            id,
+            token,
+            tenant_id,
+            identity,
+            to_client,
+            reply,
+        } => {
+            let result = match seats.get_mut(&id) {
+                Some((seat, tx))
+                    if seat.tenant_id == tenant_id
+                        && seat.identity == identity
+                        && seat
+                            .resume_token
+                            .as_deref()
+                            .is_some_and(|t| same_secret(t, &token)) =>
+                {
+                    let old = std::mem::replace(tx, to_client);
+                    let _ = old.send(ToClient::Closed);
+                    detached.remove(&id);
+                    Ok(())
+                }
+                _ => Err(ResumeRefused),
+            };
+            let _ = reply.send(result);
+        }
         Command::Join {
             seat,
             sdp,
@@ -493,6 +592,15 @@ fn handle_command(
             }
         }
     }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Writes room activity onto the conversation's timeline: participants

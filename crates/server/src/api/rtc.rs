@@ -1,9 +1,11 @@
 //! Video rooms and WebSocket signaling (`/v1/rtc`, protocol version 1).
 //!
-//! Client → server: `{"type":"join","room":ID,"sdp":OFFER}`, `{"type":"answer","sdp"}`
+//! Client → server: `{"type":"join","room":ID,"sdp":OFFER}` (or, after the connection
+//! dropped, `{"type":"resume","participant","token"}` → `{"type":"resumed","participant","ice_servers"}`),
+//! `{"type":"answer","sdp"}`
 //! (to our renegotiation offer), `{"type":"offer","sdp"}` (client renegotiation),
 //! `{"type":"leave"}`.
-//! Server → client: `{"type":"joined","protocol":1,"participant","sdp":ANSWER,"ice_servers":[...]}`
+//! Server → client: `{"type":"joined","protocol":1,"resume","participant","sdp":ANSWER,"ice_servers":[...]}`
 //! (TURN over UDP and TCP with short-lived REST credentials for this tenant and
 //! participant; `[]` when the node runs no TURN server),
 //! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
@@ -145,6 +147,12 @@ enum ClientMsg {
         participant: String,
         kind: Option<String>,
     },
+    /// Take over our seat after the signaling connection dropped (instead of
+    /// `join`): the participant id and the `resume` token of `joined`.
+    Resume {
+        participant: String,
+        token: String,
+    },
 }
 
 fn media_kind(kind: Option<&str>) -> Result<Option<continuum_sfu::MediaKind>, ()> {
@@ -274,6 +282,8 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (to_client, mut from_media) = tokio::sync::mpsc::unbounded_channel();
     let mut participant = None;
+    // A `leave` ends the seat; a dropped connection leaves it for a resume.
+    let mut leaving = false;
     let mut stop = s.shutdown.subscribe();
     loop {
         let reply: Option<String> = tokio::select! {
@@ -291,11 +301,12 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                 Err(_) => Some(error("not_found", "room not found")),
                                 Ok(r) => {
                                     let conversation = r.conversation_id.clone();
-                                    let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role, max_participants: r.max_participants.max(0) as usize };
+                                    let resume = hex::encode(rand::random::<[u8; 16]>());
+                                    let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role, max_participants: r.max_participants.max(0) as usize, resume_token: Some(resume.clone()) };
                                     match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
                                         Ok((id, answer)) => {
                                             participant = Some(id);
-                                            Some(json!({"type": "joined", "protocol": PROTOCOL_VERSION, "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
+                                            Some(json!({"type": "joined", "protocol": PROTOCOL_VERSION, "resume": resume, "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
                                         }
                                         Err(e) => Some(error("join_refused", e.to_string())),
                                     }
@@ -314,7 +325,21 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                             Err(e) => error("bad_offer", e.to_string()),
                         }),
                     },
-                    Ok(ClientMsg::Leave) => break,
+                    Ok(ClientMsg::Resume { .. }) if participant.is_some() => Some(error("already_joined", "this connection has already joined a room")),
+                    Ok(ClientMsg::Resume { participant: id, token }) => match parse_participant(&id) {
+                        None => Some(error("bad_message", "resume.participant must be a participant id such as `p3`")),
+                        Some(id) => match media.resume(id, token, tenant_id.clone(), identity.clone(), to_client.clone()).await {
+                            Ok(()) => {
+                                participant = Some(id);
+                                Some(json!({"type": "resumed", "protocol": PROTOCOL_VERSION, "participant": id.to_string(), "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
+                            }
+                            Err(e) => Some(error("resume_refused", e.to_string())),
+                        },
+                    },
+                    Ok(ClientMsg::Leave) => {
+                        leaving = true;
+                        break;
+                    }
                     Ok(ClientMsg::Candidate { candidate }) => match participant {
                         None => Some(error("not_joined", "join a room first")),
                         Some(id) => media.candidate(id, candidate).await.err().map(|e| error("bad_candidate", e.to_string())),
@@ -369,7 +394,9 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
             break;
         }
     }
-    if let Some(id) = participant {
-        media.leave(id);
+    match participant {
+        Some(id) if leaving || *stop.borrow() => media.leave(id),
+        Some(id) => media.detach(id, to_client),
+        None => {}
     }
 }

@@ -85,6 +85,7 @@ async fn start(
         identity: identity.clone(),
         role: *role,
         max_participants: r.max_participants.max(0) as usize,
+        resume_token: None,
     };
     // WHIP/WHEP sessions are never renegotiated; the channel only tells us when
     // the session ends (DELETE, ICE timeout, room closed) to forget it.
