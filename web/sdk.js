@@ -80,6 +80,9 @@ export class Visit extends EventTarget {
     this.channel = pc.createDataChannel("continuum");
     this.channel.addEventListener("message", (e) => this._emit("data", { data: e.data }));
 
+    // Closing the tab is leaving (a dropped connection would hold the seat
+    // for the resume grace period).
+    globalThis.addEventListener?.("pagehide", () => { if (this.state !== "left") this.leave(); });
     await this._openSignaling();
     const joined = new Promise((resolve, reject) => {
       this._joined = { resolve, reject };
