@@ -916,6 +916,23 @@ async fn tcp_allocations_connect_bind_and_refuse() {
         "one connection per peer"
     );
 
+    // At most 64 peer connections per allocation (listeners whose backlog
+    // completes the connections hold them open, waiting for their bind).
+    let mut capped = StreamTurn::connect(tcp);
+    capped.ask(method::ALLOCATE, std::slice::from_ref(&tcp_transport));
+    let listeners: Vec<std::net::TcpListener> = (0..65)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let codes: Vec<u16> = listeners
+        .iter()
+        .map(|l| {
+            let peer = xor_peer(l.local_addr().unwrap());
+            capped.code(method::CONNECT, &[(attr::XOR_PEER_ADDRESS, peer)])
+        })
+        .collect();
+    assert!(codes[..64].iter().all(|c| *c == 200), "{codes:?}");
+    assert_eq!(codes[64], 508, "the 65th is refused");
+
     // The data connection: an unknown id is refused, the right one joins.
     let mut data = StreamTurn::connect(tcp);
     assert_eq!(
