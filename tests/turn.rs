@@ -817,6 +817,27 @@ impl StreamTurn {
     }
 }
 
+/// An echo peer on TCP (a thread per connection), for TCP relays.
+fn tcp_echo_peer() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// An XOR-PEER-ADDRESS value for `addr` (IPv4).
 fn xor_peer(addr: std::net::SocketAddr) -> Vec<u8> {
     let std::net::SocketAddr::V4(v4) = addr else {
@@ -849,22 +870,7 @@ async fn tcp_allocations_connect_bind_and_refuse() {
     let over_udp = allocate(udp, "u", "p", std::slice::from_ref(&tcp_transport));
     assert_eq!(over_udp.relay, Err(400));
 
-    // An echo peer on TCP.
-    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in echo.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let echo_addr = tcp_echo_peer();
 
     let mut control = StreamTurn::connect(tcp);
     let reply = control.ask(method::ALLOCATE, std::slice::from_ref(&tcp_transport));
@@ -1002,5 +1008,56 @@ async fn tcp_allocations_connect_bind_and_refuse() {
     assert!(
         metric(&m, "continuum_turn_tcp_connections_total", "region").unwrap_or(0.0) >= 2.0,
         "{m}"
+    );
+}
+
+/// The per-allocation bandwidth cap holds on TCP relays too: a capped data
+/// connection slows its senders (TCP flow control) and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_relays_keep_to_the_bandwidth_cap() {
+    use continuum_turn::stun::{Message, attr, method};
+    use std::io::{Read, Write};
+    let dir = tempdir();
+    // 160 kbit/s = 20,000 bytes/s, both ways together.
+    let s = start(
+        dir.path(),
+        &format!("{WITH_LOOPBACK_PEERS}bandwidth_kbps = 160\n"),
+    );
+    let (_, tcp) = ports(&s).await;
+    let echo = tcp_echo_peer();
+    let mut control = StreamTurn::connect(tcp);
+    control.ask(
+        method::ALLOCATE,
+        &[(attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
+    );
+    let reply = control.ask(method::CONNECT, &[(attr::XOR_PEER_ADDRESS, xor_peer(echo))]);
+    let m = Message::parse(&reply).unwrap();
+    let id = m.u32_attr(attr::CONNECTION_ID).expect("a CONNECTION-ID");
+    let mut data = StreamTurn::connect(tcp);
+    assert_eq!(
+        data.code(
+            method::CONNECTION_BIND,
+            &[(attr::CONNECTION_ID, id.to_be_bytes().to_vec())]
+        ),
+        200
+    );
+    // 30,000 bytes out and echoed back: 60,000 bytes through the cap.
+    let payload: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+    let started = std::time::Instant::now();
+    let mut writer = data.stream.try_clone().unwrap();
+    let sent = payload.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+    data.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut echoed = vec![0u8; payload.len()];
+    data.stream.read_exact(&mut echoed).unwrap();
+    sender.join().unwrap();
+    let took = started.elapsed();
+    assert!(echoed == payload, "every byte arrives, in order");
+    // One second's budget goes at once; the other 40,000 bytes need 2 s more.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "60,000 bytes at 20,000 bytes/s took only {took:?}"
     );
 }

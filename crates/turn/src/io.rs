@@ -77,6 +77,8 @@ struct PendingPeer {
     expires: Instant,
     /// Turns true when the allocation ends: its data connections close.
     ended: watch::Receiver<bool>,
+    /// Bytes/s both ways (0 = unlimited): the allocation's bandwidth cap.
+    limit: u64,
     _gone: PeerGone,
 }
 
@@ -299,6 +301,7 @@ async fn tcp_relay_accept(
                     username,
                     expires: now + BIND_WAIT,
                     ended: ended.clone(),
+                    limit: w.server.bandwidth_limit(),
                     _gone: gone,
                 },
             )
@@ -347,6 +350,7 @@ async fn connect_to_peer(
                     username,
                     expires: Instant::now() + BIND_WAIT,
                     ended,
+                    limit: w.server.bandwidth_limit(),
                     _gone: gone,
                 },
             );
@@ -387,6 +391,7 @@ where
     let PendingPeer {
         stream,
         mut ended,
+        limit,
         _gone,
         ..
     } = peer;
@@ -395,11 +400,57 @@ where
     };
     let relay = async {
         stream.write_all(&leftover).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut stream).await
+        if limit == 0 {
+            return tokio::io::copy_bidirectional(&mut client, &mut stream)
+                .await
+                .map(|_| ());
+        }
+        // Capped: both directions draw on one budget; while it is spent we
+        // stop reading, and TCP flow control slows the senders (nothing is
+        // dropped, unlike a capped UDP relay).
+        let budget = std::cell::Cell::new((Instant::now(), 0u64));
+        let (mut client_r, mut client_w) = tokio::io::split(client);
+        let (mut peer_r, mut peer_w) = stream.split();
+        let up = throttled_copy(&mut client_r, &mut peer_w, &budget, limit);
+        let down = throttled_copy(&mut peer_r, &mut client_w, &budget, limit);
+        tokio::try_join!(up, down).map(|_| ())
     };
     tokio::select! {
         _ = relay => {}
         _ = ended.wait_for(|e| *e) => {}
+    }
+}
+
+/// Copies `from` to `to` (then shuts `to` down), spending a one-second
+/// budget of `limit` bytes shared with the other direction.
+async fn throttled_copy<R, W>(
+    from: &mut R,
+    to: &mut W,
+    budget: &std::cell::Cell<(Instant, u64)>,
+    limit: u64,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 8 << 10];
+    loop {
+        let (start, spent) = budget.get();
+        let elapsed = start.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            budget.set((Instant::now(), 0));
+        } else if spent >= limit {
+            tokio::time::sleep(Duration::from_secs(1) - elapsed).await;
+            continue;
+        }
+        let room = (limit - budget.get().1).min(buf.len() as u64) as usize;
+        let n = from.read(&mut buf[..room.max(1)]).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        let (start, spent) = budget.get();
+        budget.set((start, spent + n as u64));
     }
 }
 

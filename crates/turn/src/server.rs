@@ -223,6 +223,12 @@ impl Server {
         &self.ledger
     }
 
+    /// The per-allocation bandwidth cap, bytes/s both ways (0 = none); the IO
+    /// layer applies it to TCP relays' data connections.
+    pub fn bandwidth_limit(&self) -> u64 {
+        self.cfg.bandwidth_bytes_per_sec
+    }
+
     /// Allocations on this worker.
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
