@@ -532,7 +532,12 @@ async fn whip_publishes_and_whep_watches() {
         "WHIP/WHEP scenario failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for check in ["WHIP publish", "WHEP watch", "DELETE"] {
+    for check in [
+        "WHIP publish",
+        "WHEP watch",
+        "DELETE",
+        "WHEP viewer gets a later publisher",
+    ] {
         assert!(
             stdout.contains(&format!("\"check\":\"{check}\",\"ok\":true")),
             "missing {check}:\n{stdout}"

@@ -19,8 +19,7 @@ async function page() {
   return p;
 }
 
-const publisher = await page();
-const pub = await publisher.evaluate(async ({ room, token }) => {
+const publish = (p, token) => p.evaluate(async ({ room, token }) => {
   const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
   const pc = new RTCPeerConnection();
   for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: "sendonly", streams: [stream] });
@@ -35,12 +34,13 @@ const pub = await publisher.evaluate(async ({ room, token }) => {
   window.pc = pc;
   for (let i = 0; i < 100 && pc.connectionState !== "connected"; i++) await new Promise((ok) => setTimeout(ok, 100));
   return { status: 201, location: r.headers.get("location"), state: pc.connectionState };
-}, { room, token: pubToken });
+}, { room, token });
+const publisher = await page();
+const pub = await publish(publisher, pubToken);
 if (pub.status !== 201 || pub.state !== "connected") await fail("WHIP publish", pub);
 console.log(JSON.stringify({ check: "WHIP publish", ok: true, ...pub }));
 
-const viewer = await page();
-const view = await viewer.evaluate(async ({ room, token }) => {
+const watch = (p, token) => p.evaluate(async ({ room, token }) => {
   const pc = new RTCPeerConnection();
   pc.addTransceiver("video", { direction: "recvonly" });
   pc.addTransceiver("audio", { direction: "recvonly" });
@@ -52,6 +52,12 @@ const view = await viewer.evaluate(async ({ room, token }) => {
   });
   if (r.status !== 201) return { status: r.status, body: await r.text() };
   await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
+  window.viewerPc = pc;
+  return { status: 201, location: r.headers.get("location") };
+}, { room, token });
+// Waits (≤ 30 s) for the WHEP viewer of page `p` to decode video and receive audio.
+const media = (p) => p.evaluate(async () => {
+  const pc = window.viewerPc;
   let frames = 0, audio = 0, videoPackets = 0, keyFrames = 0, nacks = 0, plis = 0, codec = null;
   for (let i = 0; i < 300 && (frames < 10 || audio < 10); i++) {
     await new Promise((ok) => setTimeout(ok, 100));
@@ -67,8 +73,11 @@ const view = await viewer.evaluate(async ({ room, token }) => {
       if (s.type === "inbound-rtp" && s.kind === "audio") audio = s.packetsReceived || 0;
     });
   }
-  return { status: 201, location: r.headers.get("location"), frames, audio, videoPackets, keyFrames, nacks, plis, codec };
-}, { room, token: viewToken });
+  return { frames, audio, videoPackets, keyFrames, nacks, plis, codec };
+});
+const viewer = await page();
+const started = await watch(viewer, viewToken);
+const view = { ...started, ...(started.status === 201 ? await media(viewer) : {}) };
 if (view.status !== 201 || view.frames < 10 || view.audio < 10) await fail("WHEP watch", view);
 console.log(JSON.stringify({ check: "WHEP watch", ok: true, ...view }));
 
@@ -81,4 +90,15 @@ const other = await del(viewer, pub.location, "not-a-token");
 if (first !== 200 || again !== 404 || other !== 401) await fail("DELETE", { first, again, other });
 console.log(JSON.stringify({ check: "DELETE", ok: true }));
 if ((await del(publisher, pub.location, pubToken)) !== 200) await fail("DELETE publisher", {});
+
+// A viewer that comes before anyone publishes (WHEP has no renegotiation):
+// the next publisher's tracks go into its waiting m-lines.
+const early = await page();
+const waiting = await watch(early, viewToken); // answered: the viewer is in, nothing to watch yet
+const later = await publish(await page(), pubToken);
+const lateView = { ...waiting, ...(waiting.status === 201 ? await media(early) : {}) };
+if (later.status !== 201 || lateView.status !== 201 || lateView.frames < 10 || lateView.audio < 10) {
+  await fail("WHEP viewer gets a later publisher", { later, lateView });
+}
+console.log(JSON.stringify({ check: "WHEP viewer gets a later publisher", ok: true, ...lateView }));
 await browser.close();

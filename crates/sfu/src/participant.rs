@@ -171,6 +171,9 @@ pub(crate) struct Participant {
     pub bwe: Option<Bitrate>,
     /// Keyframe requests to relay to publishers (layer switches, new subscriptions).
     keyframe_asks: Vec<(ParticipantId, Mid, Option<Rid>)>,
+    /// A WHEP viewer's m-lines with no track yet (the room had none of that
+    /// kind when it came): the next track of the kind published takes one.
+    free_slots: Vec<(Mid, MediaKind)>,
     last_layer_choice: Option<Instant>,
     /// RTP packets written towards this subscriber, and the egress packet
     /// count str0m reported (which includes retransmissions and padding).
@@ -229,6 +232,7 @@ impl Participant {
             ssrcs: Default::default(),
             bwe: None,
             keyframe_asks: Vec::new(),
+            free_slots: Vec::new(),
             last_layer_choice: None,
             packets_written: 0,
             egress_packets: Default::default(),
@@ -367,11 +371,14 @@ impl Participant {
                     t.state == OutState::ToOpen
                         && t.track.upgrade().is_some_and(|tr| tr.kind == m.kind)
                 });
-                if let Some(t) = slot {
-                    t.state = OutState::Open(m.mid);
-                    if t.kind == MediaKind::Video {
-                        self.keyframe_asks.push((t.origin, t.mid_in, t.fwd.target));
+                match slot {
+                    Some(t) => {
+                        t.state = OutState::Open(m.mid);
+                        if t.kind == MediaKind::Video {
+                            self.keyframe_asks.push((t.origin, t.mid_in, t.fwd.target));
+                        }
                     }
+                    None => self.free_slots.push((m.mid, m.kind)),
                 }
                 Polled::Nothing
             }
@@ -601,6 +608,9 @@ impl Participant {
         let Some(t) = track.upgrade() else {
             return;
         };
+        if self.mode == Mode::SubscribeOnly && self.bind_to_whep_slot(&track, &t) {
+            return;
+        }
         self.renegotiate = true;
         self.tracks_out.push(TrackOut {
             origin: t.origin,
@@ -612,6 +622,48 @@ impl Participant {
             pt_map: Vec::new(),
             unpaced_set: false,
         });
+    }
+
+    /// A WHEP viewer cannot be renegotiated, so a track published after it
+    /// came goes into one of its m-lines of that kind that has none (never
+    /// had one, or its publisher left): the viewer sees the new publisher in
+    /// the same stream, numbering continued, from a keyframe.
+    fn bind_to_whep_slot(&mut self, track: &Weak<TrackIn>, t: &TrackIn) -> bool {
+        if let Some(i) = self.free_slots.iter().position(|(_, k)| *k == t.kind) {
+            let (mid, _) = self.free_slots.remove(i);
+            let fwd = Forwarder::new(t.kind);
+            if t.kind == MediaKind::Video {
+                self.keyframe_asks.push((t.origin, t.mid, fwd.target));
+            }
+            self.tracks_out.push(TrackOut {
+                origin: t.origin,
+                mid_in: t.mid,
+                kind: t.kind,
+                track: track.clone(),
+                state: OutState::Open(mid),
+                fwd,
+                pt_map: Vec::new(),
+                unpaced_set: false,
+            });
+            return true;
+        }
+        let orphan = self.tracks_out.iter_mut().find(|o| {
+            o.kind == t.kind && matches!(o.state, OutState::Open(_)) && o.track.upgrade().is_none()
+        });
+        let Some(o) = orphan else {
+            return false;
+        };
+        o.origin = t.origin;
+        o.mid_in = t.mid;
+        o.track = track.clone();
+        o.pt_map.clear();
+        // Restart like a resubscription: continuous numbering, keyframe first.
+        o.fwd.set_paused(true);
+        o.fwd.set_paused(false);
+        if t.kind == MediaKind::Video {
+            self.keyframe_asks.push((t.origin, t.mid, o.fwd.target));
+        }
+        true
     }
 
     /// Builds a renegotiation offer when tracks came or went, unless one is in flight.
