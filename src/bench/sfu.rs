@@ -86,25 +86,37 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         args.seconds
     );
     let mut results = Vec::new();
+    let join_visits = |net: &mut SimNet, now: Instant| -> Result<(), String> {
+        for v in 0..args.visits {
+            for _ in 0..2 {
+                net.join(
+                    &format!("t/visit-{v}"),
+                    MediaSpec::camera_and_microphone(),
+                    now,
+                )?;
+            }
+        }
+        Ok(())
+    };
     let visits = scenario(
         &format!("{} 1:1 visits (A+V simulcast each way)", args.visits),
         &args,
-        |net, now| {
-            for v in 0..args.visits {
-                for _ in 0..2 {
-                    net.join(
-                        &format!("t/visit-{v}"),
-                        MediaSpec::camera_and_microphone(),
-                        now,
-                    )?;
-                }
-            }
-            Ok(())
-        },
+        false,
+        join_visits,
+    )?;
+    // The same visits with each side shown small (a grid, a phone in
+    // portrait): subscribers ask for the lowest layer, and dynacast pauses
+    // the publishers' upper layers.
+    let thumbnails = scenario(
+        &format!("{} 1:1 visits, thumbnails (dynacast)", args.visits),
+        &args,
+        true,
+        join_visits,
     )?;
     let fanout = scenario(
         &format!("1 publisher → {} subscribers", args.fanout),
         &args,
+        false,
         |net, now| {
             net.join("t/webinar", MediaSpec::camera_and_microphone(), now)?;
             for _ in 0..args.fanout {
@@ -114,8 +126,10 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         },
     )?;
     let visits_per_core = args.visits as f64 / visits.worker_core_share.max(1e-9);
+    let thumbnail_visits_per_core = args.visits as f64 / thumbnails.worker_core_share.max(1e-9);
     results.push(visits);
     results.push(fanout);
+    results.push(thumbnails);
 
     println!();
     println!(
@@ -151,6 +165,11 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
         visits_per_core
     );
     println!(
+        "                  … shown as thumbnails (worker share {:.1}%): ≈ {:.0}",
+        results[2].worker_core_share * 100.0,
+        thumbnail_visits_per_core
+    );
+    println!(
         "timer wake-ups per participant per second, by str0m's reason (services per egress packet):"
     );
     for r in &results {
@@ -170,6 +189,7 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "runs": results,
         "visits_per_core_estimate": visits_per_core,
+        "thumbnail_visits_per_core_estimate": thumbnail_visits_per_core,
         "method": "in-process str0m peers, UDP loopback, worker time measured per call",
     });
     if let Some(out) = &args.out {
@@ -183,6 +203,7 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
 fn scenario(
     name: &str,
     args: &SfuArgs,
+    thumbnails: bool,
     setup: impl FnOnce(&mut SimNet, Instant) -> Result<(), String>,
 ) -> anyhow::Result<RunResult> {
     let sfu: SocketAddr = "10.255.0.1:7401".parse()?;
@@ -200,7 +221,9 @@ fn scenario(
     setup(&mut net, Instant::now()).map_err(|e| anyhow::anyhow!("joining: {e}"))?;
     let participants = net.peers.len();
 
-    let bar = ProgressBar::new(seconds + 3);
+    // Thumbnails: 5 s more warm-up, for dynacast's hold (3 s) to pass.
+    let extra_warmup = if thumbnails { 5 } else { 0 };
+    let bar = ProgressBar::new(seconds + 3 + extra_warmup);
     bar.set_style(ProgressStyle::with_template(
         "{msg:42} [{bar:30}] {pos}/{len} s",
     )?);
@@ -220,6 +243,23 @@ fn scenario(
         connected == participants,
         "only {connected} of {participants} peers connected during the warm-up"
     );
+    if thumbnails {
+        for i in 0..participants {
+            if let Some(id) = net.participant(i) {
+                net.worker
+                    .set_max_layer(id, None, 0)
+                    .map_err(|e| anyhow::anyhow!("thumbnail request: {e}"))?;
+            }
+        }
+        let warm_end = Instant::now() + Duration::from_secs(extra_warmup);
+        while Instant::now() < warm_end {
+            net.step(Instant::now());
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = Instant::now();
+                bar.inc(1);
+            }
+        }
+    }
     // Measure from here.
     for p in &mut net.peers {
         p.delays_us.clear();
