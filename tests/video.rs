@@ -321,25 +321,9 @@ async fn signaling_refuses_bad_requests_clearly() {
         assert_eq!(v["code"], code, "{msg} -> {v}");
     }
     // Joined (an encoder-style audio offer), trickle is validated; a second join is refused.
-    // (Room notices may come in between: skipped.)
-    macro_rules! next {
-        () => {{
-            loop {
-                let reply = tokio::time::timeout(Duration::from_secs(5), sock.next())
-                    .await
-                    .expect("a reply")
-                    .unwrap()
-                    .unwrap();
-                let v = serde_json::from_str::<Value>(reply.to_text().unwrap()).unwrap();
-                if !matches!(v["type"].as_str(), Some("quality" | "track_published")) {
-                    break v;
-                }
-            }
-        }};
-    }
     let join = json!({"type": "join", "room": room_id, "sdp": audio_offer()}).to_string();
     sock.send(Message::Text(join.clone().into())).await.unwrap();
-    let joined = next!();
+    let joined = next_signal(&mut sock).await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(joined["protocol"], 1, "versioned: {joined}");
     assert_eq!(joined["conversation"], conv);
@@ -351,12 +335,12 @@ async fn signaling_refuses_bad_requests_clearly() {
     let msg = json!({"type": "candidate", "candidate": "candidate:garbage"}).to_string();
     sock.send(Message::Text(msg.into())).await.unwrap();
     assert_eq!(
-        next!()["code"],
+        next_signal(&mut sock).await["code"],
         "bad_candidate",
         "valid candidates get no reply; the bad one does"
     );
     sock.send(Message::Text(join.into())).await.unwrap();
-    assert_eq!(next!()["code"], "already_joined");
+    assert_eq!(next_signal(&mut sock).await["code"], "already_joined");
     for (msg, code) in [
         (
             json!({"type": "unsubscribe", "participant": "dr-who"}),
@@ -374,7 +358,7 @@ async fn signaling_refuses_bad_requests_clearly() {
         sock.send(Message::Text(msg.to_string().into()))
             .await
             .unwrap();
-        let v = next!();
+        let v = next_signal(&mut sock).await;
         assert_eq!(v["code"], code, "{msg} -> {v}");
         assert!(!v["message"].as_str().unwrap_or("").is_empty());
     }
@@ -449,6 +433,31 @@ async fn garbage_on_the_media_port_is_dropped_and_counted() {
             .status(),
         200
     );
+}
+
+/// The next signaling message (≤ 5 s) that is not a room notice (those may
+/// come in between a request and its reply).
+async fn next_signal<S>(sock: &mut S) -> Value
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), sock.next())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        if !matches!(v["type"].as_str(), Some("quality" | "track_published")) {
+            return v;
+        }
+    }
 }
 
 fn metrics_line(text: &str, name: &str) -> Option<f64> {
@@ -709,7 +718,7 @@ async fn a_participant_that_never_answers_is_disconnected() {
 /// leaves when the grace ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_signaling_connection_resumes_its_seat() {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempdir();
     let s = Server::start_with(
@@ -732,23 +741,6 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         )
         .await;
     let ws = |token: &str| format!("{}/v1/rtc?token={token}", s.base.replacen("http", "ws", 1));
-    // The next message that is not a room notice.
-    async fn next<S>(sock: &mut S) -> Value
-    where
-        S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-    {
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(5), sock.next())
-                .await
-                .expect("a reply")
-                .unwrap()
-                .unwrap();
-            let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
-            if !matches!(v["type"].as_str(), Some("quality" | "track_published")) {
-                return v;
-            }
-        }
-    }
     let join = json!({"type": "join", "room": room_id, "sdp": audio_offer()}).to_string();
     let (mut first, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
         .await
@@ -757,7 +749,7 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         .send(Message::Text(join.clone().into()))
         .await
         .unwrap();
-    let joined = next(&mut first).await;
+    let joined = next_signal(&mut first).await;
     let (id, resume) = (
         joined["participant"].as_str().unwrap().to_owned(),
         joined["resume"].as_str().unwrap().to_owned(),
@@ -786,7 +778,7 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
             .send(Message::Text(msg.to_string().into()))
             .await
             .unwrap();
-        let v = next(&mut second).await;
+        let v = next_signal(&mut second).await;
         assert_eq!(v["code"], code, "{msg} -> {v}");
     }
     // Another identity with the right token cannot take the seat.
@@ -795,13 +787,13 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         .unwrap();
     let msg = json!({"type": "resume", "participant": id, "token": resume}).to_string();
     other.send(Message::Text(msg.clone().into())).await.unwrap();
-    assert_eq!(next(&mut other).await["code"], "resume_refused");
+    assert_eq!(next_signal(&mut other).await["code"], "resume_refused");
     // The owner can.
     second
         .send(Message::Text(msg.clone().into()))
         .await
         .unwrap();
-    let resumed = next(&mut second).await;
+    let resumed = next_signal(&mut second).await;
     assert_eq!(resumed["type"], "resumed", "{resumed}");
     assert_eq!(resumed["participant"], id.as_str());
     // Its seat holds while the connection lives, past the grace period.
@@ -830,5 +822,5 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         .await
         .unwrap();
     third.send(Message::Text(msg.into())).await.unwrap();
-    assert_eq!(next(&mut third).await["code"], "resume_refused");
+    assert_eq!(next_signal(&mut third).await["code"], "resume_refused");
 }

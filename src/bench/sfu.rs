@@ -200,6 +200,18 @@ pub fn run(args: SfuArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs the simulation in real time for `seconds`, unmeasured, ticking the bar.
+fn step_for(net: &mut SimNet, bar: &ProgressBar, last_tick: &mut Instant, seconds: u64) {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        net.step(Instant::now());
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            *last_tick = Instant::now();
+            bar.inc(1);
+        }
+    }
+}
+
 fn scenario(
     name: &str,
     args: &SfuArgs,
@@ -229,15 +241,8 @@ fn scenario(
     )?);
     bar.set_message(name.to_owned());
     // Warm-up: ICE, DTLS, first keyframes, layer choice.
-    let warm_end = Instant::now() + Duration::from_secs(3);
     let mut last_tick = Instant::now();
-    while Instant::now() < warm_end {
-        net.step(Instant::now());
-        if last_tick.elapsed() >= Duration::from_secs(1) {
-            last_tick = Instant::now();
-            bar.inc(1);
-        }
-    }
+    step_for(&mut net, &bar, &mut last_tick, 3);
     let connected = net.peers.iter().filter(|p| p.connected).count();
     anyhow::ensure!(
         connected == participants,
@@ -251,14 +256,7 @@ fn scenario(
                     .map_err(|e| anyhow::anyhow!("thumbnail request: {e}"))?;
             }
         }
-        let warm_end = Instant::now() + Duration::from_secs(extra_warmup);
-        while Instant::now() < warm_end {
-            net.step(Instant::now());
-            if last_tick.elapsed() >= Duration::from_secs(1) {
-                last_tick = Instant::now();
-                bar.inc(1);
-            }
-        }
+        step_for(&mut net, &bar, &mut last_tick, extra_warmup);
     }
     // Measure from here.
     for p in &mut net.peers {

@@ -43,14 +43,8 @@ pub enum ToClient {
         participant: Option<String>,
         identity: Option<String>,
     },
-    /// Tracks, quality (see [`continuum_sfu::Notice`]).
+    /// Tracks, quality, layers to pause (see [`continuum_sfu::Notice`]).
     Notice(continuum_sfu::Notice),
-    /// Pause these simulcast layers (rids) of track `mid` (nobody takes
-    /// them), send the others.
-    PublishLayers {
-        mid: String,
-        paused: Vec<String>,
-    },
     /// Another participant muted or unmuted a track.
     Muted {
         participant: String,
@@ -402,15 +396,6 @@ fn run(
                         let _ = tx.send(ToClient::Notice(notice));
                     }
                 }
-                SfuOutput::PublisherLayers {
-                    participant,
-                    mid,
-                    paused,
-                } => {
-                    if let Some((_, tx)) = seats.get(&participant) {
-                        let _ = tx.send(ToClient::PublishLayers { mid, paused });
-                    }
-                }
                 SfuOutput::Event(ev) => {
                     let id = match &ev {
                         RoomEvent::Joined { participant, .. }
@@ -503,10 +488,10 @@ fn handle_command(
                 Some((seat, tx))
                     if seat.tenant_id == tenant_id
                         && seat.identity == identity
-                        && seat
-                            .resume_token
-                            .as_deref()
-                            .is_some_and(|t| same_secret(t, &token)) =>
+                        && seat.resume_token.as_deref().is_some_and(|t| {
+                            // Constant time: no hint of where a guess differs.
+                            subtle::ConstantTimeEq::ct_eq(t.as_bytes(), token.as_bytes()).into()
+                        }) =>
                 {
                     let old = std::mem::replace(tx, to_client);
                     let _ = old.send(ToClient::Closed);
@@ -592,15 +577,6 @@ fn handle_command(
             }
         }
     }
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Writes room activity onto the conversation's timeline: participants

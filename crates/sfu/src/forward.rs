@@ -250,9 +250,16 @@ impl Forwarder {
         }
         self.paused = paused;
         if !paused {
-            self.current = None;
-            self.need_keyframe = self.kind == MediaKind::Video;
+            self.restart();
         }
+    }
+
+    /// Starts the track over for this subscriber (after a pause, or with
+    /// another publisher behind it): numbering continues where it stopped,
+    /// video waits for a keyframe.
+    pub fn restart(&mut self) {
+        self.current = None;
+        self.need_keyframe = self.kind == MediaKind::Video;
     }
 
     pub fn current(&self) -> Option<Option<Rid>> {

@@ -608,11 +608,13 @@ impl Participant {
         let Some(t) = track.upgrade() else {
             return;
         };
-        if self.mode == Mode::SubscribeOnly && self.bind_to_whep_slot(&track, &t) {
+        // A WHEP viewer cannot be renegotiated: a track published after it
+        // came goes into one of its m-lines of that kind that has none.
+        let free = self.free_slots.iter().position(|(_, k)| *k == t.kind);
+        if free.is_none() && self.mode == Mode::SubscribeOnly && self.rebind_orphan(&track, &t) {
             return;
         }
-        self.renegotiate = true;
-        self.tracks_out.push(TrackOut {
+        let mut out = TrackOut {
             origin: t.origin,
             mid_in: t.mid,
             kind: t.kind,
@@ -621,32 +623,23 @@ impl Participant {
             fwd: Forwarder::new(t.kind),
             pt_map: Vec::new(),
             unpaced_set: false,
-        });
+        };
+        match free {
+            Some(i) => {
+                out.state = OutState::Open(self.free_slots.remove(i).0);
+                if t.kind == MediaKind::Video {
+                    self.keyframe_asks.push((t.origin, t.mid, out.fwd.target));
+                }
+            }
+            None => self.renegotiate = true,
+        }
+        self.tracks_out.push(out);
     }
 
-    /// A WHEP viewer cannot be renegotiated, so a track published after it
-    /// came goes into one of its m-lines of that kind that has none (never
-    /// had one, or its publisher left): the viewer sees the new publisher in
-    /// the same stream, numbering continued, from a keyframe.
-    fn bind_to_whep_slot(&mut self, track: &Weak<TrackIn>, t: &TrackIn) -> bool {
-        if let Some(i) = self.free_slots.iter().position(|(_, k)| *k == t.kind) {
-            let (mid, _) = self.free_slots.remove(i);
-            let fwd = Forwarder::new(t.kind);
-            if t.kind == MediaKind::Video {
-                self.keyframe_asks.push((t.origin, t.mid, fwd.target));
-            }
-            self.tracks_out.push(TrackOut {
-                origin: t.origin,
-                mid_in: t.mid,
-                kind: t.kind,
-                track: track.clone(),
-                state: OutState::Open(mid),
-                fwd,
-                pt_map: Vec::new(),
-                unpaced_set: false,
-            });
-            return true;
-        }
+    /// A WHEP viewer's m-line whose publisher left takes a new track of its
+    /// kind: the viewer sees the new publisher in the same stream, numbering
+    /// continued, from a keyframe.
+    fn rebind_orphan(&mut self, track: &Weak<TrackIn>, t: &TrackIn) -> bool {
         let orphan = self.tracks_out.iter_mut().find(|o| {
             o.kind == t.kind && matches!(o.state, OutState::Open(_)) && o.track.upgrade().is_none()
         });
@@ -657,9 +650,7 @@ impl Participant {
         o.mid_in = t.mid;
         o.track = track.clone();
         o.pt_map.clear();
-        // Restart like a resubscription: continuous numbering, keyframe first.
-        o.fwd.set_paused(true);
-        o.fwd.set_paused(false);
+        o.fwd.restart();
         if t.kind == MediaKind::Video {
             self.keyframe_asks.push((t.origin, t.mid, o.fwd.target));
         }

@@ -593,16 +593,15 @@ impl SimNet {
                     }
                 }
                 crate::SfuOutput::Event(e) => self.events.push(e),
-                crate::SfuOutput::Notice { to, notice } => self.notices.push((to, notice)),
-                crate::SfuOutput::PublisherLayers {
-                    participant,
-                    paused,
-                    ..
+                crate::SfuOutput::Notice {
+                    to,
+                    notice: crate::Notice::PauseLayers { paused, .. },
                 } => {
-                    if let Some(&i) = self.by_id.get(&participant) {
+                    if let Some(&i) = self.by_id.get(&to) {
                         self.peers[i].set_paused_layers(&paused);
                     }
                 }
+                crate::SfuOutput::Notice { to, notice } => self.notices.push((to, notice)),
                 _ => {}
             }
         }

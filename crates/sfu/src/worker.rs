@@ -130,6 +130,10 @@ pub enum Notice {
     },
     /// `origin`'s track is gone (it left).
     TrackUnpublished { origin: ParticipantId, mid: String },
+    /// Stop sending the `paused` simulcast layers (rids) of your track `mid`
+    /// and send the others: nobody takes the paused ones (see
+    /// `Worker::dynacast`). Layers we never saw are not named.
+    PauseLayers { mid: String, paused: Vec<String> },
     /// `origin`'s connection quality: to itself with every sample (about once
     /// a second), to the others when its rating changes.
     Quality {
@@ -155,14 +159,6 @@ pub enum SfuOutput {
     Speaker {
         room: String,
         participant: Option<ParticipantId>,
-    },
-    /// Ask a publisher to stop sending the `paused` simulcast layers (rids)
-    /// of its track `mid`, and to send the others: nobody takes the paused
-    /// ones (see `Worker::dynacast`). Layers we never saw are not named.
-    PublisherLayers {
-        participant: ParticipantId,
-        mid: String,
-        paused: Vec<String>,
     },
     /// Something participant `to`'s client is told about the room.
     Notice {
@@ -862,15 +858,18 @@ impl Worker {
             }
         }
         self.service(now);
-        let mut gone = std::mem::take(&mut self.gone);
-        let housekeeping = self.next_housekeeping.is_none_or(|t| t <= now);
-        if !housekeeping {
-            for id in gone {
-                self.leave(id);
-            }
-            return self.next_wake(now);
+        if self.next_housekeeping.is_none_or(|t| t <= now) {
+            self.next_housekeeping = Some(now + HOUSEKEEPING);
+            self.housekeeping(now);
         }
-        self.next_housekeeping = Some(now + HOUSEKEEPING);
+        for id in std::mem::take(&mut self.gone) {
+            self.leave(id);
+        }
+        self.next_wake(now)
+    }
+
+    /// The second-scale work of [`Worker::drive`], every [`HOUSEKEEPING`].
+    fn housekeeping(&mut self, now: Instant) {
         // Stale entries leave the heap when their time comes; a participant
         // whose timer keeps moving earlier leaves a trail, so rebuild from
         // the live timers when the trail gets long.
@@ -883,19 +882,19 @@ impl Worker {
                 .collect();
         }
         // ICE lost and not restarted within the grace period: the participant is gone.
-        gone.extend(
-            self.participants
-                .values()
-                .filter(|p| {
-                    p.disconnected_at
-                        .is_some_and(|t| now.saturating_duration_since(t) > RECONNECT_GRACE)
-                        || p.pending_since.is_some_and(|t| {
-                            now.saturating_duration_since(t) > self.cfg.answer_timeout
-                        })
-                })
-                .map(|p| p.id),
-        );
-        for id in gone {
+        let gone: Vec<ParticipantId> = self
+            .participants
+            .values()
+            .filter(|p| {
+                p.disconnected_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > RECONNECT_GRACE)
+                    || p.pending_since
+                        .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.answer_timeout)
+            })
+            .map(|p| p.id)
+            .collect();
+        self.gone.extend(gone);
+        for id in std::mem::take(&mut self.gone) {
             self.leave(id);
         }
         if self.next_dynacast.is_none_or(|t| t <= now) {
@@ -910,7 +909,6 @@ impl Worker {
                 });
             }
         }
-        self.next_wake(now)
     }
 
     /// Pauses simulcast layers nobody takes ("dynacast"): for each video
@@ -974,10 +972,12 @@ impl Worker {
                 self.stats.layers_resumed +=
                     t.paused.iter().filter(|r| !paused.contains(r)).count() as u64;
                 t.paused = paused;
-                self.outputs.push_back(SfuOutput::PublisherLayers {
-                    participant: p.id,
-                    mid: t.track.mid.to_string(),
-                    paused: t.paused.iter().flatten().map(|r| r.to_string()).collect(),
+                self.outputs.push_back(SfuOutput::Notice {
+                    to: p.id,
+                    notice: Notice::PauseLayers {
+                        mid: t.track.mid.to_string(),
+                        paused: t.paused.iter().flatten().map(|r| r.to_string()).collect(),
+                    },
                 });
             }
         }

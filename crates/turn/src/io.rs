@@ -77,8 +77,6 @@ struct PendingPeer {
     expires: Instant,
     /// Turns true when the allocation ends: its data connections close.
     ended: watch::Receiver<bool>,
-    /// Bytes/s both ways (0 = unlimited): the allocation's bandwidth cap.
-    limit: u64,
     _gone: PeerGone,
 }
 
@@ -117,13 +115,35 @@ impl Worker {
         }
     }
 
-    /// Files a peer data connection under a new CONNECTION-ID.
-    fn file_pending(&self, id: u32, peer: PendingPeer) -> bool {
+    /// Files a peer data connection of `relay` under CONNECTION-ID `id`
+    /// for the client's ConnectionBind. Whatever becomes of it (bound and
+    /// closed, never bound, or not filed: the table is full), its end frees
+    /// the peer's slot in this worker's allocation.
+    fn file_pending(
+        &self,
+        id: u32,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        stream: std::net::TcpStream,
+        username: String,
+        ended: watch::Receiver<bool>,
+    ) -> bool {
+        let entry = PendingPeer {
+            stream,
+            username,
+            expires: Instant::now() + BIND_WAIT,
+            ended,
+            _gone: PeerGone {
+                relay,
+                peer,
+                notify: self.peer_gone.clone(),
+            },
+        };
         let mut pending = lock(&self.pending);
         if pending.len() >= MAX_PENDING_PEERS || pending.contains_key(&id) {
             return false;
         }
-        pending.insert(id, peer);
+        pending.insert(id, entry);
         true
     }
 }
@@ -283,29 +303,20 @@ async fn tcp_relay_accept(
         };
         let mut w = worker.borrow_mut();
         let id = new_connection_id(&w.pending);
-        let now = Instant::now();
         // Refused (no permission, policy): dropping the stream closes it.
-        let Some(username) = w.server.tcp_peer_arrived(now, relay, peer, id, &mut out) else {
+        let Some(username) = w
+            .server
+            .tcp_peer_arrived(Instant::now(), relay, peer, id, &mut out)
+        else {
             continue;
         };
-        let gone = PeerGone {
-            relay,
-            peer,
-            notify: w.peer_gone.clone(),
+        let filed = match stream.into_std() {
+            Ok(stream) => w.file_pending(id, relay, peer, stream, username, ended.clone()),
+            Err(_) => {
+                w.server.tcp_peer_closed(relay, peer);
+                false
+            }
         };
-        let filed = stream.into_std().is_ok_and(|stream| {
-            w.file_pending(
-                id,
-                PendingPeer {
-                    stream,
-                    username,
-                    expires: now + BIND_WAIT,
-                    ended: ended.clone(),
-                    limit: w.server.bandwidth_limit(),
-                    _gone: gone,
-                },
-            )
-        });
         for o in out.drain(..) {
             if let (true, Output::ToClient { client, data }) = (filed, o) {
                 w.to_stream(client, data);
@@ -324,44 +335,32 @@ async fn connect_to_peer(
     username: String,
     reply: PendingReply,
 ) {
+    // (No relay any more: the allocation ended while this was queued.)
     let ended = worker.borrow().relays.ended(&relay);
-    let connected = match &ended {
-        Some(_) => tokio::time::timeout(CONNECT_TIMEOUT, connect_from(relay, peer))
+    let connected = match ended {
+        Some(ended) => tokio::time::timeout(CONNECT_TIMEOUT, connect_from(relay, peer))
             .await
             .ok()
             .and_then(Result::ok)
-            .and_then(|s| s.into_std().ok()),
+            .and_then(|s| s.into_std().ok())
+            .map(|s| (s, ended)),
         None => None,
     };
     let mut w = worker.borrow_mut();
-    // Dropped on failure: the peer's slot is freed.
-    let gone = PeerGone {
-        relay,
-        peer,
-        notify: w.peer_gone.clone(),
-    };
-    let outcome = match (connected, ended) {
-        (Some(stream), Some(ended)) => {
+    let outcome = match connected {
+        Some((stream, ended)) => {
             let id = new_connection_id(&w.pending);
-            let filed = w.file_pending(
-                id,
-                PendingPeer {
-                    stream,
-                    username,
-                    expires: Instant::now() + BIND_WAIT,
-                    ended,
-                    limit: w.server.bandwidth_limit(),
-                    _gone: gone,
-                },
-            );
-            if filed {
+            if w.file_pending(id, relay, peer, stream, username, ended) {
                 w.server.tcp_peer_connected();
                 Ok(Some(id))
             } else {
                 Err((508, "Insufficient Capacity"))
             }
         }
-        _ => Err((447, "Connection Timeout or Failure")),
+        None => {
+            w.server.tcp_peer_closed(relay, peer);
+            Err((447, "Connection Timeout or Failure"))
+        }
     };
     let data = w.server.reply(&reply, outcome);
     w.to_stream(client, data);
@@ -384,14 +383,14 @@ async fn connect_from(relay: SocketAddr, peer: SocketAddr) -> std::io::Result<Tc
 /// A bound client data connection and its peer data connection, joined:
 /// raw bytes both ways until both sides close, either fails, or the
 /// allocation ends.
-async fn pipe<S>(mut client: S, leftover: Vec<u8>, peer: PendingPeer)
+/// `limit`: bytes/s both ways (0 = unlimited), the allocation's bandwidth cap.
+async fn pipe<S>(mut client: S, leftover: Vec<u8>, peer: PendingPeer, limit: u64)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let PendingPeer {
         stream,
         mut ended,
-        limit,
         _gone,
         ..
     } = peer;
@@ -1009,7 +1008,14 @@ where
         let writer = writer_task.abort_handle();
         match tokio::time::timeout(Duration::from_secs(5), writer_task).await {
             Ok(Ok(write_half)) => {
-                pipe(reader.unsplit(write_half), std::mem::take(&mut buf), peer).await;
+                let limit = worker.borrow().server.bandwidth_limit();
+                pipe(
+                    reader.unsplit(write_half),
+                    std::mem::take(&mut buf),
+                    peer,
+                    limit,
+                )
+                .await;
             }
             _ => writer.abort(), // a client that does not read is cut off
         }
@@ -1036,8 +1042,10 @@ async fn peer_gone_loop(
     }
 }
 
-/// Expiry and metrics, once a second per worker.
-async fn timer(worker: Rc<RefCell<Worker>>, region: String, exports_tenants: bool) {
+/// Expiry and metrics, once a second per worker. The `first` worker also
+/// does what is shared: exports the tenant gauges, sweeps unbound peer
+/// connections.
+async fn timer(worker: Rc<RefCell<Worker>>, region: String, first: bool) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut reported = crate::metrics::Reported::default();
     loop {
@@ -1045,10 +1053,12 @@ async fn timer(worker: Rc<RefCell<Worker>>, region: String, exports_tenants: boo
         let mut w = worker.borrow_mut();
         let now = Instant::now();
         // Peer data connections nobody bound in time close (RFC 6062: 30 s).
-        lock(&w.pending).retain(|_, p| p.expires > now);
+        if first {
+            lock(&w.pending).retain(|_, p| p.expires > now);
+        }
         let Worker { server, relays, .. } = &mut *w;
         server.expire(now, relays);
         let dropped = SEND_DROPPED.with(std::cell::Cell::get);
-        crate::metrics::export(server, &mut reported, &region, exports_tenants, dropped);
+        crate::metrics::export(server, &mut reported, &region, first, dropped);
     }
 }

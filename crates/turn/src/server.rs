@@ -602,16 +602,8 @@ impl Server {
     }
 
     fn channel_bind(&mut self, now: Instant, client: Client, msg: &Message) -> Reply {
-        let Some((relay_v6, tcp)) = self
-            .allocations
-            .get(&client)
-            .map(|a| (a.relay.is_ipv6(), a.tcp))
-        else {
-            return Err((437, "Allocation Mismatch"));
-        };
-        if tcp {
-            return Err((400, "Bad Request")); // channels are for UDP relays
-        }
+        // Channels are for UDP relays.
+        let relay_v6 = self.relay_is_v6(client, false)?;
         let Some(channel) = msg
             .attr(attr::CHANNEL_NUMBER)
             .filter(|v| v.len() == 4)
@@ -633,9 +625,7 @@ impl Server {
         }
         a.channels.insert(channel, (peer, now + CHANNEL_LIFETIME));
         a.channel_of.insert(peer, channel);
-        let until = now + PERMISSION_LIFETIME;
-        let p = a.permissions.entry(peer.ip()).or_insert(until);
-        *p = (*p).max(until);
+        extend_permission(a, peer.ip(), now);
         Ok(Builder::new(
             Class::Success,
             method::CHANNEL_BIND,
@@ -764,6 +754,16 @@ impl Server {
         }
     }
 
+    /// Whether `client`'s relay is IPv6; 437 without an allocation, 400 when
+    /// it is not of the transport the request is for (TCP or UDP).
+    fn relay_is_v6(&self, client: Client, tcp: bool) -> Result<bool, (u16, &'static str)> {
+        match self.allocations.get(&client) {
+            None => Err((437, "Allocation Mismatch")),
+            Some(a) if a.tcp != tcp => Err((400, "Bad Request")),
+            Some(a) => Ok(a.relay.is_ipv6()),
+        }
+    }
+
     /// RFC 6062 Connect (on the control connection of a TCP allocation).
     fn connect(
         &mut self,
@@ -773,16 +773,7 @@ impl Server {
         auth: &Auth,
         reply: PendingReply,
     ) -> Result<Output, (u16, &'static str)> {
-        let Some((relay_v6, tcp)) = self
-            .allocations
-            .get(&client)
-            .map(|a| (a.relay.is_ipv6(), a.tcp))
-        else {
-            return Err((437, "Allocation Mismatch"));
-        };
-        if !tcp {
-            return Err((400, "Bad Request"));
-        }
+        let relay_v6 = self.relay_is_v6(client, true)?;
         let peers = self.peers(msg, relay_v6, true)?;
         let [peer] = peers[..] else {
             return Err((400, "Bad Request"));
@@ -796,9 +787,7 @@ impl Server {
         }
         a.tcp_peers.insert(peer);
         // Asking for a connection lets that peer's data back in.
-        let until = now + PERMISSION_LIFETIME;
-        let p = a.permissions.entry(peer.ip()).or_insert(until);
-        *p = (*p).max(until);
+        extend_permission(a, peer.ip(), now);
         Ok(Output::ConnectToPeer {
             client,
             relay: a.relay,
@@ -939,6 +928,13 @@ impl Server {
         relays.close(a.relay);
         self.ledger.release(&a.username, &a.tenant);
     }
+}
+
+/// A permission for `ip` that lasts at least [`PERMISSION_LIFETIME`] from now.
+fn extend_permission(a: &mut Allocation, ip: IpAddr, now: Instant) {
+    let until = now + PERMISSION_LIFETIME;
+    let p = a.permissions.entry(ip).or_insert(until);
+    *p = (*p).max(until);
 }
 
 fn permitted(a: &Allocation, ip: IpAddr, now: Instant) -> bool {

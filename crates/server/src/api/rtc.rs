@@ -247,6 +247,9 @@ fn notice_json(n: continuum_sfu::Notice) -> String {
             mid,
         } => json!({"type": "track_published", "participant": origin.to_string(), "identity": identity,
             "kind": kind(k), "track": format!("{origin}/{mid}")}),
+        Notice::PauseLayers { mid, paused } => {
+            json!({"type": "publish_layers", "mid": mid, "paused": paused})
+        }
         Notice::TrackUnpublished { origin, mid } => {
             json!({"type": "track_unpublished", "participant": origin.to_string(), "track": format!("{origin}/{mid}")})
         }
@@ -375,9 +378,6 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     Some(json!({"type": "speaker", "participant": participant, "identity": identity}).to_string())
                 }
                 Some(ToClient::Notice(n)) => Some(notice_json(n)),
-                Some(ToClient::PublishLayers { mid, paused }) => {
-                    Some(json!({"type": "publish_layers", "mid": mid, "paused": paused}).to_string())
-                }
                 Some(ToClient::Muted { participant, identity, kind, muted }) => Some(
                     json!({"type": "muted", "participant": participant, "identity": identity, "kind": kind, "muted": muted}).to_string(),
                 ),
