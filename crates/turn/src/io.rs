@@ -161,7 +161,7 @@ fn new_connection_id(pending: &PendingPeers) -> u32 {
 
 struct RelayTable {
     ips: Vec<IpAddr>,
-    sockets: HashMap<SocketAddr, (Rc<UdpSocket>, tokio::task::AbortHandle)>,
+    sockets: foldhash::HashMap<SocketAddr, (Rc<UdpSocket>, tokio::task::AbortHandle)>,
     /// TCP relays: the accept task, and the signal that ends their data connections.
     tcp: HashMap<SocketAddr, (tokio::task::AbortHandle, watch::Sender<bool>)>,
     held: Held,
@@ -475,9 +475,52 @@ thread_local! {
     /// and every relay task (they run one at a time on the worker's thread,
     /// and never hold it across an await): a relay costs no buffer.
     static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
+    static FLUSH: RefCell<Flush> = RefCell::new(Flush::default());
     /// Datagrams the kernel refused (full socket buffers): the worker's
     /// saturation signal, exported by its timer.
     static SEND_DROPPED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The worker's deferred flush: sends queued by every socket task that runs
+/// in one wake-up leave together, after them (the flusher is woken behind
+/// them in the run queue), so datagrams to one socket share a `sendmmsg`:
+/// the client-bound ChannelData of many relays goes out in one call.
+#[derive(Default)]
+struct Flush {
+    requested: bool,
+    waker: Option<std::task::Waker>,
+}
+
+impl Flush {
+    fn request(&mut self) {
+        if !self.requested {
+            self.requested = true;
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+async fn flusher() {
+    loop {
+        std::future::poll_fn(|cx| {
+            FLUSH.with_borrow_mut(|f| {
+                if f.requested {
+                    f.requested = false;
+                    std::task::Poll::Ready(())
+                } else {
+                    f.waker = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            })
+        })
+        .await;
+        let dropped = BATCH.with_borrow_mut(Batch::flush) as u64;
+        if dropped > 0 {
+            SEND_DROPPED.with(|c| c.set(c.get() + dropped));
+        }
+    }
 }
 
 /// Receives batches from `socket` until it is empty, handing each batch to
@@ -495,15 +538,14 @@ async fn read_batches(socket: &UdpSocket, mut each: impl FnMut(&mut Batch, usize
             let (full, keep_going) = BATCH.with_borrow_mut(|batch| {
                 let r = socket.try_io(Interest::READABLE, || {
                     got = batch.recv(fd)?;
-                    if got < continuum_udp::BATCH {
+                    if batch.drained() {
                         return Err(std::io::ErrorKind::WouldBlock.into());
                     }
                     Ok(())
                 });
                 let keep_going = got == 0 || each(batch, got);
-                let dropped = batch.flush() as u64;
-                if dropped > 0 {
-                    SEND_DROPPED.with(|c| c.set(c.get() + dropped));
+                if batch.has_pending() {
+                    FLUSH.with_borrow_mut(Flush::request);
                 }
                 (r.is_ok(), keep_going)
             });
@@ -796,7 +838,7 @@ fn run_worker(a: WorkerArgs) -> std::io::Result<()> {
             server: a.server,
             relays: RelayTable {
                 ips: a.listen.relay_ips.clone(),
-                sockets: HashMap::new(),
+                sockets: Default::default(),
                 tcp: HashMap::new(),
                 held: a.held,
                 worker: me.clone(),
@@ -809,6 +851,7 @@ fn run_worker(a: WorkerArgs) -> std::io::Result<()> {
         })
     });
     tokio::task::spawn_local(peer_gone_loop(gone_notices, Rc::downgrade(&worker)));
+    tokio::task::spawn_local(flusher());
     if let Some(udp) = udp {
         tokio::task::spawn_local(udp_loop(udp, worker.clone()));
     }

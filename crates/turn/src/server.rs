@@ -11,6 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The per-packet tables: foldhash (seeded per process) instead of SipHash,
+/// which showed in relay profiles. Keys come from authenticated requests or
+/// from our own relay addresses, so flooding them takes credentials and quota.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
 const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// TCP peer connections one TCP allocation may have or be making: a client
@@ -165,9 +170,9 @@ struct Allocation {
     username: String,
     tenant: String,
     expires: Instant,
-    permissions: HashMap<IpAddr, Instant>,
-    channels: HashMap<u16, (SocketAddr, Instant)>,
-    channel_of: HashMap<SocketAddr, u16>,
+    permissions: FastMap<IpAddr, Instant>,
+    channels: FastMap<u16, (SocketAddr, Instant)>,
+    channel_of: FastMap<SocketAddr, u16>,
     /// Bandwidth cap: (window start, bytes in window).
     window: (Instant, u64),
     /// A TCP allocation (RFC 6062), and the peers it has (or is making) a
@@ -181,8 +186,8 @@ pub struct Server {
     nonces: Nonces,
     /// Quotas, reservations and the challenge limiter, shared by workers.
     ledger: Arc<Ledger>,
-    allocations: HashMap<Client, Allocation>,
-    by_relay: HashMap<SocketAddr, Client>,
+    allocations: FastMap<Client, Allocation>,
+    by_relay: FastMap<SocketAddr, Client>,
     pub stats: Stats,
 }
 
@@ -213,8 +218,8 @@ impl Server {
             nonces: Nonces::new(cfg.nonce_key, cfg.nonce_lifetime),
             cfg,
             ledger,
-            allocations: HashMap::new(),
-            by_relay: HashMap::new(),
+            allocations: FastMap::default(),
+            by_relay: FastMap::default(),
             stats: Stats::default(),
         }
     }
@@ -496,9 +501,9 @@ impl Server {
                 username: auth.username.clone(),
                 tenant: tenant.clone(),
                 expires: now + lifetime,
-                permissions: HashMap::new(),
-                channels: HashMap::new(),
-                channel_of: HashMap::new(),
+                permissions: FastMap::default(),
+                channels: FastMap::default(),
+                channel_of: FastMap::default(),
                 window: (now, 0),
                 tcp,
                 tcp_peers: Default::default(),

@@ -20,6 +20,10 @@ use std::os::fd::RawFd;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
+/// Datagrams per `sendmmsg` at most (its headers live on the stack).
+const SEND_CHUNK: usize = 64;
+/// A receive with fewer free slots than this flushes queued sends first.
+const MIN_FREE_SLOTS: usize = BATCH / 4;
 /// Room in front of each received datagram (a ChannelData header).
 pub const HEADROOM: usize = 4;
 /// The largest UDP payload, plus headroom. Untouched slot pages are never
@@ -50,12 +54,26 @@ struct Pending {
 }
 
 /// One thread's receive slots and the sends they produced.
+///
+/// Sends may be queued across several receives (from several sockets) and
+/// flushed once: a receive then only fills the slots no queued send points
+/// at, and flushes first when too few are left.
 pub struct Batch {
     bufs: Vec<u8>,
     from: Vec<SocketAddr>,
     lens: Vec<usize>,
     pending: Vec<Pending>,
     gso: bool,
+    /// Slots `0..reserved` hold datagrams queued sends point at.
+    reserved: usize,
+    /// The first slot of the last receive, and how many it asked for.
+    base: usize,
+    requested: usize,
+    /// Datagrams dropped by flushes a receive made, not yet reported.
+    dropped: usize,
+    /// Scratch for [`Batch::send_chunk`], kept so sending allocates nothing.
+    groups: Vec<(usize, usize)>,
+    names: Vec<SockAddr>,
 }
 
 impl Default for Batch {
@@ -74,6 +92,12 @@ impl Batch {
             lens: Vec::with_capacity(BATCH),
             pending: Vec::with_capacity(BATCH * 2),
             gso: true,
+            reserved: 0,
+            base: 0,
+            requested: 0,
+            dropped: 0,
+            groups: Vec::with_capacity(SEND_CHUNK),
+            names: Vec::with_capacity(SEND_CHUNK),
         }
     }
 
@@ -84,19 +108,27 @@ impl Batch {
         self
     }
 
-    /// Receives up to [`BATCH`] datagrams without blocking; `Ok(0)` never
-    /// happens (an empty socket is `WouldBlock`).
+    /// Receives up to [`BATCH`] datagrams without blocking (fewer when queued
+    /// sends hold slots); `Ok(0)` never happens (an empty socket is
+    /// `WouldBlock`). [`Batch::drained`] tells whether the socket was emptied.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.from.clear();
         self.lens.clear();
+        if BATCH - self.reserved < MIN_FREE_SLOTS {
+            self.dropped += self.send_pending();
+        }
+        self.base = self.reserved;
+        self.requested = BATCH - self.base;
         // SAFETY: plain-old-data C structs, all-zero is a valid value.
         let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
         let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        for (i, (v, h)) in iov.iter_mut().zip(hdrs.iter_mut()).enumerate() {
-            v.iov_base = self.bufs[i * SLOT + HEADROOM..].as_mut_ptr().cast();
+        let entries = iov.iter_mut().zip(hdrs.iter_mut()).zip(names.iter_mut());
+        for (i, ((v, h), name)) in entries.take(self.requested).enumerate() {
+            let slot = self.base + i;
+            v.iov_base = self.bufs[slot * SLOT + HEADROOM..].as_mut_ptr().cast();
             v.iov_len = SLOT - HEADROOM;
-            h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
             h.msg_hdr.msg_iov = v;
             h.msg_hdr.msg_iovlen = 1;
@@ -107,7 +139,7 @@ impl Batch {
             libc::recvmmsg(
                 fd,
                 hdrs.as_mut_ptr(),
-                BATCH as u32,
+                self.requested as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -126,21 +158,36 @@ impl Batch {
         Ok(self.from.len())
     }
 
+    /// Whether the last receive emptied its socket (it got fewer datagrams
+    /// than it had room for).
+    pub fn drained(&self) -> bool {
+        self.from.len() < self.requested
+    }
+
+    /// Whether sends are queued.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Datagram `i` of the last receive: its sender, and its slot, whose
     /// bytes `HEADROOM..HEADROOM + len` hold it.
     pub fn slot(&mut self, i: usize) -> (SocketAddr, &mut [u8], usize) {
-        let slot = &mut self.bufs[i * SLOT..(i + 1) * SLOT];
+        let s = self.base + i;
+        let slot = &mut self.bufs[s * SLOT..(s + 1) * SLOT];
         (self.from[i], slot, self.lens[i])
     }
 
-    /// Queues bytes `bytes` of slot `slot` for `to` through `fd`.
+    /// Queues bytes `bytes` of datagram `i`'s slot (of the last receive)
+    /// for `to` through `fd`; the slot is kept until the next flush.
     pub fn send_slot(
         &mut self,
         fd: RawFd,
         to: SocketAddr,
-        slot: usize,
+        i: usize,
         bytes: std::ops::Range<usize>,
     ) {
+        let slot = self.base + i;
+        self.reserved = self.reserved.max(slot + 1);
         self.pending.push(Pending {
             fd,
             to,
@@ -160,8 +207,13 @@ impl Batch {
     /// Sends everything queued: one `sendmmsg` per socket, equal-size runs to
     /// one destination as one GSO send. UDP is best effort: what a full
     /// socket buffer refuses is dropped, like the network would; returns how
-    /// many datagrams were dropped.
+    /// many datagrams were dropped (including by flushes a receive made).
     pub fn flush(&mut self) -> usize {
+        self.send_pending() + std::mem::take(&mut self.dropped)
+    }
+
+    fn send_pending(&mut self) -> usize {
+        self.reserved = 0;
         if self.pending.is_empty() {
             return 0;
         }
@@ -192,13 +244,30 @@ impl Batch {
         }
     }
 
-    /// Sends `pending[start..end]` (one socket).
+    /// Sends `pending[start..end]` (one socket), [`SEND_CHUNK`] at a time.
     fn send_run(&mut self, start: usize, end: usize) -> usize {
+        let mut dropped = 0;
+        let mut s = start;
+        while s < end {
+            let e = (s + SEND_CHUNK).min(end);
+            dropped += self.send_chunk(s, e);
+            s = e;
+        }
+        dropped
+    }
+
+    /// Sends `pending[start..end]` (one socket, at most [`SEND_CHUNK`]) in
+    /// one `sendmmsg`, with no allocation: headers live on the stack,
+    /// names and groups in scratch vectors the batch keeps.
+    fn send_chunk(&mut self, start: usize, end: usize) -> usize {
         let fd = self.pending[start].fd;
+        let mut groups = std::mem::take(&mut self.groups);
+        let mut names = std::mem::take(&mut self.names);
+        groups.clear();
+        names.clear();
         let run = &self.pending[start..end];
         // Group: consecutive datagrams to one destination, all of one size
         // but the last (which may be shorter), become one GSO message.
-        let mut groups: Vec<(usize, usize)> = Vec::with_capacity(run.len());
         let mut i = 0;
         while i < run.len() {
             let size = self.bytes(&run[i]).len();
@@ -216,23 +285,22 @@ impl Batch {
                 }
             }
             groups.push((i, j));
+            names.push(run[i].to.into());
             i = j;
         }
-        let names: Vec<SockAddr> = groups.iter().map(|(i, _)| run[*i].to.into()).collect();
-        let mut iov: Vec<libc::iovec> = run
-            .iter()
-            .map(|p| {
-                let b = self.bytes(p);
-                libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                }
-            })
-            .collect();
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; SEND_CHUNK];
+        for (v, p) in iov.iter_mut().zip(run) {
+            let b = self.bytes(p);
+            v.iov_base = b.as_ptr() as *mut libc::c_void;
+            v.iov_len = b.len();
+        }
         // CMSG_SPACE(sizeof(u16)) is 24 bytes on 64-bit; u64s keep cmsghdr aligned.
-        let mut control = vec![[0u64; 4]; groups.len()];
+        let mut control = [[0u64; 4]; SEND_CHUNK];
         // SAFETY: plain-old-data C struct, all-zero is a valid value.
-        let mut hdrs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; groups.len()];
+        let mut hdrs: [libc::mmsghdr; SEND_CHUNK] = unsafe { std::mem::zeroed() };
         for (k, (i, j)) in groups.iter().enumerate() {
             let h = &mut hdrs[k].msg_hdr;
             h.msg_name = names[k].as_ptr() as *mut libc::c_void;
@@ -246,6 +314,7 @@ impl Batch {
                 unsafe { write_gso_cmsg(h, &mut control[k], segment) };
             }
         }
+        let hdrs = &mut hdrs[..groups.len()];
         let mut sent = 0;
         while sent < hdrs.len() {
             // SAFETY: every header points at live names, iovecs and control
@@ -270,7 +339,10 @@ impl Batch {
             }
             sent += n as usize;
         }
-        hdrs.iter().filter(|h| h.msg_len == 0).count()
+        let dropped = hdrs.iter().filter(|h| h.msg_len == 0).count();
+        self.groups = groups;
+        self.names = names;
+        dropped
     }
 }
 
@@ -452,5 +524,51 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = y.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"\x40\x00\x00\x0bhello world");
+    }
+
+    #[test]
+    fn queued_slot_sends_survive_later_receives_until_the_flush() {
+        let (a, b) = pair();
+        let (out, sink) = pair();
+        let mut batch = Batch::new();
+        // 100 one-datagram receives (as from 100 relay sockets), each
+        // queuing a send of its slot: more than the batch has slots, so some
+        // receives must flush first; every datagram still leaves intact and
+        // in order, none overwritten by a later receive.
+        for i in 0..100u8 {
+            a.send_to(&[i; 40], b.local_addr().unwrap()).unwrap();
+            assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 1);
+            assert!(
+                batch.drained(),
+                "one datagram is less than the room asked for"
+            );
+            batch.send_slot(
+                out.as_raw_fd(),
+                sink.local_addr().unwrap(),
+                0,
+                HEADROOM..HEADROOM + 40,
+            );
+            assert!(batch.has_pending());
+        }
+        assert_eq!(batch.flush(), 0);
+        assert!(!batch.has_pending());
+        let mut buf = [0u8; 64];
+        for i in 0..100u8 {
+            let n = sink.recv(&mut buf).unwrap();
+            assert_eq!((n, buf[0], buf[39]), (40, i, i));
+        }
+    }
+
+    #[test]
+    fn a_full_receive_is_not_drained() {
+        let (a, b) = pair();
+        let mut batch = Batch::new();
+        for i in 0..BATCH as u8 + 1 {
+            a.send_to(&[i; 8], b.local_addr().unwrap()).unwrap();
+        }
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), BATCH);
+        assert!(!batch.drained());
+        assert_eq!(batch.recv(b.as_raw_fd()).unwrap(), 1);
+        assert!(batch.drained());
     }
 }
