@@ -19,7 +19,9 @@ WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 PEER_PORT=13480
-turnutils_peer -L 127.0.0.1 -p $PEER_PORT >/dev/null 2>&1 &
+# Its own session too: a coturn tool that signals its process group must
+# not end this script (seen: a run ending silently after one load).
+setsid turnutils_peer -L 127.0.0.1 -p $PEER_PORT >/dev/null 2>&1 &
 
 cat > "$WORK/continuum.toml" <<TOML
 [server]

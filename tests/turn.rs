@@ -1011,8 +1011,10 @@ async fn tcp_allocations_connect_bind_and_refuse() {
     );
 }
 
-/// The per-allocation bandwidth cap holds on TCP relays too: a capped data
-/// connection slows its senders (TCP flow control) and loses nothing.
+/// The per-allocation bandwidth cap holds on TCP relays too, as one budget
+/// for all of an allocation's data connections: capped connections slow
+/// their senders (TCP flow control) and lose nothing; their bytes are
+/// counted in the relayed-bytes metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_relays_keep_to_the_bandwidth_cap() {
     use continuum_turn::stun::{Message, attr, method};
@@ -1024,40 +1026,69 @@ async fn tcp_relays_keep_to_the_bandwidth_cap() {
         &format!("{WITH_LOOPBACK_PEERS}bandwidth_kbps = 160\n"),
     );
     let (_, tcp) = ports(&s).await;
-    let echo = tcp_echo_peer();
     let mut control = StreamTurn::connect(tcp);
     control.ask(
         method::ALLOCATE,
         &[(attr::REQUESTED_TRANSPORT, vec![6, 0, 0, 0])],
     );
-    let reply = control.ask(method::CONNECT, &[(attr::XOR_PEER_ADDRESS, xor_peer(echo))]);
-    let m = Message::parse(&reply).unwrap();
-    let id = m.u32_attr(attr::CONNECTION_ID).expect("a CONNECTION-ID");
-    let mut data = StreamTurn::connect(tcp);
-    assert_eq!(
-        data.code(
-            method::CONNECTION_BIND,
-            &[(attr::CONNECTION_ID, id.to_be_bytes().to_vec())]
-        ),
-        200
-    );
-    // 30,000 bytes out and echoed back: 60,000 bytes through the cap.
-    let payload: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+    // Two peers, one data connection each, 20,000 bytes out and echoed
+    // back on each: 80,000 bytes through the allocation's cap.
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let mut data_connections = Vec::new();
+    for _ in 0..2 {
+        let echo = tcp_echo_peer();
+        let reply = control.ask(method::CONNECT, &[(attr::XOR_PEER_ADDRESS, xor_peer(echo))]);
+        let m = Message::parse(&reply).unwrap();
+        let id = m.u32_attr(attr::CONNECTION_ID).expect("a CONNECTION-ID");
+        let mut data = StreamTurn::connect(tcp);
+        assert_eq!(
+            data.code(
+                method::CONNECTION_BIND,
+                &[(attr::CONNECTION_ID, id.to_be_bytes().to_vec())]
+            ),
+            200
+        );
+        data_connections.push(data);
+    }
     let started = std::time::Instant::now();
-    let mut writer = data.stream.try_clone().unwrap();
-    let sent = payload.clone();
-    let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
-    data.stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut echoed = vec![0u8; payload.len()];
-    data.stream.read_exact(&mut echoed).unwrap();
-    sender.join().unwrap();
+    let transfers: Vec<_> = data_connections
+        .into_iter()
+        .map(|data| {
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                let mut writer = data.stream.try_clone().unwrap();
+                let sent = payload.clone();
+                let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
+                let mut reader = data.stream;
+                reader
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut echoed = vec![0u8; payload.len()];
+                reader.read_exact(&mut echoed).unwrap();
+                sender.join().unwrap();
+                echoed == payload
+            })
+        })
+        .collect();
+    for t in transfers {
+        assert!(t.join().unwrap(), "every byte arrives, in order");
+    }
     let took = started.elapsed();
-    assert!(echoed == payload, "every byte arrives, in order");
-    // One second's budget goes at once; the other 40,000 bytes need 2 s more.
+    // At 20,000 bytes/s for the allocation (reads may overdraw a second by
+    // one 8 KiB buffer each, charged to the next), 80,000 bytes need 3 s;
+    // a cap per connection would let them through in 1 s.
     assert!(
-        took >= Duration::from_millis(1500),
-        "60,000 bytes at 20,000 bytes/s took only {took:?}"
+        took >= Duration::from_millis(2500),
+        "80,000 bytes at 20,000 bytes/s took only {took:?}"
     );
+    let m = wait_metric(&s, "continuum_turn_bytes_to_clients_total", "", 40_000.0).await;
+    for name in [
+        "continuum_turn_bytes_to_peers_total",
+        "continuum_turn_bytes_to_clients_total",
+    ] {
+        assert!(
+            metric(&m, name, "").unwrap_or(0.0) >= 40_000.0,
+            "{name} counts TCP-relayed bytes:\n{m}"
+        );
+    }
 }

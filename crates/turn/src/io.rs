@@ -75,9 +75,19 @@ struct PendingPeer {
     /// The allocation's user: the ConnectionBind must come with the same.
     username: String,
     expires: Instant,
+    share: TcpShare,
+    _gone: PeerGone,
+}
+
+/// What the data connections of one TCP relay share, on whichever workers
+/// they run.
+#[derive(Clone)]
+struct TcpShare {
     /// Turns true when the allocation ends: its data connections close.
     ended: watch::Receiver<bool>,
-    _gone: PeerGone,
+    /// The allocation's bandwidth budget, both ways and all its
+    /// connections: (one-second window start, bytes spent in it).
+    budget: Arc<Mutex<(Instant, u64)>>,
 }
 
 /// Dropped when a peer data connection ends (whichever worker ran it): the
@@ -126,13 +136,13 @@ impl Worker {
         peer: SocketAddr,
         stream: std::net::TcpStream,
         username: String,
-        ended: watch::Receiver<bool>,
+        share: TcpShare,
     ) -> bool {
         let entry = PendingPeer {
             stream,
             username,
             expires: Instant::now() + BIND_WAIT,
-            ended,
+            share,
             _gone: PeerGone {
                 relay,
                 peer,
@@ -162,8 +172,9 @@ fn new_connection_id(pending: &PendingPeers) -> u32 {
 struct RelayTable {
     ips: Vec<IpAddr>,
     sockets: foldhash::HashMap<SocketAddr, (Rc<UdpSocket>, tokio::task::AbortHandle)>,
-    /// TCP relays: the accept task, and the signal that ends their data connections.
-    tcp: HashMap<SocketAddr, (tokio::task::AbortHandle, watch::Sender<bool>)>,
+    /// TCP relays: the accept task, the signal that ends their data
+    /// connections, and what those share.
+    tcp: HashMap<SocketAddr, (tokio::task::AbortHandle, watch::Sender<bool>, TcpShare)>,
     held: Held,
     /// Set once the worker runs: relay reader tasks call back into it.
     worker: Weak<RefCell<Worker>>,
@@ -223,9 +234,9 @@ impl RelayTable {
         self.sockets.get(relay).map(|(s, _)| s.as_raw_fd())
     }
 
-    /// The end signal of a live TCP relay.
-    fn ended(&self, relay: &SocketAddr) -> Option<watch::Receiver<bool>> {
-        self.tcp.get(relay).map(|(_, ended)| ended.subscribe())
+    /// What the data connections of a live TCP relay share.
+    fn tcp_share(&self, relay: &SocketAddr) -> Option<TcpShare> {
+        self.tcp.get(relay).map(|(_, _, share)| share.clone())
     }
 }
 
@@ -267,9 +278,18 @@ impl Relays for RelayTable {
         let listener = socket.listen(128)?;
         let addr = listener.local_addr()?;
         let (ended_tx, ended) = watch::channel(false);
-        let task =
-            tokio::task::spawn_local(tcp_relay_accept(listener, addr, self.worker.clone(), ended));
-        self.tcp.insert(addr, (task.abort_handle(), ended_tx));
+        let share = TcpShare {
+            ended,
+            budget: Arc::new(Mutex::new((Instant::now(), 0))),
+        };
+        let task = tokio::task::spawn_local(tcp_relay_accept(
+            listener,
+            addr,
+            self.worker.clone(),
+            share.clone(),
+        ));
+        self.tcp
+            .insert(addr, (task.abort_handle(), ended_tx, share));
         Ok(addr)
     }
 
@@ -278,7 +298,7 @@ impl Relays for RelayTable {
         if let Some((_, task)) = self.sockets.remove(&relay) {
             task.abort();
         }
-        if let Some((task, ended)) = self.tcp.remove(&relay) {
+        if let Some((task, ended, _)) = self.tcp.remove(&relay) {
             task.abort();
             let _ = ended.send(true);
         }
@@ -291,7 +311,7 @@ async fn tcp_relay_accept(
     listener: TcpListener,
     relay: SocketAddr,
     worker: Weak<RefCell<Worker>>,
-    ended: watch::Receiver<bool>,
+    share: TcpShare,
 ) {
     let mut out = Vec::new();
     loop {
@@ -311,7 +331,7 @@ async fn tcp_relay_accept(
             continue;
         };
         let filed = match stream.into_std() {
-            Ok(stream) => w.file_pending(id, relay, peer, stream, username, ended.clone()),
+            Ok(stream) => w.file_pending(id, relay, peer, stream, username, share.clone()),
             Err(_) => {
                 w.server.tcp_peer_closed(relay, peer);
                 false
@@ -336,21 +356,21 @@ async fn connect_to_peer(
     reply: PendingReply,
 ) {
     // (No relay any more: the allocation ended while this was queued.)
-    let ended = worker.borrow().relays.ended(&relay);
-    let connected = match ended {
-        Some(ended) => tokio::time::timeout(CONNECT_TIMEOUT, connect_from(relay, peer))
+    let share = worker.borrow().relays.tcp_share(&relay);
+    let connected = match share {
+        Some(share) => tokio::time::timeout(CONNECT_TIMEOUT, connect_from(relay, peer))
             .await
             .ok()
             .and_then(Result::ok)
             .and_then(|s| s.into_std().ok())
-            .map(|s| (s, ended)),
+            .map(|s| (s, share)),
         None => None,
     };
     let mut w = worker.borrow_mut();
     let outcome = match connected {
-        Some((stream, ended)) => {
+        Some((stream, share)) => {
             let id = new_connection_id(&w.pending);
-            if w.file_pending(id, relay, peer, stream, username, ended) {
+            if w.file_pending(id, relay, peer, stream, username, share) {
                 w.server.tcp_peer_connected();
                 Ok(Some(id))
             } else {
@@ -383,35 +403,30 @@ async fn connect_from(relay: SocketAddr, peer: SocketAddr) -> std::io::Result<Tc
 /// A bound client data connection and its peer data connection, joined:
 /// raw bytes both ways until both sides close, either fails, or the
 /// allocation ends.
-/// `limit`: bytes/s both ways (0 = unlimited), the allocation's bandwidth cap.
-async fn pipe<S>(mut client: S, leftover: Vec<u8>, peer: PendingPeer, limit: u64)
+/// `limit`: the allocation's bandwidth cap in bytes/s (0 = none), one budget
+/// for both directions of all its data connections.
+async fn pipe<S>(client: S, leftover: Vec<u8>, peer: PendingPeer, limit: u64)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let PendingPeer {
         stream,
-        mut ended,
+        share,
         _gone,
         ..
     } = peer;
+    let TcpShare { mut ended, budget } = share;
     let Ok(mut stream) = TcpStream::from_std(stream) else {
         return;
     };
     let relay = async {
         stream.write_all(&leftover).await?;
-        if limit == 0 {
-            return tokio::io::copy_bidirectional(&mut client, &mut stream)
-                .await
-                .map(|_| ());
-        }
-        // Capped: both directions draw on one budget; while it is spent we
-        // stop reading, and TCP flow control slows the senders (nothing is
-        // dropped, unlike a capped UDP relay).
-        let budget = std::cell::Cell::new((Instant::now(), 0u64));
+        count_tcp_relayed(Direction::ToPeer, leftover.len());
         let (mut client_r, mut client_w) = tokio::io::split(client);
         let (mut peer_r, mut peer_w) = stream.split();
-        let up = throttled_copy(&mut client_r, &mut peer_w, &budget, limit);
-        let down = throttled_copy(&mut peer_r, &mut client_w, &budget, limit);
+        let cap = (limit > 0).then_some((&*budget, limit));
+        let up = relay_copy(&mut client_r, &mut peer_w, cap, Direction::ToPeer);
+        let down = relay_copy(&mut peer_r, &mut client_w, cap, Direction::ToClient);
         tokio::try_join!(up, down).map(|_| ())
     };
     tokio::select! {
@@ -420,13 +435,35 @@ where
     }
 }
 
-/// Copies `from` to `to` (then shuts `to` down), spending a one-second
-/// budget of `limit` bytes shared with the other direction.
-async fn throttled_copy<R, W>(
+#[derive(Clone, Copy)]
+enum Direction {
+    ToPeer,
+    ToClient,
+}
+
+/// Adds TCP-relayed bytes to this worker's counts (exported by its timer
+/// with the UDP relays' bytes).
+fn count_tcp_relayed(direction: Direction, bytes: usize) {
+    TCP_RELAYED.with(|c| {
+        let (to_peers, to_clients) = c.get();
+        c.set(match direction {
+            Direction::ToPeer => (to_peers + bytes as u64, to_clients),
+            Direction::ToClient => (to_peers, to_clients + bytes as u64),
+        });
+    });
+}
+
+/// Copies `from` to `to` (then shuts `to` down), counting the bytes. With
+/// a cap, reads are charged to the allocation's budget: while a second's
+/// budget is spent this side stops reading and TCP flow control slows the
+/// sender (nothing is dropped, unlike a capped UDP relay). A read may
+/// overdraw by one buffer; the overdraft is charged to the next second, so
+/// the rate over time is the cap.
+async fn relay_copy<R, W>(
     from: &mut R,
     to: &mut W,
-    budget: &std::cell::Cell<(Instant, u64)>,
-    limit: u64,
+    cap: Option<(&Mutex<(Instant, u64)>, u64)>,
+    direction: Direction,
 ) -> std::io::Result<()>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -434,22 +471,30 @@ where
 {
     let mut buf = vec![0u8; 8 << 10];
     loop {
-        let (start, spent) = budget.get();
-        let elapsed = start.elapsed();
-        if elapsed >= Duration::from_secs(1) {
-            budget.set((Instant::now(), 0));
-        } else if spent >= limit {
-            tokio::time::sleep(Duration::from_secs(1) - elapsed).await;
-            continue;
+        if let Some((budget, limit)) = cap {
+            let wait = {
+                let mut b = lock(budget);
+                let seconds = b.0.elapsed().as_secs();
+                if seconds > 0 {
+                    b.1 = b.1.saturating_sub(limit.saturating_mul(seconds));
+                    b.0 += Duration::from_secs(seconds);
+                }
+                (b.1 >= limit).then(|| Duration::from_secs(1).saturating_sub(b.0.elapsed()))
+            };
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+                continue;
+            }
         }
-        let room = (limit - budget.get().1).min(buf.len() as u64) as usize;
-        let n = from.read(&mut buf[..room.max(1)]).await?;
+        let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
+        if let Some((budget, _)) = cap {
+            lock(budget).1 += n as u64;
+        }
         to.write_all(&buf[..n]).await?;
-        let (start, spent) = budget.get();
-        budget.set((start, spent + n as u64));
+        count_tcp_relayed(direction, n);
     }
 }
 
@@ -476,6 +521,9 @@ thread_local! {
     /// and never hold it across an await): a relay costs no buffer.
     static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
     static FLUSH: RefCell<Flush> = RefCell::new(Flush::default());
+    /// Bytes this worker's TCP data connections relayed (RFC 6062): to
+    /// peers, to clients.
+    static TCP_RELAYED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
     /// Datagrams the kernel refused (full socket buffers): the worker's
     /// saturation signal, exported by its timer.
     static SEND_DROPPED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
@@ -1019,7 +1067,9 @@ where
                             let peer = {
                                 let mut pending = lock(&w.pending);
                                 let valid = pending.get(&id).is_some_and(|p| {
-                                    p.username == username && p.expires > now && !*p.ended.borrow()
+                                    p.username == username
+                                        && p.expires > now
+                                        && !*p.share.ended.borrow()
                                 });
                                 if valid { pending.remove(&id) } else { None }
                             };
@@ -1101,7 +1151,12 @@ async fn timer(worker: Rc<RefCell<Worker>>, region: String, first: bool) {
         }
         let Worker { server, relays, .. } = &mut *w;
         server.expire(now, relays);
-        let dropped = SEND_DROPPED.with(std::cell::Cell::get);
-        crate::metrics::export(server, &mut reported, &region, first, dropped);
+        let (tcp_bytes_to_peers, tcp_bytes_to_clients) = TCP_RELAYED.with(std::cell::Cell::get);
+        let io = crate::metrics::IoCounts {
+            send_dropped: SEND_DROPPED.with(std::cell::Cell::get),
+            tcp_bytes_to_peers,
+            tcp_bytes_to_clients,
+        };
+        crate::metrics::export(server, &mut reported, &region, first, io);
     }
 }

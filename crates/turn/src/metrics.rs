@@ -13,7 +13,18 @@ pub(crate) struct Reported {
     permissions: usize,
     channels: usize,
     tenants: Vec<String>,
-    send_dropped: u64,
+    io: IoCounts,
+}
+
+/// What a worker's IO layer counts itself (running totals).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IoCounts {
+    /// Datagrams the kernel refused (full socket buffers).
+    pub send_dropped: u64,
+    /// Bytes TCP data connections (RFC 6062) relayed, to peers and to
+    /// clients: added to the relayed-bytes counters.
+    pub tcp_bytes_to_peers: u64,
+    pub tcp_bytes_to_clients: u64,
 }
 
 pub(crate) fn export(
@@ -21,16 +32,33 @@ pub(crate) fn export(
     last: &mut Reported,
     region: &str,
     tenants: bool,
-    send_dropped: u64,
+    io: IoCounts,
 ) {
     let s = &server.stats;
     let reported = &last.stats;
     let r = region.to_owned();
-    if send_dropped > last.send_dropped {
-        metrics::counter!("continuum_turn_send_dropped_total", "region" => r.clone())
-            .increment(send_dropped - last.send_dropped);
-        last.send_dropped = send_dropped;
+    for (name, now, before) in [
+        (
+            "continuum_turn_send_dropped_total",
+            io.send_dropped,
+            last.io.send_dropped,
+        ),
+        (
+            "continuum_turn_bytes_to_peers_total",
+            io.tcp_bytes_to_peers,
+            last.io.tcp_bytes_to_peers,
+        ),
+        (
+            "continuum_turn_bytes_to_clients_total",
+            io.tcp_bytes_to_clients,
+            last.io.tcp_bytes_to_clients,
+        ),
+    ] {
+        if now > before {
+            metrics::counter!(name, "region" => r.clone()).increment(now - before);
+        }
     }
+    last.io = io;
     let counters = [
         (
             "continuum_turn_allocations_created_total",
