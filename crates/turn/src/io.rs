@@ -295,8 +295,13 @@ impl Relays for RelayTable {
 
     fn close(&mut self, relay: SocketAddr) {
         lock(&self.held).remove(&relay);
-        if let Some((_, task)) = self.sockets.remove(&relay) {
+        if let Some((socket, task)) = self.sockets.remove(&relay) {
             task.abort();
+            // Sends queued through this socket leave at the next flush; until
+            // then it stays open, so its descriptor cannot be reused by a
+            // new socket and a queued datagram leave from the wrong port.
+            CLOSING.with_borrow_mut(|c| c.push(socket));
+            FLUSH.with_borrow_mut(Flush::request);
         }
         if let Some((task, ended, _)) = self.tcp.remove(&relay) {
             task.abort();
@@ -521,6 +526,8 @@ thread_local! {
     /// and never hold it across an await): a relay costs no buffer.
     static BATCH: RefCell<Batch> = RefCell::new(Batch::new());
     static FLUSH: RefCell<Flush> = RefCell::new(Flush::default());
+    /// Relay sockets closed since the last flush, kept open until it.
+    static CLOSING: RefCell<Vec<Rc<UdpSocket>>> = const { RefCell::new(Vec::new()) };
     /// Bytes this worker's TCP data connections relayed (RFC 6062): to
     /// peers, to clients.
     static TCP_RELAYED: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
@@ -568,6 +575,7 @@ async fn flusher() {
         if dropped > 0 {
             SEND_DROPPED.with(|c| c.set(c.get() + dropped));
         }
+        CLOSING.with_borrow_mut(Vec::clear);
     }
 }
 
