@@ -10,6 +10,9 @@
 #   QUICK=1 bench/turn-vs-coturn.sh    # smaller loads
 #   ONLY=continuum:1 ...               # one server; continuum:N runs N relay threads
 #                                      # (plain `continuum`: one per core)
+#   ROUNDS=3 bench/turn-vs-coturn.sh   # all servers up at once, each load run on
+#                                      # each server in turn, 3 rounds, then medians
+#                                      # (this VM drifts; interleaving evens it out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v turnserver >/dev/null || { echo "needs coturn: apt-get install -y coturn" >&2; exit 1; }
@@ -47,12 +50,15 @@ start_server() { # name → pid in $SERVER_PID
       SERVER_PID=$!; PORT=13479 ;;
     continuum*)
       local threads=0; [[ $1 == continuum:* ]] && threads=${1#continuum:}
-      CONTINUUM_TURN__THREADS=$threads $BIN --config "$WORK/continuum.toml" turn >"$WORK/continuum.log" 2>&1 &
-      SERVER_PID=$!; PORT=13478 ;;
+      # Each continuum variant on its own port, so they can run side by side.
+      PORT=$(( 13470 + threads ))
+      CONTINUUM_TURN__THREADS=$threads CONTINUUM_TURN__UDP_LISTEN=127.0.0.1:$PORT CONTINUUM_TURN__TCP_LISTEN=127.0.0.1:$PORT \
+        $BIN --config "$WORK/continuum.toml" turn >"$WORK/continuum-$threads.log" 2>&1 &
+      SERVER_PID=$! ;;
   esac
   # (turnutils_stunclient signals its whole process group, so it is not used here.)
   sleep 1
-  kill -0 $SERVER_PID 2>/dev/null || { echo "$1 did not start:" >&2; cat "$WORK/${1%%:*}.log" >&2; exit 1; }
+  kill -0 $SERVER_PID 2>/dev/null || { echo "$1 did not start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
 }
 
 cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
@@ -99,12 +105,58 @@ if [[ ${QUICK:-} ]]; then
   SWEEP=(20 50)
 fi
 
+warm_up() { turnutils_uclient -c -m 4 -n 20 -l 170 -z 1 -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >/dev/null 2>&1 || true; }
+
 printf "%-12s %-34s %8s %8s %-16s %10s %9s %10s\n" server load sent echoed "lost (%)" "relayed/s" "µs CPU/pk" "KiB/alloc"
+if [[ ${ROUNDS:-} ]]; then
+  declare -A PID_OF PORT_OF
+  SERVERS=(${ONLY:-coturn continuum:1 continuum})
+  for server in "${SERVERS[@]}"; do
+    start_server $server; PID_OF[$server]=$SERVER_PID; PORT_OF[$server]=$PORT; warm_up
+  done
+  for m in "${SWEEP[@]}"; do LOADS+=("saturation -m $m -n 1000 -l 170 -z 0:-c -m $m -n 1000 -l 170 -z 0"); done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for entry in "${LOADS[@]}"; do
+      label=${entry%%:*}; args=${entry#*:}
+      for server in "${SERVERS[@]}"; do
+        SERVER_PID=${PID_OF[$server]}; PORT=${PORT_OF[$server]}
+        # shellcheck disable=SC2086
+        run_load $server "$label" $args | tee -a "$WORK/results"
+      done
+    done
+  done
+  echo; echo "medians over $ROUNDS rounds (µs CPU/pk; share of coturn's median):"
+  awk -v servers="${SERVERS[*]}" '{
+      server = $1; label = $2; for (i = 3; i <= NF - 7; i++) label = label " " $i
+      key = server SUBSEP label; n[key]++; v[key, n[key]] = $(NF - 1)
+      lost = $(NF - 4) + 0; if (!(key in worst) || lost > worst[key]) worst[key] = lost
+      if (!(label in seen)) { seen[label] = 1; order[++labels] = label }
+    }
+    function median(key,   i, j, t, a, m) {
+      m = n[key]; for (i = 1; i <= m; i++) a[i] = v[key, i]
+      for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+    }
+    END {
+      split(servers, s, " ")
+      for (l = 1; l <= labels; l++) {
+        label = order[l]; base = ((("coturn" SUBSEP label) in n) ? median("coturn" SUBSEP label) : 0)
+        for (i = 1; i in s; i++) {
+          key = s[i] SUBSEP label; if (!(key in n)) continue
+          med = median(key)
+          printf "%-12s %-38s %7.2f %6s  most lost in a round: %d\n", s[i], label, med, (base ? sprintf("%.0f%%", 100 * med / base) : ""), worst[key]
+        }
+      }
+    }' "$WORK/results"
+  for server in "${SERVERS[@]}"; do kill ${PID_OF[$server]} 2>/dev/null || true; done
+  echo "(µs CPU/pk: server user+system CPU per relayed packet, both directions; KiB/alloc: peak RSS growth / clients)"
+  exit 0
+fi
 for server in ${ONLY:-coturn continuum:1 continuum}; do
   start_server $server
   # Warm-up (not reported): lazily built per-thread state (buffers, tables)
   # is not charged to the first load's allocations, for either server.
-  turnutils_uclient -c -m 4 -n 20 -l 170 -z 1 -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >/dev/null 2>&1 || true
+  warm_up
   for entry in "${LOADS[@]}"; do
     label=${entry%%:*}; args=${entry#*:}
     # shellcheck disable=SC2086
