@@ -13,6 +13,7 @@
 #   ROUNDS=3 bench/turn-vs-coturn.sh   # all servers up at once, each load run on
 #                                      # each server in turn, 3 rounds, then medians
 #                                      # (this VM drifts; interleaving evens it out)
+#   LOADS_ONLY="bulk audio-like" ...   # just these loads (by label), no sweep
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v turnserver >/dev/null || { echo "needs coturn: apt-get install -y coturn" >&2; exit 1; }
@@ -80,9 +81,12 @@ run_load() {
   t1=$(date +%s.%N)
   local c1; c1=$(cpu_ticks $SERVER_PID)
   local sent recv lost clients
-  sent=$(grep -o 'tot_send_msgs=[0-9]*' "$WORK/uc.log" | tail -1 | cut -d= -f2); sent=${sent:-0}
-  recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$WORK/uc.log" | tail -1 | cut -d= -f2); recv=${recv:-0}
-  lost=$(grep -o 'Total lost packets [0-9]* ([0-9.]*%)' "$WORK/uc.log" | tail -1 | sed 's/Total lost packets //'); lost=${lost:-"? (?)"}
+  # (A uclient that fails, e.g. on its own channel-number clash, leaves no
+  # totals: the line shows 0 sent and the run goes on.)
+  sent=$(grep -o 'tot_send_msgs=[0-9]*' "$WORK/uc.log" | tail -1 | cut -d= -f2 || true); sent=${sent:-0}
+  recv=$(grep -o 'tot_recv_msgs=[0-9]*' "$WORK/uc.log" | tail -1 | cut -d= -f2 || true); recv=${recv:-0}
+  lost=$(grep -o 'Total lost packets [0-9]* ([0-9.]*%)' "$WORK/uc.log" | tail -1 | sed 's/Total lost packets //' || true); lost=${lost:-"? (?)"}
+  if [[ $sent == 0 ]]; then echo "  ($name, $label: turnutils_uclient failed: $(tail -1 "$WORK/uc.log"))" >&2; fi
   clients=$(printf '%s\n' "$@" | awk 'p{print; exit} /^-m$/{p=1}')
   # Each message crosses the server twice (client→peer, peer→client).
   awk -v n="$name" -v l="$label" -v s="$sent" -v r="$recv" -v lost="$lost" \
@@ -103,6 +107,14 @@ if [[ ${QUICK:-} ]]; then
   LOADS=("bulk -m 20 -n 1000 -l 170 -z 1:-c -m 20 -n 1000 -l 170 -z 1" "audio-like -m 50 -n 200 -l 200 -z 20:-c -m 50 -n 200 -l 200 -z 20"
     "tcp-relay -T -m 10 -n 100 -l 170:-T -m 10 -n 100 -l 170")
   SWEEP=(20 50)
+fi
+
+if [[ ${LOADS_ONLY:-} ]]; then
+  kept=()
+  for entry in "${LOADS[@]}"; do
+    for want in $LOADS_ONLY; do [[ ${entry%% *} == "$want" ]] && kept+=("$entry"); done
+  done
+  LOADS=("${kept[@]}"); SWEEP=()
 fi
 
 warm_up() { turnutils_uclient -c -m 4 -n 20 -l 170 -z 1 -u u -w p -e 127.0.0.1 -r $PEER_PORT -p $PORT 127.0.0.1 >/dev/null 2>&1 || true; }
@@ -126,7 +138,7 @@ if [[ ${ROUNDS:-} ]]; then
     done
   done
   echo; echo "medians over $ROUNDS rounds (µs CPU/pk; share of coturn's median):"
-  awk -v servers="${SERVERS[*]}" '{
+  awk -v servers="${SERVERS[*]}" '$(NF - 6) == 0 { next } {
       server = $1; label = $2; for (i = 3; i <= NF - 7; i++) label = label " " $i
       key = server SUBSEP label; n[key]++; v[key, n[key]] = $(NF - 1)
       lost = $(NF - 4) + 0; if (!(key in worst) || lost > worst[key]) worst[key] = lost
