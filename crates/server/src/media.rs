@@ -221,30 +221,36 @@ impl Media {
             .unwrap_or_else(|_| Err(JoinError::Refused("the media worker is not running".into())))
     }
 
-    pub async fn answer(&self, id: ParticipantId, sdp: String) -> Result<(), SignalError> {
+    /// Sends `id`'s media thread the command `make` builds around a reply
+    /// channel, and waits for the answer (a participant gone meanwhile is
+    /// unknown).
+    async fn ask<T>(
+        &self,
+        id: ParticipantId,
+        make: impl FnOnce(oneshot::Sender<Result<T, SignalError>>) -> Command,
+    ) -> Result<T, SignalError> {
         let (reply, rx) = oneshot::channel();
-        let _ = self
-            .for_participant(id)
-            .send(Command::Answer { id, sdp, reply });
+        let _ = self.for_participant(id).send(make(reply));
         rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+    }
+
+    pub async fn answer(&self, id: ParticipantId, sdp: String) -> Result<(), SignalError> {
+        self.ask(id, |reply| Command::Answer { id, sdp, reply })
+            .await
     }
 
     pub async fn offer(&self, id: ParticipantId, sdp: String) -> Result<String, SignalError> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self
-            .for_participant(id)
-            .send(Command::Offer { id, sdp, reply });
-        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+        self.ask(id, |reply| Command::Offer { id, sdp, reply })
+            .await
     }
 
     pub async fn candidate(&self, id: ParticipantId, candidate: String) -> Result<(), SignalError> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.for_participant(id).send(Command::Candidate {
+        self.ask(id, |reply| Command::Candidate {
             id,
             candidate,
             reply,
-        });
-        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+        })
+        .await
     }
 
     /// Subscribes `id` to `origin`'s tracks (of `kind`, or all) or unsubscribes it.
@@ -255,15 +261,14 @@ impl Media {
         kind: Option<continuum_sfu::MediaKind>,
         subscribed: bool,
     ) -> Result<usize, SignalError> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.for_participant(id).send(Command::Subscribe {
+        self.ask(id, |reply| Command::Subscribe {
             id,
             origin,
             kind,
             subscribed,
             reply,
-        });
-        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+        })
+        .await
     }
 
     /// The subscriber's requested quality for `origin`'s video (or everyone's).
@@ -273,14 +278,13 @@ impl Media {
         origin: Option<ParticipantId>,
         max_layer: usize,
     ) -> Result<usize, SignalError> {
-        let (reply, rx) = oneshot::channel();
-        let _ = self.for_participant(id).send(Command::Layer {
+        self.ask(id, |reply| Command::Layer {
             id,
             origin,
             max_layer,
             reply,
-        });
-        rx.await.unwrap_or(Err(SignalError::UnknownParticipant))
+        })
+        .await
     }
 
     pub fn mute(&self, id: ParticipantId, kind: String, muted: bool) {
