@@ -622,11 +622,14 @@ impl Server {
             return Err((400, "Bad Request"));
         };
         let a = self.allocations.get_mut(&client).expect("checked");
-        // A channel stays bound to one peer, and a peer to one channel.
-        if a.channels.get(&channel).is_some_and(|(p, _)| *p != peer)
-            || a.channel_of.get(&peer).is_some_and(|c| *c != channel)
-        {
-            return Err((400, "Bad Request"));
+        // A channel stays bound to one peer, and a peer to one channel
+        // (RFC 8656 §12.2); the reasons say which, as coturn's do, since a
+        // client picking random channel numbers meets this by chance.
+        if a.channels.get(&channel).is_some_and(|(p, _)| *p != peer) {
+            return Err((400, "Channel number bound to another peer"));
+        }
+        if a.channel_of.get(&peer).is_some_and(|c| *c != channel) {
+            return Err((400, "Peer bound to another channel number"));
         }
         a.channels.insert(channel, (peer, now + CHANNEL_LIFETIME));
         a.channel_of.insert(peer, channel);
