@@ -33,14 +33,23 @@ fuzz_target!(|data: &[u8]| {
         Some(b) if b & 1 == 1 => Transport::Stream(1),
         _ => Transport::Udp,
     };
-    let client = Client { transport, addr: "198.51.100.7:5000".parse().unwrap() };
+    let client = Client {
+        transport,
+        addr: "198.51.100.7:5000".parse().unwrap(),
+    };
     let (first, rest) = data.split_at(data.len() / 2);
     let mut out = Vec::new();
     let mut relays = FakeRelays(0);
     let now = Instant::now();
     server.handle_client(now, 1_000_000, client, first, &mut relays, &mut out);
     server.handle_client(now, 1_000_000, client, rest, &mut relays, &mut out);
-    server.handle_peer(now, "203.0.113.1:40002".parse().unwrap(), "8.8.8.8:53".parse().unwrap(), rest, &mut out);
+    server.handle_peer(
+        now,
+        "203.0.113.1:40002".parse().unwrap(),
+        "8.8.8.8:53".parse().unwrap(),
+        rest,
+        &mut out,
+    );
     // Outputs only ever point inside the input.
     for o in &out {
         if let continuum_turn::Output::ToPeer { range, .. } = o {

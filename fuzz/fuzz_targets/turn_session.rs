@@ -66,10 +66,10 @@ const PEERS: [&str; 8] = [
     "9.9.9.9:53",
     "9.9.9.9:54",
     "1.1.1.1:443",
-    "10.0.0.1:80",          // private: refused
+    "10.0.0.1:80",           // private: refused
     "[::ffff:127.0.0.1]:80", // mapped loopback: refused
     "[2606:4700::1111]:53",
-    "192.0.2.1:9",       // documentation range: refused
+    "192.0.2.1:9",        // documentation range: refused
     "[64:ff9b::a00:1]:1", // NAT64 of 10.0.0.1: refused
 ];
 
@@ -121,8 +121,14 @@ fuzz_target!(|data: &[u8]| {
     let mut server = Server::new(cfg);
     let key = long_term_key("u", "fuzz", "p");
     let clients = [
-        Client { transport: Transport::Udp, addr: "203.0.113.7:5000".parse().unwrap() },
-        Client { transport: Transport::Stream(1), addr: "203.0.113.7:5001".parse().unwrap() },
+        Client {
+            transport: Transport::Udp,
+            addr: "203.0.113.7:5000".parse().unwrap(),
+        },
+        Client {
+            transport: Transport::Stream(1),
+            addr: "203.0.113.7:5001".parse().unwrap(),
+        },
     ];
     let mut client = clients[0];
     let mut relays = CheckedRelays::default();
@@ -154,8 +160,14 @@ fuzz_target!(|data: &[u8]| {
                         0 => b.attr(attr::CHANNEL_NUMBER, &[0x40, s.byte() % 4, 0, 0]),
                         1 => b.u32_attr(attr::LIFETIME, s.byte() as u32 * 60),
                         2 => b.xor_address(attr::XOR_PEER_ADDRESS, s.peer()),
-                        3 => b.attr(attr::REQUESTED_TRANSPORT, &[[17, 6][s.byte() as usize % 2], 0, 0, 0]),
-                        4 => b.attr(attr::REQUESTED_ADDRESS_FAMILY, &[[1, 2][s.byte() as usize % 2], 0, 0, 0]),
+                        3 => b.attr(
+                            attr::REQUESTED_TRANSPORT,
+                            &[[17, 6][s.byte() as usize % 2], 0, 0, 0],
+                        ),
+                        4 => b.attr(
+                            attr::REQUESTED_ADDRESS_FAMILY,
+                            &[[1, 2][s.byte() as usize % 2], 0, 0, 0],
+                        ),
                         5 => b.attr(attr::EVEN_PORT, &[s.byte() & 0x80]),
                         6 => b.attr(attr::RESERVATION_TOKEN, &s.bytes(8)),
                         7 => b.attr(attr::DONT_FRAGMENT, &[]),
@@ -225,7 +237,11 @@ fuzz_target!(|data: &[u8]| {
     server.expire(later, &mut relays);
     server.client_gone(clients[1], &mut relays);
     assert_eq!(server.allocation_count(), 0);
-    assert!(relays.open.is_empty(), "relays left open: {:?}", relays.open);
+    assert!(
+        relays.open.is_empty(),
+        "relays left open: {:?}",
+        relays.open
+    );
     assert!(relays.held.is_empty(), "ports left held: {:?}", relays.held);
 });
 
