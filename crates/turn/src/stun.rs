@@ -123,9 +123,10 @@ pub fn is_stun(buf: &[u8]) -> bool {
 }
 
 /// Channel numbers accepted: RFC 8656 narrowed them to 0x4000–0x4FFF, but
-/// RFC 5766 clients (coturn's own among them) still pick up to 0x7FFE, and
+/// RFC 5766 clients still use its range, 0x4000 through 0x7FFF (coturn's own
+/// client picks at random from all of it, and coturn accepts all of it), and
 /// the first two bits (01) keep ChannelData distinct from STUN either way.
-pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFE;
+pub const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFF;
 
 /// Is this ChannelData?
 pub fn is_channel_data(buf: &[u8]) -> bool {
