@@ -290,34 +290,6 @@ impl Batch {
         } = self;
         let fd = pending[start].fd;
         let run = &pending[start..end];
-        let bytes = |p: &Pending| -> usize {
-            match &p.payload {
-                Payload::Slot { bytes, .. } => bytes.len(),
-                Payload::Owned(v) => v.len(),
-            }
-        };
-        // Group: consecutive datagrams to one destination, all of one size
-        // but the last (which may be shorter), become one GSO message.
-        groups.clear();
-        let mut i = 0;
-        while i < run.len() {
-            let size = bytes(&run[i]);
-            let mut j = i + 1;
-            if *gso && size > 0 && size <= GSO_MAX_SEGMENT_SIZE {
-                while j < run.len()
-                    && j - i < GSO_MAX_SEGMENTS
-                    && run[j].to == run[i].to
-                    && bytes(&run[j - 1]) == size
-                    && bytes(&run[j]) <= size
-                    && bytes(&run[j]) > 0
-                    && (j - i + 1) * size <= 65_000
-                {
-                    j += 1;
-                }
-            }
-            groups.push((i, j));
-            i = j;
-        }
         let SendHeaders {
             hdrs,
             iov,
@@ -333,6 +305,29 @@ impl Batch {
             };
             v.iov_base = b.as_ptr() as *mut libc::c_void;
             v.iov_len = b.len();
+        }
+        // Group: consecutive datagrams to one destination, all of one size
+        // but the last (which may be shorter), become one GSO message.
+        let len = |k: usize| iov[k].iov_len;
+        groups.clear();
+        let mut i = 0;
+        while i < run.len() {
+            let size = len(i);
+            let mut j = i + 1;
+            if *gso && size > 0 && size <= GSO_MAX_SEGMENT_SIZE {
+                while j < run.len()
+                    && j - i < GSO_MAX_SEGMENTS
+                    && run[j].to == run[i].to
+                    && len(j - 1) == size
+                    && len(j) <= size
+                    && len(j) > 0
+                    && (j - i + 1) * size <= 65_000
+                {
+                    j += 1;
+                }
+            }
+            groups.push((i, j));
+            i = j;
         }
         for (k, &(i, j)) in groups.iter().enumerate() {
             let h = &mut hdrs[k].msg_hdr;
