@@ -307,6 +307,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Grants {
                         conversations,
                         rooms,
+                        contacts: Vec::new(),
                     },
                     Default::default(),
                     std::time::Duration::from_secs(ttl),

@@ -234,11 +234,17 @@ async fn private_targets_are_refused_by_default() {
     );
     let key = s.key().to_owned();
     for url in [
-        "http://127.0.0.1:9000/hook",
-        "http://10.0.0.5/hook",
-        "http://[::1]/hook",
-        "http://169.254.169.254/latest",
-        "http://[::ffff:192.168.1.1]/",
+        "https://127.0.0.1:9000/hook",
+        "https://10.0.0.5/hook",
+        "https://[::1]/hook",
+        "https://169.254.169.254/latest",
+        "https://[::ffff:192.168.1.1]/",
+        // IPv4 in IPv6 disguises: RFC 2765 translated, NAT64, 6to4, Teredo.
+        "https://[::ffff:0:7f00:1]/",
+        "https://[64:ff9b::a00:1]/",
+        "https://[64:ff9b:1:7f00:0:100::]/",
+        "https://[2002:7f00:1::]/",
+        "https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
     ] {
         let (st, v) = s
             .call("POST", "/v1/webhooks", &key, Some(json!({"url": url})))
@@ -260,5 +266,57 @@ async fn private_targets_are_refused_by_default() {
         )
         .await;
     assert_eq!(st, 422);
+    // Deliveries carry patient data: https, unless the host is listed.
+    let (st, v) = s
+        .call(
+            "POST",
+            "/v1/webhooks",
+            &key,
+            Some(json!({"url": "http://8.8.8.8/hook"})),
+        )
+        .await;
+    assert_eq!(st, 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("https"),
+        "{v}"
+    );
     assert_eq!(s.ok("GET", "/v1/webhooks", &key, None).await, json!([]));
+}
+
+#[tokio::test]
+async fn thin_webhooks_carry_ids_and_kinds_only() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut rx = receiver(listener, 0).await;
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let hook = s
+        .ok(
+            "POST",
+            "/v1/webhooks",
+            &key,
+            Some(json!({"url": url, "event_types": ["event.created"], "payload": "thin"})),
+        )
+        .await;
+    assert_eq!(hook["payload"], "thin");
+    let (_, conv) = s.patient_conversation(&key, "+14155550501").await;
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{conv}/events"),
+        &key,
+        Some(json!({"channel": "sms", "kind": "message", "body": "my HIV results?", "meta": {"provider_id": "SM1"}})),
+    )
+    .await;
+    let body = check_signature(hook["secret"].as_str().unwrap(), &recv(&mut rx).await);
+    let data = &body["data"];
+    assert_eq!(data["conversation_id"], conv);
+    assert_eq!(data["kind"], "message");
+    assert_eq!(data["seq"], 1);
+    let text = body.to_string();
+    assert!(
+        !text.contains("HIV") && !text.contains("SM1"),
+        "no PHI in a thin delivery: {text}"
+    );
 }

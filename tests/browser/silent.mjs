@@ -7,7 +7,7 @@ const [base, room, conversation, silentToken, otherToken] = process.argv.slice(2
 const browser = await launch();
 const open = async (token) => {
   const page = await (await browser.newContext()).newPage();
-  await page.goto(`${base}/visit?token=${encodeURIComponent(token)}&room=${room}&conversation=${conversation}`);
+  await page.goto(`${base}/visit?room=${room}&conversation=${conversation}#token=${encodeURIComponent(token)}`);
   return page;
 };
 const silent = await open(silentToken);

@@ -23,7 +23,7 @@ async function open(name, token) {
   const page = await ctx.newPage();
   page.on("console", (m) => { if (m.type() === "error") console.error(`[${name}] ${m.text()}`); });
   page.on("pageerror", (e) => console.error(`[${name}] ${e.message}`));
-  const url = `${base}/visit?token=${encodeURIComponent(token)}&room=${room}&conversation=${conversation}`;
+  const url = `${base}/visit?room=${room}&conversation=${conversation}#token=${encodeURIComponent(token)}`;
   await page.goto(url);
   return { name, page, ctx };
 }

@@ -47,6 +47,10 @@ impl Server {
             .args(&opts.args)
             .env("CONTINUUM_LOG", "warn")
             .env("CONTINUUM_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true")
+            .env(
+                "CONTINUUM_WEBHOOKS__ALLOW_HTTP_HOSTS",
+                r#"["127.0.0.1", "localhost"]"#,
+            )
             .env("CONTINUUM_RTC__UDP_LISTEN", "127.0.0.1:0")
             .env("CONTINUUM_TURN__UDP_LISTEN", "127.0.0.1:0")
             .env("CONTINUUM_TURN__TCP_LISTEN", "127.0.0.1:0")

@@ -47,14 +47,20 @@ impl FromStr for Role {
     }
 }
 
-/// Which conversations and rooms a token may touch. `"*"` means all of the tenant's.
+/// Which conversations, rooms and contacts a token may touch. `"*"` means all
+/// of the tenant's. A token reaches the contacts (patients) of the
+/// conversations it is granted; reaching every contact of the tenant (listing,
+/// creating, looking up by phone) takes `contacts: ["*"]` or the admin role.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct Grants {
     #[serde(default)]
     pub conversations: Vec<String>,
     #[serde(default)]
     pub rooms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<String>,
 }
 
 impl Grants {
@@ -62,6 +68,7 @@ impl Grants {
         Grants {
             conversations: vec!["*".into()],
             rooms: vec!["*".into()],
+            contacts: vec!["*".into()],
         }
     }
     pub fn allows_conversation(&self, id: &str) -> bool {
@@ -73,6 +80,33 @@ impl Grants {
     pub fn allows_room(&self, id: &str) -> bool {
         self.rooms.iter().any(|g| g == "*" || g == id)
     }
+    pub fn allows_all_contacts(&self) -> bool {
+        self.contacts.iter().any(|g| g == "*")
+    }
+    /// Whether `self` grants nothing `parent` does not: a token may only hand
+    /// on what it holds.
+    pub fn within(&self, parent: &Grants) -> bool {
+        fn covered(child: &[String], parent: &[String]) -> bool {
+            parent.iter().any(|g| g == "*") || child.iter().all(|c| parent.contains(c))
+        }
+        covered(&self.conversations, &parent.conversations)
+            && covered(&self.rooms, &parent.rooms)
+            && covered(&self.contacts, &parent.contacts)
+    }
+}
+
+/// Where an access token came from and when it dies: checked on every use
+/// (REST, live streams, signaling), so revoking the token or the API key that
+/// minted it ends it everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMeta {
+    /// The token's unique id (`jti`), for `POST /v1/tokens/revoke`.
+    pub jti: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The API key at the root of the minting chain; `None` for tokens the
+    /// server minted itself (the loopback demo).
+    pub key_id: Option<String>,
 }
 
 /// The authenticated caller of one request; always bound to exactly one tenant.
@@ -88,6 +122,7 @@ pub enum Principal {
         grants: Grants,
         /// Where the participant is (e.g. `eu`): TURN nodes there first.
         region: Option<String>,
+        token: TokenMeta,
     },
 }
 
@@ -153,6 +188,26 @@ impl Principal {
         }
     }
 
+    /// May this principal reach every contact of the tenant (list, create,
+    /// look up by binding)? Otherwise only those of its granted conversations.
+    pub fn sees_all_contacts(&self) -> bool {
+        match self {
+            Principal::ApiKey { .. } => true,
+            Principal::Token {
+                role: Role::Admin, ..
+            } => true,
+            Principal::Token { grants, .. } => grants.allows_all_contacts(),
+        }
+    }
+
+    /// Role order for minting: a token may mint only roles at or below its own.
+    pub fn may_mint_role(&self, role: Role) -> bool {
+        match self {
+            Principal::ApiKey { .. } => true,
+            Principal::Token { role: mine, .. } => *mine == Role::Admin || *mine == role,
+        }
+    }
+
     /// Whether list endpoints may show every conversation (otherwise only granted ones).
     pub fn sees_all_conversations(&self) -> bool {
         match self {
@@ -176,9 +231,14 @@ mod tests {
             role,
             grants: Grants {
                 conversations: convs.iter().map(|s| s.to_string()).collect(),
-                rooms: vec![],
+                ..Default::default()
             },
             region: None,
+            token: TokenMeta {
+                jti: "j".into(),
+                expires_at: 0,
+                key_id: None,
+            },
         }
     }
 
@@ -207,5 +267,34 @@ mod tests {
         assert!(!c.may(Permission::MintTokens));
         assert!(!c.may(Permission::ReadAudit));
         assert!(c.may_access_conversation("anything"));
+        assert!(
+            !c.sees_all_contacts(),
+            "all conversations is not all contacts"
+        );
+    }
+
+    #[test]
+    fn grants_are_handed_on_only_within_their_holder() {
+        let parent = Grants {
+            conversations: vec!["c1".into(), "c2".into()],
+            rooms: vec!["*".into()],
+            contacts: vec![],
+        };
+        let ok = Grants {
+            conversations: vec!["c1".into()],
+            rooms: vec!["r9".into()],
+            contacts: vec![],
+        };
+        assert!(ok.within(&parent));
+        let wider = Grants {
+            conversations: vec!["*".into()],
+            ..Default::default()
+        };
+        assert!(!wider.within(&parent));
+        let contacts = Grants {
+            contacts: vec!["*".into()],
+            ..Default::default()
+        };
+        assert!(!contacts.within(&parent));
     }
 }

@@ -43,23 +43,58 @@ impl BindingKind {
 pub enum BindingError {
     #[error("`{0}` is not a valid phone number in international E.164 form (e.g. +14155552671)")]
     InvalidPhone(String),
+    /// The `phonenumber` parser would silently drop the extension and bind
+    /// the main number, routing the patient's messages to whoever else
+    /// shares the switchboard.
+    #[error(
+        "phone numbers with an extension (`x5`, `ext. 5`, `,,123`, `;ext=5`, `#5`) are not accepted: bind the main number; dial extensions with DTMF"
+    )]
+    PhoneExtension,
+    /// Not echoed back: the value would carry the control characters into
+    /// error messages and logs.
+    #[error("phone numbers must not contain control characters (such as NUL, tab or line breaks)")]
+    PhoneControlCharacter,
     #[error("app_user_id must be 1..=128 characters of letters, digits and . _ : @ -")]
     InvalidAppUserId,
 }
 
 /// Parses a phone number written in international form (leading `+` and country
 /// code; spaces, dashes, dots and parentheses allowed) and returns it as E.164.
+///
+/// Extensions are refused rather than dropped: a binding is a patient's
+/// identity, and `+14155552671 x5` is not the same patient as the switchboard
+/// at `+14155552671`. Control characters are refused before anything else so
+/// they never reach the parser, an error message or a log line.
 pub fn normalize_phone(raw: &str) -> Result<String, BindingError> {
+    if raw.chars().any(char::is_control) {
+        return Err(BindingError::PhoneControlCharacter);
+    }
     let invalid = || BindingError::InvalidPhone(raw.chars().take(40).collect());
     let trimmed = raw.trim();
+    if has_extension_marker(trimmed) {
+        return Err(BindingError::PhoneExtension);
+    }
     if !trimmed.starts_with('+') || trimmed.len() > 32 {
         return Err(invalid());
     }
     let number = phonenumber::parse(None, trimmed).map_err(|_| invalid())?;
+    // Backstop for every other way the parser recognises an extension
+    // (`extension 5`, `anexo 5`, `int 5`, full-width forms…).
+    if number.extension().is_some() {
+        return Err(BindingError::PhoneExtension);
+    }
     if !phonenumber::is_valid(&number) {
         return Err(invalid());
     }
     Ok(number.format().mode(phonenumber::Mode::E164).to_string())
+}
+
+/// Dial-string punctuation (`,` and `;` pauses, `#`, `~`) and `ext` in any
+/// case: none belongs in a main number. Checked before parsing so the caller
+/// learns the real reason whatever the parser makes of the rest (it fails
+/// outright on `;ext=5`, which would read as a merely malformed number).
+fn has_extension_marker(s: &str) -> bool {
+    s.contains([',', ';', '#', '~']) || s.to_ascii_lowercase().contains("ext")
 }
 
 pub fn normalize_app_user_id(raw: &str) -> Result<String, BindingError> {
@@ -116,6 +151,90 @@ mod tests {
         assert!(normalize_app_user_id("user-42@acme").is_ok());
         assert!(normalize_app_user_id("has space").is_err());
         assert!(normalize_app_user_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn phone_extensions_are_refused_not_dropped() {
+        for ext in [
+            "+14155552671 x5",
+            "+14155552671x5",
+            "+14155552671 X5",
+            "+14155552671,,123",
+            "+14155552671,5",
+            "+14155552671;ext=5",
+            "+14155552671;5",
+            "+14155552671 ext. 5",
+            "+14155552671 ext5",
+            "+14155552671 EXT 5",
+            "+1 415 555 2671 extension 5",
+            "+14155552671#5",
+            "+14155552671 #5",
+            "+14155552671~5",
+            "+1 415 555 2671 anexo 5",
+            "+14155552671 int 5",
+            " +1 (415) 555-2671 x 123 ",
+        ] {
+            assert_eq!(
+                normalize_phone(ext),
+                Err(BindingError::PhoneExtension),
+                "{ext:?}"
+            );
+            assert_eq!(
+                BindingKind::Whatsapp.normalize(ext),
+                Err(BindingError::PhoneExtension),
+                "{ext:?}"
+            );
+        }
+        let msg = BindingError::PhoneExtension.to_string();
+        assert!(msg.contains("extension") && msg.contains("DTMF"), "{msg}");
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for bad in [
+            "+14155552671\0",
+            "+1415555\x002671",
+            "\0+14155552671",
+            "+14155552671\n",
+            "+1\t415 555 2671",
+            "+14155552671\r\n",
+            "+1415\u{7f}5552671",
+            "+1415\u{85}5552671",
+        ] {
+            assert_eq!(
+                normalize_phone(bad),
+                Err(BindingError::PhoneControlCharacter),
+                "{bad:?}"
+            );
+        }
+        // Not echoed back.
+        assert!(
+            !BindingError::PhoneControlCharacter
+                .to_string()
+                .contains('\0')
+        );
+        // app_user_id's allow-list already keeps them out.
+        for bad in ["user\0", "\0", "user\n", "a\tb", "x\u{7f}"] {
+            assert_eq!(
+                normalize_app_user_id(bad),
+                Err(BindingError::InvalidAppUserId),
+                "{bad:?}"
+            );
+            assert!(BindingKind::AppUserId.normalize(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn ordinary_formats_still_normalise() {
+        for (raw, e164) in [
+            ("+1 (415) 555-2671", "+14155552671"),
+            ("+44 20 7946 0958", "+442079460958"),
+            ("+14155552671", "+14155552671"),
+            ("+1.415.555.2671", "+14155552671"),
+            (" +4915112345678 ", "+4915112345678"),
+        ] {
+            assert_eq!(normalize_phone(raw).as_deref(), Ok(e164), "{raw:?}");
+        }
     }
 
     proptest! {

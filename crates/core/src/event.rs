@@ -206,6 +206,13 @@ pub enum EventValidationError {
     },
     #[error("`message` events need a non-empty body")]
     EmptyMessage,
+    /// NUL ends strings for C APIs (SQLite's text functions among them),
+    /// log pipelines and SMS gateways: what the patient or the next reader
+    /// sees would silently differ from what was stored.
+    #[error("body must not contain NUL characters (U+0000)")]
+    NulInBody,
+    #[error("meta must not contain NUL characters (U+0000)")]
+    NulInMeta,
 }
 
 impl NewEvent {
@@ -227,6 +234,12 @@ impl NewEvent {
         let meta_len = serde_json::to_vec(&self.meta).map(|v| v.len()).unwrap_or(0);
         if meta_len > MAX_META_BYTES {
             return Err(EventValidationError::MetaTooLarge(meta_len));
+        }
+        if self.body.as_deref().is_some_and(|b| b.contains('\0')) {
+            return Err(EventValidationError::NulInBody);
+        }
+        if meta_has_nul(&self.meta) {
+            return Err(EventValidationError::NulInMeta);
         }
         if let Some(key) = &self.idempotency_key
             && (key.is_empty()
@@ -268,6 +281,37 @@ impl NewEvent {
     pub fn is_inbound(&self) -> bool {
         self.actor.actor_type == ActorType::Patient
     }
+}
+
+/// Whether any key or string value anywhere in `meta` contains NUL. Walks
+/// with an explicit stack rather than recursion: nesting costs heap, not
+/// stack.
+fn meta_has_nul(meta: &serde_json::Map<String, serde_json::Value>) -> bool {
+    use serde_json::Value;
+    let nul = |s: &str| s.contains('\0');
+    let mut stack: Vec<&Value> = Vec::new();
+    for (k, v) in meta {
+        if nul(k) {
+            return true;
+        }
+        stack.push(v);
+    }
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if nul(s) => return true,
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if nul(k) {
+                        return true;
+                    }
+                    stack.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -333,5 +377,62 @@ mod tests {
         let mut e = ev(EventKind::Message);
         e.body = Some(String::new());
         assert_eq!(e.validate_client(), Err(EventValidationError::EmptyMessage));
+    }
+
+    #[test]
+    fn nul_in_the_body_is_refused() {
+        for body in ["\0", "hi\0", "\0hi", "h\0i", "line one\n\0line two"] {
+            for kind in [EventKind::Message, EventKind::Note] {
+                let mut e = ev(kind);
+                e.body = Some(body.into());
+                assert_eq!(
+                    e.validate_client(),
+                    Err(EventValidationError::NulInBody),
+                    "{body:?}"
+                );
+                assert_eq!(e.validate_shape(), Err(EventValidationError::NulInBody));
+            }
+        }
+        assert_eq!(
+            EventValidationError::NulInBody.to_string(),
+            "body must not contain NUL characters (U+0000)"
+        );
+        // Other control characters (line breaks, tabs) are ordinary text.
+        let mut e = ev(EventKind::Message);
+        e.body = Some("line one\r\n\tline two".into());
+        assert_eq!(e.validate_client(), Ok(()));
+    }
+
+    #[test]
+    fn nul_anywhere_in_meta_is_refused() {
+        use serde_json::json;
+        for meta in [
+            json!({"k": "v\0"}),
+            json!({"k\0": "v"}),
+            json!({"a": {"b": {"c\0": 1}}}),
+            json!({"a": [1, "ok", ["deep", "\0"]]}),
+            json!({"a": [{"b": [{"c": "x\0y"}]}]}),
+        ] {
+            let mut e = ev(EventKind::Note);
+            e.meta = meta.as_object().unwrap().clone();
+            assert_eq!(
+                e.validate_client(),
+                Err(EventValidationError::NulInMeta),
+                "{meta}"
+            );
+        }
+        assert_eq!(
+            EventValidationError::NulInMeta.to_string(),
+            "meta must not contain NUL characters (U+0000)"
+        );
+        // The same shapes without NUL are fine, and so is the escaped text
+        // `\u0000` (six printable characters).
+        let mut e = ev(EventKind::Note);
+        e.meta =
+            json!({"a": [{"b": [{"c": "x y", "n": null, "t": true, "f": 1.5}]}], "esc": "\\u0000"})
+                .as_object()
+                .unwrap()
+                .clone();
+        assert_eq!(e.validate_client(), Ok(()));
     }
 }

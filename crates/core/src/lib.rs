@@ -12,7 +12,7 @@ pub mod conversation;
 pub mod event;
 pub mod netpolicy;
 
-pub use access::{Grants, Permission, Principal, Role};
+pub use access::{Grants, Permission, Principal, Role, TokenMeta};
 pub use binding::{BindingError, BindingKind, normalize_app_user_id, normalize_phone};
 pub use channel::Channel;
 pub use context::{PendingItem, build_pending_items};

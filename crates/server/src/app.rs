@@ -24,13 +24,16 @@ pub fn build(state: AppState) -> Router {
     let (api, doc) = api::router();
     let doc_json: Arc<String> = Arc::new(doc.to_pretty_json().unwrap_or_default());
     let max_body = state.config.server.max_body_bytes;
-    let demo = state.config.dev.demo_page && state.config.server.listen.ip().is_loopback();
+    let demo = state.config.server.demo && state.config.server.listen.ip().is_loopback();
     let mut router = Router::new();
     if demo {
-        router = router.route("/", get(crate::demo::index)).route(
-            "/dev/demo-visit",
-            axum::routing::post(crate::demo::demo_visit),
-        );
+        router = router
+            .route("/", get(crate::demo::index))
+            .route(
+                "/dev/demo-visit",
+                axum::routing::post(crate::demo::demo_visit),
+            )
+            .route_layer(middleware::from_fn(crate::demo::loopback_host_only));
     }
     router
         .merge(api)
@@ -72,6 +75,10 @@ pub fn build(state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn(track_http))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::guard::request_context,
+        ))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");

@@ -1,12 +1,15 @@
-//! Who is calling: a tenant API key (`ck_...`) or a JWT access token, both as
-//! `Authorization: Bearer ...` (or `?access_token=` where headers cannot be
-//! set, e.g. EventSource and WebSocket). Every failure is audited.
+//! Who is calling: a tenant API key (`ck_...`) or a JWT access token, as
+//! `Authorization: Bearer ...`. Only where browsers cannot set headers (the
+//! signaling WebSocket and the SSE stream) may an access token, never an API
+//! key, come as `?access_token=` / `?token=`. Refusals are rate-limited per
+//! source and recorded at bounded cost (see `guard`).
 
 use crate::error::ApiError;
+use crate::guard::RequestInfo;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use continuum_core::{Grants, Permission, Principal, Role};
+use continuum_core::{Grants, Permission, Principal, Role, TokenMeta};
 use continuum_store::{AuditEntry, Outcome, SERVER_CHAIN};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::Mutex;
@@ -34,6 +37,32 @@ pub struct Claims {
     /// `ice_servers` of the signaling `joined` reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The API key at the root of the minting chain: the token dies with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+impl Claims {
+    pub fn meta(&self) -> TokenMeta {
+        TokenMeta {
+            jti: self.jti.clone(),
+            expires_at: self.exp,
+            key_id: self.kid.clone(),
+        }
+    }
+
+    /// The principal this token makes its holder.
+    pub fn principal(self) -> Principal {
+        let token = self.meta();
+        Principal::Token {
+            tenant_id: self.tid,
+            identity: self.sub,
+            role: self.role,
+            grants: self.grants,
+            region: self.region,
+            token,
+        }
+    }
 }
 
 /// What a token says about its holder beyond identity and role.
@@ -43,6 +72,8 @@ pub struct About {
     pub name: Option<String>,
     /// Region, for the order of `ice_servers`.
     pub region: Option<String>,
+    /// The API key the minting chain started from (`None`: the server's own).
+    pub key_id: Option<String>,
 }
 
 /// Mints and checks access tokens (HS256 under a key derived from the master key).
@@ -75,6 +106,20 @@ impl TokenIssuer {
         about: About,
         ttl: Duration,
     ) -> (String, u64) {
+        let (token, claims) = self.mint_claims(tenant_id, identity, role, grants, about, ttl);
+        (token, claims.exp)
+    }
+
+    /// Like [`TokenIssuer::mint`], returning the claims too (for the `jti`).
+    pub fn mint_claims(
+        &self,
+        tenant_id: &str,
+        identity: &str,
+        role: Role,
+        grants: Grants,
+        about: About,
+        ttl: Duration,
+    ) -> (String, Claims) {
         let now = unix_now();
         let exp = now + ttl.as_secs();
         let claims = Claims {
@@ -88,10 +133,11 @@ impl TokenIssuer {
             jti: uuid::Uuid::now_v7().to_string(),
             name: about.name,
             region: about.region,
+            kid: about.key_id,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing of serialisable claims cannot fail");
-        (token, exp)
+        (token, claims)
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
@@ -150,23 +196,39 @@ impl KeyCache {
     }
 }
 
-/// The authenticated caller. Extracting it rejects (and audits) bad credentials.
+/// The authenticated caller. Extracting it rejects (and records) bad credentials.
 pub struct Auth(pub Principal);
 
-fn bearer(parts: &Parts) -> Option<String> {
+/// Routes where browsers cannot set an `Authorization` header (WebSocket,
+/// EventSource): only there may an access token come in the query string.
+const QUERY_TOKEN_ROUTES: &[&str] = &["/v1/rtc", "/v1/conversations/{id}/events/stream"];
+
+enum Presented {
+    Header(String),
+    Query(String),
+    None,
+}
+
+fn presented(parts: &Parts) -> Presented {
     if let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) {
-        let v = h.to_str().ok()?;
-        let (scheme, rest) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| rest.trim().to_owned());
+        let bearer = h.to_str().ok().and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| rest.trim().to_owned())
+        });
+        return bearer.map_or(Presented::None, Presented::Header);
     }
-    let query = parts.uri.query()?;
-    query.split('&').find_map(|kv| {
-        kv.strip_prefix("access_token=")
-            .or_else(|| kv.strip_prefix("token="))
-            .map(|v| v.to_owned())
-    })
+    let Some(query) = parts.uri.query() else {
+        return Presented::None;
+    };
+    query
+        .split('&')
+        .find_map(|kv| {
+            kv.strip_prefix("access_token=")
+                .or_else(|| kv.strip_prefix("token="))
+        })
+        .map_or(Presented::None, |v| Presented::Query(v.to_owned()))
 }
 
 impl FromRequestParts<AppState> for Auth {
@@ -176,78 +238,128 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let object = parts.uri.path().to_owned();
-        let Some(token) = bearer(parts) else {
-            state
-                .audit_denial(
-                    SERVER_CHAIN,
-                    "anonymous",
-                    "authenticate",
-                    &object,
-                    "no credentials",
-                )
-                .await;
-            return Err(ApiError::unauthorized(
-                "missing credentials: send `Authorization: Bearer <API key or access token>`",
-            ));
+        let info = parts
+            .extensions
+            .get::<RequestInfo>()
+            .cloned()
+            .unwrap_or_else(RequestInfo::unknown);
+        let (token, in_query) = match presented(parts) {
+            Presented::Header(t) => (t, false),
+            Presented::Query(t) if QUERY_TOKEN_ROUTES.contains(&&*info.route) => (t, true),
+            Presented::Query(_) => {
+                return Err(state
+                    .refuse(
+                        &info,
+                        SERVER_CHAIN,
+                        "credentials in the URL are refused here: send `Authorization: Bearer <API key or access token>` \
+                         (query tokens are accepted only on /v1/rtc and the events stream)",
+                    )
+                    .await);
+            }
+            Presented::None => {
+                return Err(state
+                    .refuse(
+                        &info,
+                        SERVER_CHAIN,
+                        "missing credentials: send `Authorization: Bearer <API key or access token>`",
+                    )
+                    .await);
+            }
         };
-        if token.starts_with("ck_") {
-            if let Some((tenant_id, key_id)) = state.keys.get(&token) {
-                return Ok(Auth(Principal::ApiKey { tenant_id, key_id }));
+        let principal = if token.starts_with("ck_") {
+            if in_query {
+                return Err(state
+                    .refuse(
+                        &info,
+                        SERVER_CHAIN,
+                        "API keys are never accepted in URLs: mint an access token (POST /v1/tokens) for the browser",
+                    )
+                    .await);
             }
-            return match state.store.verify_api_key(&token).await? {
-                Some((tenant_id, key_id)) => {
-                    state.keys.put(&token, tenant_id.clone(), key_id.clone());
-                    Ok(Auth(Principal::ApiKey { tenant_id, key_id }))
-                }
-                None => {
-                    state
-                        .audit_denial(
-                            SERVER_CHAIN,
-                            "api_key:?",
-                            "authenticate",
-                            &object,
-                            "unknown or revoked API key",
-                        )
-                        .await;
-                    Err(ApiError::unauthorized("the API key is unknown or revoked"))
-                }
-            };
-        }
-        match state.tokens.verify(&token) {
-            Ok(c) => Ok(Auth(Principal::Token {
-                tenant_id: c.tid,
-                identity: c.sub,
-                role: c.role,
-                grants: c.grants,
-                region: c.region,
-            })),
-            Err(e) => {
-                use jsonwebtoken::errors::ErrorKind;
-                let reason = match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        "the access token has expired; mint a new one with POST /v1/tokens"
+            state.api_key(&info, &token).await?
+        } else {
+            match state.tokens.verify(&token) {
+                Ok(c) => {
+                    let p = c.principal();
+                    if let Principal::Token {
+                        tenant_id, token, ..
+                    } = &p
+                        && let Err(reason) = state.revocations.check(tenant_id, token)
+                    {
+                        return Err(state.refuse(&info, tenant_id, reason).await);
                     }
-                    ErrorKind::InvalidSignature => "the access token's signature is invalid",
-                    _ => "the access token is malformed or not issued by this server",
-                };
-                // Only a token that really was ours (signature fine) is charged to its tenant.
-                let chain = match e.kind() {
-                    ErrorKind::ExpiredSignature => TokenIssuer::unverified_tenant(&token)
-                        .unwrap_or_else(|| SERVER_CHAIN.into()),
-                    _ => SERVER_CHAIN.into(),
-                };
-                state
-                    .audit_denial(&chain, "token:?", "authenticate", &object, reason)
-                    .await;
-                Err(ApiError::unauthorized(reason))
+                    p
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    let reason = match e.kind() {
+                        ErrorKind::ExpiredSignature => {
+                            "the access token has expired; mint a new one with POST /v1/tokens"
+                        }
+                        ErrorKind::InvalidSignature => "the access token's signature is invalid",
+                        _ => "the access token is malformed or not issued by this server",
+                    };
+                    // Only a token that really was ours (signature fine) is charged to its tenant.
+                    let chain = match e.kind() {
+                        ErrorKind::ExpiredSignature => TokenIssuer::unverified_tenant(&token)
+                            .unwrap_or_else(|| SERVER_CHAIN.into()),
+                        _ => SERVER_CHAIN.into(),
+                    };
+                    return Err(state.refuse(&info, &chain, reason).await);
+                }
             }
-        }
+        };
+        let (api_key, credential) = match &principal {
+            Principal::ApiKey { key_id, .. } => (true, format!("api_key:{key_id}")),
+            Principal::Token { token, .. } => (false, format!("token:{}", token.jti)),
+        };
+        state
+            .limits
+            .credential(api_key, &credential)
+            .map_err(ApiError::too_many)?;
+        info.set_credential(principal.tenant_id(), credential);
+        Ok(Auth(principal))
     }
 }
 
 impl AppState {
-    /// Records a refusal; failures to record are logged, never shown to the caller.
+    /// Checks an API key: from the cache, else (unless the source is being
+    /// throttled: then no database work at all) from the store.
+    async fn api_key(&self, info: &RequestInfo, key: &str) -> Result<Principal, ApiError> {
+        if let Some((tenant_id, key_id)) = self.keys.get(key) {
+            return Ok(Principal::ApiKey { tenant_id, key_id });
+        }
+        if let Some(wait) = self.limits.throttled(info.source) {
+            return Err(ApiError::too_many(wait));
+        }
+        match self.store.verify_api_key(key).await? {
+            Some((tenant_id, key_id)) => {
+                self.keys.put(key, tenant_id.clone(), key_id.clone());
+                Ok(Principal::ApiKey { tenant_id, key_id })
+            }
+            None => Err(self
+                .refuse(info, SERVER_CHAIN, "the API key is unknown or revoked")
+                .await),
+        }
+    }
+
+    /// Refuses an unauthenticated request: 401, recorded under the route
+    /// template (never the raw path) at bounded cost; 429 once the source has
+    /// spent its refusals for the minute.
+    pub async fn refuse(&self, info: &RequestInfo, chain: &str, reason: &str) -> ApiError {
+        if let Err(wait) = self.limits.refusal(info.source) {
+            metrics::counter!("continuum_http_refusals_throttled_total").increment(1);
+            return ApiError::too_many(wait);
+        }
+        let actor = format!("anonymous@{}", crate::guard::limits::bucket(info.source));
+        self.audit_denial(chain, &actor, "authenticate", &info.route, reason)
+            .await;
+        ApiError::unauthorized(reason)
+    }
+
+    /// Records a refusal through the aggregator (the first of its kind in a
+    /// minute at once, the repeats as one summary); failures to record are
+    /// logged, never shown to the caller.
     pub async fn audit_denial(
         &self,
         tenant_id: &str,
@@ -256,10 +368,19 @@ impl AppState {
         object: &str,
         reason: &str,
     ) {
-        let entry = AuditEntry::new(actor, action, object, Outcome::Denied)
-            .with_detail(serde_json::json!({ "reason": reason }));
-        if let Err(e) = self.store.audit(tenant_id, entry).await {
-            tracing::warn!(error = %e, "could not record a denial in the audit chain");
+        metrics::counter!("continuum_refusals_total", "action" => action.to_owned()).increment(1);
+        let records = self
+            .refusals
+            .note(tenant_id, actor, action, object, reason, unix_now());
+        self.write_records(records).await;
+    }
+
+    /// Writes refusal records (and summaries) to their chains.
+    pub async fn write_records(&self, records: Vec<crate::guard::refusals::Record>) {
+        for (chain, entry) in records {
+            if let Err(e) = self.store.audit(&chain, entry).await {
+                tracing::warn!(error = %e, "could not record a refusal in the audit chain");
+            }
         }
     }
 

@@ -165,6 +165,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub region: String,
     pub metrics_token: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (for rate
+    /// limits, refusals and the access log). Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The one-click demo visit (`/` and `POST /dev/demo-visit`): served only
+    /// on a loopback listen address, to requests whose Host is a loopback name.
+    pub demo: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +179,14 @@ pub struct SecurityConfig {
     pub master_key: Option<String>,
     pub token_default_ttl_secs: u64,
     pub token_max_ttl_secs: u64,
+    /// Refused requests (bad or missing credentials) one source address (an
+    /// IPv6 /64) may cause per minute before it is answered 429 (0: no limit).
+    pub refusals_per_minute_per_source: u32,
+    /// Requests per second one access token may make, bursts twice that (0: no limit).
+    pub requests_per_second_per_token: u32,
+    /// Requests per second one API key may make (0: no limit; keys are your
+    /// backends, sized by you).
+    pub requests_per_second_per_api_key: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +200,9 @@ pub struct ContextConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     pub allow_private_targets: bool,
+    /// Hosts (names or addresses, no port) webhooks may reach over plain
+    /// http; every other target must be https.
+    pub allow_http_hosts: Vec<String>,
     pub max_attempts: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_secs: u64,
@@ -198,15 +215,15 @@ pub struct WebhookConfig {
 pub struct LogConfig {
     pub format: String,
     pub level: String,
+    /// One line per request (target `continuum::access`): method, route
+    /// template, status, latency, tenant, credential id, source. Never PHI.
+    pub access: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevConfig {
     pub bootstrap_tenant: bool,
-    /// Serve `/` with a button that creates a demo visit in the `dev` tenant
-    /// (only ever when listening on loopback).
-    pub demo_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -219,6 +236,8 @@ impl Default for ServerConfig {
             max_body_bytes: 256 * 1024,
             region: "local".into(),
             metrics_token: None,
+            trusted_proxies: Vec::new(),
+            demo: true,
         }
     }
 }
@@ -229,6 +248,9 @@ impl Default for SecurityConfig {
             master_key: None,
             token_default_ttl_secs: 900,
             token_max_ttl_secs: 3600,
+            refusals_per_minute_per_source: 60,
+            requests_per_second_per_token: 50,
+            requests_per_second_per_api_key: 0,
         }
     }
 }
@@ -246,6 +268,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig {
             allow_private_targets: false,
+            allow_http_hosts: Vec::new(),
             max_attempts: 15,
             backoff_base_ms: 1000,
             backoff_max_secs: 3600,
@@ -260,6 +283,7 @@ impl Default for LogConfig {
         LogConfig {
             format: "text".into(),
             level: "info".into(),
+            access: true,
         }
     }
 }
@@ -268,7 +292,6 @@ impl Default for DevConfig {
     fn default() -> Self {
         DevConfig {
             bootstrap_tenant: true,
-            demo_page: true,
         }
     }
 }
@@ -341,7 +364,15 @@ max_body_bytes = 262144
 # This node's region tag (data residency, TURN/media node choice).
 region = "local"
 # If set, GET /metrics requires `Authorization: Bearer <metrics_token>`.
+# Required whenever `listen` is not a loopback address (/metrics refuses
+# everyone until it is set).
 # metrics_token = "..."
+# Reverse proxies (exact addresses) whose X-Forwarded-For names the client.
+trusted_proxies = []
+# The one-click demo visit at / (its own `demo` tenant; tokens limited to the
+# demo conversation). Only ever served on a loopback listen address and to
+# requests whose Host header is a loopback name or address.
+demo = true
 
 [security]
 # 32-byte master key (64 hex chars or base64) that wraps every tenant's data
@@ -353,6 +384,14 @@ region = "local"
 # and the most a caller may ask for.
 token_default_ttl_secs = 900
 token_max_ttl_secs = 3600
+# Rate limits (429 with Retry-After; 0 turns one off). Refused requests per
+# source address (IPv6: per /64) per minute: past it, a source's bad requests
+# cost the server no database work and leave one summary audit record.
+refusals_per_minute_per_source = 60
+# Requests per second of one access token (a browser, an app), bursts of twice.
+requests_per_second_per_token = 50
+# Requests per second of one API key (your backends; sized by you).
+requests_per_second_per_api_key = 0
 
 [context]
 # How many recent events the context snapshot returns by default (?events=N
@@ -364,6 +403,9 @@ max_recent_events = 200
 # Refuse webhook URLs that resolve to private, loopback, link-local and other
 # special-purpose addresses (SSRF protection). Set true only for testing.
 allow_private_targets = false
+# Targets must be https (deliveries carry patient data) except these hosts
+# (names or addresses, no port), e.g. a receiver inside a private network.
+allow_http_hosts = []
 # Attempts before a delivery is declared dead; retries back off exponentially
 # from backoff_base_ms up to backoff_max_secs, with jitter.
 max_attempts = 15
@@ -377,13 +419,13 @@ concurrency = 16
 format = "text"
 # tracing filter, e.g. "info" or "continuum_server=debug,info".
 level = "info"
+# One line per request (target continuum::access): method, route template,
+# status, latency, tenant, credential id, source address. Never PHI or raw paths.
+access = true
 
 [dev]
 # On first start with an empty database, create a `dev` tenant and print its API key.
 bootstrap_tenant = true
-# On a loopback listen address, `/` offers a one-click demo visit (two tabs:
-# clinician and patient) in the `dev` tenant. Never served on other addresses.
-demo_page = true
 
 [rtc]
 # UDP address the SFU's media worker listens on (WebRTC media, ICE, DTLS).

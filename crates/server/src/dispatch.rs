@@ -32,17 +32,31 @@ pub fn sign(secret: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// Checks a webhook URL before it is accepted.
-pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|e| format!("url `{url}` is not a valid URL: {e}"))?;
+/// Checks a webhook URL before it is accepted: https (deliveries carry PHI),
+/// plain http only to hosts listed in `allow_http_hosts`.
+pub async fn check_target(
+    url: &str,
+    allow_private: bool,
+    allow_http_hosts: &[String],
+) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("url is not a valid URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("webhook url must be http or https".into());
+        return Err("webhook url must be https".into());
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("webhook url must not carry credentials; verify our signature instead".into());
     }
     let host = parsed.host_str().ok_or("webhook url needs a host")?;
+    if parsed.scheme() == "http"
+        && !allow_http_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(host.trim_start_matches('[').trim_end_matches(']')))
+    {
+        return Err(format!(
+            "webhook url must be https: deliveries carry patient data; to allow plain http to `{host}` \
+             (e.g. inside a private network) list it in webhooks.allow_http_hosts"
+        ));
+    }
     if allow_private {
         return Ok(());
     }
@@ -231,22 +245,59 @@ mod tests {
 
     #[tokio::test]
     async fn private_targets_are_refused_unless_allowed() {
+        let http: Vec<String> = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "::ffff:c0a8:1",
+            "::ffff:0:7f00:1",
+            "169.254.169.254",
+            "example.com",
+        ]
+        .map(String::from)
+        .to_vec();
         for url in [
             "http://127.0.0.1:9/x",
             "http://10.1.2.3/",
             "http://[::ffff:192.168.0.1]/",
+            "http://[::ffff:0:7f00:1]/",
             "http://169.254.169.254/latest/meta-data",
         ] {
-            let err = check_target(url, false).await.unwrap_err();
+            let err = check_target(url, false, &http).await.unwrap_err();
             assert!(err.contains("allow_private_targets"), "{url}: {err}");
-            assert!(check_target(url, true).await.is_ok());
+            assert!(check_target(url, true, &http).await.is_ok());
         }
-        assert!(check_target("ftp://example.com/", true).await.is_err());
         assert!(
-            check_target("http://user:pw@example.com/", true)
+            check_target("ftp://example.com/", true, &http)
                 .await
                 .is_err()
         );
-        assert!(check_target("not a url", true).await.is_err());
+        assert!(
+            check_target("http://user:pw@example.com/", true, &http)
+                .await
+                .is_err()
+        );
+        assert!(check_target("not a url", true, &http).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn plain_http_only_to_listed_hosts() {
+        let err = check_target("http://203.0.113.10/hook", true, &[])
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("https") && err.contains("allow_http_hosts"),
+            "{err}"
+        );
+        let listed = vec!["203.0.113.10".to_owned()];
+        assert!(
+            check_target("http://203.0.113.10/hook", true, &listed)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check_target("https://203.0.113.10/hook", true, &[])
+                .await
+                .is_ok()
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod media;
 pub mod ops;
 pub mod serve;

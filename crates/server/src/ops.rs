@@ -20,26 +20,40 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     }
     match s.store.outbox_depth().await {
         Ok(_) => "ready\n".into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("database unavailable: {e}\n"),
-        )
-            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
     }
 }
 
+/// Prometheus metrics. They name tenants, rooms' load and traffic, so off a
+/// loopback listener they need `server.metrics_token` (and refuse everyone
+/// until one is set).
 pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(expected) = &s.config.server.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(expected.as_str()) {
+    match &s.config.server.metrics_token {
+        Some(expected) => {
+            use subtle::ConstantTimeEq;
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                return ApiError::unauthorized(
+                    "metrics need `Authorization: Bearer <server.metrics_token>`",
+                )
+                .into_response();
+            }
+        }
+        None if !s.config.server.listen.ip().is_loopback() => {
             return ApiError::unauthorized(
-                "metrics need `Authorization: Bearer <server.metrics_token>`",
+                "metrics need a token when the server listens beyond loopback: set server.metrics_token \
+                 (CONTINUUM_SERVER__METRICS_TOKEN) and send `Authorization: Bearer <token>`",
             )
             .into_response();
         }
+        None => {}
     }
     let Some(handle) = &s.metrics else {
         return (

@@ -106,7 +106,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         state.turn = Some(std::sync::Arc::new(turn));
     }
     state.media = Some(media);
+    state
+        .revocations
+        .refresh(&store)
+        .await
+        .context("loading token and API key revocations")?;
     let router = app::build(state.clone());
+    let housekeeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                state.housekeeping().await;
+            }
+        })
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let dispatcher =
@@ -142,7 +157,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             state.ready.store(true, Ordering::Relaxed);
             announce("https", bound);
             server
-                .serve(router.into_make_service())
+                .serve(router.into_make_service_with_connect_info::<std::net::SocketAddr>())
                 .await
                 .with_context(|| format!("serving HTTPS on {bound}"))
         }
@@ -151,17 +166,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             state.ready.store(true, Ordering::Relaxed);
             announce("http", bound);
             let stopping = state.shutdown.clone();
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    shutdown_signal().await;
-                    let _ = stopping.send(true);
-                })
-                .await
-                .context("serving HTTP")
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                let _ = stopping.send(true);
+            })
+            .await
+            .context("serving HTTP")
         }
     };
     state.ready.store(false, Ordering::Relaxed);
     tracing::info!("shutting down: finishing queued writes");
+    housekeeper.abort();
+    state.flush_refusals().await;
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
     // In-flight requests have finished; let the writer commit what is queued.

@@ -23,11 +23,23 @@ pub struct AppState {
     /// The TURN server, when this node runs one (for `ice_servers`).
     pub turn: Option<Arc<crate::turn::TurnService>>,
     pub whip: Arc<crate::api::whip::Sessions>,
+    pub limits: Arc<crate::guard::Limits>,
+    pub refusals: Arc<crate::guard::Refusals>,
+    pub revocations: Arc<crate::guard::Revocations>,
 }
 
 impl AppState {
     pub fn new(store: Store, config: Config, metrics: Option<PrometheusHandle>) -> Self {
+        let sec = &config.security;
+        let limits = crate::guard::Limits::new(
+            sec.refusals_per_minute_per_source,
+            sec.requests_per_second_per_token,
+            sec.requests_per_second_per_api_key,
+        );
         AppState {
+            limits: Arc::new(limits),
+            refusals: Arc::default(),
+            revocations: Arc::default(),
             tokens: Arc::new(TokenIssuer::new(store.master_key())),
             keys: Arc::new(KeyCache::new(std::time::Duration::from_secs(30))),
             store,
@@ -39,5 +51,22 @@ impl AppState {
             turn: None,
             whip: Arc::default(),
         }
+    }
+
+    /// Once a second-scale housekeeping: refusal summaries of ended minutes,
+    /// idle rate-limit entries, revocations made by other processes.
+    pub async fn housekeeping(&self) {
+        let records = self.refusals.flush(crate::auth::unix_now(), false);
+        self.write_records(records).await;
+        self.limits.sweep();
+        if let Err(e) = self.revocations.refresh(&self.store).await {
+            tracing::warn!(error = %e, "could not re-read revocations");
+        }
+    }
+
+    /// At shutdown: every pending refusal summary.
+    pub async fn flush_refusals(&self) {
+        let records = self.refusals.flush(crate::auth::unix_now(), true);
+        self.write_records(records).await;
     }
 }

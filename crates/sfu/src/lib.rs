@@ -11,6 +11,7 @@
 pub mod forward;
 mod participant;
 pub mod quality;
+mod sdp_problem;
 pub mod sim;
 mod speaker;
 mod stun;

@@ -2,6 +2,7 @@
 
 use crate::participant::{Mode, Participant, ParticipantId, Polled};
 use crate::quality::{QualityChange, QualitySample, QualityThresholds};
+use crate::sdp_problem::{plain_reason, sdp_problem};
 use crate::stun;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -358,7 +359,7 @@ impl Worker {
             });
         }
         let offer = SdpOffer::from_sdp_string(&req.offer_sdp)
-            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+            .map_err(|_| JoinError::BadOffer(sdp_problem(&req.offer_sdp)))?;
         let creds = IceCreds::new();
         let mut rtc = Rtc::builder()
             // RTP-level forwarding: packets go out as they came in (numbers
@@ -374,13 +375,13 @@ impl Worker {
             .set_local_ice_credentials(creds.clone())
             .set_stats_interval(Some(Duration::from_secs(1)))
             .build(now);
-        let candidate = Candidate::host(self.cfg.public_addr, "udp")
-            .map_err(|e| JoinError::Refused(e.to_string()))?;
+        let candidate = Candidate::host(self.cfg.public_addr, "udp").map_err(|e| {
+            JoinError::Refused(plain_reason(e.to_string(), "the offer was refused"))
+        })?;
         rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| JoinError::Refused(e.to_string()))?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
+            JoinError::Refused(plain_reason(e.to_string(), "the offer was refused"))
+        })?;
 
         let id = ParticipantId(self.next_id);
         self.next_id += self.cfg.participant_id_stride.max(1);
@@ -474,9 +475,13 @@ impl Worker {
             .get_mut(&id)
             .ok_or(SignalError::UnknownParticipant)?;
         let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
-        p.accept_answer(answer)
-            .map_err(|e| SignalError::Refused(e.to_string()))
+            SdpAnswer::from_sdp_string(sdp).map_err(|_| SignalError::BadSdp(sdp_problem(sdp)))?;
+        p.accept_answer(answer).map_err(|e| {
+            SignalError::Refused(plain_reason(
+                e.to_string(),
+                "the answer does not match our offer",
+            ))
+        })
     }
 
     /// The subscriber's requested video quality (its rendered size): the
@@ -529,8 +534,11 @@ impl Worker {
         if line.is_empty() {
             return Ok(());
         }
-        let c = Candidate::from_sdp_string(line)
-            .map_err(|e| SignalError::BadSdp(format!("bad candidate: {e}")))?;
+        let c = Candidate::from_sdp_string(line).map_err(|_| {
+            SignalError::BadSdp(
+                "the candidate is not an ICE candidate line (`candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type>`)".into(),
+            )
+        })?;
         p.rtc.add_remote_candidate(c);
         Ok(())
     }
@@ -542,10 +550,12 @@ impl Worker {
             .get_mut(&id)
             .ok_or(SignalError::UnknownParticipant)?;
         let offer =
-            SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::BadSdp(e.to_string()))?;
+            SdpOffer::from_sdp_string(sdp).map_err(|_| SignalError::BadSdp(sdp_problem(sdp)))?;
         let answer = p
             .accept_offer(offer)
-            .map_err(|e| SignalError::Refused(e.to_string()))?
+            .map_err(|e| {
+                SignalError::Refused(plain_reason(e.to_string(), "the offer was refused"))
+            })?
             .to_sdp_string();
         // An ICE restart gives us new local credentials: checks from the
         // client's new address will carry the new ufrag.

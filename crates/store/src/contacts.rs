@@ -106,6 +106,11 @@ fn apply(input: ContactInput, data: &mut SealedContact) -> Result<()> {
                 "display_name must be 1..=200 characters".into(),
             ));
         }
+        if name.chars().any(char::is_control) {
+            return Err(StoreError::Invalid(
+                "display_name must not contain NUL or other control characters".into(),
+            ));
+        }
         data.display_name = name;
     }
     if let Some(dob) = input.date_of_birth {
@@ -120,6 +125,11 @@ fn apply(input: ContactInput, data: &mut SealedContact) -> Result<()> {
         if ext.len() > 128 {
             return Err(StoreError::Invalid(
                 "external_id must be at most 128 characters".into(),
+            ));
+        }
+        if ext.chars().any(char::is_control) {
+            return Err(StoreError::Invalid(
+                "external_id must not contain NUL or other control characters".into(),
             ));
         }
         data.external_id = Some(ext);

@@ -298,6 +298,32 @@ impl Store {
         .await
     }
 
+    /// Whether the contact is the patient of one of these conversations
+    /// (`None`: of any conversation): what puts a contact within an access
+    /// token's reach.
+    pub async fn contact_in_conversations(
+        &self,
+        tenant_id: &str,
+        contact_id: &str,
+        conversations: Option<Vec<String>>,
+    ) -> Result<bool> {
+        let (t, c) = (tenant_id.to_owned(), contact_id.to_owned());
+        let ids = conversations
+            .map(|v| serde_json::to_string(&v).map_err(|e| StoreError::Invalid(e.to_string())))
+            .transpose()?;
+        self.read(move |conn| {
+            let found: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT 1 FROM conversations WHERE tenant_id = ?1 AND contact_id = ?2
+                     AND (?3 IS NULL OR id IN (SELECT value FROM json_each(?3))) LIMIT 1",
+                )?
+                .query_row(params![t, c, ids], |r| r.get(0))
+                .optional()?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
     pub async fn get_conversation(&self, tenant_id: &str, id: &str) -> Result<Conversation> {
         let (t, id, store) = (tenant_id.to_owned(), id.to_owned(), self.clone());
         self.read(move |c| {

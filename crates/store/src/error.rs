@@ -7,6 +7,13 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// An idempotency key came back with a different request (as payment
+    /// APIs do, this is refused rather than answered with the original).
+    #[error(
+        "idempotency key `{0}` was already used for a different event in this conversation; \
+         retry with the same content, or use a new key"
+    )]
+    IdempotencyMismatch(String),
     #[error(transparent)]
     InvalidTransition(#[from] TransitionError),
     #[error(transparent)]

@@ -502,6 +502,15 @@ pub struct Appended {
     pub also_written: Vec<Event>,
 }
 
+/// Whether a retried append asks for the event that its key already stored.
+fn same_request(existing: &Event, ev: &NewEvent) -> bool {
+    existing.channel == ev.channel
+        && existing.kind == ev.kind
+        && existing.actor == ev.actor
+        && existing.body == ev.body
+        && existing.meta == ev.meta
+}
+
 impl Store {
     /// Appends a client event to the timeline. A repeated idempotency key returns
     /// the original event. Inbound contact reopens a closed conversation first.
@@ -535,6 +544,9 @@ impl Store {
                         .optional()?;
                     if let Some(existing) = existing {
                         let existing = existing?;
+                        if !same_request(&existing, &ev) {
+                            return Err(StoreError::IdempotencyMismatch(key.chars().take(64).collect()));
+                        }
                         ctx.audit(
                             &tenant_id,
                             &AuditEntry::new(&audit_actor, "event.append", format!("conversation/{conv_id}/event/{}", existing.seq), Outcome::Ok)

@@ -17,6 +17,7 @@ mod writer;
 mod contacts;
 mod conversations;
 mod events;
+mod revocations;
 mod rooms;
 mod tenants;
 mod time_fmt;
@@ -30,10 +31,11 @@ pub use conversations::{
 pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
+pub use revocations::RevokedToken;
 pub use rooms::Room;
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
-pub use webhooks::{Delivery, DueDelivery, Webhook};
+pub use webhooks::{Delivery, DueDelivery, Webhook, WebhookPayload};
 pub use writer::WriteCtx;
 
 use parking_lot::RwLock;
@@ -69,6 +71,23 @@ impl Default for StoreOptions {
     }
 }
 
+/// Owner-only permissions (the data directory 0700, database files 0600).
+fn restrict(path: &Path, mode: u32) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            StoreError::Database(format!(
+                "cannot restrict {} to mode {mode:o}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
+}
+
 /// The database file inside a data directory.
 pub fn database_path(data_dir: &Path) -> PathBuf {
     data_dir.join("continuum.db")
@@ -96,10 +115,19 @@ impl Store {
             ))
         })?;
         let path = database_path(data_dir);
+        restrict(data_dir, 0o700)?;
         let mut conn = rusqlite::Connection::open(&path)
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         schema::configure(&conn, true)?;
         schema::migrate(&mut conn)?;
+        // Sealed or not, the database is nobody else's business; SQLite gives
+        // the -wal and -shm files the database file's mode.
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                restrict(&file, 0o600)?;
+            }
+        }
         let audit_key = master.derive("audit-chain");
         let writer = Writer::start(conn, audit_key, path.clone());
         let readers = ReadPool::new(path, opts.readers.max(1));

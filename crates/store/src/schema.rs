@@ -157,6 +157,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rooms_conversation ON rooms(tenant_id, conversation_id);
     "#,
+    // 3: revoked access tokens, kept until they would have expired anyway.
+    r#"
+    CREATE TABLE revoked_tokens (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        jti TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        revoked_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, jti)
+    ) WITHOUT ROWID;
+    CREATE INDEX revoked_tokens_until ON revoked_tokens(until);
+    -- Thin webhooks carry ids and kinds only; the receiver fetches the rest
+    -- with its own credentials.
+    ALTER TABLE webhooks ADD COLUMN payload TEXT NOT NULL DEFAULT 'full';
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

@@ -219,6 +219,17 @@ impl Store {
         .await
     }
 
+    /// The ids of every revoked API key: tokens minted under them die with them.
+    pub async fn revoked_key_ids(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id FROM api_keys WHERE revoked_at IS NOT NULL")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+        .await
+    }
+
     /// Checks a presented key. `Ok(None)` for unknown, malformed or revoked keys.
     pub async fn verify_api_key(&self, presented: &str) -> Result<Option<(String, String)>> {
         let Some(rest) = presented.strip_prefix(KEY_PREFIX) else {

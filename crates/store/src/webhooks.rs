@@ -24,7 +24,64 @@ pub struct Webhook {
     pub id: String,
     pub url: String,
     pub event_types: Vec<String>,
+    pub payload: WebhookPayload,
     pub created_at: Timestamp,
+}
+
+/// What a delivery carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookPayload {
+    /// The whole object (message bodies included).
+    #[default]
+    Full,
+    /// Ids, kinds, states and times only: no PHI leaves; the receiver fetches
+    /// the object with its own credentials.
+    Thin,
+}
+
+impl WebhookPayload {
+    fn as_str(self) -> &'static str {
+        match self {
+            WebhookPayload::Full => "full",
+            WebhookPayload::Thin => "thin",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        if s == "thin" {
+            WebhookPayload::Thin
+        } else {
+            WebhookPayload::Full
+        }
+    }
+}
+
+/// The fields a thin delivery keeps: identifiers, kinds, states and times.
+const THIN_FIELDS: &[&str] = &[
+    "id",
+    "conversation_id",
+    "contact_id",
+    "seq",
+    "at",
+    "channel",
+    "kind",
+    "state",
+    "created_at",
+    "updated_at",
+    "last_seq",
+];
+
+fn thin(data: &serde_json::Value) -> serde_json::Value {
+    match data {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.iter()
+                .filter(|(k, _)| THIN_FIELDS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => serde_json::Value::Null,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -70,16 +127,16 @@ pub(crate) fn enqueue(
     data: impl FnOnce() -> serde_json::Value,
 ) -> Result<usize> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, event_types FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL",
+        "SELECT id, event_types, payload FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL",
     )?;
-    let hooks: Vec<(String, String)> = stmt
-        .query_map([tenant_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let hooks: Vec<(String, String, String)> = stmt
+        .query_map([tenant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut n = 0;
     let now = now_micros();
     let mut data = Some(data);
     let mut built = serde_json::Value::Null;
-    for (id, types) in hooks {
+    for (id, types, payload) in hooks {
         let types: Vec<String> = serde_json::from_str(&types).unwrap_or_default();
         if !types.iter().any(|t| t == "*" || t == event_type) {
             continue;
@@ -92,7 +149,10 @@ pub(crate) fn enqueue(
             "type": event_type,
             "tenant_id": tenant_id,
             "created_at": Timestamp(now),
-            "data": &built,
+            "data": match WebhookPayload::parse(&payload) {
+                WebhookPayload::Full => built.clone(),
+                WebhookPayload::Thin => thin(&built),
+            },
         });
         let sealed = keys
             .data
@@ -113,6 +173,7 @@ impl Store {
         tenant_id: &str,
         url: &str,
         event_types: Vec<String>,
+        payload: WebhookPayload,
         actor: &str,
     ) -> Result<(Webhook, String)> {
         let event_types = if event_types.is_empty() {
@@ -135,6 +196,7 @@ impl Store {
             id: uuid::Uuid::now_v7().to_string(),
             url: url.to_owned(),
             event_types,
+            payload,
             created_at: Timestamp(now_micros()),
         };
         let (h, tenant_id, actor, store, s) = (
@@ -147,8 +209,8 @@ impl Store {
         self.write(move |ctx| {
             let keys = store.keys_for(ctx.conn, &tenant_id)?;
             ctx.conn.execute(
-                "INSERT INTO webhooks (id, tenant_id, url, event_types, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![h.id, tenant_id, h.url, serde_json::to_string(&h.event_types).unwrap_or_default(), keys.data.seal(s.as_bytes(), &secret_aad(&h.id)), h.created_at.0],
+                "INSERT INTO webhooks (id, tenant_id, url, event_types, secret, created_at, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![h.id, tenant_id, h.url, serde_json::to_string(&h.event_types).unwrap_or_default(), keys.data.seal(s.as_bytes(), &secret_aad(&h.id)), h.created_at.0, h.payload.as_str()],
             )?;
             ctx.audit(&tenant_id, &AuditEntry::new(actor, "webhook.create", format!("webhook/{}", h.id), Outcome::Ok))?;
             Ok(())
@@ -161,13 +223,14 @@ impl Store {
         let t = tenant_id.to_owned();
         self.read(move |c| {
             let mut stmt = c.prepare(
-                "SELECT id, url, event_types, created_at FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL ORDER BY id",
+                "SELECT id, url, event_types, created_at, payload FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL ORDER BY id",
             )?;
             let rows = stmt.query_map([t], |r| {
                 Ok(Webhook {
                     id: r.get(0)?,
                     url: r.get(1)?,
                     event_types: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                    payload: WebhookPayload::parse(&r.get::<_, String>(4)?),
                     created_at: Timestamp(r.get(3)?),
                 })
             })?;

@@ -194,12 +194,21 @@ async fn idempotent_appends_return_the_original() {
         .await
         .unwrap();
     let again = store
-        .append_event(&t.id, &conv, message("two", Some("k")), "test")
+        .append_event(&t.id, &conv, message("one", Some("k")), "test")
         .await
         .unwrap();
     assert!(first.created && !again.created);
     assert_eq!(again.event.seq, first.event.seq);
     assert_eq!(again.event.body.as_deref(), Some("one"));
+    // The same key with different content is refused, naming the key.
+    let err = store
+        .append_event(&t.id, &conv, message("two", Some("k")), "test")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, continuum_store::StoreError::IdempotencyMismatch(ref k) if k == "k"),
+        "{err}"
+    );
     assert!(store.verify().unwrap().is_intact());
 }
 

@@ -1,5 +1,6 @@
 //! Which peers a relay may talk to. By default: nothing in an IANA
-//! special-purpose range (IPv4 hidden in IPv6 forms is unwrapped first) and
+//! special-purpose range (an IPv6 address is refused if its own range is
+//! special or any IPv4 it carries is: see `continuum_core::netpolicy`) and
 //! none of the server's own addresses, so TURN is never a door into the
 //! network it runs in. Operators add allow-lists (e.g. only the SFU and SIP
 //! gateway) and deny-lists; tests use an explicit loopback allowance.
@@ -52,7 +53,10 @@ impl FromStr for Cidr {
     }
 }
 
-/// IPv4 carried in IPv6 (mapped, compatible, NAT64, 6to4) is judged as IPv4.
+/// IPv6 forms that only respell an IPv4 host (mapped, compatible, translated,
+/// NAT64 well-known prefix, 6to4) are compared as that IPv4. Teredo and
+/// local-use NAT64 are not (an IPv4 allowance must not open them); they are
+/// special-purpose, so they are refused unless allowed as IPv6.
 fn normalize(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => embedded_ipv4(&v6).map_or(ip, IpAddr::V4),
@@ -138,8 +142,10 @@ impl PeerPolicy {
 }
 
 /// One address from every range refused by default, plus IPv4 ranges in
-/// their IPv6 disguises (mapped, compatible, NAT64, 6to4): the probe list
-/// the policy is tested with, here and end to end.
+/// their IPv6 disguises (mapped, compatible, translated, NAT64, 6to4,
+/// Teredo): the probe list the policy is tested with, here and end to end
+/// (`tests/turn.rs` sends a CreatePermission for each, IPv6 ones through an
+/// IPv6 relay, and expects 403).
 pub const DENIED_BY_DEFAULT: &[&str] = &[
     "0.0.0.1",
     "10.1.2.3",
@@ -174,6 +180,13 @@ pub const DENIED_BY_DEFAULT: &[&str] = &[
     "64:ff9b::7f00:1",
     "2002:a00:1::1",
     "2002:7f00:1::1",
+    // IPv4-translated (RFC 2765/6145 `::ffff:0:a.b.c.d`) forms:
+    "::ffff:0:7f00:1",
+    "::ffff:0:a00:1",
+    // Local-use NAT64 (RFC 8215, /48 layout) carrying 127.0.0.1:
+    "64:ff9b:1:7f00:0:100::",
+    // Teredo with server 65.54.227.120 and client 127.0.0.1 (obfuscated):
+    "2001:0:4136:e378:8000:63bf:80ff:fffe",
 ];
 
 #[cfg(test)]
@@ -211,6 +224,19 @@ mod tests {
             "explicit test allowance"
         );
         assert_eq!(p.check("::ffff:127.0.0.1".parse().unwrap()), Ok(()));
+        assert_eq!(p.check("::ffff:0:7f00:1".parse().unwrap()), Ok(()));
+        // Teredo and local-use NAT64 carrying 127.0.0.1 are not 127.0.0.1:
+        // the allowance does not open them.
+        for s in [
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "64:ff9b:1:7f00:0:100::",
+        ] {
+            assert_eq!(
+                p.check(s.parse().unwrap()),
+                Err(Denied::SpecialPurpose),
+                "{s}"
+            );
+        }
         assert_eq!(
             p.check("127.0.0.2".parse().unwrap()),
             Err(Denied::SpecialPurpose)

@@ -6,7 +6,7 @@ use crate::extract::{Json, Path};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use continuum_core::{Grants, Permission, Role};
+use continuum_core::{Grants, Permission, Principal, Role};
 use continuum_store::{ApiKeyInfo, Staff, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -34,6 +34,8 @@ pub struct MintTokenRequest {
 #[derive(Serialize, ToSchema)]
 pub struct MintTokenResponse {
     pub token: String,
+    /// The token's id, for `POST /v1/tokens/revoke`.
+    pub jti: String,
     pub expires_at: Timestamp,
     pub identity: String,
     pub role: Role,
@@ -58,11 +60,18 @@ pub async fn mint_token(
     if req.identity.is_empty() || req.identity.len() > 128 {
         return Err(ApiError::invalid("identity must be 1..=128 characters"));
     }
+    if req.identity.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "identity must not contain control characters",
+        ));
+    }
     if req.role == Role::Patient
-        && (req.grants.allows_all_conversations() || req.grants.rooms.iter().any(|r| r == "*"))
+        && (req.grants.allows_all_conversations()
+            || req.grants.rooms.iter().any(|r| r == "*")
+            || !req.grants.contacts.is_empty())
     {
         return Err(ApiError::invalid(
-            "patient tokens must name their conversations and rooms; `*` is refused",
+            "patient tokens must name their conversations and rooms; `*` and contact grants are refused",
         ));
     }
     let sec = &s.config.security;
@@ -73,7 +82,41 @@ pub async fn mint_token(
             sec.token_max_ttl_secs
         )));
     }
-    let (token, exp) = s.tokens.mint(
+    // A token hands on no more than it holds: not a longer life, not a
+    // higher role, not wider grants; and it dies with the key it came from.
+    let (ttl, key_id) = match &p {
+        Principal::ApiKey { key_id, .. } => (ttl, Some(key_id.clone())),
+        Principal::Token {
+            role,
+            grants,
+            token,
+            ..
+        } => {
+            if !p.may_mint_role(req.role) {
+                return Err(ApiError::forbidden(format!(
+                    "a {} token may not mint {} tokens",
+                    role.as_str(),
+                    req.role.as_str()
+                )));
+            }
+            if *role != Role::Admin && !req.grants.within(grants) {
+                return Err(ApiError::forbidden(
+                    "grants must be within the minting token's own grants",
+                ));
+            }
+            let left = token.expires_at.saturating_sub(crate::auth::unix_now());
+            if req.ttl_seconds.is_some_and(|asked| asked > left) {
+                return Err(ApiError::invalid(format!(
+                    "ttl_seconds must be at most {left}: a token may not outlive the token that mints it"
+                )));
+            }
+            if left == 0 {
+                return Err(ApiError::unauthorized("the access token has expired"));
+            }
+            (ttl.min(left), token.key_id.clone())
+        }
+    };
+    let (token, claims) = s.tokens.mint_claims(
         p.tenant_id(),
         &req.identity,
         req.role,
@@ -81,9 +124,11 @@ pub async fn mint_token(
         crate::auth::About {
             name: req.name,
             region: req.region.clone(),
+            key_id,
         },
         Duration::from_secs(ttl),
     );
+    let exp = claims.exp;
     let entry = continuum_store::AuditEntry::new(
         p.audit_actor(),
         "token.mint",
@@ -96,6 +141,7 @@ pub async fn mint_token(
         StatusCode::CREATED,
         Json(MintTokenResponse {
             token,
+            jti: claims.jti,
             expires_at: Timestamp(exp as i64 * 1_000_000),
             ice_servers: match (&s.turn, req.grants.rooms.is_empty()) {
                 (Some(t), false) => {
@@ -133,6 +179,19 @@ pub async fn create_key(
     Json(req): Json<CreateKeyRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedKey>)> {
     s.require(&p, Permission::ManageTenant, "api_keys").await?;
+    if !matches!(p, Principal::ApiKey { .. }) {
+        s.audit_denial(
+            p.tenant_id(),
+            &p.audit_actor(),
+            "api_key.create",
+            "api_keys",
+            "access tokens may not create API keys",
+        )
+        .await;
+        return Err(ApiError::forbidden(
+            "API keys are created only with an API key (or `continuum key create`), never with an access token",
+        ));
+    }
     if req.name.is_empty() || req.name.len() > 100 {
         return Err(ApiError::invalid("name must be 1..=100 characters"));
     }
@@ -167,6 +226,53 @@ pub async fn revoke_key(
         .revoke_api_key(p.tenant_id(), &id, &p.audit_actor())
         .await?;
     s.keys.forget_key_id(&id);
+    s.revocations.revoke_key(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTokenRequest {
+    /// The `jti` from the mint response (or the token's own claims).
+    #[schema(min_length = 1, max_length = 64)]
+    pub jti: String,
+}
+
+/// Revoke an access token by its `jti`: it stops working at once for REST, live
+/// streams and signaling (open sockets and streams are closed). Needs the API
+/// key or an admin token; any token may revoke itself (sign-out).
+#[utoipa::path(post, path = "/v1/tokens/revoke", tag = "access", request_body = RevokeTokenRequest,
+    responses((status = 204, description = "revoked (also when it already was)"),
+        (status = 401, body = ErrorBody, description = "no valid credential"),
+        (status = 403, body = ErrorBody, description = "the credential may not revoke other tokens"),
+        (status = 422, body = ErrorBody, description = "jti missing or malformed")),
+    security(("bearer" = [])))]
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<RevokeTokenRequest>,
+) -> ApiResult<StatusCode> {
+    let own = matches!(&p, Principal::Token { token, .. } if token.jti == req.jti);
+    if !own {
+        s.require(&p, Permission::MintTokens, "tokens").await?;
+    }
+    if req.jti.is_empty()
+        || req.jti.len() > 64
+        || !req
+            .jti
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(ApiError::invalid(
+            "jti must be 1..=64 letters, digits and dashes (the `jti` of POST /v1/tokens)",
+        ));
+    }
+    // Kept until any token could have expired: its own exp is not needed.
+    let until = crate::auth::unix_now() + s.config.security.token_max_ttl_secs + 60;
+    s.store
+        .revoke_token(p.tenant_id(), &req.jti, until, &p.audit_actor())
+        .await?;
+    s.revocations.revoke_token(p.tenant_id(), &req.jti, until);
     Ok(StatusCode::NO_CONTENT)
 }
 

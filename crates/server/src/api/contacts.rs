@@ -6,7 +6,7 @@ use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use continuum_core::{BindingKind, Permission};
+use continuum_core::{BindingKind, Permission, Principal};
 use continuum_store::{Contact, ContactInput, ContactList};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -20,6 +20,7 @@ pub async fn create(
     Json(input): Json<ContactInput>,
 ) -> ApiResult<(StatusCode, Json<Contact>)> {
     s.require(&p, Permission::WriteContacts, "contacts").await?;
+    s.require_all_contacts(&p, "contact.create").await?;
     let c = s
         .store
         .create_contact(p.tenant_id(), input, &p.audit_actor())
@@ -62,6 +63,11 @@ pub async fn list(
         return Err(ApiError::invalid("look up by one binding at a time"));
     }
     if let Some((kind, value)) = lookup.into_iter().next() {
+        if q.cursor.is_some() || q.limit.is_some() {
+            return Err(ApiError::invalid(
+                "cursor and limit apply to listing, not to a lookup by binding",
+            ));
+        }
         // `?phone=+1415...` unescaped arrives as " 1415..." (form decoding turns
         // `+` into a space); that can only have meant the plus sign.
         let value = match value.strip_prefix(' ') {
@@ -74,10 +80,18 @@ pub async fn list(
             .find_contact_by_binding(p.tenant_id(), kind, &value, &p.audit_actor())
             .await
         {
-            Ok(c) => Ok(Json(ContactList {
+            // Outside the token's reach it looks exactly like no match.
+            Ok(c) if s.contact_within_reach(&p, &c.id).await? => Ok(Json(ContactList {
                 contacts: vec![c],
                 next_cursor: None,
             })),
+            Ok(c) => {
+                s.deny_contact(&p, &c.id).await;
+                Ok(Json(ContactList {
+                    contacts: vec![],
+                    next_cursor: None,
+                }))
+            }
             Err(continuum_store::StoreError::NotFound(_)) => Ok(Json(ContactList {
                 contacts: vec![],
                 next_cursor: None,
@@ -85,10 +99,12 @@ pub async fn list(
             Err(e) => Err(e.into()),
         };
     }
+    s.require_all_contacts(&p, "contact.list").await?;
     let limit = super::limit(q.limit, 50, 200)?;
+    let cursor = q.cursor.map(|c| super::id_cursor(&c)).transpose()?;
     Ok(Json(
         s.store
-            .list_contacts(p.tenant_id(), q.cursor, limit, &p.audit_actor())
+            .list_contacts(p.tenant_id(), cursor, limit, &p.audit_actor())
             .await?,
     ))
 }
@@ -103,6 +119,7 @@ pub async fn get(
 ) -> ApiResult<Json<Contact>> {
     s.require(&p, Permission::ReadContacts, &format!("contact/{id}"))
         .await?;
+    s.require_contact(&p, &id).await?;
     Ok(Json(
         s.store
             .get_contact(p.tenant_id(), &id, &p.audit_actor())
@@ -121,6 +138,7 @@ pub async fn update(
 ) -> ApiResult<Json<Contact>> {
     let object = format!("contact/{id}");
     s.require(&p, Permission::WriteContacts, &object).await?;
+    s.require_contact(&p, &id).await?;
     match s
         .store
         .update_contact(p.tenant_id(), &id, input, &p.audit_actor())
@@ -128,5 +146,64 @@ pub async fn update(
     {
         Ok(c) => Ok(Json(c)),
         Err(e) => Err(s.audit_failure(&p, "contact.update", &object, e).await),
+    }
+}
+
+impl AppState {
+    /// Whether `p` reaches this contact: the API key, admins and tenant-wide
+    /// contact grants reach all; other tokens the patients of their granted
+    /// conversations (and contacts granted by id).
+    pub async fn contact_within_reach(&self, p: &Principal, contact_id: &str) -> ApiResult<bool> {
+        let Principal::Token { grants, .. } = p else {
+            return Ok(true);
+        };
+        if p.sees_all_contacts() || grants.contacts.iter().any(|c| c == contact_id) {
+            return Ok(true);
+        }
+        let conversations =
+            (!grants.allows_all_conversations()).then(|| grants.conversations.clone());
+        Ok(self
+            .store
+            .contact_in_conversations(p.tenant_id(), contact_id, conversations)
+            .await?)
+    }
+
+    async fn deny_contact(&self, p: &Principal, contact_id: &str) {
+        self.audit_denial(
+            p.tenant_id(),
+            &p.audit_actor(),
+            "contact.access",
+            &format!("contact/{contact_id}"),
+            "not in grants",
+        )
+        .await;
+    }
+
+    /// 404 (as if missing, and audited) for a contact out of `p`'s reach.
+    pub async fn require_contact(&self, p: &Principal, contact_id: &str) -> ApiResult<()> {
+        if self.contact_within_reach(p, contact_id).await? {
+            return Ok(());
+        }
+        self.deny_contact(p, contact_id).await;
+        Err(ApiError::not_found("contact"))
+    }
+
+    /// 403 (audited) unless `p` reaches every contact of the tenant.
+    async fn require_all_contacts(&self, p: &Principal, action: &str) -> ApiResult<()> {
+        if p.sees_all_contacts() {
+            return Ok(());
+        }
+        self.audit_denial(
+            p.tenant_id(),
+            &p.audit_actor(),
+            action,
+            "contacts",
+            "needs the tenant-wide contact grant",
+        )
+        .await;
+        Err(ApiError::forbidden(
+            "listing, creating or looking up contacts across the tenant needs `grants.contacts: [\"*\"]` or the admin role; \
+             this token reaches only the patients of its conversations",
+        ))
     }
 }

@@ -25,6 +25,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Conversation>)> {
     s.require(&p, Permission::WriteConversation, "conversations")
         .await?;
+    s.require_contact(&p, &new.contact_id).await?;
     let object = format!("contact/{}", new.contact_id);
     match s
         .store

@@ -58,6 +58,7 @@ impl Modify for BearerAuth {
 pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(access::mint_token))
+        .routes(routes!(access::revoke_token))
         .routes(routes!(access::create_key, access::list_keys))
         .routes(routes!(access::revoke_key))
         .routes(routes!(access::create_staff, access::list_staff))
@@ -93,4 +94,16 @@ pub(crate) fn limit(asked: Option<usize>, default: usize, max: usize) -> ApiResu
             "limit {n} is out of range 1..={max}"
         ))),
     }
+}
+
+/// Validates a `cursor` that is an object id (as list endpoints hand out in
+/// `next_cursor`): a UUID, or a clear error rather than a silent full list.
+pub(crate) fn id_cursor(cursor: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(cursor)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            ApiError::invalid(
+                "cursor is not a cursor this endpoint handed out: pass `next_cursor` from the previous page unchanged",
+            )
+        })
 }

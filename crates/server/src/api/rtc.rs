@@ -153,6 +153,11 @@ enum ClientMsg {
         participant: String,
         token: String,
     },
+    /// Replace this connection's access token with a fresh one (same tenant,
+    /// identity and role) before it expires.
+    Refresh {
+        token: String,
+    },
 }
 
 fn media_kind(kind: Option<&str>) -> Result<Option<continuum_sfu::MediaKind>, ()> {
@@ -270,17 +275,52 @@ fn error(code: &str, message: impl Into<String>) -> String {
     json!({"type": "error", "code": code, "message": message.into()}).to_string()
 }
 
+/// Seconds from now until `exp` (Unix seconds), as a tokio deadline.
+fn deadline(exp: u64) -> tokio::time::Instant {
+    let left = exp.saturating_sub(crate::auth::unix_now());
+    tokio::time::Instant::now() + std::time::Duration::from_secs(left)
+}
+
+/// Checks a `refresh` token: ours, unexpired, unrevoked, and the same
+/// tenant, identity and role as the connection's.
+fn refreshed(
+    s: &AppState,
+    token: &str,
+    tenant_id: &str,
+    identity: &str,
+    role: continuum_core::Role,
+) -> Result<crate::auth::Claims, &'static str> {
+    let c = s
+        .tokens
+        .verify(token)
+        .map_err(|_| "the new token is invalid or expired")?;
+    if c.tid != tenant_id || c.sub != identity || c.role != role {
+        return Err("the new token must be for the same tenant, identity and role");
+    }
+    s.revocations.check(tenant_id, &c.meta())?;
+    Ok(c)
+}
+
 async fn session(s: AppState, p: Principal, socket: WebSocket) {
     let Principal::Token {
         tenant_id,
         identity,
         role,
-        grants,
-        region,
+        mut grants,
+        mut region,
+        mut token,
     } = p.clone()
     else {
         return;
     };
+    // Authority ends with the token: an idle connection is closed when it
+    // expires; one in a call keeps its seat, but joining, resuming and
+    // publishing anew need a valid token (`refresh`). A revoked token (or
+    // key) ends the connection and its seat at once.
+    let mut revoked = s.revocations.watch();
+    let expiry = tokio::time::sleep_until(deadline(token.expires_at));
+    tokio::pin!(expiry);
+    let mut expired = false;
     let media = s.media.clone().expect("checked before upgrade");
     let (mut sink, mut stream) = socket.split();
     let (to_client, mut from_media) = tokio::sync::mpsc::unbounded_channel();
@@ -291,9 +331,41 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
     loop {
         let reply: Option<String> = tokio::select! {
             _ = stop.changed() => break,
+            _ = revoked.changed() => match s.revocations.check(&tenant_id, &token) {
+                Ok(()) => None,
+                Err(reason) => {
+                    let _ = sink.send(Message::Text(error("token_revoked", reason).into())).await;
+                    let _ = sink.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 4003, reason: "token revoked".into() }))).await;
+                    leaving = true;
+                    break;
+                }
+            },
+            _ = &mut expiry, if !expired => {
+                expired = true;
+                if participant.is_none() {
+                    let _ = sink.send(Message::Text(error("token_expired", "the access token expired; connect again with a new one").into())).await;
+                    let _ = sink.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 4001, reason: "token expired".into() }))).await;
+                    break;
+                }
+                Some(json!({"type": "token_expired", "message": "the access token expired: the call goes on; send `refresh` with a new token to join, resume or publish again"}).to_string())
+            },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
                     Err(e) => Some(error("bad_message", format!("unrecognised signaling message: {e}"))),
+                    Ok(ClientMsg::Refresh { token: fresh }) => match refreshed(&s, &fresh, &tenant_id, &identity, role) {
+                        Ok(c) => {
+                            let exp = c.exp;
+                            let Principal::Token { grants: g, region: r, token: t, .. } = c.principal() else { unreachable!("claims make tokens") };
+                            (grants, region, token) = (g, r, t);
+                            expired = false;
+                            expiry.as_mut().reset(deadline(exp));
+                            Some(json!({"type": "refreshed", "expires_at": exp}).to_string())
+                        }
+                        Err(reason) => Some(error("refresh_refused", reason)),
+                    },
+                    Ok(ClientMsg::Join { .. } | ClientMsg::Resume { .. } | ClientMsg::Offer { .. }) if token.expires_at <= crate::auth::unix_now() => {
+                        Some(error("token_expired", "the access token expired: send `refresh` with a new token first"))
+                    }
                     Ok(ClientMsg::Join { .. }) if participant.is_some() => Some(error("already_joined", "this connection has already joined a room")),
                     Ok(ClientMsg::Join { room, sdp }) => {
                         if !grants.allows_room(&room) {

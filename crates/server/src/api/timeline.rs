@@ -215,6 +215,9 @@ pub async fn stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     let tenant = p.tenant_id().to_owned();
     let mut stop = s.shutdown.subscribe();
+    // A stream lives only as long as its credential: revoking the token (or
+    // the API key behind it) ends it.
+    let mut revoked = s.revocations.watch();
     tokio::spawn(async move {
         let mut last = after;
         let send = |e: &Event| {
@@ -256,6 +259,12 @@ pub async fn stream(
             let got = tokio::select! {
                 _ = tx.closed() => return,
                 _ = stop.wait_for(|stopping| *stopping) => return,
+                _ = revoked.changed() => {
+                    if s.revocations.principal_revoked(&p) {
+                        return;
+                    }
+                    continue;
+                }
                 got = live.recv() => got,
             };
             match got {

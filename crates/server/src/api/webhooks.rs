@@ -7,19 +7,25 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use continuum_core::Permission;
-use continuum_store::{Delivery, Webhook};
+use continuum_store::{Delivery, Webhook, WebhookPayload};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookRequest {
-    /// http(s) URL. Private and loopback targets are refused unless
+    /// An https URL (plain http only to hosts in `webhooks.allow_http_hosts`).
+    /// Private and loopback targets are refused unless
     /// `webhooks.allow_private_targets` is set.
+    #[schema(max_length = 2048)]
     pub url: String,
     /// `event.created`, `conversation.created`, `conversation.updated`, or `*` (default).
     #[serde(default)]
     pub event_types: Vec<String>,
+    /// `full` (default) or `thin`: ids, kinds and states only, no PHI; the
+    /// receiver fetches the rest with its own credentials.
+    #[serde(default)]
+    pub payload: WebhookPayload,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -41,12 +47,19 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<CreatedWebhook>)> {
     s.require(&p, Permission::ManageWebhooks, "webhooks")
         .await?;
-    crate::dispatch::check_target(&req.url, s.config.webhooks.allow_private_targets)
+    let cfg = &s.config.webhooks;
+    crate::dispatch::check_target(&req.url, cfg.allow_private_targets, &cfg.allow_http_hosts)
         .await
         .map_err(ApiError::invalid)?;
     let (webhook, secret) = s
         .store
-        .create_webhook(p.tenant_id(), &req.url, req.event_types, &p.audit_actor())
+        .create_webhook(
+            p.tenant_id(),
+            &req.url,
+            req.event_types,
+            req.payload,
+            &p.audit_actor(),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

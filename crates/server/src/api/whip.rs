@@ -22,9 +22,23 @@ use continuum_sfu::{Mode, ParticipantId};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
-/// WHIP/WHEP sessions on this node: who may delete which.
+/// One WHIP/WHEP session: bound to the tenant, identity and room that made
+/// it; nobody else can see, change or end it.
+struct Session {
+    tenant_id: String,
+    identity: String,
+    room: String,
+    participant: ParticipantId,
+}
+
+/// WHIP/WHEP sessions on this node, by their unguessable id (128 random bits,
+/// hex): the URL in `Location` is the only handle on a session.
 #[derive(Default)]
-pub struct Sessions(Mutex<HashMap<u64, (String, String)>>);
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+fn new_session_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
 
 async fn start(
     s: AppState,
@@ -99,20 +113,27 @@ async fn start(
             }
             e => ApiError::bad_request(e.to_string()),
         })?;
-    s.whip
-        .0
-        .lock()
-        .insert(id.0, (tenant_id.clone(), room.clone()));
+    let session_id = new_session_id();
+    s.whip.0.lock().insert(
+        session_id.clone(),
+        Session {
+            tenant_id: tenant_id.clone(),
+            identity: identity.clone(),
+            room: room.clone(),
+            participant: id,
+        },
+    );
     let sessions = s.whip.clone();
+    let forget = session_id.clone();
     tokio::spawn(async move {
         while let Some(msg) = from_media.recv().await {
             if matches!(msg, crate::media::ToClient::Closed) {
                 break;
             }
         }
-        sessions.0.lock().remove(&id.0);
+        sessions.0.lock().remove(&forget);
     });
-    let location = format!("/v1/rooms/{room}/sessions/{}", id.0);
+    let location = format!("/v1/rooms/{room}/sessions/{session_id}");
     Ok((
         StatusCode::CREATED,
         [
@@ -154,37 +175,72 @@ pub async fn whep(
     start(s, p, room, headers, body, Mode::SubscribeOnly).await
 }
 
-fn owned(s: &AppState, p: &Principal, room: &str, id: u64) -> ApiResult<()> {
-    match s.whip.0.lock().get(&id) {
-        Some((tenant, r)) if tenant == p.tenant_id() && r == room => Ok(()),
-        _ => Err(ApiError::not_found("session")),
+/// The session's participant, if `p` made it (same tenant, identity and room);
+/// anyone else gets 404, audited, exactly as for a session that never existed.
+async fn owned(s: &AppState, p: &Principal, room: &str, id: &str) -> ApiResult<ParticipantId> {
+    let found = match (p, s.whip.0.lock().get(id)) {
+        (Principal::Token { identity, .. }, Some(session))
+            if session.tenant_id == p.tenant_id()
+                && &session.identity == identity
+                && session.room == room =>
+        {
+            Some(session.participant)
+        }
+        _ => None,
+    };
+    match found {
+        Some(participant) => Ok(participant),
+        None => {
+            s.audit_denial(
+                p.tenant_id(),
+                &p.audit_actor(),
+                "media_session.access",
+                &format!("room/{room}/session"),
+                "not the session's owner, or no such session",
+            )
+            .await;
+            Err(ApiError::not_found("session"))
+        }
     }
 }
 
-/// End a WHIP/WHEP session.
-#[utoipa::path(delete, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = u64, Path)),
-    responses((status = 200), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+/// End a WHIP/WHEP session (only its creator can).
+#[utoipa::path(delete, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = String, Path, description = "the session id from `Location`")),
+    responses((status = 200, description = "the session ended"),
+        (status = 401, body = ErrorBody, description = "no valid credential"),
+        (status = 404, body = ErrorBody, description = "no such session of this caller")),
+    security(("bearer" = [])))]
 pub async fn end(
     State(s): State<AppState>,
     Auth(p): Auth,
-    Path((room, id)): Path<(String, u64)>,
+    Path((room, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    owned(&s, &p, &room, id)?;
+    let participant = owned(&s, &p, &room, &id).await?;
     s.whip.0.lock().remove(&id);
     if let Some(media) = &s.media {
-        media.leave(ParticipantId(id));
+        media.leave(participant);
     }
+    let entry = continuum_store::AuditEntry::new(
+        p.audit_actor(),
+        "media_session.end",
+        format!("room/{room}/participant/{participant}"),
+        continuum_store::Outcome::Ok,
+    );
+    s.store.audit(p.tenant_id(), entry).await?;
     Ok(StatusCode::OK)
 }
 
 /// Trickle ICE for a session: accepted and not needed (the server is ICE-lite).
-#[utoipa::path(patch, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = u64, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = String, Path, description = "the session id from `Location`")),
+    responses((status = 204, description = "accepted"),
+        (status = 401, body = ErrorBody, description = "no valid credential"),
+        (status = 404, body = ErrorBody, description = "no such session of this caller")),
+    security(("bearer" = [])))]
 pub async fn trickle(
     State(s): State<AppState>,
     Auth(p): Auth,
-    Path((room, id)): Path<(String, u64)>,
+    Path((room, id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    owned(&s, &p, &room, id)?;
+    owned(&s, &p, &room, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
