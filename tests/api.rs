@@ -323,10 +323,13 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
     );
     let (st, _) = s.call("GET", "/v1/conversations?limit=0", &key, None).await;
     assert_eq!(st, 422);
-    let (st, _) = s
+    // An unknown enum value in the query is malformed (400), and says which field.
+    let (st, v) = s
         .call("GET", "/v1/conversations?state=sleeping", &key, None)
         .await;
-    assert_eq!(st, 422);
+    assert_eq!(st, 400, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("state") && msg.contains("sleeping"), "{msg}");
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@ export class Visit extends EventTarget {
   constructor({ token, url } = {}) {
     super();
     this.token = token;
-    const base = url || location.origin;
-    this.wsUrl = base.replace(/^http/, "ws") + "/v1/rtc?token=" + encodeURIComponent(token);
+    this.base = (url || location.origin).replace(/^http/, "ws");
+    this.wsUrl = this.base + "/v1/rtc?token=" + encodeURIComponent(token);
     this.pc = null;
     this.ws = null;
     this.participant = null;
@@ -169,7 +169,19 @@ export class Visit extends EventTarget {
       case "answer":
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
         break;
+      case "refreshed":
+        this._refreshed?.resolve(msg.expires_at);
+        this._refreshed = null;
+        break;
+      case "token_expired":
+        this._emit("token_expired", msg);
+        break;
       case "error":
+        if (msg.code === "refresh_refused" && this._refreshed) {
+          this._refreshed.reject(Object.assign(new Error(msg.message), { code: msg.code }));
+          this._refreshed = null;
+          break;
+        }
         if (this._resumed) {
           this._resumed.reject(Object.assign(new Error(msg.message), { code: msg.code }));
           this._resumed = null;
@@ -288,6 +300,22 @@ export class Visit extends EventTarget {
     }
     // Tell the room, so others can show it.
     try { this.ws?.send(JSON.stringify({ type: "mute", kind, muted })); } catch (_) {}
+  }
+
+  /**
+   * Hands the connection a fresh access token (same identity and role, from
+   * your backend) before the current one expires; a reconnect after a
+   * network change uses it too. Resolves with the new expiry (Unix seconds).
+   * Without it, the call goes on past expiry but cannot rejoin or publish anew
+   * (a `token_expired` event tells you).
+   */
+  refresh(token) {
+    this.token = token;
+    this.wsUrl = this.base + "/v1/rtc?token=" + encodeURIComponent(token);
+    return new Promise((resolve, reject) => {
+      this._refreshed = { resolve, reject };
+      this.ws?.send(JSON.stringify({ type: "refresh", token }));
+    });
   }
 
   leave() {

@@ -330,7 +330,7 @@ impl AppState {
             return Ok(Principal::ApiKey { tenant_id, key_id });
         }
         if let Some(wait) = self.limits.throttled(info.source) {
-            return Err(ApiError::too_many(wait));
+            return Err(self.throttle(info, SERVER_CHAIN, wait).await);
         }
         match self.store.verify_api_key(key).await? {
             Some((tenant_id, key_id)) => {
@@ -348,13 +348,28 @@ impl AppState {
     /// spent its refusals for the minute.
     pub async fn refuse(&self, info: &RequestInfo, chain: &str, reason: &str) -> ApiError {
         if let Err(wait) = self.limits.refusal(info.source) {
-            metrics::counter!("continuum_http_refusals_throttled_total").increment(1);
-            return ApiError::too_many(wait);
+            return self.throttle(info, chain, wait).await;
         }
         let actor = format!("anonymous@{}", crate::guard::limits::bucket(info.source));
         self.audit_denial(chain, &actor, "authenticate", &info.route, reason)
             .await;
         ApiError::unauthorized(reason)
+    }
+
+    /// 429 for a source over its refusal budget: counted in the minute's
+    /// summary (in memory; written once per source and minute).
+    async fn throttle(&self, info: &RequestInfo, chain: &str, wait: u64) -> ApiError {
+        metrics::counter!("continuum_http_refusals_throttled_total").increment(1);
+        let actor = format!("anonymous@{}", crate::guard::limits::bucket(info.source));
+        self.audit_denial(
+            chain,
+            &actor,
+            "authenticate",
+            &info.route,
+            "rate limited: too many refused requests from this source",
+        )
+        .await;
+        ApiError::too_many(wait)
     }
 
     /// Records a refusal through the aggregator (the first of its kind in a

@@ -35,10 +35,17 @@ pub struct Conversation {
 pub struct NewConversation {
     pub contact_id: String,
     /// Free text; sealed at rest like all PHI.
+    #[cfg_attr(feature = "openapi", schema(max_length = 1000))]
     pub subject: Option<String>,
+    /// A queue code (sealed at rest).
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._:/-]{1,64}$"))]
     pub queue: Option<String>,
-    /// Labels for routing and filtering. Stored in clear: never put PHI in tags.
+    /// Labels for routing (at most 32). Sealed at rest like the subject.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(max_items = 32, inline, value_type = Vec<String>, pattern = r"^[A-Za-z0-9._:/-]{1,64}$")
+    )]
     pub tags: Vec<String>,
 }
 
@@ -62,34 +69,63 @@ pub struct ConversationList {
     pub next_cursor: Option<String>,
 }
 
+/// What `data` seals. Queue, assignee and tags joined the subject in
+/// migration 4 (clear columns before): blobs sealed earlier lack them.
 #[derive(Serialize, Deserialize, Default)]
 struct SealedConversation {
     subject: Option<String>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    assignee: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 fn aad(id: &str) -> Vec<u8> {
     format!("conversation:{id}").into_bytes()
 }
 
-const COLUMNS: &str =
-    "id, contact_id, state, queue, assignee, tags, data, last_seq, created_at, updated_at";
+fn seal(keys: &TenantKeys, id: &str, data: &SealedConversation) -> Vec<u8> {
+    keys.data
+        .seal(&serde_json::to_vec(data).unwrap_or_default(), &aad(id))
+}
+
+fn unseal(keys: &TenantKeys, id: &str, sealed: &[u8]) -> Result<SealedConversation> {
+    serde_json::from_slice(&keys.data.open(sealed, &aad(id))?)
+        .map_err(|e| StoreError::Integrity(format!("conversation {id}: {e}")))
+}
+
+/// Blind-index kinds: `assignee_idx` and `queue_idx` hold the HMAC of the value
+/// under the tenant's lookup key, so filtering by them is an index lookup while
+/// the values themselves stay sealed.
+const ASSIGNEE_INDEX: &str = "conversation.assignee";
+const QUEUE_INDEX: &str = "conversation.queue";
+
+fn blind(keys: &TenantKeys, kind: &str, value: Option<&str>) -> Option<Vec<u8>> {
+    value.map(|v| keys.blind_index(kind, v))
+}
+
+// The clear `queue`, `assignee` and `tags` columns of migration 1 are never
+// read and always NULL / NULL / '[]' (see migration 4 and `seal_clear_labels`):
+// the values live in `data`, sealed.
+const COLUMNS: &str = "id, contact_id, state, data, last_seq, created_at, updated_at";
 
 fn from_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Conversation> {
     let id: String = r.get(0)?;
-    let sealed: Vec<u8> = r.get(6)?;
-    let data: SealedConversation = serde_json::from_slice(&keys.data.open(&sealed, &aad(&id))?)
-        .map_err(|e| StoreError::Integrity(format!("conversation {id}: {e}")))?;
+    let sealed: Vec<u8> = r.get(3)?;
+    let data = unseal(keys, &id, &sealed)?;
     let state: String = r.get(2)?;
     Ok(Conversation {
         contact_id: r.get(1)?,
         state: state.parse().map_err(StoreError::Integrity)?,
-        queue: r.get(3)?,
-        assignee: r.get(4)?,
-        tags: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+        queue: data.queue,
+        assignee: data.assignee,
+        tags: data.tags,
         subject: data.subject,
-        last_seq: r.get(7)?,
-        created_at: Timestamp(r.get(8)?),
-        updated_at: Timestamp(r.get(9)?),
+        last_seq: r.get(4)?,
+        created_at: Timestamp(r.get(5)?),
+        updated_at: Timestamp(r.get(6)?),
         id,
     })
 }
@@ -111,14 +147,18 @@ pub(crate) fn load(
 }
 
 /// The conversation without its sealed fields (no decryption): what the
-/// append path needs (state, `last_seq`), on the hot path.
+/// append path needs (state, `last_seq`), on the hot path. `subject`, `queue`,
+/// `assignee` and `tags` are sealed and left empty here: its callers
+/// (`append_event`, `append_events_bulk`) only number and insert events, and
+/// load the conversation in full before a transition (the reopen of a closed
+/// conversation). Never return or serialize what this gives.
 pub(crate) fn load_head(
     conn: &rusqlite::Connection,
     tenant_id: &str,
     id: &str,
 ) -> Result<Conversation> {
     let mut stmt = conn.prepare_cached(
-        "SELECT contact_id, state, queue, assignee, last_seq, created_at, updated_at FROM conversations WHERE id = ?1 AND tenant_id = ?2",
+        "SELECT contact_id, state, last_seq, created_at, updated_at FROM conversations WHERE id = ?1 AND tenant_id = ?2",
     )?;
     let mut rows = stmt.query(params![id, tenant_id])?;
     let Some(r) = rows.next()? else {
@@ -129,13 +169,13 @@ pub(crate) fn load_head(
         id: id.to_owned(),
         contact_id: r.get(0)?,
         state: state.parse().map_err(StoreError::Integrity)?,
-        queue: r.get(2)?,
-        assignee: r.get(3)?,
+        queue: None,
+        assignee: None,
         tags: Vec::new(),
         subject: None,
-        last_seq: r.get(4)?,
-        created_at: Timestamp(r.get(5)?),
-        updated_at: Timestamp(r.get(6)?),
+        last_seq: r.get(2)?,
+        created_at: Timestamp(r.get(3)?),
+        updated_at: Timestamp(r.get(4)?),
     })
 }
 
@@ -161,7 +201,10 @@ pub struct TransitionParams {
     pub reason: Option<String>,
 }
 
-/// Applies `t` inside a write and appends the event(s) recording it.
+/// Applies `t` inside a write and appends the event(s) recording it. The
+/// sealed fields are re-read from the row and re-sealed with the new queue and
+/// assignee, so `conv` needs only its head (state, `last_seq`); they are copied
+/// into `conv` as stored.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_transition(
     ctx: &mut crate::WriteCtx<'_>,
@@ -175,9 +218,16 @@ pub(crate) fn apply_transition(
 ) -> Result<Vec<Event>> {
     let next = conv.state.apply(t)?;
     let from = conv.state;
+    let stored: Vec<u8> = ctx
+        .conn
+        .prepare_cached("SELECT data FROM conversations WHERE id = ?1 AND tenant_id = ?2")?
+        .query_row(params![conv.id, tenant_id], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound("conversation"))?;
+    let mut data = unseal(keys, &conv.id, &stored)?;
     if let Some(q) = &params.queue {
         validate_label("queue", q)?;
-        conv.queue = Some(q.clone());
+        data.queue = Some(q.clone());
     }
     if t == Transition::Assign {
         let who = params
@@ -189,17 +239,29 @@ pub(crate) fn apply_transition(
                 "assignee must be 1..=128 characters".into(),
             ));
         }
-        conv.assignee = Some(who);
+        data.assignee = Some(who);
     }
     if t == Transition::Reopen {
-        conv.assignee = None;
+        data.assignee = None;
     }
     conv.state = next;
     let now = now_micros();
     ctx.conn.execute(
-        "UPDATE conversations SET state = ?3, queue = ?4, assignee = ?5, updated_at = ?6 WHERE id = ?1 AND tenant_id = ?2",
-        params![conv.id, tenant_id, next.as_str(), conv.queue, conv.assignee, now],
+        "UPDATE conversations SET state = ?3, data = ?4, queue_idx = ?5, assignee_idx = ?6, updated_at = ?7 WHERE id = ?1 AND tenant_id = ?2",
+        params![
+            conv.id,
+            tenant_id,
+            next.as_str(),
+            seal(keys, &conv.id, &data),
+            blind(keys, QUEUE_INDEX, data.queue.as_deref()),
+            blind(keys, ASSIGNEE_INDEX, data.assignee.as_deref()),
+            now
+        ],
     )?;
+    conv.queue = data.queue;
+    conv.assignee = data.assignee;
+    conv.tags = data.tags;
+    conv.subject = data.subject;
     conv.updated_at = Timestamp(now);
     let mut written = Vec::new();
     if from != next {
@@ -281,14 +343,12 @@ impl Store {
             }
             let id = uuid::Uuid::now_v7().to_string();
             let now = now_micros();
-            let sealed = keys.data.seal(
-                &serde_json::to_vec(&SealedConversation { subject: new.subject }).unwrap_or_default(),
-                &aad(&id),
-            );
+            let queue_idx = blind(&keys, QUEUE_INDEX, new.queue.as_deref());
+            let data = SealedConversation { subject: new.subject, queue: new.queue, assignee: None, tags: new.tags };
             ctx.conn.execute(
-                "INSERT INTO conversations (id, tenant_id, contact_id, state, queue, tags, data, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?7, ?7)",
-                params![id, tenant_id, new.contact_id, new.queue, serde_json::to_string(&new.tags).unwrap_or_default(), sealed, now],
+                "INSERT INTO conversations (id, tenant_id, contact_id, state, data, queue_idx, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?6)",
+                params![id, tenant_id, new.contact_id, seal(&keys, &id, &data), queue_idx, now],
             )?;
             ctx.audit(&tenant_id, &AuditEntry::new(actor, "conversation.create", format!("conversation/{id}"), Outcome::Ok))?;
             let conv = load(ctx.conn, &keys, &tenant_id, &id)?;
@@ -366,8 +426,8 @@ impl Store {
                 sql += &format!(" AND contact_id = ?{}", args.len());
             }
             if let Some(a) = f.assignee {
-                args.push(Box::new(a));
-                sql += &format!(" AND assignee = ?{}", args.len());
+                args.push(Box::new(keys.blind_index(ASSIGNEE_INDEX, &a)));
+                sql += &format!(" AND assignee_idx = ?{}", args.len());
             }
             if let Some(since) = f.updated_since {
                 args.push(Box::new(since.0));
@@ -436,5 +496,350 @@ impl Store {
             },
         )
         .await
+    }
+}
+
+/// Rows still holding a clear label (written before migration 4, or by an
+/// older binary since).
+const CLEAR_LABELS: &str =
+    "FROM conversations WHERE queue IS NOT NULL OR assignee IS NOT NULL OR tags != '[]'";
+
+/// Moves clear `queue`, `assignee` and `tags` into the sealed `data`, fills the
+/// blind indexes and empties the clear columns (NULL, NULL, '[]'), in one
+/// transaction with one audit record per tenant. Run by `Store::open` right
+/// after the migrations (SQL alone cannot seal); finding nothing to do is one
+/// probe of a partial index, so running it again changes nothing. A clear
+/// value wins over the sealed one: it was written last. Returns the number of
+/// conversations re-sealed.
+pub(crate) fn seal_clear_labels(
+    conn: &mut rusqlite::Connection,
+    master: &crate::SecretKey,
+    audit_key: &crate::SecretKey,
+) -> Result<usize> {
+    let pending: bool = conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 {CLEAR_LABELS})"),
+        [],
+        |r| r.get(0),
+    )?;
+    if !pending {
+        return Ok(0);
+    }
+    // Overwrite the clear values with zeros in the pages they leave, rather
+    // than leave them readable in free space.
+    let secure_delete: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+    conn.pragma_update(None, "secure_delete", 1)?;
+    let sealed = reseal_rows(conn, master, audit_key);
+    conn.pragma_update(None, "secure_delete", secure_delete)?;
+    let sealed = sealed?;
+    // Until a checkpoint the database file keeps its pages as they were, clear
+    // values included: copy the new ones back and empty the WAL now rather than
+    // at the next shutdown. Best effort: another process reading the database
+    // holds it back (the writer truncates again when it stops).
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => tracing::warn!(
+            "sealed conversation labels: the checkpoint was blocked by a reader; old pages stay in the database file until the next one"
+        ),
+        Err(e) => tracing::warn!(error = %e, "sealed conversation labels: checkpoint failed"),
+    }
+    tracing::info!(
+        conversations = sealed,
+        "sealed clear queue, assignee and tags"
+    );
+    Ok(sealed)
+}
+
+fn reseal_rows(
+    conn: &mut rusqlite::Connection,
+    master: &crate::SecretKey,
+    audit_key: &crate::SecretKey,
+) -> Result<usize> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    type ClearRow = (
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        String,
+        Vec<u8>,
+    );
+    let rows: Vec<ClearRow> = tx
+        .prepare(&format!(
+            "SELECT id, tenant_id, queue, assignee, tags, data {CLEAR_LABELS}"
+        ))?
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut per_tenant: std::collections::BTreeMap<String, (TenantKeys, usize)> =
+        Default::default();
+    for (id, tenant_id, queue, assignee, tags, sealed) in &rows {
+        if !per_tenant.contains_key(tenant_id) {
+            let keys = crate::unwrap_tenant_keys(&tx, master, tenant_id)?;
+            per_tenant.insert(tenant_id.clone(), (keys, 0));
+        }
+        let (keys, count) = per_tenant.get_mut(tenant_id).expect("inserted just above");
+        let mut data = unseal(keys, id, sealed).map_err(|e| {
+            StoreError::Integrity(format!(
+                "conversation {id}: cannot seal its clear queue, assignee and tags: {e}"
+            ))
+        })?;
+        if queue.is_some() {
+            data.queue.clone_from(queue);
+        }
+        if assignee.is_some() {
+            data.assignee.clone_from(assignee);
+        }
+        let tags: Vec<String> = serde_json::from_str(tags).map_err(|e| {
+            StoreError::Integrity(format!("conversation {id}: clear tags are not a list: {e}"))
+        })?;
+        if !tags.is_empty() {
+            data.tags = tags;
+        }
+        tx.prepare_cached(
+            "UPDATE conversations SET data = ?2, queue = NULL, assignee = NULL, tags = '[]', queue_idx = ?3, assignee_idx = ?4 WHERE id = ?1",
+        )?
+        .execute(params![
+            id,
+            seal(keys, id, &data),
+            blind(keys, QUEUE_INDEX, data.queue.as_deref()),
+            blind(keys, ASSIGNEE_INDEX, data.assignee.as_deref()),
+        ])?;
+        *count += 1;
+    }
+    let mut heads = crate::audit::AuditHeads::default();
+    let mut ctx = crate::WriteCtx {
+        conn: &tx,
+        audit_heads: &mut heads,
+        audit_key,
+    };
+    // One record per tenant, in the same transaction as its rows (as every write).
+    for (tenant_id, (_, count)) in &per_tenant {
+        ctx.audit(
+            tenant_id,
+            &AuditEntry::new(
+                "system:migration",
+                "conversation.seal_labels",
+                "conversations",
+                Outcome::Ok,
+            )
+            .with_detail(serde_json::json!({ "conversations": count })),
+        )?;
+    }
+    tx.commit()?;
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ContactInput, SecretKey, StoreOptions, database_path};
+
+    const QUEUE: &str = "psychiatry-crisis";
+    const TAG: &str = "hiv-positive";
+    const NURSE: &str = "nurse@example.org";
+
+    fn disk(dir: &std::path::Path) -> Vec<u8> {
+        let db = database_path(dir);
+        let mut bytes = std::fs::read(&db).unwrap();
+        if let Ok(wal) = std::fs::read(format!("{}-wal", db.display())) {
+            bytes.extend_from_slice(&wal);
+        }
+        bytes
+    }
+
+    fn holds(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    type Row = (
+        Option<String>,
+        Option<String>,
+        String,
+        Vec<u8>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+    );
+
+    fn row(db: &rusqlite::Connection, id: &str) -> Row {
+        db.query_row(
+            "SELECT queue, assignee, tags, data, queue_idx, assignee_idx FROM conversations WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )
+        .unwrap()
+    }
+
+    fn audit_count(db: &rusqlite::Connection) -> i64 {
+        db.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn clear_labels_from_before_migration_4_are_sealed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = SecretKey::generate();
+        let open_store = || Store::open(dir.path(), master.clone(), StoreOptions::default());
+        let store = open_store().unwrap();
+        let t = store.create_tenant("t", "local", "test").await.unwrap();
+        let contact = store
+            .create_contact(
+                &t.id,
+                ContactInput {
+                    display_name: Some("P".into()),
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        let new = |subject: &str, queue: Option<&str>, tags: &[&str]| NewConversation {
+            contact_id: contact.id.clone(),
+            subject: Some(subject.into()),
+            queue: queue.map(str::to_owned),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        // `old` will look as migration 1 wrote it: labels in clear, a blob
+        // sealing only the subject. `mixed` has sealed labels and, as an
+        // older binary would write, a clear assignee.
+        let old = store
+            .create_conversation(&t.id, new("chest pain", None, &[]), "test")
+            .await
+            .unwrap();
+        let mixed = store
+            .create_conversation(&t.id, new("rash", Some("derm"), &["follow-up"]), "test")
+            .await
+            .unwrap();
+        let untouched = store
+            .create_conversation(&t.id, new("cough", Some("gp"), &[]), "test")
+            .await
+            .unwrap();
+        let keys = store.read_blocking(|c| store.keys_for(c, &t.id)).unwrap();
+        store.shutdown();
+        drop(store);
+
+        let db_path = database_path(dir.path());
+        let untouched_row = {
+            let db = rusqlite::Connection::open(&db_path).unwrap();
+            let legacy = keys
+                .data
+                .seal(br#"{"subject":"chest pain"}"#, &aad(&old.id));
+            db.execute(
+                "UPDATE conversations SET queue = ?2, assignee = ?3, tags = ?4, data = ?5, queue_idx = NULL, assignee_idx = NULL WHERE id = ?1",
+                params![old.id, QUEUE, NURSE, format!(r#"["{TAG}"]"#), legacy],
+            )
+            .unwrap();
+            db.execute(
+                "UPDATE conversations SET assignee = ?2 WHERE id = ?1",
+                params![mixed.id, "dr-lee"],
+            )
+            .unwrap();
+            row(&db, &untouched.id)
+        };
+        assert!(
+            holds(&disk(dir.path()), NURSE),
+            "the simulation wrote clear values"
+        );
+
+        // A wrong master key cannot seal them: opening fails, nothing changes.
+        let err = Store::open(dir.path(), SecretKey::generate(), StoreOptions::default())
+            .err()
+            .expect("a wrong master key must not open a store with labels to seal");
+        assert!(err.to_string().contains("master key"), "{err}");
+
+        let store = open_store().unwrap();
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        let (queue, assignee, tags, _, queue_idx, assignee_idx) = row(&db, &old.id);
+        assert_eq!((queue, assignee, tags.as_str()), (None, None, "[]"));
+        assert_eq!(queue_idx, Some(keys.blind_index(QUEUE_INDEX, QUEUE)));
+        assert_eq!(assignee_idx, Some(keys.blind_index(ASSIGNEE_INDEX, NURSE)));
+        let (queue, assignee, tags, _, queue_idx, assignee_idx) = row(&db, &mixed.id);
+        assert_eq!((queue, assignee, tags.as_str()), (None, None, "[]"));
+        assert_eq!(queue_idx, Some(keys.blind_index(QUEUE_INDEX, "derm")));
+        assert_eq!(
+            assignee_idx,
+            Some(keys.blind_index(ASSIGNEE_INDEX, "dr-lee"))
+        );
+        assert_eq!(row(&db, &untouched.id), untouched_row, "not re-sealed");
+        let pending: i64 = db
+            .query_row(&format!("SELECT COUNT(*) {CLEAR_LABELS}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(pending, 0);
+        let bytes = disk(dir.path());
+        assert!(holds(&bytes, &old.id), "the check reads the right files");
+        for s in [QUEUE, TAG, NURSE] {
+            assert!(!holds(&bytes, s), "`{s}` is still on disk in clear");
+        }
+
+        let got = store.get_conversation(&t.id, &old.id).await.unwrap();
+        assert_eq!(got.queue.as_deref(), Some(QUEUE));
+        assert_eq!(got.assignee.as_deref(), Some(NURSE));
+        assert_eq!(got.tags, vec![TAG.to_owned()]);
+        assert_eq!(got.subject.as_deref(), Some("chest pain"));
+        let got = store.get_conversation(&t.id, &mixed.id).await.unwrap();
+        assert_eq!(got.queue.as_deref(), Some("derm"));
+        assert_eq!(got.assignee.as_deref(), Some("dr-lee"));
+        assert_eq!(got.tags, vec!["follow-up".to_owned()]);
+        assert_eq!(got.subject.as_deref(), Some("rash"));
+        let mine = store
+            .list_conversations(
+                &t.id,
+                ConversationFilter {
+                    assignee: Some(NURSE.into()),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .conversations;
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].id, old.id);
+        let audit = store.list_audit(&t.id, 0, 100).await.unwrap();
+        let sealed: Vec<_> = audit
+            .iter()
+            .filter(|r| r.action == "conversation.seal_labels")
+            .collect();
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].detail["conversations"], 2);
+        assert!(store.verify().unwrap().is_intact());
+
+        // Opening again changes nothing: same ciphertexts, no new audit record.
+        let before = (row(&db, &old.id), row(&db, &mixed.id), audit_count(&db));
+        store.shutdown();
+        drop(store);
+        let store = open_store().unwrap();
+        let after = (row(&db, &old.id), row(&db, &mixed.id), audit_count(&db));
+        assert_eq!(before, after);
+        assert!(store.verify().unwrap().is_intact());
+    }
+
+    #[test]
+    fn blobs_sealed_before_migration_4_still_open() {
+        let keys = TenantKeys::from_data_key(SecretKey::generate());
+        let sealed = keys.data.seal(br#"{"subject":"x"}"#, &aad("c"));
+        let data = unseal(&keys, "c", &sealed).unwrap();
+        assert_eq!(data.subject.as_deref(), Some("x"));
+        assert!(data.queue.is_none() && data.assignee.is_none() && data.tags.is_empty());
     }
 }

@@ -120,6 +120,10 @@ impl Store {
             .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
         schema::configure(&conn, true)?;
         schema::migrate(&mut conn)?;
+        let audit_key = master.derive("audit-chain");
+        // Rows written before migration 4 carry queue, assignee and tags in
+        // clear columns: seal them (a no-op once done).
+        conversations::seal_clear_labels(&mut conn, &master, &audit_key)?;
         // Sealed or not, the database is nobody else's business; SQLite gives
         // the -wal and -shm files the database file's mode.
         for suffix in ["", "-wal", "-shm"] {
@@ -128,7 +132,6 @@ impl Store {
                 restrict(&file, 0o600)?;
             }
         }
-        let audit_key = master.derive("audit-chain");
         let writer = Writer::start(conn, audit_key, path.clone());
         let readers = ReadPool::new(path, opts.readers.max(1));
         let (live, _) = broadcast::channel(opts.live_buffer.max(16));
@@ -255,32 +258,40 @@ impl Store {
         if let Some(k) = self.0.tenant_keys.read().get(tenant_id) {
             return Ok(k.clone());
         }
-        let wrapped: Vec<u8> = conn
-            .query_row(
-                "SELECT wrapped_key FROM tenants WHERE id = ?1",
-                [tenant_id],
-                |r| r.get(0),
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("tenant"),
-                e => e.into(),
-            })?;
-        let data = self
-            .0
-            .master
-            .open(&wrapped, tenants::wrap_aad(tenant_id).as_bytes())
-            .map_err(|_| {
-                StoreError::Integrity(format!(
-                    "tenant {tenant_id}'s data key does not open with this master key (wrong CONTINUUM_SECURITY__MASTER_KEY or master.key file?)"
-                ))
-            })?;
-        let keys = Arc::new(TenantKeys::from_data_key(SecretKey::from_bytes(&data)?));
+        let keys = Arc::new(unwrap_tenant_keys(conn, &self.0.master, tenant_id)?);
         self.0
             .tenant_keys
             .write()
             .insert(tenant_id.to_owned(), keys.clone());
         Ok(keys)
     }
+}
+
+/// Opens a tenant's wrapped data key with the master key (no cache: see
+/// [`Store::keys_for`]).
+pub(crate) fn unwrap_tenant_keys(
+    conn: &rusqlite::Connection,
+    master: &SecretKey,
+    tenant_id: &str,
+) -> Result<TenantKeys> {
+    let wrapped: Vec<u8> = conn
+        .query_row(
+            "SELECT wrapped_key FROM tenants WHERE id = ?1",
+            [tenant_id],
+            |r| r.get(0),
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("tenant"),
+            e => e.into(),
+        })?;
+    let data = master
+        .open(&wrapped, tenants::wrap_aad(tenant_id).as_bytes())
+        .map_err(|_| {
+            StoreError::Integrity(format!(
+                "tenant {tenant_id}'s data key does not open with this master key (wrong CONTINUUM_SECURITY__MASTER_KEY or master.key file?)"
+            ))
+        })?;
+    Ok(TenantKeys::from_data_key(SecretKey::from_bytes(&data)?))
 }
 
 impl Store {

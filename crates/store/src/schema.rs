@@ -171,6 +171,24 @@ const MIGRATIONS: &[&str] = &[
     -- with its own credentials.
     ALTER TABLE webhooks ADD COLUMN payload TEXT NOT NULL DEFAULT 'full';
     "#,
+    // 4: a conversation's queue, assignee and tags move into its sealed `data`;
+    // assignee and queue are found through keyed blind indexes (HMAC under the
+    // tenant's lookup key), like contact bindings. The clear columns `queue`,
+    // `assignee` and `tags` stay (dropping a column means rebuilding the table)
+    // but are always NULL / '[]' from now on: rows written before this
+    // migration are re-sealed by `conversations::seal_clear_labels`, run from
+    // `Store::open` right after the migrations, which needs the tenant keys
+    // plain SQL does not have.
+    r#"
+    ALTER TABLE conversations ADD COLUMN assignee_idx BLOB;
+    ALTER TABLE conversations ADD COLUMN queue_idx BLOB;
+    CREATE INDEX conversations_assignee ON conversations(tenant_id, assignee_idx);
+    CREATE INDEX conversations_queue ON conversations(tenant_id, queue_idx);
+    -- Rows still holding clear labels: empty once re-sealed, so the check at
+    -- every open is an index probe rather than a table scan.
+    CREATE INDEX conversations_clear_labels ON conversations(id)
+        WHERE queue IS NOT NULL OR assignee IS NOT NULL OR tags != '[]';
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

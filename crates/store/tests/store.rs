@@ -3,7 +3,8 @@
 
 use continuum_core::{Actor, ActorType, Channel, EventKind, NewEvent, Transition};
 use continuum_store::{
-    ContactInput, NewConversation, SecretKey, Store, StoreError, StoreOptions, TransitionParams,
+    ContactInput, ConversationFilter, NewConversation, SecretKey, Store, StoreError, StoreOptions,
+    TransitionParams,
 };
 use std::collections::HashSet;
 
@@ -229,4 +230,177 @@ async fn a_wrong_master_key_cannot_read_anything() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("master key"), "{err}");
+}
+
+/// Everything SQLite has on disk for the store in `dir`: the database and its WAL.
+fn raw_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let db = continuum_store::database_path(dir);
+    let mut bytes = std::fs::read(&db).unwrap();
+    if let Ok(wal) = std::fs::read(format!("{}-wal", db.display())) {
+        bytes.extend_from_slice(&wal);
+    }
+    bytes
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn queue_assignee_and_tags_are_sealed_at_rest() {
+    const QUEUE: &str = "psychiatry-crisis";
+    const TAG: &str = "hiv-positive";
+    const NURSE: &str = "nurse@example.org";
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let t = store.create_tenant("t", "local", "test").await.unwrap();
+    let contact = store
+        .create_contact(
+            &t.id,
+            ContactInput {
+                display_name: Some("P".into()),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let created = store
+        .create_conversation(
+            &t.id,
+            NewConversation {
+                contact_id: contact.id,
+                subject: Some("subject".into()),
+                queue: Some(QUEUE.into()),
+                tags: vec![TAG.into()],
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.queue.as_deref(), Some(QUEUE));
+    assert_eq!(created.tags, vec![TAG.to_owned()]);
+    let other = conversation(&store, &t.id).await;
+    let (assigned, _) = store
+        .transition(
+            &t.id,
+            &created.id,
+            Transition::Assign,
+            TransitionParams {
+                assignee: Some(NURSE.into()),
+                ..Default::default()
+            },
+            Actor::system(),
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(assigned.assignee.as_deref(), Some(NURSE));
+    assert_eq!(assigned.queue.as_deref(), Some(QUEUE));
+    assert_eq!(assigned.tags, vec![TAG.to_owned()]);
+    assert_eq!(assigned.subject.as_deref(), Some("subject"));
+    // An append (which reads only the conversation's head) leaves them alone.
+    store
+        .append_event(&t.id, &created.id, message("hello", None), "test")
+        .await
+        .unwrap();
+
+    let got = store.get_conversation(&t.id, &created.id).await.unwrap();
+    assert_eq!(got.queue.as_deref(), Some(QUEUE));
+    assert_eq!(got.assignee.as_deref(), Some(NURSE));
+    assert_eq!(got.tags, vec![TAG.to_owned()]);
+    assert_eq!(got.subject.as_deref(), Some("subject"));
+    let context = store.context(&t.id, &created.id, 10, "test").await.unwrap();
+    assert_eq!(context.conversation.assignee.as_deref(), Some(NURSE));
+    assert_eq!(context.conversation.tags, vec![TAG.to_owned()]);
+
+    let list = |assignee: Option<&str>| {
+        store.list_conversations(
+            &t.id,
+            ConversationFilter {
+                assignee: assignee.map(str::to_owned),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+    };
+    let all = list(None).await.unwrap().conversations;
+    assert_eq!(all.len(), 2);
+    let listed = all.iter().find(|c| c.id == created.id).unwrap();
+    assert_eq!(listed.queue.as_deref(), Some(QUEUE));
+    assert_eq!(listed.assignee.as_deref(), Some(NURSE));
+    assert_eq!(listed.tags, vec![TAG.to_owned()]);
+    assert!(all.iter().any(|c| c.id == other && c.assignee.is_none()));
+    let mine = list(Some(NURSE)).await.unwrap().conversations;
+    assert_eq!(
+        mine.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [created.id.as_str()]
+    );
+    assert_eq!(mine[0].tags, vec![TAG.to_owned()]);
+    assert!(
+        list(Some("doctor@example.org"))
+            .await
+            .unwrap()
+            .conversations
+            .is_empty()
+    );
+
+    // The row itself: clear columns empty, blind indexes set.
+    let db = continuum_store::database_path(dir.path());
+    {
+        let raw = rusqlite::Connection::open(&db).unwrap();
+        let (clear_empty, queue_idx, assignee_idx): (bool, Option<i64>, Option<i64>) = raw
+            .query_row(
+                "SELECT queue IS NULL AND assignee IS NULL AND tags = '[]', length(queue_idx), length(assignee_idx)
+                 FROM conversations WHERE id = ?1",
+                [&created.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert!(clear_empty, "the clear columns stay NULL / '[]'");
+        assert_eq!((queue_idx, assignee_idx), (Some(32), Some(32)));
+    }
+    let bytes = raw_bytes(dir.path());
+    for s in [QUEUE, TAG, NURSE] {
+        assert!(!holds(&bytes, s), "`{s}` is on disk in clear while open");
+    }
+    // A patient writing into the closed conversation reopens it (loaded in
+    // full on the append path): unassigned, queue and tags kept.
+    store
+        .transition(
+            &t.id,
+            &created.id,
+            Transition::Close,
+            TransitionParams::default(),
+            Actor::system(),
+            "test",
+        )
+        .await
+        .unwrap();
+    let reopened = store
+        .append_event(&t.id, &created.id, message("again", None), "test")
+        .await
+        .unwrap();
+    assert_eq!(reopened.also_written.len(), 1, "the reopen");
+    let got = store.get_conversation(&t.id, &created.id).await.unwrap();
+    assert_eq!(got.assignee, None);
+    assert_eq!(got.queue.as_deref(), Some(QUEUE));
+    assert_eq!(got.tags, vec![TAG.to_owned()]);
+    assert_eq!(got.subject.as_deref(), Some("subject"));
+    assert!(list(Some(NURSE)).await.unwrap().conversations.is_empty());
+    assert!(store.verify().unwrap().is_intact());
+    store.shutdown();
+    let bytes = raw_bytes(dir.path());
+    assert!(
+        holds(&bytes, &created.id),
+        "the check reads the right files"
+    );
+    for s in [QUEUE, TAG, NURSE] {
+        assert!(
+            !holds(&bytes, s),
+            "`{s}` is on disk in clear after shutdown"
+        );
+    }
 }

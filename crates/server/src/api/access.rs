@@ -16,18 +16,23 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct MintTokenRequest {
     /// Who the token is for: a staff id, your app's user id, a patient's contact id.
+    #[schema(pattern = r"^[A-Za-z0-9._:@+-]{1,128}$")]
     pub identity: String,
     pub role: Role,
     /// Conversations and rooms the token may touch (`"*"` = all; not allowed for patients).
     #[serde(default)]
     pub grants: Grants,
-    /// Lifetime; defaults to `security.token_default_ttl_secs`, at most `token_max_ttl_secs`.
+    /// Lifetime; defaults to `security.token_default_ttl_secs`, at most
+    /// `token_max_ttl_secs` (and, minted by a token, at most what it has left).
+    #[schema(minimum = 1)]
     pub ttl_seconds: Option<u64>,
     /// Display name shown to other participants.
+    #[schema(max_length = 100)]
     pub name: Option<String>,
     /// The participant's region (e.g. `eu`): TURN nodes there come first in
     /// `ice_servers`, here and in the signaling `joined` reply (the token
     /// carries it).
+    #[schema(pattern = r"^[A-Za-z0-9-]{1,32}$")]
     pub region: Option<String>,
 }
 
@@ -48,8 +53,10 @@ pub struct MintTokenResponse {
 }
 
 /// Mint a short-lived access token for a clinician, agent, patient, admin or auditor.
-#[utoipa::path(post, path = "/v1/tokens", tag = "access", request_body = MintTokenRequest,
-    responses((status = 201, body = MintTokenResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)),
+#[utoipa::path(post, path = "/v1/tokens", tag = "access", operation_id = "mintToken", request_body = MintTokenRequest,
+    responses((status = 201, body = MintTokenResponse, description = "the token, its `jti` and expiry, and TURN servers when it grants rooms"),
+        (status = 403, body = ErrorBody, description = "this credential may not mint tokens, or not this role or these grants"),
+        (status = 422, body = ErrorBody, description = "identity, role, grants or ttl_seconds invalid (the message names the field)")),
     security(("bearer" = [])))]
 pub async fn mint_token(
     State(s): State<AppState>,
@@ -57,12 +64,21 @@ pub async fn mint_token(
     Json(req): Json<MintTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<MintTokenResponse>)> {
     s.require(&p, Permission::MintTokens, "tokens").await?;
-    if req.identity.is_empty() || req.identity.len() > 128 {
-        return Err(ApiError::invalid("identity must be 1..=128 characters"));
-    }
-    if req.identity.chars().any(char::is_control) {
+    super::check_identity("identity", &req.identity)?;
+    if req
+        .name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > 100 || n.chars().any(char::is_control))
+    {
         return Err(ApiError::invalid(
-            "identity must not contain control characters",
+            "name must be at most 100 characters, without control characters",
+        ));
+    }
+    if req.region.as_ref().is_some_and(|r| {
+        r.is_empty() || r.len() > 32 || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    }) {
+        return Err(ApiError::invalid(
+            "region must be 1..=32 letters, digits and dashes",
         ));
     }
     if req.role == Role::Patient
@@ -159,6 +175,7 @@ pub async fn mint_token(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
 }
 
@@ -171,8 +188,10 @@ pub struct CreatedKey {
 }
 
 /// Create an API key for server-to-server calls.
-#[utoipa::path(post, path = "/v1/api-keys", tag = "access", request_body = CreateKeyRequest,
-    responses((status = 201, body = CreatedKey), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/api-keys", tag = "access", operation_id = "createApiKey", request_body = CreateKeyRequest,
+    responses((status = 201, body = CreatedKey, description = "the new key, shown once"),
+        (status = 403, body = ErrorBody, description = "only an API key creates API keys (never an access token)")),
+    security(("bearer" = [])))]
 pub async fn create_key(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -192,8 +211,10 @@ pub async fn create_key(
             "API keys are created only with an API key (or `continuum key create`), never with an access token",
         ));
     }
-    if req.name.is_empty() || req.name.len() > 100 {
-        return Err(ApiError::invalid("name must be 1..=100 characters"));
+    if req.name.is_empty() || req.name.len() > 100 || req.name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name must be 1..=100 characters, without control characters",
+        ));
     }
     let (info, key) = s
         .store
@@ -203,8 +224,8 @@ pub async fn create_key(
 }
 
 /// List the tenant's API keys (never the secrets).
-#[utoipa::path(get, path = "/v1/api-keys", tag = "access",
-    responses((status = 200, body = Vec<ApiKeyInfo>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/api-keys", tag = "access", operation_id = "listApiKeys",
+    responses((status = 200, body = Vec<ApiKeyInfo>, description = "the tenant's API keys, without secrets")), security(("bearer" = [])))]
 pub async fn list_keys(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -214,8 +235,9 @@ pub async fn list_keys(
 }
 
 /// Revoke an API key; it stops working immediately on this node.
-#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "access",
-    params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "access", operation_id = "revokeApiKey",
+    params(("id" = String, Path, description = "the key's id")),
+    responses((status = 204, description = "revoked: the key and every token minted under it stop working")), security(("bearer" = [])))]
 pub async fn revoke_key(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -241,9 +263,8 @@ pub struct RevokeTokenRequest {
 /// Revoke an access token by its `jti`: it stops working at once for REST, live
 /// streams and signaling (open sockets and streams are closed). Needs the API
 /// key or an admin token; any token may revoke itself (sign-out).
-#[utoipa::path(post, path = "/v1/tokens/revoke", tag = "access", request_body = RevokeTokenRequest,
+#[utoipa::path(post, path = "/v1/tokens/revoke", tag = "access", operation_id = "revokeToken", request_body = RevokeTokenRequest,
     responses((status = 204, description = "revoked (also when it already was)"),
-        (status = 401, body = ErrorBody, description = "no valid credential"),
         (status = 403, body = ErrorBody, description = "the credential may not revoke other tokens"),
         (status = 422, body = ErrorBody, description = "jti missing or malformed")),
     security(("bearer" = [])))]
@@ -279,14 +300,16 @@ pub async fn revoke_token(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateStaffRequest {
+    #[schema(min_length = 1, max_length = 200)]
     pub display_name: String,
     pub role: Role,
+    #[schema(max_length = 254)]
     pub email: Option<String>,
 }
 
 /// Add a clinician, agent, admin or auditor.
-#[utoipa::path(post, path = "/v1/staff", tag = "access", request_body = CreateStaffRequest,
-    responses((status = 201, body = Staff), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/staff", tag = "access", operation_id = "createStaff", request_body = CreateStaffRequest,
+    responses((status = 201, body = Staff, description = "the staff member")), security(("bearer" = [])))]
 pub async fn create_staff(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -312,7 +335,8 @@ pub async fn create_staff(
 }
 
 /// List staff.
-#[utoipa::path(get, path = "/v1/staff", tag = "access", responses((status = 200, body = Vec<Staff>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/staff", tag = "access", operation_id = "listStaff",
+    responses((status = 200, body = Vec<Staff>, description = "the tenant's staff")), security(("bearer" = [])))]
 pub async fn list_staff(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<Staff>>> {
     s.require(&p, Permission::ManageStaff, "staff").await?;
     Ok(Json(s.store.list_staff(p.tenant_id()).await?))

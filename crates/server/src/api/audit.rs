@@ -14,8 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Records with `seq` greater than this.
+    #[param(minimum = 0)]
     pub after: Option<i64>,
-    /// 1..=1000, default 100.
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -28,8 +30,11 @@ pub struct AuditPage {
 }
 
 /// The tenant's audit chain, oldest first. Reading it is itself audited.
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "listAudit", params(AuditQuery),
+    responses((status = 200, body = AuditPage, description = "audit records, oldest first"),
+        (status = 403, body = ErrorBody, description = "only auditors, admins and API keys read the audit chain"),
+        (status = 422, body = ErrorBody, description = "limit out of range")),
+    security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
     Auth(p): Auth,

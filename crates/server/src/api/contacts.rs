@@ -12,8 +12,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 /// Create a patient, optionally with phone, WhatsApp and app-user bindings.
-#[utoipa::path(post, path = "/v1/contacts", tag = "contacts", request_body = ContactInput,
-    responses((status = 201, body = Contact), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/contacts", tag = "contacts", operation_id = "createContact", request_body = ContactInput,
+    responses((status = 201, body = Contact, description = "the patient"),
+        (status = 403, body = ErrorBody, description = "needs the tenant-wide contact grant or the admin role"),
+        (status = 409, body = ErrorBody, description = "a binding (phone, WhatsApp, app user id) belongs to another contact")),
+    security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -31,20 +34,29 @@ pub async fn create(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ContactQuery {
-    /// Find the contact bound to this phone number (E.164).
+    /// Find the contact bound to this phone number (E.164, e.g. `+14155552671`).
+    #[param(max_length = 32)]
     pub phone: Option<String>,
-    /// Find the contact bound to this WhatsApp id.
+    /// Find the contact bound to this WhatsApp id (E.164).
+    #[param(max_length = 32)]
     pub whatsapp: Option<String>,
     /// Find the contact bound to this app user id.
+    #[param(pattern = r"^[A-Za-z0-9._:@-]{1,128}$")]
     pub app_user_id: Option<String>,
+    /// `next_cursor` of the previous page, unchanged.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
-    /// 1..=200, default 50.
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
 }
 
 /// List patients, or look one up by a binding (`?phone=+14155552671`).
-#[utoipa::path(get, path = "/v1/contacts", tag = "contacts", params(ContactQuery),
-    responses((status = 200, body = ContactList), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contacts", tag = "contacts", operation_id = "listContacts", params(ContactQuery),
+    responses((status = 200, body = ContactList, description = "a page of patients, or the one matching a binding (zero or one)"),
+        (status = 403, body = ErrorBody, description = "listing needs the tenant-wide contact grant or the admin role"),
+        (status = 422, body = ErrorBody, description = "limit out of range, cursor not one this endpoint handed out, a binding malformed, or several bindings at once")),
+    security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -110,8 +122,8 @@ pub async fn list(
 }
 
 /// Get one patient.
-#[utoipa::path(get, path = "/v1/contacts/{id}", tag = "contacts", params(("id" = String, Path)),
-    responses((status = 200, body = Contact), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/contacts/{id}", tag = "contacts", operation_id = "getContact", params(("id" = String, Path, description = "the contact's id")),
+    responses((status = 200, body = Contact, description = "the patient")), security(("bearer" = [])))]
 pub async fn get(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -128,8 +140,10 @@ pub async fn get(
 }
 
 /// Change a patient. Absent fields stay; an empty string removes a binding.
-#[utoipa::path(patch, path = "/v1/contacts/{id}", tag = "contacts", params(("id" = String, Path)), request_body = ContactInput,
-    responses((status = 200, body = Contact), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(patch, path = "/v1/contacts/{id}", tag = "contacts", operation_id = "updateContact", params(("id" = String, Path, description = "the contact's id")), request_body = ContactInput,
+    responses((status = 200, body = Contact, description = "the patient as changed"),
+        (status = 409, body = ErrorBody, description = "a binding belongs to another contact")),
+    security(("bearer" = [])))]
 pub async fn update(
     State(s): State<AppState>,
     Auth(p): Auth,

@@ -16,8 +16,10 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 /// Open a conversation with a patient.
-#[utoipa::path(post, path = "/v1/conversations", tag = "conversations", request_body = NewConversation,
-    responses((status = 201, body = Conversation), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations", tag = "conversations", operation_id = "createConversation", request_body = NewConversation,
+    responses((status = 201, body = Conversation, description = "the conversation, `open`"),
+        (status = 404, body = ErrorBody, description = "no such contact in this tenant, or outside the credential's reach")),
+    security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -40,20 +42,27 @@ pub async fn create(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// open, queued, active or closed.
-    pub state: Option<String>,
+    pub state: Option<ConversationState>,
+    /// Only the conversations of this patient.
     pub contact_id: Option<String>,
+    /// Only those assigned to this staff identity.
+    #[param(max_length = 128)]
     pub assignee: Option<String>,
     /// RFC 3339; only conversations updated at or after this time.
+    #[param(format = DateTime)]
     pub updated_since: Option<String>,
+    /// `next_cursor` of the previous page, unchanged.
     pub cursor: Option<String>,
-    /// 1..=200, default 50.
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
 }
 
 /// List conversations, most recently updated first.
-#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", params(ListQuery),
-    responses((status = 200, body = ConversationList), (status = 400, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations", tag = "conversations", operation_id = "listConversations", params(ListQuery),
+    responses((status = 200, body = ConversationList, description = "a page of conversations, most recently updated first"),
+        (status = 422, body = ErrorBody, description = "limit out of range, updated_since not RFC 3339, or cursor not one this endpoint handed out")),
+    security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -61,11 +70,7 @@ pub async fn list(
 ) -> ApiResult<Json<ConversationList>> {
     s.require(&p, Permission::ListConversations, "conversations")
         .await?;
-    let state = q
-        .state
-        .map(|v| v.parse::<ConversationState>())
-        .transpose()
-        .map_err(ApiError::invalid)?;
+    let state = q.state;
     let updated_since = q
         .updated_since
         .map(|v| {
@@ -103,8 +108,8 @@ pub async fn list(
 }
 
 /// Get one conversation.
-#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", params(("id" = String, Path)),
-    responses((status = 200, body = Conversation), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{id}", tag = "conversations", operation_id = "getConversation", params(("id" = String, Path, description = "the conversation's id")),
+    responses((status = 200, body = Conversation, description = "the conversation")), security(("bearer" = [])))]
 pub async fn get(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -132,10 +137,13 @@ pub async fn get(
 #[serde(deny_unknown_fields)]
 pub struct TransitionRequest {
     /// Required for assign: the staff identity taking the conversation.
+    #[schema(pattern = r"^[A-Za-z0-9._:@+-]{1,128}$")]
     pub assignee: Option<String>,
-    /// Required for queue; optional with assign.
+    /// Required for queue; optional with assign. A code, never PHI.
+    #[schema(pattern = r"^[A-Za-z0-9._:/-]{1,64}$")]
     pub queue: Option<String>,
-    /// Why, recorded on the timeline.
+    /// Why, recorded on the timeline (sealed).
+    #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
 
@@ -180,6 +188,14 @@ async fn transition(
     if req.reason.as_ref().is_some_and(|r| r.len() > 500) {
         return Err(ApiError::invalid("reason must be at most 500 bytes"));
     }
+    if req.reason.as_ref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::invalid(
+            "reason must not contain NUL characters (U+0000)",
+        ));
+    }
+    if let Some(a) = &req.assignee {
+        super::check_identity("assignee", a)?;
+    }
     let params = TransitionParams {
         assignee: req.assignee,
         queue: req.queue,
@@ -205,8 +221,10 @@ async fn transition(
 }
 
 /// Put the conversation in a queue (`open|queued → queued`).
-#[utoipa::path(post, path = "/v1/conversations/{id}/queue", tag = "conversations", params(("id" = String, Path)), request_body = TransitionRequest,
-    responses((status = 200, body = Conversation), (status = 409, body = ErrorBody, description = "invalid transition")), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{id}/queue", tag = "conversations", operation_id = "enqueueConversation", params(("id" = String, Path, description = "the conversation's id")), request_body = TransitionRequest,
+    responses((status = 200, body = Conversation, description = "the conversation, queued"),
+        (status = 409, body = ErrorBody, description = "not allowed from the conversation's current state (the message says why)")),
+    security(("bearer" = [])))]
 pub async fn enqueue(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -217,8 +235,10 @@ pub async fn enqueue(
 }
 
 /// Assign to staff (`open|queued|active → active`).
-#[utoipa::path(post, path = "/v1/conversations/{id}/assign", tag = "conversations", params(("id" = String, Path)), request_body = TransitionRequest,
-    responses((status = 200, body = Conversation), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{id}/assign", tag = "conversations", operation_id = "assignConversation", params(("id" = String, Path, description = "the conversation's id")), request_body = TransitionRequest,
+    responses((status = 200, body = Conversation, description = "the conversation, assigned and `active`"),
+        (status = 409, body = ErrorBody, description = "not allowed from the conversation's current state (the message says why)")),
+    security(("bearer" = [])))]
 pub async fn assign(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -229,8 +249,10 @@ pub async fn assign(
 }
 
 /// Close (`open|queued|active → closed`).
-#[utoipa::path(post, path = "/v1/conversations/{id}/close", tag = "conversations", params(("id" = String, Path)), request_body = TransitionRequest,
-    responses((status = 200, body = Conversation), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{id}/close", tag = "conversations", operation_id = "closeConversation", params(("id" = String, Path, description = "the conversation's id")), request_body = TransitionRequest,
+    responses((status = 200, body = Conversation, description = "the conversation, closed"),
+        (status = 409, body = ErrorBody, description = "not allowed from the conversation's current state (the message says why)")),
+    security(("bearer" = [])))]
 pub async fn close(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -241,8 +263,10 @@ pub async fn close(
 }
 
 /// Reopen (`closed → open`). New inbound patient contact does this by itself.
-#[utoipa::path(post, path = "/v1/conversations/{id}/reopen", tag = "conversations", params(("id" = String, Path)), request_body = TransitionRequest,
-    responses((status = 200, body = Conversation), (status = 409, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{id}/reopen", tag = "conversations", operation_id = "reopenConversation", params(("id" = String, Path, description = "the conversation's id")), request_body = TransitionRequest,
+    responses((status = 200, body = Conversation, description = "the conversation, open again"),
+        (status = 409, body = ErrorBody, description = "not allowed from the conversation's current state (the message says why)")),
+    security(("bearer" = [])))]
 pub async fn reopen(
     State(s): State<AppState>,
     Auth(p): Auth,

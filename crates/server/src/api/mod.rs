@@ -5,6 +5,7 @@ pub mod access;
 pub mod audit;
 pub mod contacts;
 pub mod conversations;
+pub mod doc;
 pub mod rtc;
 pub mod timeline;
 pub mod webhooks;
@@ -13,15 +14,14 @@ pub mod whip;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use axum::Router;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Continuum API", description = "Self-hosted real-time patient communication: one continuous, encrypted, audited conversation per patient across every channel."),
-    modifiers(&BearerAuth),
+    info(title = "Continuum API", description = "Self-hosted real-time patient communication: one continuous, encrypted, audited conversation per patient across every channel. Errors are `{\"error\": {\"code\", \"message\"}}`; the message names the field and the reason."),
+    modifiers(&Security),
     components(schemas(crate::error::ErrorBody)),
     tags(
         (name = "access", description = "Access tokens, API keys, staff"),
@@ -35,28 +35,11 @@ use utoipa_axum::routes;
 )]
 struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "A tenant API key (`ck_...`) or an access token from POST /v1/tokens",
-                    ))
-                    .build(),
-            ),
-        );
-    }
-}
+use doc::Security;
 
 /// The API routes and the OpenAPI document describing them.
 pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(access::mint_token))
         .routes(routes!(access::revoke_token))
         .routes(routes!(access::create_key, access::list_keys))
@@ -82,7 +65,10 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(whip::whip))
         .routes(routes!(whip::whep))
         .routes(routes!(whip::end, whip::trickle))
-        .split_for_parts()
+        .split_for_parts();
+    let (router, mut doc) = (router, doc);
+    doc::StandardResponses.modify(&mut doc);
+    (router, doc)
 }
 
 /// Validates a `limit` query parameter.
@@ -106,4 +92,20 @@ pub(crate) fn id_cursor(cursor: &str) -> ApiResult<String> {
                 "cursor is not a cursor this endpoint handed out: pass `next_cursor` from the previous page unchanged",
             )
         })
+}
+
+/// Staff and participant identities: 1..=128 of letters, digits and
+/// `. _ : @ + -` (ids and e-mail addresses; never free text).
+pub(crate) fn check_identity(field: &str, v: &str) -> ApiResult<()> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:@+-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must be 1..=128 letters, digits and . _ : @ + -"
+        )))
+    }
 }

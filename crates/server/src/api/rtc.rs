@@ -54,8 +54,8 @@ pub struct CreateRoomRequest {
 }
 
 /// Open a video room as a media session of this conversation.
-#[utoipa::path(post, path = "/v1/conversations/{id}/rooms", tag = "video", params(("id" = String, Path)), request_body = CreateRoomRequest,
-    responses((status = 201, body = Room), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/conversations/{id}/rooms", tag = "video", operation_id = "createRoom", params(("id" = String, Path, description = "the conversation's id")), request_body = CreateRoomRequest,
+    responses((status = 201, body = Room, description = "the room, a media session of the conversation")), security(("bearer" = [])))]
 pub async fn create_room(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -84,9 +84,26 @@ pub async fn create_room(
 }
 
 /// Signaling WebSocket. Authenticate with `?token=<access token>` (a room grant is needed to join).
-#[utoipa::path(get, path = "/v1/rtc", tag = "video", params(("token" = String, Query, description = "access token with a room grant")),
-    responses((status = 101, description = "WebSocket upgrade; JSON messages as documented in the module"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn signaling(State(s): State<AppState>, Auth(p): Auth, ws: WebSocketUpgrade) -> Response {
+#[utoipa::path(get, path = "/v1/rtc", tag = "video", operation_id = "connectSignaling",
+    responses((status = 101, description = "WebSocket upgrade; JSON messages as in docs/signaling.md"),
+        (status = 400, body = ErrorBody, description = "not a WebSocket upgrade request"),
+        (status = 403, body = ErrorBody, description = "an API key cannot join rooms: use an access token"),
+        (status = 503, body = ErrorBody, description = "this node runs no media worker")),
+    security(("signalingToken" = []), ("bearer" = [])))]
+pub async fn signaling(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(_) => {
+            return ApiError::bad_request(
+                "this is the signaling WebSocket: connect with a WebSocket client (HTTP/1.1 `Upgrade: websocket`)",
+            )
+            .into_response();
+        }
+    };
     if !matches!(p, Principal::Token { .. }) {
         return ApiError::forbidden(
             "join rooms with an access token from POST /v1/tokens, not an API key",

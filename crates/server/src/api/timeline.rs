@@ -21,6 +21,8 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct AppendEventRequest {
     pub channel: Channel,
+    /// What happened; the engine's own kinds (`state.changed`, `assigned`) are refused.
+    #[schema(schema_with = super::doc::appendable_event_kinds)]
     pub kind: EventKind,
     /// Who caused it. API-key callers say who (default `system`); token holders
     /// are the actor themselves and may omit it.
@@ -80,11 +82,13 @@ fn resolve_actor(p: &Principal, requested: Option<Actor>, kind: EventKind) -> Ap
 }
 
 /// Append an event to the conversation's timeline (any channel).
-#[utoipa::path(post, path = "/v1/conversations/{id}/events", tag = "timeline", params(("id" = String, Path)), request_body = AppendEventRequest,
+#[utoipa::path(post, path = "/v1/conversations/{id}/events", tag = "timeline", operation_id = "appendEvent", params(("id" = String, Path, description = "the conversation's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "same as `idempotency_key` in the body")),
+    request_body = AppendEventRequest,
     responses(
         (status = 201, body = Event, description = "appended"),
-        (status = 200, body = Event, description = "the idempotency key matched an earlier append; that event is returned"),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
+        (status = 200, body = Event, description = "the idempotency key matched an earlier append of the same request; that event is returned"),
+        (status = 409, body = ErrorBody, description = "the idempotency key was used for a different request (`idempotency_key_reused`)")),
     security(("bearer" = [])))]
 pub async fn append(
     State(s): State<AppState>,
@@ -138,8 +142,10 @@ pub async fn append(
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Return events with `seq` greater than this (default 0: from the start).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
-    /// 1..=500, default 50.
+    /// Page size, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
 }
 
@@ -152,8 +158,10 @@ pub struct EventPage {
 }
 
 /// Page through the timeline in `seq` order.
-#[utoipa::path(get, path = "/v1/conversations/{id}/events", tag = "timeline", params(("id" = String, Path), PageQuery),
-    responses((status = 200, body = EventPage), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{id}/events", tag = "timeline", operation_id = "listEvents", params(("id" = String, Path, description = "the conversation's id"), PageQuery),
+    responses((status = 200, body = EventPage, description = "events in `seq` order"),
+        (status = 422, body = ErrorBody, description = "limit out of range")),
+    security(("bearer" = [])))]
 pub async fn page(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -179,18 +187,17 @@ pub async fn page(
 #[derive(Deserialize, IntoParams)]
 pub struct StreamQuery {
     /// Resume after this `seq` (the `Last-Event-ID` header does the same).
+    #[param(minimum = 0)]
     pub after: Option<i64>,
-    /// For clients that cannot set headers (EventSource).
-    #[allow(dead_code)]
-    pub access_token: Option<String>,
 }
 
 /// Server-sent events: every new timeline event as it is committed, after
 /// replaying those since `after`. Event ids are `seq`s, so a reconnecting
 /// EventSource resumes exactly where it left off, with no gaps or repeats.
-#[utoipa::path(get, path = "/v1/conversations/{id}/events/stream", tag = "timeline", params(("id" = String, Path), StreamQuery),
-    responses((status = 200, content_type = "text/event-stream", description = "`event: timeline`, `id: <seq>`, `data: <Event JSON>`"), (status = 404, body = ErrorBody)),
-    security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{id}/events/stream", tag = "timeline", operation_id = "streamEvents", params(("id" = String, Path, description = "the conversation's id"), StreamQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "resume after this `seq` (EventSource sends it on reconnect)")),
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events: `event: timeline`, `id: <seq>`, `data: <Event JSON>`; replays after `after`, then follows live")),
+    security(("bearer" = []), ("streamToken" = [])))]
 pub async fn stream(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -297,14 +304,18 @@ pub async fn stream(
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ContextQuery {
-    /// How many recent events to include (default `context.recent_events`).
+    /// How many recent events to include (default `context.recent_events`,
+    /// at most `context.max_recent_events`, 200 by default).
+    #[param(minimum = 0, maximum = 200)]
     pub events: Option<usize>,
 }
 
 /// Everything the next clinician or agent needs: patient, state, pending items,
 /// open calls, last triage, the last N events across every channel.
-#[utoipa::path(get, path = "/v1/conversations/{id}/context", tag = "timeline", params(("id" = String, Path), ContextQuery),
-    responses((status = 200, body = Context), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/conversations/{id}/context", tag = "timeline", operation_id = "getContext", params(("id" = String, Path, description = "the conversation's id"), ContextQuery),
+    responses((status = 200, body = Context, description = "patient, state, pending items, open sessions, last triage and recent events"),
+        (status = 422, body = ErrorBody, description = "events above context.max_recent_events")),
+    security(("bearer" = [])))]
 pub async fn context(
     State(s): State<AppState>,
     Auth(p): Auth,

@@ -1,7 +1,7 @@
 //! Webhook endpoints and their delivery log.
 
 use crate::auth::Auth;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Path};
 use crate::state::AppState;
 use axum::extract::State;
@@ -38,8 +38,8 @@ pub struct CreatedWebhook {
 }
 
 /// Register a webhook endpoint.
-#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhookRequest,
-    responses((status = 201, body = CreatedWebhook), (status = 422, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", operation_id = "createWebhook", request_body = CreateWebhookRequest,
+    responses((status = 201, body = CreatedWebhook, description = "the endpoint and its signing secret, shown once")), security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -68,7 +68,8 @@ pub async fn create(
 }
 
 /// List webhook endpoints.
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", responses((status = 200, body = Vec<Webhook>)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", operation_id = "listWebhooks",
+    responses((status = 200, body = Vec<Webhook>, description = "the tenant's endpoints")), security(("bearer" = [])))]
 pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<Webhook>>> {
     s.require(&p, Permission::ManageWebhooks, "webhooks")
         .await?;
@@ -76,8 +77,8 @@ pub async fn list(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Ve
 }
 
 /// Remove a webhook endpoint; its pending deliveries are cancelled.
-#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", operation_id = "deleteWebhook", params(("id" = String, Path, description = "the endpoint's id")),
+    responses((status = 204, description = "removed; its pending deliveries are cancelled")), security(("bearer" = [])))]
 pub async fn delete(
     State(s): State<AppState>,
     Auth(p): Auth,
@@ -92,8 +93,8 @@ pub async fn delete(
 }
 
 /// The most recent delivery attempts to this endpoint.
-#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path)),
-    responses((status = 200, body = Vec<Delivery>), (status = 404, body = ErrorBody)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", operation_id = "listDeliveries", params(("id" = String, Path, description = "the endpoint's id")),
+    responses((status = 200, body = Vec<Delivery>, description = "the 100 most recent attempts")), security(("bearer" = [])))]
 pub async fn deliveries(
     State(s): State<AppState>,
     Auth(p): Auth,

@@ -146,9 +146,15 @@ async fn start(
 }
 
 /// Publish into a room (WHIP).
-#[utoipa::path(post, path = "/v1/rooms/{room}/whip", tag = "video", params(("room" = String, Path)),
+#[utoipa::path(post, path = "/v1/rooms/{room}/whip", tag = "video", operation_id = "whipPublish", params(("room" = String, Path, description = "the room's id")),
     request_body(content = String, content_type = "application/sdp", description = "SDP offer"),
-    responses((status = 201, description = "SDP answer; `Location` names the session"), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
+    responses((status = 201, content_type = "application/sdp", body = String, description = "SDP answer; `Location` names the session",
+            headers(("Location" = String, description = "/v1/rooms/{room}/sessions/{id}: the session's only handle"))),
+        (status = 400, body = ErrorBody, description = "the offer is not valid SDP (the message names the line) or not UTF-8"),
+        (status = 403, body = ErrorBody, description = "an API key cannot publish: use an access token with a grant for the room"),
+        (status = 413, body = ErrorBody, description = "the offer is larger than server.max_body_bytes"),
+        (status = 415, body = ErrorBody, description = "send the offer as `Content-Type: application/sdp`"),
+        (status = 503, body = ErrorBody, description = "the room is full, or this node runs no media worker")),
     security(("bearer" = [])))]
 pub async fn whip(
     State(s): State<AppState>,
@@ -161,9 +167,15 @@ pub async fn whip(
 }
 
 /// Watch a room (WHEP): the offer's receive-only m-lines get the room's current tracks.
-#[utoipa::path(post, path = "/v1/rooms/{room}/whep", tag = "video", params(("room" = String, Path)),
+#[utoipa::path(post, path = "/v1/rooms/{room}/whep", tag = "video", operation_id = "whepWatch", params(("room" = String, Path, description = "the room's id")),
     request_body(content = String, content_type = "application/sdp", description = "SDP offer"),
-    responses((status = 201, description = "SDP answer; `Location` names the session"), (status = 404, body = ErrorBody), (status = 415, body = ErrorBody)),
+    responses((status = 201, content_type = "application/sdp", body = String, description = "SDP answer; `Location` names the session",
+            headers(("Location" = String, description = "/v1/rooms/{room}/sessions/{id}: the session's only handle"))),
+        (status = 400, body = ErrorBody, description = "the offer is not valid SDP (the message names the line) or not UTF-8"),
+        (status = 403, body = ErrorBody, description = "an API key cannot watch: use an access token with a grant for the room"),
+        (status = 413, body = ErrorBody, description = "the offer is larger than server.max_body_bytes"),
+        (status = 415, body = ErrorBody, description = "send the offer as `Content-Type: application/sdp`"),
+        (status = 503, body = ErrorBody, description = "the room is full, or this node runs no media worker")),
     security(("bearer" = [])))]
 pub async fn whep(
     State(s): State<AppState>,
@@ -205,10 +217,8 @@ async fn owned(s: &AppState, p: &Principal, room: &str, id: &str) -> ApiResult<P
 }
 
 /// End a WHIP/WHEP session (only its creator can).
-#[utoipa::path(delete, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = String, Path, description = "the session id from `Location`")),
-    responses((status = 200, description = "the session ended"),
-        (status = 401, body = ErrorBody, description = "no valid credential"),
-        (status = 404, body = ErrorBody, description = "no such session of this caller")),
+#[utoipa::path(delete, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", operation_id = "endMediaSession", params(("room" = String, Path, description = "the room's id"), ("id" = String, Path, description = "the session id from `Location`")),
+    responses((status = 200, description = "the session ended")),
     security(("bearer" = [])))]
 pub async fn end(
     State(s): State<AppState>,
@@ -231,10 +241,8 @@ pub async fn end(
 }
 
 /// Trickle ICE for a session: accepted and not needed (the server is ICE-lite).
-#[utoipa::path(patch, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", params(("room" = String, Path), ("id" = String, Path, description = "the session id from `Location`")),
-    responses((status = 204, description = "accepted"),
-        (status = 401, body = ErrorBody, description = "no valid credential"),
-        (status = 404, body = ErrorBody, description = "no such session of this caller")),
+#[utoipa::path(patch, path = "/v1/rooms/{room}/sessions/{id}", tag = "video", operation_id = "trickleMediaSession", params(("room" = String, Path, description = "the room's id"), ("id" = String, Path, description = "the session id from `Location`")),
+    responses((status = 204, description = "accepted (the server is ICE-lite and needs no trickled candidates)")),
     security(("bearer" = [])))]
 pub async fn trickle(
     State(s): State<AppState>,
