@@ -176,6 +176,12 @@ async fn garbage_floods_cost_bounded_storage_while_clients_keep_working() {
         )
         .unwrap();
     assert!(stored.len() < 300, "{stored}");
+    println!(
+        "flood: {} garbage requests in {:.1} s: {unauthorized} refused (401), {throttled} throttled (429); \
+         {rows} audit rows, database +{grown} bytes; legitimate {legit_ok}/200 OK",
+        statuses.len(),
+        started.elapsed().as_secs_f64()
+    );
 
     // Nothing is silent: on shutdown the repeats are summarised, with their count.
     let data = s.data_dir.clone();
@@ -880,4 +886,72 @@ async fn credentials_stay_out_of_urls_and_files_stay_private() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401, "metrics off loopback without a token");
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_json_line_per_request_and_no_phi() {
+    let dir = tempdir();
+    let log = dir.path().join("server.log");
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            env: vec![
+                ("CONTINUUM_LOG".into(), "warn,continuum::access=info".into()),
+                ("CONTINUUM_LOG__FORMAT".into(), "json".into()),
+            ],
+            log_file: Some(log.clone()),
+            ..Default::default()
+        },
+    );
+    let key = s.key().to_owned();
+    let phone = "+14155550377";
+    let (contact, conv) = s.patient_conversation(&key, phone).await;
+    let token = s.mint(&key, "dr-log", "clinician", &[&conv]).await;
+    let (st, _) = s
+        .call("GET", &format!("/v1/conversations/{conv}"), &token, None)
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .call(
+            "GET",
+            &format!("/v1/contacts/{contact}"),
+            "not-a-token",
+            None,
+        )
+        .await;
+    assert_eq!(st, 401);
+
+    // Wait for both lines (the log is written as responses complete).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (text, lines) = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "continuum::access")
+            .collect();
+        let done = lines.iter().any(|v| v["fields"]["status"] == 401);
+        if done || std::time::Instant::now() > deadline {
+            break (text, lines);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let read = lines
+        .iter()
+        .find(|v| v["fields"]["status"] == 200 && v["fields"]["method"] == "GET")
+        .unwrap_or_else(|| panic!("no access line for the read: {text}"));
+    let f = &read["fields"];
+    assert_eq!(f["route"], "/v1/conversations/{id}", "{read}");
+    assert!(!f["tenant"].as_str().unwrap().is_empty(), "{read}");
+    assert!(!f["credential"].as_str().unwrap().is_empty(), "{read}");
+    assert!(f["latency_ms"].as_f64().is_some(), "{read}");
+    assert_eq!(f["source"], "127.0.0.1", "{read}");
+    let refused = lines.iter().find(|v| v["fields"]["status"] == 401).unwrap();
+    assert_eq!(refused["fields"]["route"], "/v1/contacts/{id}", "{refused}");
+    // One line per request: the three setup calls, the read and the refusal.
+    assert_eq!(lines.len(), 5, "{text}");
+    // Never ids of patients, phone numbers or credentials.
+    for secret in [conv.as_str(), contact.as_str(), phone, &key, &token] {
+        assert!(!text.contains(secret), "{secret} in the log: {text}");
+    }
 }

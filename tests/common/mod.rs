@@ -29,6 +29,8 @@ pub struct Server {
 pub struct Opts {
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// Write the server's log (stderr) to this file instead of the test's stderr.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Server {
@@ -58,6 +60,9 @@ impl Server {
             .stderr(Stdio::inherit());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some(path) = &opts.log_file {
+            cmd.stderr(std::fs::File::create(path).expect("creating the log file"));
         }
         let mut child = cmd.spawn().expect("starting continuum serve");
         let stdout = child.stdout.take().unwrap();
