@@ -48,10 +48,7 @@ async fn ws(
     token: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let url = format!("{}/v1/rtc?token={token}", s.base.replacen("http", "ws", 1));
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("signaling connects")
-        .0
+    connect_signaling(url).await.0
 }
 
 /// The next text message (or a close frame, as `{"close": code}`).

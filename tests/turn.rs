@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Opts, Server, tempdir};
+use common::{Opts, Server, connect_signaling, tempdir};
 use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
@@ -367,7 +367,7 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
             "POST",
             &format!("/v1/conversations/{conv}/rooms"),
             &key,
-            Some(serde_json::json!({})),
+            Some(serde_json::json!({"waiting_room": false})),
         )
         .await;
     let url = format!(
@@ -375,7 +375,7 @@ async fn tls_clients_relay_and_join_replies_carry_ice_servers() {
         s.base.replacen("http", "ws", 1),
         token["token"].as_str().unwrap()
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut ws, _) = connect_signaling(url).await;
     use futures::{SinkExt, StreamExt};
     let join =
         serde_json::json!({"type": "join", "room": room["id"], "sdp": common::audio_offer()});
@@ -1162,4 +1162,62 @@ async fn tcp_relays_keep_to_the_bandwidth_cap() {
             "{name} counts TCP-relayed bytes:\n{m}"
         );
     }
+}
+
+/// Browsers that may use nothing but TURN (as behind a network that passes
+/// only TURN) get the TURN servers before their first offer, so they connect
+/// at once, over UDP, TCP and TLS alike. Prints the time to connect.
+#[tokio::test]
+async fn browsers_connect_through_turn_alone_over_udp_tcp_and_tls() {
+    let dir = tempdir();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("turn.crt"), dir.path().join("turn.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let s = start(
+        dir.path(),
+        &format!(
+            "[turn]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let key = s.key().to_owned();
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    for (i, transport) in ["udp", "tcp", "tls"].into_iter().enumerate() {
+        let common::Visit { room, tokens, .. } = s
+            .visit(
+                &key,
+                &format!("+1415555095{i}"),
+                &[("dr-relay", "clinician"), ("nurse-relay", "clinician")],
+            )
+            .await;
+        let out = tokio::process::Command::new("node")
+            .arg(browser.join("relay.mjs"))
+            .args([&s.base, &room, transport, &tokens[0], &tokens[1]])
+            .output()
+            .await
+            .expect("node runs the browser scenario");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            out.status.success(),
+            "relay-only over {transport} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "\"check\":\"{transport}: media flows over relay candidates\",\"ok\":true"
+            )),
+            "{stdout}"
+        );
+    }
+    let m = metrics(&s).await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("continuum_turn_allocations_created_total") && !l.ends_with(" 0")
+        ),
+        "the TURN server saw the allocations:\n{m}"
+    );
 }

@@ -262,7 +262,7 @@ async fn signaling_refuses_bad_requests_clearly() {
             "POST",
             &format!("/v1/conversations/{conv}/rooms"),
             &key,
-            Some(json!({})),
+            Some(json!({"waiting_room": false})),
         )
         .await;
     let room_id = room["id"].as_str().unwrap();
@@ -272,7 +272,7 @@ async fn signaling_refuses_bad_requests_clearly() {
             "POST",
             &format!("/v1/conversations/{other_conv}/rooms"),
             &key,
-            Some(json!({})),
+            Some(json!({"waiting_room": false})),
         )
         .await;
     let token = s
@@ -298,9 +298,7 @@ async fn signaling_refuses_bad_requests_clearly() {
     }
 
     let url = format!("{}/v1/rtc?token={token}", s.base.replacen("http", "ws", 1));
-    let (mut sock, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("signaling connects");
+    let (mut sock, _) = connect_signaling(url).await;
     for (msg, code) in [
         ("not json".to_owned(), "bad_message"),
         (json!({"type": "dance"}).to_string(), "bad_message"),
@@ -465,7 +463,19 @@ where
             .unwrap()
             .unwrap();
         let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
-        if !matches!(v["type"].as_str(), Some("quality" | "track_published")) {
+        // Room notices that come whenever the room changes; tests wait for replies.
+        let notice = matches!(
+            v["type"].as_str(),
+            Some(
+                "quality"
+                    | "track_published"
+                    | "roster"
+                    | "participant_joined"
+                    | "participant_left"
+                    | "waiting_room"
+            )
+        );
+        if !notice {
             return v;
         }
     }
@@ -633,7 +643,7 @@ async fn rooms_refuse_joins_beyond_their_capacity() {
             "POST",
             &format!("/v1/conversations/{conv}/rooms"),
             &key,
-            Some(json!({"max_participants": 1})),
+            Some(json!({"max_participants": 1, "waiting_room": false})),
         )
         .await;
     assert_eq!(st, 422, "{v}");
@@ -642,7 +652,7 @@ async fn rooms_refuse_joins_beyond_their_capacity() {
             "POST",
             &format!("/v1/conversations/{conv}/rooms"),
             &key,
-            Some(json!({"max_participants": 2})),
+            Some(json!({"max_participants": 2, "waiting_room": false})),
         )
         .await;
     let room_id = room["id"].as_str().unwrap().to_owned();
@@ -753,9 +763,7 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         .await;
     let ws = |token: &str| format!("{}/v1/rtc?token={token}", s.base.replacen("http", "ws", 1));
     let join = json!({"type": "join", "room": room_id, "sdp": audio_offer()}).to_string();
-    let (mut first, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
-        .await
-        .unwrap();
+    let (mut first, _) = connect_signaling(ws(&tokens[0])).await;
     first
         .send(Message::Text(join.clone().into()))
         .await
@@ -768,9 +776,7 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
     assert_eq!(resume.len(), 32, "{joined}");
     drop(first); // the network changed
 
-    let (mut second, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
-        .await
-        .unwrap();
+    let (mut second, _) = connect_signaling(ws(&tokens[0])).await;
     for (msg, code) in [
         (
             json!({"type": "resume", "participant": id, "token": "0".repeat(32)}),
@@ -793,9 +799,7 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         assert_eq!(v["code"], code, "{msg} -> {v}");
     }
     // Another identity with the right token cannot take the seat.
-    let (mut other, _) = tokio_tungstenite::connect_async(ws(&tokens[1]))
-        .await
-        .unwrap();
+    let (mut other, _) = connect_signaling(ws(&tokens[1])).await;
     let msg = json!({"type": "resume", "participant": id, "token": resume}).to_string();
     other.send(Message::Text(msg.clone().into())).await.unwrap();
     assert_eq!(next_signal(&mut other).await["code"], "resume_refused");
@@ -829,9 +833,7 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
         assert!(Instant::now() < deadline, "{events:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (mut third, _) = tokio_tungstenite::connect_async(ws(&tokens[0]))
-        .await
-        .unwrap();
+    let (mut third, _) = connect_signaling(ws(&tokens[0])).await;
     third.send(Message::Text(msg.into())).await.unwrap();
     assert_eq!(next_signal(&mut third).await["code"], "resume_refused");
 }

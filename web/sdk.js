@@ -15,9 +15,23 @@ const SIMULCAST = [
 ];
 
 export class Visit extends EventTarget {
-  constructor({ token, url } = {}) {
+  /**
+   * `token`: an access token with a grant for the room. `iceTransportPolicy`:
+   * "all" (default) or "relay" (only through TURN, e.g. to test a network that
+   * passes nothing else).
+   */
+  constructor({ token, url, iceTransportPolicy = "all" } = {}) {
     super();
     this.token = token;
+    this.iceTransportPolicy = iceTransportPolicy;
+    /** Who we are, from the server's `welcome`: { identity, name, role, expires_at }. */
+    this.me = null;
+    /** TURN servers from `welcome` (short-lived credentials). */
+    this.iceServers = [];
+    /** Others in the room: participant id → { participant, identity, name, role }. */
+    this.participants = new Map();
+    /** Patients in the waiting room (staff only): [{ ticket, identity, name, since }]. */
+    this.waiting = [];
     this.base = (url || location.origin).replace(/^http/, "ws");
     this.wsUrl = this.base + "/v1/rtc?token=" + encodeURIComponent(token);
     this.pc = null;
@@ -46,7 +60,21 @@ export class Visit extends EventTarget {
    */
   async join(room, stream, { simulcast = true } = {}) {
     this._setState("connecting");
-    const pc = (this.pc = new RTCPeerConnection({ bundlePolicy: "max-bundle" }));
+    this.stream = stream;
+    // Signaling first: its `welcome` carries the TURN servers, so the peer
+    // connection gathers relay candidates from the first offer on (on a
+    // network that blocks UDP, TURN over TCP/TLS is the only way in).
+    try {
+      await this._openSignaling();
+    } catch (e) {
+      this._setState("failed");
+      throw e;
+    }
+    const pc = (this.pc = new RTCPeerConnection({
+      bundlePolicy: "max-bundle",
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.iceTransportPolicy,
+    }));
     pc.addEventListener("track", (e) => {
       const stream = e.streams[0] || new MediaStream([e.track]);
       this._emit("track", { track: e.track, stream });
@@ -83,7 +111,6 @@ export class Visit extends EventTarget {
     // Closing the tab is leaving (a dropped connection would hold the seat
     // for the resume grace period).
     globalThis.addEventListener?.("pagehide", () => { if (this.state !== "left") this.leave(); });
-    await this._openSignaling();
     const joined = new Promise((resolve, reject) => {
       this._joined = { resolve, reject };
     });
@@ -93,15 +120,29 @@ export class Visit extends EventTarget {
     return joined;
   }
 
+  /** Opens the signaling WebSocket and waits for the server's `welcome`. */
   async _openSignaling() {
     const ws = (this.ws = new WebSocket(this.wsUrl));
     await new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      ws.onerror = () => reject(new Error("signaling connection failed"));
+      const fail = (message) => reject(Object.assign(new Error(message), { code: "signaling_failed" }));
+      const timer = setTimeout(() => { fail("the server did not answer"); ws.close(); }, 10000);
+      // A refused token (expired, revoked, invalid) closes the connection
+      // before it opens; browsers do not say why (ask POST /v1/visit-help).
+      ws.onerror = () => { clearTimeout(timer); fail("signaling connection failed"); };
+      ws.onclose = () => { clearTimeout(timer); fail("signaling connection closed"); };
+      ws.onmessage = (m) => {
+        const msg = JSON.parse(m.data);
+        if (msg.type !== "welcome") return;
+        clearTimeout(timer);
+        this.me = { identity: msg.identity, name: msg.name, role: msg.role, expires_at: msg.expires_at };
+        this.iceServers = (msg.ice_servers || []).map(({ urls, username, credential }) => ({ urls, username, credential }));
+        this._emit("welcome", msg);
+        resolve();
+      };
     });
     ws.onmessage = (m) => this._onSignal(JSON.parse(m.data));
     ws.onclose = () => {
-      if (this.state !== "left" && this.ws === ws) this._resume();
+      if (!["left", "ended"].includes(this.state) && this.ws === ws) this._resume();
     };
   }
 
@@ -140,6 +181,10 @@ export class Visit extends EventTarget {
     const pc = this.pc;
     switch (msg.type) {
       case "resumed":
+        // Fresh TURN credentials came with this connection's `welcome`.
+        if (this.iceServers.length) {
+          try { pc.setConfiguration({ ...pc.getConfiguration(), iceServers: this.iceServers }); } catch (_) {}
+        }
         this._resumed?.resolve(msg);
         this._resumed = null;
         this._emit("resumed", msg);
@@ -149,14 +194,34 @@ export class Visit extends EventTarget {
         this.conversation = msg.conversation;
         this.resumeToken = msg.resume;
         await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
-        // Our TURN servers (short-lived credentials): used from the next ICE
-        // restart on, e.g. when the network turns out to block UDP.
-        if (Array.isArray(msg.ice_servers) && msg.ice_servers.length) {
-          try {
-            pc.setConfiguration({ ...pc.getConfiguration(), iceServers: msg.ice_servers.map(({ urls, username, credential }) => ({ urls, username, credential })) });
-          } catch (_) {}
-        }
         this._joined?.resolve(msg);
+        break;
+      case "waiting":
+        // The room has a waiting room: staff admit us (then `joined` comes).
+        this.ticket = msg.ticket;
+        this._setState("waiting");
+        this._emit("waiting", msg);
+        break;
+      case "roster":
+        this.participants = new Map(msg.participants.map((p) => [p.participant, p]));
+        this._emit("participants", { participants: [...this.participants.values()] });
+        break;
+      case "participant_joined":
+        this.participants.set(msg.participant, msg);
+        this._emit("participants", { participants: [...this.participants.values()], joined: msg });
+        break;
+      case "participant_left":
+        this.participants.delete(msg.participant);
+        this._emit("participants", { participants: [...this.participants.values()], left: msg.participant });
+        break;
+      case "waiting_room":
+        this.waiting = msg.waiting;
+        this._emit("waiting_room", { waiting: msg.waiting });
+        break;
+      case "visit_ended":
+        this._finish("ended");
+        this._emit("ended", msg);
+        this._joined?.reject(Object.assign(new Error("the visit has ended"), { code: "visit_ended" }));
         break;
       case "offer": {
         // The SFU renegotiates when others' tracks come or go.
@@ -188,7 +253,7 @@ export class Visit extends EventTarget {
           break;
         }
         this._emit("error", msg);
-        this._joined?.reject(new Error(msg.message));
+        this._joined?.reject(Object.assign(new Error(msg.message), { code: msg.code }));
         break;
       case "left":
         this._setState("left");
@@ -318,10 +383,34 @@ export class Visit extends EventTarget {
     });
   }
 
-  leave() {
-    this._setState("left");
+  /** Staff: let a waiting patient in (a `ticket` from the `waiting_room` event). */
+  admit(ticket) {
+    this.ws?.send(JSON.stringify({ type: "admit", ticket }));
+  }
+
+  /** Staff: end the visit for everyone (all leave; nobody can join again). */
+  endVisit() {
+    this.ws?.send(JSON.stringify({ type: "end_visit" }));
+  }
+
+  /**
+   * Leaves the room, and stops the camera and microphone tracks we published
+   * (unless `stopTracks: false`), so the camera light goes off.
+   */
+  leave({ stopTracks = true } = {}) {
     try { this.ws?.send(JSON.stringify({ type: "leave" })); } catch (_) {}
-    this.ws?.close();
+    this._finish("left", stopTracks);
+  }
+
+  _finish(state, stopTracks = true) {
+    this._setState(state);
+    const ws = this.ws;
+    this.ws = null;
+    ws?.close();
+    if (stopTracks) {
+      for (const s of this.pc?.getSenders() || []) s.track?.stop();
+      for (const t of this.stream?.getTracks() || []) t.stop();
+    }
     this.pc?.close();
   }
 

@@ -164,7 +164,7 @@ impl Server {
                 "POST",
                 &format!("/v1/conversations/{conv}/rooms"),
                 key,
-                Some(json!({})),
+                Some(json!({"waiting_room": false})),
             )
             .await;
         let room = room["id"].as_str().unwrap().to_owned();
@@ -277,4 +277,24 @@ pub fn audio_offer() -> String {
         "",
     ]
     .join("\r\n")
+}
+
+pub type Signaling =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the signaling WebSocket at `url` and reads the server's first
+/// message, `welcome` (who we are, the ICE servers), which it returns.
+pub async fn connect_signaling(url: impl AsRef<str>) -> (Signaling, Value) {
+    use futures::StreamExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_ref())
+        .await
+        .expect("signaling connects");
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a welcome within 10 s")
+        .expect("the socket stays open")
+        .expect("a frame");
+    let welcome: Value = serde_json::from_str(first.to_text().expect("text")).expect("JSON");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    (ws, welcome)
 }

@@ -122,6 +122,8 @@ pub enum Principal {
         grants: Grants,
         /// Where the participant is (e.g. `eu`): TURN nodes there first.
         region: Option<String>,
+        /// The display name others see (tiles, roster, chat).
+        name: Option<String>,
         token: TokenMeta,
     },
 }
@@ -234,6 +236,7 @@ mod tests {
                 ..Default::default()
             },
             region: None,
+            name: None,
             token: TokenMeta {
                 jti: "j".into(),
                 expires_at: 0,

@@ -111,6 +111,7 @@ pub async fn demo_visit(State(s): State<AppState>) -> ApiResult<Json<Value>> {
             &tenant.id,
             &conv.id,
             s.config.rtc.max_participants_per_room as i64,
+            true, // the patient waits until the clinician admits them
             actor,
         )
         .await?;

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod lobby;
 pub mod media;
 pub mod ops;
 pub mod serve;

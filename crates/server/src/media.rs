@@ -22,6 +22,8 @@ pub struct Seat {
     pub conversation_id: String,
     pub room_id: String,
     pub identity: String,
+    /// The display name from the token, for the roster.
+    pub name: Option<String>,
     pub role: Role,
     pub max_participants: usize,
     /// The secret a new signaling connection shows to take this seat over
@@ -128,13 +130,17 @@ pub struct Media {
 }
 
 impl Media {
-    pub fn start(cfg: &RtcConfig, store: Store) -> anyhow::Result<Media> {
+    pub fn start(
+        cfg: &RtcConfig,
+        store: Store,
+        lobby: crate::lobby::Lobby,
+    ) -> anyhow::Result<Media> {
         let workers = match cfg.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(record_room_events(store, events_rx));
+        tokio::spawn(record_room_events(store, lobby, events_rx));
         let mut shards = Vec::with_capacity(workers);
         let mut udp_addrs = Vec::with_capacity(workers);
         for index in 0..workers {
@@ -586,9 +592,27 @@ fn handle_command(
 /// Writes room activity onto the conversation's timeline: participants
 /// joining and leaving, the call starting when the first participant's media
 /// connects and ending when the room empties.
-async fn record_room_events(store: Store, mut rx: mpsc::UnboundedReceiver<(Seat, RoomEvent)>) {
+async fn record_room_events(
+    store: Store,
+    lobby: crate::lobby::Lobby,
+    mut rx: mpsc::UnboundedReceiver<(Seat, RoomEvent)>,
+) {
     let mut started: HashSet<String> = HashSet::new();
     while let Some((seat, ev)) = rx.recv().await {
+        let room_key = (seat.tenant_id.clone(), seat.room_id.clone());
+        match &ev {
+            RoomEvent::Joined { participant, .. } => lobby.joined(
+                &room_key,
+                crate::lobby::Member {
+                    participant: participant.to_string(),
+                    identity: seat.identity.clone(),
+                    name: seat.name.clone(),
+                    role: seat.role,
+                },
+            ),
+            RoomEvent::Left { participant, .. } => lobby.left(&room_key, &participant.to_string()),
+            _ => {}
+        }
         let actor = Actor {
             actor_type: if seat.role == Role::Patient {
                 ActorType::Patient
@@ -622,10 +646,15 @@ async fn record_room_events(store: Store, mut rx: mpsc::UnboundedReceiver<(Seat,
                 if *room_now_empty
                     && started.remove(&format!("{}/{}", seat.tenant_id, seat.room_id))
                 {
+                    let reason = if lobby.ended(&room_key) {
+                        "ended_for_everyone"
+                    } else {
+                        "room_empty"
+                    };
                     writes.push((
                         EventKind::CallEnded,
                         Actor::system(),
-                        serde_json::json!({"session_id": session, "reason": "room_empty"}),
+                        serde_json::json!({"session_id": session, "reason": reason}),
                     ));
                 }
             }

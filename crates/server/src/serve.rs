@@ -99,7 +99,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
     let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
-    let media = crate::media::Media::start(&cfg.rtc, store.clone())?;
+    let media = crate::media::Media::start(&cfg.rtc, store.clone(), state.lobby.clone())?;
     if cfg.turn.enabled {
         let turn = crate::turn::TurnService::start(&cfg.turn, store.master_key(), &media.udp_addrs)
             .await?;

@@ -26,6 +26,8 @@ pub struct AppState {
     pub limits: Arc<crate::guard::Limits>,
     pub refusals: Arc<crate::guard::Refusals>,
     pub revocations: Arc<crate::guard::Revocations>,
+    /// Rosters, waiting rooms and ended visits of the rooms on this node.
+    pub lobby: crate::lobby::Lobby,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             media: None,
             turn: None,
             whip: Arc::default(),
+            lobby: crate::lobby::Lobby::default(),
         }
     }
 

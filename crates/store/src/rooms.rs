@@ -14,6 +14,9 @@ pub struct Room {
     pub conversation_id: String,
     pub max_participants: i64,
     pub created_at: Timestamp,
+    /// Patients wait until a clinician admits them.
+    pub waiting_room: bool,
+    /// When someone ended the visit for everyone; nobody joins after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
 }
@@ -24,6 +27,7 @@ impl Store {
         tenant_id: &str,
         conversation_id: &str,
         max_participants: i64,
+        waiting_room: bool,
         actor: &str,
     ) -> Result<Room> {
         let room = Room {
@@ -31,6 +35,7 @@ impl Store {
             conversation_id: conversation_id.to_owned(),
             max_participants,
             created_at: Timestamp(now_micros()),
+            waiting_room,
             ended_at: None,
         };
         let (r, t, actor) = (room.clone(), tenant_id.to_owned(), actor.to_owned());
@@ -40,8 +45,8 @@ impl Store {
                 .optional()?
                 .ok_or(StoreError::NotFound("conversation"))?;
             ctx.conn.execute(
-                "INSERT INTO rooms (id, tenant_id, conversation_id, max_participants, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![r.id, t, r.conversation_id, r.max_participants, r.created_at.0],
+                "INSERT INTO rooms (id, tenant_id, conversation_id, max_participants, created_at, waiting_room) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![r.id, t, r.conversation_id, r.max_participants, r.created_at.0, r.waiting_room],
             )?;
             ctx.audit(&t, &AuditEntry::new(actor, "room.create", format!("room/{}", r.id), Outcome::Ok))?;
             Ok(())
@@ -54,7 +59,7 @@ impl Store {
         let (t, id) = (tenant_id.to_owned(), id.to_owned());
         self.read(move |c| {
             c.query_row(
-                "SELECT id, conversation_id, max_participants, created_at, ended_at FROM rooms WHERE id = ?1 AND tenant_id = ?2",
+                "SELECT id, conversation_id, max_participants, created_at, ended_at, waiting_room FROM rooms WHERE id = ?1 AND tenant_id = ?2",
                 params![id, t],
                 |r| {
                     Ok(Room {
@@ -63,11 +68,93 @@ impl Store {
                         max_participants: r.get(2)?,
                         created_at: Timestamp(r.get(3)?),
                         ended_at: r.get::<_, Option<i64>>(4)?.map(Timestamp),
+                        waiting_room: r.get(5)?,
                     })
                 },
             )
             .optional()?
             .ok_or(StoreError::NotFound("room"))
+        })
+        .await
+    }
+
+    /// Ends the visit for everyone (idempotent: the first end is kept).
+    /// Returns the room as it is now.
+    pub async fn end_room(&self, tenant_id: &str, id: &str, actor: &str) -> Result<Room> {
+        let (t, rid, actor) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let changed = ctx.conn.execute(
+                "UPDATE rooms SET ended_at = ?3 WHERE id = ?1 AND tenant_id = ?2 AND ended_at IS NULL",
+                params![rid, t, now_micros()],
+            )?;
+            if changed > 0 {
+                ctx.audit(&t, &AuditEntry::new(actor, "room.end", format!("room/{rid}"), Outcome::Ok))?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.get_room(tenant_id, id).await
+    }
+}
+
+/// A tenant's visit settings (no PHI: they are stored in clear).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct VisitSettings {
+    /// New rooms hold patients in a waiting room until a clinician admits
+    /// them (a room can say otherwise when it is created).
+    pub waiting_room: bool,
+    /// Shown to patients whose visit link is expired or invalid: who to
+    /// contact for a new one (e.g. "the front desk, +1 415 555 0100").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub support_contact: Option<String>,
+}
+
+impl Default for VisitSettings {
+    fn default() -> Self {
+        VisitSettings {
+            waiting_room: true,
+            support_contact: None,
+        }
+    }
+}
+
+impl Store {
+    pub async fn visit_settings(&self, tenant_id: &str) -> Result<VisitSettings> {
+        let t = tenant_id.to_owned();
+        let json: Option<String> = self
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT settings FROM tenant_settings WHERE tenant_id = ?1",
+                    params![t],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .await?;
+        Ok(json
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default())
+    }
+
+    pub async fn set_visit_settings(
+        &self,
+        tenant_id: &str,
+        settings: &VisitSettings,
+        actor: &str,
+    ) -> Result<()> {
+        let (t, actor) = (tenant_id.to_owned(), actor.to_owned());
+        let json =
+            serde_json::to_string(settings).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.write(move |ctx| {
+            ctx.conn.execute(
+                "INSERT INTO tenant_settings (tenant_id, settings, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(tenant_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+                params![t, json, now_micros()],
+            )?;
+            ctx.audit(&t, &AuditEntry::new(actor, "settings.update", "settings/visits".to_owned(), Outcome::Ok))?;
+            Ok(())
         })
         .await
     }

@@ -189,6 +189,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX conversations_clear_labels ON conversations(id)
         WHERE queue IS NOT NULL OR assignee IS NOT NULL OR tags != '[]';
     "#,
+    // 5: visits. A tenant's visit settings (JSON, no PHI: e.g. whether rooms
+    // have a waiting room by default, and who patients contact about a bad
+    // link); a room's own waiting-room switch and who ended it.
+    r#"
+    CREATE TABLE tenant_settings (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+        settings TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE rooms ADD COLUMN waiting_room INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod doc;
 pub mod rtc;
 pub mod timeline;
+pub mod visits;
 pub mod webhooks;
 pub mod whip;
 
@@ -61,6 +62,10 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(webhooks::delete))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(rtc::create_room))
+        .routes(routes!(visits::get_settings, visits::set_settings))
+        .routes(routes!(visits::get_room))
+        .routes(routes!(visits::end_room))
+        .routes(routes!(visits::link_help))
         .routes(routes!(rtc::signaling))
         .routes(routes!(whip::whip))
         .routes(routes!(whip::whep))

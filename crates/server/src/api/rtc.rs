@@ -33,13 +33,14 @@
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
+use crate::lobby::{LobbyNotice, RoomKey};
 use crate::media::{Seat, ToClient};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use continuum_core::{Permission, Principal};
+use continuum_core::{Permission, Principal, Role};
 use continuum_store::Room;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -51,6 +52,9 @@ use utoipa::ToSchema;
 pub struct CreateRoomRequest {
     /// Default `rtc.max_participants_per_room`.
     pub max_participants: Option<i64>,
+    /// Patients wait until staff in the room admit them. Default: the
+    /// tenant's visit settings (on unless changed).
+    pub waiting_room: Option<bool>,
 }
 
 /// Open a video room as a media session of this conversation.
@@ -73,9 +77,13 @@ pub async fn create_room(
             "max_participants must be 2..={limit} (rtc.max_participants_per_room)"
         )));
     }
+    let waiting_room = match req.waiting_room {
+        Some(w) => w,
+        None => s.store.visit_settings(p.tenant_id()).await?.waiting_room,
+    };
     match s
         .store
-        .create_room(p.tenant_id(), &id, max, &p.audit_actor())
+        .create_room(p.tenant_id(), &id, max, waiting_room, &p.audit_actor())
         .await
     {
         Ok(room) => Ok((StatusCode::CREATED, Json(room))),
@@ -175,6 +183,12 @@ enum ClientMsg {
     Refresh {
         token: String,
     },
+    /// Staff in the room let a waiting patient in (the `ticket` of `waiting_room`).
+    Admit {
+        ticket: String,
+    },
+    /// Staff in the room end the visit for everyone: all leave, nobody joins again.
+    EndVisit,
 }
 
 fn media_kind(kind: Option<&str>) -> Result<Option<continuum_sfu::MediaKind>, ()> {
@@ -325,6 +339,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         role,
         mut grants,
         mut region,
+        name,
         mut token,
     } = p.clone()
     else {
@@ -344,7 +359,31 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
     let mut participant = None;
     // A `leave` ends the seat; a dropped connection leaves it for a resume.
     let mut leaving = false;
+    // Whether the roster was sent since this connection took its seat.
+    let mut introduced = false;
     let mut stop = s.shutdown.subscribe();
+    // The room this connection is in or waits for, and what it hears from it.
+    let mut lobby: Option<(RoomKey, tokio::sync::broadcast::Receiver<LobbyNotice>)> = None;
+    // A patient in the waiting room: the ticket, and the join to make once admitted.
+    let mut waiting: Option<(String, Room, String)> = None;
+    // First, who we are and the ICE servers: a client creates its peer
+    // connection with them, so TURN candidates are gathered from the first
+    // offer on (a network that passes nothing but TURN connects at once).
+    let welcome = json!({"type": "welcome", "protocol": PROTOCOL_VERSION, "identity": identity, "name": name,
+        "role": role, "expires_at": token.expires_at, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())});
+    if sink
+        .send(Message::Text(welcome.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let me = Caller {
+        tenant_id: &tenant_id,
+        identity: &identity,
+        name: name.as_deref(),
+        role,
+    };
     loop {
         let reply: Option<String> = tokio::select! {
             _ = stop.changed() => break,
@@ -384,6 +423,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                         Some(error("token_expired", "the access token expired: send `refresh` with a new token first"))
                     }
                     Ok(ClientMsg::Join { .. }) if participant.is_some() => Some(error("already_joined", "this connection has already joined a room")),
+                    Ok(ClientMsg::Join { .. }) if waiting.is_some() => Some(error("already_joined", "this connection is already waiting to be admitted")),
                     Ok(ClientMsg::Join { room, sdp }) => {
                         if !grants.allows_room(&room) {
                             s.audit_denial(&tenant_id, &p.audit_actor(), "room.join", &format!("room/{room}"), "not in grants").await;
@@ -391,21 +431,40 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                         } else {
                             match s.store.get_room(&tenant_id, &room).await {
                                 Err(_) => Some(error("not_found", "room not found")),
+                                Ok(r) if r.ended_at.is_some() => Some(error("visit_ended", "this visit has ended")),
                                 Ok(r) => {
-                                    let conversation = r.conversation_id.clone();
-                                    let resume = hex::encode(rand::random::<[u8; 16]>());
-                                    let seat = Seat { tenant_id: tenant_id.clone(), conversation_id: r.conversation_id, room_id: r.id, identity: identity.clone(), role, max_participants: r.max_participants.max(0) as usize, resume_token: Some(resume.clone()) };
-                                    match media.join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone()).await {
-                                        Ok((id, answer)) => {
-                                            participant = Some(id);
-                                            Some(json!({"type": "joined", "protocol": PROTOCOL_VERSION, "resume": resume, "participant": id.to_string(), "conversation": conversation, "sdp": answer, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
-                                        }
-                                        Err(e) => Some(error("join_refused", e.to_string())),
+                                    let key: RoomKey = (tenant_id.clone(), r.id.clone());
+                                    let (rx, _, _) = s.lobby.subscribe(&key);
+                                    lobby = Some((key.clone(), rx));
+                                    if r.waiting_room && role == Role::Patient && s.lobby.must_wait(&key, &identity) {
+                                        let ticket = s.lobby.wait(&key, &identity, name.clone());
+                                        waiting = Some((ticket.clone(), r, sdp));
+                                        Some(json!({"type": "waiting", "ticket": ticket,
+                                            "message": "the clinician will let you in shortly"}).to_string())
+                                    } else {
+                                        let (seated, reply) = take_seat(&s, &media, &me, r, sdp, &to_client, region.as_deref()).await;
+                                        participant = seated.or(participant);
+                                        Some(reply)
                                     }
                                 }
                             }
                         }
                     }
+                    Ok(ClientMsg::Admit { ticket }) => match (&lobby, participant) {
+                        (Some((key, _)), Some(_)) if role.is_staff() => match s.lobby.admit(key, &ticket, &identity) {
+                            Some(_) => None,
+                            None => Some(error("not_found", "nobody waits with that ticket (admitted already, or gone)")),
+                        },
+                        (_, Some(_)) => Some(error("forbidden", "only staff in the room admit patients")),
+                        _ => Some(error("not_joined", "join the room first")),
+                    },
+                    Ok(ClientMsg::EndVisit) => match (&lobby, participant) {
+                        (Some((key, _)), Some(_)) if role.is_staff() => {
+                            end_visit(&s, key, &p.audit_actor(), &identity).await.err().map(|e| error("end_refused", e))
+                        }
+                        (_, Some(_)) => Some(error("forbidden", "only staff in the room end the visit")),
+                        _ => Some(error("not_joined", "join the room first")),
+                    },
                     Ok(ClientMsg::Answer { sdp }) => match participant {
                         None => Some(error("not_joined", "join a room first")),
                         Some(id) => media.answer(id, sdp).await.err().map(|e| error("bad_answer", e.to_string())),
@@ -461,6 +520,30 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => None,
             },
+            notice = next_notice(&mut lobby) => match notice {
+                None => None,
+                Some(LobbyNotice::Ended { by }) => {
+                    let _ = sink.send(Message::Text(json!({"type": "visit_ended", "by": by}).to_string().into())).await;
+                    leaving = true;
+                    break;
+                }
+                Some(LobbyNotice::Admitted { ticket, .. }) => match waiting.take() {
+                    Some((mine, r, sdp)) if mine == ticket => {
+                        let (seated, reply) = take_seat(&s, &media, &me, r, sdp, &to_client, region.as_deref()).await;
+                        participant = seated.or(participant);
+                        Some(reply)
+                    }
+                    other => {
+                        waiting = other;
+                        None
+                    }
+                },
+                Some(LobbyNotice::Resync) => {
+                    introduced = false;
+                    None
+                }
+                Some(n) => participant.and_then(|id| roster_notice(n, id, role)),
+            },
             out = from_media.recv() => match out {
                 Some(ToClient::Offer(sdp)) => Some(json!({"type": "offer", "sdp": sdp}).to_string()),
                 Some(ToClient::Speaker { participant, identity }) => {
@@ -482,10 +565,177 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         {
             break;
         }
+        // Just seated: who is here already (and, for staff, who waits).
+        if participant.is_some() && !introduced {
+            introduced = true;
+            if let Some((key, _)) = &lobby {
+                let (_, members, waiters) = s.lobby.subscribe(key);
+                let others: Vec<_> = members
+                    .into_iter()
+                    .filter(|m| Some(&m.participant) != participant.map(|p| p.to_string()).as_ref())
+                    .collect();
+                let mut intro = vec![json!({"type": "roster", "participants": others}).to_string()];
+                if role.is_staff() {
+                    intro.push(json!({"type": "waiting_room", "waiting": waiters}).to_string());
+                }
+                for text in intro {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if let (Some((ticket, _, _)), Some((key, _))) = (&waiting, &lobby) {
+        s.lobby.stop_waiting(key, ticket);
     }
     match participant {
         Some(id) if leaving || *stop.borrow() => media.leave(id),
         Some(id) => media.detach(id, to_client),
         None => {}
+    }
+}
+
+/// Who a signaling connection speaks for.
+struct Caller<'a> {
+    tenant_id: &'a str,
+    identity: &'a str,
+    name: Option<&'a str>,
+    role: Role,
+}
+
+/// Seats the caller in room `r` with its offer: the participant id (when
+/// seated) and the reply (`joined`, or the refusal).
+async fn take_seat(
+    s: &AppState,
+    media: &crate::media::Media,
+    me: &Caller<'_>,
+    r: Room,
+    sdp: String,
+    to_client: &tokio::sync::mpsc::UnboundedSender<ToClient>,
+    region: Option<&str>,
+) -> (Option<continuum_sfu::ParticipantId>, String) {
+    let conversation = r.conversation_id.clone();
+    let resume = hex::encode(rand::random::<[u8; 16]>());
+    let seat = Seat {
+        tenant_id: me.tenant_id.to_owned(),
+        conversation_id: r.conversation_id,
+        room_id: r.id,
+        identity: me.identity.to_owned(),
+        name: me.name.map(str::to_owned),
+        role: me.role,
+        max_participants: r.max_participants.max(0) as usize,
+        resume_token: Some(resume.clone()),
+    };
+    match media
+        .join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone())
+        .await
+    {
+        Ok((id, answer)) => {
+            if matches!(me.role, Role::Clinician | Role::Agent) {
+                assign_on_join(s, me.tenant_id, &conversation, me.identity);
+            }
+            let joined = json!({"type": "joined", "protocol": PROTOCOL_VERSION, "resume": resume,
+                "participant": id.to_string(), "conversation": conversation, "sdp": answer,
+                "ice_servers": ice_servers(s, me.tenant_id, me.identity, region)});
+            (Some(id), joined.to_string())
+        }
+        Err(e) => (None, error("join_refused", e.to_string())),
+    }
+}
+
+/// A clinician joining a visit takes the conversation, unless someone has it
+/// already (or it is closed): the `assigned` event tells the timeline.
+fn assign_on_join(s: &AppState, tenant_id: &str, conversation: &str, identity: &str) {
+    let (s, t, c, who) = (
+        s.clone(),
+        tenant_id.to_owned(),
+        conversation.to_owned(),
+        identity.to_owned(),
+    );
+    tokio::spawn(async move {
+        let Ok(conv) = s.store.get_conversation(&t, &c).await else {
+            return;
+        };
+        if conv.assignee.is_some() || conv.state == continuum_core::ConversationState::Closed {
+            return;
+        }
+        let params = continuum_store::TransitionParams {
+            assignee: Some(who.clone()),
+            queue: None,
+            reason: Some("joined the video visit".into()),
+        };
+        let actor = continuum_core::Actor {
+            actor_type: continuum_core::ActorType::Staff,
+            id: Some(who.clone()),
+        };
+        if let Err(e) = s
+            .store
+            .transition(
+                &t,
+                &c,
+                continuum_core::Transition::Assign,
+                params,
+                actor,
+                &format!("clinician:{who}"),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "no assignment on joining the visit");
+        }
+    });
+}
+
+/// Ends a visit for everyone: recorded (room `ended_at`, audit), then every
+/// connection of the room is told and leaves.
+pub async fn end_visit(
+    s: &AppState,
+    key: &RoomKey,
+    audit_actor: &str,
+    by: &str,
+) -> Result<(), String> {
+    s.store
+        .end_room(&key.0, &key.1, audit_actor)
+        .await
+        .map_err(|e| e.to_string())?;
+    s.lobby.end(key, by);
+    Ok(())
+}
+
+/// The next notice of the room a connection listens to (never, if none).
+async fn next_notice(
+    lobby: &mut Option<(RoomKey, tokio::sync::broadcast::Receiver<LobbyNotice>)>,
+) -> Option<LobbyNotice> {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some((_, rx)) = lobby.as_mut() else {
+        return std::future::pending().await;
+    };
+    match rx.recv().await {
+        Ok(n) => Some(n),
+        // Fell behind (a slow client): the roster is resent whole.
+        Err(RecvError::Lagged(_)) => Some(LobbyNotice::Resync),
+        Err(RecvError::Closed) => {
+            *lobby = None;
+            None
+        }
+    }
+}
+
+/// A roster notice as the message a seated participant gets (its own join is
+/// in `joined`; the waiting list is for staff).
+fn roster_notice(n: LobbyNotice, me: continuum_sfu::ParticipantId, role: Role) -> Option<String> {
+    match n {
+        LobbyNotice::Joined(m) if m.participant != me.to_string() => Some(
+            json!({"type": "participant_joined", "participant": m.participant, "identity": m.identity,
+                "name": m.name, "role": m.role})
+            .to_string(),
+        ),
+        LobbyNotice::Left { participant } => {
+            Some(json!({"type": "participant_left", "participant": participant}).to_string())
+        }
+        LobbyNotice::Waiting(list) if role.is_staff() => {
+            Some(json!({"type": "waiting_room", "waiting": list}).to_string())
+        }
+        _ => None,
     }
 }

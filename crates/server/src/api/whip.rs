@@ -97,6 +97,7 @@ async fn start(
         conversation_id: r.conversation_id,
         room_id: r.id.clone(),
         identity: identity.clone(),
+        name: None,
         role: *role,
         max_participants: r.max_participants.max(0) as usize,
         resume_token: None,

@@ -1,0 +1,288 @@
+//! The visit around the media: who is in each room (with the names and roles
+//! their tokens carry), who waits to be admitted, and whether a clinician
+//! ended the visit. Above the SFU, which knows only participant ids and
+//! tracks: the roster is fed by the media thread's join and leave events, the
+//! waiting room and the end by signaling. Each room has a broadcast channel
+//! its signaling connections listen on.
+
+use continuum_core::Role;
+use parking_lot::Mutex;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// A room across tenants: `(tenant, room)`.
+pub type RoomKey = (String, String);
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Member {
+    pub participant: String,
+    pub identity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Waiter {
+    /// Names this wait (`w…`): what `admit` takes.
+    pub ticket: String,
+    pub identity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Unix seconds since the patient started waiting.
+    pub since: u64,
+}
+
+/// What a room's signaling connections hear.
+#[derive(Debug, Clone)]
+pub enum LobbyNotice {
+    Joined(Member),
+    Left {
+        participant: String,
+    },
+    /// The waiting list changed (the whole list: it is short).
+    Waiting(Vec<Waiter>),
+    /// This waiter may join now.
+    Admitted {
+        ticket: String,
+        by: String,
+    },
+    /// The visit was ended for everyone.
+    Ended {
+        by: String,
+    },
+    /// Not sent: what a connection that fell behind gets instead of the
+    /// notices it missed (it resends the whole roster).
+    Resync,
+}
+
+#[derive(Default)]
+struct RoomState {
+    members: BTreeMap<String, Member>,
+    waiting: Vec<Waiter>,
+    /// Identities admitted once: they come back in without waiting again
+    /// (a reload, a rejoin after leaving) while the visit is open.
+    admitted: HashSet<String>,
+    ended: bool,
+    notices: Option<broadcast::Sender<LobbyNotice>>,
+}
+
+impl RoomState {
+    fn notices(&mut self) -> &broadcast::Sender<LobbyNotice> {
+        self.notices.get_or_insert_with(|| broadcast::channel(64).0)
+    }
+
+    fn idle(&self) -> bool {
+        self.members.is_empty()
+            && self.waiting.is_empty()
+            && self
+                .notices
+                .as_ref()
+                .is_none_or(|n| n.receiver_count() == 0)
+    }
+}
+
+/// Shared by the signaling connections and the media event recorder.
+#[derive(Clone, Default)]
+pub struct Lobby {
+    rooms: Arc<Mutex<HashMap<RoomKey, RoomState>>>,
+    next_ticket: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Lobby {
+    /// Listen to a room's notices; returns the current members and waiters too.
+    pub fn subscribe(
+        &self,
+        key: &RoomKey,
+    ) -> (broadcast::Receiver<LobbyNotice>, Vec<Member>, Vec<Waiter>) {
+        let mut rooms = self.rooms.lock();
+        let room = rooms.entry(key.clone()).or_default();
+        let rx = room.notices().subscribe();
+        (
+            rx,
+            room.members.values().cloned().collect(),
+            room.waiting.clone(),
+        )
+    }
+
+    pub fn members(&self, key: &RoomKey) -> Vec<Member> {
+        self.rooms
+            .lock()
+            .get(key)
+            .map(|r| r.members.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The media thread seated `member`.
+    pub fn joined(&self, key: &RoomKey, member: Member) {
+        let mut rooms = self.rooms.lock();
+        let room = rooms.entry(key.clone()).or_default();
+        room.admitted.insert(member.identity.clone());
+        room.members
+            .insert(member.participant.clone(), member.clone());
+        let _ = room.notices().send(LobbyNotice::Joined(member));
+    }
+
+    /// The media thread let `participant` go.
+    pub fn left(&self, key: &RoomKey, participant: &str) {
+        let mut rooms = self.rooms.lock();
+        let Some(room) = rooms.get_mut(key) else {
+            return;
+        };
+        if room.members.remove(participant).is_some() {
+            let _ = room.notices().send(LobbyNotice::Left {
+                participant: participant.to_owned(),
+            });
+        }
+        if room.idle() {
+            rooms.remove(key);
+        }
+    }
+
+    /// Whether `identity` must wait for a clinician: the room has a waiting
+    /// room, and this identity was not admitted before.
+    pub fn must_wait(&self, key: &RoomKey, identity: &str) -> bool {
+        !self
+            .rooms
+            .lock()
+            .get(key)
+            .is_some_and(|r| r.admitted.contains(identity))
+    }
+
+    /// Puts a patient in the waiting room; returns its ticket.
+    pub fn wait(&self, key: &RoomKey, identity: &str, name: Option<String>) -> String {
+        let n = self
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ticket = format!("w{}", n + 1);
+        let mut rooms = self.rooms.lock();
+        let room = rooms.entry(key.clone()).or_default();
+        room.waiting.push(Waiter {
+            ticket: ticket.clone(),
+            identity: identity.to_owned(),
+            name,
+            since: crate::auth::unix_now(),
+        });
+        let list = room.waiting.clone();
+        let _ = room.notices().send(LobbyNotice::Waiting(list));
+        ticket
+    }
+
+    /// The waiter gave up (closed the page, left).
+    pub fn stop_waiting(&self, key: &RoomKey, ticket: &str) {
+        let mut rooms = self.rooms.lock();
+        let Some(room) = rooms.get_mut(key) else {
+            return;
+        };
+        let before = room.waiting.len();
+        room.waiting.retain(|w| w.ticket != ticket);
+        if room.waiting.len() != before {
+            let list = room.waiting.clone();
+            let _ = room.notices().send(LobbyNotice::Waiting(list));
+        }
+        if room.idle() {
+            rooms.remove(key);
+        }
+    }
+
+    /// Admits a waiter; returns who it was, or `None` for an unknown ticket.
+    pub fn admit(&self, key: &RoomKey, ticket: &str, by: &str) -> Option<Waiter> {
+        let mut rooms = self.rooms.lock();
+        let room = rooms.get_mut(key)?;
+        let at = room.waiting.iter().position(|w| w.ticket == ticket)?;
+        let waiter = room.waiting.remove(at);
+        room.admitted.insert(waiter.identity.clone());
+        let list = room.waiting.clone();
+        let notices = room.notices();
+        let _ = notices.send(LobbyNotice::Admitted {
+            ticket: ticket.to_owned(),
+            by: by.to_owned(),
+        });
+        let _ = notices.send(LobbyNotice::Waiting(list));
+        Some(waiter)
+    }
+
+    /// Ends the visit: every connection of the room is told, waiters included.
+    pub fn end(&self, key: &RoomKey, by: &str) {
+        let mut rooms = self.rooms.lock();
+        let room = rooms.entry(key.clone()).or_default();
+        room.ended = true;
+        room.waiting.clear();
+        let _ = room
+            .notices()
+            .send(LobbyNotice::Ended { by: by.to_owned() });
+    }
+
+    /// Whether the room was ended while this process knew it (the store's
+    /// `ended_at` is the durable answer).
+    pub fn ended(&self, key: &RoomKey) -> bool {
+        self.rooms.lock().get(key).is_some_and(|r| r.ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> RoomKey {
+        ("t".into(), "r".into())
+    }
+
+    fn member(p: &str, who: &str, role: Role) -> Member {
+        Member {
+            participant: p.into(),
+            identity: who.into(),
+            name: None,
+            role,
+        }
+    }
+
+    #[test]
+    fn admitted_identities_come_back_without_waiting() {
+        let lobby = Lobby::default();
+        let (mut rx, _, _) = lobby.subscribe(&key());
+        assert!(lobby.must_wait(&key(), "pat"));
+        let ticket = lobby.wait(&key(), "pat", Some("Ana".into()));
+        assert!(matches!(rx.try_recv(), Ok(LobbyNotice::Waiting(w)) if w.len() == 1));
+        assert!(lobby.admit(&key(), "w-unknown", "dr").is_none());
+        let w = lobby.admit(&key(), &ticket, "dr").unwrap();
+        assert_eq!(w.identity, "pat");
+        assert!(
+            matches!(rx.try_recv(), Ok(LobbyNotice::Admitted { ticket: t, .. }) if t == ticket)
+        );
+        assert!(matches!(rx.try_recv(), Ok(LobbyNotice::Waiting(w)) if w.is_empty()));
+        assert!(!lobby.must_wait(&key(), "pat"));
+        assert!(
+            lobby.admit(&key(), &ticket, "dr").is_none(),
+            "a ticket admits once"
+        );
+    }
+
+    #[test]
+    fn the_roster_follows_joins_and_leaves_and_empty_rooms_are_forgotten() {
+        let lobby = Lobby::default();
+        lobby.joined(&key(), member("p1", "dr", Role::Clinician));
+        lobby.joined(&key(), member("p2", "pat", Role::Patient));
+        assert_eq!(lobby.members(&key()).len(), 2);
+        lobby.left(&key(), "p1");
+        lobby.left(&key(), "p2");
+        assert!(lobby.rooms.lock().is_empty());
+        // Joining seats count as admitted: a reload does not wait again.
+        lobby.joined(&key(), member("p3", "pat", Role::Patient));
+        assert!(!lobby.must_wait(&key(), "pat"));
+    }
+
+    #[test]
+    fn ending_tells_everyone_and_empties_the_waiting_room() {
+        let lobby = Lobby::default();
+        let (mut rx, _, _) = lobby.subscribe(&key());
+        lobby.wait(&key(), "pat", None);
+        let _ = rx.try_recv();
+        lobby.end(&key(), "dr");
+        assert!(matches!(rx.try_recv(), Ok(LobbyNotice::Ended { by }) if by == "dr"));
+        assert!(lobby.ended(&key()));
+        assert!(lobby.subscribe(&key()).2.is_empty());
+    }
+}
