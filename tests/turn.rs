@@ -1221,3 +1221,56 @@ async fn browsers_connect_through_turn_alone_over_udp_tcp_and_tls() {
         "the TURN server saw the allocations:\n{m}"
     );
 }
+
+/// A TURN port another server holds (with SO_REUSEPORT, as a second
+/// Continuum or a coturn would) fails the start with the cause and the fix,
+/// instead of silently sharing the port and splitting clients between both.
+#[test]
+fn a_turn_port_in_use_fails_the_start() {
+    let other = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    other.set_reuse_port(true).unwrap();
+    other
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = other.local_addr().unwrap().as_socket().unwrap().port();
+    let dir = tempdir();
+    let out = Command::new(common::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("CONTINUUM_LOG", "warn")
+        .env("CONTINUUM_RTC__UDP_LISTEN", "127.0.0.1:0")
+        .env("CONTINUUM_TURN__UDP_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONTINUUM_TURN__TCP_LISTEN", "127.0.0.1:0")
+        .env("CONTINUUM_TURN__THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running continuum");
+    // It must exit; one that is still running has started on the port.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut child = out;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started although the TURN port {port} is in use");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a port in use:\n{text}");
+    assert!(
+        text.contains(&port.to_string()) && text.contains("turn.udp_listen"),
+        "the error names the port and the setting:\n{text}"
+    );
+    assert!(text.contains("WARN"), "the log came too: {text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {text}"
+    );
+}

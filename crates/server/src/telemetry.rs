@@ -10,8 +10,12 @@ use std::time::Instant;
 pub fn init_logging(format: &str, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CONTINUUM_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only for a person at a terminal: escape codes in journald,
+    // files and log shippers are noise.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()

@@ -739,9 +739,12 @@ fn bind_group(
         Ok(s)
     };
     let mut addr = addr;
-    if n > 1 && addr.port() == 0 {
-        // An ephemeral bind with SO_REUSEPORT may join another process's
-        // group on the same port; find a free port without it first.
+    if n > 1 {
+        // A bind with SO_REUSEPORT joins any group on that port of the same
+        // user, another process's included (a second server, a coturn):
+        // the kernel would then split clients between the two. Bind once
+        // without it first, so a port in use fails here, as the SFU's does
+        // (and an ephemeral port is chosen free).
         let probe = new(false)?;
         probe.bind(&addr.into())?;
         addr = probe.local_addr()?.as_socket().expect("IP socket");
