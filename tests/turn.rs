@@ -1193,6 +1193,7 @@ async fn browsers_connect_through_turn_alone_over_udp_tcp_and_tls() {
                 &[("dr-relay", "clinician"), ("nurse-relay", "clinician")],
             )
             .await;
+        let _browsers = common::browsers().await;
         let out = tokio::process::Command::new("node")
             .arg(browser.join("relay.mjs"))
             .args([&s.base, &room, transport, &tokens[0], &tokens[1]])

@@ -67,6 +67,8 @@ async fn three_browsers_see_and_hear_each_other() {
         )
         .await;
 
+    let _browsers = common::browsers().await;
+
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("visit.mjs"))
         .args([&s.base, &room_id, &conv, &tokens[0], &tokens[1], &tokens[2]])
@@ -550,6 +552,8 @@ async fn whip_publishes_and_whep_watches() {
         .unwrap();
     assert_eq!(r.status(), 400, "malformed SDP is a clear 400");
 
+    let _browsers = common::browsers().await;
+
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("whip.mjs"))
         .args([&s.base, &room_id, &camera, &viewer])
@@ -707,6 +711,7 @@ async fn a_participant_that_never_answers_is_disconnected() {
             &[("silent", "clinician"), ("other", "clinician")],
         )
         .await;
+    let _browsers = common::browsers().await;
     let out = tokio::process::Command::new("node")
         .arg(browser_dir().join("silent.mjs"))
         .args([&s.base, &room_id, &conv, &tokens[0], &tokens[1]])
@@ -836,4 +841,103 @@ async fn a_dropped_signaling_connection_resumes_its_seat() {
     let (mut third, _) = connect_signaling(ws(&tokens[0])).await;
     third.send(Message::Text(msg.into())).await.unwrap();
     assert_eq!(next_signal(&mut third).await["code"], "resume_refused");
+}
+
+/// A 1:1 visit on a good network reaches the top simulcast layer, at 720p
+/// and at 480p (where Chromium sends only two layers): the viewer's decoded
+/// frame width equals the sender's capture width.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_one_visits_reach_the_top_layer() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    for (i, height) in ["720", "480"].into_iter().enumerate() {
+        let Visit { room, tokens, .. } = s
+            .visit(
+                &key,
+                &format!("+1415555097{i}"),
+                &[("dr-hd", "clinician"), ("patient-hd", "patient")],
+            )
+            .await;
+        let _browsers = common::browsers().await;
+        let out = tokio::process::Command::new("node")
+            .arg(browser_dir().join("quality.mjs"))
+            .args([&s.base, &room, height, &tokens[0], &tokens[1]])
+            .output()
+            .await
+            .expect("node runs the browser scenario");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{stdout}");
+        assert!(
+            out.status.success(),
+            "{height}p scenario failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "\"check\":\"{height}p: each receives the other's top layer\",\"ok\":true"
+            )),
+            "{stdout}"
+        );
+    }
+}
+
+/// The capacity planner sizes 1:1 visits by the layers the browser SDK sends.
+#[test]
+fn the_planner_assumes_the_layers_the_sdk_sends() {
+    let sdk = include_str!("../web/sdk.js");
+    let video = continuum_plan::profile::Video::default();
+    for kbps in &video.layers_kbps {
+        // As written in JavaScript: 1_500_000.
+        let digits = (*kbps as u64 * 1000).to_string();
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                grouped.push('_');
+            }
+            grouped.push(c);
+        }
+        let bps = format!("maxBitrate: {grouped}");
+        assert!(
+            sdk.contains(&bps),
+            "the SDK does not send {kbps} kbit/s ({bps})"
+        );
+    }
+    assert_eq!(video.one_to_one_layer, video.layers_kbps.len() - 1);
+}
+
+/// Firefox (ESR, over WebDriver BiDi) as the patient, Chromium as the
+/// clinician: each decodes the other, Firefox publishing simulcast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_and_chromium_see_each_other() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let Visit { room, tokens, .. } = s
+        .visit(
+            &key,
+            "+14155550980",
+            &[("patient-ff", "patient"), ("dr-chromium", "clinician")],
+        )
+        .await;
+    let _browsers = common::browsers().await;
+    let out = tokio::process::Command::new("node")
+        .arg(browser_dir().join("firefox.mjs"))
+        .args([&s.base, &room, &tokens[0], &tokens[1]])
+        .output()
+        .await
+        .expect("node runs the browser scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "firefox scenario failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in ["firefox decodes chromium", "chromium decodes firefox"] {
+        assert!(
+            stdout.contains(&format!("\"check\":\"{check}\",\"ok\":true")),
+            "{stdout}"
+        );
+    }
 }

@@ -7,12 +7,31 @@
 //   await visit.join(roomId, await navigator.mediaDevices.getUserMedia({ video: true, audio: true }));
 
 // Simulcast layers, lowest first (the SFU orders them by measured bitrate,
-// so the rid names are only labels).
+// so the rid names are only labels). The bitrates are the capacity planner's
+// `video.layers_kbps` (crates/plan/src/profile.rs; a test keeps them equal).
 const SIMULCAST = [
   { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
   { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
   { rid: "f", maxBitrate: 1_500_000 },
 ];
+
+/**
+ * What to ask the camera for: 720p where the device allows (a 1:1 visit on a
+ * good network then reaches the top layer), less where it does not.
+ */
+export const CAMERA = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+
+/**
+ * The simulcast encodings a capture of `height` pixels can fill. Chromium
+ * drops layers the input cannot fill (3 from 540p, 2 from 270p): asking for
+ * three at 480p silently loses the top one, and viewers get half size at best.
+ * So send only the layers the input supports, always including full size.
+ */
+export function encodingsFor(height) {
+  if (!height || height >= 540) return SIMULCAST;
+  if (height >= 270) return SIMULCAST.slice(1).map((e) => ({ ...e }));
+  return null; // one full-size encoding
+}
 
 export class Visit extends EventTarget {
   /**
@@ -93,7 +112,10 @@ export class Visit extends EventTarget {
     if (stream) {
       for (const track of stream.getTracks()) {
         const init = { direction: "sendonly", streams: [stream] };
-        if (simulcast && track.kind === "video") init.sendEncodings = SIMULCAST;
+        if (simulcast && track.kind === "video") {
+          const encodings = encodingsFor(track.getSettings?.().height);
+          if (encodings) init.sendEncodings = encodings;
+        }
         pc.addTransceiver(track, init);
       }
     }

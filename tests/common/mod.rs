@@ -298,3 +298,11 @@ pub async fn connect_signaling(url: impl AsRef<str>) -> (Signaling, Value) {
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     (ws, welcome)
 }
+
+/// Browser scenarios of one test binary take turns: two or three Chromiums
+/// encoding video already fill a 2-core runner, and a starved encoder is a
+/// bandwidth estimate that never ramps up (a flaky test, not a finding).
+pub async fn browsers() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
