@@ -1275,3 +1275,127 @@ fn a_turn_port_in_use_fails_the_start() {
         "no colour codes when stderr is not a terminal: {text}"
     );
 }
+
+/// A network namespace whose UDP goes nowhere (`ip rule … ipproto udp
+/// blackhole`), joined to this host by a veth pair: a hospital network that
+/// passes only TCP. Removed on drop.
+struct UdpBlockedNetwork {
+    name: String,
+    host_if: String,
+    /// This host's address on the link (the server listens there).
+    host_ip: String,
+}
+
+impl UdpBlockedNetwork {
+    fn create() -> UdpBlockedNetwork {
+        let n = std::process::id() % 250;
+        let (name, host_if, ns_if) = (
+            format!("cq-noudp-{n}"),
+            format!("cqh{n}"),
+            format!("cqn{n}"),
+        );
+        let host_ip = format!("10.231.{n}.1");
+        let net = UdpBlockedNetwork {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+        };
+        let run = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect(
+                "`ip` (iproute2) runs; this test needs root (CAP_NET_ADMIN) for a network namespace",
+            );
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        run(&["netns", "add", &name]);
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        run(&["link", "set", &ns_if, "netns", &name]);
+        run(&["addr", "add", &format!("{host_ip}/24"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        let ns_ip = format!("10.231.{n}.2/24");
+        run(&["-n", &name, "addr", "add", &ns_ip, "dev", &ns_if]);
+        run(&["-n", &name, "link", "set", &ns_if, "up"]);
+        run(&["-n", &name, "link", "set", "lo", "up"]);
+        run(&[
+            "-n",
+            &name,
+            "rule",
+            "add",
+            "ipproto",
+            "udp",
+            "priority",
+            "100",
+            "blackhole",
+        ]);
+        net
+    }
+}
+
+impl Drop for UdpBlockedNetwork {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// Browsers on a network that drops UDP, with every candidate allowed: ICE
+/// finds TURN over TCP by itself (the ICE servers came before the offer), and
+/// the visit connects within seconds. Prints the time to connect.
+#[tokio::test]
+async fn browsers_on_a_network_that_drops_udp_connect_over_turn_tcp() {
+    let net = UdpBlockedNetwork::create();
+    let dir = tempdir();
+    let on_link = |port: u16| format!("{}:{port}", net.host_ip);
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            args: vec!["--listen".into(), on_link(0)],
+            env: vec![
+                ("CONTINUUM_RTC__UDP_LISTEN".into(), on_link(0)),
+                ("CONTINUUM_TURN__UDP_LISTEN".into(), on_link(0)),
+                ("CONTINUUM_TURN__TCP_LISTEN".into(), on_link(0)),
+            ],
+            ..Default::default()
+        },
+    );
+    let key = s.key().to_owned();
+    let common::Visit { room, tokens, .. } = s
+        .visit(
+            &key,
+            "+14155550960",
+            &[("dr-noudp", "clinician"), ("patient-noudp", "patient")],
+        )
+        .await;
+    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let _browsers = common::browsers().await;
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &net.name, "node"])
+        .arg(browser.join("relay.mjs"))
+        .args([&s.base, &room, "any", &tokens[0], &tokens[1]])
+        .output()
+        .await
+        .expect("node runs the browser scenario in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "UDP-blocked network:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("\"check\":\"any: media flows over relay candidates\",\"ok\":true"),
+        "{stdout}"
+    );
+}

@@ -1,14 +1,17 @@
 // Two Chromium peers that may use nothing but TURN (iceTransportPolicy
 // "relay"), as behind a network that passes only TURN, over one transport at
-// a time. Usage:
-//   node relay.mjs <base-url> <room> <transport: udp|tcp|tls> <token-a> <token-b>
+// a time; or, with transport "any", peers with every candidate allowed on a
+// network that drops UDP (run inside such a network namespace): ICE must find
+// TURN over TCP by itself. Usage:
+//   node relay.mjs <base-url> <room> <transport: udp|tcp|tls|any> <token-a> <token-b>
 // Prints one JSON line per check; exits non-zero on the first failure.
 import { launch } from "./chromium.mjs";
 
 const [base, room, transport, ...tokens] = process.argv.slice(2);
 const TIMEOUT_MS = 30000;
-// turns: is served with a self-signed certificate in the test.
-const browser = await launch(["--ignore-certificate-errors"]);
+// turns: is served with a self-signed certificate in the test; off loopback
+// the page is plain http, which browsers allow cameras only when told to.
+const browser = await launch(["--ignore-certificate-errors", `--unsafely-treat-insecure-origin-as-secure=${base}`]);
 
 function report(check, ok, detail) {
   console.log(JSON.stringify({ check, ok, ...detail }));
@@ -24,10 +27,11 @@ async function join(name, token) {
   await page.goto(`${base}/healthz`); // any page of the origin, to import the SDK from
   return page.evaluate(async ({ token, room, transport }) => {
     const { Visit } = await import("/sdk.js");
-    const visit = (window.visit = new Visit({ token, iceTransportPolicy: "relay" }));
+    const any = transport === "any";
+    const visit = (window.visit = new Visit({ token, iceTransportPolicy: any ? "all" : "relay" }));
     // Keep only the TURN URL of the transport under test (the SDK creates its
     // peer connection from `welcome`'s servers right after this event).
-    const wanted = { udp: /^turn:.*transport=udp/, tcp: /^turn:.*transport=tcp/, tls: /^turns:/ }[transport];
+    const wanted = { udp: /^turn:.*transport=udp/, tcp: /^turn:.*transport=tcp/, tls: /^turns:/, any: /./ }[transport];
     let offered = [];
     visit.addEventListener("welcome", () => {
       visit.iceServers = visit.iceServers
@@ -61,10 +65,13 @@ async function path(page) {
 
 const [a, b] = await Promise.all([join("A", tokens[0]), join("B", tokens[1])]);
 const pages = browser.contexts().map((c) => c.pages()[0]);
-report(`${transport}: only TURN ${transport} offered`, a.offered.length === 1 && b.offered.length === 1, { a: a.offered, b: b.offered });
+if (transport !== "any") {
+  report(`${transport}: only TURN ${transport} offered`, a.offered.length === 1 && b.offered.length === 1, { a: a.offered, b: b.offered });
+}
 report(`${transport}: both connect through the relay`, a.connectMs != null && b.connectMs != null, { connectMsA: a.connectMs, connectMsB: b.connectMs });
 
-const protocol = { udp: "udp", tcp: "tcp", tls: "tls" }[transport];
+// With UDP dropped, TCP is what is left (no TLS listener in that test).
+const protocol = { udp: "udp", tcp: "tcp", tls: "tls", any: "tcp" }[transport];
 const deadline = Date.now() + TIMEOUT_MS;
 let seen;
 while (Date.now() < deadline) {
