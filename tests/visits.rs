@@ -405,3 +405,41 @@ async fn a_bad_visit_link_says_why_and_who_to_contact() {
         assert!(v.get("clinic").is_none());
     }
 }
+
+#[tokio::test]
+async fn a_resumed_connection_hears_the_room_again() {
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    let Visit { room, tokens, .. } = s
+        .visit(
+            &key,
+            "+14155550904",
+            &[("dr-r", "clinician"), ("pat-r", "patient")],
+        )
+        .await;
+    let join = json!({"type": "join", "room": room, "sdp": audio_offer()});
+    let (mut d, _) = connect_signaling(rtc_url(&s, &tokens[0])).await;
+    send(&mut d, join.clone()).await;
+    assert_eq!(expect(&mut d, &["joined", "error"]).await["type"], "joined");
+    let (mut p, _) = connect_signaling(rtc_url(&s, &tokens[1])).await;
+    send(&mut p, join).await;
+    let joined = expect(&mut p, &["joined", "error"]).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    drop(p); // the network changed
+
+    let (mut p, _) = connect_signaling(rtc_url(&s, &tokens[1])).await;
+    send(
+        &mut p,
+        json!({"type": "resume", "participant": joined["participant"], "token": joined["resume"]}),
+    )
+    .await;
+    assert_eq!(
+        expect(&mut p, &["resumed", "error"]).await["type"],
+        "resumed"
+    );
+    let roster = expect(&mut p, &["roster"]).await;
+    assert_eq!(roster["participants"][0]["identity"], "dr-r", "{roster}");
+    send(&mut d, json!({"type": "end_visit"})).await;
+    assert_eq!(expect(&mut p, &["visit_ended"]).await["by"], "dr-r");
+}

@@ -8,6 +8,7 @@ const browser = await launch();
 const open = async (token) => {
   const page = await (await browser.newContext()).newPage();
   await page.goto(`${base}/visit?room=${room}&conversation=${conversation}#token=${encodeURIComponent(token)}`);
+  await page.click("#join", { timeout: 30000 }); // past the pre-call check
   return page;
 };
 const silent = await open(silentToken);

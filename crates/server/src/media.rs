@@ -112,7 +112,8 @@ enum Command {
         tenant_id: String,
         identity: String,
         to_client: mpsc::UnboundedSender<ToClient>,
-        reply: oneshot::Sender<Result<(), ResumeRefused>>,
+        /// The room of the seat taken over.
+        reply: oneshot::Sender<Result<String, ResumeRefused>>,
     },
 }
 
@@ -312,7 +313,7 @@ impl Media {
 
     /// A new signaling connection takes over participant `id`'s seat: same
     /// tenant, identity and resume token. A connection still attached is
-    /// closed (`left`).
+    /// closed (`left`). Returns the seat's room.
     pub async fn resume(
         &self,
         id: ParticipantId,
@@ -320,7 +321,7 @@ impl Media {
         tenant_id: String,
         identity: String,
         to_client: mpsc::UnboundedSender<ToClient>,
-    ) -> Result<(), ResumeRefused> {
+    ) -> Result<String, ResumeRefused> {
         let (reply, rx) = oneshot::channel();
         let _ = self.for_participant(id).send(Command::Resume {
             id,
@@ -506,7 +507,7 @@ fn handle_command(
                     let old = std::mem::replace(tx, to_client);
                     let _ = old.send(ToClient::Closed);
                     detached.remove(&id);
-                    Ok(())
+                    Ok(seat.room_id.clone())
                 }
                 _ => Err(ResumeRefused),
             };

@@ -480,7 +480,13 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     Ok(ClientMsg::Resume { participant: id, token }) => match parse_participant(&id) {
                         None => Some(error("bad_message", "resume.participant must be a participant id such as `p3`")),
                         Some(id) => match media.resume(id, token, tenant_id.clone(), identity.clone(), to_client.clone()).await {
-                            Ok(()) => {
+                            Ok(room) => {
+                                // Hear the room again (roster, waiting room, the end),
+                                // and get the roster anew after `resumed`.
+                                let key: RoomKey = (tenant_id.clone(), room);
+                                let (rx, _, _) = s.lobby.subscribe(&key);
+                                lobby = Some((key, rx));
+                                introduced = false;
                                 participant = Some(id);
                                 Some(json!({"type": "resumed", "protocol": PROTOCOL_VERSION, "participant": id.to_string(), "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
                             }
