@@ -48,6 +48,20 @@ async function open(name, device, token, { init, permissions, inRoom = room, bef
 
 const shot = (peer, file) => peer.page.screenshot({ path: path.join(shots, file) });
 
+// axe-core (npm) scans the page as it is now: WCAG 2 A/AA rules, and no
+// serious or critical violation is allowed.
+const AXE = fs.readFileSync(new URL("./node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+async function accessible(peer, label) {
+  await peer.page.addScriptTag({ content: AXE });
+  const found = await peer.page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+    return r.violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map((n) => n.target.join(" ")) }));
+  });
+  report(`accessibility: ${label}`, found.length === 0, { violations: found });
+}
+
 /** Waits until the (visible) text of `selector` contains every needle. */
 function waitText(peer, selector, needles, timeout = TIMEOUT_MS) {
   return peer.page.waitForFunction(([sel, needles]) => {
@@ -104,6 +118,7 @@ for (const [device, file] of [[PHONE, "patient-phone-invalid.png"], [DESKTOP, "p
   const ok = (await screenIs(expired, "notice", "expired")) &&
     (await waitText(expired, "#screen-notice", ["expired", "the front desk, +1 415 555 0100"]));
   await shot(expired, "patient-phone-expired.png");
+await accessible(expired, "expired link (phone)");
   report("an expired link says so and who to contact", ok, { text: await textOf(expired, "#screen-notice") });
   await expired.ctx.close();
 }
@@ -149,12 +164,14 @@ const precall = (await screenIs(patient, "precall")) &&
 const preview = await patient.page.waitForFunction(() => document.getElementById("preview").videoWidth > 0, null, { timeout: TIMEOUT_MS })
   .then(() => true, () => false);
 await shot(patient, "patient-phone-precall.png");
+await accessible(patient, "pre-call check (phone)");
 report("patient sees the pre-call check", precall && preview, { join: await textOf(patient, "#join"), preview });
 
 await patient.page.click("#join");
 const waiting = (await waitText(patient, "#stage-notice", ["waiting room", "let you in shortly"])) &&
   (await patient.page.evaluate(() => window.visit.state === "waiting"));
 await shot(patient, "patient-phone-waiting.png");
+await accessible(patient, "waiting room (phone)");
 report("patient waits in the waiting room", waiting, { notice: await textOf(patient, "#stage-notice") });
 
 // ---------------------------------------------------------------------
@@ -186,7 +203,9 @@ report("context panel shows the patient", context, { panel: (await textOf(clinic
 console.log(JSON.stringify({ step: "append-sms" }));
 const sms = await waitText(clinician, "#ctx-timeline", ["SMS", "Running 5 min late"], 10000);
 await shot(clinician, "clinician-desktop-call.png");
+await accessible(clinician, "clinician in a call with the context panel (desktop)");
 await shot(patient, "patient-phone-call.png");
+await accessible(patient, "patient in a call (phone)");
 report("context panel shows a new SMS live", sms, { timeline: (await textOf(clinician, "#ctx-timeline")).slice(0, 300) });
 
 // ---------------------------------------------------------------------
