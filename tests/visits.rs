@@ -422,10 +422,27 @@ async fn a_resumed_connection_hears_the_room_again() {
     let (mut d, _) = connect_signaling(rtc_url(&s, &tokens[0])).await;
     send(&mut d, join.clone()).await;
     assert_eq!(expect(&mut d, &["joined", "error"]).await["type"], "joined");
+    // The clinician turned the camera off before the patient came: the
+    // patient's roster says so at once.
+    send(
+        &mut d,
+        json!({"type": "mute", "kind": "video", "muted": true}),
+    )
+    .await;
+    // A connection's messages are handled in order: once this is refused,
+    // the mute has been taken.
+    send(&mut d, json!({"type": "ping"})).await;
+    assert_eq!(expect(&mut d, &["error"]).await["code"], "bad_message");
     let (mut p, _) = connect_signaling(rtc_url(&s, &tokens[1])).await;
     send(&mut p, join).await;
     let joined = expect(&mut p, &["joined", "error"]).await;
     assert_eq!(joined["type"], "joined", "{joined}");
+    let roster = expect(&mut p, &["roster"]).await;
+    assert_eq!(
+        roster["participants"][0]["muted"],
+        json!({"audio": false, "video": true}),
+        "{roster}"
+    );
     drop(p); // the network changed
 
     let (mut p, _) = connect_signaling(rtc_url(&s, &tokens[1])).await;

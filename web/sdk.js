@@ -285,9 +285,13 @@ export class Visit extends EventTarget {
         this.speaker = msg.participant;
         this._emit("speaker", msg);
         break;
-      case "muted":
+      case "muted": {
+        // Keep the roster current: `participants` carries what each muted.
+        const p = this.participants.get(msg.participant);
+        if (p) p.muted = { ...(p.muted || {}), [msg.kind]: msg.muted };
         this._emit("muted", msg);
         break;
+      }
       case "track_published":
         // {participant, identity, kind, track}: its media arrives in the
         // remote stream whose id is the participant id.

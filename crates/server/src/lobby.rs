@@ -22,6 +22,15 @@ pub struct Member {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub role: Role,
+    /// What this participant muted (as it told the room), so a newcomer's
+    /// roster shows it without waiting for the next change.
+    pub muted: Muted,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Muted {
+    pub audio: bool,
+    pub video: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -123,6 +132,23 @@ impl Lobby {
         room.members
             .insert(member.participant.clone(), member.clone());
         let _ = room.notices().send(LobbyNotice::Joined(member));
+    }
+
+    /// `participant` muted or unmuted its `kind` ("audio" or "video"). The
+    /// media thread tells the others; this keeps it for later arrivals.
+    pub fn set_muted(&self, key: &RoomKey, participant: &str, kind: &str, muted: bool) {
+        if let Some(m) = self
+            .rooms
+            .lock()
+            .get_mut(key)
+            .and_then(|r| r.members.get_mut(participant))
+        {
+            match kind {
+                "audio" => m.muted.audio = muted,
+                "video" => m.muted.video = muted,
+                _ => {}
+            }
+        }
     }
 
     /// The media thread let `participant` go.
@@ -236,6 +262,7 @@ mod tests {
             identity: who.into(),
             name: None,
             role,
+            muted: Muted::default(),
         }
     }
 
@@ -266,6 +293,18 @@ mod tests {
         lobby.joined(&key(), member("p1", "dr", Role::Clinician));
         lobby.joined(&key(), member("p2", "pat", Role::Patient));
         assert_eq!(lobby.members(&key()).len(), 2);
+        lobby.set_muted(&key(), "p2", "video", true);
+        let p2 = lobby
+            .members(&key())
+            .into_iter()
+            .find(|m| m.participant == "p2");
+        assert_eq!(
+            p2.unwrap().muted,
+            Muted {
+                audio: false,
+                video: true
+            }
+        );
         lobby.left(&key(), "p1");
         lobby.left(&key(), "p2");
         assert!(lobby.rooms.lock().is_empty());

@@ -609,6 +609,7 @@ async fn record_room_events(
                     identity: seat.identity.clone(),
                     name: seat.name.clone(),
                     role: seat.role,
+                    muted: Default::default(),
                 },
             ),
             RoomEvent::Left { participant, .. } => lobby.left(&room_key, &participant.to_string()),

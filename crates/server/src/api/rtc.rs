@@ -518,6 +518,9 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     Ok(ClientMsg::Mute { kind, muted }) => match participant {
                         None => Some(error("not_joined", "join a room first")),
                         Some(id) => {
+                            if let Some((key, _)) = &lobby {
+                                s.lobby.set_muted(key, &id.to_string(), &kind, muted);
+                            }
                             media.mute(id, kind, muted);
                             None
                         }
@@ -733,7 +736,7 @@ fn roster_notice(n: LobbyNotice, me: continuum_sfu::ParticipantId, role: Role) -
     match n {
         LobbyNotice::Joined(m) if m.participant != me.to_string() => Some(
             json!({"type": "participant_joined", "participant": m.participant, "identity": m.identity,
-                "name": m.name, "role": m.role})
+                "name": m.name, "role": m.role, "muted": m.muted})
             .to_string(),
         ),
         LobbyNotice::Left { participant } => {
