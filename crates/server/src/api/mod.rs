@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod doc;
 pub mod rtc;
+pub mod signal;
 pub mod timeline;
 pub mod visits;
 pub mod webhooks;

@@ -1,35 +1,13 @@
 //! Video rooms and WebSocket signaling (`/v1/rtc`, protocol version 1).
 //!
-//! Client → server: `{"type":"join","room":ID,"sdp":OFFER}` (or, after the connection
-//! dropped, `{"type":"resume","participant","token"}` → `{"type":"resumed","participant","ice_servers"}`),
-//! `{"type":"answer","sdp"}`
-//! (to our renegotiation offer), `{"type":"offer","sdp"}` (client renegotiation),
-//! `{"type":"leave"}`.
-//! Server → client: `{"type":"joined","protocol":1,"resume","participant","sdp":ANSWER,"ice_servers":[...]}`
-//! (TURN over UDP and TCP with short-lived REST credentials for this tenant and
-//! participant; `[]` when the node runs no TURN server),
-//! `{"type":"offer","sdp"}` (tracks came or went), `{"type":"answer","sdp"}`,
-//! `{"type":"error","code","message"}`, `{"type":"left"}`,
-//! `{"type":"speaker","participant","identity"}` (active speaker changed; null: nobody),
-//! `{"type":"muted","participant","identity","kind","muted"}` (another participant),
-//! `{"type":"track_published","participant","identity","kind":"audio"|"video","track"}`
-//! (another participant's track, also each one already in the room on joining; its
-//! media arrives in a stream whose id is the participant id), `{"type":"track_unpublished",
-//! "participant","track"}`, `{"type":"quality","participant","identity","rating":
-//! "excellent"|"good"|"poor","loss","rtt_ms","jitter_ms"}` (one's own about once a
-//! second, the others' when their rating changes),
-//! `{"type":"publish_layers","mid","paused":["h","f"]}` (stop sending these simulcast
-//! encodings, by rid, of the track in m-line `mid`, and send the others: nobody in
-//! the room takes the paused ones now; a later message resumes them as soon as
-//! someone does).
-//! Client → server also: `{"type":"mute","kind":"audio"|"video","muted":bool}`,
-//! `{"type":"candidate","candidate":"candidate:..."}` (trickle; optional with an
-//! ICE-lite server, `""` ends them),
-//! `{"type":"layer","participant":"p3"?,"quality":"low"|"medium"|"high"}` (the
-//! highest simulcast layer wanted from one participant, or from everyone),
-//! `{"type":"unsubscribe"|"subscribe","participant":"p3","kind":"audio"|"video"?}`
-//! (stop or restart receiving one participant's tracks, of one kind or both).
+//! One connection per participant: the server speaks first (`welcome`, with
+//! the ICE servers), then client messages (`ClientMsg`) are handled in
+//! order and answered with [`ServerMsg`]s (`super::signal`); room notices
+//! (tracks, quality, speaker, mute from the media thread; roster, waiting
+//! room and the end from the lobby) are interleaved. The reference for
+//! integrators is docs/signaling.md.
 
+use super::signal::{PROTOCOL_VERSION, ServerMsg};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -230,11 +208,6 @@ fn parse_participant(s: &str) -> Option<continuum_sfu::ParticipantId> {
         .map(continuum_sfu::ParticipantId)
 }
 
-/// The signaling protocol's version, in the `joined` reply (the path's `/v1`
-/// names the API; this changes only if messages change incompatibly, and new
-/// message types are added without it: clients ignore types they do not know).
-const PROTOCOL_VERSION: u32 = 1;
-
 /// A `subscribe` / `unsubscribe` message: the error to send, if any.
 async fn subscribe(
     media: &crate::media::Media,
@@ -269,7 +242,7 @@ async fn subscribe(
 }
 
 /// A room notice as its signaling message.
-fn notice_json(n: continuum_sfu::Notice) -> String {
+fn notice_msg(n: continuum_sfu::Notice) -> ServerMsg {
     use continuum_sfu::Notice;
     let kind = |k: continuum_sfu::MediaKind| match k {
         continuum_sfu::MediaKind::Audio => "audio",
@@ -281,29 +254,35 @@ fn notice_json(n: continuum_sfu::Notice) -> String {
             identity,
             kind: k,
             mid,
-        } => json!({"type": "track_published", "participant": origin.to_string(), "identity": identity,
-            "kind": kind(k), "track": format!("{origin}/{mid}")}),
-        Notice::PauseLayers { mid, paused } => {
-            json!({"type": "publish_layers", "mid": mid, "paused": paused})
-        }
-        Notice::TrackUnpublished { origin, mid } => {
-            json!({"type": "track_unpublished", "participant": origin.to_string(), "track": format!("{origin}/{mid}")})
-        }
+        } => ServerMsg::TrackPublished {
+            participant: origin.to_string(),
+            identity,
+            kind: kind(k),
+            track: format!("{origin}/{mid}"),
+        },
+        Notice::PauseLayers { mid, paused } => ServerMsg::PublishLayers { mid, paused },
+        Notice::TrackUnpublished { origin, mid } => ServerMsg::TrackUnpublished {
+            participant: origin.to_string(),
+            track: format!("{origin}/{mid}"),
+        },
         Notice::Quality {
             origin,
             identity,
             rating,
             sample,
-        } => json!({"type": "quality", "participant": origin.to_string(), "identity": identity,
-            "rating": rating.as_str(), "loss": sample.loss,
-            "rtt_ms": sample.rtt.map(|d| d.as_millis() as u64),
-            "jitter_ms": sample.jitter.map(|d| d.as_millis() as u64)}),
+        } => ServerMsg::Quality {
+            participant: origin.to_string(),
+            identity,
+            rating: rating.as_str(),
+            loss: sample.loss,
+            rtt_ms: sample.rtt.map(|d| d.as_millis() as u64),
+            jitter_ms: sample.jitter.map(|d| d.as_millis() as u64),
+        },
     }
-    .to_string()
 }
 
-fn error(code: &str, message: impl Into<String>) -> String {
-    json!({"type": "error", "code": code, "message": message.into()}).to_string()
+fn error(code: &'static str, message: impl Into<String>) -> String {
+    ServerMsg::error(code, message).text()
 }
 
 /// Seconds from now until `exp` (Unix seconds), as a tokio deadline.
@@ -369,10 +348,16 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
     // First, who we are and the ICE servers: a client creates its peer
     // connection with them, so TURN candidates are gathered from the first
     // offer on (a network that passes nothing but TURN connects at once).
-    let welcome = json!({"type": "welcome", "protocol": PROTOCOL_VERSION, "identity": identity, "name": name,
-        "role": role, "expires_at": token.expires_at, "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())});
+    let welcome = ServerMsg::Welcome {
+        protocol: PROTOCOL_VERSION,
+        identity: identity.clone(),
+        name: name.clone(),
+        role,
+        expires_at: token.expires_at,
+        ice_servers: ice_servers(&s, &tenant_id, &identity, region.as_deref()),
+    };
     if sink
-        .send(Message::Text(welcome.to_string().into()))
+        .send(Message::Text(welcome.text().into()))
         .await
         .is_err()
     {
@@ -403,7 +388,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     let _ = sink.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 4001, reason: "token expired".into() }))).await;
                     break;
                 }
-                Some(json!({"type": "token_expired", "message": "the access token expired: the call goes on; send `refresh` with a new token to join, resume or publish again"}).to_string())
+                Some(ServerMsg::TokenExpired { message: "the access token expired: the call goes on; send `refresh` with a new token to join, resume or publish again" }.text())
             },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
@@ -415,7 +400,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                             (grants, region, token) = (g, r, t);
                             expired = false;
                             expiry.as_mut().reset(deadline(exp));
-                            Some(json!({"type": "refreshed", "expires_at": exp}).to_string())
+                            Some(ServerMsg::Refreshed { expires_at: exp }.text())
                         }
                         Err(reason) => Some(error("refresh_refused", reason)),
                     },
@@ -439,8 +424,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                     if r.waiting_room && role == Role::Patient && s.lobby.must_wait(&key, &identity) {
                                         let ticket = s.lobby.wait(&key, &identity, name.clone());
                                         waiting = Some((ticket.clone(), r, sdp));
-                                        Some(json!({"type": "waiting", "ticket": ticket,
-                                            "message": "the clinician will let you in shortly"}).to_string())
+                                        Some(ServerMsg::Waiting { ticket, message: "the clinician will let you in shortly" }.text())
                                     } else {
                                         let (seated, reply) = take_seat(&s, &media, &me, r, sdp, &to_client, region.as_deref()).await;
                                         participant = seated.or(participant);
@@ -472,7 +456,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     Ok(ClientMsg::Offer { sdp }) => match participant {
                         None => Some(error("not_joined", "join a room first")),
                         Some(id) => Some(match media.offer(id, sdp).await {
-                            Ok(answer) => json!({"type": "answer", "sdp": answer}).to_string(),
+                            Ok(answer) => ServerMsg::Answer { sdp: answer }.text(),
                             Err(e) => error("bad_offer", e.to_string()),
                         }),
                     },
@@ -488,7 +472,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                 lobby = Some((key, rx));
                                 introduced = false;
                                 participant = Some(id);
-                                Some(json!({"type": "resumed", "protocol": PROTOCOL_VERSION, "participant": id.to_string(), "ice_servers": ice_servers(&s, &tenant_id, &identity, region.as_deref())}).to_string())
+                                Some(ServerMsg::Resumed { protocol: PROTOCOL_VERSION, participant: id.to_string(), ice_servers: ice_servers(&s, &tenant_id, &identity, region.as_deref()) }.text())
                             }
                             Err(e) => Some(error("resume_refused", e.to_string())),
                         },
@@ -532,7 +516,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
             notice = next_notice(&mut lobby) => match notice {
                 None => None,
                 Some(LobbyNotice::Ended { by }) => {
-                    let _ = sink.send(Message::Text(json!({"type": "visit_ended", "by": by}).to_string().into())).await;
+                    let _ = sink.send(Message::Text(ServerMsg::VisitEnded { by }.text().into())).await;
                     leaving = true;
                     break;
                 }
@@ -554,16 +538,16 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                 Some(n) => participant.and_then(|id| roster_notice(n, id, role)),
             },
             out = from_media.recv() => match out {
-                Some(ToClient::Offer(sdp)) => Some(json!({"type": "offer", "sdp": sdp}).to_string()),
+                Some(ToClient::Offer(sdp)) => Some(ServerMsg::Offer { sdp }.text()),
                 Some(ToClient::Speaker { participant, identity }) => {
-                    Some(json!({"type": "speaker", "participant": participant, "identity": identity}).to_string())
+                    Some(ServerMsg::Speaker { participant, identity }.text())
                 }
-                Some(ToClient::Notice(n)) => Some(notice_json(n)),
+                Some(ToClient::Notice(n)) => Some(notice_msg(n).text()),
                 Some(ToClient::Muted { participant, identity, kind, muted }) => Some(
-                    json!({"type": "muted", "participant": participant, "identity": identity, "kind": kind, "muted": muted}).to_string(),
+                    ServerMsg::Muted { participant, identity, kind, muted }.text(),
                 ),
                 Some(ToClient::Closed) | None => {
-                    let _ = sink.send(Message::Text(json!({"type": "left"}).to_string().into())).await;
+                    let _ = sink.send(Message::Text(ServerMsg::Left.text().into())).await;
                     participant = None;
                     break;
                 }
@@ -583,9 +567,14 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                     .into_iter()
                     .filter(|m| Some(&m.participant) != participant.map(|p| p.to_string()).as_ref())
                     .collect();
-                let mut intro = vec![json!({"type": "roster", "participants": others}).to_string()];
+                let mut intro = vec![
+                    ServerMsg::Roster {
+                        participants: others,
+                    }
+                    .text(),
+                ];
                 if role.is_staff() {
-                    intro.push(json!({"type": "waiting_room", "waiting": waiters}).to_string());
+                    intro.push(ServerMsg::WaitingRoom { waiting: waiters }.text());
                 }
                 for text in intro {
                     if sink.send(Message::Text(text.into())).await.is_err() {
@@ -644,10 +633,15 @@ async fn take_seat(
             if matches!(me.role, Role::Clinician | Role::Agent) {
                 assign_on_join(s, me.tenant_id, &conversation, me.identity);
             }
-            let joined = json!({"type": "joined", "protocol": PROTOCOL_VERSION, "resume": resume,
-                "participant": id.to_string(), "conversation": conversation, "sdp": answer,
-                "ice_servers": ice_servers(s, me.tenant_id, me.identity, region)});
-            (Some(id), joined.to_string())
+            let joined = ServerMsg::Joined {
+                protocol: PROTOCOL_VERSION,
+                resume,
+                participant: id.to_string(),
+                conversation,
+                sdp: answer,
+                ice_servers: ice_servers(s, me.tenant_id, me.identity, region),
+            };
+            (Some(id), joined.text())
         }
         Err(e) => (None, error("join_refused", e.to_string())),
     }
@@ -735,15 +729,20 @@ async fn next_notice(
 fn roster_notice(n: LobbyNotice, me: continuum_sfu::ParticipantId, role: Role) -> Option<String> {
     match n {
         LobbyNotice::Joined(m) if m.participant != me.to_string() => Some(
-            json!({"type": "participant_joined", "participant": m.participant, "identity": m.identity,
-                "name": m.name, "role": m.role, "muted": m.muted})
-            .to_string(),
+            ServerMsg::ParticipantJoined {
+                participant: m.participant,
+                identity: m.identity,
+                name: m.name,
+                role: m.role,
+                muted: m.muted,
+            }
+            .text(),
         ),
         LobbyNotice::Left { participant } => {
-            Some(json!({"type": "participant_left", "participant": participant}).to_string())
+            Some(ServerMsg::ParticipantLeft { participant }.text())
         }
         LobbyNotice::Waiting(list) if role.is_staff() => {
-            Some(json!({"type": "waiting_room", "waiting": list}).to_string())
+            Some(ServerMsg::WaitingRoom { waiting: list }.text())
         }
         _ => None,
     }
