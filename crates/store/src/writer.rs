@@ -128,8 +128,22 @@ fn run(
             .record(started.elapsed().as_secs_f64());
     }
     drop(checkpoints);
-    // All senders gone: checkpoint so the next start does not replay a long WAL.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    // All senders gone: checkpoint so the next start does not replay a long
+    // WAL. The checkpointer thread may be mid-checkpoint (it exits after) and
+    // a reader may still hold a snapshot: either makes TRUNCATE report busy
+    // (SQLITE_BUSY, or busy = 1 in its row), so try again for a little while.
+    let deadline = Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let done = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .is_ok_and(|b| b == 0);
+        if done || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     tracing::debug!("writer thread stopped");
 }
 
