@@ -70,6 +70,9 @@ pub enum LobbyNotice {
 #[derive(Default)]
 struct RoomState {
     members: BTreeMap<String, Member>,
+    /// What each participant muted, kept apart from `members`: a mute can
+    /// arrive (over signaling) before the media thread's join reaches us.
+    mutes: HashMap<String, Muted>,
     waiting: Vec<Waiter>,
     /// Identities admitted once: they come back in without waiting again
     /// (a reload, a rejoin after leaving) while the visit is open.
@@ -125,9 +128,12 @@ impl Lobby {
     }
 
     /// The media thread seated `member`.
-    pub fn joined(&self, key: &RoomKey, member: Member) {
+    pub fn joined(&self, key: &RoomKey, mut member: Member) {
         let mut rooms = self.rooms.lock();
         let room = rooms.entry(key.clone()).or_default();
+        if let Some(m) = room.mutes.get(&member.participant) {
+            member.muted = *m;
+        }
         room.admitted.insert(member.identity.clone());
         room.members
             .insert(member.participant.clone(), member.clone());
@@ -137,17 +143,17 @@ impl Lobby {
     /// `participant` muted or unmuted its `kind` ("audio" or "video"). The
     /// media thread tells the others; this keeps it for later arrivals.
     pub fn set_muted(&self, key: &RoomKey, participant: &str, kind: &str, muted: bool) {
-        if let Some(m) = self
-            .rooms
-            .lock()
-            .get_mut(key)
-            .and_then(|r| r.members.get_mut(participant))
-        {
-            match kind {
-                "audio" => m.muted.audio = muted,
-                "video" => m.muted.video = muted,
-                _ => {}
-            }
+        let mut rooms = self.rooms.lock();
+        let room = rooms.entry(key.clone()).or_default();
+        let state = room.mutes.entry(participant.to_owned()).or_default();
+        match kind {
+            "audio" => state.audio = muted,
+            "video" => state.video = muted,
+            _ => return,
+        }
+        let state = *state;
+        if let Some(m) = room.members.get_mut(participant) {
+            m.muted = state;
         }
     }
 
@@ -157,6 +163,7 @@ impl Lobby {
         let Some(room) = rooms.get_mut(key) else {
             return;
         };
+        room.mutes.remove(participant);
         if room.members.remove(participant).is_some() {
             let _ = room.notices().send(LobbyNotice::Left {
                 participant: participant.to_owned(),
@@ -294,6 +301,15 @@ mod tests {
         lobby.joined(&key(), member("p2", "pat", Role::Patient));
         assert_eq!(lobby.members(&key()).len(), 2);
         lobby.set_muted(&key(), "p2", "video", true);
+        // A mute that arrives before the join is not lost.
+        lobby.set_muted(&key(), "p9", "audio", true);
+        lobby.joined(&key(), member("p9", "late", Role::Clinician));
+        let p9 = lobby
+            .members(&key())
+            .into_iter()
+            .find(|m| m.participant == "p9");
+        assert!(p9.unwrap().muted.audio);
+        lobby.left(&key(), "p9");
         let p2 = lobby
             .members(&key())
             .into_iter()
