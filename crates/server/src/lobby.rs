@@ -104,19 +104,20 @@ pub struct Lobby {
 }
 
 impl Lobby {
-    /// Listen to a room's notices; returns the current members and waiters too.
-    pub fn subscribe(
-        &self,
-        key: &RoomKey,
-    ) -> (broadcast::Receiver<LobbyNotice>, Vec<Member>, Vec<Waiter>) {
+    /// Listen to a room's notices (`snapshot` tells what is there now).
+    pub fn subscribe(&self, key: &RoomKey) -> broadcast::Receiver<LobbyNotice> {
         let mut rooms = self.rooms.lock();
-        let room = rooms.entry(key.clone()).or_default();
-        let rx = room.notices().subscribe();
-        (
-            rx,
-            room.members.values().cloned().collect(),
-            room.waiting.clone(),
-        )
+        rooms.entry(key.clone()).or_default().notices().subscribe()
+    }
+
+    /// The room's members and waiters now.
+    pub fn snapshot(&self, key: &RoomKey) -> (Vec<Member>, Vec<Waiter>) {
+        self.rooms
+            .lock()
+            .get(key)
+            .map_or_else(Default::default, |r| {
+                (r.members.values().cloned().collect(), r.waiting.clone())
+            })
     }
 
     pub fn members(&self, key: &RoomKey) -> Vec<Member> {
@@ -276,7 +277,7 @@ mod tests {
     #[test]
     fn admitted_identities_come_back_without_waiting() {
         let lobby = Lobby::default();
-        let (mut rx, _, _) = lobby.subscribe(&key());
+        let mut rx = lobby.subscribe(&key());
         assert!(lobby.must_wait(&key(), "pat"));
         let ticket = lobby.wait(&key(), "pat", Some("Ana".into()));
         assert!(matches!(rx.try_recv(), Ok(LobbyNotice::Waiting(w)) if w.len() == 1));
@@ -332,12 +333,12 @@ mod tests {
     #[test]
     fn ending_tells_everyone_and_empties_the_waiting_room() {
         let lobby = Lobby::default();
-        let (mut rx, _, _) = lobby.subscribe(&key());
+        let mut rx = lobby.subscribe(&key());
         lobby.wait(&key(), "pat", None);
         let _ = rx.try_recv();
         lobby.end(&key(), "dr");
         assert!(matches!(rx.try_recv(), Ok(LobbyNotice::Ended { by }) if by == "dr"));
         assert!(lobby.ended(&key()));
-        assert!(lobby.subscribe(&key()).2.is_empty());
+        assert!(lobby.snapshot(&key()).1.is_empty());
     }
 }

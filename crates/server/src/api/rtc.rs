@@ -419,7 +419,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                 Ok(r) if r.ended_at.is_some() => Some(error("visit_ended", "this visit has ended")),
                                 Ok(r) => {
                                     let key: RoomKey = (tenant_id.clone(), r.id.clone());
-                                    let (rx, _, _) = s.lobby.subscribe(&key);
+                                    let rx = s.lobby.subscribe(&key);
                                     lobby = Some((key.clone(), rx));
                                     if r.waiting_room && role == Role::Patient && s.lobby.must_wait(&key, &identity) {
                                         let ticket = s.lobby.wait(&key, &identity, name.clone());
@@ -468,7 +468,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
                                 // Hear the room again (roster, waiting room, the end),
                                 // and get the roster anew after `resumed`.
                                 let key: RoomKey = (tenant_id.clone(), room);
-                                let (rx, _, _) = s.lobby.subscribe(&key);
+                                let rx = s.lobby.subscribe(&key);
                                 lobby = Some((key, rx));
                                 introduced = false;
                                 participant = Some(id);
@@ -561,11 +561,12 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         // Just seated: who is here already (and, for staff, who waits).
         if participant.is_some() && !introduced {
             introduced = true;
-            if let Some((key, _)) = &lobby {
-                let (_, members, waiters) = s.lobby.subscribe(key);
+            if let (Some((key, _)), Some(me)) = (&lobby, participant) {
+                let me = me.to_string();
+                let (members, waiters) = s.lobby.snapshot(key);
                 let others: Vec<_> = members
                     .into_iter()
-                    .filter(|m| Some(&m.participant) != participant.map(|p| p.to_string()).as_ref())
+                    .filter(|m| m.participant != me)
                     .collect();
                 let mut intro = vec![
                     ServerMsg::Roster {
