@@ -1184,7 +1184,6 @@ async fn browsers_connect_through_turn_alone_over_udp_tcp_and_tls() {
         ),
     );
     let key = s.key().to_owned();
-    let browser = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     for (i, transport) in ["udp", "tcp", "tls"].into_iter().enumerate() {
         let common::Visit { room, tokens, .. } = s
             .visit(
@@ -1193,26 +1192,12 @@ async fn browsers_connect_through_turn_alone_over_udp_tcp_and_tls() {
                 &[("dr-relay", "clinician"), ("nurse-relay", "clinician")],
             )
             .await;
-        let _browsers = common::browsers().await;
-        let out = tokio::process::Command::new("node")
-            .arg(browser.join("relay.mjs"))
-            .args([&s.base, &room, transport, &tokens[0], &tokens[1]])
-            .output()
-            .await
-            .expect("node runs the browser scenario");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        println!("{stdout}");
-        assert!(
-            out.status.success(),
-            "relay-only over {transport} failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains(&format!(
-                "\"check\":\"{transport}: media flows over relay candidates\",\"ok\":true"
-            )),
-            "{stdout}"
-        );
+        common::browser_scenario(
+            "relay.mjs",
+            &[&s.base, &room, transport, &tokens[0], &tokens[1]],
+            &[format!("{transport}: media flows over relay candidates")],
+        )
+        .await;
     }
     let m = metrics(&s).await;
     assert!(

@@ -859,26 +859,12 @@ async fn one_to_one_visits_reach_the_top_layer() {
                 &[("dr-hd", "clinician"), ("patient-hd", "patient")],
             )
             .await;
-        let _browsers = common::browsers().await;
-        let out = tokio::process::Command::new("node")
-            .arg(browser_dir().join("quality.mjs"))
-            .args([&s.base, &room, height, &tokens[0], &tokens[1]])
-            .output()
-            .await
-            .expect("node runs the browser scenario");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        println!("{stdout}");
-        assert!(
-            out.status.success(),
-            "{height}p scenario failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            stdout.contains(&format!(
-                "\"check\":\"{height}p: each receives the other's top layer\",\"ok\":true"
-            )),
-            "{stdout}"
-        );
+        common::browser_scenario(
+            "quality.mjs",
+            &[&s.base, &room, height, &tokens[0], &tokens[1]],
+            &[format!("{height}p: each receives the other's top layer")],
+        )
+        .await;
     }
 }
 
@@ -920,24 +906,13 @@ async fn firefox_and_chromium_see_each_other() {
             &[("patient-ff", "patient"), ("dr-chromium", "clinician")],
         )
         .await;
-    let _browsers = common::browsers().await;
-    let out = tokio::process::Command::new("node")
-        .arg(browser_dir().join("firefox.mjs"))
-        .args([&s.base, &room, &tokens[0], &tokens[1]])
-        .output()
-        .await
-        .expect("node runs the browser scenario");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "firefox scenario failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for check in ["firefox decodes chromium", "chromium decodes firefox"] {
-        assert!(
-            stdout.contains(&format!("\"check\":\"{check}\",\"ok\":true")),
-            "{stdout}"
-        );
-    }
+    common::browser_scenario(
+        "firefox.mjs",
+        &[&s.base, &room, &tokens[0], &tokens[1]],
+        &[
+            "firefox decodes chromium".into(),
+            "chromium decodes firefox".into(),
+        ],
+    )
+    .await;
 }

@@ -306,3 +306,31 @@ pub async fn browsers() -> tokio::sync::MutexGuard<'static, ()> {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     TURN.lock().await
 }
+
+/// Runs the browser scenario `tests/browser/<script>` with `args` (taking
+/// the browsers' turn), prints what it reports, and asserts it succeeded and
+/// reported each of `checks` ok. Returns its output.
+pub async fn browser_scenario(script: &str, args: &[&str], checks: &[String]) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let _browsers = browsers().await;
+    let out = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .output()
+        .await
+        .expect("node runs the browser scenario");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for check in checks {
+        assert!(
+            stdout.contains(&format!("\"check\":\"{check}\",\"ok\":true")),
+            "missing check {check}:\n{stdout}"
+        );
+    }
+    stdout
+}
