@@ -7,10 +7,12 @@
 pub mod access;
 pub mod binding;
 pub mod channel;
+pub mod clock;
 pub mod context;
 pub mod conversation;
 pub mod event;
 pub mod netpolicy;
+pub mod room;
 
 pub use access::{Grants, Permission, Principal, Role, TokenMeta};
 pub use binding::{BindingError, BindingKind, normalize_app_user_id, normalize_phone};
@@ -18,3 +20,4 @@ pub use channel::Channel;
 pub use context::{PendingItem, build_pending_items};
 pub use conversation::{ConversationState, Transition, TransitionError};
 pub use event::{Actor, ActorType, EventKind, EventValidationError, NewEvent};
+pub use room::RoomKey;

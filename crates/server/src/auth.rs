@@ -121,7 +121,7 @@ impl TokenIssuer {
         about: About,
         ttl: Duration,
     ) -> (String, Claims) {
-        let now = unix_now();
+        let now = continuum_core::clock::unix_secs();
         let exp = now + ttl.as_secs();
         let claims = Claims {
             iss: ISSUER.into(),
@@ -167,13 +167,6 @@ impl TokenIssuer {
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         Some(v.get("tid")?.as_str()?.to_owned())
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Verified API keys, briefly cached so that hot clients cost no database read.
@@ -396,9 +389,14 @@ impl AppState {
         reason: &str,
     ) {
         metrics::counter!("continuum_refusals_total", "action" => action.to_owned()).increment(1);
-        let records = self
-            .refusals
-            .note(tenant_id, actor, action, object, reason, unix_now());
+        let records = self.refusals.note(
+            tenant_id,
+            actor,
+            action,
+            object,
+            reason,
+            continuum_core::clock::unix_secs(),
+        );
         self.write_records(records).await;
     }
 

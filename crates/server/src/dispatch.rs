@@ -161,10 +161,7 @@ impl Dispatcher {
             }
             let wait = match this.store.next_delivery_due().await {
                 Ok(Some(due)) => {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_micros() as i64;
+                    let now = continuum_core::clock::unix_micros();
                     Duration::from_micros((due - now).max(0) as u64).min(Duration::from_secs(30))
                 }
                 _ => Duration::from_secs(30),
@@ -179,7 +176,7 @@ impl Dispatcher {
 
     async fn deliver(&self, d: DueDelivery) {
         let started = Instant::now();
-        let ts = crate::auth::unix_now();
+        let ts = continuum_core::clock::unix_secs();
         let result = self
             .client
             .post(&d.url)
@@ -204,10 +201,8 @@ impl Dispatcher {
         let next = if ok || attempts >= self.cfg.max_attempts as i64 {
             None
         } else {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            Some((now + self.backoff(d.attempts)).as_micros() as i64)
+            let backoff = i64::try_from(self.backoff(d.attempts).as_micros()).unwrap_or(i64::MAX);
+            Some(continuum_core::clock::unix_micros().saturating_add(backoff))
         };
         let outcome = if ok {
             "delivered"

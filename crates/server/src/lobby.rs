@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
-/// A room across tenants: `(tenant, room)`.
-pub type RoomKey = (String, String);
+pub use continuum_core::RoomKey;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Member {
@@ -128,6 +127,19 @@ impl Lobby {
             .unwrap_or_default()
     }
 
+    /// Rooms with members and their participants, per tenant.
+    pub fn tenant_counts(&self) -> HashMap<String, (usize, usize)> {
+        let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+        for (key, room) in self.rooms.lock().iter() {
+            if !room.members.is_empty() {
+                let c = counts.entry(key.tenant_id.clone()).or_default();
+                c.0 += 1;
+                c.1 += room.members.len();
+            }
+        }
+        counts
+    }
+
     /// The media thread seated `member`.
     pub fn joined(&self, key: &RoomKey, mut member: Member) {
         let mut rooms = self.rooms.lock();
@@ -197,7 +209,7 @@ impl Lobby {
             ticket: ticket.clone(),
             identity: identity.to_owned(),
             name,
-            since: crate::auth::unix_now(),
+            since: continuum_core::clock::unix_secs(),
         });
         let list = room.waiting.clone();
         let _ = room.notices().send(LobbyNotice::Waiting(list));
@@ -261,7 +273,7 @@ mod tests {
     use super::*;
 
     fn key() -> RoomKey {
-        ("t".into(), "r".into())
+        RoomKey::new("t", "r")
     }
 
     fn member(p: &str, who: &str, role: Role) -> Member {

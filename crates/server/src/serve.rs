@@ -99,10 +99,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
     let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
-    let media = crate::media::Media::start(&cfg.rtc, store.clone(), state.lobby.clone())?;
+    let media = crate::media::start(&cfg.rtc, store.clone(), state.lobby.clone())?;
     if cfg.turn.enabled {
-        let turn = crate::turn::TurnService::start(&cfg.turn, store.master_key(), &media.udp_addrs)
-            .await?;
+        let turn =
+            crate::turn::TurnService::start(&cfg.turn, store.master_key(), media.udp_addrs())
+                .await?;
         state.turn = Some(std::sync::Arc::new(turn));
     }
     state.media = Some(media);

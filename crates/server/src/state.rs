@@ -59,7 +59,9 @@ impl AppState {
     /// Once a second-scale housekeeping: refusal summaries of ended minutes,
     /// idle rate-limit entries, revocations made by other processes.
     pub async fn housekeeping(&self) {
-        let records = self.refusals.flush(crate::auth::unix_now(), false);
+        let records = self
+            .refusals
+            .flush(continuum_core::clock::unix_secs(), false);
         self.write_records(records).await;
         self.limits.sweep();
         if let Err(e) = self.revocations.refresh(&self.store).await {
@@ -69,7 +71,9 @@ impl AppState {
 
     /// At shutdown: every pending refusal summary.
     pub async fn flush_refusals(&self) {
-        let records = self.refusals.flush(crate::auth::unix_now(), true);
+        let records = self
+            .refusals
+            .flush(continuum_core::clock::unix_secs(), true);
         self.write_records(records).await;
     }
 }

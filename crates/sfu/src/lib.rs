@@ -9,6 +9,8 @@
 //! simulcast layer switches stay invisible to the receiver.
 
 pub mod forward;
+pub mod host;
+mod metrics;
 mod participant;
 pub mod quality;
 mod sdp_problem;

@@ -117,6 +117,19 @@ pub enum RoomEvent {
     },
 }
 
+impl RoomEvent {
+    /// The participant the event is about.
+    pub fn participant(&self) -> ParticipantId {
+        match self {
+            RoomEvent::Joined { participant, .. }
+            | RoomEvent::Connected { participant, .. }
+            | RoomEvent::Left { participant, .. }
+            | RoomEvent::QualityDegraded { participant, .. }
+            | RoomEvent::QualityRecovered { participant, .. } => *participant,
+        }
+    }
+}
+
 /// What a client is told about the room, beyond media (routed to its signaling).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {

@@ -46,12 +46,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast, oneshot};
 use writer::{Completion, Job, Writer};
 
-pub(crate) fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use continuum_core::clock::unix_micros as now_micros;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use md5::{Digest, Md5};
 use sha1::Sha1;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The long-term key: MD5(username ":" realm ":" password).
 pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
@@ -36,11 +36,7 @@ pub fn rest_credentials(secret: &str, id: &str, ttl: Duration) -> (String, Strin
     (username, password)
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use continuum_core::clock::unix_secs as now_unix;
 
 /// Who may allocate.
 #[derive(Debug, Clone, Default)]

@@ -120,7 +120,9 @@ pub async fn mint_token(
                     "grants must be within the minting token's own grants",
                 ));
             }
-            let left = token.expires_at.saturating_sub(crate::auth::unix_now());
+            let left = token
+                .expires_at
+                .saturating_sub(continuum_core::clock::unix_secs());
             if req.ttl_seconds.is_some_and(|asked| asked > left) {
                 return Err(ApiError::invalid(format!(
                     "ttl_seconds must be at most {left}: a token may not outlive the token that mints it"
@@ -289,7 +291,7 @@ pub async fn revoke_token(
         ));
     }
     // Kept until any token could have expired: its own exp is not needed.
-    let until = crate::auth::unix_now() + s.config.security.token_max_ttl_secs + 60;
+    let until = continuum_core::clock::unix_secs() + s.config.security.token_max_ttl_secs + 60;
     s.store
         .revoke_token(p.tenant_id(), &req.jti, until, &p.audit_actor())
         .await?;

@@ -287,7 +287,7 @@ fn error(code: &'static str, message: impl Into<String>) -> String {
 
 /// Seconds from now until `exp` (Unix seconds), as a tokio deadline.
 fn deadline(exp: u64) -> tokio::time::Instant {
-    let left = exp.saturating_sub(crate::auth::unix_now());
+    let left = exp.saturating_sub(continuum_core::clock::unix_secs());
     tokio::time::Instant::now() + std::time::Duration::from_secs(left)
 }
 
@@ -316,10 +316,10 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         tenant_id,
         identity,
         role,
-        mut grants,
-        mut region,
+        grants,
+        region,
         name,
-        mut token,
+        token,
     } = p.clone()
     else {
         return;
@@ -329,22 +329,14 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
     // publishing anew need a valid token (`refresh`). A revoked token (or
     // key) ends the connection and its seat at once.
     let mut revoked = s.revocations.watch();
-    let expiry = tokio::time::sleep_until(deadline(token.expires_at));
+    let mut armed_for = token.expires_at;
+    let expiry = tokio::time::sleep_until(deadline(armed_for));
     tokio::pin!(expiry);
     let mut expired = false;
     let media = s.media.clone().expect("checked before upgrade");
     let (mut sink, mut stream) = socket.split();
     let (to_client, mut from_media) = tokio::sync::mpsc::unbounded_channel();
-    let mut participant = None;
-    // A `leave` ends the seat; a dropped connection leaves it for a resume.
-    let mut leaving = false;
-    // Whether the roster was sent since this connection took its seat.
-    let mut introduced = false;
     let mut stop = s.shutdown.subscribe();
-    // The room this connection is in or waits for, and what it hears from it.
-    let mut lobby: Option<(RoomKey, tokio::sync::broadcast::Receiver<LobbyNotice>)> = None;
-    // A patient in the waiting room: the ticket, and the join to make once admitted.
-    let mut waiting: Option<(String, Room, String)> = None;
     // First, who we are and the ICE servers: a client creates its peer
     // connection with them, so TURN candidates are gathered from the first
     // offer on (a network that passes nothing but TURN connects at once).
@@ -363,288 +355,497 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
     {
         return;
     }
-    let me = Caller {
-        tenant_id: &tenant_id,
-        identity: &identity,
-        name: name.as_deref(),
+    let mut conn = Connection {
+        s,
+        audit_actor: p.audit_actor(),
+        tenant_id,
+        identity,
+        name,
         role,
+        grants,
+        region,
+        token,
+        media,
+        to_client,
+        participant: None,
+        lobby: None,
+        waiting: None,
+        introduced: false,
     };
+    // A `leave` ends the seat; a dropped connection leaves it for a resume.
+    let mut leaving = false;
     loop {
-        let reply: Option<String> = tokio::select! {
+        let step = tokio::select! {
             _ = stop.changed() => break,
-            _ = revoked.changed() => match s.revocations.check(&tenant_id, &token) {
-                Ok(()) => None,
+            _ = revoked.changed() => match conn.s.revocations.check(&conn.tenant_id, &conn.token) {
+                Ok(()) => Step::Reply(None),
                 Err(reason) => {
                     let _ = sink.send(Message::Text(error("token_revoked", reason).into())).await;
-                    let _ = sink.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 4003, reason: "token revoked".into() }))).await;
+                    let _ = sink.send(close(4003, "token revoked")).await;
                     leaving = true;
                     break;
                 }
             },
             _ = &mut expiry, if !expired => {
                 expired = true;
-                if participant.is_none() {
+                if conn.participant.is_none() {
                     let _ = sink.send(Message::Text(error("token_expired", "the access token expired; connect again with a new one").into())).await;
-                    let _ = sink.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 4001, reason: "token expired".into() }))).await;
+                    let _ = sink.send(close(4001, "token expired")).await;
                     break;
                 }
-                Some(ServerMsg::TokenExpired { message: "the access token expired: the call goes on; send `refresh` with a new token to join, resume or publish again" }.text())
+                Step::Reply(Some(ServerMsg::TokenExpired { message: "the access token expired: the call goes on; send `refresh` with a new token to join, resume or publish again" }.text()))
             },
             msg = stream.next() => match msg {
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
-                    Err(e) => Some(error("bad_message", format!("unrecognised signaling message: {e}"))),
-                    Ok(ClientMsg::Refresh { token: fresh }) => match refreshed(&s, &fresh, &tenant_id, &identity, role) {
-                        Ok(c) => {
-                            let exp = c.exp;
-                            let Principal::Token { grants: g, region: r, token: t, .. } = c.principal() else { unreachable!("claims make tokens") };
-                            (grants, region, token) = (g, r, t);
-                            expired = false;
-                            expiry.as_mut().reset(deadline(exp));
-                            Some(ServerMsg::Refreshed { expires_at: exp }.text())
-                        }
-                        Err(reason) => Some(error("refresh_refused", reason)),
-                    },
-                    Ok(ClientMsg::Join { .. } | ClientMsg::Resume { .. } | ClientMsg::Offer { .. }) if token.expires_at <= crate::auth::unix_now() => {
-                        Some(error("token_expired", "the access token expired: send `refresh` with a new token first"))
-                    }
-                    Ok(ClientMsg::Join { .. }) if participant.is_some() => Some(error("already_joined", "this connection has already joined a room")),
-                    Ok(ClientMsg::Join { .. }) if waiting.is_some() => Some(error("already_joined", "this connection is already waiting to be admitted")),
-                    Ok(ClientMsg::Join { room, sdp }) => {
-                        if !grants.allows_room(&room) {
-                            s.audit_denial(&tenant_id, &p.audit_actor(), "room.join", &format!("room/{room}"), "not in grants").await;
-                            Some(error("not_found", "room not found"))
-                        } else {
-                            match s.store.get_room(&tenant_id, &room).await {
-                                Err(_) => Some(error("not_found", "room not found")),
-                                Ok(r) if r.ended_at.is_some() => Some(error("visit_ended", "this visit has ended")),
-                                Ok(r) => {
-                                    let key: RoomKey = (tenant_id.clone(), r.id.clone());
-                                    let rx = s.lobby.subscribe(&key);
-                                    lobby = Some((key.clone(), rx));
-                                    if r.waiting_room && role == Role::Patient && s.lobby.must_wait(&key, &identity) {
-                                        let ticket = s.lobby.wait(&key, &identity, name.clone());
-                                        waiting = Some((ticket.clone(), r, sdp));
-                                        Some(ServerMsg::Waiting { ticket, message: "the clinician will let you in shortly" }.text())
-                                    } else {
-                                        let (seated, reply) = take_seat(&s, &media, &me, r, sdp, &to_client, region.as_deref()).await;
-                                        participant = seated.or(participant);
-                                        Some(reply)
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Ok(ClientMsg::Admit { ticket }) => match (&lobby, participant) {
-                        (Some((key, _)), Some(_)) if role.is_staff() => match s.lobby.admit(key, &ticket, &identity) {
-                            Some(_) => None,
-                            None => Some(error("not_found", "nobody waits with that ticket (admitted already, or gone)")),
-                        },
-                        (_, Some(_)) => Some(error("forbidden", "only staff in the room admit patients")),
-                        _ => Some(error("not_joined", "join the room first")),
-                    },
-                    Ok(ClientMsg::EndVisit) => match (&lobby, participant) {
-                        (Some((key, _)), Some(_)) if role.is_staff() => {
-                            end_visit(&s, key, &p.audit_actor(), &identity).await.err().map(|e| error("end_refused", e))
-                        }
-                        (_, Some(_)) => Some(error("forbidden", "only staff in the room end the visit")),
-                        _ => Some(error("not_joined", "join the room first")),
-                    },
-                    Ok(ClientMsg::Answer { sdp }) => match participant {
-                        None => Some(error("not_joined", "join a room first")),
-                        Some(id) => media.answer(id, sdp).await.err().map(|e| error("bad_answer", e.to_string())),
-                    },
-                    Ok(ClientMsg::Offer { sdp }) => match participant {
-                        None => Some(error("not_joined", "join a room first")),
-                        Some(id) => Some(match media.offer(id, sdp).await {
-                            Ok(answer) => ServerMsg::Answer { sdp: answer }.text(),
-                            Err(e) => error("bad_offer", e.to_string()),
-                        }),
-                    },
-                    Ok(ClientMsg::Resume { .. }) if participant.is_some() => Some(error("already_joined", "this connection has already joined a room")),
-                    Ok(ClientMsg::Resume { participant: id, token }) => match parse_participant(&id) {
-                        None => Some(error("bad_message", "resume.participant must be a participant id such as `p3`")),
-                        Some(id) => match media.resume(id, token, tenant_id.clone(), identity.clone(), to_client.clone()).await {
-                            Ok(room) => {
-                                // Hear the room again (roster, waiting room, the end),
-                                // and get the roster anew after `resumed`.
-                                let key: RoomKey = (tenant_id.clone(), room);
-                                let rx = s.lobby.subscribe(&key);
-                                lobby = Some((key, rx));
-                                introduced = false;
-                                participant = Some(id);
-                                Some(ServerMsg::Resumed { protocol: PROTOCOL_VERSION, participant: id.to_string(), ice_servers: ice_servers(&s, &tenant_id, &identity, region.as_deref()) }.text())
-                            }
-                            Err(e) => Some(error("resume_refused", e.to_string())),
-                        },
-                    },
-                    Ok(ClientMsg::Leave) => {
-                        leaving = true;
-                        break;
-                    }
-                    Ok(ClientMsg::Candidate { candidate }) => match participant {
-                        None => Some(error("not_joined", "join a room first")),
-                        Some(id) => media.candidate(id, candidate).await.err().map(|e| error("bad_candidate", e.to_string())),
-                    },
-                    Ok(ClientMsg::Mute { kind, .. }) if kind != "audio" && kind != "video" => {
-                        Some(error("bad_message", "mute.kind must be `audio` or `video`"))
-                    }
-                    Ok(ClientMsg::Layer { participant: origin, quality }) => match (participant, layer_of(&quality), origin.as_deref().map(parse_participant)) {
-                        (None, _, _) => Some(error("not_joined", "join a room first")),
-                        (_, None, _) => Some(error("bad_message", "layer.quality must be `low`, `medium` or `high`")),
-                        (_, _, Some(None)) => Some(error("bad_message", "layer.participant must be a participant id such as `p3`")),
-                        (Some(id), Some(layer), origin) => match media.set_max_layer(id, origin.flatten(), layer).await {
-                            Ok(_) => None,
-                            Err(e) => Some(error("bad_layer", e.to_string())),
-                        },
-                    },
-                    Ok(ClientMsg::Subscribe { participant: origin, kind }) => subscribe(&media, participant, &origin, kind.as_deref(), true).await,
-                    Ok(ClientMsg::Unsubscribe { participant: origin, kind }) => subscribe(&media, participant, &origin, kind.as_deref(), false).await,
-                    Ok(ClientMsg::Mute { kind, muted }) => match participant {
-                        None => Some(error("not_joined", "join a room first")),
-                        Some(id) => {
-                            if let Some((key, _)) = &lobby {
-                                s.lobby.set_muted(key, &id.to_string(), &kind, muted);
-                            }
-                            media.mute(id, kind, muted);
-                            None
-                        }
-                    },
+                    Err(e) => Step::Reply(Some(error("bad_message", format!("unrecognised signaling message: {e}")))),
+                    Ok(msg) => conn.handle(msg).await,
                 },
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => None,
+                Some(Ok(_)) => Step::Reply(None),
             },
-            notice = next_notice(&mut lobby) => match notice {
-                None => None,
-                Some(LobbyNotice::Ended { by }) => {
-                    let _ = sink.send(Message::Text(ServerMsg::VisitEnded { by }.text().into())).await;
-                    leaving = true;
-                    break;
-                }
-                Some(LobbyNotice::Admitted { ticket, .. }) => match waiting.take() {
-                    Some((mine, r, sdp)) if mine == ticket => {
-                        let (seated, reply) = take_seat(&s, &media, &me, r, sdp, &to_client, region.as_deref()).await;
-                        participant = seated.or(participant);
-                        Some(reply)
-                    }
-                    other => {
-                        waiting = other;
-                        None
-                    }
-                },
-                Some(LobbyNotice::Resync) => {
-                    introduced = false;
-                    None
-                }
-                Some(n) => participant.and_then(|id| roster_notice(n, id, role)),
-            },
-            out = from_media.recv() => match out {
-                Some(ToClient::Offer(sdp)) => Some(ServerMsg::Offer { sdp }.text()),
-                Some(ToClient::Speaker { participant, identity }) => {
-                    Some(ServerMsg::Speaker { participant, identity }.text())
-                }
-                Some(ToClient::Notice(n)) => Some(notice_msg(n).text()),
-                Some(ToClient::Muted { participant, identity, kind, muted }) => Some(
-                    ServerMsg::Muted { participant, identity, kind, muted }.text(),
-                ),
-                Some(ToClient::Closed) | None => {
-                    let _ = sink.send(Message::Text(ServerMsg::Left.text().into())).await;
-                    participant = None;
-                    break;
-                }
-            },
+            notice = next_notice(&mut conn.lobby) => conn.on_notice(notice).await,
+            out = from_media.recv() => conn.on_media(out),
+        };
+        // A `refresh` moved the token's expiry.
+        if conn.token.expires_at != armed_for {
+            armed_for = conn.token.expires_at;
+            expired = false;
+            expiry.as_mut().reset(deadline(armed_for));
+        }
+        let (reply, end) = match step {
+            Step::Reply(reply) => (reply, None),
+            Step::End { last, leave } => (last, Some(leave)),
         };
         if let Some(text) = reply
             && sink.send(Message::Text(text.into())).await.is_err()
         {
             break;
         }
-        // Just seated: who is here already (and, for staff, who waits).
-        if participant.is_some() && !introduced {
-            introduced = true;
-            if let (Some((key, _)), Some(me)) = (&lobby, participant) {
-                let me = me.to_string();
-                let (members, waiters) = s.lobby.snapshot(key);
-                let others: Vec<_> = members
-                    .into_iter()
-                    .filter(|m| m.participant != me)
-                    .collect();
-                let mut intro = vec![
-                    ServerMsg::Roster {
-                        participants: others,
-                    }
-                    .text(),
-                ];
-                if role.is_staff() {
-                    intro.push(ServerMsg::WaitingRoom { waiting: waiters }.text());
-                }
-                for text in intro {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
+        if let Some(leave) = end {
+            leaving = leave;
+            break;
+        }
+        for text in conn.introduction() {
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
             }
         }
     }
-    if let (Some((ticket, _, _)), Some((key, _))) = (&waiting, &lobby) {
-        s.lobby.stop_waiting(key, ticket);
-    }
-    match participant {
-        Some(id) if leaving || *stop.borrow() => media.leave(id),
-        Some(id) => media.detach(id, to_client),
-        None => {}
-    }
+    conn.finish(leaving || *stop.borrow());
 }
 
-/// Who a signaling connection speaks for.
-struct Caller<'a> {
-    tenant_id: &'a str,
-    identity: &'a str,
-    name: Option<&'a str>,
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// What handling one input leaves the connection to do.
+enum Step {
+    /// Send this (if anything) and go on.
+    Reply(Option<String>),
+    /// Send `last` (if anything) and close; `leave`: give the seat up
+    /// (otherwise it waits for a resume, or is gone already).
+    End { last: Option<String>, leave: bool },
+}
+
+/// One signaling connection's state, between the socket loop (`session`)
+/// and the handlers: who it speaks for, its seat, its room.
+struct Connection {
+    s: AppState,
+    audit_actor: String,
+    tenant_id: String,
+    identity: String,
+    name: Option<String>,
     role: Role,
+    grants: continuum_core::Grants,
+    region: Option<String>,
+    token: continuum_core::TokenMeta,
+    media: crate::media::Media,
+    /// The link the media thread talks to this connection on.
+    to_client: tokio::sync::mpsc::UnboundedSender<ToClient>,
+    participant: Option<continuum_sfu::ParticipantId>,
+    /// The room this connection is in or waits for, and what it hears from it.
+    lobby: Option<(RoomKey, tokio::sync::broadcast::Receiver<LobbyNotice>)>,
+    /// A patient in the waiting room: the ticket, and the join to make once admitted.
+    waiting: Option<(String, Room, String)>,
+    /// Whether the roster was sent since this connection took its seat.
+    introduced: bool,
 }
 
-/// Seats the caller in room `r` with its offer: the participant id (when
-/// seated) and the reply (`joined`, or the refusal).
-async fn take_seat(
-    s: &AppState,
-    media: &crate::media::Media,
-    me: &Caller<'_>,
-    r: Room,
-    sdp: String,
-    to_client: &tokio::sync::mpsc::UnboundedSender<ToClient>,
-    region: Option<&str>,
-) -> (Option<continuum_sfu::ParticipantId>, String) {
-    let conversation = r.conversation_id.clone();
-    let resume = hex::encode(rand::random::<[u8; 16]>());
-    let seat = Seat {
-        tenant_id: me.tenant_id.to_owned(),
-        conversation_id: r.conversation_id,
-        room_id: r.id,
-        identity: me.identity.to_owned(),
-        name: me.name.map(str::to_owned),
-        role: me.role,
-        max_participants: r.max_participants.max(0) as usize,
-        resume_token: Some(resume.clone()),
-    };
-    match media
-        .join(seat, sdp, continuum_sfu::Mode::Full, to_client.clone())
-        .await
-    {
-        Ok((id, answer)) => {
-            if matches!(me.role, Role::Clinician | Role::Agent) {
-                assign_on_join(s, me.tenant_id, &conversation, me.identity);
+impl Connection {
+    /// One client message.
+    async fn handle(&mut self, msg: ClientMsg) -> Step {
+        let reply = match msg {
+            ClientMsg::Refresh { token } => Some(self.refresh(&token)),
+            ClientMsg::Join { .. } | ClientMsg::Resume { .. } | ClientMsg::Offer { .. }
+                if self.token.expires_at <= continuum_core::clock::unix_secs() =>
+            {
+                Some(error(
+                    "token_expired",
+                    "the access token expired: send `refresh` with a new token first",
+                ))
             }
-            let joined = ServerMsg::Joined {
-                protocol: PROTOCOL_VERSION,
-                resume,
-                participant: id.to_string(),
-                conversation,
-                sdp: answer,
-                ice_servers: ice_servers(s, me.tenant_id, me.identity, region),
-            };
-            (Some(id), joined.text())
+            ClientMsg::Join { .. } if self.participant.is_some() => Some(error(
+                "already_joined",
+                "this connection has already joined a room",
+            )),
+            ClientMsg::Join { .. } if self.waiting.is_some() => Some(error(
+                "already_joined",
+                "this connection is already waiting to be admitted",
+            )),
+            ClientMsg::Join { room, sdp } => Some(self.join(room, sdp).await),
+            ClientMsg::Admit { ticket } => match (&self.lobby, self.participant) {
+                (Some((key, _)), Some(_)) if self.role.is_staff() => {
+                    match self.s.lobby.admit(key, &ticket, &self.identity) {
+                        Some(_) => None,
+                        None => Some(error(
+                            "not_found",
+                            "nobody waits with that ticket (admitted already, or gone)",
+                        )),
+                    }
+                }
+                (_, Some(_)) => Some(error("forbidden", "only staff in the room admit patients")),
+                _ => Some(error("not_joined", "join the room first")),
+            },
+            ClientMsg::EndVisit => match (&self.lobby, self.participant) {
+                (Some((key, _)), Some(_)) if self.role.is_staff() => {
+                    end_visit(&self.s, key, &self.audit_actor, &self.identity)
+                        .await
+                        .err()
+                        .map(|e| error("end_refused", e))
+                }
+                (_, Some(_)) => Some(error("forbidden", "only staff in the room end the visit")),
+                _ => Some(error("not_joined", "join the room first")),
+            },
+            ClientMsg::Answer { sdp } => match self.participant {
+                None => Some(error("not_joined", "join a room first")),
+                Some(id) => self
+                    .media
+                    .answer(id, sdp)
+                    .await
+                    .err()
+                    .map(|e| error("bad_answer", e.to_string())),
+            },
+            ClientMsg::Offer { sdp } => match self.participant {
+                None => Some(error("not_joined", "join a room first")),
+                Some(id) => Some(match self.media.offer(id, sdp).await {
+                    Ok(answer) => ServerMsg::Answer { sdp: answer }.text(),
+                    Err(e) => error("bad_offer", e.to_string()),
+                }),
+            },
+            ClientMsg::Resume { .. } if self.participant.is_some() => Some(error(
+                "already_joined",
+                "this connection has already joined a room",
+            )),
+            ClientMsg::Resume { participant, token } => {
+                Some(self.resume(&participant, token).await)
+            }
+            ClientMsg::Leave => {
+                return Step::End {
+                    last: None,
+                    leave: true,
+                };
+            }
+            ClientMsg::Candidate { candidate } => match self.participant {
+                None => Some(error("not_joined", "join a room first")),
+                Some(id) => self
+                    .media
+                    .candidate(id, candidate)
+                    .await
+                    .err()
+                    .map(|e| error("bad_candidate", e.to_string())),
+            },
+            ClientMsg::Mute { kind, .. } if kind != "audio" && kind != "video" => {
+                Some(error("bad_message", "mute.kind must be `audio` or `video`"))
+            }
+            ClientMsg::Mute { kind, muted } => match self.participant {
+                None => Some(error("not_joined", "join a room first")),
+                Some(id) => {
+                    if let Some((key, _)) = &self.lobby {
+                        self.s.lobby.set_muted(key, &id.to_string(), &kind, muted);
+                    }
+                    self.media.mute(id, kind, muted);
+                    None
+                }
+            },
+            ClientMsg::Layer {
+                participant: origin,
+                quality,
+            } => {
+                let origin = origin.as_deref().map(parse_participant);
+                match (self.participant, layer_of(&quality), origin) {
+                    (None, _, _) => Some(error("not_joined", "join a room first")),
+                    (_, None, _) => Some(error(
+                        "bad_message",
+                        "layer.quality must be `low`, `medium` or `high`",
+                    )),
+                    (_, _, Some(None)) => Some(error(
+                        "bad_message",
+                        "layer.participant must be a participant id such as `p3`",
+                    )),
+                    (Some(id), Some(layer), origin) => {
+                        match self.media.set_max_layer(id, origin.flatten(), layer).await {
+                            Ok(_) => None,
+                            Err(e) => Some(error("bad_layer", e.to_string())),
+                        }
+                    }
+                }
+            }
+            ClientMsg::Subscribe {
+                participant: origin,
+                kind,
+            } => {
+                let me = self.participant;
+                subscribe(&self.media, me, &origin, kind.as_deref(), true).await
+            }
+            ClientMsg::Unsubscribe {
+                participant: origin,
+                kind,
+            } => {
+                let me = self.participant;
+                subscribe(&self.media, me, &origin, kind.as_deref(), false).await
+            }
+        };
+        Step::Reply(reply)
+    }
+
+    /// `refresh`: a new token for the same tenant, identity and role.
+    fn refresh(&mut self, fresh: &str) -> String {
+        match refreshed(&self.s, fresh, &self.tenant_id, &self.identity, self.role) {
+            Ok(c) => {
+                let exp = c.exp;
+                let Principal::Token {
+                    grants,
+                    region,
+                    token,
+                    ..
+                } = c.principal()
+                else {
+                    unreachable!("claims make tokens")
+                };
+                (self.grants, self.region, self.token) = (grants, region, token);
+                ServerMsg::Refreshed { expires_at: exp }.text()
+            }
+            Err(reason) => error("refresh_refused", reason),
         }
-        Err(e) => (None, error("join_refused", e.to_string())),
+    }
+
+    /// `join`: into the room, or into its waiting room (patients).
+    async fn join(&mut self, room: String, sdp: String) -> String {
+        if !self.grants.allows_room(&room) {
+            let object = format!("room/{room}");
+            self.s
+                .audit_denial(
+                    &self.tenant_id,
+                    &self.audit_actor,
+                    "room.join",
+                    &object,
+                    "not in grants",
+                )
+                .await;
+            return error("not_found", "room not found");
+        }
+        let r = match self.s.store.get_room(&self.tenant_id, &room).await {
+            Err(_) => return error("not_found", "room not found"),
+            Ok(r) if r.ended_at.is_some() => return error("visit_ended", "this visit has ended"),
+            Ok(r) => r,
+        };
+        let key = RoomKey::new(&self.tenant_id, &r.id);
+        let rx = self.s.lobby.subscribe(&key);
+        self.lobby = Some((key.clone(), rx));
+        if r.waiting_room
+            && self.role == Role::Patient
+            && self.s.lobby.must_wait(&key, &self.identity)
+        {
+            let ticket = self.s.lobby.wait(&key, &self.identity, self.name.clone());
+            self.waiting = Some((ticket.clone(), r, sdp));
+            return ServerMsg::Waiting {
+                ticket,
+                message: "the clinician will let you in shortly",
+            }
+            .text();
+        }
+        self.take_seat(r, sdp).await
+    }
+
+    /// `resume`: take our seat over after the signaling connection dropped.
+    async fn resume(&mut self, participant: &str, token: String) -> String {
+        let Some(id) = parse_participant(participant) else {
+            return error(
+                "bad_message",
+                "resume.participant must be a participant id such as `p3`",
+            );
+        };
+        let (tenant, identity) = (self.tenant_id.clone(), self.identity.clone());
+        let owns = move |seat: &Seat| seat.room.tenant_id == tenant && seat.identity == identity;
+        match self
+            .media
+            .resume(id, token, owns, self.to_client.clone())
+            .await
+        {
+            Ok(seat) => {
+                // Hear the room again (roster, waiting room, the end),
+                // and get the roster anew after `resumed`.
+                let rx = self.s.lobby.subscribe(&seat.room);
+                self.lobby = Some((seat.room, rx));
+                self.introduced = false;
+                self.participant = Some(id);
+                ServerMsg::Resumed {
+                    protocol: PROTOCOL_VERSION,
+                    participant: id.to_string(),
+                    ice_servers: ice_servers(
+                        &self.s,
+                        &self.tenant_id,
+                        &self.identity,
+                        self.region.as_deref(),
+                    ),
+                }
+                .text()
+            }
+            Err(e) => error("resume_refused", e.to_string()),
+        }
+    }
+
+    /// Seats the connection in room `r` with its offer: `joined`, or the refusal.
+    async fn take_seat(&mut self, r: Room, sdp: String) -> String {
+        let conversation = r.conversation_id.clone();
+        let resume = hex::encode(rand::random::<[u8; 16]>());
+        let seat = Seat {
+            room: RoomKey::new(&self.tenant_id, r.id),
+            conversation_id: r.conversation_id,
+            identity: self.identity.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            max_participants: r.max_participants.max(0) as usize,
+        };
+        let joining = seat.joining(sdp, continuum_sfu::Mode::Full, Some(resume.clone()));
+        match self.media.join(joining, self.to_client.clone()).await {
+            Ok((id, answer)) => {
+                self.participant = Some(id);
+                if matches!(self.role, Role::Clinician | Role::Agent) {
+                    assign_on_join(&self.s, &self.tenant_id, &conversation, &self.identity);
+                }
+                ServerMsg::Joined {
+                    protocol: PROTOCOL_VERSION,
+                    resume,
+                    participant: id.to_string(),
+                    conversation,
+                    sdp: answer,
+                    ice_servers: ice_servers(
+                        &self.s,
+                        &self.tenant_id,
+                        &self.identity,
+                        self.region.as_deref(),
+                    ),
+                }
+                .text()
+            }
+            Err(e) => error("join_refused", e.to_string()),
+        }
+    }
+
+    /// A notice from the room (roster, waiting room, the end).
+    async fn on_notice(&mut self, notice: Option<LobbyNotice>) -> Step {
+        let reply = match notice {
+            None => None,
+            Some(LobbyNotice::Ended { by }) => {
+                return Step::End {
+                    last: Some(ServerMsg::VisitEnded { by }.text()),
+                    leave: true,
+                };
+            }
+            Some(LobbyNotice::Admitted { ticket, .. }) => match self.waiting.take() {
+                Some((mine, r, sdp)) if mine == ticket => Some(self.take_seat(r, sdp).await),
+                other => {
+                    self.waiting = other;
+                    None
+                }
+            },
+            Some(LobbyNotice::Resync) => {
+                self.introduced = false;
+                None
+            }
+            Some(n) => self
+                .participant
+                .and_then(|id| roster_notice(n, id, self.role)),
+        };
+        Step::Reply(reply)
+    }
+
+    /// What the media thread says about our seat.
+    fn on_media(&mut self, out: Option<ToClient>) -> Step {
+        let msg = match out {
+            Some(ToClient::Offer(sdp)) => ServerMsg::Offer { sdp },
+            Some(ToClient::Speaker {
+                participant,
+                identity,
+            }) => ServerMsg::Speaker {
+                participant: participant.map(|p| p.to_string()),
+                identity,
+            },
+            Some(ToClient::Notice(n)) => notice_msg(n),
+            Some(ToClient::Muted {
+                participant,
+                identity,
+                kind,
+                muted,
+            }) => ServerMsg::Muted {
+                participant: participant.to_string(),
+                identity,
+                kind,
+                muted,
+            },
+            Some(ToClient::Closed) | None => {
+                self.participant = None;
+                return Step::End {
+                    last: Some(ServerMsg::Left.text()),
+                    leave: false,
+                };
+            }
+        };
+        Step::Reply(Some(msg.text()))
+    }
+
+    /// Just seated: who is here already (and, for staff, who waits).
+    fn introduction(&mut self) -> Vec<String> {
+        let (Some(me), false) = (self.participant, self.introduced) else {
+            return Vec::new();
+        };
+        self.introduced = true;
+        let Some((key, _)) = &self.lobby else {
+            return Vec::new();
+        };
+        let me = me.to_string();
+        let (members, waiters) = self.s.lobby.snapshot(key);
+        let others: Vec<_> = members
+            .into_iter()
+            .filter(|m| m.participant != me)
+            .collect();
+        let mut intro = vec![
+            ServerMsg::Roster {
+                participants: others,
+            }
+            .text(),
+        ];
+        if self.role.is_staff() {
+            intro.push(ServerMsg::WaitingRoom { waiting: waiters }.text());
+        }
+        intro
+    }
+
+    /// The connection is gone: out of the waiting room, and the seat left
+    /// (`leave`) or kept for a resume.
+    fn finish(self, leave: bool) {
+        if let (Some((ticket, _, _)), Some((key, _))) = (&self.waiting, &self.lobby) {
+            self.s.lobby.stop_waiting(key, ticket);
+        }
+        match self.participant {
+            Some(id) if leave => self.media.leave(id),
+            Some(id) => self.media.detach(id, self.to_client),
+            None => {}
+        }
     }
 }
 
@@ -699,7 +900,7 @@ pub async fn end_visit(
     by: &str,
 ) -> Result<(), String> {
     s.store
-        .end_room(&key.0, &key.1, audit_actor)
+        .end_room(&key.tenant_id, &key.room_id, audit_actor)
         .await
         .map_err(|e| e.to_string())?;
     s.lobby.end(key, by);

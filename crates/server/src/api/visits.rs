@@ -96,7 +96,7 @@ pub async fn get_room(
     let room = room_in_reach(&s, &p, &id).await?;
     let participants = s
         .lobby
-        .members(&(p.tenant_id().to_owned(), room.id.clone()));
+        .members(&crate::lobby::RoomKey::new(p.tenant_id(), &room.id));
     Ok(Json(RoomView { room, participants }))
 }
 
@@ -122,7 +122,7 @@ pub async fn end_room(
         Principal::Token { identity, .. } => identity.clone(),
         Principal::ApiKey { .. } => "api".into(),
     };
-    let key = (p.tenant_id().to_owned(), room.id.clone());
+    let key = crate::lobby::RoomKey::new(p.tenant_id(), &room.id);
     super::rtc::end_visit(&s, &key, &p.audit_actor(), &by)
         .await
         .map_err(ApiError::bad_request)?;
@@ -178,7 +178,7 @@ pub async fn link_help(
     let settings = s.store.visit_settings(&claims.tid).await?;
     let status = if s.revocations.check(&claims.tid, &claims.meta()).is_err() {
         "revoked"
-    } else if claims.exp <= crate::auth::unix_now() {
+    } else if claims.exp <= continuum_core::clock::unix_secs() {
         "expired"
     } else {
         "valid"

@@ -93,20 +93,18 @@ async fn start(
         )
     })?;
     let seat = Seat {
-        tenant_id: tenant_id.clone(),
+        room: crate::lobby::RoomKey::new(tenant_id, &r.id),
         conversation_id: r.conversation_id,
-        room_id: r.id.clone(),
         identity: identity.clone(),
         name: None,
         role: *role,
         max_participants: r.max_participants.max(0) as usize,
-        resume_token: None,
     };
     // WHIP/WHEP sessions are never renegotiated; the channel only tells us when
     // the session ends (DELETE, ICE timeout, room closed) to forget it.
     let (to_client, mut from_media) = tokio::sync::mpsc::unbounded_channel();
     let (id, answer) = media
-        .join(seat, sdp, mode, to_client)
+        .join(seat.joining(sdp, mode, None), to_client)
         .await
         .map_err(|e| match e {
             continuum_sfu::JoinError::RoomFull { .. } => {

@@ -85,7 +85,7 @@ impl Revocations {
 
     /// Re-reads the store's revocations.
     pub async fn refresh(&self, store: &continuum_store::Store) -> continuum_store::Result<()> {
-        let now = crate::auth::unix_now();
+        let now = continuum_core::clock::unix_secs();
         let tokens = store.revoked_tokens(now).await?;
         let keys = store.revoked_key_ids().await?;
         self.replace(tokens, keys);
