@@ -56,6 +56,8 @@ impl Server {
             .env("CONTINUUM_RTC__UDP_LISTEN", "127.0.0.1:0")
             .env("CONTINUUM_TURN__UDP_LISTEN", "127.0.0.1:0")
             .env("CONTINUUM_TURN__TCP_LISTEN", "127.0.0.1:0")
+            .env("CONTINUUM_SIP__UDP_LISTEN", "127.0.0.1:0")
+            .env("CONTINUUM_SIP__TCP_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in &opts.env {

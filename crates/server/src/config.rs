@@ -18,6 +18,7 @@ pub struct Config {
     pub dev: DevConfig,
     pub rtc: RtcConfig,
     pub turn: TurnConfig,
+    pub sip: SipConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +107,51 @@ impl Default for TurnConfig {
             bandwidth_kbps: 0,
             threads: 0,
             nodes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// Run the SIP gateway inside `continuum serve` (also runnable alone: `continuum sip`).
+    pub enabled: bool,
+    /// SIP over UDP and TCP (either may be unset).
+    pub udp_listen: Option<SocketAddr>,
+    pub tcp_listen: Option<SocketAddr>,
+    /// SIP over TLS (`sips:`), e.g. 0.0.0.0:5061; needs tls_cert/tls_key.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The address carriers reach us at (Via, Contact, SDP); defaults to the listen IP.
+    pub public_ip: Option<std::net::IpAddr>,
+    /// RTP ports for call media (each call takes an even port, RTCP the next).
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Allow outbound trunks to private, loopback and other special-purpose
+    /// addresses (an SBC inside your network; tests).
+    pub allow_private_trunks: bool,
+    /// An INVITE unanswered this long is cancelled (`no_answer`).
+    pub ring_timeout_secs: u64,
+    /// No RTP from the phone this long ends the call (`media_timeout`).
+    pub media_timeout_secs: u64,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            enabled: true,
+            udp_listen: Some(([127, 0, 0, 1], 5060).into()),
+            tcp_listen: Some(([127, 0, 0, 1], 5060).into()),
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            public_ip: None,
+            rtp_port_min: 20000,
+            rtp_port_max: 29999,
+            allow_private_trunks: false,
+            ring_timeout_secs: 45,
+            media_timeout_secs: 30,
         }
     }
 }
@@ -494,6 +540,29 @@ threads = 0
 # first (POST /v1/tokens `region`):
 # nodes = [{ region = "eu", urls = ["turn:turn-eu.example.org:3478?transport=udp"] }]
 nodes = []
+
+[sip]
+# SIP gateway: phone calls in and out through your carriers' trunks (set up
+# with /v1/sip/trunks), bridged into visits (also runnable alone on edge
+# nodes: `continuum sip`).
+enabled = true
+udp_listen = "127.0.0.1:5060"
+tcp_listen = "127.0.0.1:5060"
+# SIP over TLS (PEM files):
+# tls_listen = "0.0.0.0:5061"
+# tls_cert = "/etc/continuum/sip.crt"
+# tls_key = "/etc/continuum/sip.key"
+# public_ip = "203.0.113.10"   # what carriers are told (Via, Contact, SDP); defaults to the listen IP
+# RTP ports for call media (each call takes an even port and the next)
+rtp_port_min = 20000
+rtp_port_max = 29999
+# Outbound trunks to private/loopback addresses are refused unless true
+# (an SBC inside your network; tests).
+allow_private_trunks = false
+# An unanswered dial-out is cancelled after this long (no_answer).
+ring_timeout_secs = 45
+# No RTP from the phone for this long ends the call (media_timeout).
+media_timeout_secs = 30
 "#;
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod revocations;
 mod rooms;
 mod tenants;
 mod time_fmt;
+mod voice;
 mod webhooks;
 
 pub use audit::{AuditEntry, AuditRecord, Outcome, Problem, SERVER_CHAIN, VerifyReport};
@@ -35,6 +36,10 @@ pub use revocations::RevokedToken;
 pub use rooms::{Room, VisitSettings};
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
+pub use voice::{
+    Call, CallDirection, CallState, DispatchAction, DispatchRule, NewCall, SipTransport, Trunk,
+    TrunkSpec, TrunkWithSecret,
+};
 pub use webhooks::{Delivery, DueDelivery, Webhook, WebhookPayload};
 pub use writer::WriteCtx;
 

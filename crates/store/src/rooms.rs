@@ -16,6 +16,10 @@ pub struct Room {
     pub created_at: Timestamp,
     /// Patients wait until a clinician admits them.
     pub waiting_room: bool,
+    /// The dial-in PIN: a caller to a `room_pin` number who enters it joins
+    /// this room by phone (unique among the tenant's open rooms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
     /// When someone ended the visit for everyone; nobody joins after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<Timestamp>,
@@ -36,30 +40,55 @@ impl Store {
             max_participants,
             created_at: Timestamp(now_micros()),
             waiting_room,
+            pin: None,
             ended_at: None,
         };
         let (r, t, actor) = (room.clone(), tenant_id.to_owned(), actor.to_owned());
-        self.write(move |ctx| {
+        let pin = self.write(move |ctx| {
             ctx.conn
                 .query_row("SELECT 1 FROM conversations WHERE id = ?1 AND tenant_id = ?2", params![r.conversation_id, t], |_| Ok(()))
                 .optional()?
                 .ok_or(StoreError::NotFound("conversation"))?;
+            // A random 6-digit PIN, drawn again on the rare clash with
+            // another open room of the tenant.
+            let mut pin = String::new();
+            for _ in 0..20 {
+                let candidate = format!("{:06}", rand::random::<u32>() % 1_000_000);
+                let taken = ctx
+                    .conn
+                    .query_row(
+                        "SELECT 1 FROM rooms WHERE tenant_id = ?1 AND pin = ?2 AND ended_at IS NULL",
+                        params![t, candidate],
+                        |_| Ok(()),
+                    )
+                    .optional()?;
+                if taken.is_none() {
+                    pin = candidate;
+                    break;
+                }
+            }
+            if pin.is_empty() {
+                return Err(StoreError::Conflict("no free dial-in PIN: end some open rooms".into()));
+            }
             ctx.conn.execute(
-                "INSERT INTO rooms (id, tenant_id, conversation_id, max_participants, created_at, waiting_room) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![r.id, t, r.conversation_id, r.max_participants, r.created_at.0, r.waiting_room],
+                "INSERT INTO rooms (id, tenant_id, conversation_id, max_participants, created_at, waiting_room, pin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![r.id, t, r.conversation_id, r.max_participants, r.created_at.0, r.waiting_room, pin],
             )?;
             ctx.audit(&t, &AuditEntry::new(actor, "room.create", format!("room/{}", r.id), Outcome::Ok))?;
-            Ok(())
+            Ok(pin)
         })
         .await?;
-        Ok(room)
+        Ok(Room {
+            pin: Some(pin),
+            ..room
+        })
     }
 
     pub async fn get_room(&self, tenant_id: &str, id: &str) -> Result<Room> {
         let (t, id) = (tenant_id.to_owned(), id.to_owned());
         self.read(move |c| {
             c.query_row(
-                "SELECT id, conversation_id, max_participants, created_at, ended_at, waiting_room FROM rooms WHERE id = ?1 AND tenant_id = ?2",
+                "SELECT id, conversation_id, max_participants, created_at, ended_at, waiting_room, pin FROM rooms WHERE id = ?1 AND tenant_id = ?2",
                 params![id, t],
                 |r| {
                     Ok(Room {
@@ -69,6 +98,7 @@ impl Store {
                         created_at: Timestamp(r.get(3)?),
                         ended_at: r.get::<_, Option<i64>>(4)?.map(Timestamp),
                         waiting_room: r.get(5)?,
+                        pin: r.get(6)?,
                     })
                 },
             )

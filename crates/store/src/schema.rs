@@ -200,6 +200,56 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE rooms ADD COLUMN waiting_room INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: voice. SIP trunks (spec JSON in clear: addresses and the clinic's
+    // own numbers; digest password sealed), the numbers inbound trunks carry
+    // (a number routes to one tenant), dispatch rules per called number,
+    // call records (the remote party sealed), and a dial-in PIN per room
+    // (unique among a tenant's open rooms).
+    r#"
+    CREATE TABLE sip_trunks (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        username TEXT,
+        secret BLOB,
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    );
+    CREATE INDEX sip_trunks_tenant ON sip_trunks(tenant_id);
+    CREATE TABLE sip_numbers (
+        number TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        trunk_id TEXT NOT NULL REFERENCES sip_trunks(id)
+    ) WITHOUT ROWID;
+    CREATE TABLE dispatch_rules (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        number TEXT NOT NULL,
+        action TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    );
+    CREATE UNIQUE INDEX dispatch_rules_number ON dispatch_rules(tenant_id, number) WHERE deleted_at IS NULL;
+    CREATE TABLE calls (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        room_id TEXT,
+        direction TEXT NOT NULL,
+        state TEXT NOT NULL,
+        remote BLOB NOT NULL,
+        trunk_id TEXT,
+        created_at INTEGER NOT NULL,
+        answered_at INTEGER,
+        ended_at INTEGER,
+        cause TEXT
+    );
+    CREATE INDEX calls_conversation ON calls(tenant_id, conversation_id);
+    CREATE INDEX calls_active_trunk ON calls(trunk_id) WHERE state NOT IN ('ended', 'failed');
+    ALTER TABLE rooms ADD COLUMN pin TEXT;
+    CREATE UNIQUE INDEX rooms_open_pin ON rooms(tenant_id, pin) WHERE ended_at IS NULL AND pin IS NOT NULL;
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

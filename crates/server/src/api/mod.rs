@@ -10,6 +10,7 @@ pub mod rtc;
 pub mod signal;
 pub mod timeline;
 pub mod visits;
+pub mod voice;
 pub mod webhooks;
 pub mod whip;
 
@@ -33,6 +34,7 @@ use utoipa_axum::routes;
         (name = "audit", description = "The tamper-evident audit chain"),
         (name = "webhooks", description = "Signed outbound webhooks"),
         (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
+        (name = "voice", description = "SIP trunks, dispatch rules and phone calls (dial-out, PSTN fallback)"),
     )
 )]
 struct ApiDoc;
@@ -71,6 +73,15 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(whip::whip))
         .routes(routes!(whip::whep))
         .routes(routes!(whip::end, whip::trickle))
+        .routes(routes!(voice::create_trunk, voice::list_trunks))
+        .routes(routes!(voice::get_trunk, voice::delete_trunk))
+        .routes(routes!(
+            voice::create_dispatch_rule,
+            voice::list_dispatch_rules
+        ))
+        .routes(routes!(voice::delete_dispatch_rule))
+        .routes(routes!(voice::get_call))
+        .routes(routes!(voice::list_calls))
         .split_for_parts();
     let (router, mut doc) = (router, doc);
     doc::StandardResponses.modify(&mut doc);

@@ -1,0 +1,381 @@
+//! Voice as API objects: a tenant's SIP trunks and dispatch rules (admins),
+//! and the phone calls of a conversation.
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Path};
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use continuum_core::{Permission, normalize_phone};
+use continuum_store::{Call, DispatchAction, DispatchRule, Trunk, TrunkSpec};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DigestCredentials {
+    #[schema(max_length = 128)]
+    pub username: String,
+    /// Sealed at rest; never shown again.
+    #[schema(max_length = 256)]
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct CreateTrunkRequest {
+    #[schema(max_length = 100)]
+    pub name: String,
+    /// `inbound` (numbers, allowed_sources) or `outbound` (address, transport,
+    /// caller_ids, max_concurrent_calls).
+    #[serde(flatten)]
+    pub spec: TrunkSpec,
+    /// Inbound: INVITEs must authenticate with these (401 challenge).
+    /// Outbound: what we answer the carrier's 401/407 with.
+    pub credentials: Option<DigestCredentials>,
+}
+
+fn printable(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.trim().is_empty() || value.chars().count() > max || value.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(format!(
+            "{field} must be 1..={max} characters, without control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn e164_list(field: &str, numbers: &[String], max: usize) -> ApiResult<Vec<String>> {
+    if numbers.is_empty() || numbers.len() > max {
+        return Err(ApiError::invalid(format!(
+            "{field} must list 1..={max} numbers"
+        )));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(numbers.len());
+    for (i, n) in numbers.iter().enumerate() {
+        let n = normalize_phone(n).map_err(|e| ApiError::invalid(format!("{field}[{i}]: {e}")))?;
+        if out.contains(&n) {
+            return Err(ApiError::invalid(format!(
+                "{field}[{i}]: {n} is listed twice"
+            )));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
+/// `host` or `host:port` of an outbound trunk; special-purpose addresses
+/// only when `sip.allow_private_trunks` is set.
+fn check_trunk_address(address: &str, allow_private: bool) -> ApiResult<()> {
+    let bad = |why: &str| ApiError::invalid(format!("address: {why}"));
+    if address.is_empty()
+        || address.len() > 255
+        || address.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad(
+            "must be `host` or `host:port` (1..=255 characters, no spaces)",
+        ));
+    }
+    let (host, port) = match address.parse::<std::net::SocketAddr>() {
+        Ok(a) => (a.ip().to_string(), Some(a.port())),
+        Err(_) => match address.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (
+                h.to_owned(),
+                Some(
+                    p.parse::<u16>()
+                        .map_err(|_| bad("the port must be 1..=65535"))?,
+                ),
+            ),
+            _ => (
+                address
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+                None,
+            ),
+        },
+    };
+    if port == Some(0) {
+        return Err(bad("the port must be 1..=65535"));
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        if !allow_private && continuum_core::netpolicy::is_special_purpose(ip) {
+            return Err(bad(&format!(
+                "{ip} is a private or special-purpose address; set sip.allow_private_trunks = true to allow it"
+            )));
+        }
+    } else if !host.split('.').all(|l| {
+        !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    }) {
+        return Err(bad("the host must be an IP address or a DNS name"));
+    }
+    Ok(())
+}
+
+/// Add a SIP trunk (inbound numbers, or an outbound carrier).
+#[utoipa::path(post, path = "/v1/sip/trunks", tag = "voice", operation_id = "createTrunk", request_body = CreateTrunkRequest,
+    responses((status = 201, body = Trunk, description = "the trunk (its password is never shown)"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage trunks"),
+        (status = 409, body = ErrorBody, description = "a number is already carried by another inbound trunk"),
+        (status = 422, body = ErrorBody, description = "a field is invalid (the message names it)")),
+    security(("bearer" = [])))]
+pub async fn create_trunk(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<CreateTrunkRequest>,
+) -> ApiResult<(StatusCode, Json<Trunk>)> {
+    s.require(&p, Permission::ManageTenant, "sip/trunks")
+        .await?;
+    printable("name", &req.name, 100)?;
+    let spec = match req.spec {
+        TrunkSpec::Inbound {
+            numbers,
+            allowed_sources,
+        } => {
+            if allowed_sources.len() > 100 {
+                return Err(ApiError::invalid(
+                    "allowed_sources must list at most 100 CIDRs",
+                ));
+            }
+            for (i, c) in allowed_sources.iter().enumerate() {
+                c.parse::<continuum_turn::policy::Cidr>()
+                    .map_err(|e| ApiError::invalid(format!("allowed_sources[{i}]: {e}")))?;
+            }
+            if allowed_sources.is_empty() && req.credentials.is_none() {
+                return Err(ApiError::invalid(
+                    "allowed_sources: an inbound trunk needs source addresses, credentials, or both \
+                     (otherwise anyone could call in as the carrier)",
+                ));
+            }
+            TrunkSpec::Inbound {
+                numbers: e164_list("numbers", &numbers, 1000)?,
+                allowed_sources,
+            }
+        }
+        TrunkSpec::Outbound {
+            address,
+            transport,
+            caller_ids,
+            max_concurrent_calls,
+        } => {
+            check_trunk_address(&address, s.config.sip.allow_private_trunks)?;
+            if !(1..=100_000).contains(&max_concurrent_calls) {
+                return Err(ApiError::invalid("max_concurrent_calls must be 1..=100000"));
+            }
+            TrunkSpec::Outbound {
+                address,
+                transport,
+                caller_ids: e164_list("caller_ids", &caller_ids, 100)?,
+                max_concurrent_calls,
+            }
+        }
+    };
+    let credentials = match req.credentials {
+        Some(c) => {
+            printable("credentials.username", &c.username, 128)?;
+            printable("credentials.password", &c.password, 256)?;
+            Some((c.username, c.password))
+        }
+        None => None,
+    };
+    let trunk = s
+        .store
+        .create_trunk(
+            p.tenant_id(),
+            req.name.trim(),
+            spec,
+            credentials,
+            &p.audit_actor(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(trunk)))
+}
+
+/// The tenant's SIP trunks.
+#[utoipa::path(get, path = "/v1/sip/trunks", tag = "voice", operation_id = "listTrunks",
+    responses((status = 200, body = Vec<Trunk>, description = "the trunks, oldest first (passwords never shown)"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage trunks")),
+    security(("bearer" = [])))]
+pub async fn list_trunks(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<Trunk>>> {
+    s.require(&p, Permission::ManageTenant, "sip/trunks")
+        .await?;
+    Ok(Json(s.store.list_trunks(p.tenant_id()).await?))
+}
+
+/// One SIP trunk.
+#[utoipa::path(get, path = "/v1/sip/trunks/{id}", tag = "voice", operation_id = "getTrunk", params(("id" = String, Path, description = "the trunk's id")),
+    responses((status = 200, body = Trunk, description = "the trunk"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage trunks"),
+        (status = 404, body = ErrorBody, description = "no such trunk in this tenant")),
+    security(("bearer" = [])))]
+pub async fn get_trunk(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Trunk>> {
+    s.require(&p, Permission::ManageTenant, "sip/trunks")
+        .await?;
+    Ok(Json(s.store.get_trunk(p.tenant_id(), &id).await?))
+}
+
+/// Remove a SIP trunk: its numbers take no more calls; calls up now go on.
+#[utoipa::path(delete, path = "/v1/sip/trunks/{id}", tag = "voice", operation_id = "deleteTrunk", params(("id" = String, Path, description = "the trunk's id")),
+    responses((status = 204, description = "removed"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage trunks"),
+        (status = 404, body = ErrorBody, description = "no such trunk in this tenant")),
+    security(("bearer" = [])))]
+pub async fn delete_trunk(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.require(&p, Permission::ManageTenant, "sip/trunks")
+        .await?;
+    s.store
+        .delete_trunk(p.tenant_id(), &id, &p.audit_actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDispatchRuleRequest {
+    /// The called number (E.164), or `*`: any number of the tenant without a rule of its own.
+    pub number: String,
+    pub action: DispatchAction,
+}
+
+/// Add a dispatch rule: what a call to a number does.
+#[utoipa::path(post, path = "/v1/sip/dispatch-rules", tag = "voice", operation_id = "createDispatchRule", request_body = CreateDispatchRuleRequest,
+    responses((status = 201, body = DispatchRule, description = "the rule"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage dispatch rules"),
+        (status = 409, body = ErrorBody, description = "the number has a rule already"),
+        (status = 422, body = ErrorBody, description = "a field is invalid (the message names it)")),
+    security(("bearer" = [])))]
+pub async fn create_dispatch_rule(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<CreateDispatchRuleRequest>,
+) -> ApiResult<(StatusCode, Json<DispatchRule>)> {
+    s.require(&p, Permission::ManageTenant, "sip/dispatch-rules")
+        .await?;
+    let number = if req.number == "*" {
+        req.number
+    } else {
+        normalize_phone(&req.number).map_err(|e| ApiError::invalid(format!("number: {e}")))?
+    };
+    match &req.action {
+        DispatchAction::Conversation { queue: Some(q) } => printable("action.queue", q, 100)?,
+        DispatchAction::Target { name, sip_uri } => {
+            printable("action.name", name, 64)?;
+            check_sip_uri("action.sip_uri", sip_uri)?;
+        }
+        _ => {}
+    }
+    let rule = s
+        .store
+        .create_dispatch_rule(p.tenant_id(), &number, req.action, &p.audit_actor())
+        .await?;
+    Ok((StatusCode::CREATED, Json(rule)))
+}
+
+/// A `sip:` / `sips:` URI with a user or host, no spaces or controls.
+pub(crate) fn check_sip_uri(field: &str, uri: &str) -> ApiResult<()> {
+    let rest = uri
+        .strip_prefix("sip:")
+        .or_else(|| uri.strip_prefix("sips:"))
+        .ok_or_else(|| ApiError::invalid(format!("{field} must start with `sip:` or `sips:`")))?;
+    if rest.is_empty()
+        || uri.len() > 256
+        || uri
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+    {
+        return Err(ApiError::invalid(format!(
+            "{field} must be a SIP URI such as `sip:desk@pbx.example.org` (at most 256 characters, no spaces)"
+        )));
+    }
+    Ok(())
+}
+
+/// The tenant's dispatch rules.
+#[utoipa::path(get, path = "/v1/sip/dispatch-rules", tag = "voice", operation_id = "listDispatchRules",
+    responses((status = 200, body = Vec<DispatchRule>, description = "the rules, oldest first"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage dispatch rules")),
+    security(("bearer" = [])))]
+pub async fn list_dispatch_rules(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<DispatchRule>>> {
+    s.require(&p, Permission::ManageTenant, "sip/dispatch-rules")
+        .await?;
+    Ok(Json(s.store.list_dispatch_rules(p.tenant_id()).await?))
+}
+
+/// Remove a dispatch rule.
+#[utoipa::path(delete, path = "/v1/sip/dispatch-rules/{id}", tag = "voice", operation_id = "deleteDispatchRule", params(("id" = String, Path, description = "the rule's id")),
+    responses((status = 204, description = "removed"),
+        (status = 403, body = ErrorBody, description = "only API keys and admins manage dispatch rules"),
+        (status = 404, body = ErrorBody, description = "no such rule in this tenant")),
+    security(("bearer" = [])))]
+pub async fn delete_dispatch_rule(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.require(&p, Permission::ManageTenant, "sip/dispatch-rules")
+        .await?;
+    s.store
+        .delete_dispatch_rule(p.tenant_id(), &id, &p.audit_actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A phone call.
+#[utoipa::path(get, path = "/v1/calls/{id}", tag = "voice", operation_id = "getCall", params(("id" = String, Path, description = "the call's id")),
+    responses((status = 200, body = Call, description = "the call"),
+        (status = 404, body = ErrorBody, description = "no such call within reach (tenant and grants)")),
+    security(("bearer" = [])))]
+pub async fn get_call(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Call>> {
+    let object = format!("call/{id}");
+    s.require(&p, Permission::ReadConversation, &object).await?;
+    let call = s.store.get_call(p.tenant_id(), &id).await?;
+    // A call outside the caller's grants looks like no call at all.
+    if !p.may_access_conversation(&call.conversation_id) {
+        s.audit_denial(
+            p.tenant_id(),
+            &p.audit_actor(),
+            "call.read",
+            &object,
+            "not in grants",
+        )
+        .await;
+        return Err(ApiError::not_found("call"));
+    }
+    Ok(Json(call))
+}
+
+/// The phone calls of a conversation, oldest first.
+#[utoipa::path(get, path = "/v1/conversations/{id}/calls", tag = "voice", operation_id = "listCalls", params(("id" = String, Path, description = "the conversation's id")),
+    responses((status = 200, body = Vec<Call>, description = "the calls (at most 500)"),
+        (status = 404, body = ErrorBody, description = "no such conversation within reach")),
+    security(("bearer" = [])))]
+pub async fn list_calls(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Call>>> {
+    s.require(
+        &p,
+        Permission::ReadConversation,
+        &format!("conversation/{id}"),
+    )
+    .await?;
+    s.require_conversation(&p, &id).await?;
+    s.store.get_conversation(p.tenant_id(), &id).await?;
+    Ok(Json(s.store.list_calls(p.tenant_id(), &id).await?))
+}
