@@ -1,0 +1,799 @@
+//! The voice gateway's sans-IO core: SIP signalling ([`continuum_sip`]) and
+//! each call's media ([`continuum_rtp`]) behind one state machine. Fed SIP
+//! bytes, RTP datagrams and time; returns datagrams to send and call events.
+//! Decisions that need the database (which tenant a called number belongs
+//! to, whether the source may call, where a call goes) are the owner's: an
+//! incoming call is reported, and waits for [`Gateway::accept`] or
+//! [`Gateway::reject`].
+//!
+//! Every call leg has a local RTP address chosen by the IO host (it binds
+//! the socket; RTCP is the next port) and a 20 ms media clock: each tick
+//! takes one decoded frame from the phone ([`Gateway::heard`]) and sends
+//! one frame to it ([`Gateway::say`], silence when nothing is said).
+
+use continuum_rtp::g711::Law;
+use continuum_rtp::session::FRAME_SAMPLES;
+use continuum_rtp::{MediaSession, SessionConfig, Socket};
+use continuum_sip::sdp::{self, Direction, LocalMedia, Sdp};
+use continuum_sip::{CallId, Endpoint, InviteRequest, Output as SipOutput, SipEvent, Transport};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One 20 ms frame of 8 kHz audio.
+pub type Frame = [i16; FRAME_SAMPLES];
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub sip: continuum_sip::Config,
+    /// An outgoing call unanswered this long is cancelled (`no_answer`).
+    pub ring_timeout: Duration,
+    /// No RTP from the phone this long ends the call (`media_timeout`).
+    pub media_timeout: Duration,
+}
+
+/// Why the gateway refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no such call (it ended)")]
+    UnknownCall,
+    #[error("the call is not in a state for this: {0}")]
+    State(&'static str),
+    #[error("SIP: {0}")]
+    Sip(#[from] continuum_sip::SipError),
+    #[error("DTMF: {0}")]
+    Dtmf(String),
+}
+
+/// What happened to a call, for the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallEvent {
+    /// An INVITE from outside: answer with [`Gateway::accept`] or [`Gateway::reject`].
+    Incoming(Incoming),
+    Ringing {
+        call: CallId,
+    },
+    /// Both ways up (our answer ACKed, or their answer to our INVITE).
+    Answered {
+        call: CallId,
+    },
+    /// Never answered: `status` is the SIP final response (or 408 for our own timeout).
+    Failed {
+        call: CallId,
+        status: u16,
+        reason: String,
+    },
+    Ended {
+        call: CallId,
+        by_remote: bool,
+        /// `hangup`, `remote_hangup`, `media_timeout`, `session_expired`, `lost`, `cancelled`.
+        cause: &'static str,
+    },
+    Dtmf {
+        call: CallId,
+        digit: char,
+        duration_ms: u32,
+    },
+    /// The phone put us on hold, or took us off it.
+    Hold {
+        call: CallId,
+        held: bool,
+    },
+    /// The other side asks to transfer the call (REFER).
+    Refer {
+        call: CallId,
+        target: String,
+    },
+    /// The result of our REFER (a final SIP status).
+    Transferred {
+        call: CallId,
+        status: u16,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    pub call: CallId,
+    /// The caller's number or user (From), as given.
+    pub caller: Option<String>,
+    /// The called number (Request-URI user), as given.
+    pub called: Option<String>,
+    pub source: SocketAddr,
+    pub transport: continuum_sip::TransportKind,
+    /// Whether the INVITE carries credentials (a retry after our 401).
+    pub authorized: bool,
+    /// Whether it offers a codec we speak (else accepting it answers 488).
+    pub offers_g711: bool,
+}
+
+/// What the IO host sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    Sip {
+        transport: Transport,
+        destination: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    /// From the call's RTP socket (`local`) or its RTCP socket (`local` + 1).
+    Media {
+        local: SocketAddr,
+        rtcp: bool,
+        destination: SocketAddr,
+        bytes: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Transmit(Transmit),
+    Event(CallEvent),
+}
+
+/// A new outgoing call.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// Request-URI, e.g. `sip:+14155550100@carrier.example`.
+    pub target: String,
+    /// From, e.g. `sip:+14155550199@clinic.example` (the caller id).
+    pub from: String,
+    pub destination: SocketAddr,
+    pub transport: continuum_sip::TransportKind,
+    pub credentials: Option<continuum_sip::DigestCredentials>,
+    /// The call's RTP socket (bound by the host).
+    pub local_rtp: SocketAddr,
+}
+
+struct Leg {
+    local_rtp: SocketAddr,
+    /// The SDP version we last sent (`o=` line).
+    sdp_version: u64,
+    session_id: u64,
+    media: Option<MediaSession>,
+    answered: bool,
+    /// Outgoing: cancel at this time if still unanswered.
+    ring_deadline: Option<Instant>,
+    /// The last frame heard from the phone, and what to say next.
+    heard: Option<Frame>,
+    to_say: Option<Frame>,
+}
+
+pub struct Gateway {
+    cfg: GatewayConfig,
+    endpoint: Endpoint,
+    legs: HashMap<CallId, Leg>,
+    /// Incoming calls waiting for the owner's decision, with their offers.
+    pending: HashMap<CallId, Option<Sdp>>,
+    /// Which call a media socket belongs to (RTP port; RTCP is port + 1).
+    by_media: HashMap<SocketAddr, CallId>,
+    out: VecDeque<Output>,
+    next_tick: Option<Instant>,
+    ssrc_seed: u64,
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig) -> Self {
+        let ssrc_seed = cfg.sip.rng_seed.unwrap_or_else(rand::random);
+        Gateway {
+            endpoint: Endpoint::new(cfg.sip.clone()),
+            cfg,
+            legs: HashMap::new(),
+            pending: HashMap::new(),
+            by_media: HashMap::new(),
+            out: VecDeque::new(),
+            next_tick: None,
+            ssrc_seed,
+        }
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.legs.len()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let legs = self
+            .legs
+            .values()
+            .flat_map(|l| {
+                [
+                    l.ring_deadline,
+                    l.media.as_ref().and_then(|m| m.poll_timeout()),
+                ]
+            })
+            .flatten();
+        [self.endpoint.poll_timeout(), self.next_tick]
+            .into_iter()
+            .flatten()
+            .chain(legs)
+            .min()
+    }
+
+    /// Bytes on a SIP transport.
+    pub fn handle_sip(&mut self, now: Instant, transport: Transport, bytes: &[u8]) {
+        self.endpoint.handle_input(now, transport, bytes);
+        self.drain_sip(now);
+    }
+
+    /// A TCP/TLS connection closed.
+    pub fn sip_closed(&mut self, now: Instant, transport: Transport) {
+        self.endpoint.connection_closed(transport);
+        self.drain_sip(now);
+    }
+
+    /// A datagram on a call's RTP (`local`) or RTCP (`local` + 1) socket.
+    pub fn handle_media(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        source: SocketAddr,
+        bytes: &[u8],
+    ) {
+        let rtp = SocketAddr::new(local.ip(), local.port() & !1);
+        let Some(call) = self.by_media.get(&rtp).copied() else {
+            return;
+        };
+        if let Some(media) = self.legs.get_mut(&call).and_then(|l| l.media.as_mut()) {
+            media.handle_datagram(now, source, bytes);
+        }
+        self.drain_media(now, call);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.endpoint.handle_timeout(now);
+        self.drain_sip(now);
+        let expired: Vec<CallId> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.ring_deadline.is_some_and(|d| d <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        for call in expired {
+            if let Some(leg) = self.legs.get_mut(&call) {
+                leg.ring_deadline = None;
+            }
+            // The CANCEL's 487 comes back as CallFailed; say why first.
+            let _ = self.endpoint.cancel(now, call);
+            self.finish(call);
+            self.out.push_back(Output::Event(CallEvent::Failed {
+                call,
+                status: 408,
+                reason: "no_answer".into(),
+            }));
+            self.drain_sip(now);
+        }
+        if self.next_tick.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
+        let calls: Vec<CallId> = self.legs.keys().copied().collect();
+        for call in calls {
+            if let Some(m) = self.legs.get_mut(&call).and_then(|l| l.media.as_mut())
+                && m.poll_timeout().is_some_and(|t| t <= now)
+            {
+                m.handle_timeout(now);
+            }
+            self.drain_media(now, call);
+        }
+    }
+
+    /// One 20 ms media frame for every call with media up.
+    fn tick(&mut self, now: Instant) {
+        for leg in self.legs.values_mut() {
+            let Some(media) = leg.media.as_mut() else {
+                continue;
+            };
+            leg.heard = Some(media.pull_decoded(now));
+            let frame = leg.to_say.take().unwrap_or([0; FRAME_SAMPLES]);
+            media.push_pcm(now, &frame);
+        }
+        // Keep the cadence: a late wake-up does not shift later frames.
+        let mut next = self.next_tick.unwrap_or(now) + TICK;
+        if next <= now {
+            next = now + TICK;
+        }
+        self.next_tick = self
+            .legs
+            .values()
+            .any(|l| l.media.is_some())
+            .then_some(next);
+    }
+
+    /// The last frame heard from the phone (8 kHz), once per tick.
+    pub fn heard(&mut self, call: CallId) -> Option<Frame> {
+        self.legs.get_mut(&call)?.heard.take()
+    }
+
+    /// The next frame to send to the phone (else silence).
+    pub fn say(&mut self, call: CallId, frame: Frame) {
+        if let Some(leg) = self.legs.get_mut(&call) {
+            leg.to_say = Some(frame);
+        }
+    }
+
+    /// Answers an incoming call with media on `local_rtp`. With `digest`
+    /// (the trunk's digest user and password), the INVITE must carry valid
+    /// credentials, else it is challenged (401) and the retry comes as a new
+    /// incoming call.
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        local_rtp: SocketAddr,
+        digest: Option<(&str, &str)>,
+        ring_first: bool,
+    ) -> Result<(), GatewayError> {
+        if let Some((username, password)) = digest {
+            let ok = self
+                .endpoint
+                .verify(now, call, continuum_sip::Secret::Password(password))
+                .is_ok_and(|v| v.username == username);
+            if !ok {
+                self.endpoint.challenge(now, call, false)?;
+                self.drain_sip(now);
+                return Ok(());
+            }
+        }
+        let offer = self.pending_offer(call).ok_or(GatewayError::UnknownCall)?;
+        let (session_id, version) = (rand::random::<u32>() as u64, 1);
+        let local = LocalMedia {
+            addr: local_rtp.ip(),
+            port: local_rtp.port(),
+            session_id,
+            version,
+            direction: Direction::SendRecv,
+            ptime: Some(20),
+        };
+        let negotiated = match offer.as_ref().map(|o| sdp::answer(o, &local)) {
+            Some(Ok(n)) => n,
+            // No offer (late offer) or nothing we speak.
+            _ => {
+                self.endpoint.reject(now, call, 488)?;
+                self.drain_sip(now);
+                return Ok(());
+            }
+        };
+        if ring_first {
+            self.endpoint.ring(now, call)?;
+        }
+        let remote = offer.as_ref().and_then(remote_rtp).unwrap_or(local_rtp);
+        let media = self.media_session(
+            now,
+            remote,
+            negotiated.codec,
+            negotiated.telephone_event,
+            offer.as_ref(),
+        );
+        self.endpoint.answer(now, call, &negotiated.sdp)?;
+        self.add_leg(
+            call,
+            Leg {
+                local_rtp,
+                sdp_version: version,
+                session_id,
+                media: Some(media),
+                answered: false,
+                ring_deadline: None,
+                heard: None,
+                to_say: None,
+            },
+        );
+        self.next_tick.get_or_insert(now + TICK);
+        self.drain_sip(now);
+        Ok(())
+    }
+
+    /// Refuses an incoming call with a SIP status (403, 404, 486, 488, 503 ...).
+    pub fn reject(&mut self, now: Instant, call: CallId, status: u16) -> Result<(), GatewayError> {
+        self.pending.remove(&call);
+        self.endpoint.reject(now, call, status)?;
+        self.drain_sip(now);
+        Ok(())
+    }
+
+    /// Places a call.
+    pub fn dial(&mut self, now: Instant, dial: Dial) -> Result<CallId, GatewayError> {
+        let session_id = rand::random::<u32>() as u64;
+        let local = LocalMedia {
+            addr: dial.local_rtp.ip(),
+            port: dial.local_rtp.port(),
+            session_id,
+            version: 1,
+            direction: Direction::SendRecv,
+            ptime: Some(20),
+        };
+        let call = self.endpoint.invite(
+            now,
+            InviteRequest {
+                target: dial.target,
+                from: dial.from,
+                from_display: None,
+                sdp: Some(sdp::offer(&local)),
+                credentials: dial.credentials,
+                destination: dial.destination,
+                transport: dial.transport,
+                route: Vec::new(),
+                extra_headers: Vec::new(),
+            },
+        )?;
+        self.add_leg(
+            call,
+            Leg {
+                local_rtp: dial.local_rtp,
+                sdp_version: 1,
+                session_id,
+                media: None,
+                answered: false,
+                ring_deadline: Some(now + self.cfg.ring_timeout),
+                heard: None,
+                to_say: None,
+            },
+        );
+        self.drain_sip(now);
+        Ok(call)
+    }
+
+    /// Ends a call (BYE, or CANCEL before an answer).
+    pub fn hangup(&mut self, now: Instant, call: CallId) -> Result<(), GatewayError> {
+        if !self.legs.contains_key(&call) {
+            return Err(GatewayError::UnknownCall);
+        }
+        self.endpoint.hangup(now, call)?;
+        self.finish(call);
+        self.out.push_back(Output::Event(CallEvent::Ended {
+            call,
+            by_remote: false,
+            cause: "hangup",
+        }));
+        self.drain_sip(now);
+        Ok(())
+    }
+
+    /// Sends DTMF digits: RFC 4733 events when the call negotiated them, else SIP INFO.
+    pub fn send_dtmf(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        digits: &str,
+    ) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        let media = leg
+            .media
+            .as_mut()
+            .ok_or(GatewayError::State("not answered yet"))?;
+        let mut info = false;
+        for d in digits.chars() {
+            match media.send_dtmf(now, d, Duration::from_millis(160)) {
+                Ok(()) => {}
+                Err(continuum_rtp::SessionError::NoTelephoneEvent) => info = true,
+                Err(e) => return Err(GatewayError::Dtmf(e.to_string())),
+            }
+        }
+        if info {
+            for d in digits.chars() {
+                self.endpoint.send_dtmf_info(now, call, d)?;
+            }
+            self.drain_sip(now);
+        }
+        self.drain_media(now, call);
+        Ok(())
+    }
+
+    /// Blind transfer: asks the phone side to call `target` instead (REFER).
+    pub fn transfer(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        target: &str,
+    ) -> Result<(), GatewayError> {
+        if !self.legs.get(&call).is_some_and(|l| l.answered) {
+            return Err(GatewayError::State(
+                "only an answered call can be transferred",
+            ));
+        }
+        self.endpoint.refer(now, call, target)?;
+        self.drain_sip(now);
+        Ok(())
+    }
+
+    fn add_leg(&mut self, call: CallId, leg: Leg) {
+        self.by_media.insert(leg.local_rtp, call);
+        self.legs.insert(call, leg);
+    }
+
+    /// Forgets a call's media (its events were or will be reported).
+    fn finish(&mut self, call: CallId) {
+        self.pending.remove(&call);
+        if let Some(mut leg) = self.legs.remove(&call) {
+            self.by_media.remove(&leg.local_rtp);
+            if let Some(m) = leg.media.as_mut() {
+                m.close(Instant::now());
+            }
+        }
+    }
+
+    fn pending_offer(&mut self, call: CallId) -> Option<Option<Sdp>> {
+        self.pending.remove(&call)
+    }
+
+    fn media_session(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        codec: u8,
+        telephone_event: Option<u8>,
+        offer: Option<&Sdp>,
+    ) -> MediaSession {
+        self.ssrc_seed = self
+            .ssrc_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut cfg = SessionConfig::new(remote, (self.ssrc_seed >> 32) as u32);
+        let law = if codec == 8 { Law::A } else { Law::Mu };
+        cfg.codecs = vec![(codec, law)];
+        cfg.telephone_event = telephone_event;
+        cfg.initial_sequence = (self.ssrc_seed >> 8) as u16;
+        cfg.initial_timestamp = self.ssrc_seed as u32;
+        cfg.media_timeout = self.cfg.media_timeout;
+        if let Some(port) = offer
+            .and_then(|o| o.audio.as_ref())
+            .and_then(|a| a.rtcp_port)
+        {
+            cfg.remote_rtcp = Some(SocketAddr::new(remote.ip(), port));
+        }
+        MediaSession::new(cfg, now)
+    }
+
+    fn drain_sip(&mut self, now: Instant) {
+        while let Some(out) = self.endpoint.poll_output() {
+            match out {
+                SipOutput::Transmit {
+                    transport,
+                    destination,
+                    bytes,
+                } => self.out.push_back(Output::Transmit(Transmit::Sip {
+                    transport,
+                    destination,
+                    bytes,
+                })),
+                SipOutput::Event(e) => self.sip_event(now, e),
+            }
+        }
+    }
+
+    fn sip_event(&mut self, now: Instant, e: SipEvent) {
+        let event = match e {
+            SipEvent::IncomingCall {
+                call,
+                from_user,
+                called,
+                source,
+                transport,
+                offer,
+                authorization,
+                ..
+            } => {
+                let offers_g711 = offer.as_ref().is_some_and(|o| {
+                    o.audio.as_ref().is_some_and(|a| {
+                        a.payload_types.iter().any(|pt| {
+                            matches!(a.encoding(*pt).as_deref(), Some("PCMU") | Some("PCMA"))
+                        })
+                    })
+                });
+                self.pending.insert(call, offer);
+                CallEvent::Incoming(Incoming {
+                    call,
+                    caller: from_user,
+                    called,
+                    source,
+                    transport,
+                    authorized: authorization.is_some(),
+                    offers_g711,
+                })
+            }
+            SipEvent::Ringing { call } | SipEvent::EarlyMedia { call, .. } => {
+                CallEvent::Ringing { call }
+            }
+            SipEvent::Answered { call, answer } => {
+                let Some(leg) = self.legs.get_mut(&call) else {
+                    return;
+                };
+                leg.ring_deadline = None;
+                if leg.media.is_none() {
+                    // Our offer was answered: media to where the answer says.
+                    let negotiated = answer
+                        .as_ref()
+                        .map(|a| (sdp::accept_answer(a), remote_rtp(a)));
+                    match negotiated {
+                        Some((Ok(codec), Some(remote))) => {
+                            let te = answer
+                                .as_ref()
+                                .and_then(|a| a.audio.as_ref())
+                                .and_then(|a| a.telephone_event());
+                            let media = self.media_session(now, remote, codec, te, answer.as_ref());
+                            if let Some(leg) = self.legs.get_mut(&call) {
+                                leg.media = Some(media);
+                                leg.answered = true;
+                            }
+                            self.next_tick.get_or_insert(now + TICK);
+                        }
+                        _ => {
+                            // An answer we cannot use: hang up, say why.
+                            let _ = self.endpoint.hangup(now, call);
+                            self.finish(call);
+                            self.out.push_back(Output::Event(CallEvent::Failed {
+                                call,
+                                status: 488,
+                                reason: "the answer has no PCMU/PCMA audio".into(),
+                            }));
+                            return;
+                        }
+                    }
+                } else {
+                    leg.answered = true;
+                }
+                CallEvent::Answered { call }
+            }
+            SipEvent::Confirmed { call } => {
+                let Some(leg) = self.legs.get_mut(&call) else {
+                    return;
+                };
+                leg.answered = true;
+                CallEvent::Answered { call }
+            }
+            SipEvent::CallFailed {
+                call,
+                status,
+                reason,
+            } => {
+                if !self.legs.contains_key(&call) && !self.pending.contains_key(&call) {
+                    return; // we reported it already (our timeout, our hang-up)
+                }
+                self.finish(call);
+                CallEvent::Failed {
+                    call,
+                    status,
+                    reason,
+                }
+            }
+            SipEvent::Ended {
+                call,
+                by_remote,
+                cause,
+            } => {
+                if !self.legs.contains_key(&call) && !self.pending.contains_key(&call) {
+                    return;
+                }
+                self.finish(call);
+                let cause = match cause {
+                    continuum_sip::EndCause::Bye if by_remote => "remote_hangup",
+                    continuum_sip::EndCause::Bye => "hangup",
+                    continuum_sip::EndCause::Cancelled => "cancelled",
+                    continuum_sip::EndCause::NoAck => "no_ack",
+                    continuum_sip::EndCause::SessionExpired => "session_expired",
+                    continuum_sip::EndCause::Lost => "lost",
+                };
+                CallEvent::Ended {
+                    call,
+                    by_remote,
+                    cause,
+                }
+            }
+            SipEvent::Reinvite { call, offer, hold } => {
+                self.reinvite(now, call, offer, hold);
+                CallEvent::Hold { call, held: hold }
+            }
+            SipEvent::Refer { call, target } => CallEvent::Refer { call, target },
+            SipEvent::ReferResult { call, status } if status >= 300 => {
+                CallEvent::Transferred { call, status }
+            }
+            SipEvent::ReferProgress { call, status } if status >= 200 => {
+                CallEvent::Transferred { call, status }
+            }
+            SipEvent::Dtmf {
+                call,
+                digit,
+                duration_ms,
+            } => CallEvent::Dtmf {
+                call,
+                digit,
+                duration_ms,
+            },
+            _ => return,
+        };
+        self.out.push_back(Output::Event(event));
+    }
+
+    /// A re-INVITE: hold/unhold or a new codec; answered with our same address.
+    fn reinvite(&mut self, now: Instant, call: CallId, offer: Option<Sdp>, hold: bool) {
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        leg.sdp_version += 1;
+        let local = LocalMedia {
+            addr: leg.local_rtp.ip(),
+            port: leg.local_rtp.port(),
+            session_id: leg.session_id,
+            version: leg.sdp_version,
+            direction: Direction::SendRecv,
+            ptime: Some(20),
+        };
+        let answer = offer.as_ref().map(|o| sdp::answer(o, &local));
+        match answer {
+            Some(Ok(n)) => {
+                let remote = offer.as_ref().and_then(remote_rtp);
+                if let Some(media) = leg.media.as_mut() {
+                    if let Some(remote) = remote.filter(|r| !r.ip().is_unspecified()) {
+                        media.set_remote(remote, None);
+                    }
+                    let dir = if hold {
+                        continuum_rtp::Direction::RecvOnly
+                    } else {
+                        continuum_rtp::Direction::SendRecv
+                    };
+                    media.set_direction(now, dir);
+                }
+                let _ = self.endpoint.answer(now, call, &n.sdp);
+            }
+            Some(Err(_)) => {
+                let _ = self.endpoint.reject(now, call, 488);
+            }
+            // A re-INVITE without SDP (a session refresh): the endpoint answers it.
+            None => {}
+        }
+    }
+
+    fn drain_media(&mut self, now: Instant, call: CallId) {
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        let local = leg.local_rtp;
+        let Some(media) = leg.media.as_mut() else {
+            return;
+        };
+        let mut timed_out = false;
+        while let Some(out) = media.poll_output() {
+            match out {
+                continuum_rtp::Output::Transmit(t) => {
+                    self.out.push_back(Output::Transmit(Transmit::Media {
+                        local,
+                        rtcp: t.socket == Socket::Rtcp,
+                        destination: t.dest,
+                        bytes: t.bytes,
+                    }))
+                }
+                continuum_rtp::Output::Dtmf(d) => {
+                    if let Some(digit) = d.digit {
+                        self.out.push_back(Output::Event(CallEvent::Dtmf {
+                            call,
+                            digit,
+                            duration_ms: d.duration.as_millis() as u32,
+                        }));
+                    }
+                }
+                continuum_rtp::Output::Event(continuum_rtp::Event::MediaTimeout) => {
+                    timed_out = true
+                }
+                continuum_rtp::Output::Event(_) => {}
+            }
+        }
+        if timed_out {
+            let _ = self.endpoint.hangup(now, call);
+            self.finish(call);
+            self.out.push_back(Output::Event(CallEvent::Ended {
+                call,
+                by_remote: false,
+                cause: "media_timeout",
+            }));
+            self.drain_sip(now);
+        }
+    }
+}
+
+/// Where the SDP says to send RTP.
+fn remote_rtp(sdp: &Sdp) -> Option<SocketAddr> {
+    let (ip, port) = sdp.audio_addr()?;
+    Some(SocketAddr::new(ip, port))
+}
