@@ -17,6 +17,7 @@ pub mod serve;
 pub mod state;
 pub mod telemetry;
 pub mod turn;
+pub mod voice;
 
 pub use config::Config;
 pub use state::AppState;

@@ -107,6 +107,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         state.turn = Some(std::sync::Arc::new(turn));
     }
     state.media = Some(media);
+    if cfg.sip.enabled {
+        let nonce_key = *store.master_key().derive("sip-nonce").as_bytes();
+        let voice = crate::voice::VoiceService::start(&cfg.sip, store.clone(), nonce_key)
+            .await
+            .context("starting the SIP gateway (sip.enabled)")?;
+        state.voice = Some(voice);
+    }
     state
         .revocations
         .refresh(&store)

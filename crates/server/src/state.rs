@@ -22,6 +22,8 @@ pub struct AppState {
     pub media: Option<crate::media::Media>,
     /// The TURN server, when this node runs one (for `ice_servers`).
     pub turn: Option<Arc<crate::turn::TurnService>>,
+    /// The SIP gateway, when this node runs one (dial-out, hang-up).
+    pub voice: Option<Arc<crate::voice::VoiceService>>,
     pub whip: Arc<crate::api::whip::Sessions>,
     pub limits: Arc<crate::guard::Limits>,
     pub refusals: Arc<crate::guard::Refusals>,
@@ -51,6 +53,7 @@ impl AppState {
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),
             media: None,
             turn: None,
+            voice: None,
             whip: Arc::default(),
             lobby: crate::lobby::Lobby::default(),
         }

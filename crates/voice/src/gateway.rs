@@ -313,29 +313,38 @@ impl Gateway {
         }
     }
 
-    /// Answers an incoming call with media on `local_rtp`. With `digest`
-    /// (the trunk's digest user and password), the INVITE must carry valid
-    /// credentials, else it is challenged (401) and the retry comes as a new
-    /// incoming call.
+    /// Checks an incoming call's digest credentials against `username` and
+    /// `password`; when they are missing or wrong the INVITE is challenged
+    /// (401) and forgotten: the retry comes as a new incoming call. Call it
+    /// before any work the call causes, so refusals stay cheap.
+    pub fn authenticate(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        username: &str,
+        password: &str,
+    ) -> bool {
+        let ok = self
+            .endpoint
+            .verify(now, call, continuum_sip::Secret::Password(password))
+            .is_ok_and(|v| v.username == username);
+        if !ok {
+            self.pending.remove(&call);
+            let _ = self.endpoint.challenge(now, call, false);
+            self.drain_sip(now);
+        }
+        ok
+    }
+
+    /// Answers an incoming call with media on `local_rtp` (180 first when
+    /// `ring_first`); a call without a G.711 offer is refused with 488.
     pub fn accept(
         &mut self,
         now: Instant,
         call: CallId,
         local_rtp: SocketAddr,
-        digest: Option<(&str, &str)>,
         ring_first: bool,
     ) -> Result<(), GatewayError> {
-        if let Some((username, password)) = digest {
-            let ok = self
-                .endpoint
-                .verify(now, call, continuum_sip::Secret::Password(password))
-                .is_ok_and(|v| v.username == username);
-            if !ok {
-                self.endpoint.challenge(now, call, false)?;
-                self.drain_sip(now);
-                return Ok(());
-            }
-        }
         let offer = self.pending_offer(call).ok_or(GatewayError::UnknownCall)?;
         let (session_id, version) = (rand::random::<u32>() as u64, 1);
         let local = LocalMedia {
@@ -351,6 +360,11 @@ impl Gateway {
             // No offer (late offer) or nothing we speak.
             _ => {
                 self.endpoint.reject(now, call, 488)?;
+                self.out.push_back(Output::Event(CallEvent::Failed {
+                    call,
+                    status: 488,
+                    reason: "no PCMU or PCMA audio offered".into(),
+                }));
                 self.drain_sip(now);
                 return Ok(());
             }

@@ -48,8 +48,8 @@ pub enum HostError {
 /// The owner's answer to an incoming call.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Answer it (after checking `digest` credentials — user, password — if given).
-    Accept { digest: Option<(String, String)> },
+    /// Answer it (check credentials first with [`Voice::authenticate`]).
+    Accept,
     /// Refuse with a SIP status (403, 404, 480, 486, 503 ...).
     Reject(u16),
 }
@@ -85,6 +85,12 @@ enum Command<T> {
     Hangup(CallId, oneshot::Sender<Result<(), GatewayError>>),
     Dtmf(CallId, String, oneshot::Sender<Result<(), GatewayError>>),
     Transfer(CallId, String, oneshot::Sender<Result<(), GatewayError>>),
+    Authenticate(
+        CallId,
+        String,
+        String,
+        oneshot::Sender<Result<bool, GatewayError>>,
+    ),
 }
 
 /// Handle to the running gateway.
@@ -208,6 +214,14 @@ impl<T: Clone + Send + 'static> Voice<T> {
 
     pub async fn transfer(&self, call: CallId, target: String) -> Result<(), GatewayError> {
         self.ask(|tx| Command::Transfer(call, target, tx)).await
+    }
+
+    /// Whether an incoming call shows valid digest credentials; if not, it
+    /// is challenged (401) and its retry arrives as a new incoming call.
+    pub async fn authenticate(&self, call: CallId, username: String, password: String) -> bool {
+        self.ask(|tx| Command::Authenticate(call, username, password, tx))
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -444,7 +458,11 @@ impl<T: Clone + Send + 'static> Host<T> {
             Command::Decide(call, Decision::Reject(status), _) => {
                 let _ = self.gateway.reject(now, call, status);
             }
-            Command::Decide(call, Decision::Accept { digest }, tag) => {
+            Command::Authenticate(call, user, password, reply) => {
+                let ok = self.gateway.authenticate(now, call, &user, &password);
+                let _ = reply.send(Ok(ok));
+            }
+            Command::Decide(call, Decision::Accept, tag) => {
                 let Some(tag) = tag else {
                     let _ = self.gateway.reject(now, call, 500);
                     return;
@@ -456,9 +474,8 @@ impl<T: Clone + Send + 'static> Host<T> {
                         return;
                     }
                 };
-                let digest = digest.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
                 let advertised = self.advertised(local_rtp);
-                match self.gateway.accept(now, call, advertised, digest, true) {
+                match self.gateway.accept(now, call, advertised, true) {
                     Ok(()) => {
                         self.tags.insert(call, (tag, local_rtp));
                     }

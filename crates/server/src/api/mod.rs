@@ -81,6 +81,10 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(voice::delete_dispatch_rule))
         .routes(routes!(voice::get_call))
+        .routes(routes!(voice::create_call))
+        .routes(routes!(voice::hangup_call))
+        .routes(routes!(voice::send_dtmf))
+        .routes(routes!(voice::transfer_call))
         .routes(routes!(voice::list_calls))
         .split_for_parts();
     let (router, mut doc) = (router, doc);

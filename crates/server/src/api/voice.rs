@@ -356,6 +356,14 @@ pub async fn get_call(
         .await;
         return Err(ApiError::not_found("call"));
     }
+    // The remote party is PHI: its reads are in the audit chain.
+    let entry = continuum_store::AuditEntry::new(
+        p.audit_actor(),
+        "call.read",
+        object,
+        continuum_store::Outcome::Ok,
+    );
+    s.store.audit(p.tenant_id(), entry).await?;
     Ok(Json(call))
 }
 
@@ -377,5 +385,226 @@ pub async fn list_calls(
     .await?;
     s.require_conversation(&p, &id).await?;
     s.store.get_conversation(p.tenant_id(), &id).await?;
-    Ok(Json(s.store.list_calls(p.tenant_id(), &id).await?))
+    let calls = s.store.list_calls(p.tenant_id(), &id).await?;
+    let entry = continuum_store::AuditEntry::new(
+        p.audit_actor(),
+        "call.list",
+        format!("conversation/{id}"),
+        continuum_store::Outcome::Ok,
+    );
+    s.store.audit(p.tenant_id(), entry).await?;
+    Ok(Json(calls))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DialRequestBody {
+    /// The conversation the call belongs to (its timeline gets the call's events).
+    pub conversation_id: String,
+    /// An E.164 number (through an outbound trunk) or a `sip:` URI (called directly).
+    #[schema(max_length = 256)]
+    pub to: String,
+    /// The outbound trunk; default: the tenant's first.
+    pub trunk_id: Option<String>,
+    /// A video room of the conversation the call joins.
+    pub room_id: Option<String>,
+}
+
+fn voice_service(s: &AppState) -> ApiResult<std::sync::Arc<crate::voice::VoiceService>> {
+    s.voice.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "voice_unavailable",
+            "this node runs no SIP gateway (sip.enabled = false)",
+        )
+    })
+}
+
+/// Place a phone call (dial-out) in a conversation.
+#[utoipa::path(post, path = "/v1/calls", tag = "voice", operation_id = "createCall", request_body = DialRequestBody,
+    responses((status = 201, body = Call, description = "the call, dialling; follow it with GET /v1/calls/{id} or the timeline"),
+        (status = 404, body = ErrorBody, description = "no such conversation, room or trunk within reach"),
+        (status = 422, body = ErrorBody, description = "a field is invalid (the message names it)"),
+        (status = 503, body = ErrorBody, description = "no SIP gateway on this node, no outbound trunk, or the trunk is at its call limit")),
+    security(("bearer" = [])))]
+pub async fn create_call(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Json(req): Json<DialRequestBody>,
+) -> ApiResult<(StatusCode, Json<Call>)> {
+    let object = format!("conversation/{}", req.conversation_id);
+    s.require(&p, Permission::WriteConversation, &object)
+        .await?;
+    s.require_conversation(&p, &req.conversation_id).await?;
+    s.store
+        .get_conversation(p.tenant_id(), &req.conversation_id)
+        .await?;
+    if req.to.starts_with("sip:") || req.to.starts_with("sips:") {
+        check_sip_uri("to", &req.to)?;
+    } else {
+        normalize_phone(&req.to).map_err(|e| ApiError::invalid(format!("to: {e}")))?;
+    }
+    if let Some(room) = &req.room_id {
+        let r = s.store.get_room(p.tenant_id(), room).await?;
+        if r.conversation_id != req.conversation_id {
+            return Err(ApiError::invalid(
+                "room_id: the room belongs to another conversation",
+            ));
+        }
+    }
+    let voice = voice_service(&s)?;
+    let dial = crate::voice::DialRequest {
+        conversation_id: req.conversation_id,
+        to: req.to,
+        trunk_id: req.trunk_id,
+        room_id: req.room_id,
+    };
+    match voice.dial(p.tenant_id(), dial).await {
+        Ok(call) => {
+            let entry = continuum_store::AuditEntry::new(
+                p.audit_actor(),
+                "call.dial",
+                format!("call/{}", call.id),
+                continuum_store::Outcome::Ok,
+            );
+            s.store.audit(p.tenant_id(), entry).await?;
+            Ok((StatusCode::CREATED, Json(call)))
+        }
+        Err(crate::voice::DialError::Invalid(m)) => Err(ApiError::invalid(m)),
+        Err(crate::voice::DialError::Unavailable(m)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "voice_unavailable",
+            m,
+        )),
+        Err(crate::voice::DialError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// A call within reach of `p` that is up now, with the gateway's handle.
+async fn live_call(
+    s: &AppState,
+    p: &continuum_core::Principal,
+    id: &str,
+) -> ApiResult<(
+    std::sync::Arc<crate::voice::VoiceService>,
+    continuum_voice::CallId,
+)> {
+    let object = format!("call/{id}");
+    s.require(p, Permission::WriteConversation, &object).await?;
+    let call = s.store.get_call(p.tenant_id(), id).await?;
+    if !p.may_access_conversation(&call.conversation_id) {
+        s.audit_denial(
+            p.tenant_id(),
+            &p.audit_actor(),
+            "call.control",
+            &object,
+            "not in grants",
+        )
+        .await;
+        return Err(ApiError::not_found("call"));
+    }
+    let voice = voice_service(s)?;
+    let handle = voice.active(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "call_not_active",
+            format!("the call is {:?}: nothing to control", call.state).to_lowercase(),
+        )
+    })?;
+    Ok((voice, handle))
+}
+
+fn gateway_error(e: continuum_voice::GatewayError) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "call_not_active", e.to_string())
+}
+
+/// Hang up a call (or cancel it while it rings).
+#[utoipa::path(post, path = "/v1/calls/{id}/hangup", tag = "voice", operation_id = "hangupCall", params(("id" = String, Path, description = "the call's id")),
+    responses((status = 204, description = "hung up; `call.ended` (or `call.failed`) follows on the timeline"),
+        (status = 404, body = ErrorBody, description = "no such call within reach"),
+        (status = 409, body = ErrorBody, description = "the call is not up (it ended)"),
+        (status = 503, body = ErrorBody, description = "no SIP gateway on this node")),
+    security(("bearer" = [])))]
+pub async fn hangup_call(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (voice, call) = live_call(&s, &p, &id).await?;
+    voice.voice.hangup(call).await.map_err(gateway_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DtmfRequest {
+    /// `0-9`, `*`, `#`, `A-D`; at most 32.
+    #[schema(max_length = 32)]
+    pub digits: String,
+}
+
+/// Send DTMF digits on a call (RFC 4733, or SIP INFO when the phone did not offer telephone-events).
+#[utoipa::path(post, path = "/v1/calls/{id}/dtmf", tag = "voice", operation_id = "sendCallDtmf", params(("id" = String, Path, description = "the call's id")), request_body = DtmfRequest,
+    responses((status = 204, description = "queued"),
+        (status = 404, body = ErrorBody, description = "no such call within reach"),
+        (status = 409, body = ErrorBody, description = "the call is not answered"),
+        (status = 422, body = ErrorBody, description = "digits are not DTMF digits"),
+        (status = 503, body = ErrorBody, description = "no SIP gateway on this node")),
+    security(("bearer" = [])))]
+pub async fn send_dtmf(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<DtmfRequest>,
+) -> ApiResult<StatusCode> {
+    if req.digits.is_empty()
+        || req.digits.len() > 32
+        || !req
+            .digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || "*#ABCD".contains(c))
+    {
+        return Err(ApiError::invalid(
+            "digits must be 1..=32 of 0-9 * # A B C D",
+        ));
+    }
+    let (voice, call) = live_call(&s, &p, &id).await?;
+    voice
+        .voice
+        .send_dtmf(call, req.digits)
+        .await
+        .map_err(gateway_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// Where the phone should call instead: a `sip:` URI (REFER's Refer-To).
+    #[schema(max_length = 256)]
+    pub target: String,
+}
+
+/// Blind transfer: ask the phone side to call another target (SIP REFER).
+#[utoipa::path(post, path = "/v1/calls/{id}/transfer", tag = "voice", operation_id = "transferCall", params(("id" = String, Path, description = "the call's id")), request_body = TransferRequest,
+    responses((status = 202, description = "REFER sent; the outcome lands on the call"),
+        (status = 404, body = ErrorBody, description = "no such call within reach"),
+        (status = 409, body = ErrorBody, description = "the call is not answered"),
+        (status = 422, body = ErrorBody, description = "target is not a SIP URI"),
+        (status = 503, body = ErrorBody, description = "no SIP gateway on this node")),
+    security(("bearer" = [])))]
+pub async fn transfer_call(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<TransferRequest>,
+) -> ApiResult<StatusCode> {
+    check_sip_uri("target", &req.target)?;
+    let (voice, call) = live_call(&s, &p, &id).await?;
+    voice
+        .voice
+        .transfer(call, req.target)
+        .await
+        .map_err(gateway_error)?;
+    Ok(StatusCode::ACCEPTED)
 }

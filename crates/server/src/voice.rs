@@ -1,0 +1,578 @@
+//! Glue between the voice gateway (`continuum_voice::io`, which runs SIP and
+//! call media) and conversations: `[sip]` settings to the host's, incoming
+//! calls routed by trunk and dispatch rule to a conversation, dial-out for
+//! the API, and call events onto the timeline and the call records.
+
+use crate::config::SipConfig;
+use continuum_core::{
+    Actor, ActorType, BindingKind, Channel, EventKind, NewEvent, normalize_phone,
+};
+use continuum_store::{
+    CallDirection, CallState, ContactInput, ConversationFilter, DispatchAction, NewCall,
+    NewConversation, Store, TrunkSpec, TrunkWithSecret,
+};
+use continuum_voice::io::{Decision, DialTarget, HostConfig, Outcome, Voice};
+use continuum_voice::{CallEvent, CallId, GatewayConfig, Incoming, TransportKind};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the gateway carries for each call: where its events go.
+#[derive(Debug, Clone)]
+pub struct CallTag {
+    pub tenant_id: String,
+    /// The call record's id.
+    pub call_id: String,
+    pub conversation_id: String,
+    pub direction: CallDirection,
+}
+
+/// The running gateway and the calls it has up, by call record id.
+pub struct VoiceService {
+    pub voice: Voice<CallTag>,
+    active: Mutex<HashMap<String, CallId>>,
+    store: Store,
+    cfg: SipConfig,
+}
+
+/// Why a dial-out was refused (each names the fix).
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] continuum_store::StoreError),
+}
+
+/// Where to call.
+pub struct DialRequest {
+    pub conversation_id: String,
+    /// An E.164 number (through an outbound trunk) or a `sip:` URI (direct).
+    pub to: String,
+    pub trunk_id: Option<String>,
+    pub room_id: Option<String>,
+}
+
+impl VoiceService {
+    pub async fn start(
+        cfg: &SipConfig,
+        store: Store,
+        nonce_key: [u8; 32],
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut sip = continuum_sip::Config::new("continuum", Vec::new());
+        sip.realm = Some("continuum".into());
+        sip.nonce_key = nonce_key;
+        let host = HostConfig {
+            gateway: GatewayConfig {
+                sip,
+                ring_timeout: Duration::from_secs(cfg.ring_timeout_secs),
+                media_timeout: Duration::from_secs(cfg.media_timeout_secs),
+            },
+            udp_listen: cfg.udp_listen,
+            tcp_listen: cfg.tcp_listen,
+            public_ip: cfg.public_ip,
+            rtp_ports: cfg.rtp_port_min..=cfg.rtp_port_max,
+        };
+        let (voice, outcomes) = Voice::start(host).await?;
+        tracing::info!(udp = ?voice.udp_addr, tcp = ?voice.tcp_addr, "SIP gateway listening");
+        let service = Arc::new(VoiceService {
+            voice,
+            active: Mutex::new(HashMap::new()),
+            store,
+            cfg: cfg.clone(),
+        });
+        tokio::spawn(service.clone().run(outcomes));
+        Ok(service)
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome<CallTag>>,
+    ) {
+        let mut answered: HashMap<String, Instant> = HashMap::new();
+        while let Some(outcome) = outcomes.recv().await {
+            match outcome {
+                Outcome::Incoming { call, reply } => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let id = call.call;
+                        let (decision, tag) = this.route(call).await;
+                        if let Some(tag) = &tag {
+                            this.active.lock().insert(tag.call_id.clone(), id);
+                        }
+                        let _ = reply.send((decision, tag));
+                    });
+                }
+                Outcome::Event { tag, event } => self.record(tag, event, &mut answered).await,
+            }
+        }
+    }
+
+    /// Where an incoming call goes: its trunk (by called number), the source
+    /// and credentials the trunk allows, then its dispatch rule.
+    async fn route(&self, call: Incoming) -> (Decision, Option<CallTag>) {
+        let refuse = |reason: &'static str, status: u16| {
+            metrics::counter!("continuum_sip_calls_refused_total", "reason" => reason).increment(1);
+            (Decision::Reject(status), None)
+        };
+        let Some(called) = call.called.as_deref().and_then(|n| normalize_phone(n).ok()) else {
+            return refuse("unknown_number", 404);
+        };
+        let trunk = match self.store.inbound_trunk_for(&called).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return refuse("unknown_number", 404),
+            Err(e) => {
+                tracing::warn!(error = %e, "no trunk lookup for an incoming call");
+                return refuse("store", 503);
+            }
+        };
+        let TrunkSpec::Inbound {
+            allowed_sources, ..
+        } = &trunk.trunk.spec
+        else {
+            return refuse("unknown_number", 404);
+        };
+        if !allowed_sources.is_empty()
+            && !allowed_sources.iter().any(|c| {
+                c.parse::<continuum_turn::policy::Cidr>()
+                    .is_ok_and(|c| c.contains(call.source.ip()))
+            })
+        {
+            return refuse("source", 403);
+        }
+        if let (Some(user), Some(password)) = (&trunk.trunk.username, &trunk.password)
+            && !self
+                .voice
+                .authenticate(call.call, user.clone(), password.clone())
+                .await
+        {
+            metrics::counter!("continuum_sip_calls_refused_total", "reason" => "challenged")
+                .increment(1);
+            return (Decision::Reject(401), None);
+        }
+        if !call.offers_g711 {
+            return refuse("no_common_codec", 488);
+        }
+        let tenant = trunk.tenant_id.clone();
+        let rule = match self.store.dispatch_rule_for(&tenant, &called).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return refuse("no_dispatch_rule", 404),
+            Err(_) => return refuse("store", 503),
+        };
+        match rule.action {
+            DispatchAction::Conversation { queue } => {
+                match self
+                    .caller_conversation(&tenant, call.caller.as_deref(), queue)
+                    .await
+                {
+                    Ok(conversation_id) => {
+                        let caller = call.caller.clone().unwrap_or_else(|| "anonymous".into());
+                        self.open_call(
+                            &tenant,
+                            conversation_id,
+                            CallDirection::Inbound,
+                            caller,
+                            Some(trunk.trunk.id.clone()),
+                        )
+                        .await
+                        .map_or_else(
+                            |_| refuse("store", 503),
+                            |tag| (Decision::Accept, Some(tag)),
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no conversation for an incoming call");
+                        refuse("store", 503)
+                    }
+                }
+            }
+            // Room PINs and named targets need the room bridge and the
+            // B2BUA leg: not yet (480 tells the carrier to try later).
+            DispatchAction::RoomPin | DispatchAction::Target { .. } => {
+                refuse("not_yet_routable", 480)
+            }
+        }
+    }
+
+    /// The caller's conversation: their contact by phone binding (a new
+    /// contact if unknown), then their latest conversation (a closed one
+    /// reopens on the call), else a new one.
+    async fn caller_conversation(
+        &self,
+        tenant: &str,
+        caller: Option<&str>,
+        queue: Option<String>,
+    ) -> Result<String, continuum_store::StoreError> {
+        let actor = "system:sip";
+        let phone = caller.and_then(|c| normalize_phone(c).ok());
+        let contact = match &phone {
+            Some(p) => match self
+                .store
+                .find_contact_by_binding(tenant, BindingKind::Phone, p, actor)
+                .await
+            {
+                Ok(c) => Some(c),
+                Err(continuum_store::StoreError::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let contact = match contact {
+            Some(c) => c,
+            None => {
+                // Named after the number until someone knows better.
+                let input = ContactInput {
+                    display_name: Some(match &phone {
+                        Some(p) => format!("Caller {p}"),
+                        None => "Unknown caller".into(),
+                    }),
+                    phone: phone.clone(),
+                    ..Default::default()
+                };
+                self.store.create_contact(tenant, input, actor).await?
+            }
+        };
+        let latest = self
+            .store
+            .list_conversations(
+                tenant,
+                ConversationFilter {
+                    contact_id: Some(contact.id.clone()),
+                    limit: 1,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        if let Some(c) = latest.conversations.into_iter().next() {
+            return Ok(c.id);
+        }
+        let new = NewConversation {
+            contact_id: contact.id,
+            subject: None,
+            queue,
+            tags: Vec::new(),
+        };
+        Ok(self.store.create_conversation(tenant, new, actor).await?.id)
+    }
+
+    async fn open_call(
+        &self,
+        tenant: &str,
+        conversation_id: String,
+        direction: CallDirection,
+        remote: String,
+        trunk_id: Option<String>,
+    ) -> Result<CallTag, continuum_store::StoreError> {
+        let call = self
+            .store
+            .create_call(
+                tenant,
+                NewCall {
+                    conversation_id: conversation_id.clone(),
+                    room_id: None,
+                    direction,
+                    remote,
+                    trunk_id,
+                },
+                "system:sip",
+            )
+            .await?;
+        Ok(CallTag {
+            tenant_id: tenant.to_owned(),
+            call_id: call.id,
+            conversation_id,
+            direction,
+        })
+    }
+
+    /// A call event onto the call record and the timeline.
+    async fn record(
+        &self,
+        tag: CallTag,
+        event: CallEvent,
+        answered: &mut HashMap<String, Instant>,
+    ) {
+        let session = serde_json::json!(tag.call_id);
+        let direction = match tag.direction {
+            CallDirection::Inbound => "inbound",
+            CallDirection::Outbound => "outbound",
+        };
+        let (state, cause, timeline) = match event {
+            CallEvent::Ringing { .. } => (Some(CallState::Ringing), None, None),
+            CallEvent::Answered { .. } => {
+                if answered.contains_key(&tag.call_id) {
+                    return; // a re-answer (the UAS side reports ACK too)
+                }
+                answered.insert(tag.call_id.clone(), Instant::now());
+                metrics::counter!("continuum_sip_calls_answered_total", "direction" => direction)
+                    .increment(1);
+                (
+                    Some(CallState::Answered),
+                    None,
+                    Some((
+                        EventKind::CallStarted,
+                        serde_json::json!({"session_id": session, "direction": direction, "backend": "self-hosted"}),
+                    )),
+                )
+            }
+            CallEvent::Failed { status, reason, .. } => {
+                self.active.lock().remove(&tag.call_id);
+                metrics::counter!("continuum_sip_calls_failed_total", "direction" => direction)
+                    .increment(1);
+                let cause = failure_cause(status, &reason);
+                (
+                    Some(CallState::Failed),
+                    Some(cause.to_owned()),
+                    Some((
+                        EventKind::CallFailed,
+                        serde_json::json!({"session_id": session, "direction": direction, "reason": cause, "sip_status": status}),
+                    )),
+                )
+            }
+            CallEvent::Ended { cause, .. } => {
+                self.active.lock().remove(&tag.call_id);
+                let duration = answered
+                    .remove(&tag.call_id)
+                    .map_or(0, |t| t.elapsed().as_secs());
+                (
+                    Some(CallState::Ended),
+                    Some(cause.to_owned()),
+                    Some((
+                        EventKind::CallEnded,
+                        serde_json::json!({"session_id": session, "direction": direction, "reason": cause, "duration_secs": duration}),
+                    )),
+                )
+            }
+            _ => (None, None, None),
+        };
+        if let Some(state) = state
+            && let Err(e) = self
+                .store
+                .update_call(&tag.tenant_id, &tag.call_id, state, cause.as_deref())
+                .await
+        {
+            tracing::warn!(error = %e, "could not update a call record");
+        }
+        if let Some((kind, meta)) = timeline {
+            let actor = if tag.direction == CallDirection::Inbound && kind == EventKind::CallStarted
+            {
+                Actor {
+                    actor_type: ActorType::Patient,
+                    id: None,
+                }
+            } else {
+                Actor::system()
+            };
+            let ev = NewEvent {
+                channel: Channel::Voice,
+                kind,
+                actor,
+                body: None,
+                meta: meta.as_object().cloned().unwrap_or_default(),
+                idempotency_key: None,
+            };
+            if let Err(e) = self
+                .store
+                .append_event(&tag.tenant_id, &tag.conversation_id, ev, "system:sip")
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a call event on the timeline");
+            }
+        }
+    }
+
+    /// Calls a number (through the tenant's outbound trunk) or a SIP URI.
+    pub async fn dial(
+        &self,
+        tenant: &str,
+        req: DialRequest,
+    ) -> Result<continuum_store::Call, DialError> {
+        let (target, from, destination, transport, credentials, trunk_id) = if req
+            .to
+            .starts_with("sip:")
+        {
+            let host = req.to.rsplit_once('@').map_or(&req.to[4..], |(_, h)| h);
+            let host = host.split(';').next().unwrap_or(host);
+            let destination = self.resolve(host).await?;
+            let from = format!("sip:continuum@{}", self.local_host());
+            (
+                req.to.clone(),
+                from,
+                destination,
+                TransportKind::Udp,
+                None,
+                None,
+            )
+        } else {
+            let number =
+                normalize_phone(&req.to).map_err(|e| DialError::Invalid(format!("to: {e}")))?;
+            let trunk = self.outbound_trunk(tenant, req.trunk_id.as_deref()).await?;
+            let TrunkSpec::Outbound {
+                address,
+                transport,
+                caller_ids,
+                max_concurrent_calls,
+            } = &trunk.trunk.spec
+            else {
+                return Err(DialError::Invalid("trunk_id: not an outbound trunk".into()));
+            };
+            let busy = self
+                .store
+                .active_calls_on_trunk(tenant, &trunk.trunk.id)
+                .await?;
+            if busy >= *max_concurrent_calls {
+                return Err(DialError::Unavailable(format!(
+                    "trunk {} carries {busy} calls, its max_concurrent_calls: try again when one ends",
+                    trunk.trunk.name
+                )));
+            }
+            let destination = self.resolve(address).await?;
+            let host = address.clone();
+            let caller = caller_ids.first().cloned().unwrap_or_default();
+            let credentials = match (&trunk.trunk.username, &trunk.password) {
+                (Some(u), Some(p)) => Some(continuum_sip::DigestCredentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }),
+                _ => None,
+            };
+            let kind = match transport {
+                continuum_store::SipTransport::Udp => TransportKind::Udp,
+                continuum_store::SipTransport::Tcp => TransportKind::Tcp,
+                continuum_store::SipTransport::Tls => {
+                    return Err(DialError::Unavailable(
+                        "TLS trunks are not supported yet: use udp or tcp".into(),
+                    ));
+                }
+            };
+            (
+                format!("sip:{number}@{host}"),
+                format!("sip:{caller}@{}", self.local_host()),
+                destination,
+                kind,
+                credentials,
+                Some(trunk.trunk.id.clone()),
+            )
+        };
+        let call = self
+            .store
+            .create_call(
+                tenant,
+                NewCall {
+                    conversation_id: req.conversation_id.clone(),
+                    room_id: req.room_id,
+                    direction: CallDirection::Outbound,
+                    remote: req.to,
+                    trunk_id,
+                },
+                "system:sip",
+            )
+            .await?;
+        let tag = CallTag {
+            tenant_id: tenant.to_owned(),
+            call_id: call.id.clone(),
+            conversation_id: req.conversation_id,
+            direction: CallDirection::Outbound,
+        };
+        let dial = DialTarget {
+            target,
+            from,
+            destination,
+            transport,
+            credentials,
+        };
+        match self.voice.dial(tag, dial).await {
+            Ok(id) => {
+                self.active.lock().insert(call.id.clone(), id);
+                Ok(call)
+            }
+            Err(e) => {
+                let _ = self
+                    .store
+                    .update_call(tenant, &call.id, CallState::Failed, Some("dial_failed"))
+                    .await;
+                Err(DialError::Unavailable(format!(
+                    "the call could not be placed: {e}"
+                )))
+            }
+        }
+    }
+
+    async fn outbound_trunk(
+        &self,
+        tenant: &str,
+        id: Option<&str>,
+    ) -> Result<TrunkWithSecret, DialError> {
+        match id {
+            Some(id) => Ok(self.store.trunk_with_secret(tenant, id).await?),
+            None => self
+                .store
+                .outbound_trunks(tenant)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    DialError::Unavailable(
+                        "no outbound trunk: add one with POST /v1/sip/trunks".into(),
+                    )
+                }),
+        }
+    }
+
+    /// A trunk's `host[:port]` to an address we may send to.
+    async fn resolve(&self, host: &str) -> Result<SocketAddr, DialError> {
+        let with_port = if host.parse::<SocketAddr>().is_ok()
+            || host.rsplit_once(':').is_some_and(|(h, _)| !h.contains(':'))
+        {
+            host.to_owned()
+        } else {
+            format!("{host}:5060")
+        };
+        let addr = tokio::net::lookup_host(&with_port)
+            .await
+            .map_err(|e| DialError::Unavailable(format!("cannot resolve `{host}`: {e}")))?
+            .next()
+            .ok_or_else(|| DialError::Unavailable(format!("`{host}` has no address")))?;
+        if !self.cfg.allow_private_trunks
+            && continuum_core::netpolicy::is_special_purpose(addr.ip())
+        {
+            return Err(DialError::Invalid(format!(
+                "`{host}` is a private or special-purpose address ({}); set sip.allow_private_trunks = true to allow it",
+                addr.ip()
+            )));
+        }
+        Ok(addr)
+    }
+
+    fn local_host(&self) -> String {
+        self.voice
+            .udp_addr
+            .or(self.voice.tcp_addr)
+            .map(|a| SocketAddr::new(self.cfg.public_ip.unwrap_or(a.ip()), a.port()).to_string())
+            .unwrap_or_else(|| "continuum.invalid".into())
+    }
+
+    /// The gateway's handle of a call that is up (or being set up).
+    pub fn active(&self, call_id: &str) -> Option<CallId> {
+        self.active.lock().get(call_id).copied()
+    }
+}
+
+/// The documented `reason` of `call.failed` from a SIP final status.
+fn failure_cause(status: u16, reason: &str) -> &'static str {
+    match status {
+        486 | 600 => "busy",
+        408 | 480 if reason == "no_answer" => "no_answer",
+        408 | 480 => "no_answer",
+        487 => "cancelled",
+        488 | 606 => "no_common_codec",
+        401 | 407 | 403 => "refused",
+        404 | 484 | 604 => "not_found",
+        603 => "declined",
+        _ => "failed",
+    }
+}

@@ -1,0 +1,490 @@
+//! The SIP gateway against sipp (a SIP implementation we did not write):
+//! inbound calls routed by trunk and dispatch rule onto the caller's
+//! conversation, refusals (wrong source, unknown number, no common codec,
+//! malformed SIP) with clear SIP answers, and dial-out through an outbound
+//! trunk answered by a sipp UAS, hung up through the API. The timeline and
+//! the call records are checked.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server whose SIP gateway listens on a known UDP port and may call loopback trunks.
+fn voice_server(dir: &Path) -> (Server, u16) {
+    let port = free_udp_port();
+    let rtp = free_udp_port() & !1;
+    let s = Server::start_with(
+        dir,
+        Opts {
+            env: vec![
+                (
+                    "CONTINUUM_SIP__UDP_LISTEN".into(),
+                    format!("127.0.0.1:{port}"),
+                ),
+                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
+                // A small range near a free port: tests run side by side.
+                ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
+                ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
+            ],
+            ..Default::default()
+        },
+    );
+    (s, port)
+}
+
+/// A UAC scenario: INVITE from `caller` with `sdp_media` (an `m=` line and
+/// its attributes), expecting final status `expect`; on 200 it ACKs, waits
+/// `hold_ms`, and hangs up.
+fn uac_scenario(caller: &str, sdp_media: &str, expect: u16, hold_ms: u64) -> String {
+    let invite = format!(
+        r#"<send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: sip:{caller}@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+{sdp_media}
+]]></send>
+<recv response="100" optional="true"/>
+<recv response="180" optional="true"/>
+<recv response="183" optional="true"/>
+"#
+    );
+    let tail = if expect == 200 {
+        format!(
+            r#"<recv response="200" rtd="true"/>
+<send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+]]></send>
+<pause milliseconds="{hold_ms}"/>
+<send retrans="500"><![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+]]></send>
+<recv response="200" crlf="true"/>
+"#
+        )
+    } else {
+        // A failure final response is ACKed by the transaction (same branch).
+        format!(
+            r#"<recv response="{expect}"/>
+<send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+]]></send>
+"#
+        )
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"continuum uac\">\n{invite}{tail}</scenario>\n"
+    )
+}
+
+const PCMU: &str = "m=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15";
+
+/// Runs sipp as a UAC calling `called` at the gateway; returns its output.
+fn sipp_call(dir: &Path, name: &str, scenario: &str, sip_port: u16, called: &str) -> Output {
+    let file = dir.join(format!("{name}.xml"));
+    std::fs::write(&file, scenario).unwrap();
+    let local = free_udp_port().to_string();
+    let media = free_udp_port().to_string();
+    Command::new("sipp")
+        .args([
+            &format!("127.0.0.1:{sip_port}"),
+            "-sf",
+            file.to_str().unwrap(),
+            "-s",
+            called,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &local,
+            "-mp",
+            &media,
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+            dir.join(format!("{name}.errors.log")).to_str().unwrap(),
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("sipp runs (Debian package sip-tester)")
+}
+
+fn assert_sipp_ok(out: &Output, dir: &Path, name: &str) {
+    let errors =
+        std::fs::read_to_string(dir.join(format!("{name}.errors.log"))).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "sipp {name} failed ({}):\n{}\n{errors}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Polls `GET path` until `done` holds (15 s); returns the last answer.
+async fn eventually(s: &Server, key: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = s.ok("GET", path, key, None).await;
+        if done(&v) || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kinds(events: &Value) -> Vec<String> {
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn inbound_calls_reach_the_callers_conversation_and_refusals_are_clear() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "carrier", "direction": "inbound", "numbers": ["+14155550100"], "allowed_sources": ["127.0.0.1/32"]})),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "elsewhere", "direction": "inbound", "numbers": ["+14155550102"], "allowed_sources": ["203.0.113.0/24"]})),
+    )
+    .await;
+    for n in ["+14155550100", "+14155550102"] {
+        s.ok(
+            "POST",
+            "/v1/sip/dispatch-rules",
+            &key,
+            Some(json!({"number": n, "action": {"type": "conversation", "queue": "front-desk"}})),
+        )
+        .await;
+    }
+    // The patient is known: their conversation gets the call.
+    let (contact, conv) = s.patient_conversation(&key, "+14155550123").await;
+
+    let out = sipp_call(
+        dir.path(),
+        "answered",
+        &uac_scenario("+14155550123", PCMU, 200, 1500),
+        sip,
+        "+14155550100",
+    );
+    assert_sipp_ok(&out, dir.path(), "answered");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    let k = kinds(&events);
+    assert!(
+        k.contains(&"call.started".to_owned()) && k.contains(&"call.ended".to_owned()),
+        "the call is on the caller's timeline: {k:?}"
+    );
+    let ended = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "call.ended")
+        .unwrap();
+    assert_eq!(ended["channel"], "voice");
+    assert_eq!(ended["meta"]["reason"], "remote_hangup", "{ended}");
+    assert!(
+        ended["meta"]["duration_secs"].as_u64().unwrap() >= 1,
+        "{ended}"
+    );
+    let calls = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/calls"),
+            &key,
+            None,
+        )
+        .await;
+    let call = &calls[0];
+    assert_eq!(call["state"], "ended", "{calls}");
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["remote"], "+14155550123");
+    let _ = contact;
+
+    // An unknown caller gets a new contact and conversation.
+    let out = sipp_call(
+        dir.path(),
+        "stranger",
+        &uac_scenario("+14155550999", PCMU, 200, 300),
+        sip,
+        "+14155550100",
+    );
+    assert_sipp_ok(&out, dir.path(), "stranger");
+    let found = s
+        .ok("GET", "/v1/contacts?phone=%2B14155550999", &key, None)
+        .await;
+    assert_eq!(
+        found["contacts"].as_array().map(Vec::len),
+        Some(1),
+        "{found}"
+    );
+
+    // Refusals: each a clear SIP answer, nothing on any timeline.
+    let before = s.ok("GET", "/v1/conversations", &key, None).await["conversations"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (name, scenario, called) in [
+        (
+            "wrong_source",
+            uac_scenario("+14155550123", PCMU, 403, 0),
+            "+14155550102",
+        ),
+        (
+            "unknown_number",
+            uac_scenario("+14155550123", PCMU, 404, 0),
+            "+14155550177",
+        ),
+        (
+            "no_common_codec",
+            uac_scenario(
+                "+14155550123",
+                "m=audio [media_port] RTP/AVP 18\na=rtpmap:18 G729/8000",
+                488,
+                0,
+            ),
+            "+14155550100",
+        ),
+    ] {
+        let out = sipp_call(dir.path(), name, &scenario, sip, called);
+        assert_sipp_ok(&out, dir.path(), name);
+    }
+    let after = s.ok("GET", "/v1/conversations", &key, None).await["conversations"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "refused calls open no conversations");
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in ["source", "unknown_number"] {
+        assert!(
+            metrics.contains(&format!(
+                "continuum_sip_calls_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "refusals are counted by reason ({reason})"
+        );
+    }
+
+    // Malformed SIP and garbage: a 400 naming the problem, no crash
+    // (oversized messages, 513, are the SIP crate's unit tests: UDP cannot carry them).
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A Max-Forwards that is no number (responses go where Via says: our socket).
+    let via = sock.local_addr().unwrap();
+    let bad = format!(
+        "INVITE sip:+14155550100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK-bad\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: bad-1\r\nCSeq: 1 INVITE\r\nMax-Forwards: lots\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(bad.as_bytes(), ("127.0.0.1", sip)).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock
+        .recv_from(&mut buf)
+        .expect("an answer to a malformed INVITE");
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("SIP/2.0 400"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("call-id"),
+        "the reason names the header: {answer}"
+    );
+    sock.send_to(&[0xffu8; 1200], ("127.0.0.1", sip)).unwrap();
+    // Still serving: a good call goes through afterwards.
+    let out = sipp_call(
+        dir.path(),
+        "after_garbage",
+        &uac_scenario("+14155550123", PCMU, 200, 100),
+        sip,
+        "+14155550100",
+    );
+    assert_sipp_ok(&out, dir.path(), "after_garbage");
+}
+
+#[tokio::test]
+async fn dial_out_through_a_trunk_reaches_a_sipp_phone_and_hangs_up() {
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    // The "carrier": a sipp UAS answering one call.
+    let uas_port = free_udp_port();
+    let uas = Command::new("sipp")
+        .args([
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port.to_string(),
+            "-mp",
+            &free_udp_port().to_string(),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp runs");
+    let trunk = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "carrier out", "direction": "outbound", "address": format!("127.0.0.1:{uas_port}"),
+                "caller_ids": ["+14155550100"], "max_concurrent_calls": 1})),
+        )
+        .await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550124").await;
+    // Bad targets are refused before anything is dialled.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "call me"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("to"),
+        "{v}"
+    );
+
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550124"})),
+        )
+        .await;
+    assert_eq!(call["direction"], "outbound");
+    assert_eq!(call["trunk_id"], trunk["id"]);
+    let id = call["id"].as_str().unwrap().to_owned();
+    let answered = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "answered"
+    })
+    .await;
+    assert_eq!(answered["state"], "answered", "{answered}");
+    // The trunk's limit is one call: a second is refused while this one is up.
+    let (status, v) = s
+        .call(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550125"})),
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_calls"),
+        "{v}"
+    );
+
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    let ended = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "ended"
+    })
+    .await;
+    assert_eq!(ended["state"], "ended", "{ended}");
+    assert_eq!(ended["cause"], "hangup");
+    let (status, _) = s
+        .call("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    assert_eq!(status, 409, "an ended call cannot be hung up again");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    let k = kinds(&events);
+    assert!(
+        k.contains(&"call.started".to_owned()) && k.contains(&"call.ended".to_owned()),
+        "{k:?}"
+    );
+    // sipp saw a whole call: INVITE, ACK, BYE.
+    let out = uas.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the sipp UAS saw a complete call ({})",
+        out.status
+    );
+}
