@@ -488,3 +488,185 @@ async fn dial_out_through_a_trunk_reaches_a_sipp_phone_and_hangs_up() {
         out.status
     );
 }
+
+/// The next signaling message of one of `types` (others skipped), within 15 s.
+async fn expect(sock: &mut Signaling, types: &[&str]) -> Value {
+    use futures::StreamExt;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = tokio::time::timeout(left, sock.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {types:?} within 15 s"))
+            .expect("the socket stays open")
+            .expect("a frame");
+        let tokio_tungstenite::tungstenite::Message::Text(t) = m else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if types.contains(&v["type"].as_str().unwrap_or("")) {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() {
+    use futures::SinkExt;
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let uas_port = free_udp_port();
+    let uas = Command::new("sipp")
+        .args([
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port.to_string(),
+            "-mp",
+            &free_udp_port().to_string(),
+            "-m",
+            "1",
+            "-nostdin",
+            "-timeout",
+            "40s",
+            "-timeout_error",
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp runs");
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "carrier out", "direction": "outbound", "address": format!("127.0.0.1:{uas_port}"),
+            "caller_ids": ["+14155550100"], "max_concurrent_calls": 4})),
+    )
+    .await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550126").await;
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{conv}/events"),
+        &key,
+        Some(json!({"channel": "chat", "kind": "message", "body": "The rash spread to my left arm since Monday",
+            "actor": {"type": "patient"}})),
+    )
+    .await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"waiting_room": false})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grants = json!({"conversations": [conv], "rooms": [room]});
+    let dr = s
+        .ok(
+            "POST",
+            "/v1/tokens",
+            &key,
+            Some(json!({"identity": "dr-ng", "role": "clinician", "grants": grants})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let patient = s
+        .ok(
+            "POST",
+            "/v1/tokens",
+            &key,
+            Some(json!({"identity": "pat-1", "role": "patient", "grants": grants})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/v1/rtc?token={dr}", s.base.replacen("http", "ws", 1));
+    let (mut d, _) = connect_signaling(&url).await;
+    let join = json!({"type": "join", "room": room, "sdp": audio_offer()});
+    d.send(tokio_tungstenite::tungstenite::Message::Text(
+        join.to_string().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(expect(&mut d, &["joined", "error"]).await["type"], "joined");
+
+    // Patients do not place calls; the clinician does.
+    let path = format!("/v1/conversations/{conv}/fallback");
+    let (status, _) = s
+        .call("POST", &path, &patient, Some(json!({"room_id": room})))
+        .await;
+    assert_eq!(status, 403);
+    let call = s
+        .ok("POST", &path, &dr, Some(json!({"room_id": room})))
+        .await;
+    assert_eq!(call["room_id"], room.as_str(), "{call}");
+    assert_eq!(call["remote"], "+14155550126");
+    let (status, v) = s
+        .call("POST", &path, &dr, Some(json!({"room_id": room})))
+        .await;
+    assert_eq!(status, 409, "one fallback at a time: {v}");
+
+    // The clinician, still in the room, gets the context with the news.
+    let moved = expect(&mut d, &["patient_on_phone"]).await;
+    assert_eq!(moved["reason"], "requested");
+    assert_eq!(moved["call"]["id"], call["id"]);
+    assert!(
+        moved["context"]["recent_events"]
+            .to_string()
+            .contains("rash spread"),
+        "what was just discussed comes with it: {moved}"
+    );
+    // The timeline: the switch, then the voice call once answered.
+    let id = call["id"].as_str().unwrap();
+    let answered = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "answered"
+    })
+    .await;
+    assert_eq!(answered["state"], "answered", "{answered}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.started".to_owned())
+    })
+    .await;
+    let list = events["events"].as_array().unwrap();
+    let find = |kind: &str, channel: &str| {
+        list.iter()
+            .find(|e| e["kind"] == kind && e["channel"] == channel)
+            .unwrap_or_else(|| panic!("no {kind} on {channel}: {events}"))
+            .clone()
+    };
+    assert_eq!(find("call.failed", "video")["meta"]["reason"], "requested");
+    let switched = find("channel.switched", "voice");
+    assert_eq!(switched["meta"]["from"], "video");
+    assert_eq!(switched["meta"]["to"], "voice");
+    assert!(
+        switched["meta"]["requested_by"]
+            .as_str()
+            .unwrap()
+            .contains("dr-ng")
+    );
+    find("call.started", "voice");
+    let conv_after = s
+        .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
+        .await;
+    assert_eq!(
+        conv_after["id"],
+        conv.as_str(),
+        "the same conversation carries on"
+    );
+    assert_eq!(
+        conv_after["assignee"], "dr-ng",
+        "the clinician who joined keeps it"
+    );
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    assert!(uas.wait_with_output().unwrap().status.success());
+}

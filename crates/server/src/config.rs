@@ -181,6 +181,9 @@ pub struct RtcConfig {
     /// A participant whose signaling connection drops keeps its seat this long
     /// for a `resume` on a new connection (network change), then leaves.
     pub resume_grace_secs: u64,
+    /// Nothing received from a participant for this long is a media stall
+    /// (its device or network is gone): what PSTN fallback starts from.
+    pub media_stall_secs: u64,
 }
 
 impl Default for RtcConfig {
@@ -197,6 +200,7 @@ impl Default for RtcConfig {
             quality_hold_secs: 5,
             answer_timeout_secs: 10,
             resume_grace_secs: 15,
+            media_stall_secs: 3,
         }
     }
 }
@@ -499,6 +503,10 @@ answer_timeout_secs = 10
 # A participant whose signaling connection drops (Wi-Fi to LTE) keeps its seat,
 # subscriptions and layer choices this long for a `resume` on a new connection.
 resume_grace_secs = 15
+# Nothing at all from a participant (no media, RTCP or ICE) for this long is a
+# media stall: its device or network is gone. A patient's stall starts PSTN
+# fallback when the tenant's visit settings ask for it.
+media_stall_secs = 3
 
 [turn]
 # STUN/TURN server for clients behind UDP-blocking or strict NAT networks

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod fallback;
 pub mod guard;
 pub mod lobby;
 pub mod media;

@@ -61,6 +61,9 @@ pub enum LobbyNotice {
     Ended {
         by: String,
     },
+    /// The patient's video failed and Continuum is calling their phone
+    /// (PSTN fallback): staff get the conversation's context with it.
+    MovedToPhone(std::sync::Arc<serde_json::Value>),
     /// Not sent: what a connection that fell behind gets instead of the
     /// notices it missed (it resends the whole roster).
     Resync,
@@ -259,6 +262,13 @@ impl Lobby {
         let _ = room
             .notices()
             .send(LobbyNotice::Ended { by: by.to_owned() });
+    }
+
+    /// Tells everyone listening to the room (handlers pick who hears it).
+    pub fn announce(&self, key: &RoomKey, notice: LobbyNotice) {
+        if let Some(room) = self.rooms.lock().get_mut(key) {
+            let _ = room.notices().send(notice);
+        }
     }
 
     /// Whether the room was ended while this process knew it (the store's

@@ -50,7 +50,12 @@ impl Seat {
 }
 
 /// Starts the media workers and the tasks that record what happens in their rooms.
-pub fn start(cfg: &RtcConfig, store: Store, lobby: Lobby) -> anyhow::Result<Media> {
+pub fn start(
+    cfg: &RtcConfig,
+    store: Store,
+    lobby: Lobby,
+    fallback: crate::fallback::Triggers,
+) -> anyhow::Result<Media> {
     let placeholder = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let worker = WorkerConfig {
         max_participants_per_room: cfg.max_participants_per_room,
@@ -62,6 +67,7 @@ pub fn start(cfg: &RtcConfig, store: Store, lobby: Lobby) -> anyhow::Result<Medi
         },
         answer_timeout: Duration::from_secs(cfg.answer_timeout_secs),
         pacing: cfg.pacing,
+        media_stall_after: Duration::from_secs(cfg.media_stall_secs.max(1)),
         ..WorkerConfig::new(placeholder)
     };
     let (media, outcomes) = Sfu::start(HostConfig {
@@ -71,7 +77,7 @@ pub fn start(cfg: &RtcConfig, store: Store, lobby: Lobby) -> anyhow::Result<Medi
         worker,
         resume_grace: Duration::from_secs(cfg.resume_grace_secs),
     })?;
-    tokio::spawn(record_room_events(store, lobby.clone(), outcomes));
+    tokio::spawn(record_room_events(store, lobby.clone(), outcomes, fallback));
     tokio::spawn(export_tenant_gauges(lobby));
     Ok(media)
 }
@@ -83,6 +89,7 @@ async fn record_room_events(
     store: Store,
     lobby: Lobby,
     mut rx: mpsc::UnboundedReceiver<Outcome<Seat>>,
+    fallback: crate::fallback::Triggers,
 ) {
     let mut started: HashSet<RoomKey> = HashSet::new();
     while let Some(Outcome {
@@ -91,6 +98,28 @@ async fn record_room_events(
     }) = rx.recv().await
     {
         let room_key = seat.room.clone();
+        // A patient's failing video: PSTN fallback decides whether to call.
+        if seat.role == Role::Patient {
+            use crate::fallback::{Reason, Trigger};
+            let reason = match &ev {
+                RoomEvent::MediaStalled { .. } => Some(Reason::MediaStalled),
+                RoomEvent::QualityDegraded { held, .. } => Some(Reason::Degraded {
+                    held_secs: held.as_secs(),
+                }),
+                RoomEvent::QualityRecovered { .. } | RoomEvent::Left { .. } => {
+                    Some(Reason::Recovered)
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                let _ = fallback.send(Trigger {
+                    room: room_key.clone(),
+                    conversation_id: seat.conversation_id.clone(),
+                    participant: ev.participant().to_string(),
+                    reason,
+                });
+            }
+        }
         match &ev {
             RoomEvent::Joined { participant, .. } => lobby.joined(
                 &room_key,
@@ -170,6 +199,8 @@ async fn record_room_events(
                     quality_meta(&session, *participant, sample, *held),
                 ));
             }
+            // Fallback's business (above); the timeline hears of its outcome.
+            RoomEvent::MediaStalled { .. } | RoomEvent::MediaResumed { .. } => {}
         }
         for (kind, actor, meta) in writes {
             let ev = NewEvent {

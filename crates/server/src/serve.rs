@@ -99,7 +99,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
     let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
-    let media = crate::media::start(&cfg.rtc, store.clone(), state.lobby.clone())?;
+    let (fallback_triggers, fallback_rx) = tokio::sync::mpsc::unbounded_channel();
+    let media = crate::media::start(
+        &cfg.rtc,
+        store.clone(),
+        state.lobby.clone(),
+        fallback_triggers,
+    )?;
     if cfg.turn.enabled {
         let turn =
             crate::turn::TurnService::start(&cfg.turn, store.master_key(), media.udp_addrs())
@@ -114,6 +120,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .context("starting the SIP gateway (sip.enabled)")?;
         state.voice = Some(voice);
     }
+    let fallback = crate::fallback::Fallback::new(
+        store.clone(),
+        state.lobby.clone(),
+        state.voice.clone(),
+        std::time::Duration::from_secs(cfg.sip.ring_timeout_secs),
+    );
+    fallback.serve(fallback_rx);
+    state.fallback = Some(fallback);
     state
         .revocations
         .refresh(&store)

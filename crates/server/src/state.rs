@@ -24,6 +24,8 @@ pub struct AppState {
     pub turn: Option<Arc<crate::turn::TurnService>>,
     /// The SIP gateway, when this node runs one (dial-out, hang-up).
     pub voice: Option<Arc<crate::voice::VoiceService>>,
+    /// PSTN fallback (calling a patient whose video failed).
+    pub fallback: Option<Arc<crate::fallback::Fallback>>,
     pub whip: Arc<crate::api::whip::Sessions>,
     pub limits: Arc<crate::guard::Limits>,
     pub refusals: Arc<crate::guard::Refusals>,
@@ -54,6 +56,7 @@ impl AppState {
             media: None,
             turn: None,
             voice: None,
+            fallback: None,
             whip: Arc::default(),
             lobby: crate::lobby::Lobby::default(),
         }

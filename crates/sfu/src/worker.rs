@@ -33,6 +33,11 @@ pub struct WorkerConfig {
     pub pacing: bool,
     /// Where each subscriber's bandwidth estimate starts.
     pub initial_bwe_bps: u64,
+    /// Nothing at all received from a connected participant (no media, no
+    /// RTCP, no ICE) for this long is a [`RoomEvent::MediaStalled`]: its
+    /// device or network is gone, long before ICE gives up. What PSTN
+    /// fallback starts from.
+    pub media_stall_after: Duration,
 }
 
 impl WorkerConfig {
@@ -47,6 +52,7 @@ impl WorkerConfig {
             participant_id_stride: 1,
             pacing: false,
             initial_bwe_bps: INITIAL_BWE_BPS,
+            media_stall_after: Duration::from_secs(3),
         }
     }
 }
@@ -115,6 +121,20 @@ pub enum RoomEvent {
         held: Duration,
         sample: QualitySample,
     },
+    /// Nothing has come from the participant for `silent` (see
+    /// [`WorkerConfig::media_stall_after`]); it keeps its seat.
+    MediaStalled {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+        silent: Duration,
+    },
+    /// Packets from a stalled participant again.
+    MediaResumed {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+    },
 }
 
 impl RoomEvent {
@@ -125,7 +145,9 @@ impl RoomEvent {
             | RoomEvent::Connected { participant, .. }
             | RoomEvent::Left { participant, .. }
             | RoomEvent::QualityDegraded { participant, .. }
-            | RoomEvent::QualityRecovered { participant, .. } => *participant,
+            | RoomEvent::QualityRecovered { participant, .. }
+            | RoomEvent::MediaStalled { participant, .. }
+            | RoomEvent::MediaResumed { participant, .. } => *participant,
         }
     }
 }
@@ -736,6 +758,31 @@ impl Worker {
                         }
                     }
                     let (room, identity) = (p.room.to_string(), p.identity.clone());
+                    // A stall: zero bytes in every sample for the stall time.
+                    if sample.ingress_bps == Some(0) {
+                        let since = *p.silent_since.get_or_insert(now);
+                        let silent = now.saturating_duration_since(since);
+                        if !p.stall_reported && silent >= self.cfg.media_stall_after {
+                            p.stall_reported = true;
+                            self.outputs
+                                .push_back(SfuOutput::Event(RoomEvent::MediaStalled {
+                                    room: room.clone(),
+                                    participant: id,
+                                    identity: identity.clone(),
+                                    silent,
+                                }));
+                        }
+                    } else if sample.ingress_bps.is_some() {
+                        p.silent_since = None;
+                        if std::mem::take(&mut p.stall_reported) {
+                            self.outputs
+                                .push_back(SfuOutput::Event(RoomEvent::MediaResumed {
+                                    room: room.clone(),
+                                    participant: id,
+                                    identity: identity.clone(),
+                                }));
+                        }
+                    }
                     match change {
                         Some(QualityChange::Degraded { reasons, held }) => {
                             self.outputs

@@ -160,3 +160,126 @@ fn a_publisher_reaches_a_subscriber_through_the_worker() {
     );
     assert!(worker.stats.packets_forwarded >= 30);
 }
+
+/// Runs the worker and peers for `ms` simulated milliseconds from `now`;
+/// `cut` peers' datagrams to the SFU are lost (a dead device or network).
+/// Returns the room events seen.
+fn run(
+    worker: &mut Worker,
+    peers: &mut [Peer],
+    now: &mut Instant,
+    ms: u64,
+    cut: &[usize],
+) -> Vec<continuum_sfu::RoomEvent> {
+    let sfu: SocketAddr = SFU.parse().unwrap();
+    let mut events = Vec::new();
+    for _ in 0..ms {
+        *now += Duration::from_millis(1);
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.rtc.handle_input(Input::Timeout(*now)).unwrap();
+            loop {
+                match p.rtc.poll_output().unwrap() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) if !cut.contains(&i) => {
+                        worker.handle_datagram(*now, p.addr, sfu, &t.contents);
+                    }
+                    Output::Event(Event::Connected) => p.connected = true,
+                    _ => {}
+                }
+            }
+            if p.connected {
+                if let Some(writer) = p.video.and_then(|m| p.rtc.writer(m)) {
+                    let pt = writer.payload_params().next().map(|pp| pp.pt()).unwrap();
+                    let _ = writer.write(pt, *now, MediaTime::from_90khz(0), vec![0x10u8; 300]);
+                }
+            }
+        }
+        worker.drive(*now);
+        while let Some(out) = worker.poll_output() {
+            match out {
+                SfuOutput::Transmit {
+                    destination,
+                    contents,
+                } => {
+                    if let Some(p) = peers.iter_mut().find(|p| p.addr == destination) {
+                        let input = Input::Receive(
+                            *now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: sfu,
+                                destination,
+                                contents: contents.as_slice().try_into().unwrap(),
+                            },
+                        );
+                        p.rtc.handle_input(input).unwrap();
+                    }
+                }
+                SfuOutput::Offer { participant, sdp } => {
+                    if let Some(p) = peers.iter_mut().find(|p| p.id == participant) {
+                        let answer = p
+                            .rtc
+                            .sdp_api()
+                            .accept_offer(SdpOffer::from_sdp_string(&sdp).unwrap())
+                            .unwrap();
+                        worker.answer(participant, &answer.to_sdp_string()).unwrap();
+                    }
+                }
+                SfuOutput::Event(e) => events.push(e),
+                _ => {}
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn a_participant_whose_device_goes_silent_is_reported_stalled_then_resumed() {
+    use continuum_sfu::RoomEvent;
+    let sfu: SocketAddr = SFU.parse().unwrap();
+    let mut now = Instant::now();
+    let mut worker = Worker::new(WorkerConfig::new(sfu));
+    let mut peers = vec![
+        peer(&mut worker, now, "10.0.0.2:5000", true),
+        peer(&mut worker, now, "10.0.0.3:5000", false),
+    ];
+    let patient = peers[0].id;
+    let events = run(&mut worker, &mut peers, &mut now, 3_000, &[]);
+    assert!(peers.iter().all(|p| p.connected), "both connected");
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::MediaStalled { .. })),
+        "no stall while packets flow: {events:?}"
+    );
+    // The patient's device dies: nothing reaches the SFU any more.
+    let events = run(&mut worker, &mut peers, &mut now, 6_000, &[0]);
+    let stalled = events
+        .iter()
+        .find_map(|e| match e {
+            RoomEvent::MediaStalled {
+                participant,
+                silent,
+                ..
+            } if *participant == patient => Some(*silent),
+            _ => None,
+        })
+        .expect("the silent participant is reported stalled");
+    assert!(
+        stalled >= WorkerConfig::new(sfu).media_stall_after,
+        "{stalled:?}"
+    );
+    assert!(
+        !events.iter().any(
+            |e| matches!(e, RoomEvent::MediaStalled { participant, .. } if *participant != patient)
+        ),
+        "only the silent one stalls"
+    );
+    // It comes back (a flaky network, not a dead phone).
+    let events = run(&mut worker, &mut peers, &mut now, 3_000, &[]);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, RoomEvent::MediaResumed { participant, .. } if *participant == patient)
+        ),
+        "the resumed participant is reported: {events:?}"
+    );
+}

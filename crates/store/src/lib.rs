@@ -33,7 +33,7 @@ pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
 pub use revocations::RevokedToken;
-pub use rooms::{Room, VisitSettings};
+pub use rooms::{FallbackPolicy, Room, VisitSettings};
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
 pub use voice::{

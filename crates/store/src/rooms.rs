@@ -108,6 +108,30 @@ impl Store {
         .await
     }
 
+    /// The conversation's most recent room not ended, if any.
+    pub async fn latest_open_room(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<Room>> {
+        let (t, c) = (tenant_id.to_owned(), conversation_id.to_owned());
+        let id: Option<String> = self
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT id FROM rooms WHERE tenant_id = ?1 AND conversation_id = ?2 AND ended_at IS NULL ORDER BY created_at DESC LIMIT 1",
+                        params![t, c],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        match id {
+            Some(id) => Ok(Some(self.get_room(tenant_id, &id).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Ends the visit for everyone (idempotent: the first end is kept).
     /// Returns the room as it is now.
     pub async fn end_room(&self, tenant_id: &str, id: &str, actor: &str) -> Result<Room> {
@@ -139,6 +163,8 @@ pub struct VisitSettings {
     /// contact for a new one (e.g. "the front desk, +1 415 555 0100").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub support_contact: Option<String>,
+    /// PSTN fallback: calling the patient's phone when their video fails.
+    pub fallback: FallbackPolicy,
 }
 
 impl Default for VisitSettings {
@@ -146,6 +172,33 @@ impl Default for VisitSettings {
         VisitSettings {
             waiting_room: true,
             support_contact: None,
+            fallback: FallbackPolicy::default(),
+        }
+    }
+}
+
+/// When Continuum calls a patient whose video failed, on the phone number
+/// bound to their contact, and bridges the call into the same room. The
+/// clinician's "Call the patient's phone" button works whatever this says.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct FallbackPolicy {
+    /// Call automatically on the triggers below (else only on request).
+    pub automatic: bool,
+    /// Trigger: nothing arrives from the patient's device (its browser or
+    /// network is gone) for `rtc.media_stall_secs`.
+    pub on_media_failure: bool,
+    /// Trigger: the patient's quality stays degraded this many seconds (0: never).
+    pub degraded_secs: u32,
+}
+
+impl Default for FallbackPolicy {
+    fn default() -> Self {
+        FallbackPolicy {
+            automatic: true,
+            on_media_failure: true,
+            degraded_secs: 0,
         }
     }
 }

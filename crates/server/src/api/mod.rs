@@ -85,6 +85,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(voice::hangup_call))
         .routes(routes!(voice::send_dtmf))
         .routes(routes!(voice::transfer_call))
+        .routes(routes!(voice::start_fallback))
         .routes(routes!(voice::list_calls))
         .split_for_parts();
     let (router, mut doc) = (router, doc);

@@ -767,6 +767,14 @@ impl Connection {
                 self.introduced = false;
                 None
             }
+            Some(LobbyNotice::MovedToPhone(details)) => {
+                (self.participant.is_some() && self.role.is_staff()).then(|| {
+                    ServerMsg::PatientOnPhone {
+                        details: (*details).clone(),
+                    }
+                    .text()
+                })
+            }
             Some(n) => self
                 .participant
                 .and_then(|id| roster_notice(n, id, self.role)),

@@ -98,6 +98,13 @@ pub enum ServerMsg {
         muted: bool,
     },
     Left,
+    /// To staff: the patient's video failed and their phone is being called
+    /// into this room; `context` is the conversation's context snapshot
+    /// (what was just discussed), `call` the call record.
+    PatientOnPhone {
+        #[serde(flatten)]
+        details: serde_json::Value,
+    },
     Refreshed {
         expires_at: u64,
     },

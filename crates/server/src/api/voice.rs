@@ -608,3 +608,84 @@ pub async fn transfer_call(
         .map_err(gateway_error)?;
     Ok(StatusCode::ACCEPTED)
 }
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackRequest {
+    /// The video room the phone call joins; default: the conversation's most recent open room.
+    pub room_id: Option<String>,
+}
+
+/// Call the patient's phone into the visit (PSTN fallback on request): the
+/// clinician stays in the room and the call joins it.
+#[utoipa::path(post, path = "/v1/conversations/{id}/fallback", tag = "voice", operation_id = "startFallback", params(("id" = String, Path, description = "the conversation's id")), request_body = FallbackRequest,
+    responses((status = 201, body = Call, description = "the call to the patient's phone, dialling; staff in the room get `patient_on_phone` with the context"),
+        (status = 404, body = ErrorBody, description = "no such conversation or room within reach"),
+        (status = 409, body = ErrorBody, description = "a call to the patient is already being placed"),
+        (status = 422, body = ErrorBody, description = "the patient has no phone number, or the room is of another conversation"),
+        (status = 503, body = ErrorBody, description = "no SIP gateway or outbound trunk")),
+    security(("bearer" = [])))]
+pub async fn start_fallback(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<FallbackRequest>,
+) -> ApiResult<(StatusCode, Json<Call>)> {
+    let object = format!("conversation/{id}");
+    s.require(&p, Permission::WriteConversation, &object)
+        .await?;
+    s.require_conversation(&p, &id).await?;
+    if let continuum_core::Principal::Token { role, .. } = &p
+        && !role.is_staff()
+    {
+        return Err(ApiError::forbidden("only staff call a patient's phone"));
+    }
+    s.store.get_conversation(p.tenant_id(), &id).await?;
+    let room = match &req.room_id {
+        Some(r) => {
+            let room = s.store.get_room(p.tenant_id(), r).await?;
+            if room.conversation_id != id {
+                return Err(ApiError::invalid(
+                    "room_id: the room belongs to another conversation",
+                ));
+            }
+            room
+        }
+        None => s
+            .store
+            .latest_open_room(p.tenant_id(), &id)
+            .await?
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "room_id: the conversation has no open room; create one or name it",
+                )
+            })?,
+    };
+    let fallback = s.fallback.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "voice_unavailable",
+            "PSTN fallback is not running on this node",
+        )
+    })?;
+    let key = crate::lobby::RoomKey::new(p.tenant_id(), &room.id);
+    let reason = crate::fallback::Reason::Requested {
+        by: p.audit_actor(),
+    };
+    use crate::fallback::FallbackError as E;
+    match fallback.start(&key, &id, reason).await {
+        Ok(call) => Ok((StatusCode::CREATED, Json(call))),
+        Err(E::InProgress) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "fallback_in_progress",
+            E::InProgress.to_string(),
+        )),
+        Err(E::NoPhone) => Err(ApiError::invalid(E::NoPhone.to_string())),
+        Err(e @ (E::NoGateway | E::Dial(_))) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "voice_unavailable",
+            e.to_string(),
+        )),
+        Err(E::Store(e)) => Err(e.into()),
+    }
+}
