@@ -82,6 +82,11 @@ pub enum Command {
     /// near the users. REST credentials must share `turn.rest_secrets` (or the
     /// master key) with the API nodes.
     Turn,
+    /// Run only the SIP gateway (`[sip]` config) with the store: inbound
+    /// calls are routed by trunk and dispatch rule onto conversations.
+    /// Dial-out, PSTN fallback and calls in video rooms need `serve` (the
+    /// API and the SFU on the same node).
+    Sip,
     /// Capacity for the peak burst and the cost curve against a CPaaS, from
     /// a workload profile (examples/plan/profile.toml).
     Plan(crate::plan::PlanArgs),
@@ -175,6 +180,30 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::signal::ctrl_c()
                     .await
                     .context("waiting for Ctrl-C")?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Sip => {
+            let cfg = load_config(&g)?;
+            telemetry::init_logging(&cfg.log.format, &cfg.log.level);
+            runtime()?.block_on(async {
+                let store = serve::open_store(&cfg)?;
+                let nonce_key = *store.master_key().derive("sip-nonce").as_bytes();
+                let voice = continuum_server::voice::VoiceService::start(
+                    &cfg.sip,
+                    store.clone(),
+                    nonce_key,
+                )
+                .await?;
+                println!(
+                    "SIP listening: udp {} tcp {}; Ctrl-C stops",
+                    voice.voice.udp_addr.map_or("-".into(), |a| a.to_string()),
+                    voice.voice.tcp_addr.map_or("-".into(), |a| a.to_string()),
+                );
+                tokio::signal::ctrl_c()
+                    .await
+                    .context("waiting for Ctrl-C")?;
+                tokio::task::spawn_blocking(move || store.shutdown()).await?;
                 anyhow::Ok(())
             })?;
         }

@@ -5,6 +5,7 @@ mod events;
 mod server;
 mod sfu;
 mod turn;
+mod voice;
 
 use clap::Subcommand;
 use continuum_server::Config;
@@ -20,6 +21,10 @@ pub enum BenchCommand {
     /// TURN: user-space memory per live allocation (relaying speed against
     /// coturn: bench/turn-vs-coturn.sh).
     Turn(turn::TurnArgs),
+    /// SIP gateway: calls set up and torn down per second (sipp as the load,
+    /// against the server and against sipp's own UAS side by side), CPU and
+    /// memory per call.
+    Voice(voice::VoiceArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -27,5 +32,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Events(args) => events::run(args, cfg),
         BenchCommand::Sfu(args) => sfu::run(args),
         BenchCommand::Turn(args) => turn::run(args),
+        BenchCommand::Voice(args) => voice::run(args),
     }
 }

@@ -15,12 +15,21 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path) -> anyhow::Result<ServerProcess> {
+        Self::start_with(data_dir, &[])
+    }
+
+    /// With extra environment (configuration) for the child.
+    pub fn start_with(data_dir: &Path, env: &[(&str, String)]) -> anyhow::Result<ServerProcess> {
         let exe = std::env::current_exe().context("locating the continuum binary")?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("CONTINUUM_LOG", "warn")
             .env("CONTINUUM_RTC__UDP_LISTEN", "127.0.0.1:0")
+            .env("CONTINUUM_TURN__UDP_LISTEN", "127.0.0.1:0")
+            .env("CONTINUUM_TURN__TCP_LISTEN", "127.0.0.1:0")
+            .env("CONTINUUM_SIP__TCP_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("CONTINUUM_CONFIG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

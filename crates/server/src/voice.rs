@@ -93,7 +93,10 @@ impl VoiceService {
         self: Arc<Self>,
         mut outcomes: tokio::sync::mpsc::UnboundedReceiver<Outcome<CallTag>>,
     ) {
-        let mut answered: HashMap<String, Instant> = HashMap::new();
+        // Each call's events are recorded in order by a task of its own, so
+        // calls do not wait for each other's durable writes.
+        let mut recorders: HashMap<String, tokio::sync::mpsc::UnboundedSender<CallEvent>> =
+            HashMap::new();
         while let Some(outcome) = outcomes.recv().await {
             match outcome {
                 Outcome::Incoming { call, reply } => {
@@ -107,7 +110,24 @@ impl VoiceService {
                         let _ = reply.send((decision, tag));
                     });
                 }
-                Outcome::Event { tag, event } => self.record(tag, event, &mut answered).await,
+                Outcome::Event { tag, event } => {
+                    let last = matches!(event, CallEvent::Failed { .. } | CallEvent::Ended { .. });
+                    let tx = recorders.entry(tag.call_id.clone()).or_insert_with(|| {
+                        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                        let (this, tag) = (self.clone(), tag.clone());
+                        tokio::spawn(async move {
+                            let mut answered_at = None;
+                            while let Some(event) = rx.recv().await {
+                                this.record(&tag, event, &mut answered_at).await;
+                            }
+                        });
+                        tx
+                    });
+                    let _ = tx.send(event);
+                    if last {
+                        recorders.remove(&tag.call_id);
+                    }
+                }
             }
         }
     }
@@ -290,12 +310,7 @@ impl VoiceService {
     }
 
     /// A call event onto the call record and the timeline.
-    async fn record(
-        &self,
-        tag: CallTag,
-        event: CallEvent,
-        answered: &mut HashMap<String, Instant>,
-    ) {
+    async fn record(&self, tag: &CallTag, event: CallEvent, answered_at: &mut Option<Instant>) {
         let session = serde_json::json!(tag.call_id);
         let direction = match tag.direction {
             CallDirection::Inbound => "inbound",
@@ -304,10 +319,10 @@ impl VoiceService {
         let (state, cause, timeline) = match event {
             CallEvent::Ringing { .. } => (Some(CallState::Ringing), None, None),
             CallEvent::Answered { .. } => {
-                if answered.contains_key(&tag.call_id) {
+                if answered_at.is_some() {
                     return; // a re-answer (the UAS side reports ACK too)
                 }
-                answered.insert(tag.call_id.clone(), Instant::now());
+                *answered_at = Some(Instant::now());
                 metrics::counter!("continuum_sip_calls_answered_total", "direction" => direction)
                     .increment(1);
                 (
@@ -335,9 +350,7 @@ impl VoiceService {
             }
             CallEvent::Ended { cause, .. } => {
                 self.active.lock().remove(&tag.call_id);
-                let duration = answered
-                    .remove(&tag.call_id)
-                    .map_or(0, |t| t.elapsed().as_secs());
+                let duration = answered_at.take().map_or(0, |t| t.elapsed().as_secs());
                 (
                     Some(CallState::Ended),
                     Some(cause.to_owned()),

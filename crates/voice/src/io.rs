@@ -247,7 +247,13 @@ enum Net {
 
 async fn read_udp(sock: Arc<UdpSocket>, source: Source, tx: mpsc::Sender<Net>) {
     let Ok(local) = sock.local_addr() else { return };
-    let mut buf = vec![0u8; 65_536];
+    // SIP datagrams may be large; RTP and RTCP fit an Ethernet frame
+    // (a media socket per call: its buffer is most of a call's memory).
+    let size = match source {
+        Source::Sip => 65_536,
+        Source::Media(_) => 2_048,
+    };
+    let mut buf = vec![0u8; size];
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, from)) => {

@@ -1,0 +1,309 @@
+//! `continuum bench voice`: the SIP gateway's signalling capacity, with sipp
+//! (Debian `sip-tester`) as the load. Each run places `--calls` calls at an
+//! offered `--rate` (INVITE, 200, ACK, BYE, 200; no hold), first against
+//! sipp's own UAS (the peer: how fast the load and the loopback are), then
+//! against a real `continuum serve` child routing every call by trunk and
+//! dispatch rule onto a conversation (call record, timeline events, audit).
+//! Then `--hold` calls are held up at once for the memory per call.
+
+use super::server::ServerProcess;
+use anyhow::{Context as _, bail};
+use clap::Args;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct VoiceArgs {
+    /// Calls per run.
+    #[arg(long, default_value_t = 3_000)]
+    pub calls: u64,
+    /// Offered call rate (calls/s); sipp keeps at most `--limit` calls open.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 400)]
+    pub limit: u64,
+    /// Calls held up together for the memory figure.
+    #[arg(long, default_value_t = 300)]
+    pub hold: u64,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A UAC from a known patient's number that hangs up after `pause_ms`.
+fn scenario(pause_ms: u64) -> String {
+    let head = |method: &str, cseq: &str, tag: bool| {
+        format!(
+            "{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0\nVia: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]\nFrom: <sip:+14155550123@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]\nTo: <sip:[service]@[remote_ip]:[remote_port]>{}\nCall-ID: [call_id]\nCSeq: {cseq}\nMax-Forwards: 70\nContact: <sip:+14155550123@[local_ip]:[local_port]>\n",
+            if tag { "[peer_tag_param]" } else { "" }
+        )
+    };
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="continuum bench">
+<send retrans="500"><![CDATA[
+{invite}Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+]]></send>
+<recv response="100" optional="true"/>
+<recv response="180" optional="true"/>
+<recv response="200" rtd="true"/>
+<send><![CDATA[
+{ack}Content-Length: 0
+]]></send>
+<pause milliseconds="{pause_ms}"/>
+<send retrans="500"><![CDATA[
+{bye}Content-Length: 0
+]]></send>
+<recv response="200" crlf="true"/>
+</scenario>
+"#,
+        invite = head("INVITE", "1 INVITE", false),
+        ack = head("ACK", "1 ACK", true),
+        bye = head("BYE", "2 BYE", true),
+    )
+}
+
+struct Run {
+    successful: u64,
+    failed: u64,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.successful as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The last number on sipp's summary line `name` (its cumulative column).
+fn summary(out: &str, name: &str) -> u64 {
+    out.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(name))
+        .and_then(|l| l.split('|').nth(2))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn sipp_uac(
+    dir: &Path,
+    target: &str,
+    calls: u64,
+    rate: u64,
+    limit: u64,
+    pause_ms: u64,
+) -> anyhow::Result<Run> {
+    let file = dir.join(format!("uac-{pause_ms}.xml"));
+    std::fs::write(&file, scenario(pause_ms))?;
+    let started = Instant::now();
+    let out = Command::new("sipp")
+        .arg(target)
+        .args([
+            "-sf",
+            file.to_str().unwrap_or_default(),
+            "-s",
+            "+14155550100",
+            "-i",
+            "127.0.0.1",
+        ])
+        .args([
+            "-p",
+            &free_port()?.to_string(),
+            "-mp",
+            &free_port()?.to_string(),
+        ])
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-l",
+            &limit.to_string(),
+        ])
+        .args([
+            "-nostdin",
+            "-timeout",
+            "120s",
+            "-max_recv_loops",
+            "10000",
+            "-max_sched_loops",
+            "10000",
+        ])
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .output()
+        .context("running sipp (apt-get install sip-tester)")?;
+    let elapsed = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(Run {
+        successful: summary(&text, "Successful call"),
+        failed: summary(&text, "Failed call"),
+        elapsed,
+    })
+}
+
+pub fn run(args: VoiceArgs) -> anyhow::Result<()> {
+    if Command::new("sipp").arg("-v").output().is_err() {
+        bail!("sipp is not installed: apt-get install sip-tester");
+    }
+    let dir = tempfile::tempdir()?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "continuum bench voice — {cores} cores, {} calls at {}/s offered (at most {} open)",
+        args.calls, args.rate, args.limit
+    );
+
+    // The peer: sipp's UAS answering sipp's UAC on the same loopback.
+    let uas_port = free_port()?;
+    let mut uas = Command::new("sipp")
+        .args([
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port.to_string(),
+            "-nostdin",
+        ])
+        .args(["-max_recv_loops", "10000"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting sipp's UAS")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let peer = sipp_uac(
+        dir.path(),
+        &format!("127.0.0.1:{uas_port}"),
+        args.calls,
+        args.rate,
+        args.limit,
+        0,
+    )?;
+    let _ = uas.kill();
+    let _ = uas.wait();
+    println!(
+        "sipp UAS (peer):   {:>7.0} calls/s  ({} ok, {} failed)",
+        peer.rate(),
+        peer.successful,
+        peer.failed
+    );
+
+    // Continuum: a real server, a trunk and a dispatch rule onto a conversation.
+    let sip_port = free_port()?;
+    let rtp = free_port()? & !1;
+    let data = dir.path().join("server");
+    let server = ServerProcess::start_with(
+        &data,
+        &[
+            ("CONTINUUM_SIP__UDP_LISTEN", format!("127.0.0.1:{sip_port}")),
+            (
+                "CONTINUUM_SIP__RTP_PORT_MIN",
+                rtp.saturating_sub(4000).max(10_000).to_string(),
+            ),
+            (
+                "CONTINUUM_SIP__RTP_PORT_MAX",
+                rtp.saturating_sub(4000)
+                    .max(10_000)
+                    .saturating_add(3_999)
+                    .to_string(),
+            ),
+            (
+                "CONTINUUM_SECURITY__REQUESTS_PER_SECOND_PER_API_KEY",
+                "0".into(),
+            ),
+        ],
+    )?;
+    let key = server
+        .api_key
+        .clone()
+        .context("the fresh server printed no dev API key")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let post = |path: &str, body: serde_json::Value| {
+            client.post(format!("{}{path}", server.base)).bearer_auth(&key).json(&body).send()
+        };
+        for (path, body) in [
+            ("/v1/sip/trunks", serde_json::json!({"name": "bench", "direction": "inbound", "numbers": ["+14155550100"], "allowed_sources": ["127.0.0.1/32"]})),
+            ("/v1/sip/dispatch-rules", serde_json::json!({"number": "+14155550100", "action": {"type": "conversation"}})),
+            ("/v1/contacts", serde_json::json!({"display_name": "Bench Patient", "phone": "+14155550123"})),
+        ] {
+            let r = post(path, body).await?;
+            if !r.status().is_success() {
+                bail!("setting up {path}: {}", r.text().await.unwrap_or_default());
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    // Warm-up: the first call creates the conversation.
+    sipp_uac(dir.path(), &format!("127.0.0.1:{sip_port}"), 1, 1, 1, 0)?;
+    let cpu_before = server.cpu_seconds();
+    let ours = sipp_uac(
+        dir.path(),
+        &format!("127.0.0.1:{sip_port}"),
+        args.calls,
+        args.rate,
+        args.limit,
+        0,
+    )?;
+    let cpu = server.cpu_seconds() - cpu_before;
+    println!(
+        "continuum gateway: {:>7.0} calls/s  ({} ok, {} failed); {:.2} ms CPU per call; ratio to the peer {:.2}",
+        ours.rate(),
+        ours.successful,
+        ours.failed,
+        cpu * 1000.0 / ours.successful.max(1) as f64,
+        ours.rate() / peer.rate().max(1.0),
+    );
+
+    // Memory per held call: `--hold` calls up at once.
+    let idle = server.rss_bytes();
+    let hold_ms = 4_000 + args.hold * 1000 / 100;
+    let target = format!("127.0.0.1:{sip_port}");
+    let holder = {
+        let (d, h) = (dir.path().to_owned(), args.hold);
+        std::thread::spawn(move || sipp_uac(&d, &target, h, 100, h, hold_ms))
+    };
+    std::thread::sleep(Duration::from_millis(args.hold * 1000 / 100 + 2_000));
+    let peak = server.rss_bytes();
+    let held = holder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the holding run panicked"))??;
+    println!(
+        "held {} calls ({} ok, {} failed): RSS {:.1} → {:.1} MiB, {:.1} KiB per call (media sockets and session state)",
+        args.hold,
+        held.successful,
+        held.failed,
+        idle as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        (peak.saturating_sub(idle)) as f64 / 1024.0 / args.hold as f64
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "voice", "cores": cores,
+            "peer_sipp_uas_calls_per_sec": peer.rate(), "calls_per_sec": ours.rate(),
+            "failed": ours.failed, "cpu_ms_per_call": cpu * 1000.0 / ours.successful.max(1) as f64,
+            "rss_per_held_call_bytes": peak.saturating_sub(idle) / args.hold.max(1),
+        })
+    );
+    server.stop()?;
+    Ok(())
+}
