@@ -193,6 +193,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &cfg.sip,
                     store.clone(),
                     nonce_key,
+                    None,
                 )
                 .await?;
                 println!(

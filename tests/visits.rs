@@ -278,8 +278,12 @@ async fn rooms_and_settings_stay_within_grants_and_tenants() {
 
     // Settings: defaults, changed by the API key, not by a clinician token.
     let defaults = s.ok("GET", "/v1/settings/visits", &key, None).await;
-    assert_eq!(defaults, json!({"waiting_room": true}));
-    let mine = json!({"waiting_room": false, "support_contact": "the front desk, +1 415 555 0100"});
+    assert_eq!(
+        defaults,
+        json!({"waiting_room": true, "fallback": {"automatic": true, "on_media_failure": true, "degraded_secs": 0}})
+    );
+    let mine = json!({"waiting_room": false, "support_contact": "the front desk, +1 415 555 0100",
+        "fallback": {"automatic": false, "on_media_failure": true, "degraded_secs": 30}});
     s.ok("PUT", "/v1/settings/visits", &key, Some(mine.clone()))
         .await;
     assert_eq!(s.ok("GET", "/v1/settings/visits", &key, None).await, mine);
@@ -307,7 +311,7 @@ async fn rooms_and_settings_stay_within_grants_and_tenants() {
     assert_eq!(st, 422, "unknown fields are named: {v}");
     assert_eq!(
         s.ok("GET", "/v1/settings/visits", &b, None).await,
-        json!({"waiting_room": true}),
+        defaults,
         "tenant B keeps its own"
     );
     // New rooms follow the tenant's setting.

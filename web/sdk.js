@@ -240,6 +240,11 @@ export class Visit extends EventTarget {
         this.waiting = msg.waiting;
         this._emit("waiting_room", { waiting: msg.waiting });
         break;
+      case "patient_on_phone":
+        // Staff: the patient's video failed and their phone is being called
+        // into this room; `context` is what was just discussed.
+        this._emit("patient_on_phone", msg);
+        break;
       case "visit_ended":
         this._finish("ended");
         this._emit("ended", msg);

@@ -24,6 +24,8 @@ pub struct Member {
     /// What this participant muted (as it told the room), so a newcomer's
     /// roster shows it without waiting for the next change.
     pub muted: Muted,
+    /// On a phone call bridged into the room (pages show a phone badge).
+    pub phone: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -293,6 +295,7 @@ mod tests {
             name: None,
             role,
             muted: Muted::default(),
+            phone: false,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Seat {
     pub name: Option<String>,
     pub role: Role,
     pub max_participants: usize,
+    /// A phone call bridged into the room (the voice gateway's room leg).
+    pub phone: bool,
 }
 
 impl Seat {
@@ -129,6 +131,7 @@ async fn record_room_events(
                     name: seat.name.clone(),
                     role: seat.role,
                     muted: Default::default(),
+                    phone: seat.phone,
                 },
             ),
             RoomEvent::Left { participant, .. } => lobby.left(&room_key, &participant.to_string()),

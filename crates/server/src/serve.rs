@@ -115,9 +115,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.media = Some(media);
     if cfg.sip.enabled {
         let nonce_key = *store.master_key().derive("sip-nonce").as_bytes();
-        let voice = crate::voice::VoiceService::start(&cfg.sip, store.clone(), nonce_key)
-            .await
-            .context("starting the SIP gateway (sip.enabled)")?;
+        let voice = crate::voice::VoiceService::start(
+            &cfg.sip,
+            store.clone(),
+            nonce_key,
+            state.media.clone(),
+        )
+        .await
+        .context("starting the SIP gateway (sip.enabled)")?;
         state.voice = Some(voice);
     }
     let fallback = crate::fallback::Fallback::new(

@@ -27,12 +27,20 @@ pub struct CallTag {
     pub call_id: String,
     pub conversation_id: String,
     pub direction: CallDirection,
+    /// The video room the call joins once answered.
+    pub room: Option<crate::lobby::RoomKey>,
+    /// The other party (a number or URI), for the room's roster.
+    pub remote: String,
 }
 
 /// The running gateway and the calls it has up, by call record id.
 pub struct VoiceService {
     pub voice: Voice<CallTag>,
     active: Mutex<HashMap<String, CallId>>,
+    /// The SFU on this node, for calls in video rooms.
+    media: Option<crate::media::Media>,
+    /// Calls in a room: their participant there, by call record id.
+    in_rooms: Mutex<HashMap<String, continuum_sfu::ParticipantId>>,
     store: Store,
     cfg: SipConfig,
 }
@@ -62,6 +70,7 @@ impl VoiceService {
         cfg: &SipConfig,
         store: Store,
         nonce_key: [u8; 32],
+        media: Option<crate::media::Media>,
     ) -> anyhow::Result<Arc<Self>> {
         let mut sip = continuum_sip::Config::new("continuum", Vec::new());
         sip.realm = Some("continuum".into());
@@ -82,6 +91,8 @@ impl VoiceService {
         let service = Arc::new(VoiceService {
             voice,
             active: Mutex::new(HashMap::new()),
+            media,
+            in_rooms: Mutex::new(HashMap::new()),
             store,
             cfg: cfg.clone(),
         });
@@ -118,7 +129,25 @@ impl VoiceService {
                         tokio::spawn(async move {
                             let mut answered_at = None;
                             while let Some(event) = rx.recv().await {
+                                let answered = matches!(event, CallEvent::Answered { .. })
+                                    && answered_at.is_none();
+                                let last = matches!(
+                                    event,
+                                    CallEvent::Failed { .. } | CallEvent::Ended { .. }
+                                );
                                 this.record(&tag, event, &mut answered_at).await;
+                                if answered
+                                    && tag.room.is_some()
+                                    && let Err(e) = this.bridge(&tag).await
+                                {
+                                    tracing::warn!(error = %e, "the call could not join its room");
+                                }
+                                if last
+                                    && let Some(pid) = this.in_rooms.lock().remove(&tag.call_id)
+                                    && let Some(media) = &this.media
+                                {
+                                    media.leave(pid);
+                                }
                             }
                         });
                         tx
@@ -306,6 +335,8 @@ impl VoiceService {
             call_id: call.id,
             conversation_id,
             direction,
+            room: None,
+            remote: call.remote,
         })
     }
 
@@ -396,6 +427,96 @@ impl VoiceService {
                 tracing::warn!(error = %e, "could not record a call event on the timeline");
             }
         }
+    }
+
+    /// Puts an answered call into its video room: a WebRTC leg of the
+    /// gateway joins the SFU as a phone participant, talks to the room and
+    /// hears its mix; the SFU's renegotiation offers are answered by the leg.
+    async fn bridge(self: &Arc<Self>, tag: &CallTag) -> Result<(), String> {
+        let media = self
+            .media
+            .clone()
+            .ok_or("no SFU on this node (continuum sip): the call stays audio-only")?;
+        let key = tag.room.clone().ok_or("no room")?;
+        let call = self.active(&tag.call_id).ok_or("the call ended")?;
+        let room = self
+            .store
+            .get_room(&key.tenant_id, &key.room_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if room.ended_at.is_some() {
+            return Err("the visit has ended".into());
+        }
+        // The roster shows who is on the phone: the patient's name if known.
+        let name = match self
+            .store
+            .get_conversation(&key.tenant_id, &tag.conversation_id)
+            .await
+        {
+            Ok(c) => self
+                .store
+                .get_contact(&key.tenant_id, &c.contact_id, "system:sip")
+                .await
+                .ok()
+                .map(|c| format!("{} (phone)", c.display_name)),
+            Err(_) => None,
+        };
+        let offer = self
+            .voice
+            .attach_room(call, tag.remote.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let seat = crate::media::Seat {
+            room: key.clone(),
+            conversation_id: tag.conversation_id.clone(),
+            identity: format!("phone:{}", tag.remote),
+            name: name.or_else(|| Some(format!("{} (phone)", tag.remote))),
+            role: continuum_core::Role::Patient,
+            max_participants: room.max_participants.max(0) as usize,
+            phone: true,
+        };
+        let (link, mut from_sfu) = tokio::sync::mpsc::unbounded_channel();
+        let (pid, answer) = media
+            .join(seat.joining(offer, continuum_sfu::Mode::Full, None), link)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.in_rooms.lock().insert(tag.call_id.clone(), pid);
+        self.voice
+            .room_answer(call, answer, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let voice = self.voice.clone();
+        tokio::spawn(async move {
+            use crate::media::ToClient;
+            while let Some(msg) = from_sfu.recv().await {
+                match msg {
+                    ToClient::Offer(sdp) => match voice.room_offer(call, sdp).await {
+                        Ok(answer) => {
+                            let _ = media.answer(pid, answer).await;
+                        }
+                        Err(_) => break,
+                    },
+                    // The phone hears, never sees: no camera bytes for it.
+                    ToClient::Notice(continuum_sfu::Notice::TrackPublished {
+                        origin,
+                        kind: continuum_sfu::MediaKind::Video,
+                        ..
+                    }) => {
+                        let _ = media
+                            .set_subscribed(
+                                pid,
+                                origin,
+                                Some(continuum_sfu::MediaKind::Video),
+                                false,
+                            )
+                            .await;
+                    }
+                    ToClient::Closed => break,
+                    _ => {}
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Calls a number (through the tenant's outbound trunk) or a SIP URI.
@@ -490,6 +611,11 @@ impl VoiceService {
             call_id: call.id.clone(),
             conversation_id: req.conversation_id,
             direction: CallDirection::Outbound,
+            room: call
+                .room_id
+                .as_ref()
+                .map(|r| crate::lobby::RoomKey::new(tenant, r)),
+            remote: call.remote.clone(),
         };
         let dial = DialTarget {
             target,

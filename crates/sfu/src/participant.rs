@@ -189,9 +189,9 @@ pub(crate) struct Participant {
     pub timer_armed: bool,
     /// The rating last sent to the room (others hear only of changes).
     pub last_rating: Option<crate::quality::Rating>,
-    /// Since when nothing has come from this participant (quality samples
-    /// with zero ingress), and whether that was reported as a stall.
-    pub silent_since: Option<Instant>,
+    /// When its last datagram arrived, and whether its silence since was
+    /// reported as a stall.
+    pub last_heard: Option<Instant>,
     pub stall_reported: bool,
     /// Why (index into `TIMER_REASONS`).
     pub next_reason: u8,
@@ -246,7 +246,7 @@ impl Participant {
             next_timeout: Instant::now(),
             timer_armed: false,
             last_rating: None,
-            silent_since: None,
+            last_heard: None,
             stall_reported: false,
             next_reason: 0,
             queued: false,

@@ -642,6 +642,7 @@ impl Worker {
             return false;
         }
         self.by_addr.insert(source, p.id);
+        p.last_heard = Some(now);
         let id = p.id;
         if let Err(e) = p.rtc.handle_input(input) {
             tracing::info!(participant = %p.id, error = ?e, "bad input; disconnecting");
@@ -758,31 +759,6 @@ impl Worker {
                         }
                     }
                     let (room, identity) = (p.room.to_string(), p.identity.clone());
-                    // A stall: zero bytes in every sample for the stall time.
-                    if sample.ingress_bps == Some(0) {
-                        let since = *p.silent_since.get_or_insert(now);
-                        let silent = now.saturating_duration_since(since);
-                        if !p.stall_reported && silent >= self.cfg.media_stall_after {
-                            p.stall_reported = true;
-                            self.outputs
-                                .push_back(SfuOutput::Event(RoomEvent::MediaStalled {
-                                    room: room.clone(),
-                                    participant: id,
-                                    identity: identity.clone(),
-                                    silent,
-                                }));
-                        }
-                    } else if sample.ingress_bps.is_some() {
-                        p.silent_since = None;
-                        if std::mem::take(&mut p.stall_reported) {
-                            self.outputs
-                                .push_back(SfuOutput::Event(RoomEvent::MediaResumed {
-                                    room: room.clone(),
-                                    participant: id,
-                                    identity: identity.clone(),
-                                }));
-                        }
-                    }
                     match change {
                         Some(QualityChange::Degraded { reasons, held }) => {
                             self.outputs
@@ -938,6 +914,36 @@ impl Worker {
         self.next_wake(now)
     }
 
+    /// A stall: nothing at all from a connected participant (its last
+    /// datagram, exactly) for `media_stall_after`; checked every
+    /// [`HOUSEKEEPING`], so it is reported within 50 ms of the mark.
+    fn detect_stalls(&mut self, now: Instant) {
+        let after = self.cfg.media_stall_after;
+        for p in self.participants.values_mut() {
+            let Some(heard) = p.last_heard else { continue };
+            let silent = now.saturating_duration_since(heard);
+            let event = if silent >= after && !p.stall_reported {
+                p.stall_reported = true;
+                RoomEvent::MediaStalled {
+                    room: p.room.to_string(),
+                    participant: p.id,
+                    identity: p.identity.clone(),
+                    silent,
+                }
+            } else if silent < after && p.stall_reported {
+                p.stall_reported = false;
+                RoomEvent::MediaResumed {
+                    room: p.room.to_string(),
+                    participant: p.id,
+                    identity: p.identity.clone(),
+                }
+            } else {
+                continue;
+            };
+            self.outputs.push_back(SfuOutput::Event(event));
+        }
+    }
+
     /// The second-scale work of [`Worker::drive`], every [`HOUSEKEEPING`].
     fn housekeeping(&mut self, now: Instant) {
         // Stale entries leave the heap when their time comes; a participant
@@ -967,6 +973,7 @@ impl Worker {
         for id in std::mem::take(&mut self.gone) {
             self.leave(id);
         }
+        self.detect_stalls(now);
         if self.next_dynacast.is_none_or(|t| t <= now) {
             self.next_dynacast = Some(now + DYNACAST_EVERY);
             self.dynacast(now);

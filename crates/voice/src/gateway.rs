@@ -11,6 +11,7 @@
 //! takes one decoded frame from the phone ([`Gateway::heard`]) and sends
 //! one frame to it ([`Gateway::say`], silence when nothing is said).
 
+use crate::room::RoomLeg;
 use continuum_rtp::g711::Law;
 use continuum_rtp::session::FRAME_SAMPLES;
 use continuum_rtp::{MediaSession, SessionConfig, Socket};
@@ -44,6 +45,8 @@ pub enum GatewayError {
     Sip(#[from] continuum_sip::SipError),
     #[error("DTMF: {0}")]
     Dtmf(String),
+    #[error("room leg: {0}")]
+    Room(String),
 }
 
 /// What happened to a call, for the owner.
@@ -115,6 +118,12 @@ pub enum Transmit {
         destination: SocketAddr,
         bytes: Vec<u8>,
     },
+    /// From the call's room leg socket (WebRTC to the SFU).
+    Room {
+        call: CallId,
+        destination: SocketAddr,
+        bytes: Vec<u8>,
+    },
     /// From the call's RTP socket (`local`) or its RTCP socket (`local` + 1).
     Media {
         local: SocketAddr,
@@ -156,6 +165,8 @@ struct Leg {
     /// The last frame heard from the phone, and what to say next.
     heard: Option<Frame>,
     to_say: Option<Frame>,
+    /// The call's participant in a video room, when it is bridged into one.
+    room: Option<RoomLeg>,
 }
 
 pub struct Gateway {
@@ -275,7 +286,98 @@ impl Gateway {
             {
                 m.handle_timeout(now);
             }
+            if let Some(r) = self.legs.get_mut(&call).and_then(|l| l.room.as_mut())
+                && r.poll_timeout().is_some_and(|t| t <= now)
+            {
+                r.handle_timeout(now);
+            }
             self.drain_media(now, call);
+            self.drain_room(call);
+        }
+    }
+
+    /// Bridges an answered call into a video room: the leg's socket is at
+    /// `local` (bound by the host). Returns the join offer for the SFU.
+    pub fn attach_room(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        local: SocketAddr,
+        identity: &str,
+    ) -> Result<String, GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        if leg.room.is_some() {
+            return Err(GatewayError::State("the call is in a room already"));
+        }
+        let (room, offer) =
+            RoomLeg::new(now, local, identity).map_err(|e| GatewayError::Room(e.to_string()))?;
+        leg.room = Some(room);
+        Ok(offer)
+    }
+
+    /// The SFU's answer to the room leg's join offer; `sfu` is an address the
+    /// host reaches the SFU at, when the advertised one may not be.
+    pub fn room_answer(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        sdp: &str,
+        sfu: Option<SocketAddr>,
+    ) -> Result<(), GatewayError> {
+        let room = self.room_mut(call)?;
+        room.accept_answer(sdp)
+            .map_err(|e| GatewayError::Room(e.to_string()))?;
+        if let Some(addr) = sfu {
+            let _ = room.add_remote_candidate(addr);
+        }
+        room.handle_timeout(now);
+        self.drain_room(call);
+        Ok(())
+    }
+
+    /// A renegotiation offer from the SFU (others' tracks); returns the answer.
+    pub fn room_offer(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        sdp: &str,
+    ) -> Result<String, GatewayError> {
+        let room = self.room_mut(call)?;
+        let answer = room
+            .accept_offer(sdp)
+            .map_err(|e| GatewayError::Room(e.to_string()))?;
+        room.handle_timeout(now);
+        self.drain_room(call);
+        Ok(answer)
+    }
+
+    /// A datagram on a call's room leg socket.
+    pub fn handle_room(&mut self, now: Instant, call: CallId, source: SocketAddr, bytes: &[u8]) {
+        if let Ok(room) = self.room_mut(call) {
+            room.handle_datagram(now, source, bytes);
+            self.drain_room(call);
+        }
+    }
+
+    fn room_mut(&mut self, call: CallId) -> Result<&mut RoomLeg, GatewayError> {
+        self.legs
+            .get_mut(&call)
+            .ok_or(GatewayError::UnknownCall)?
+            .room
+            .as_mut()
+            .ok_or(GatewayError::State("the call is in no room"))
+    }
+
+    fn drain_room(&mut self, call: CallId) {
+        let Some(room) = self.legs.get_mut(&call).and_then(|l| l.room.as_mut()) else {
+            return;
+        };
+        while let Some((destination, bytes)) = room.poll_transmit() {
+            self.out.push_back(Output::Transmit(Transmit::Room {
+                call,
+                destination,
+                bytes,
+            }));
         }
     }
 
@@ -285,9 +387,24 @@ impl Gateway {
             let Some(media) = leg.media.as_mut() else {
                 continue;
             };
-            leg.heard = Some(media.pull_decoded(now));
-            let frame = leg.to_say.take().unwrap_or([0; FRAME_SAMPLES]);
+            let heard = media.pull_decoded(now);
+            let mut frame = leg.to_say.take().unwrap_or([0; FRAME_SAMPLES]);
+            // Bridged into a room: the phone talks to the room and hears its mix.
+            if let Some(room) = leg.room.as_mut().filter(|r| r.connected()) {
+                let _ = room.push_phone(now, &heard);
+                frame = room.pull_room(now);
+            }
+            leg.heard = Some(heard);
             media.push_pcm(now, &frame);
+        }
+        let bridged: Vec<CallId> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.room.is_some())
+            .map(|(c, _)| *c)
+            .collect();
+        for call in bridged {
+            self.drain_room(call);
         }
         // Keep the cadence: a late wake-up does not shift later frames.
         let mut next = self.next_tick.unwrap_or(now) + TICK;
@@ -392,6 +509,7 @@ impl Gateway {
                 ring_deadline: None,
                 heard: None,
                 to_say: None,
+                room: None,
             },
         );
         self.next_tick.get_or_insert(now + TICK);
@@ -443,6 +561,7 @@ impl Gateway {
                 ring_deadline: Some(now + self.cfg.ring_timeout),
                 heard: None,
                 to_say: None,
+                room: None,
             },
         );
         self.drain_sip(now);
@@ -524,6 +643,9 @@ impl Gateway {
             self.by_media.remove(&leg.local_rtp);
             if let Some(m) = leg.media.as_mut() {
                 m.close(Instant::now());
+            }
+            if let Some(r) = leg.room.as_mut() {
+                r.close();
             }
         }
     }

@@ -91,6 +91,22 @@ enum Command<T> {
         String,
         oneshot::Sender<Result<bool, GatewayError>>,
     ),
+    AttachRoom(
+        CallId,
+        String,
+        oneshot::Sender<Result<String, GatewayError>>,
+    ),
+    RoomAnswer(
+        CallId,
+        String,
+        Option<SocketAddr>,
+        oneshot::Sender<Result<(), GatewayError>>,
+    ),
+    RoomOffer(
+        CallId,
+        String,
+        oneshot::Sender<Result<String, GatewayError>>,
+    ),
 }
 
 /// Handle to the running gateway.
@@ -171,6 +187,7 @@ impl<T: Clone + Send + 'static> Voice<T> {
             udp,
             tcp_writers: HashMap::new(),
             media: HashMap::new(),
+            rooms: HashMap::new(),
             ports: Ports::new(cfg.rtp_ports.clone()),
             rtp_ip: bound.ip(),
             public_ip,
@@ -216,6 +233,32 @@ impl<T: Clone + Send + 'static> Voice<T> {
         self.ask(|tx| Command::Transfer(call, target, tx)).await
     }
 
+    /// Bridges an answered call into a video room: a WebRTC leg for the SFU.
+    /// Returns its join offer (`identity` only labels logs).
+    pub async fn attach_room(
+        &self,
+        call: CallId,
+        identity: String,
+    ) -> Result<String, GatewayError> {
+        self.ask(|tx| Command::AttachRoom(call, identity, tx)).await
+    }
+
+    /// The SFU's answer to the leg's join offer (`sfu`: an address it is
+    /// surely reachable at, e.g. its bound one on this node).
+    pub async fn room_answer(
+        &self,
+        call: CallId,
+        sdp: String,
+        sfu: Option<SocketAddr>,
+    ) -> Result<(), GatewayError> {
+        self.ask(|tx| Command::RoomAnswer(call, sdp, sfu, tx)).await
+    }
+
+    /// A renegotiation offer from the SFU for the leg; returns the answer.
+    pub async fn room_offer(&self, call: CallId, sdp: String) -> Result<String, GatewayError> {
+        self.ask(|tx| Command::RoomOffer(call, sdp, tx)).await
+    }
+
     /// Whether an incoming call shows valid digest credentials; if not, it
     /// is challenged (401) and its retry arrives as a new incoming call.
     pub async fn authenticate(&self, call: CallId, username: String, password: String) -> bool {
@@ -231,6 +274,8 @@ enum Source {
     Sip,
     /// A call's RTP socket (its address) or RTCP socket.
     Media(SocketAddr),
+    /// A call's room leg socket.
+    Room(CallId),
 }
 
 enum Net {
@@ -251,7 +296,7 @@ async fn read_udp(sock: Arc<UdpSocket>, source: Source, tx: mpsc::Sender<Net>) {
     // (a media socket per call: its buffer is most of a call's memory).
     let size = match source {
         Source::Sip => 65_536,
-        Source::Media(_) => 2_048,
+        Source::Media(_) | Source::Room(_) => 2_048,
     };
     let mut buf = vec![0u8; size];
     loop {
@@ -358,6 +403,8 @@ struct Host<T> {
     tcp_writers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
     /// Media sockets by the RTP address the core knows the call by.
     media: HashMap<SocketAddr, MediaSockets>,
+    /// Room leg sockets by call, with their reader task.
+    rooms: HashMap<CallId, (Arc<UdpSocket>, JoinHandle<()>)>,
     ports: Ports,
     rtp_ip: IpAddr,
     public_ip: IpAddr,
@@ -422,6 +469,12 @@ impl<T: Clone + Send + 'static> Host<T> {
                 let local = SocketAddr::new(rtp.ip(), local.port());
                 self.gateway.handle_media(now, local, from, &bytes);
             }
+            Net::Datagram {
+                source: Source::Room(call),
+                from,
+                bytes,
+                ..
+            } => self.gateway.handle_room(now, call, from, &bytes),
             Net::TcpOpened(t, writer) => {
                 self.tcp_writers.insert(t.remote, writer);
             }
@@ -487,6 +540,40 @@ impl<T: Clone + Send + 'static> Host<T> {
                     }
                     Err(_) => self.release_media(local_rtp),
                 }
+            }
+            Command::AttachRoom(call, identity, reply) => {
+                // Same host as the SFU: a loopback-or-listen address it reaches.
+                let ip = if self.rtp_ip.is_unspecified() {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    self.rtp_ip
+                };
+                let sock = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+                    Ok(s) => Arc::new(s),
+                    Err(e) => {
+                        let _ = reply.send(Err(GatewayError::Room(format!(
+                            "cannot bind a room leg socket: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                let local = sock.local_addr().unwrap_or(SocketAddr::new(ip, 0));
+                let result = self.gateway.attach_room(now, call, local, &identity);
+                if result.is_ok() {
+                    let reader = tokio::spawn(read_udp(
+                        sock.clone(),
+                        Source::Room(call),
+                        self.net_tx.clone(),
+                    ));
+                    self.rooms.insert(call, (sock, reader));
+                }
+                let _ = reply.send(result);
+            }
+            Command::RoomAnswer(call, sdp, sfu, reply) => {
+                let _ = reply.send(self.gateway.room_answer(now, call, &sdp, sfu));
+            }
+            Command::RoomOffer(call, sdp, reply) => {
+                let _ = reply.send(self.gateway.room_offer(now, call, &sdp));
             }
             Command::Hangup(call, reply) => {
                 let _ = reply.send(self.gateway.hangup(now, call));
@@ -574,6 +661,15 @@ impl<T: Clone + Send + 'static> Host<T> {
                         None => self.connect_tcp(transport, destination, bytes),
                     },
                 },
+                Output::Transmit(Transmit::Room {
+                    call,
+                    destination,
+                    bytes,
+                }) => {
+                    if let Some((sock, _)) = self.rooms.get(&call) {
+                        let _ = sock.try_send_to(&bytes, destination);
+                    }
+                }
                 Output::Transmit(Transmit::Media {
                     local,
                     rtcp,
@@ -600,6 +696,9 @@ impl<T: Clone + Send + 'static> Host<T> {
                     };
                     let last = matches!(event, CallEvent::Failed { .. } | CallEvent::Ended { .. });
                     let tag = if last {
+                        if let Some((_, reader)) = self.rooms.remove(&call) {
+                            reader.abort();
+                        }
                         self.tags.remove(&call).map(|(tag, rtp)| {
                             self.release_media(rtp);
                             tag

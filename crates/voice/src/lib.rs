@@ -7,9 +7,13 @@
 //! - [`io`]: the thin tokio host: SIP over UDP and TCP, one RTP socket pair
 //!   per call from a port range, and an async handle ([`io::Voice`]) that
 //!   speaks in opaque call tags.
+//! - [`room`]: a call's leg in a video room, sans-IO: a str0m WebRTC
+//!   participant of our SFU that publishes the phone's voice as Opus and
+//!   decodes and mixes the room's audio tracks into what the phone hears.
 
 pub mod gateway;
 pub mod io;
+pub mod room;
 
 pub use continuum_sip::{CallId, TransportKind};
 pub use gateway::{CallEvent, Dial, Frame, Gateway, GatewayConfig, GatewayError, Incoming};

@@ -719,6 +719,7 @@ impl Connection {
             name: self.name.clone(),
             role: self.role,
             max_participants: r.max_participants.max(0) as usize,
+            phone: false,
         };
         let joining = seat.joining(sdp, continuum_sfu::Mode::Full, Some(resume.clone()));
         match self.media.join(joining, self.to_client.clone()).await {
@@ -945,6 +946,7 @@ fn roster_notice(n: LobbyNotice, me: continuum_sfu::ParticipantId, role: Role) -
                 name: m.name,
                 role: m.role,
                 muted: m.muted,
+                phone: m.phone,
             }
             .text(),
         ),

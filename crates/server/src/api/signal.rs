@@ -49,6 +49,8 @@ pub enum ServerMsg {
         name: Option<String>,
         role: Role,
         muted: Muted,
+        /// On a phone call bridged into the room.
+        phone: bool,
     },
     ParticipantLeft {
         participant: String,

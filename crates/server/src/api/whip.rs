@@ -99,6 +99,7 @@ async fn start(
         name: None,
         role: *role,
         max_participants: r.max_participants.max(0) as usize,
+        phone: false,
     };
     // WHIP/WHEP sessions are never renegotiated; the channel only tells us when
     // the session ends (DELETE, ICE timeout, room closed) to forget it.
