@@ -123,7 +123,10 @@ impl Fallback {
                     }
                     reason => {
                         tokio::spawn(async move {
-                            if let Err(e) = this.start(&t.room, &t.conversation_id, reason).await {
+                            if let Err(e) = this
+                                .start(&t.room, &t.conversation_id, Some(&t.participant), reason)
+                                .await
+                            {
                                 tracing::info!(error = %e, "no PSTN fallback");
                             }
                         });
@@ -152,16 +155,22 @@ impl Fallback {
         let reason = Reason::Degraded {
             held_secs: held_secs.max(wanted),
         };
-        if let Err(e) = self.start(&t.room, &t.conversation_id, reason).await {
+        if let Err(e) = self
+            .start(&t.room, &t.conversation_id, Some(&t.participant), reason)
+            .await
+        {
             tracing::info!(error = %e, "no PSTN fallback");
         }
     }
 
     /// Starts a fallback: records the switch, dials the patient, tells staff.
+    /// `participant`: the patient's seat whose video failed, if known (pages
+    /// mark its tile).
     pub async fn start(
         &self,
         room: &RoomKey,
         conversation_id: &str,
+        participant: Option<&str>,
         reason: Reason,
     ) -> Result<Call, FallbackError> {
         let tenant = room.tenant_id.as_str();
@@ -192,7 +201,7 @@ impl Fallback {
             }
             in_flight.insert(key.clone(), now + self.hold);
         }
-        let result = self.dial(room, conversation_id, &reason).await;
+        let result = self.dial(room, conversation_id, participant, &reason).await;
         if result.is_err() {
             self.in_flight.lock().remove(&key);
         }
@@ -203,6 +212,7 @@ impl Fallback {
         &self,
         room: &RoomKey,
         conversation_id: &str,
+        participant: Option<&str>,
         reason: &Reason,
     ) -> Result<Call, FallbackError> {
         let tenant = room.tenant_id.as_str();
@@ -276,6 +286,7 @@ impl Fallback {
             .unwrap_or(serde_json::Value::Null);
         let details = serde_json::json!({
             "reason": reason.as_str(),
+            "participant": participant,
             "call": call,
             "context": context,
         });

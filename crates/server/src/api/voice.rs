@@ -673,7 +673,7 @@ pub async fn start_fallback(
         by: p.audit_actor(),
     };
     use crate::fallback::FallbackError as E;
-    match fallback.start(&key, &id, reason).await {
+    match fallback.start(&key, &id, None, reason).await {
         Ok(call) => Ok((StatusCode::CREATED, Json(call))),
         Err(E::InProgress) => Err(ApiError::new(
             StatusCode::CONFLICT,
