@@ -34,6 +34,10 @@ fn voice_server(dir: &Path) -> (Server, u16) {
                     format!("127.0.0.1:{port}"),
                 ),
                 ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
+                (
+                    "CONTINUUM_LOG".into(),
+                    std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+                ),
                 // A small range near a free port: tests run side by side.
                 ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
                 ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
@@ -669,4 +673,95 @@ async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() 
     s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
         .await;
     assert!(uas.wait_with_output().unwrap().status.success());
+}
+
+#[tokio::test]
+async fn a_caller_keys_in_the_visit_pin_and_joins_the_room_by_phone() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "carrier", "direction": "inbound", "numbers": ["+14155550200"], "allowed_sources": ["127.0.0.1/32"]})),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/v1/sip/dispatch-rules",
+        &key,
+        Some(json!({"number": "+14155550200", "action": {"type": "room_pin"}})),
+    )
+    .await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550127").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"waiting_room": false})),
+        )
+        .await;
+    let (room_id, pin) = (
+        room["id"].as_str().unwrap().to_owned(),
+        room["pin"].as_str().unwrap().to_owned(),
+    );
+    // The caller keys in a wrong PIN first (it is ignored), then the right one
+    // as RFC 4733 events from sipp's shipped captures, and stays on the line.
+    let wrong: String = pin
+        .chars()
+        .map(|c| if c == '9' { '0' } else { '9' })
+        .collect();
+    let mut keys = String::new();
+    for d in wrong.chars().chain(pin.chars()) {
+        keys.push_str(&format!(
+            "<nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_{d}.pcap\"/></action></nop>\n<pause milliseconds=\"600\"/>\n"
+        ));
+    }
+    let media = "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15";
+    let scenario = uac_scenario("+14155550127", media, 200, 6000).replace(
+        "<pause milliseconds=\"6000\"/>",
+        &format!("{keys}<pause milliseconds=\"6000\"/>"),
+    );
+    let path = dir.path().to_owned();
+    let caller = tokio::task::spawn_blocking(move || {
+        sipp_call(&path, "pin", &scenario, sip, "+14155550200")
+    });
+    // The phone shows up in the room's roster, with its badge.
+    let seen = eventually(&s, &key, &format!("/v1/rooms/{room_id}"), |r| {
+        r["participants"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|m| m["phone"] == true))
+    })
+    .await;
+    let out = caller.await.unwrap();
+    assert_sipp_ok(&out, dir.path(), "pin");
+    let phone = seen["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["phone"] == true)
+        .unwrap_or_else(|| panic!("the caller joined the room by phone: {seen}"));
+    assert_eq!(phone["role"], "patient");
+    // On the room's conversation: the call, started and ended.
+    let calls = eventually(&s, &key, &format!("/v1/conversations/{conv}/calls"), |v| {
+        v[0]["state"] == "ended"
+    })
+    .await;
+    assert_eq!(calls[0]["room_id"], room_id.as_str(), "{calls}");
+    assert_eq!(calls[0]["state"], "ended", "{calls}");
+    let events = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/events"),
+            &key,
+            None,
+        )
+        .await;
+    let k = kinds(&events);
+    assert!(
+        k.contains(&"call.started".to_owned()) && k.contains(&"call.ended".to_owned()),
+        "{k:?}"
+    );
 }

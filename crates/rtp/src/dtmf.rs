@@ -87,6 +87,10 @@ pub struct DtmfDigit {
     pub duration: Duration,
 }
 
+/// A finished event's timestamp seen again after this long starts a new
+/// event (see [`DtmfReceiver::push`]); end packets are retransmitted within
+/// tens of milliseconds.
+const REPLAY_GAP: Duration = Duration::from_millis(300);
 /// Gives up waiting for an event's end packets after this much silence.
 const END_TIMEOUT: Duration = Duration::from_millis(500);
 /// A timestamp this far behind the current event is a restarted sender,
@@ -125,6 +129,20 @@ impl DtmfReceiver {
         let te = TelephoneEvent::parse(payload)?;
         if let Some(cur) = &mut self.current {
             let ahead = i64::from(timestamp.wrapping_sub(cur.timestamp) as i32);
+            // A finished event's timestamp again, well after its end: not a
+            // late end packet but a sender reusing timestamps (a replayed
+            // capture, a gateway that restarts its clock per digit). RFC 4733
+            // forbids it; phones and test tools do it anyway, and dropping
+            // the digit would lose a PIN.
+            let replay = cur.reported
+                && !te.end
+                && ahead <= 0
+                && ahead > -RESTART_BACK
+                && now.saturating_duration_since(cur.last_seen) > REPLAY_GAP;
+            if replay {
+                self.current = None;
+                return self.push(now, timestamp, payload);
+            }
             if ahead == 0 {
                 if !cur.reported {
                     cur.duration = cur.duration.max(te.duration);
@@ -380,6 +398,26 @@ mod tests {
         assert_eq!(got[0].duration, ms(100));
         // 8's duration is what its last update said.
         assert_eq!(got[1].duration, ms(50));
+    }
+
+    #[test]
+    fn a_sender_reusing_timestamps_still_gets_each_digit() {
+        // A replayed capture: the same digit twice with the same timestamp,
+        // then an older timestamp (as sipp's dtmf_2833_*.pcap files do).
+        let got = receive(&stream(&[
+            ('9', 67840, 0),
+            ('9', 67840, 600),
+            ('0', 17632, 1200),
+        ]));
+        assert_eq!(
+            got.iter().map(|d| d.digit).collect::<Vec<_>>(),
+            [Some('9'), Some('9'), Some('0')]
+        );
+        // Retransmitted end packets right after the end stay one digit.
+        let mut s = stream(&[('5', 1000, 0)]);
+        let end = *s.last().unwrap();
+        s.push((end.0 + 40, end.1, end.2));
+        assert_eq!(receive(&s).len(), 1);
     }
 
     #[test]

@@ -31,7 +31,14 @@ pub struct CallTag {
     pub room: Option<crate::lobby::RoomKey>,
     /// The other party (a number or URI), for the room's roster.
     pub remote: String,
+    /// A dial-in waiting for its room's PIN (DTMF): no call record until
+    /// the PIN names a room (`call_id` is provisional until then).
+    pub awaiting_pin: bool,
 }
+
+/// Digits in a room's dial-in PIN, and wrong PINs before hanging up.
+const PIN_DIGITS: usize = 6;
+const PIN_ATTEMPTS: u32 = 3;
 
 /// The running gateway and the calls it has up, by call record id.
 pub struct VoiceService {
@@ -125,10 +132,40 @@ impl VoiceService {
                     let last = matches!(event, CallEvent::Failed { .. } | CallEvent::Ended { .. });
                     let tx = recorders.entry(tag.call_id.clone()).or_insert_with(|| {
                         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-                        let (this, tag) = (self.clone(), tag.clone());
+                        let (this, mut tag) = (self.clone(), tag.clone());
                         tokio::spawn(async move {
                             let mut answered_at = None;
+                            let (mut digits, mut attempts) = (String::new(), 0u32);
                             while let Some(event) = rx.recv().await {
+                                if tag.awaiting_pin {
+                                    match &event {
+                                        CallEvent::Dtmf { digit, .. } if digit.is_ascii_digit() => {
+                                            digits.push(*digit);
+                                            if digits.len() == PIN_DIGITS {
+                                                attempts += 1;
+                                                let pin = std::mem::take(&mut digits);
+                                                if this.join_by_pin(&mut tag, &pin).await {
+                                                    answered_at = Some(Instant::now());
+                                                } else if attempts >= PIN_ATTEMPTS
+                                                    && let Some(call) = this.active(&tag.call_id)
+                                                {
+                                                    let _ = this.voice.hangup(call).await;
+                                                }
+                                            }
+                                        }
+                                        // `#` or `*` starts the PIN over.
+                                        CallEvent::Dtmf { .. } => digits.clear(),
+                                        CallEvent::Failed { .. } | CallEvent::Ended { .. } => {
+                                            this.active.lock().remove(&tag.call_id);
+                                            metrics::counter!(
+                                                "continuum_sip_pin_calls_unmatched_total"
+                                            )
+                                            .increment(1);
+                                        }
+                                        _ => {}
+                                    }
+                                    continue;
+                                }
                                 let answered = matches!(event, CallEvent::Answered { .. })
                                     && answered_at.is_none();
                                 let last = matches!(
@@ -239,11 +276,21 @@ impl VoiceService {
                     }
                 }
             }
-            // Room PINs and named targets need the room bridge and the
-            // B2BUA leg: not yet (480 tells the carrier to try later).
-            DispatchAction::RoomPin | DispatchAction::Target { .. } => {
-                refuse("not_yet_routable", 480)
+            // Answered, then the caller keys in the visit's PIN.
+            DispatchAction::RoomPin => {
+                let tag = CallTag {
+                    tenant_id: tenant.clone(),
+                    call_id: format!("pin-{}", uuid::Uuid::now_v7()),
+                    conversation_id: String::new(),
+                    direction: CallDirection::Inbound,
+                    room: None,
+                    remote: call.caller.clone().unwrap_or_else(|| "anonymous".into()),
+                    awaiting_pin: true,
+                };
+                (Decision::Accept, Some(tag))
             }
+            // Named targets need the B2BUA leg: not yet (480: try later).
+            DispatchAction::Target { .. } => refuse("not_yet_routable", 480),
         }
     }
 
@@ -337,6 +384,7 @@ impl VoiceService {
             direction,
             room: None,
             remote: call.remote,
+            awaiting_pin: false,
         })
     }
 
@@ -427,6 +475,60 @@ impl VoiceService {
                 tracing::warn!(error = %e, "could not record a call event on the timeline");
             }
         }
+    }
+
+    /// A dial-in's PIN: the tenant's open room with it gets the call (a
+    /// call record on its conversation, `call.started`, the caller joins by
+    /// phone). False for a PIN that names no open room.
+    async fn join_by_pin(self: &Arc<Self>, tag: &mut CallTag, pin: &str) -> bool {
+        tracing::debug!(digits = pin.len(), "a dial-in keyed in a PIN");
+        let room = match self.store.room_by_pin(&tag.tenant_id, pin).await {
+            Ok(Some(r)) => r,
+            _ => {
+                metrics::counter!("continuum_sip_pin_refused_total").increment(1);
+                return false;
+            }
+        };
+        let Some(call) = self.active(&tag.call_id) else {
+            return false;
+        };
+        let record = match self
+            .store
+            .create_call(
+                &tag.tenant_id,
+                NewCall {
+                    conversation_id: room.conversation_id.clone(),
+                    room_id: Some(room.id.clone()),
+                    direction: CallDirection::Inbound,
+                    remote: tag.remote.clone(),
+                    trunk_id: None,
+                },
+                "system:sip",
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no call record for a PIN dial-in");
+                return false;
+            }
+        };
+        {
+            let mut active = self.active.lock();
+            active.remove(&tag.call_id);
+            active.insert(record.id.clone(), call);
+        }
+        tag.call_id = record.id;
+        tag.conversation_id = room.conversation_id;
+        tag.room = Some(crate::lobby::RoomKey::new(&tag.tenant_id, &room.id));
+        tag.awaiting_pin = false;
+        let mut answered_at = None;
+        self.record(tag, CallEvent::Answered { call }, &mut answered_at)
+            .await;
+        if let Err(e) = self.bridge(tag).await {
+            tracing::warn!(error = %e, "the dial-in could not join its room");
+        }
+        true
     }
 
     /// Puts an answered call into its video room: a WebRTC leg of the
@@ -616,6 +718,7 @@ impl VoiceService {
                 .as_ref()
                 .map(|r| crate::lobby::RoomKey::new(tenant, r)),
             remote: call.remote.clone(),
+            awaiting_pin: false,
         };
         let dial = DialTarget {
             target,

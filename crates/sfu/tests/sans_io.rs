@@ -187,11 +187,11 @@ fn run(
                     _ => {}
                 }
             }
-            if p.connected {
-                if let Some(writer) = p.video.and_then(|m| p.rtc.writer(m)) {
-                    let pt = writer.payload_params().next().map(|pp| pp.pt()).unwrap();
-                    let _ = writer.write(pt, *now, MediaTime::from_90khz(0), vec![0x10u8; 300]);
-                }
+            if p.connected
+                && let Some(writer) = p.video.and_then(|m| p.rtc.writer(m))
+            {
+                let pt = writer.payload_params().next().map(|pp| pp.pt()).unwrap();
+                let _ = writer.write(pt, *now, MediaTime::from_90khz(0), vec![0x10u8; 300]);
             }
         }
         worker.drive(*now);

@@ -901,6 +901,7 @@ impl Gateway {
                     }))
                 }
                 continuum_rtp::Output::Dtmf(d) => {
+                    tracing::debug!(?call, digit = ?d.digit, "DTMF (RFC 4733)");
                     if let Some(digit) = d.digit {
                         self.out.push_back(Output::Event(CallEvent::Dtmf {
                             call,
