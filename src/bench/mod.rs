@@ -1,6 +1,7 @@
 //! `continuum bench ...`: measurements on this machine, reported as tables and
 //! JSON (the JSON feeds capacity planning).
 
+mod bridged;
 mod events;
 mod server;
 mod sfu;
@@ -23,7 +24,8 @@ pub enum BenchCommand {
     Turn(turn::TurnArgs),
     /// SIP gateway: calls set up and torn down per second (sipp as the load,
     /// against the server and against sipp's own UAS side by side), CPU and
-    /// memory per call.
+    /// memory per call; then phone calls bridged into SFU rooms at real time
+    /// (late frames, CPU and memory per call, the most calls under 1% late).
     Voice(voice::VoiceArgs),
 }
 

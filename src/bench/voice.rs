@@ -5,12 +5,20 @@
 //! against a real `continuum serve` child routing every call by trunk and
 //! dispatch rule onto a conversation (call record, timeline events, audit).
 //! Then `--hold` calls are held up at once for the memory per call.
+//!
+//! Then the media: `--bridged` phone calls bridged into SFU rooms at real
+//! time on one thread (see `bridged.rs`): late frames, tick time, CPU and
+//! memory per call, the gateway's share apart from the stand-in far ends and
+//! the SFU; and a ramp to the most calls with under 1% late frames.
+//! `--out FILE` writes the results as JSON for `continuum plan --capacity`
+//! (`voice_calls_per_core_estimate`).
 
+use super::bridged::{self, BridgedResult};
 use super::server::ServerProcess;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use std::net::UdpSocket;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +35,26 @@ pub struct VoiceArgs {
     /// Calls held up together for the memory figure.
     #[arg(long, default_value_t = 300)]
     pub hold: u64,
+    /// Phone calls bridged into rooms for the media run (0: none).
+    #[arg(long, default_value_t = 100)]
+    pub bridged: usize,
+    /// Seconds of media in the `--bridged` run (after connecting; ramp
+    /// steps run at most 5 s each).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The ramp for the most bridged calls under 1% late frames: this many
+    /// more calls per step (0: no ramp) ...
+    #[arg(long, default_value_t = 50)]
+    pub ramp_step: usize,
+    /// ... up to this many.
+    #[arg(long, default_value_t = 600)]
+    pub ramp_max: usize,
+    /// Only the bridged media runs (no sipp, no server).
+    #[arg(long)]
+    pub bridged_only: bool,
+    /// Write the results as JSON here too (feeds `continuum plan --capacity`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -157,8 +185,121 @@ fn sipp_uac(
 }
 
 pub fn run(args: VoiceArgs) -> anyhow::Result<()> {
+    let mut report = if args.bridged_only {
+        serde_json::json!({"bench": "voice"})
+    } else {
+        signalling(&args)?
+    };
+    if args.bridged > 0 {
+        bridged_runs(&args, &mut report)?;
+    }
+    println!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+        println!("results written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// The bridged media run at `--bridged` calls, then the ramp; adds their
+/// figures to `report`.
+fn bridged_runs(args: &VoiceArgs, report: &mut serde_json::Value) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "bridged calls: phone (G.711 RTP) ↔ gateway (MediaSession + RoomLeg) ↔ in-process SFU ↔ \
+         clinician stand-in (RoomLeg, Opus tone), one thread, real 20 ms ticks; {cores} cores, load {}",
+        bridged::load_average()
+    );
+    let main = bridged::run_bridged(args.bridged, args.seconds)?;
+    bridged::print_result("run:  ", &main);
+    let mut ramp: Vec<BridgedResult> = Vec::new();
+    let mut max_under = None;
+    if args.ramp_step > 0 {
+        let secs = args.seconds.min(5);
+        let mut n = args.ramp_step;
+        while n <= args.ramp_max {
+            let r = if n == main.calls && secs == main.seconds.round() as u64 {
+                main.clone()
+            } else {
+                bridged::run_bridged(n, secs)?
+            };
+            bridged::print_result("ramp: ", &r);
+            let ok = r.late_pct < 1.0;
+            ramp.push(r);
+            if !ok {
+                break;
+            }
+            max_under = Some(n);
+            n += args.ramp_step;
+        }
+        match max_under {
+            Some(n)
+                if n + args.ramp_step > args.ramp_max
+                    && ramp.last().is_some_and(|r| r.late_pct < 1.0) =>
+            {
+                println!("most bridged calls under 1% late: ≥ {n} (the ramp's cap)")
+            }
+            Some(n) => println!("most bridged calls under 1% late: {n}"),
+            None => println!(
+                "most bridged calls under 1% late: fewer than {}",
+                args.ramp_step
+            ),
+        }
+    }
+    // One core of the gateway, by its measured share (linear, as `bench sfu`'s
+    // visits per core): what `continuum plan` takes as voice_calls_per_core.
+    let per_core = 100.0 / main.gateway_cpu_per_call_pct.max(1e-9);
+    println!(
+        "gateway CPU per bridged call {:.3}% of a core (process total {:.3}%): ≈ {per_core:.0} bridged calls per core of gateway time; \
+         heap per call {:.0} KiB (gateway {:.0} KiB)",
+        main.gateway_cpu_per_call_pct,
+        main.cpu_per_call_pct,
+        main.heap_per_call_bytes as f64 / 1024.0,
+        main.gateway_heap_per_call_bytes as f64 / 1024.0,
+    );
+    let obj = report
+        .as_object_mut()
+        .context("the report is a JSON object")?;
+    obj.insert("bench".into(), "voice".into());
+    obj.insert("cores".into(), cores.into());
+    obj.insert("load_average".into(), bridged::load_average().into());
+    obj.insert(
+        "bridged_calls_max_under_1pct_late".into(),
+        serde_json::to_value(max_under)?,
+    );
+    obj.insert(
+        "gateway_cpu_per_bridged_call_pct".into(),
+        main.gateway_cpu_per_call_pct.into(),
+    );
+    obj.insert(
+        "cpu_per_bridged_call_pct".into(),
+        main.cpu_per_call_pct.into(),
+    );
+    obj.insert(
+        "heap_per_bridged_call_bytes".into(),
+        main.heap_per_call_bytes.into(),
+    );
+    obj.insert(
+        "gateway_heap_per_bridged_call_bytes".into(),
+        main.gateway_heap_per_call_bytes.into(),
+    );
+    obj.insert("voice_calls_per_core_estimate".into(), per_core.into());
+    obj.insert("bridged".into(), serde_json::to_value(&main)?);
+    obj.insert("bridged_ramp".into(), serde_json::to_value(&ramp)?);
+    obj.insert(
+        "method".into(),
+        "bridged: in-process SFU worker and str0m legs, in-memory datagrams, one thread, real 20 ms ticks; \
+         gateway time measured around its calls; voice_calls_per_core_estimate = 100 / gateway_cpu_per_bridged_call_pct"
+            .into(),
+    );
+    Ok(())
+}
+
+/// The SIP signalling runs (sipp against its own UAS and against a server).
+fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
     if Command::new("sipp").arg("-v").output().is_err() {
-        bail!("sipp is not installed: apt-get install sip-tester");
+        bail!("sipp is not installed: apt-get install sip-tester (or `--bridged-only`)");
     }
     let dir = tempfile::tempdir()?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -295,15 +436,12 @@ pub fn run(args: VoiceArgs) -> anyhow::Result<()> {
         peak as f64 / 1048576.0,
         (peak.saturating_sub(idle)) as f64 / 1024.0 / args.hold as f64
     );
-    println!(
-        "{}",
-        serde_json::json!({
-            "bench": "voice", "cores": cores,
-            "peer_sipp_uas_calls_per_sec": peer.rate(), "calls_per_sec": ours.rate(),
-            "failed": ours.failed, "cpu_ms_per_call": cpu * 1000.0 / ours.successful.max(1) as f64,
-            "rss_per_held_call_bytes": peak.saturating_sub(idle) / args.hold.max(1),
-        })
-    );
+    let report = serde_json::json!({
+        "bench": "voice", "cores": cores,
+        "peer_sipp_uas_calls_per_sec": peer.rate(), "calls_per_sec": ours.rate(),
+        "failed": ours.failed, "cpu_ms_per_call": cpu * 1000.0 / ours.successful.max(1) as f64,
+        "rss_per_held_call_bytes": peak.saturating_sub(idle) / args.hold.max(1),
+    });
     server.stop()?;
-    Ok(())
+    Ok(report)
 }

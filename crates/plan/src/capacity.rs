@@ -1,6 +1,7 @@
-//! Per-core capacity figures: from a `continuum bench sfu --out F` result,
-//! from a small capacity file of their own, or the documented defaults
-//! measured on the development machine (docs/benchmarks.md).
+//! Per-core capacity figures: from a `continuum bench sfu --out F` or
+//! `continuum bench voice --out F` result, from a small capacity file of
+//! their own, or the documented defaults measured on the development machine
+//! (docs/benchmarks.md).
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -48,7 +49,8 @@ pub const DEFAULT_SOURCE: &str = "defaults: docs/benchmarks.md, 2-core dev VM, 2
      (`continuum bench sfu`: 44,301 egress packets/core-s and ≈103 1:1 visits per core; \
      fan-out 73,910; bench/turn-vs-coturn.sh: 4.35 µs CPU per relayed packet at the \
      bulk load, one relay worker); \
-     voice gateway 500 calls/core is an estimate (no SIP benchmark yet)";
+     `continuum bench voice --bridged-only`, 2026-12-01: the gateway's share of a phone call \
+     bridged into a room is 1.25–1.7% of a core (Opus encode dominates): 60 calls/core";
 
 impl Default for Capacity {
     fn default() -> Self {
@@ -58,9 +60,9 @@ impl Default for Capacity {
             sfu_fanout_egress_packets_per_core: 73_910.0,
             sfu_visits_per_core: 103.0,
             turn_cpu_us_per_packet: 4.35,
-            // G.711 at 50 packets/s each way = 100 packets/s per call: 500
-            // calls = 50k packets/s, the SFU's per-core packet rate.
-            voice_calls_per_core: 500.0,
+            // Measured (bench voice --bridged-only): the gateway's CPU per
+            // bridged call, the conservative end of 1.25–1.7% of a core.
+            voice_calls_per_core: 60.0,
             target_utilization: 0.7,
             control_plane_nodes: 2,
         }
@@ -74,6 +76,13 @@ struct BenchSfu {
     visits_per_core_estimate: Option<f64>,
 }
 
+/// The parts of `continuum bench voice --out` we read.
+#[derive(Deserialize)]
+struct BenchVoice {
+    /// Bridged phone↔room calls one core of gateway time carries.
+    voice_calls_per_core_estimate: f64,
+}
+
 #[derive(Deserialize)]
 struct BenchRun {
     scenario: String,
@@ -81,7 +90,8 @@ struct BenchRun {
 }
 
 impl Capacity {
-    /// Reads a bench result (JSON with `runs`) or a capacity file (TOML, or
+    /// Reads a bench result (JSON with `runs` from `bench sfu`, or with
+    /// `"bench": "voice"` from `bench voice`) or a capacity file (TOML, or
     /// JSON with the fields of [`Capacity`]); missing fields keep defaults.
     pub fn load(path: &Path) -> Result<Capacity, CapacityError> {
         Self::parse(&crate::read_input(path)?, &path.display().to_string())
@@ -99,6 +109,19 @@ impl Capacity {
                 let b: BenchSfu = serde_json::from_value(v)
                     .map_err(|e| perr(format!("not a `continuum bench sfu` result: {e}")))?;
                 Self::from_bench(b, label)?
+            } else if v.get("bench").and_then(|b| b.as_str()) == Some("voice") {
+                let b: BenchVoice = serde_json::from_value(v).map_err(|e| {
+                    perr(format!(
+                        "not a `continuum bench voice` result with bridged calls: {e}"
+                    ))
+                })?;
+                Capacity {
+                    source: format!(
+                        "{label} (continuum bench voice: bridged calls; other figures: {DEFAULT_SOURCE})"
+                    ),
+                    voice_calls_per_core: b.voice_calls_per_core_estimate,
+                    ..Capacity::default()
+                }
             } else {
                 serde_json::from_value(v).map_err(|e| perr(e.to_string()))?
             }
@@ -169,5 +192,41 @@ impl Capacity {
             return Err(bad("target_utilization", "must be in (0, 1]"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bench_voice_result_gives_the_voice_figure() {
+        let text = r#"{"bench": "voice", "cores": 2, "calls_per_sec": 900.0,
+            "gateway_cpu_per_bridged_call_pct": 0.25,
+            "voice_calls_per_core_estimate": 400.0,
+            "bridged": {"calls": 100}}"#;
+        let cap = Capacity::parse(text, "voice.json").unwrap();
+        assert_eq!(cap.voice_calls_per_core, 400.0);
+        assert_eq!(
+            cap.sfu_egress_packets_per_core,
+            Capacity::default().sfu_egress_packets_per_core
+        );
+        assert!(cap.source.starts_with("voice.json (continuum bench voice"));
+    }
+
+    #[test]
+    fn a_bench_voice_result_without_bridged_calls_is_refused() {
+        // Signalling only (`--bridged 0`): nothing for the planner.
+        let text = r#"{"bench": "voice", "calls_per_sec": 900.0}"#;
+        let e = Capacity::parse(text, "voice.json").unwrap_err();
+        assert!(e.to_string().contains("bench voice"), "{e}");
+        let text = r#"{"bench": "voice", "voice_calls_per_core_estimate": 0.0}"#;
+        assert!(matches!(
+            Capacity::parse(text, "v.json"),
+            Err(CapacityError::Invalid {
+                field: "voice_calls_per_core",
+                ..
+            })
+        ));
     }
 }
