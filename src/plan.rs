@@ -46,7 +46,7 @@ pub struct Inputs {
     /// documented list prices built in.
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
-    /// Per-core capacity: a `continuum bench sfu --out` result, or a
+    /// Per-core capacity: a `continuum bench sfu --out` or `bench voice --out` result, or a
     /// capacity TOML/JSON. Default: the figures in docs/benchmarks.md.
     #[arg(long, value_name = "FILE")]
     pub capacity: Option<PathBuf>,
