@@ -765,3 +765,73 @@ async fn a_caller_keys_in_the_visit_pin_and_joins_the_room_by_phone() {
         "{k:?}"
     );
 }
+
+#[tokio::test]
+async fn a_trunk_that_never_answers_fails_the_call_as_no_answer() {
+    let dir = tempdir();
+    let port = free_udp_port();
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            env: vec![
+                (
+                    "CONTINUUM_SIP__UDP_LISTEN".into(),
+                    format!("127.0.0.1:{port}"),
+                ),
+                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
+                ("CONTINUUM_SIP__RING_TIMEOUT_SECS".into(), "2".into()),
+            ],
+            ..Default::default()
+        },
+    );
+    let key = s.key().to_owned();
+    // A "carrier" that swallows everything: not even 100 Trying.
+    let black_hole = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hole = black_hole.local_addr().unwrap();
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(
+            json!({"name": "silent", "direction": "outbound", "address": hole.to_string(),
+            "caller_ids": ["+14155550100"], "max_concurrent_calls": 2}),
+        ),
+    )
+    .await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550128").await;
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550128"})),
+        )
+        .await;
+    let id = call["id"].as_str().unwrap();
+    let failed = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "failed"
+    })
+    .await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["cause"], "no_answer", "{failed}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.failed".to_owned())
+    })
+    .await;
+    let ev = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "call.failed")
+        .unwrap_or_else(|| panic!("call.failed on the timeline: {events}"));
+    assert_eq!(ev["meta"]["reason"], "no_answer");
+    // The INVITE did reach the trunk (and was retransmitted over UDP).
+    black_hole
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = black_hole
+        .recv_from(&mut buf)
+        .expect("an INVITE reached the trunk");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE sip:+14155550128@"));
+}
