@@ -68,6 +68,9 @@ pub enum FallbackError {
     NoGateway,
     #[error("{0}")]
     Dial(String),
+    /// The tenant's setup is missing something (an outbound trunk).
+    #[error("{0}")]
+    Setup(String),
     #[error(transparent)]
     Store(#[from] continuum_store::StoreError),
 }
@@ -268,6 +271,7 @@ impl Fallback {
         };
         let call = match voice.dial(tenant, dial).await {
             Ok(call) => call,
+            Err(crate::voice::DialError::Invalid(m)) => return Err(FallbackError::Setup(m)),
             Err(e) => {
                 self.append(tenant, conversation_id, Channel::Voice, EventKind::CallFailed, serde_json::json!({
                     "session_id": room.room_id, "reason": "dial_failed", "detail": e.to_string(), "fallback": true,

@@ -681,6 +681,7 @@ pub async fn start_fallback(
             E::InProgress.to_string(),
         )),
         Err(E::NoPhone) => Err(ApiError::invalid(E::NoPhone.to_string())),
+        Err(E::Setup(m)) => Err(ApiError::invalid(m)),
         Err(e @ (E::NoGateway | E::Dial(_))) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "voice_unavailable",
