@@ -758,9 +758,7 @@ impl VoiceService {
                 .into_iter()
                 .next()
                 .ok_or_else(|| {
-                    DialError::Unavailable(
-                        "no outbound trunk: add one with POST /v1/sip/trunks".into(),
-                    )
+                    DialError::Invalid("no outbound trunk: add one with POST /v1/sip/trunks".into())
                 }),
         }
     }
