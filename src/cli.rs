@@ -154,6 +154,25 @@ fn load_config(g: &Global) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// `continuum_process_heap_bytes`: the live heap as the counting allocator
+/// sees it (RSS also holds allocator caches, so it cannot tell a leak from a
+/// high-water mark), and of it, `continuum_store_sqlite_memory_bytes`. A gauge set once a second: the metrics recorder is
+/// installed by `serve::run`; until then the sets go nowhere.
+fn export_heap_gauge() {
+    std::thread::Builder::new()
+        .name("heap-gauge".into())
+        .spawn(|| {
+            loop {
+                metrics::gauge!("continuum_process_heap_bytes")
+                    .set(crate::alloc::live_bytes() as f64);
+                metrics::gauge!("continuum_store_sqlite_memory_bytes")
+                    .set(continuum_store::sqlite_memory_bytes() as f64);
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })
+        .ok();
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -214,6 +233,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.server.listen = l;
             }
             telemetry::init_logging(&cfg.log.format, &cfg.log.level);
+            export_heap_gauge();
             runtime()?.block_on(serve::run(cfg))?;
         }
         Command::Config {

@@ -296,6 +296,24 @@ fn bridged_runs(args: &VoiceArgs, report: &mut serde_json::Value) -> anyhow::Res
     Ok(())
 }
 
+/// The server's live heap outside SQLite's page caches (which grow with the
+/// database up to their bound): `continuum_process_heap_bytes` minus
+/// `continuum_store_sqlite_memory_bytes` on /metrics.
+async fn heap_bytes(base: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("{base}/metrics")).await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (gauge("continuum_process_heap_bytes") - gauge("continuum_store_sqlite_memory_bytes")).max(0.0)
+        as u64
+}
+
 /// The SIP signalling runs (sipp against its own UAS and against a server).
 fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
     if Command::new("sipp").arg("-v").output().is_err() {
@@ -394,16 +412,39 @@ fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
         anyhow::Ok(())
     })?;
     // Warm-up: the first call creates the conversation.
-    sipp_uac(dir.path(), &format!("127.0.0.1:{sip_port}"), 1, 1, 1, 0)?;
+    let target = format!("127.0.0.1:{sip_port}");
+    sipp_uac(dir.path(), &target, 1, 1, 1, 0)?;
+    let heap = |rt: &tokio::runtime::Runtime| rt.block_on(heap_bytes(&server.base));
+
+    // Memory per held call, on a fresh server (after a burst, RSS keeps the
+    // allocator's high-water mark): `--hold` calls up at once.
+    let (idle_rss, idle_heap) = (server.rss_bytes(), heap(&rt));
+    let hold_ms = 4_000 + args.hold * 1000 / 100;
+    let holder = {
+        let (d, t, h) = (dir.path().to_owned(), target.clone(), args.hold);
+        std::thread::spawn(move || sipp_uac(&d, &t, h, 100, h, hold_ms))
+    };
+    std::thread::sleep(Duration::from_millis(args.hold * 1000 / 100 + 2_000));
+    let (peak_rss, peak_heap) = (server.rss_bytes(), heap(&rt));
+    let held = holder
+        .join()
+        .map_err(|_| anyhow::anyhow!("the holding run panicked"))??;
+    let per_call = |peak: u64, idle: u64| peak.saturating_sub(idle) / args.hold.max(1);
+    println!(
+        "held {} calls ({} ok, {} failed): RSS {:.1} → {:.1} MiB, {:.1} KiB per call; live heap outside SQLite {:.1} → {:.1} MiB, {:.1} KiB per call",
+        args.hold,
+        held.successful,
+        held.failed,
+        idle_rss as f64 / 1048576.0,
+        peak_rss as f64 / 1048576.0,
+        per_call(peak_rss, idle_rss) as f64 / 1024.0,
+        idle_heap as f64 / 1048576.0,
+        peak_heap as f64 / 1048576.0,
+        per_call(peak_heap, idle_heap) as f64 / 1024.0,
+    );
+
     let cpu_before = server.cpu_seconds();
-    let ours = sipp_uac(
-        dir.path(),
-        &format!("127.0.0.1:{sip_port}"),
-        args.calls,
-        args.rate,
-        args.limit,
-        0,
-    )?;
+    let ours = sipp_uac(dir.path(), &target, args.calls, args.rate, args.limit, 0)?;
     let cpu = server.cpu_seconds() - cpu_before;
     println!(
         "continuum gateway: {:>7.0} calls/s  ({} ok, {} failed); {:.2} ms CPU per call; ratio to the peer {:.2}",
@@ -413,34 +454,32 @@ fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
         cpu * 1000.0 / ours.successful.max(1) as f64,
         ours.rate() / peer.rate().max(1.0),
     );
-
-    // Memory per held call: `--hold` calls up at once.
-    let idle = server.rss_bytes();
-    let hold_ms = 4_000 + args.hold * 1000 / 100;
-    let target = format!("127.0.0.1:{sip_port}");
-    let holder = {
-        let (d, h) = (dir.path().to_owned(), args.hold);
-        std::thread::spawn(move || sipp_uac(&d, &target, h, 100, h, hold_ms))
-    };
-    std::thread::sleep(Duration::from_millis(args.hold * 1000 / 100 + 2_000));
-    let peak = server.rss_bytes();
-    let held = holder
-        .join()
-        .map_err(|_| anyhow::anyhow!("the holding run panicked"))??;
+    // Every call has ended: once the transactions' linger timers (Timer J,
+    // 32 s on UDP) have run, the live heap should be back near idle (a leak
+    // would show as bytes per call here). The gauge ticks each second.
+    let settle_from = Instant::now();
+    let mut after_heap = heap(&rt);
+    while after_heap > idle_heap + (1 << 20) && settle_from.elapsed() < Duration::from_secs(40) {
+        std::thread::sleep(Duration::from_secs(2));
+        after_heap = heap(&rt);
+    }
     println!(
-        "held {} calls ({} ok, {} failed): RSS {:.1} → {:.1} MiB, {:.1} KiB per call (media sockets and session state)",
-        args.hold,
-        held.successful,
-        held.failed,
-        idle as f64 / 1048576.0,
-        peak as f64 / 1048576.0,
-        (peak.saturating_sub(idle)) as f64 / 1024.0 / args.hold as f64
+        "after {} calls and {:.0} s: live heap outside SQLite {:.1} MiB ({:+.2} KiB per call since idle), RSS {:.1} MiB",
+        ours.successful + held.successful,
+        settle_from.elapsed().as_secs_f64(),
+        after_heap as f64 / 1048576.0,
+        (after_heap as f64 - idle_heap as f64)
+            / 1024.0
+            / (ours.successful + held.successful).max(1) as f64,
+        server.rss_bytes() as f64 / 1048576.0,
     );
     let report = serde_json::json!({
         "bench": "voice", "cores": cores,
         "peer_sipp_uas_calls_per_sec": peer.rate(), "calls_per_sec": ours.rate(),
         "failed": ours.failed, "cpu_ms_per_call": cpu * 1000.0 / ours.successful.max(1) as f64,
-        "rss_per_held_call_bytes": peak.saturating_sub(idle) / args.hold.max(1),
+        "rss_per_held_call_bytes": per_call(peak_rss, idle_rss),
+        "heap_per_held_call_bytes": per_call(peak_heap, idle_heap),
+        "heap_growth_after_calls_bytes": after_heap.saturating_sub(idle_heap),
     });
     server.stop()?;
     Ok(report)
