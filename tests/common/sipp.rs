@@ -20,33 +20,46 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
-/// A server whose SIP gateway listens on a known UDP port and may call
-/// loopback trunks; `env` adds or overrides settings.
+/// A server whose SIP gateway listens on a UDP port of the OS's choosing
+/// (returned: tests start side by side, and a port picked before the server
+/// binds it can be taken meanwhile) and may call loopback trunks; `env` adds
+/// or overrides settings. The server's log is `server.log` in `dir`.
 pub fn voice_server_with(dir: &Path, env: &[(&str, &str)]) -> (Server, u16) {
-    let port = free_udp_port();
     let rtp = free_udp_port() & !1;
+    let level = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into());
     let mut vars: Vec<(String, String)> = vec![
-        (
-            "CONTINUUM_SIP__UDP_LISTEN".into(),
-            format!("127.0.0.1:{port}"),
-        ),
+        ("CONTINUUM_SIP__UDP_LISTEN".into(), "127.0.0.1:0".into()),
         ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
+        // The gateway's bound addresses are logged at info.
         (
             "CONTINUUM_LOG".into(),
-            std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            format!("{level},continuum_server::voice=info"),
         ),
         // A small range near a free port: tests run side by side.
         ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
         ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
     ];
     vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let log = dir.join("server.log");
     let s = Server::start_with(
         dir,
         Opts {
             env: vars,
+            log_file: Some(log.clone()),
             ..Default::default()
         },
     );
+    // Logged before the server reports its API address (serve.rs).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let port = text
+        .lines()
+        .find(|l| l.contains("SIP gateway listening"))
+        .and_then(|l| {
+            let after = &l[l.find("Some(")? + 5..];
+            let addr: String = after.chars().take_while(|c| *c != ')').collect();
+            addr.rsplit(':').next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no SIP gateway address in the server's log:\n{text}"));
     (s, port)
 }
 
@@ -265,9 +278,10 @@ Content-Length: 0
         self.request_with("ACK", None, "[branch-6]", "[peer_tag_param]");
         self.xml
             .push_str("<nop next=\"done\"/>\n<label id=\"crossed\"/>\n");
-        // The 200 crossed the CANCEL: ACK it, take the CANCEL's 200, BYE.
-        self.request_with("ACK", None, "[branch]", "[$dialog_tag]");
+        // The 200 crossed the CANCEL: take the CANCEL's 200 (it follows at
+        // once: sipp must be waiting for it), ACK the INVITE's, BYE.
         self.xml.push_str("<recv response=\"200\"/>\n");
+        self.request_with("ACK", None, "[branch]", "[$dialog_tag]");
         self.request_with("BYE", None, "[branch]", "[$dialog_tag]");
         self.xml
             .push_str("<recv response=\"200\"/>\n<label id=\"done\"/>\n");
