@@ -6,198 +6,11 @@
 //! the call records are checked.
 
 mod common;
+use common::sipp::*;
 use common::*;
 use serde_json::{Value, json};
 use std::net::UdpSocket;
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server whose SIP gateway listens on a known UDP port and may call loopback trunks.
-fn voice_server(dir: &Path) -> (Server, u16) {
-    let port = free_udp_port();
-    let rtp = free_udp_port() & !1;
-    let s = Server::start_with(
-        dir,
-        Opts {
-            env: vec![
-                (
-                    "CONTINUUM_SIP__UDP_LISTEN".into(),
-                    format!("127.0.0.1:{port}"),
-                ),
-                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
-                (
-                    "CONTINUUM_LOG".into(),
-                    std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-                ),
-                // A small range near a free port: tests run side by side.
-                ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
-                ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
-            ],
-            ..Default::default()
-        },
-    );
-    (s, port)
-}
-
-/// A UAC scenario: INVITE from `caller` with `sdp_media` (an `m=` line and
-/// its attributes), expecting final status `expect`; on 200 it ACKs, waits
-/// `hold_ms`, and hangs up.
-fn uac_scenario(caller: &str, sdp_media: &str, expect: u16, hold_ms: u64) -> String {
-    let invite = format!(
-        r#"<send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:{caller}@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-{sdp_media}
-]]></send>
-<recv response="100" optional="true"/>
-<recv response="180" optional="true"/>
-<recv response="183" optional="true"/>
-"#
-    );
-    let tail = if expect == 200 {
-        format!(
-            r#"<recv response="200" rtd="true"/>
-<send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-<pause milliseconds="{hold_ms}"/>
-<send retrans="500"><![CDATA[
-BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-<recv response="200" crlf="true"/>
-"#
-        )
-    } else {
-        // A failure final response is ACKed by the transaction (same branch).
-        format!(
-            r#"<recv response="{expect}"/>
-<send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: "Patient" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-"#
-        )
-    };
-    format!(
-        "<?xml version=\"1.0\" encoding=\"ISO-8859-1\" ?>\n<scenario name=\"continuum uac\">\n{invite}{tail}</scenario>\n"
-    )
-}
-
-const PCMU: &str = "m=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15";
-
-/// Runs sipp as a UAC calling `called` at the gateway; returns its output.
-fn sipp_call(dir: &Path, name: &str, scenario: &str, sip_port: u16, called: &str) -> Output {
-    let file = dir.join(format!("{name}.xml"));
-    std::fs::write(&file, scenario).unwrap();
-    let local = free_udp_port().to_string();
-    let media = free_udp_port().to_string();
-    Command::new("sipp")
-        .args([
-            &format!("127.0.0.1:{sip_port}"),
-            "-sf",
-            file.to_str().unwrap(),
-            "-s",
-            called,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &local,
-            "-mp",
-            &media,
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-trace_err",
-            "-error_file",
-            dir.join(format!("{name}.errors.log")).to_str().unwrap(),
-        ])
-        .current_dir(dir)
-        .output()
-        .expect("sipp runs (Debian package sip-tester)")
-}
-
-fn assert_sipp_ok(out: &Output, dir: &Path, name: &str) {
-    let errors =
-        std::fs::read_to_string(dir.join(format!("{name}.errors.log"))).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "sipp {name} failed ({}):\n{}\n{errors}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .rev()
-            .take(25)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-}
-
-/// Polls `GET path` until `done` holds (15 s); returns the last answer.
-async fn eventually(s: &Server, key: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let v = s.ok("GET", path, key, None).await;
-        if done(&v) || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn kinds(events: &Value) -> Vec<String> {
-    events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[tokio::test]
 async fn inbound_calls_reach_the_callers_conversation_and_refusals_are_clear() {
@@ -382,37 +195,8 @@ async fn dial_out_through_a_trunk_reaches_a_sipp_phone_and_hangs_up() {
     let (s, _sip) = voice_server(dir.path());
     let key = s.key().to_owned();
     // The "carrier": a sipp UAS answering one call.
-    let uas_port = free_udp_port();
-    let uas = Command::new("sipp")
-        .args([
-            "-sn",
-            "uas",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &uas_port.to_string(),
-            "-mp",
-            &free_udp_port().to_string(),
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "40s",
-            "-timeout_error",
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("sipp runs");
-    let trunk = s
-        .ok(
-            "POST",
-            "/v1/sip/trunks",
-            &key,
-            Some(json!({"name": "carrier out", "direction": "outbound", "address": format!("127.0.0.1:{uas_port}"),
-                "caller_ids": ["+14155550100"], "max_concurrent_calls": 1})),
-        )
-        .await;
+    let uas = Sipp::uas(dir.path(), "carrier", None);
+    let trunk = outbound_trunk(&s, &key, uas.port, 1).await;
     let (_, conv) = s.patient_conversation(&key, "+14155550124").await;
     // Bad targets are refused before anything is dialled.
     let (status, v) = s
@@ -485,12 +269,7 @@ async fn dial_out_through_a_trunk_reaches_a_sipp_phone_and_hangs_up() {
         "{k:?}"
     );
     // sipp saw a whole call: INVITE, ACK, BYE.
-    let out = uas.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the sipp UAS saw a complete call ({})",
-        out.status
-    );
+    uas.assert_ok().await;
 }
 
 /// The next signaling message of one of `types` (others skipped), within 15 s.
@@ -520,36 +299,8 @@ async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() 
     let dir = tempdir();
     let (s, _sip) = voice_server(dir.path());
     let key = s.key().to_owned();
-    let uas_port = free_udp_port();
-    let uas = Command::new("sipp")
-        .args([
-            "-sn",
-            "uas",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &uas_port.to_string(),
-            "-mp",
-            &free_udp_port().to_string(),
-            "-m",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "40s",
-            "-timeout_error",
-        ])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("sipp runs");
-    s.ok(
-        "POST",
-        "/v1/sip/trunks",
-        &key,
-        Some(json!({"name": "carrier out", "direction": "outbound", "address": format!("127.0.0.1:{uas_port}"),
-            "caller_ids": ["+14155550100"], "max_concurrent_calls": 4})),
-    )
-    .await;
+    let uas = Sipp::uas(dir.path(), "carrier", None);
+    outbound_trunk(&s, &key, uas.port, 4).await;
     let (_, conv) = s.patient_conversation(&key, "+14155550126").await;
     s.ok(
         "POST",
@@ -672,7 +423,7 @@ async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() 
     );
     s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
         .await;
-    assert!(uas.wait_with_output().unwrap().status.success());
+    uas.assert_ok().await;
 }
 
 #[tokio::test]
@@ -751,14 +502,11 @@ async fn a_caller_keys_in_the_visit_pin_and_joins_the_room_by_phone() {
     .await;
     assert_eq!(calls[0]["room_id"], room_id.as_str(), "{calls}");
     assert_eq!(calls[0]["state"], "ended", "{calls}");
-    let events = s
-        .ok(
-            "GET",
-            &format!("/v1/conversations/{conv}/events"),
-            &key,
-            None,
-        )
-        .await;
+    // The record's state is written before the timeline's event.
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
     let k = kinds(&events);
     assert!(
         k.contains(&"call.started".to_owned()) && k.contains(&"call.ended".to_owned()),
@@ -769,21 +517,7 @@ async fn a_caller_keys_in_the_visit_pin_and_joins_the_room_by_phone() {
 #[tokio::test]
 async fn a_trunk_that_never_answers_fails_the_call_as_no_answer() {
     let dir = tempdir();
-    let port = free_udp_port();
-    let s = Server::start_with(
-        dir.path(),
-        Opts {
-            env: vec![
-                (
-                    "CONTINUUM_SIP__UDP_LISTEN".into(),
-                    format!("127.0.0.1:{port}"),
-                ),
-                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
-                ("CONTINUUM_SIP__RING_TIMEOUT_SECS".into(), "2".into()),
-            ],
-            ..Default::default()
-        },
-    );
+    let (s, _sip) = voice_server_with(dir.path(), &[("CONTINUUM_SIP__RING_TIMEOUT_SECS", "2")]);
     let key = s.key().to_owned();
     // A "carrier" that swallows everything: not even 100 Trying.
     let black_hole = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -834,4 +568,517 @@ async fn a_trunk_that_never_answers_fails_the_call_as_no_answer() {
         .recv_from(&mut buf)
         .expect("an INVITE reached the trunk");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE sip:+14155550128@"));
+}
+
+// ------------------------------------------------------------------
+// Mid-call signalling and races against sipp; media from the test's own
+// UDP sockets where the test must control what arrives from where.
+
+/// A caller known by `phone` with a conversation, calling `number`
+/// (routed to the caller's conversation); returns the conversation.
+async fn caller_setup(s: &Server, key: &str, number: &str, phone: &str) -> String {
+    inbound_number(s, key, number).await;
+    s.patient_conversation(key, phone).await.1
+}
+
+/// The conversation's one call once `done` holds for it.
+async fn the_call(s: &Server, key: &str, conv: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let calls = eventually(s, key, &format!("/v1/conversations/{conv}/calls"), |v| {
+        v.as_array().is_some_and(|a| a.len() == 1 && done(&a[0]))
+    })
+    .await;
+    assert_eq!(calls.as_array().map(Vec::len), Some(1), "{calls}");
+    assert!(done(&calls[0]), "{calls}");
+    calls[0].clone()
+}
+
+fn event<'a>(events: &'a Value, kind: &str) -> Option<&'a Value> {
+    events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == kind)
+}
+
+/// Polls /metrics until `series` reaches `at_least` (15 s); returns its value.
+async fn counter_reaches(s: &Server, series: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = counter(&metrics(s).await, series);
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An RTP packet (version 2, no CSRC or extension).
+fn rtp(pt: u8, marker: bool, seq: u16, ts: u32, ssrc: u32, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+    p.extend(seq.to_be_bytes());
+    p.extend(ts.to_be_bytes());
+    p.extend(ssrc.to_be_bytes());
+    p.extend(payload);
+    p
+}
+
+/// The next RTP datagram on `sock` within `secs` (RTCP is skipped): its source.
+async fn next_rtp(sock: &tokio::net::UdpSocket, secs: u64) -> Option<std::net::SocketAddr> {
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, from) = tokio::time::timeout(left, sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        // RTCP has payload types 200..=204 in its second byte.
+        if n >= 12 && buf[0] >> 6 == 2 && !(200..=204).contains(&buf[1]) {
+            return Some(from);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_caller_puts_the_gateway_on_hold_and_back_with_reinvites() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = caller_setup(&s, &key, "+14155550302", "+14155550133").await;
+    // Hold (a=sendonly) must be answered recvonly (or inactive), the resume
+    // sendrecv: sipp checks each 200's SDP and fails the call otherwise.
+    let hold = format!("{PCMU}\na=sendonly");
+    let resume = format!("{PCMU}\na=sendrecv");
+    let scenario = Uac::new("+14155550133")
+        .invite(PCMU)
+        .answered()
+        .pause(400)
+        .reinvite(&hold, "a=(recvonly|inactive)")
+        .pause(700)
+        .reinvite(&resume, "a=sendrecv")
+        .pause(700)
+        .bye()
+        .build();
+    Sipp::uac(dir.path(), "hold", &scenario, sip, "+14155550302")
+        .assert_ok()
+        .await;
+    // The call stayed up through both re-INVITEs and ended by the caller's BYE.
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "ended").await;
+    assert_eq!(call["cause"], "remote_hangup", "{call}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    let k = kinds(&events);
+    assert!(k.contains(&"call.started".to_owned()), "{k:?}");
+    assert!(!k.contains(&"call.failed".to_owned()), "{k:?}");
+    let ended = event(&events, "call.ended").unwrap();
+    assert_eq!(ended["meta"]["reason"], "remote_hangup", "{ended}");
+    // 1.8 s of scenario pauses (hold time included): whole seconds, rounded down.
+    let secs = ended["meta"]["duration_secs"].as_u64().unwrap();
+    assert!((1..=10).contains(&secs), "{ended}");
+}
+
+#[tokio::test]
+async fn a_caller_who_cancels_at_once_leaves_no_call_up() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = caller_setup(&s, &key, "+14155550301", "+14155550132").await;
+    // CANCEL right after the 100: the gateway is still routing the call
+    // (store lookups, the call record); its 200 may cross the CANCEL, and
+    // then sipp ACKs and hangs up instead (the scenario takes either way).
+    let scenario = Uac::new("+14155550132").invite_and_cancel(PCMU).build();
+    Sipp::uac(dir.path(), "cancel", &scenario, sip, "+14155550301")
+        .assert_ok()
+        .await;
+    let call = the_call(&s, &key, &conv, |c| {
+        c["state"] == "failed" || c["state"] == "ended"
+    })
+    .await;
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        let k = kinds(v);
+        k.contains(&"call.failed".to_owned()) || k.contains(&"call.ended".to_owned())
+    })
+    .await;
+    if call["state"] == "failed" {
+        // The CANCEL won: 487, never answered.
+        assert_eq!(call["cause"], "cancelled", "{call}");
+        let failed = event(&events, "call.failed")
+            .unwrap_or_else(|| panic!("call.failed on the timeline: {events}"));
+        assert_eq!(failed["channel"], "voice");
+        assert_eq!(failed["meta"]["reason"], "cancelled", "{failed}");
+        assert_eq!(failed["meta"]["sip_status"], 487, "{failed}");
+        assert!(event(&events, "call.started").is_none(), "{events}");
+    } else {
+        // The 200 crossed the CANCEL: answered, then the caller's BYE.
+        assert_eq!(call["cause"], "remote_hangup", "{call}");
+        assert!(event(&events, "call.started").is_some(), "{events}");
+    }
+    // Nothing is left up: the call cannot be hung up any more.
+    let id = call["id"].as_str().unwrap();
+    let (status, v) = s
+        .call("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    assert_eq!(status, 409, "{v}");
+}
+
+#[tokio::test]
+async fn hanging_up_while_ringing_acks_and_byes_a_200_that_crossed_the_cancel() {
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    // The carrier rings, and its 200 to the INVITE crosses our CANCEL (it
+    // answers the CANCEL 200 too). RFC 3261 9.1: the caller must ACK that
+    // 200 and end the call with a BYE.
+    let scenario = Uas::ringing()
+        .receive("CANCEL", None)
+        .respond("200 OK")
+        .answer()
+        .receive("ACK", None)
+        .respond_to("BYE", "200 OK")
+        .build();
+    let uas = Sipp::uas(dir.path(), "crossing", Some(&scenario));
+    outbound_trunk(&s, &key, uas.port, 2).await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550134").await;
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550134"})),
+        )
+        .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let ringing = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "ringing"
+    })
+    .await;
+    assert_eq!(ringing["state"], "ringing", "{ringing}");
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    // sipp got its ACK and BYE (it fails on a missing one, after its timeout).
+    uas.assert_ok().await;
+    let ended = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "failed"
+    })
+    .await;
+    assert_eq!(ended["state"], "failed", "never answered for us: {ended}");
+    assert_eq!(ended["cause"], "cancelled", "{ended}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.failed".to_owned())
+    })
+    .await;
+    let failed = event(&events, "call.failed").unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(failed["meta"]["reason"], "cancelled", "{failed}");
+    let k = kinds(&events);
+    assert!(
+        !k.contains(&"call.started".to_owned()) && !k.contains(&"call.ended".to_owned()),
+        "{k:?}"
+    );
+    let (status, _) = s
+        .call("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    assert_eq!(status, 409, "nothing left up");
+}
+
+#[tokio::test]
+async fn a_blind_transfer_refers_the_phone_and_ends_our_leg() {
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let target = "sip:desk@pbx.example.org";
+    // The carrier answers, takes our REFER (202), reports the transfer's
+    // success (NOTIFY, sipfrag 200) and expects our BYE.
+    let scenario = Uas::ringing()
+        .answer()
+        .receive("ACK", None)
+        .referred(&format!("<{target}>"), "SIP/2.0 200 OK")
+        .respond_to("BYE", "200 OK")
+        .build();
+    let uas = Sipp::uas(dir.path(), "transferee", Some(&scenario));
+    outbound_trunk(&s, &key, uas.port, 2).await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550135").await;
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550135"})),
+        )
+        .await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let answered = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "answered"
+    })
+    .await;
+    assert_eq!(answered["state"], "answered", "{answered}");
+    let (status, v) = s
+        .call(
+            "POST",
+            &format!("/v1/calls/{id}/transfer"),
+            &key,
+            Some(json!({"target": target})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    uas.assert_ok().await;
+    let ended = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "ended"
+    })
+    .await;
+    assert_eq!(ended["state"], "ended", "{ended}");
+    assert_eq!(ended["cause"], "transferred", "{ended}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    let e = event(&events, "call.ended").unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(e["meta"]["reason"], "transferred", "{e}");
+}
+
+#[tokio::test]
+async fn rtp_from_a_second_source_is_dropped_and_the_call_stays_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = caller_setup(&s, &key, "+14155550303", "+14155550136").await;
+    let bind = || tokio::net::UdpSocket::bind("127.0.0.1:0");
+    // The SDP names one socket; the phone's media comes from another (as
+    // behind NAT), so latching shows: the gateway's RTP moves to it.
+    let (sdp, phone, intruder) = (
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+        bind().await.unwrap(),
+    );
+    let sdp_port = sdp.local_addr().unwrap().port();
+    let scenario = Uac::new("+14155550136")
+        .invite(&pcmu_at(sdp_port))
+        .answered()
+        .await_bye()
+        .build();
+    let uac = Sipp::uac(dir.path(), "latching", &scenario, sip, "+14155550303");
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "answered").await;
+    let gateway = next_rtp(&sdp, 10)
+        .await
+        .expect("the gateway sends RTP to the SDP address");
+
+    // The phone talks: 20 ms PCMU frames until the end of the test.
+    let phone = Arc::new(phone);
+    let talking = Arc::new(AtomicBool::new(true));
+    let talker = {
+        let (phone, talking) = (phone.clone(), talking.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut seq = 1000u16;
+            while talking.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let p = rtp(
+                    0,
+                    seq == 1000,
+                    seq,
+                    u32::from(seq) * 160,
+                    0x1111,
+                    &[0xff; 160],
+                );
+                let _ = phone.send_to(&p, gateway).await;
+                seq = seq.wrapping_add(1);
+            }
+        })
+    };
+    assert!(
+        next_rtp(&phone, 10).await == Some(gateway),
+        "the gateway latched onto the phone's media"
+    );
+
+    // The intruder: the phone's own stream replayed, then a stream of its
+    // own in sequence (what a legitimate move looks like, but the latched
+    // source never went quiet).
+    let dropped_before = counter(
+        &metrics(&s).await,
+        "continuum_sip_rtp_dropped_total{reason=\"wrong_source\"}",
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u32;
+    for i in 0..300u16 {
+        tick.tick().await;
+        let (ssrc, seq) = if i < 100 {
+            (0x1111, 1000 + i)
+        } else {
+            (0x2222, i)
+        };
+        let p = rtp(0, false, seq, u32::from(seq) * 160, ssrc, &[0x7f; 160]);
+        intruder.send_to(&p, gateway).await.unwrap();
+        sent += 1;
+    }
+    let series = "continuum_sip_rtp_dropped_total{reason=\"wrong_source\"}";
+    let dropped =
+        counter_reaches(&s, series, dropped_before + f64::from(sent)).await - dropped_before;
+    // Loopback loses nothing at this rate; allow a stray loss, not a miss.
+    assert!(
+        (f64::from(sent) * 0.97..=f64::from(sent)).contains(&dropped),
+        "{dropped} of {sent} intruding packets counted as dropped"
+    );
+    // The gateway still sends to the phone, and nothing to the intruder.
+    for _ in 0..10 {
+        assert_eq!(
+            next_rtp(&phone, 5).await,
+            Some(gateway),
+            "the phone keeps hearing the gateway"
+        );
+    }
+    let mut buf = [0u8; 2048];
+    assert!(
+        intruder.try_recv_from(&mut buf).is_err(),
+        "the intruder got media"
+    );
+    let id = call["id"].as_str().unwrap();
+    let up = s.ok("GET", &format!("/v1/calls/{id}"), &key, None).await;
+    assert_eq!(up["state"], "answered", "the call stays up: {up}");
+
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    uac.assert_ok().await;
+    talking.store(false, Ordering::Relaxed);
+    talker.await.unwrap();
+    let ended = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "ended"
+    })
+    .await;
+    assert_eq!(ended["cause"], "hangup", "{ended}");
+}
+
+/// RFC 4733 events (one per `digits` char, 0-9) from `sock` to `to`: a
+/// start packet and two end packets each; `paced`: a packet a millisecond,
+/// else all at once.
+async fn dtmf_storm(
+    sock: &tokio::net::UdpSocket,
+    to: std::net::SocketAddr,
+    digits: &str,
+    paced: bool,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut seq = 1u16;
+    for (i, d) in digits.chars().enumerate() {
+        let event = d.to_digit(10).expect("0-9") as u8;
+        let ts = 8000 + i as u32 * 800;
+        for (end, duration) in [(false, 160u16), (true, 400), (true, 400)] {
+            if paced {
+                tick.tick().await;
+            }
+            let flags = if end { 0x80 } else { 0 } | 10; // volume -10 dBm0
+            let [hi, lo] = duration.to_be_bytes();
+            let p = rtp(101, !end, seq, ts, 0x3333, &[event, flags, hi, lo]);
+            let _ = sock.send_to(&p, to).await;
+            seq = seq.wrapping_add(1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dtmf_storm_leaves_the_call_up_and_the_timeline_bounded() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = caller_setup(&s, &key, "+14155550304", "+14155550137").await;
+    let phone = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = phone.local_addr().unwrap().port();
+    // 100 digits by SIP INFO from sipp, 400 by RFC 4733 from the test.
+    let info: String = (0..100)
+        .map(|i| char::from(b'0' + (i % 10) as u8))
+        .collect();
+    let scenario = Uac::new("+14155550137")
+        .invite(&pcmu_at(port))
+        .answered()
+        .info_dtmf(&info)
+        .await_bye()
+        .build();
+    let uac = Sipp::uac(dir.path(), "storm", &scenario, sip, "+14155550304");
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "answered").await;
+    let gateway = next_rtp(&phone, 10).await.expect("RTP from the gateway");
+    let storm: String = (0..400)
+        .map(|i| char::from(b'0' + (i * 7 % 10) as u8))
+        .collect();
+    dtmf_storm(&phone, gateway, &storm, true).await;
+    let rfc4733 = counter_reaches(
+        &s,
+        "continuum_sip_dtmf_received_total{via=\"rfc4733\"}",
+        400.0,
+    )
+    .await;
+    assert!(
+        (390.0..=400.0).contains(&rfc4733),
+        "each event is one digit, once: {rfc4733}"
+    );
+    let by_info =
+        counter_reaches(&s, "continuum_sip_dtmf_received_total{via=\"info\"}", 100.0).await;
+    assert_eq!(by_info, 100.0, "every INFO digit (SIP retransmits)");
+    let id = call["id"].as_str().unwrap();
+    let up = s.ok("GET", &format!("/v1/calls/{id}"), &key, None).await;
+    assert_eq!(up["state"], "answered", "the call stays up: {up}");
+    // Digits in a conversation call are not timeline events: 500 of them
+    // add nothing to it (only a PIN dial-in reads them).
+    let events = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/events"),
+            &key,
+            None,
+        )
+        .await;
+    let voice: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["channel"] == "voice")
+        .collect();
+    assert_eq!(voice.len(), 1, "only call.started: {voice:?}");
+    assert_eq!(voice[0]["kind"], "call.started");
+
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    uac.assert_ok().await;
+
+    // A storm into a PIN dial-in: three wrong PINs hang up, and the digits
+    // after them look nothing up.
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "pins", "direction": "inbound", "numbers": ["+14155550305"], "allowed_sources": ["127.0.0.1/32"]})),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/v1/sip/dispatch-rules",
+        &key,
+        Some(json!({"number": "+14155550305", "action": {"type": "room_pin"}})),
+    )
+    .await;
+    let phone = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = phone.local_addr().unwrap().port();
+    let scenario = Uac::new("+14155550137")
+        .invite(&pcmu_at(port))
+        .answered()
+        .await_bye()
+        .build();
+    let uac = Sipp::uac(dir.path(), "pin_storm", &scenario, sip, "+14155550305");
+    // The gateway's media comes first (answered); then the storm, at once:
+    // digits queue up behind the PIN lookups.
+    let gateway = next_rtp(&phone, 10).await.expect("RTP from the gateway");
+    let storm: String = (0..300)
+        .map(|i| char::from(b'0' + (i * 3 % 10) as u8))
+        .collect();
+    dtmf_storm(&phone, gateway, &storm, false).await;
+    uac.assert_ok().await;
+    let unmatched = counter_reaches(&s, "continuum_sip_pin_calls_unmatched_total", 1.0).await;
+    assert_eq!(unmatched, 1.0, "the dial-in ended without a room");
+    let m = metrics(&s).await;
+    assert_eq!(
+        counter(&m, "continuum_sip_pin_refused_total"),
+        3.0,
+        "three PIN lookups, not one per six digits of the storm"
+    );
 }

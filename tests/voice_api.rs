@@ -4,6 +4,7 @@
 //! closed to non-admin tokens.
 
 mod common;
+use common::sipp::{Sipp, eventually, kinds, outbound_trunk, voice_server};
 use common::*;
 use serde_json::{Value, json};
 
@@ -306,4 +307,129 @@ async fn rooms_get_dial_in_pins_and_calls_stay_within_reach() {
         .call("GET", &format!("/v1/calls/{missing}"), &a, None)
         .await;
     assert_eq!(status, 404, "{v}");
+}
+
+/// `method path` answers `token` exactly as it answers for a missing object.
+async fn looks_missing(
+    s: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    real: &str,
+) {
+    let missing = "01a00000-0000-7000-8000-000000000000";
+    let (status, v) = s.call(method, path, token, body.clone()).await;
+    let (status_m, v_m) = s
+        .call(method, &path.replace(real, missing), token, body)
+        .await;
+    assert_eq!(status, 404, "{method} {path}: {v}");
+    assert_eq!(
+        (status, &v),
+        (status_m, &v_m),
+        "{method} {path} must look exactly like a missing object"
+    );
+}
+
+#[tokio::test]
+async fn call_control_stays_within_its_tenant_and_grants() {
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let a = s.key().to_owned();
+    let b = second_tenant(dir.path());
+    // A's carrier: sipp's own UAS, which answers one call and fails on
+    // anything but INVITE, ACK and BYE (a REFER would fail it).
+    let uas = Sipp::uas(dir.path(), "carrier", None);
+    outbound_trunk(&s, &a, uas.port, 4).await;
+    let (_, conv) = s.patient_conversation(&a, "+14155550910").await;
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{conv}/rooms"),
+        &a,
+        Some(json!({"waiting_room": false})),
+    )
+    .await;
+    let (_, elsewhere) = s.patient_conversation(&a, "+14155550911").await;
+    // Same tenant, short of what it takes: a patient of the conversation
+    // (may not place or control calls: 403) and a clinician granted another
+    // conversation (this one is out of reach: 404).
+    let patient = s.mint(&a, "pat-1", "patient", &[&conv]).await;
+    let stranger = s.mint(&a, "dr-other", "clinician", &[&elsewhere]).await;
+    let calls_path = format!("/v1/conversations/{conv}/calls");
+
+    // Dial-out into A's conversation.
+    let dial = json!({"conversation_id": conv, "to": "+14155550910"});
+    looks_missing(&s, &b, "POST", "/v1/calls", Some(dial.clone()), &conv).await;
+    let (status, v) = s
+        .call("POST", "/v1/calls", &patient, Some(dial.clone()))
+        .await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = s
+        .call("POST", "/v1/calls", &stranger, Some(dial.clone()))
+        .await;
+    assert_eq!(status, 404, "{v}");
+    assert_eq!(
+        s.ok("GET", &calls_path, &a, None).await,
+        json!([]),
+        "no call record was written"
+    );
+
+    // A call of A's, answered.
+    let call = s.ok("POST", "/v1/calls", &a, Some(dial)).await;
+    let id = call["id"].as_str().unwrap().to_owned();
+    let answered = eventually(&s, &a, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "answered"
+    })
+    .await;
+    assert_eq!(answered["state"], "answered", "{answered}");
+    for (what, body) in [
+        ("hangup", None),
+        ("dtmf", Some(json!({"digits": "123#"}))),
+        (
+            "transfer",
+            Some(json!({"target": "sip:desk@pbx.example.org"})),
+        ),
+    ] {
+        let path = format!("/v1/calls/{id}/{what}");
+        looks_missing(&s, &b, "POST", &path, body.clone(), &id).await;
+        let (status, v) = s.call("POST", &path, &patient, body.clone()).await;
+        assert_eq!(status, 403, "{path}: {v}");
+        let (status, v) = s.call("POST", &path, &stranger, body).await;
+        assert_eq!(status, 404, "{path}: {v}");
+    }
+    let still = s.ok("GET", &format!("/v1/calls/{id}"), &a, None).await;
+    assert_eq!(
+        still["state"], "answered",
+        "nothing happened to the call: {still}"
+    );
+
+    // Calling the patient's phone into the visit (PSTN fallback).
+    let fallback = format!("/v1/conversations/{conv}/fallback");
+    looks_missing(&s, &b, "POST", &fallback, Some(json!({})), &conv).await;
+    let (status, v) = s.call("POST", &fallback, &patient, Some(json!({}))).await;
+    assert_eq!(status, 403, "{v}");
+    let (status, v) = s.call("POST", &fallback, &stranger, Some(json!({}))).await;
+    assert_eq!(status, 404, "{v}");
+    let calls = s.ok("GET", &calls_path, &a, None).await;
+    assert_eq!(
+        calls.as_array().map(Vec::len),
+        Some(1),
+        "no new call: {calls}"
+    );
+    let events = s
+        .ok("GET", &format!("/v1/conversations/{conv}/events"), &a, None)
+        .await;
+    let k = kinds(&events);
+    assert!(
+        !k.contains(&"channel.switched".to_owned()) && !k.contains(&"call.failed".to_owned()),
+        "no fallback on the timeline: {k:?}"
+    );
+    // B sees nothing of it.
+    let (status, _) = s.call("GET", &calls_path, &b, None).await;
+    assert_eq!(status, 404);
+
+    // A ends its call; the carrier saw INVITE, ACK and BYE, nothing else.
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &a, None)
+        .await;
+    uas.assert_ok().await;
 }

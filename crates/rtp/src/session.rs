@@ -295,6 +295,12 @@ impl MediaSession {
         s
     }
 
+    /// RTP and RTCP dropped so far for coming from the wrong place (cheap:
+    /// the host counts drops per datagram with it).
+    pub fn wrong_source(&self) -> u64 {
+        self.stats.wrong_source
+    }
+
     /// Where RTP goes now (the SDP address until latching).
     pub fn remote(&self) -> SocketAddr {
         self.rtp_dest

@@ -139,7 +139,13 @@ impl VoiceService {
                             while let Some(event) = rx.recv().await {
                                 if tag.awaiting_pin {
                                     match &event {
-                                        CallEvent::Dtmf { digit, .. } if digit.is_ascii_digit() => {
+                                        // Digits after the last wrong PIN (the
+                                        // hang-up is on its way) look nothing up:
+                                        // a DTMF storm costs at most PIN_ATTEMPTS lookups.
+                                        CallEvent::Dtmf { digit, .. }
+                                            if digit.is_ascii_digit()
+                                                && attempts < PIN_ATTEMPTS =>
+                                        {
                                             digits.push(*digit);
                                             if digits.len() == PIN_DIGITS {
                                                 attempts += 1;

@@ -248,7 +248,13 @@ impl Gateway {
             return;
         };
         if let Some(media) = self.legs.get_mut(&call).and_then(|l| l.media.as_mut()) {
+            let dropped = media.wrong_source();
             media.handle_datagram(now, source, bytes);
+            if media.wrong_source() > dropped {
+                // Not the latched source: injected, replayed or stray media.
+                metrics::counter!("continuum_sip_rtp_dropped_total", "reason" => "wrong_source")
+                    .increment(1);
+            }
         }
         self.drain_media(now, call);
     }
@@ -573,13 +579,25 @@ impl Gateway {
         if !self.legs.contains_key(&call) {
             return Err(GatewayError::UnknownCall);
         }
+        // Our dial-out not answered yet (its media comes with the answer):
+        // CANCELled, so it never started and fails as `cancelled`.
+        let unanswered_dial = self.legs.get(&call).is_some_and(|l| l.media.is_none());
         self.endpoint.hangup(now, call)?;
         self.finish(call);
-        self.out.push_back(Output::Event(CallEvent::Ended {
-            call,
-            by_remote: false,
-            cause: "hangup",
-        }));
+        let event = if unanswered_dial {
+            CallEvent::Failed {
+                call,
+                status: 487,
+                reason: "cancelled".into(),
+            }
+        } else {
+            CallEvent::Ended {
+                call,
+                by_remote: false,
+                cause: "hangup",
+            }
+        };
+        self.out.push_back(Output::Event(event));
         self.drain_sip(now);
         Ok(())
     }
@@ -826,17 +844,37 @@ impl Gateway {
                 CallEvent::Transferred { call, status }
             }
             SipEvent::ReferProgress { call, status } if status >= 200 => {
-                CallEvent::Transferred { call, status }
+                if !self.legs.contains_key(&call) {
+                    return;
+                }
+                self.out
+                    .push_back(Output::Event(CallEvent::Transferred { call, status }));
+                if (200..300).contains(&status) {
+                    // A blind transfer succeeded: the phone talks to the
+                    // target now; our leg ends (RFC 5589 2.4: the transferor BYEs).
+                    let _ = self.endpoint.hangup(now, call);
+                    self.finish(call);
+                    self.out.push_back(Output::Event(CallEvent::Ended {
+                        call,
+                        by_remote: false,
+                        cause: "transferred",
+                    }));
+                }
+                return;
             }
             SipEvent::Dtmf {
                 call,
                 digit,
                 duration_ms,
-            } => CallEvent::Dtmf {
-                call,
-                digit,
-                duration_ms,
-            },
+            } => {
+                metrics::counter!("continuum_sip_dtmf_received_total", "via" => "info")
+                    .increment(1);
+                CallEvent::Dtmf {
+                    call,
+                    digit,
+                    duration_ms,
+                }
+            }
             _ => return,
         };
         self.out.push_back(Output::Event(event));
@@ -903,6 +941,8 @@ impl Gateway {
                 continuum_rtp::Output::Dtmf(d) => {
                     tracing::debug!(?call, digit = ?d.digit, "DTMF (RFC 4733)");
                     if let Some(digit) = d.digit {
+                        metrics::counter!("continuum_sip_dtmf_received_total", "via" => "rfc4733")
+                            .increment(1);
                         self.out.push_back(Output::Event(CallEvent::Dtmf {
                             call,
                             digit,

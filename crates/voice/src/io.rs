@@ -526,10 +526,14 @@ impl<T: Clone + Send + 'static> Host<T> {
                     let _ = self.gateway.reject(now, call, 500);
                     return;
                 };
+                // The owner keeps a record of an accepted call: whatever
+                // stops it here is reported with its tag, or it would stay
+                // "up" there for good.
                 let local_rtp = match self.bind_media().await {
                     Ok(a) => a,
-                    Err(_) => {
+                    Err(e) => {
                         let _ = self.gateway.reject(now, call, 503);
+                        self.report_failed(tag, call, 503, e);
                         return;
                     }
                 };
@@ -538,7 +542,16 @@ impl<T: Clone + Send + 'static> Host<T> {
                     Ok(()) => {
                         self.tags.insert(call, (tag, local_rtp));
                     }
-                    Err(_) => self.release_media(local_rtp),
+                    // The caller CANCELled (or the INVITE timed out) while
+                    // the owner was deciding: the call is gone already.
+                    Err(GatewayError::UnknownCall) => {
+                        self.release_media(local_rtp);
+                        self.report_failed(tag, call, 487, "cancelled");
+                    }
+                    Err(_) => {
+                        self.release_media(local_rtp);
+                        self.report_failed(tag, call, 500, "the call could not be answered");
+                    }
                 }
             }
             Command::AttachRoom(call, identity, reply) => {
@@ -585,6 +598,16 @@ impl<T: Clone + Send + 'static> Host<T> {
                 let _ = reply.send(self.gateway.transfer(now, call, &target));
             }
         }
+    }
+
+    /// Tells the owner that a call it accepted never came up.
+    fn report_failed(&mut self, tag: T, call: CallId, status: u16, reason: &str) {
+        let event = CallEvent::Failed {
+            call,
+            status,
+            reason: reason.into(),
+        };
+        let _ = self.outcomes.send(Outcome::Event { tag, event });
     }
 
     /// The address the core puts in SDP for a bound RTP socket.
