@@ -23,25 +23,37 @@ fn free_udp_port() -> u16 {
 
 /// A server whose SIP gateway listens on a known UDP port and may call loopback trunks.
 fn voice_server(dir: &Path) -> (Server, u16) {
+    voice_server_with(dir, Vec::new())
+}
+
+fn no_keepalive() -> Vec<(String, String)> {
+    vec![("CONTINUUM_SIP__TRUNK_KEEPALIVE_SECS".into(), "0".into())]
+}
+
+/// [`voice_server`] with more settings.
+fn voice_server_with(dir: &Path, more: Vec<(String, String)>) -> (Server, u16) {
     let port = free_udp_port();
     let rtp = free_udp_port() & !1;
     let s = Server::start_with(
         dir,
         Opts {
-            env: vec![
-                (
-                    "CONTINUUM_SIP__UDP_LISTEN".into(),
-                    format!("127.0.0.1:{port}"),
-                ),
-                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
-                (
-                    "CONTINUUM_LOG".into(),
-                    std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-                ),
-                // A small range near a free port: tests run side by side.
-                ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
-                ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
-            ],
+            env: more
+                .into_iter()
+                .chain(vec![
+                    (
+                        "CONTINUUM_SIP__UDP_LISTEN".into(),
+                        format!("127.0.0.1:{port}"),
+                    ),
+                    ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
+                    (
+                        "CONTINUUM_LOG".into(),
+                        std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+                    ),
+                    // A small range near a free port: tests run side by side.
+                    ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
+                    ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
+                ])
+                .collect(),
             ..Default::default()
         },
     );
@@ -379,7 +391,9 @@ async fn inbound_calls_reach_the_callers_conversation_and_refusals_are_clear() {
 #[tokio::test]
 async fn dial_out_through_a_trunk_reaches_a_sipp_phone_and_hangs_up() {
     let dir = tempdir();
-    let (s, _sip) = voice_server(dir.path());
+    // sipp's built-in UAS would take a keepalive OPTIONS for its one call
+    // (-m 1): no keepalive here (it has a test of its own).
+    let (s, _sip) = voice_server_with(dir.path(), no_keepalive());
     let key = s.key().to_owned();
     // The "carrier": a sipp UAS answering one call.
     let uas_port = free_udp_port();
@@ -518,7 +532,9 @@ async fn expect(sock: &mut Signaling, types: &[&str]) -> Value {
 async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() {
     use futures::SinkExt;
     let dir = tempdir();
-    let (s, _sip) = voice_server(dir.path());
+    // sipp's built-in UAS would take a keepalive OPTIONS for its one call
+    // (-m 1): no keepalive here (it has a test of its own).
+    let (s, _sip) = voice_server_with(dir.path(), no_keepalive());
     let key = s.key().to_owned();
     let uas_port = free_udp_port();
     let uas = Command::new("sipp")
@@ -825,13 +841,187 @@ async fn a_trunk_that_never_answers_fails_the_call_as_no_answer() {
         .find(|e| e["kind"] == "call.failed")
         .unwrap_or_else(|| panic!("call.failed on the timeline: {events}"));
     assert_eq!(ev["meta"]["reason"], "no_answer");
-    // The INVITE did reach the trunk (and was retransmitted over UDP).
+    // The INVITE did reach the trunk (and was retransmitted over UDP), among
+    // the keepalive's OPTIONS (unanswered too).
     black_hole
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
     let mut buf = [0u8; 4096];
-    let (n, _) = black_hole
-        .recv_from(&mut buf)
-        .expect("an INVITE reached the trunk");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE sip:+14155550128@"));
+    let mut seen = Vec::new();
+    let invite = loop {
+        let Ok((n, _)) = black_hole.recv_from(&mut buf) else {
+            break None;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("INVITE ") {
+            break Some(text);
+        }
+        seen.push(text.lines().next().unwrap_or_default().to_owned());
+    };
+    let invite = invite.unwrap_or_else(|| panic!("no INVITE reached the trunk, only {seen:?}"));
+    assert!(invite.starts_with("INVITE sip:+14155550128@"), "{invite}");
+    assert!(
+        seen.iter().all(|l| l.starts_with("OPTIONS ")),
+        "only keepalives besides: {seen:?}"
+    );
+}
+
+/// A sipp UAS that answers every OPTIONS with 200 (and nothing else).
+const OPTIONS_UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options uas">
+<recv request="OPTIONS"/>
+<send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+]]></send>
+</scenario>
+"#;
+
+/// Polls the tenant's trunk list until trunk `id` has `status` (within `limit`).
+async fn trunk_status(s: &Server, key: &str, id: &str, status: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = s.ok("GET", "/v1/sip/trunks", key, None).await;
+        let trunk = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("trunk {id} listed: {list}"));
+        if trunk["status"] == status || Instant::now() > deadline {
+            return trunk;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metrics_text(s: &Server) -> String {
+    s.client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn outbound_trunks_are_kept_alive_with_options_and_down_ones_are_skipped() {
+    let dir = tempdir();
+    let (s, _) = voice_server_with(
+        dir.path(),
+        vec![("CONTINUUM_SIP__TRUNK_KEEPALIVE_SECS".into(), "1".into())],
+    );
+    let key = s.key().to_owned();
+    // The carrier: sipp answering OPTIONS.
+    let file = dir.path().join("options_uas.xml");
+    std::fs::write(&file, OPTIONS_UAS).unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = Command::new("sipp")
+        .args([
+            "-sf",
+            file.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port.to_string(),
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            dir.path().join("uas.messages.log").to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp runs");
+    // A second carrier that is gone: nothing listens on its TCP port.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "gone carrier", "direction": "outbound", "address": format!("127.0.0.1:{dead_port}"),
+                "transport": "tcp", "caller_ids": ["+14155550100"], "max_concurrent_calls": 5})),
+        )
+        .await;
+    let alive = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "carrier out", "direction": "outbound", "address": format!("127.0.0.1:{uas_port}"),
+                "caller_ids": ["+14155550100"], "max_concurrent_calls": 5})),
+        )
+        .await;
+    let (dead_id, alive_id) = (
+        dead["id"].as_str().unwrap().to_owned(),
+        alive["id"].as_str().unwrap().to_owned(),
+    );
+    let up = trunk_status(&s, &key, &alive_id, "up", Duration::from_secs(15)).await;
+    assert_eq!(up["status"], "up", "sipp answers OPTIONS: {up}");
+    let checked = up["last_checked"].as_str().expect("last_checked is set");
+    assert!(checked.ends_with('Z') && checked.len() >= 20, "{checked}");
+    // Refused connections count at once: two probes and it is down.
+    let down = trunk_status(&s, &key, &dead_id, "down", Duration::from_secs(15)).await;
+    assert_eq!(down["status"], "down", "{down}");
+    let m = metrics_text(&s).await;
+    for (id, value) in [(&alive_id, "1"), (&dead_id, "0")] {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("continuum_sip_trunk_up{") && l.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("continuum_sip_trunk_up for {id} in /metrics"));
+        assert!(line.contains("tenant=\""), "{line}");
+        assert!(line.ends_with(&format!(" {value}")), "{line}");
+    }
+
+    // Dial-out skips the down trunk (created first: the default otherwise).
+    let (_, conv) = s.patient_conversation(&key, "+14155550131").await;
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550131"})),
+        )
+        .await;
+    assert_eq!(call["trunk_id"], alive_id.as_str(), "{call}");
+    let id = call["id"].as_str().unwrap();
+    let _ = s
+        .call("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+
+    // The carrier stops: two probes time out (timer F, 32 s each, a probe a
+    // second) and it is down.
+    uas.kill().unwrap();
+    uas.wait().unwrap();
+    let gone = trunk_status(&s, &key, &alive_id, "down", Duration::from_secs(60)).await;
+    assert_eq!(gone["status"], "down", "{gone}");
+    assert_ne!(gone["last_checked"], up["last_checked"]);
+    // All down: dial-out still tries (a carrier may simply ignore OPTIONS).
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550132"})),
+        )
+        .await;
+    assert_eq!(call["trunk_id"], dead_id.as_str(), "{call}");
+    let sent = std::fs::read_to_string(dir.path().join("uas.messages.log")).unwrap_or_default();
+    assert!(
+        sent.contains("OPTIONS sip:127.0.0.1:"),
+        "sipp saw our OPTIONS"
+    );
 }
