@@ -1246,9 +1246,7 @@ async fn sip_over_tls_calls_in_and_out() {
     let sdp = format!(
         "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
     );
-    let common = format!(
-        "From: <sip:+14155550141@127.0.0.1>;tag=tlsphone\r\nCall-ID: tls-call-1@test\r\nMax-Forwards: 70\r\n"
-    );
+    let common = "From: <sip:+14155550141@127.0.0.1>;tag=tlsphone\r\nCall-ID: tls-call-1@test\r\nMax-Forwards: 70\r\n";
     phone
         .send(&format!(
             "INVITE sip:+14155550140@127.0.0.1:{tls_port};transport=tls SIP/2.0\r\n\

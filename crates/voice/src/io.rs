@@ -56,11 +56,11 @@ pub enum HostError {
 /// Why the TLS settings could not be loaded (each names the file and the fix).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {what} {path}: {source}; set sip.{what} to a readable PEM file")]
+    #[error("cannot read {what} {path}: {error}; set sip.{what} to a readable PEM file")]
     Read {
         what: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{what} {path} holds no {expected}; set sip.{what} to a PEM file with one")]
     Empty {
@@ -88,10 +88,10 @@ fn read_certs(
     what: &'static str,
     path: &Path,
 ) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let read = |source| TlsError::Read {
+    let read = |error| TlsError::Read {
         what,
         path: path.to_owned(),
-        source,
+        error,
     };
     let file = std::fs::File::open(path).map_err(read)?;
     let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
@@ -111,10 +111,10 @@ fn read_certs(
 /// its private key.
 pub fn tls_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = read_certs("tls_cert", cert)?;
-    let read = |source| TlsError::Read {
+    let read = |error| TlsError::Read {
         what: "tls_key",
         path: key.to_owned(),
-        source,
+        error,
     };
     let file = std::fs::File::open(key).map_err(read)?;
     let private = rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
@@ -653,6 +653,9 @@ impl Ports {
     }
 }
 
+/// An open SIP connection: its flow, and the queue its writer task sends.
+type StreamWriter = (Transport, mpsc::UnboundedSender<Vec<u8>>);
+
 /// A call's media sockets and their reader tasks.
 struct MediaSockets {
     rtp: Arc<UdpSocket>,
@@ -669,8 +672,7 @@ struct Host<T> {
     tls_names: HashMap<SocketAddr, String>,
     /// Open SIP TCP and TLS connections by transport and peer address.
     /// The flow is kept to tell a connection from a newer one to the same peer.
-    stream_writers:
-        HashMap<(TransportKind, SocketAddr), (Transport, mpsc::UnboundedSender<Vec<u8>>)>,
+    stream_writers: HashMap<(TransportKind, SocketAddr), StreamWriter>,
     /// Media sockets by the RTP address the core knows the call by.
     media: HashMap<SocketAddr, MediaSockets>,
     /// Room leg sockets by call, with their reader task.
