@@ -180,6 +180,20 @@ fn sip_tls_with_a_missing_or_bad_certificate_does_not_start() {
         ],
     );
     assert!(err.contains("do not make a TLS identity"), "{err}");
+    // A CA file for TLS trunks that is not there.
+    let no_ca = dir.path().join("no-such-ca.pem");
+    let err = serve_fails(
+        &dir.path().join("e"),
+        &[
+            ("CONTINUUM_SIP__TLS_CERT", cert.display().to_string()),
+            ("CONTINUUM_SIP__TLS_KEY", key.display().to_string()),
+            ("CONTINUUM_SIP__TLS_CA", no_ca.display().to_string()),
+        ],
+    );
+    assert!(
+        err.contains(&no_ca.display().to_string()) && err.contains("set sip.tls_ca"),
+        "{err}"
+    );
     // tls_listen without a certificate.
     let err = serve_fails(&dir.path().join("d"), &[]);
     assert!(err.contains("sip.tls_listen needs sip.tls_cert"), "{err}");
