@@ -216,9 +216,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
                 println!(
-                    "SIP listening: udp {} tcp {}; Ctrl-C stops",
+                    "SIP listening: udp {} tcp {} tls {}; Ctrl-C stops",
                     voice.voice.udp_addr.map_or("-".into(), |a| a.to_string()),
                     voice.voice.tcp_addr.map_or("-".into(), |a| a.to_string()),
+                    voice.voice.tls_addr.map_or("-".into(), |a| a.to_string()),
                 );
                 tokio::signal::ctrl_c()
                     .await

@@ -10,7 +10,12 @@ use common::sipp::*;
 use common::*;
 use serde_json::{Value, json};
 use std::net::UdpSocket;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::rustls;
 
 #[tokio::test]
 async fn inbound_calls_reach_the_callers_conversation_and_refusals_are_clear() {
@@ -559,15 +564,526 @@ async fn a_trunk_that_never_answers_fails_the_call_as_no_answer() {
         .find(|e| e["kind"] == "call.failed")
         .unwrap_or_else(|| panic!("call.failed on the timeline: {events}"));
     assert_eq!(ev["meta"]["reason"], "no_answer");
-    // The INVITE did reach the trunk (and was retransmitted over UDP).
+    // The INVITE did reach the trunk (and was retransmitted over UDP), among
+    // the keepalive's OPTIONS (unanswered too).
     black_hole
         .set_read_timeout(Some(Duration::from_secs(1)))
         .unwrap();
     let mut buf = [0u8; 4096];
-    let (n, _) = black_hole
-        .recv_from(&mut buf)
-        .expect("an INVITE reached the trunk");
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("INVITE sip:+14155550128@"));
+    let mut seen = Vec::new();
+    let invite = loop {
+        let Ok((n, _)) = black_hole.recv_from(&mut buf) else {
+            break None;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.starts_with("INVITE ") {
+            break Some(text);
+        }
+        seen.push(text.lines().next().unwrap_or_default().to_owned());
+    };
+    let invite = invite.unwrap_or_else(|| panic!("no INVITE reached the trunk, only {seen:?}"));
+    assert!(invite.starts_with("INVITE sip:+14155550128@"), "{invite}");
+    assert!(
+        seen.iter().all(|l| l.starts_with("OPTIONS ")),
+        "only keepalives besides: {seen:?}"
+    );
+}
+
+/// A sipp UAS that answers every OPTIONS with 200 (and nothing else).
+const OPTIONS_UAS: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="options uas">
+<recv request="OPTIONS"/>
+<send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+]]></send>
+</scenario>
+"#;
+
+/// Polls the tenant's trunk list until trunk `id` has `status` (within `limit`).
+async fn trunk_status(s: &Server, key: &str, id: &str, status: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let list = s.ok("GET", "/v1/sip/trunks", key, None).await;
+        let trunk = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("trunk {id} listed: {list}"));
+        if trunk["status"] == status || Instant::now() > deadline {
+            return trunk;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn outbound_trunks_are_kept_alive_with_options_and_down_ones_are_skipped() {
+    let dir = tempdir();
+    let (s, _) = voice_server_with(dir.path(), &[("CONTINUUM_SIP__TRUNK_KEEPALIVE_SECS", "1")]);
+    let key = s.key().to_owned();
+    // The carrier: sipp answering OPTIONS.
+    let file = dir.path().join("options_uas.xml");
+    std::fs::write(&file, OPTIONS_UAS).unwrap();
+    let uas_port = free_udp_port();
+    let mut uas = Command::new("sipp")
+        .args([
+            "-sf",
+            file.to_str().unwrap(),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uas_port.to_string(),
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            dir.path().join("uas.messages.log").to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sipp runs");
+    // A second carrier that is gone: nothing listens on its TCP port.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "gone carrier", "direction": "outbound", "address": format!("127.0.0.1:{dead_port}"),
+                "transport": "tcp", "caller_ids": ["+14155550100"], "max_concurrent_calls": 5})),
+        )
+        .await;
+    let alive = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "carrier out", "direction": "outbound", "address": format!("127.0.0.1:{uas_port}"),
+                "caller_ids": ["+14155550100"], "max_concurrent_calls": 5})),
+        )
+        .await;
+    let (dead_id, alive_id) = (
+        dead["id"].as_str().unwrap().to_owned(),
+        alive["id"].as_str().unwrap().to_owned(),
+    );
+    let up = trunk_status(&s, &key, &alive_id, "up", Duration::from_secs(15)).await;
+    assert_eq!(up["status"], "up", "sipp answers OPTIONS: {up}");
+    let checked = up["last_checked"].as_str().expect("last_checked is set");
+    assert!(checked.ends_with('Z') && checked.len() >= 20, "{checked}");
+    // Refused connections count at once: two probes and it is down.
+    let down = trunk_status(&s, &key, &dead_id, "down", Duration::from_secs(15)).await;
+    assert_eq!(down["status"], "down", "{down}");
+    let m = metrics(&s).await;
+    for (id, value) in [(&alive_id, "1"), (&dead_id, "0")] {
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("continuum_sip_trunk_up{") && l.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("continuum_sip_trunk_up for {id} in /metrics"));
+        assert!(line.contains("tenant=\""), "{line}");
+        assert!(line.ends_with(&format!(" {value}")), "{line}");
+    }
+
+    // Dial-out skips the down trunk (created first: the default otherwise).
+    let (_, conv) = s.patient_conversation(&key, "+14155550131").await;
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550131"})),
+        )
+        .await;
+    assert_eq!(call["trunk_id"], alive_id.as_str(), "{call}");
+    let id = call["id"].as_str().unwrap();
+    let _ = s
+        .call("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+
+    // The carrier stops: two probes time out (timer F, 32 s each, a probe a
+    // second) and it is down.
+    uas.kill().unwrap();
+    uas.wait().unwrap();
+    let gone = trunk_status(&s, &key, &alive_id, "down", Duration::from_secs(60)).await;
+    assert_eq!(gone["status"], "down", "{gone}");
+    assert_ne!(gone["last_checked"], up["last_checked"]);
+    // All down: dial-out still tries (a carrier may simply ignore OPTIONS).
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550132"})),
+        )
+        .await;
+    assert_eq!(call["trunk_id"], dead_id.as_str(), "{call}");
+    let sent = std::fs::read_to_string(dir.path().join("uas.messages.log")).unwrap_or_default();
+    assert!(
+        sent.contains("OPTIONS sip:127.0.0.1:"),
+        "sipp saw our OPTIONS"
+    );
+}
+
+// ---------------------------------------------------------------- SIP over TLS
+//
+// Debian's sipp is built without TLS (`sipp -v`: SCTP, PCAP, RTPSTREAM; no
+// `-t l1`), so these tests speak SIP over TLS themselves with tokio-rustls.
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A self-signed certificate for `localhost` / 127.0.0.1, written as PEM
+/// files into `dir` (`{name}.crt`, `{name}.key`).
+fn self_signed(dir: &Path, name: &str) -> (rcgen::CertifiedKey<rcgen::KeyPair>, String, String) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&crt, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (ck, crt.display().to_string(), key.display().to_string())
+}
+
+fn tls_acceptor(ck: &rcgen::CertifiedKey<rcgen::KeyPair>) -> tokio_rustls::TlsAcceptor {
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// SIP messages off a stream, framed by Content-Length.
+struct SipStream<S> {
+    io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> SipStream<S> {
+    async fn send(&mut self, msg: &str) {
+        self.io.write_all(msg.as_bytes()).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    /// The next message (None: the peer closed), within 10 s.
+    async fn next(&mut self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // Keepalive CRLFs between messages.
+            while self.buf.starts_with(b"\r\n") {
+                self.buf.drain(..2);
+            }
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        let k = k.trim().to_ascii_lowercase();
+                        (k == "content-length" || k == "l")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if self.buf.len() >= end + 4 + len {
+                    let msg: Vec<u8> = self.buf.drain(..end + 4 + len).collect();
+                    return Some(String::from_utf8_lossy(&msg).into_owned());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.io.read(&mut chunk))
+                .await
+                .expect("a SIP message within 10 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// A response to `req` copying its Via, From, To (tagged), Call-ID and CSeq.
+fn respond(req: &str, status: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        let v = header(req, name).unwrap_or_default();
+        let v = if name == "To" && !v.contains("tag=") {
+            format!("{v};tag=carrier")
+        } else {
+            v.to_owned()
+        };
+        out += &format!("{name}: {v}\r\n");
+    }
+    out + "Content-Length: 0\r\n\r\n"
+}
+
+/// A TLS "carrier": answers OPTIONS 200 and INVITEs 486; the first line and
+/// Via of every request are kept.
+fn tls_carrier(acceptor: tokio_rustls::TlsAcceptor) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut sip = SipStream {
+                    io: tls,
+                    buf: Vec::new(),
+                };
+                while let Some(msg) = sip.next().await {
+                    if msg.starts_with("SIP/2.0") {
+                        continue;
+                    }
+                    log.lock().unwrap().push(msg.clone());
+                    if msg.starts_with("OPTIONS ") {
+                        sip.send(&respond(&msg, "200 OK")).await;
+                    } else if msg.starts_with("INVITE ") {
+                        sip.send(&respond(&msg, "486 Busy Here")).await;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn sip_over_tls_calls_in_and_out() {
+    let dir = tempdir();
+    let (ours, crt, key_file) = self_signed(dir.path(), "sip");
+    let tls_port = free_tcp_port();
+    let tls_listen = format!("127.0.0.1:{tls_port}");
+    let (s, _) = voice_server_with(
+        dir.path(),
+        &[
+            ("CONTINUUM_SIP__TLS_LISTEN", &tls_listen),
+            ("CONTINUUM_SIP__TLS_CERT", &crt),
+            ("CONTINUUM_SIP__TLS_KEY", &key_file),
+            // The carrier's certificate is ours (a private CA, in effect).
+            ("CONTINUUM_SIP__TLS_CA", &crt),
+            ("CONTINUUM_SIP__TRUNK_KEEPALIVE_SECS", "1"),
+        ],
+    );
+    let key = s.key().to_owned();
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "tls carrier in", "direction": "inbound", "numbers": ["+14155550140"], "allowed_sources": ["127.0.0.1/32"]})),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/v1/sip/dispatch-rules",
+        &key,
+        Some(json!({"number": "+14155550140", "action": {"type": "conversation"}})),
+    )
+    .await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550141").await;
+
+    // Inbound: a phone calls over TLS, trusting exactly our certificate.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ours.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    let me = tcp.local_addr().unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("the gateway's TLS handshake");
+    let mut phone = SipStream {
+        io: tls,
+        buf: Vec::new(),
+    };
+    let rtp = free_udp_port();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    );
+    let common = "From: <sip:+14155550141@127.0.0.1>;tag=tlsphone\r\nCall-ID: tls-call-1@test\r\nMax-Forwards: 70\r\n";
+    phone
+        .send(&format!(
+            "INVITE sip:+14155550140@127.0.0.1:{tls_port};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {me};branch=z9hG4bKtls1\r\n{common}\
+             To: <sip:+14155550140@127.0.0.1>\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:+14155550141@{me};transport=tls>\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        ))
+        .await;
+    let ok = loop {
+        let msg = phone.next().await.expect("answers on the same connection");
+        if msg.starts_with("SIP/2.0 200") {
+            break msg;
+        }
+        assert!(
+            msg.starts_with("SIP/2.0 1"),
+            "only provisional responses before the answer: {msg}"
+        );
+    };
+    assert_eq!(
+        header(&ok, "Via"),
+        Some(format!("SIP/2.0/TLS {me};branch=z9hG4bKtls1").as_str()),
+        "{ok}"
+    );
+    let contact = header(&ok, "Contact").unwrap_or_default();
+    assert!(
+        contact.contains(&format!(":{tls_port};transport=tls")),
+        "the Contact says TLS: {ok}"
+    );
+    let to = header(&ok, "To").unwrap().to_owned();
+    assert!(to.contains("tag="), "{ok}");
+    phone
+        .send(&format!(
+            "ACK sip:+14155550140@127.0.0.1:{tls_port};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {me};branch=z9hG4bKtls2\r\n{common}To: {to}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    let answered = eventually(&s, &key, &format!("/v1/conversations/{conv}/calls"), |c| {
+        c[0]["state"] == "answered"
+    })
+    .await;
+    assert_eq!(answered[0]["state"], "answered", "{answered}");
+    phone
+        .send(&format!(
+            "BYE sip:+14155550140@127.0.0.1:{tls_port};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/TLS {me};branch=z9hG4bKtls3\r\n{common}To: {to}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        ))
+        .await;
+    let bye_ok = phone.next().await.expect("the BYE is answered");
+    assert!(
+        bye_ok.starts_with("SIP/2.0 200") && header(&bye_ok, "CSeq") == Some("2 BYE"),
+        "{bye_ok}"
+    );
+    let ended = eventually(&s, &key, &format!("/v1/conversations/{conv}/calls"), |c| {
+        c[0]["state"] == "ended"
+    })
+    .await;
+    assert_eq!(ended[0]["cause"], "remote_hangup", "{ended}");
+
+    // Outbound: a TLS trunk whose certificate sip.tls_ca trusts is up (its
+    // OPTIONS go over TLS) and takes the call; one with a certificate
+    // nobody vouches for is down.
+    let (carrier_port, seen) = tls_carrier(tls_acceptor(&ours));
+    let (stranger, _, _) = self_signed(dir.path(), "stranger");
+    let (stranger_port, stranger_seen) = tls_carrier(tls_acceptor(&stranger));
+    let trusted = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "tls carrier", "direction": "outbound", "address": format!("127.0.0.1:{carrier_port}"),
+                "transport": "tls", "caller_ids": ["+14155550100"], "max_concurrent_calls": 5})),
+        )
+        .await;
+    let untrusted = s
+        .ok(
+            "POST",
+            "/v1/sip/trunks",
+            &key,
+            Some(json!({"name": "impostor", "direction": "outbound", "address": format!("127.0.0.1:{stranger_port}"),
+                "transport": "tls", "caller_ids": ["+14155550100"], "max_concurrent_calls": 5})),
+        )
+        .await;
+    let (trusted_id, untrusted_id) = (
+        trusted["id"].as_str().unwrap(),
+        untrusted["id"].as_str().unwrap(),
+    );
+    let up = trunk_status(&s, &key, trusted_id, "up", Duration::from_secs(15)).await;
+    assert_eq!(up["status"], "up", "{up}");
+    let down = trunk_status(&s, &key, untrusted_id, "down", Duration::from_secs(15)).await;
+    assert_eq!(down["status"], "down", "{down}");
+    assert!(
+        stranger_seen.lock().unwrap().is_empty(),
+        "nothing is sent to a trunk whose certificate fails"
+    );
+    let call = s
+        .ok(
+            "POST",
+            "/v1/calls",
+            &key,
+            Some(json!({"conversation_id": conv, "to": "+14155550141", "trunk_id": trusted_id})),
+        )
+        .await;
+    let id = call["id"].as_str().unwrap();
+    let failed = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "failed"
+    })
+    .await;
+    assert_eq!(
+        failed["cause"], "busy",
+        "the carrier's 486 came back over TLS: {failed}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let invite = seen
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .unwrap_or_else(|| panic!("the INVITE reached the TLS carrier: {seen:?}"));
+    assert!(
+        invite.starts_with(&format!(
+            "INVITE sip:+14155550141@127.0.0.1:{carrier_port};transport=tls SIP/2.0"
+        )),
+        "{invite}"
+    );
+    assert!(
+        header(invite, "Via")
+            .is_some_and(|v| v.starts_with(&format!("SIP/2.0/TLS 127.0.0.1:{tls_port};"))),
+        "{invite}"
+    );
+    assert!(
+        header(invite, "Contact").is_some_and(|c| c.contains(";transport=tls")),
+        "{invite}"
+    );
+    assert!(seen.iter().any(|m| m.starts_with("OPTIONS ")), "{seen:?}");
 }
 
 // ------------------------------------------------------------------

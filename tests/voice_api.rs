@@ -61,6 +61,12 @@ async fn trunks_and_rules_are_validated_sealed_and_kept_within_their_tenant() {
         )
         .await;
     assert_eq!(outbound["transport"], "tcp");
+    // Not probed (its name does not resolve here): the keepalive knows nothing.
+    assert_eq!(outbound["status"], "unknown", "{outbound}");
+    assert!(
+        inbound.get("status").is_none(),
+        "inbound trunks are not probed: {inbound}"
+    );
     assert_eq!(outbound["username"], "clinic-a");
     assert_eq!(outbound["has_password"], true);
     let out_id = outbound["id"].as_str().unwrap().to_owned();

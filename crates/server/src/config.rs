@@ -119,10 +119,16 @@ pub struct SipConfig {
     /// SIP over UDP and TCP (either may be unset).
     pub udp_listen: Option<SocketAddr>,
     pub tcp_listen: Option<SocketAddr>,
-    /// SIP over TLS (`sips:`), e.g. 0.0.0.0:5061; needs tls_cert/tls_key.
+    /// SIP over TLS, e.g. 0.0.0.0:5061; needs tls_cert/tls_key (PEM).
     pub tls_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// TLS trunks' certificates are checked against the CAs in this PEM
+    /// file when set, else against the public web PKI roots.
+    pub tls_ca: Option<PathBuf>,
+    /// OPTIONS to every outbound trunk this often (up/down, skipped by
+    /// dial-out and fallback while down); 0: off.
+    pub trunk_keepalive_secs: u64,
     /// The address carriers reach us at (Via, Contact, SDP); defaults to the listen IP.
     pub public_ip: Option<std::net::IpAddr>,
     /// RTP ports for call media (each call takes an even port, RTCP the next).
@@ -146,6 +152,8 @@ impl Default for SipConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            tls_ca: None,
+            trunk_keepalive_secs: 30,
             public_ip: None,
             rtp_port_min: 20000,
             rtp_port_max: 29999,
@@ -385,6 +393,16 @@ impl Config {
                 "server.tls_cert and server.tls_key must be set together".into(),
             ));
         }
+        if self.sip.tls_cert.is_some() != self.sip.tls_key.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "sip.tls_cert and sip.tls_key must be set together".into(),
+            ));
+        }
+        if self.sip.enabled && self.sip.tls_listen.is_some() && self.sip.tls_cert.is_none() {
+            return Err(ConfigError::Inconsistent(
+                "sip.tls_listen needs sip.tls_cert and sip.tls_key (PEM files): set them, or unset sip.tls_listen".into(),
+            ));
+        }
         if self.security.token_default_ttl_secs > self.security.token_max_ttl_secs {
             return Err(ConfigError::Inconsistent(
                 "security.token_default_ttl_secs must not exceed security.token_max_ttl_secs"
@@ -556,10 +574,18 @@ nodes = []
 enabled = true
 udp_listen = "127.0.0.1:5060"
 tcp_listen = "127.0.0.1:5060"
-# SIP over TLS (PEM files):
+# SIP over TLS (off unless set; PEM certificate chain and private key):
 # tls_listen = "0.0.0.0:5061"
 # tls_cert = "/etc/continuum/sip.crt"
 # tls_key = "/etc/continuum/sip.key"
+# TLS trunks' certificates are checked against the public web PKI roots, or
+# only against the CAs in this PEM file when set (a carrier's private CA, an
+# SBC's self-signed certificate):
+# tls_ca = "/etc/continuum/carrier-ca.pem"
+# OPTIONS keepalive to every outbound trunk this often (0 = off): a trunk is
+# up after any answer and down after two probes in a row go unanswered;
+# dial-out and fallback skip down trunks while another is up.
+trunk_keepalive_secs = 30
 # public_ip = "203.0.113.10"   # what carriers are told (Via, Contact, SDP); defaults to the listen IP
 # RTP ports for call media (each call takes an even port and the next)
 rtp_port_min = 20000

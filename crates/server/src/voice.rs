@@ -9,15 +9,17 @@ use continuum_core::{
 };
 use continuum_store::{
     CallDirection, CallState, ContactInput, ConversationFilter, DispatchAction, NewCall,
-    NewConversation, Store, TrunkSpec, TrunkWithSecret,
+    NewConversation, SipTransport, Store, Timestamp, TrunkSpec, TrunkStatus, TrunkWithSecret,
 };
-use continuum_voice::io::{Decision, DialTarget, HostConfig, Outcome, Voice};
-use continuum_voice::{CallEvent, CallId, GatewayConfig, Incoming, TransportKind};
+use continuum_voice::io::{Decision, DialTarget, HostConfig, KeepaliveTarget, Outcome, Voice};
+use continuum_voice::{
+    CallEvent, CallId, GatewayConfig, Incoming, TransportKind, TrunkCheck, TrunkProbe,
+};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What the gateway carries for each call: where its events go.
 #[derive(Debug, Clone)]
@@ -50,6 +52,18 @@ pub struct VoiceService {
     in_rooms: Mutex<HashMap<String, continuum_sfu::ParticipantId>>,
     store: Store,
     cfg: SipConfig,
+    /// What the OPTIONS keepalive says of each outbound trunk, by trunk id.
+    health: Mutex<HashMap<String, TrunkHealth>>,
+    /// Wakes the keepalive refresh (a trunk was added or removed).
+    trunks_changed: tokio::sync::Notify,
+}
+
+/// An outbound trunk's keepalive state, for the API and dial-out.
+#[derive(Debug, Clone)]
+pub struct TrunkHealth {
+    pub tenant_id: String,
+    pub status: TrunkStatus,
+    pub last_checked: Option<Timestamp>,
 }
 
 /// Why a dial-out was refused (each names the fix).
@@ -82,19 +96,34 @@ impl VoiceService {
         let mut sip = continuum_sip::Config::new("continuum", Vec::new());
         sip.realm = Some("continuum".into());
         sip.nonce_key = nonce_key;
+        let tls_listen = match (cfg.tls_listen, &cfg.tls_cert, &cfg.tls_key) {
+            (None, _, _) => None,
+            (Some(addr), Some(cert), Some(key)) => {
+                Some((addr, continuum_voice::io::tls_server_config(cert, key)?))
+            }
+            (Some(_), _, _) => anyhow::bail!(
+                "sip.tls_listen needs sip.tls_cert and sip.tls_key (PEM files): set them, or unset sip.tls_listen"
+            ),
+        };
+        let tls_client = continuum_voice::io::tls_client_config(cfg.tls_ca.as_deref())?;
+        let keepalive =
+            (cfg.trunk_keepalive_secs > 0).then(|| Duration::from_secs(cfg.trunk_keepalive_secs));
         let host = HostConfig {
             gateway: GatewayConfig {
                 sip,
                 ring_timeout: Duration::from_secs(cfg.ring_timeout_secs),
                 media_timeout: Duration::from_secs(cfg.media_timeout_secs),
+                trunk_keepalive: keepalive,
             },
             udp_listen: cfg.udp_listen,
             tcp_listen: cfg.tcp_listen,
+            tls_listen,
+            tls_client: Some(tls_client),
             public_ip: cfg.public_ip,
             rtp_ports: cfg.rtp_port_min..=cfg.rtp_port_max,
         };
         let (voice, outcomes) = Voice::start(host).await?;
-        tracing::info!(udp = ?voice.udp_addr, tcp = ?voice.tcp_addr, "SIP gateway listening");
+        tracing::info!(udp = ?voice.udp_addr, tcp = ?voice.tcp_addr, tls = ?voice.tls_addr, "SIP gateway listening");
         let service = Arc::new(VoiceService {
             voice,
             active: Mutex::new(HashMap::new()),
@@ -102,9 +131,121 @@ impl VoiceService {
             in_rooms: Mutex::new(HashMap::new()),
             store,
             cfg: cfg.clone(),
+            health: Mutex::new(HashMap::new()),
+            trunks_changed: tokio::sync::Notify::new(),
         });
         tokio::spawn(service.clone().run(outcomes));
+        if let Some(every) = keepalive {
+            tokio::spawn(service.clone().keep_trunks_alive(every));
+        }
         Ok(service)
+    }
+
+    /// Tells the gateway which outbound trunks to probe: all of them, every
+    /// keepalive interval (addresses may move in DNS) and whenever one is
+    /// added or removed.
+    async fn keep_trunks_alive(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.trunks_changed.notified() => {}
+            }
+            if let Err(e) = self.refresh_trunks().await {
+                tracing::warn!(error = %e, "could not list the outbound trunks for their keepalive");
+            }
+        }
+    }
+
+    /// A trunk was added or removed: probe the new set now.
+    pub fn trunks_changed(&self) {
+        self.trunks_changed.notify_one();
+    }
+
+    async fn refresh_trunks(&self) -> Result<(), continuum_store::StoreError> {
+        let trunks = self.store.all_outbound_trunks().await?;
+        let mut targets = Vec::with_capacity(trunks.len());
+        let mut tenants = HashMap::with_capacity(trunks.len());
+        for (tenant, trunk) in trunks {
+            let TrunkSpec::Outbound {
+                address, transport, ..
+            } = &trunk.spec
+            else {
+                continue;
+            };
+            tenants.insert(trunk.id.clone(), tenant);
+            let kind = transport_kind(*transport);
+            match self.resolve(address, kind).await {
+                Ok(destination) => targets.push(KeepaliveTarget {
+                    probe: TrunkProbe {
+                        trunk: trunk.id.clone(),
+                        destination,
+                        transport: kind,
+                    },
+                    server_name: tls_name(address),
+                }),
+                // Unresolvable now: not probed (its status stays as it was).
+                Err(e) => {
+                    tracing::debug!(trunk = %trunk.id, error = %e, "no keepalive for a trunk")
+                }
+            }
+        }
+        {
+            let mut health = self.health.lock();
+            health.retain(|id, _| tenants.contains_key(id));
+            for (id, tenant_id) in tenants {
+                health.entry(id).or_insert(TrunkHealth {
+                    tenant_id,
+                    status: TrunkStatus::Unknown,
+                    last_checked: None,
+                });
+            }
+        }
+        let _ = self.voice.set_trunks(targets);
+        Ok(())
+    }
+
+    /// A keepalive result: the trunks' status, their gauge, a log line on change.
+    fn trunk_checked(&self, check: TrunkCheck) {
+        let status = match check.status {
+            continuum_voice::TrunkStatus::Up => TrunkStatus::Up,
+            continuum_voice::TrunkStatus::Down => TrunkStatus::Down,
+            continuum_voice::TrunkStatus::Unknown => TrunkStatus::Unknown,
+        };
+        // The core's clock is monotonic; the API's is the wall clock.
+        let at = SystemTime::now()
+            .checked_sub(Instant::now().saturating_duration_since(check.checked_at))
+            .unwrap_or_else(SystemTime::now);
+        let micros = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        let mut health = self.health.lock();
+        for trunk in &check.trunks {
+            let Some(h) = health.get_mut(trunk) else {
+                continue; // removed meanwhile
+            };
+            let before = h.status;
+            h.status = status;
+            h.last_checked = Some(Timestamp(micros));
+            if status != TrunkStatus::Unknown {
+                let up = if status == TrunkStatus::Up { 1.0 } else { 0.0 };
+                metrics::gauge!("continuum_sip_trunk_up", "tenant" => h.tenant_id.clone(), "trunk" => trunk.clone())
+                    .set(up);
+            }
+            if before != status && status != TrunkStatus::Unknown {
+                tracing::info!(tenant = %h.tenant_id, trunk = %trunk, status = check.status.as_str(),
+                    sip_status = ?check.sip_status, "SIP trunk {}", check.status.as_str());
+            }
+        }
+    }
+
+    /// An outbound trunk's keepalive status and when it was last checked.
+    pub fn trunk_health(&self, trunk_id: &str) -> (TrunkStatus, Option<Timestamp>) {
+        self.health
+            .lock()
+            .get(trunk_id)
+            .map_or((TrunkStatus::Unknown, None), |h| (h.status, h.last_checked))
     }
 
     async fn run(
@@ -117,6 +258,7 @@ impl VoiceService {
             HashMap::new();
         while let Some(outcome) = outcomes.recv().await {
             match outcome {
+                Outcome::Trunk(check) => self.trunk_checked(check),
                 Outcome::Incoming { call, reply } => {
                     let this = self.clone();
                     tokio::spawn(async move {
@@ -633,19 +775,20 @@ impl VoiceService {
         tenant: &str,
         req: DialRequest,
     ) -> Result<continuum_store::Call, DialError> {
-        let (target, from, destination, transport, credentials, trunk_id) = if req
+        let (target, from, destination, transport, credentials, trunk_id, server_name) = if req
             .to
             .starts_with("sip:")
         {
             let host = req.to.rsplit_once('@').map_or(&req.to[4..], |(_, h)| h);
             let host = host.split(';').next().unwrap_or(host);
-            let destination = self.resolve(host).await?;
+            let destination = self.resolve(host, TransportKind::Udp).await?;
             let from = format!("sip:continuum@{}", self.local_host());
             (
                 req.to.clone(),
                 from,
                 destination,
                 TransportKind::Udp,
+                None,
                 None,
                 None,
             )
@@ -672,7 +815,14 @@ impl VoiceService {
                     trunk.trunk.name
                 )));
             }
-            let destination = self.resolve(address).await?;
+            let kind = transport_kind(*transport);
+            if kind == TransportKind::Tls && self.voice.tls_addr.is_none() {
+                return Err(DialError::Invalid(format!(
+                    "trunk {} uses TLS: set sip.tls_listen, sip.tls_cert and sip.tls_key",
+                    trunk.trunk.name
+                )));
+            }
+            let destination = self.resolve(address, kind).await?;
             let host = address.clone();
             let caller = caller_ids.first().cloned().unwrap_or_default();
             let credentials = match (&trunk.trunk.username, &trunk.password) {
@@ -682,22 +832,19 @@ impl VoiceService {
                 }),
                 _ => None,
             };
-            let kind = match transport {
-                continuum_store::SipTransport::Udp => TransportKind::Udp,
-                continuum_store::SipTransport::Tcp => TransportKind::Tcp,
-                continuum_store::SipTransport::Tls => {
-                    return Err(DialError::Unavailable(
-                        "TLS trunks are not supported yet: use udp or tcp".into(),
-                    ));
-                }
+            let uri_transport = if kind == TransportKind::Tls {
+                ";transport=tls"
+            } else {
+                ""
             };
             (
-                format!("sip:{number}@{host}"),
+                format!("sip:{number}@{host}{uri_transport}"),
                 format!("sip:{caller}@{}", self.local_host()),
                 destination,
                 kind,
                 credentials,
                 Some(trunk.trunk.id.clone()),
+                tls_name(address),
             )
         };
         let call = self
@@ -732,6 +879,7 @@ impl VoiceService {
             destination,
             transport,
             credentials,
+            server_name,
         };
         match self.voice.dial(tag, dial).await {
             Ok(id) => {
@@ -757,24 +905,35 @@ impl VoiceService {
     ) -> Result<TrunkWithSecret, DialError> {
         match id {
             Some(id) => Ok(self.store.trunk_with_secret(tenant, id).await?),
-            None => self
-                .store
-                .outbound_trunks(tenant)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| {
+            None => {
+                let trunks = self.store.outbound_trunks(tenant).await?;
+                let status: Vec<TrunkStatus> = trunks
+                    .iter()
+                    .map(|t| self.trunk_health(&t.trunk.id).0)
+                    .collect();
+                // Down trunks are skipped while another is up; all down (a
+                // carrier that ignores OPTIONS, an outage of ours): try anyway.
+                let pick = if status.contains(&TrunkStatus::Up) {
+                    status.iter().position(|s| *s != TrunkStatus::Down)
+                } else {
+                    (!trunks.is_empty()).then_some(0)
+                };
+                pick.and_then(|i| trunks.into_iter().nth(i)).ok_or_else(|| {
                     DialError::Invalid("no outbound trunk: add one with POST /v1/sip/trunks".into())
-                }),
+                })
+            }
         }
     }
 
-    /// A trunk's `host[:port]` to an address we may send to.
-    async fn resolve(&self, host: &str) -> Result<SocketAddr, DialError> {
+    /// A trunk's `host[:port]` to an address we may send to (port 5060, or
+    /// 5061 for TLS, when none is given).
+    async fn resolve(&self, host: &str, kind: TransportKind) -> Result<SocketAddr, DialError> {
         let with_port = if host.parse::<SocketAddr>().is_ok()
             || host.rsplit_once(':').is_some_and(|(h, _)| !h.contains(':'))
         {
             host.to_owned()
+        } else if kind == TransportKind::Tls {
+            format!("{host}:5061")
         } else {
             format!("{host}:5060")
         };
@@ -806,6 +965,28 @@ impl VoiceService {
     pub fn active(&self, call_id: &str) -> Option<CallId> {
         self.active.lock().get(call_id).copied()
     }
+}
+
+fn transport_kind(t: SipTransport) -> TransportKind {
+    match t {
+        SipTransport::Udp => TransportKind::Udp,
+        SipTransport::Tcp => TransportKind::Tcp,
+        SipTransport::Tls => TransportKind::Tls,
+    }
+}
+
+/// The name a TLS trunk's certificate must show: the host of its
+/// `host[:port]` address (none for an IP address: that is checked instead).
+fn tls_name(address: &str) -> Option<String> {
+    if address.parse::<SocketAddr>().is_ok() {
+        return None;
+    }
+    let host = match address.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h,
+        _ => address,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.parse::<std::net::IpAddr>().is_err()).then(|| host.to_owned())
 }
 
 /// The documented `reason` of `call.failed` from a SIP final status.

@@ -203,8 +203,11 @@ pub enum SipEvent {
         digit: char,
         duration_ms: u32,
     },
+    /// The outcome of [`Endpoint::options`]: any final response proves the
+    /// peer alive (`status`); a timeout or a transport error does not.
     OptionsResult {
         peer: SocketAddr,
+        transport: TransportKind,
         alive: bool,
         status: Option<u16>,
     },
@@ -339,7 +342,7 @@ enum Owner {
     Bye(CallId),
     Refer(CallId),
     InDialog(CallId),
-    Options(SocketAddr),
+    Options(SocketAddr, TransportKind),
     /// BYE of a call already reported over.
     Orphan,
 }
@@ -490,6 +493,24 @@ impl Endpoint {
     /// The IO layer closed a stream: forget its framing state.
     pub fn connection_closed(&mut self, transport: Transport) {
         self.framers.remove(&(transport.local, transport.remote));
+    }
+
+    /// The IO layer could not reach `remote` over `kind` (a refused or
+    /// failed connection): the client transactions waiting on that flow end
+    /// now, as if answered 503 (RFC 3261 8.1.3.1), instead of at timer B/F.
+    pub fn transport_failed(&mut self, now: Instant, kind: TransportKind, remote: SocketAddr) {
+        self.epoch(now);
+        let failed: Vec<TxKey> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.transport.kind == kind && e.transport.remote == remote)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in failed {
+            if let Some(entry) = self.clients.remove(&key) {
+                self.client_failed(now, entry.owner, &key, 503);
+            }
+        }
     }
 
     fn handle_message(&mut self, now: Instant, transport: Transport, bytes: &[u8]) {
@@ -1159,11 +1180,14 @@ impl Endpoint {
                 }
             }
             Owner::InDialog(id) if matches!(res.status, 408 | 481) => self.lose_call(now, id),
-            Owner::Options(peer) if res.status >= 200 => self.emit(SipEvent::OptionsResult {
-                peer,
-                alive: true,
-                status: Some(res.status),
-            }),
+            Owner::Options(peer, transport) if res.status >= 200 => {
+                self.emit(SipEvent::OptionsResult {
+                    peer,
+                    transport,
+                    alive: true,
+                    status: Some(res.status),
+                })
+            }
             _ => {}
         }
     }
@@ -1493,6 +1517,12 @@ impl Endpoint {
     }
 
     fn client_timed_out(&mut self, now: Instant, owner: Owner, key: &TxKey) {
+        self.client_failed(now, owner, key, 408);
+    }
+
+    /// A client transaction ended without a response: timer B/F (408) or a
+    /// transport error (503, RFC 3261 8.1.3.1).
+    fn client_failed(&mut self, now: Instant, owner: Owner, key: &TxKey, failure: u16) {
         match owner {
             Owner::Invite(id) => {
                 if self
@@ -1501,7 +1531,7 @@ impl Endpoint {
                     .is_some_and(|c| c.uac_tx.as_ref() == Some(key))
                 {
                     let cancelled = self.calls.get(&id).is_some_and(|c| c.cancel_requested);
-                    let status = if cancelled { 487 } else { 408 };
+                    let status = if cancelled { 487 } else { failure };
                     self.emit(SipEvent::CallFailed {
                         call: id,
                         status,
@@ -1514,7 +1544,7 @@ impl Endpoint {
             Owner::Refer(id) => {
                 self.emit(SipEvent::ReferResult {
                     call: id,
-                    status: 408,
+                    status: failure,
                 });
                 self.lose_call(now, id);
             }
@@ -1526,8 +1556,9 @@ impl Endpoint {
                 });
                 self.remove_call(id);
             }
-            Owner::Options(peer) => self.emit(SipEvent::OptionsResult {
+            Owner::Options(peer, transport) => self.emit(SipEvent::OptionsResult {
                 peer,
+                transport,
                 alive: false,
                 status: None,
             }),
@@ -2293,7 +2324,7 @@ impl Endpoint {
             &branch,
             Method::Options,
             b.build(),
-            Owner::Options(peer),
+            Owner::Options(peer, kind),
             None,
         );
         Ok(())

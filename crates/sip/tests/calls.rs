@@ -621,6 +621,7 @@ fn options_keepalive() {
         net.take_a(),
         vec![SipEvent::OptionsResult {
             peer: addr(B),
+            transport: TransportKind::Udp,
             alive: true,
             status: Some(200)
         }]
@@ -636,10 +637,37 @@ fn options_keepalive() {
         net.take_a(),
         vec![SipEvent::OptionsResult {
             peer: addr(B),
+            transport: TransportKind::Udp,
             alive: false,
             status: None
         }]
     );
+}
+
+#[test]
+fn a_transport_error_ends_the_options_probe_at_once() {
+    let mut net = Net::pair();
+    net.loss = Some(Box::new(|_| true));
+    let now = net.now;
+    net.a.options(now, addr(B), TransportKind::Tcp).unwrap();
+    net.flush();
+    assert!(net.take_a().is_empty(), "no result before the error");
+    // Another flow's failure is not this probe's.
+    net.a.transport_failed(now, TransportKind::Udp, addr(B));
+    net.flush();
+    assert!(net.take_a().is_empty());
+    net.a.transport_failed(now, TransportKind::Tcp, addr(B));
+    net.flush();
+    assert_eq!(
+        net.take_a(),
+        vec![SipEvent::OptionsResult {
+            peer: addr(B),
+            transport: TransportKind::Tcp,
+            alive: false,
+            status: None
+        }]
+    );
+    assert_eq!(net.a.transaction_count(), 0, "the transaction is gone");
 }
 
 #[test]

@@ -38,7 +38,7 @@ pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
 pub use voice::{
     Call, CallDirection, CallState, DispatchAction, DispatchRule, NewCall, SipTransport, Trunk,
-    TrunkSpec, TrunkWithSecret,
+    TrunkSpec, TrunkStatus, TrunkWithSecret,
 };
 pub use webhooks::{Delivery, DueDelivery, Webhook, WebhookPayload};
 pub use writer::WriteCtx;

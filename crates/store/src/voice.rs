@@ -52,6 +52,19 @@ pub enum TrunkSpec {
     },
 }
 
+/// What the OPTIONS keepalive says of an outbound trunk.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkStatus {
+    /// It answered its last probe (any final response, even 404 or 405).
+    Up,
+    /// Its last two probes timed out or could not be sent.
+    Down,
+    /// Not probed yet, or the keepalive is off (`sip.trunk_keepalive_secs = 0`).
+    Unknown,
+}
+
 /// A SIP trunk as the API shows it (the password never).
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -66,6 +79,12 @@ pub struct Trunk {
     /// Whether a digest password is set (it is never shown).
     pub has_password: bool,
     pub created_at: Timestamp,
+    /// Outbound: whether the trunk answers the gateway's OPTIONS keepalive.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<TrunkStatus>,
+    /// Outbound: when the last keepalive probe's result came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_checked: Option<Timestamp>,
 }
 
 /// A trunk with its digest credentials, for the SIP gateway only.
@@ -209,6 +228,8 @@ fn trunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Trunk, Option<V
         username: r.get(4)?,
         has_password: secret.is_some(),
         created_at: Timestamp(r.get(6)?),
+        status: None,
+        last_checked: None,
     };
     Ok((r.get(1)?, trunk, secret))
 }
@@ -230,6 +251,8 @@ impl Store {
             username: credentials.as_ref().map(|(u, _)| u.clone()),
             has_password: credentials.is_some(),
             created_at: Timestamp(now_micros()),
+            status: None,
+            last_checked: None,
         };
         let spec_json =
             serde_json::to_string(&trunk.spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -362,6 +385,26 @@ impl Store {
                 let row = row?;
                 if matches!(row.1.spec, TrunkSpec::Outbound { .. }) {
                     out.push(store.open_trunk(c, row)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every tenant's outbound trunks, without their secrets (for the
+    /// gateway's keepalive): (tenant id, trunk).
+    pub async fn all_outbound_trunks(&self) -> Result<Vec<(String, Trunk)>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {TRUNK_COLUMNS} FROM sip_trunks WHERE deleted_at IS NULL ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], trunk_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tenant, trunk, _) = row?;
+                if matches!(trunk.spec, TrunkSpec::Outbound { .. }) {
+                    out.push((tenant, trunk));
                 }
             }
             Ok(out)

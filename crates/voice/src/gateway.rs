@@ -11,12 +11,15 @@
 //! takes one decoded frame from the phone ([`Gateway::heard`]) and sends
 //! one frame to it ([`Gateway::say`], silence when nothing is said).
 
+use crate::keepalive::{Keepalive, TrunkCheck, TrunkProbe};
 use crate::room::RoomLeg;
 use continuum_rtp::g711::Law;
 use continuum_rtp::session::FRAME_SAMPLES;
 use continuum_rtp::{MediaSession, SessionConfig, Socket};
 use continuum_sip::sdp::{self, Direction, LocalMedia, Sdp};
-use continuum_sip::{CallId, Endpoint, InviteRequest, Output as SipOutput, SipEvent, Transport};
+use continuum_sip::{
+    CallId, Endpoint, InviteRequest, Output as SipOutput, SipEvent, Transport, TransportKind,
+};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,6 +35,9 @@ pub struct GatewayConfig {
     pub ring_timeout: Duration,
     /// No RTP from the phone this long ends the call (`media_timeout`).
     pub media_timeout: Duration,
+    /// OPTIONS to each outbound trunk this often ([`Gateway::set_trunks`]);
+    /// none: no keepalive, trunks stay `unknown`.
+    pub trunk_keepalive: Option<Duration>,
 }
 
 /// Why the gateway refused a command.
@@ -137,6 +143,8 @@ pub enum Transmit {
 pub enum Output {
     Transmit(Transmit),
     Event(CallEvent),
+    /// A keepalive probe's result for the trunks at one address.
+    Trunk(TrunkCheck),
 }
 
 /// A new outgoing call.
@@ -180,11 +188,13 @@ pub struct Gateway {
     out: VecDeque<Output>,
     next_tick: Option<Instant>,
     ssrc_seed: u64,
+    keepalive: Option<Keepalive>,
 }
 
 impl Gateway {
     pub fn new(cfg: GatewayConfig) -> Self {
         let ssrc_seed = cfg.sip.rng_seed.unwrap_or_else(rand::random);
+        let keepalive = cfg.trunk_keepalive.map(Keepalive::new);
         Gateway {
             endpoint: Endpoint::new(cfg.sip.clone()),
             cfg,
@@ -194,6 +204,7 @@ impl Gateway {
             out: VecDeque::new(),
             next_tick: None,
             ssrc_seed,
+            keepalive,
         }
     }
 
@@ -216,7 +227,8 @@ impl Gateway {
                 ]
             })
             .flatten();
-        [self.endpoint.poll_timeout(), self.next_tick]
+        let keepalive = self.keepalive.as_ref().and_then(|k| k.poll_timeout());
+        [self.endpoint.poll_timeout(), self.next_tick, keepalive]
             .into_iter()
             .flatten()
             .chain(legs)
@@ -232,6 +244,47 @@ impl Gateway {
     /// A TCP/TLS connection closed.
     pub fn sip_closed(&mut self, now: Instant, transport: Transport) {
         self.endpoint.connection_closed(transport);
+        self.drain_sip(now);
+    }
+
+    /// A TCP/TLS connection to `remote` could not be made: what waits on it
+    /// fails now (a keepalive probe counts as failed, a call fails 503).
+    pub fn sip_unreachable(&mut self, now: Instant, kind: TransportKind, remote: SocketAddr) {
+        self.endpoint.transport_failed(now, kind, remote);
+        self.drain_sip(now);
+    }
+
+    /// The outbound trunks to keep alive with OPTIONS (the whole set; a
+    /// no-op when keepalive is off). New addresses are probed at once.
+    pub fn set_trunks(&mut self, now: Instant, trunks: &[TrunkProbe]) {
+        let Some(k) = self.keepalive.as_mut() else {
+            return;
+        };
+        for check in k.set(now, trunks) {
+            self.out.push_back(Output::Trunk(check));
+        }
+        self.probe_trunks(now);
+    }
+
+    /// Sends the keepalive probes that are due.
+    fn probe_trunks(&mut self, now: Instant) {
+        let Some(k) = self.keepalive.as_mut() else {
+            return;
+        };
+        for (peer, kind) in k.due(now) {
+            if let Err(e) = self.endpoint.options(now, peer, kind) {
+                // No local address for that transport (a TLS trunk without
+                // sip.tls_listen): it cannot be reached, say so.
+                tracing::debug!(%peer, ?kind, error = %e, "no keepalive probe");
+                if let Some(check) = self
+                    .keepalive
+                    .as_mut()
+                    .and_then(|k| k.result(now, peer, kind, None))
+                {
+                    self.out.push_back(Output::Trunk(check));
+                }
+            }
+        }
         self.drain_sip(now);
     }
 
@@ -262,6 +315,14 @@ impl Gateway {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.endpoint.handle_timeout(now);
         self.drain_sip(now);
+        if self
+            .keepalive
+            .as_ref()
+            .and_then(|k| k.poll_timeout())
+            .is_some_and(|t| t <= now)
+        {
+            self.probe_trunks(now);
+        }
         let expired: Vec<CallId> = self
             .legs
             .iter()
@@ -875,6 +936,21 @@ impl Gateway {
                     duration_ms,
                 }
             }
+            SipEvent::OptionsResult {
+                peer,
+                transport,
+                status,
+                ..
+            } => {
+                if let Some(check) = self
+                    .keepalive
+                    .as_mut()
+                    .and_then(|k| k.result(now, peer, transport, status))
+                {
+                    self.out.push_back(Output::Trunk(check));
+                }
+                return;
+            }
             _ => return,
         };
         self.out.push_back(Output::Event(event));
@@ -973,4 +1049,210 @@ impl Gateway {
 fn remote_rtp(sdp: &Sdp) -> Option<SocketAddr> {
     let (ip, port) = sdp.audio_addr()?;
     Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+    use crate::keepalive::TrunkStatus;
+
+    const ME: ([u8; 4], u16) = ([192, 0, 2, 10], 5060);
+
+    fn gateway(keepalive: Option<Duration>) -> Gateway {
+        let me = SocketAddr::from(ME);
+        let mut sip = continuum_sip::Config::new(
+            "test.invalid",
+            vec![(TransportKind::Udp, me), (TransportKind::Tcp, me)],
+        );
+        sip.rng_seed = Some(7);
+        Gateway::new(GatewayConfig {
+            sip,
+            ring_timeout: Duration::from_secs(45),
+            media_timeout: Duration::from_secs(30),
+            trunk_keepalive: keepalive,
+        })
+    }
+
+    fn trunk(id: &str, port: u16, transport: TransportKind) -> TrunkProbe {
+        TrunkProbe {
+            trunk: id.into(),
+            destination: SocketAddr::from(([198, 51, 100, 7], port)),
+            transport,
+        }
+    }
+
+    /// What the gateway sent (destination, text) and the trunk checks it reported.
+    fn drain(g: &mut Gateway) -> (Vec<(SocketAddr, String)>, Vec<TrunkCheck>) {
+        let (mut sent, mut checks) = (Vec::new(), Vec::new());
+        while let Some(out) = g.poll_output() {
+            match out {
+                Output::Transmit(Transmit::Sip {
+                    destination, bytes, ..
+                }) => sent.push((destination, String::from_utf8(bytes).unwrap())),
+                Output::Trunk(c) => checks.push(c),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (sent, checks)
+    }
+
+    /// The trunk's answer to a request: its Via, From, To (tagged), Call-ID, CSeq.
+    fn answer(request: &str, status: u16) -> Vec<u8> {
+        let mut out = format!("SIP/2.0 {status} Whatever\r\n");
+        for line in request.lines() {
+            let name = line.split(':').next().unwrap_or("");
+            match name {
+                "Via" | "From" | "Call-ID" | "CSeq" => out += &format!("{line}\r\n"),
+                "To" => out += &format!("{line};tag=carrier\r\n"),
+                _ => {}
+            }
+        }
+        out += "Content-Length: 0\r\n\r\n";
+        out.into_bytes()
+    }
+
+    fn udp_from(peer: SocketAddr) -> Transport {
+        Transport {
+            kind: TransportKind::Udp,
+            local: SocketAddr::from(ME),
+            remote: peer,
+        }
+    }
+
+    /// Runs the gateway's timers up to `until` (fake time), answering nothing.
+    fn run_until(g: &mut Gateway, until: Instant) -> (Vec<(SocketAddr, String)>, Vec<TrunkCheck>) {
+        let (mut sent, mut checks) = (Vec::new(), Vec::new());
+        while let Some(t) = g.poll_timeout().filter(|t| *t <= until) {
+            g.handle_timeout(t);
+            let (s, c) = drain(g);
+            sent.extend(s);
+            checks.extend(c);
+        }
+        (sent, checks)
+    }
+
+    #[test]
+    fn options_make_a_trunk_up_and_two_timeouts_make_it_down() {
+        let t0 = Instant::now();
+        let mut g = gateway(Some(Duration::from_secs(30)));
+        let t = trunk("carrier", 5060, TransportKind::Udp);
+        g.set_trunks(t0, std::slice::from_ref(&t));
+        let (sent, checks) = drain(&mut g);
+        assert!(checks.is_empty(), "nothing known before an answer");
+        assert_eq!(sent.len(), 1);
+        let (to, options) = &sent[0];
+        assert_eq!(*to, t.destination);
+        assert!(
+            options.starts_with("OPTIONS sip:198.51.100.7:5060 SIP/2.0\r\n"),
+            "{options}"
+        );
+        assert!(options.contains("Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK"));
+        // 404 is an answer: the trunk is alive.
+        g.handle_sip(t0, udp_from(t.destination), &answer(options, 404));
+        let (_, checks) = drain(&mut g);
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(checks[0].trunks, vec!["carrier".to_owned()]);
+        assert_eq!(
+            (checks[0].status, checks[0].changed),
+            (TrunkStatus::Up, true)
+        );
+        assert_eq!(checks[0].sip_status, Some(404));
+
+        // The carrier goes silent. Probes every 30 s, each retransmitted
+        // (timer E) until timer F (32 s): the second timeout makes it down.
+        let (sent, checks) = run_until(&mut g, t0 + Duration::from_secs(95));
+        let probes: std::collections::HashSet<&str> = sent
+            .iter()
+            .filter_map(|(_, m)| m.lines().find(|l| l.starts_with("Call-ID:")))
+            .collect();
+        assert_eq!(probes.len(), 3, "probes at 30, 60 and 90 s");
+        assert!(
+            sent.len() > 3 * 3,
+            "UDP probes are retransmitted: {}",
+            sent.len()
+        );
+        let statuses: Vec<(TrunkStatus, bool)> =
+            checks.iter().map(|c| (c.status, c.changed)).collect();
+        assert_eq!(
+            statuses,
+            vec![(TrunkStatus::Up, false), (TrunkStatus::Down, true)],
+            "the timeouts of the probes at 30 s (at 62 s) and 60 s (at 92 s)"
+        );
+        let down_at = checks[1].checked_at - t0;
+        assert!(
+            down_at >= Duration::from_secs(92) && down_at < Duration::from_secs(93),
+            "{down_at:?}"
+        );
+
+        // It answers again: up at the next probe.
+        let (sent, _) = run_until(&mut g, t0 + Duration::from_secs(120));
+        let (_, last) = sent.last().unwrap();
+        g.handle_sip(
+            t0 + Duration::from_secs(120),
+            udp_from(t.destination),
+            &answer(last, 200),
+        );
+        let (_, checks) = drain(&mut g);
+        assert_eq!(
+            checks
+                .iter()
+                .map(|c| (c.status, c.changed))
+                .collect::<Vec<_>>(),
+            vec![(TrunkStatus::Up, true)]
+        );
+    }
+
+    #[test]
+    fn refused_connections_count_at_once_and_trunks_can_be_dropped() {
+        let t0 = Instant::now();
+        let mut g = gateway(Some(Duration::from_secs(5)));
+        let t = trunk("tcp-carrier", 5062, TransportKind::Tcp);
+        g.set_trunks(t0, std::slice::from_ref(&t));
+        let (sent, _) = drain(&mut g);
+        assert!(sent[0].1.contains("Via: SIP/2.0/TCP "), "{}", sent[0].1);
+        g.sip_unreachable(t0, TransportKind::Tcp, t.destination);
+        let (_, checks) = drain(&mut g);
+        assert_eq!(
+            checks.iter().map(|c| c.status).collect::<Vec<_>>(),
+            vec![TrunkStatus::Unknown]
+        );
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(g.poll_timeout(), Some(t1));
+        g.handle_timeout(t1);
+        let (sent, _) = drain(&mut g);
+        assert_eq!(sent.len(), 1, "the next probe");
+        g.sip_unreachable(t1, TransportKind::Tcp, t.destination);
+        let (_, checks) = drain(&mut g);
+        assert_eq!(
+            checks
+                .iter()
+                .map(|c| (c.status, c.changed))
+                .collect::<Vec<_>>(),
+            vec![(TrunkStatus::Down, true)]
+        );
+        // A trunk taken out is probed no more.
+        g.set_trunks(t1, &[]);
+        let (sent, _) = run_until(&mut g, t1 + Duration::from_secs(60));
+        assert!(sent.is_empty(), "{sent:?}");
+    }
+
+    #[test]
+    fn keepalive_off_sends_nothing() {
+        let t0 = Instant::now();
+        let mut g = gateway(None);
+        g.set_trunks(t0, &[trunk("carrier", 5060, TransportKind::Udp)]);
+        assert_eq!(g.poll_output(), None);
+        assert_eq!(g.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_trunk_over_a_transport_we_lack_is_down() {
+        let t0 = Instant::now();
+        let mut g = gateway(Some(Duration::from_secs(1)));
+        g.set_trunks(t0, &[trunk("tls-carrier", 5061, TransportKind::Tls)]);
+        g.handle_timeout(t0 + Duration::from_secs(1));
+        let (sent, checks) = drain(&mut g);
+        assert!(sent.is_empty());
+        assert_eq!(checks.last().map(|c| c.status), Some(TrunkStatus::Down));
+    }
 }

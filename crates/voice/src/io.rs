@@ -1,6 +1,7 @@
 //! The voice gateway's IO host: one tokio task owning the sans-IO
-//! [`Gateway`], the SIP sockets (UDP, and TCP connections read by tasks of
-//! their own), and an RTP/RTCP socket pair per call from a port range. The
+//! [`Gateway`], the SIP sockets (UDP, and TCP and TLS connections read by
+//! tasks of their own: one stream code path over any AsyncRead+AsyncWrite),
+//! and an RTP/RTCP socket pair per call from a port range. The
 //! owner talks to it through [`Voice`] and hears back [`Outcome`]s that
 //! carry its own call tags (`T`): the crate knows nothing of tenants or
 //! conversations.
@@ -8,16 +9,19 @@
 use crate::gateway::{
     CallEvent, Dial, Gateway, GatewayConfig, GatewayError, Incoming, Output, Transmit,
 };
+use crate::keepalive::{TrunkCheck, TrunkProbe};
 use continuum_sip::{CallId, DigestCredentials, Transport, TransportKind};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -25,6 +29,10 @@ pub struct HostConfig {
     pub gateway: GatewayConfig,
     pub udp_listen: Option<SocketAddr>,
     pub tcp_listen: Option<SocketAddr>,
+    /// SIP over TLS, with its certificate ([`tls_server_config`]).
+    pub tls_listen: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    /// How TLS trunks are verified ([`tls_client_config`]); none: no TLS trunks.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// What carriers are told (Via, Contact, SDP); default: the listen IP.
     pub public_ip: Option<IpAddr>,
     /// RTP ports (an even port per call, RTCP on the next).
@@ -39,10 +47,118 @@ pub enum HostError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("sip.udp_listen and sip.tcp_listen are both unset: SIP needs one")]
+    #[error("sip.udp_listen, sip.tcp_listen and sip.tls_listen are all unset: SIP needs one")]
     NoTransport,
     #[error("the SIP listen address is {0}: set sip.public_ip to the address carriers reach")]
     NoPublicIp(SocketAddr),
+}
+
+/// Why the TLS settings could not be loaded (each names the file and the fix).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {error}; set sip.{what} to a readable PEM file")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{what} {path} holds no {expected}; set sip.{what} to a PEM file with one")]
+    Empty {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("sip.tls_cert {cert} and sip.tls_key {key} do not make a TLS identity: {reason}")]
+    Identity {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("sip.tls_ca {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let read = |error| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            what,
+            path: path.to_owned(),
+            expected: "CERTIFICATE block",
+        });
+    }
+    Ok(certs)
+}
+
+/// The SIP TLS listener's identity from PEM files: a certificate chain and
+/// its private key.
+pub fn tls_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = read_certs("tls_cert", cert)?;
+    let read = |error| TlsError::Read {
+        what: "tls_key",
+        path: key.to_owned(),
+        error,
+    };
+    let file = std::fs::File::open(key).map_err(read)?;
+    let private = rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
+        .map_err(read)?
+        .ok_or_else(|| TlsError::Empty {
+            what: "tls_key",
+            path: key.to_owned(),
+            expected: "PRIVATE KEY block",
+        })?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| TlsError::Identity {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(Arc::new(cfg))
+}
+
+/// How TLS trunks' certificates are checked: against the CAs in `ca` (a
+/// PEM file, e.g. a carrier's private CA or an SBC's self-signed
+/// certificate) when given, else against the public web PKI roots.
+pub fn tls_client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in read_certs("tls_ca", path)? {
+                roots.add(cert).map_err(|e| TlsError::Ca {
+                    path: path.to_owned(),
+                    reason: format!("not a CA certificate rustls accepts: {e}"),
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 /// The owner's answer to an incoming call.
@@ -67,6 +183,8 @@ pub enum Outcome<T> {
         tag: T,
         event: CallEvent,
     },
+    /// A keepalive probe's result for the trunks at one address.
+    Trunk(TrunkCheck),
 }
 
 /// Where and how to call.
@@ -77,10 +195,21 @@ pub struct DialTarget {
     pub destination: SocketAddr,
     pub transport: TransportKind,
     pub credentials: Option<DigestCredentials>,
+    /// TLS: the name the trunk's certificate must show (its host); none:
+    /// the destination's IP address.
+    pub server_name: Option<String>,
+}
+
+/// An outbound trunk to keep alive, with its TLS name (see [`DialTarget`]).
+#[derive(Debug, Clone)]
+pub struct KeepaliveTarget {
+    pub probe: TrunkProbe,
+    pub server_name: Option<String>,
 }
 
 enum Command<T> {
     Dial(T, DialTarget, oneshot::Sender<Result<CallId, GatewayError>>),
+    SetTrunks(Vec<KeepaliveTarget>),
     Decide(CallId, Decision, Option<T>),
     Hangup(CallId, oneshot::Sender<Result<(), GatewayError>>),
     Dtmf(CallId, String, oneshot::Sender<Result<(), GatewayError>>),
@@ -114,6 +243,7 @@ pub struct Voice<T> {
     commands: mpsc::UnboundedSender<Command<T>>,
     pub udp_addr: Option<SocketAddr>,
     pub tcp_addr: Option<SocketAddr>,
+    pub tls_addr: Option<SocketAddr>,
 }
 
 impl<T> Clone for Voice<T> {
@@ -122,6 +252,7 @@ impl<T> Clone for Voice<T> {
             commands: self.commands.clone(),
             udp_addr: self.udp_addr,
             tcp_addr: self.tcp_addr,
+            tls_addr: self.tls_addr,
         }
     }
 }
@@ -159,9 +290,26 @@ impl<T: Clone + Send + 'static> Voice<T> {
             }
             None => None,
         };
+        let tls = match cfg.tls_listen.take() {
+            Some((addr, server)) => Some((
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| HostError::Bind {
+                        what: "tls",
+                        addr,
+                        source,
+                    })?,
+                tokio_rustls::TlsAcceptor::from(server),
+            )),
+            None => None,
+        };
         let udp_addr = udp.as_ref().and_then(|s| s.local_addr().ok());
         let tcp_addr = tcp.as_ref().and_then(|s| s.local_addr().ok());
-        let bound = udp_addr.or(tcp_addr).ok_or(HostError::NoTransport)?;
+        let tls_addr = tls.as_ref().and_then(|(s, _)| s.local_addr().ok());
+        let bound = udp_addr
+            .or(tcp_addr)
+            .or(tls_addr)
+            .ok_or(HostError::NoTransport)?;
         let public_ip = match (cfg.public_ip, bound.ip()) {
             (Some(ip), _) => ip,
             (None, ip) if ip.is_unspecified() => return Err(HostError::NoPublicIp(bound)),
@@ -172,12 +320,16 @@ impl<T: Clone + Send + 'static> Voice<T> {
             .map(|a| (TransportKind::Udp, advertise(a)))
             .into_iter()
             .chain(tcp_addr.map(|a| (TransportKind::Tcp, advertise(a))))
+            .chain(tls_addr.map(|a| (TransportKind::Tls, advertise(a))))
             .collect();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
         let (net_tx, net_rx) = mpsc::channel(4096);
         if let Some(listener) = tcp {
-            tokio::spawn(accept_tcp(listener, net_tx.clone()));
+            tokio::spawn(accept_tcp(listener, None, net_tx.clone()));
+        }
+        if let Some((listener, acceptor)) = tls {
+            tokio::spawn(accept_tcp(listener, Some(acceptor), net_tx.clone()));
         }
         if let Some(sock) = &udp {
             tokio::spawn(read_udp(sock.clone(), Source::Sip, net_tx.clone()));
@@ -185,7 +337,9 @@ impl<T: Clone + Send + 'static> Voice<T> {
         let host = Host {
             gateway: Gateway::new(cfg.gateway.clone()),
             udp,
-            tcp_writers: HashMap::new(),
+            tls_client: cfg.tls_client.clone().map(tokio_rustls::TlsConnector::from),
+            tls_names: HashMap::new(),
+            stream_writers: HashMap::new(),
             media: HashMap::new(),
             rooms: HashMap::new(),
             ports: Ports::new(cfg.rtp_ports.clone()),
@@ -202,6 +356,7 @@ impl<T: Clone + Send + 'static> Voice<T> {
                 commands,
                 udp_addr,
                 tcp_addr,
+                tls_addr,
             },
             outcomes_rx,
         ))
@@ -214,6 +369,14 @@ impl<T: Clone + Send + 'static> Voice<T> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// The outbound trunks to keep alive with OPTIONS (the whole set); the
+    /// results come as [`Outcome::Trunk`].
+    pub fn set_trunks(&self, trunks: Vec<KeepaliveTarget>) -> Result<(), GatewayError> {
+        self.commands
+            .send(Command::SetTrunks(trunks))
+            .map_err(|_| gone())
     }
 
     /// Places a call; its events carry `tag`.
@@ -285,10 +448,15 @@ enum Net {
         from: SocketAddr,
         bytes: Vec<u8>,
     },
-    TcpOpened(Transport, mpsc::UnboundedSender<Vec<u8>>),
-    TcpData(Transport, Vec<u8>),
-    TcpClosed(Transport),
+    StreamOpened(Transport, mpsc::UnboundedSender<Vec<u8>>),
+    StreamData(Transport, Vec<u8>),
+    StreamClosed(Transport),
+    /// A connection we tried to open failed (refused, timed out, TLS).
+    Unreachable(TransportKind, SocketAddr),
 }
+
+/// How long a TCP connect or a TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn read_udp(sock: Arc<UdpSocket>, source: Source, tx: mpsc::Sender<Net>) {
     let Ok(local) = sock.local_addr() else { return };
@@ -320,7 +488,17 @@ async fn read_udp(sock: Arc<UdpSocket>, source: Source, tx: mpsc::Sender<Net>) {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<Net>) {
+/// Accepts SIP connections: plain TCP, or TLS when `tls` is given.
+async fn accept_tcp(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    tx: mpsc::Sender<Net>,
+) {
+    let kind = if tls.is_some() {
+        TransportKind::Tls
+    } else {
+        TransportKind::Tcp
+    };
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             continue;
@@ -328,29 +506,50 @@ async fn accept_tcp(listener: TcpListener, tx: mpsc::Sender<Net>) {
         let Ok(local) = stream.local_addr() else {
             continue;
         };
+        let _ = stream.set_nodelay(true);
         let transport = Transport {
-            kind: TransportKind::Tcp,
+            kind,
             local,
             remote,
         };
-        tokio::spawn(serve_tcp(stream, transport, tx.clone()));
+        match &tls {
+            None => {
+                tokio::spawn(serve_stream(stream, transport, tx.clone()));
+            }
+            Some(acceptor) => {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve_stream(tls, transport, tx).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "SIP TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%remote, "SIP TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }
 
-/// Reads a SIP TCP connection into the host and writes what the host sends.
-async fn serve_tcp(stream: TcpStream, transport: Transport, tx: mpsc::Sender<Net>) {
-    let _ = stream.set_nodelay(true);
-    let (mut read, mut write) = stream.into_split();
+/// Reads a SIP stream (TCP or TLS) into the host and writes what the host
+/// sends; responses go back on the connection the request came in on.
+async fn serve_stream<S>(stream: S, transport: Transport, tx: mpsc::Sender<Net>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut read, mut write) = tokio::io::split(stream);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if tx.send(Net::TcpOpened(transport, out_tx)).await.is_err() {
+    if tx.send(Net::StreamOpened(transport, out_tx)).await.is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
-            if write.write_all(&bytes).await.is_err() {
+            if write.write_all(&bytes).await.is_err() || write.flush().await.is_err() {
                 break;
             }
         }
+        let _ = write.shutdown().await;
     });
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -358,7 +557,7 @@ async fn serve_tcp(stream: TcpStream, transport: Transport, tx: mpsc::Sender<Net
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if tx
-                    .send(Net::TcpData(transport, buf[..n].to_vec()))
+                    .send(Net::StreamData(transport, buf[..n].to_vec()))
                     .await
                     .is_err()
                 {
@@ -368,7 +567,72 @@ async fn serve_tcp(stream: TcpStream, transport: Transport, tx: mpsc::Sender<Net
         }
     }
     writer.abort();
-    let _ = tx.send(Net::TcpClosed(transport)).await;
+    let _ = tx.send(Net::StreamClosed(transport)).await;
+}
+
+/// Opens a SIP connection (TCP, or TLS with `tls`), sends `first` on it and
+/// serves it; a failure is reported as [`Net::Unreachable`].
+async fn connect_stream(
+    kind: TransportKind,
+    destination: SocketAddr,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    first: Vec<u8>,
+    net: mpsc::Sender<Net>,
+) {
+    let unreachable = |why: String| {
+        tracing::debug!(%destination, ?kind, why, "SIP connection failed");
+        Net::Unreachable(kind, destination)
+    };
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return drop(net.send(unreachable(e.to_string())).await),
+        Err(_) => return drop(net.send(unreachable("connect timed out".into())).await),
+    };
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return drop(net.send(unreachable("no local address".into())).await);
+    };
+    let t = Transport {
+        kind,
+        local,
+        remote: destination,
+    };
+    match tls {
+        None => {
+            let mut stream = stream;
+            if stream.write_all(&first).await.is_err() {
+                return drop(net.send(unreachable("write failed".into())).await);
+            }
+            serve_stream(stream, t, net).await;
+        }
+        Some((connector, name)) => {
+            let mut stream = match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                connector.connect(name, stream),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return drop(net.send(unreachable(format!("TLS: {e}"))).await);
+                }
+                Err(_) => {
+                    return drop(
+                        net.send(unreachable("TLS handshake timed out".into()))
+                            .await,
+                    );
+                }
+            };
+            if stream.write_all(&first).await.is_err() || stream.flush().await.is_err() {
+                return drop(net.send(unreachable("write failed".into())).await);
+            }
+            serve_stream(stream, t, net).await;
+        }
+    }
 }
 
 /// RTP port pairs in use.
@@ -389,6 +653,9 @@ impl Ports {
     }
 }
 
+/// An open SIP connection: its flow, and the queue its writer task sends.
+type StreamWriter = (Transport, mpsc::UnboundedSender<Vec<u8>>);
+
 /// A call's media sockets and their reader tasks.
 struct MediaSockets {
     rtp: Arc<UdpSocket>,
@@ -399,8 +666,13 @@ struct MediaSockets {
 struct Host<T> {
     gateway: Gateway,
     udp: Option<Arc<UdpSocket>>,
-    /// Open SIP TCP connections by peer address.
-    tcp_writers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// How TLS trunks are connected to, and the names their certificates
+    /// must show (by address; else the address itself).
+    tls_client: Option<tokio_rustls::TlsConnector>,
+    tls_names: HashMap<SocketAddr, String>,
+    /// Open SIP TCP and TLS connections by transport and peer address.
+    /// The flow is kept to tell a connection from a newer one to the same peer.
+    stream_writers: HashMap<(TransportKind, SocketAddr), StreamWriter>,
     /// Media sockets by the RTP address the core knows the call by.
     media: HashMap<SocketAddr, MediaSockets>,
     /// Room leg sockets by call, with their reader task.
@@ -475,21 +747,42 @@ impl<T: Clone + Send + 'static> Host<T> {
                 bytes,
                 ..
             } => self.gateway.handle_room(now, call, from, &bytes),
-            Net::TcpOpened(t, writer) => {
-                self.tcp_writers.insert(t.remote, writer);
+            Net::StreamOpened(t, writer) => {
+                self.stream_writers.insert((t.kind, t.remote), (t, writer));
             }
-            Net::TcpData(t, bytes) => self.gateway.handle_sip(now, t, &bytes),
-            Net::TcpClosed(t) => {
-                self.tcp_writers.remove(&t.remote);
+            Net::StreamData(t, bytes) => self.gateway.handle_sip(now, t, &bytes),
+            Net::StreamClosed(t) => {
+                // Only the connection it was (a newer one may have replaced it).
+                if self
+                    .stream_writers
+                    .get(&(t.kind, t.remote))
+                    .is_some_and(|(open, _)| *open == t)
+                {
+                    self.stream_writers.remove(&(t.kind, t.remote));
+                }
                 self.gateway.sip_closed(now, t);
             }
+            Net::Unreachable(kind, remote) => self.gateway.sip_unreachable(now, kind, remote),
         }
     }
 
     async fn command(&mut self, cmd: Command<T>) {
         let now = Instant::now();
         match cmd {
+            Command::SetTrunks(trunks) => {
+                let mut probes = Vec::with_capacity(trunks.len());
+                for t in trunks {
+                    if let Some(name) = t.server_name {
+                        self.tls_names.insert(t.probe.destination, name);
+                    }
+                    probes.push(t.probe);
+                }
+                self.gateway.set_trunks(now, &probes);
+            }
             Command::Dial(tag, target, reply) => {
+                if let Some(name) = &target.server_name {
+                    self.tls_names.insert(target.destination, name.clone());
+                }
                 let local_rtp = match self.bind_media().await {
                     Ok(a) => a,
                     Err(e) => {
@@ -677,11 +970,11 @@ impl<T: Clone + Send + 'static> Host<T> {
                             let _ = sock.try_send_to(&bytes, destination);
                         }
                     }
-                    _ => match self.tcp_writers.get(&destination) {
-                        Some(w) => {
+                    kind => match self.stream_writers.get(&(kind, destination)) {
+                        Some((_, w)) if !w.is_closed() => {
                             let _ = w.send(bytes);
                         }
-                        None => self.connect_tcp(transport, destination, bytes),
+                        _ => self.connect(kind, destination, bytes),
                     },
                 },
                 Output::Transmit(Transmit::Room {
@@ -703,6 +996,9 @@ impl<T: Clone + Send + 'static> Host<T> {
                         let sock = if rtcp { &m.rtcp } else { &m.rtp };
                         let _ = sock.try_send_to(&bytes, destination);
                     }
+                }
+                Output::Trunk(check) => {
+                    let _ = self.outcomes.send(Outcome::Trunk(check));
                 }
                 Output::Event(CallEvent::Incoming(call)) => self.incoming(call),
                 Output::Event(event) => {
@@ -756,31 +1052,33 @@ impl<T: Clone + Send + 'static> Host<T> {
         });
     }
 
-    /// A message for a TCP peer we have no connection to: connect, then send.
-    fn connect_tcp(&mut self, transport: Transport, destination: SocketAddr, bytes: Vec<u8>) {
-        let net = self.net_tx.clone();
-        tokio::spawn(async move {
-            let Ok(stream) = TcpStream::connect(destination).await else {
-                let _ = net.send(Net::TcpClosed(transport)).await;
-                return;
-            };
-            let Ok(local) = stream.local_addr() else {
-                return;
-            };
-            let t = Transport {
-                kind: transport.kind,
-                local,
-                remote: destination,
-            };
-            let (read, mut write) = stream.into_split();
-            if write.write_all(&bytes).await.is_err() {
-                return;
+    /// A message for a TCP/TLS peer we have no connection to: connect, then send.
+    fn connect(&mut self, kind: TransportKind, destination: SocketAddr, bytes: Vec<u8>) {
+        let tls = match kind {
+            TransportKind::Tls => {
+                let Some(connector) = self.tls_client.clone() else {
+                    tracing::warn!(%destination, "a TLS trunk, but no TLS client settings");
+                    self.gateway
+                        .sip_unreachable(Instant::now(), kind, destination);
+                    return;
+                };
+                let name = match self.tls_names.get(&destination) {
+                    Some(n) => rustls::pki_types::ServerName::try_from(n.clone()).ok(),
+                    None => None,
+                }
+                .unwrap_or_else(|| {
+                    rustls::pki_types::ServerName::IpAddress(destination.ip().into())
+                });
+                Some((connector, name))
             }
-            let stream = match read.reunite(write) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-            serve_tcp(stream, t, net).await;
-        });
+            _ => None,
+        };
+        tokio::spawn(connect_stream(
+            kind,
+            destination,
+            tls,
+            bytes,
+            self.net_tx.clone(),
+        ));
     }
 }

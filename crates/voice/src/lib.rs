@@ -10,10 +10,14 @@
 //! - [`room`]: a call's leg in a video room, sans-IO: a str0m WebRTC
 //!   participant of our SFU that publishes the phone's voice as Opus and
 //!   decodes and mixes the room's audio tracks into what the phone hears.
+//! - [`keepalive`]: OPTIONS probes to outbound trunks and what they say
+//!   (up, down), driven by the gateway core.
 
 pub mod gateway;
 pub mod io;
+pub mod keepalive;
 pub mod room;
 
 pub use continuum_sip::{CallId, TransportKind};
 pub use gateway::{CallEvent, Dial, Frame, Gateway, GatewayConfig, GatewayError, Incoming};
+pub use keepalive::{TrunkCheck, TrunkProbe, TrunkStatus};

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use continuum_core::{Permission, normalize_phone};
-use continuum_store::{Call, DispatchAction, DispatchRule, Trunk, TrunkSpec};
+use continuum_store::{Call, DispatchAction, DispatchRule, Trunk, TrunkSpec, TrunkStatus};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -188,7 +188,23 @@ pub async fn create_trunk(
             &p.audit_actor(),
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(trunk)))
+    if let Some(v) = &s.voice {
+        v.trunks_changed();
+    }
+    Ok((StatusCode::CREATED, Json(with_health(&s, trunk))))
+}
+
+/// An outbound trunk with what the keepalive says of it.
+fn with_health(s: &AppState, mut trunk: Trunk) -> Trunk {
+    if matches!(trunk.spec, TrunkSpec::Outbound { .. }) {
+        let (status, last_checked) = match &s.voice {
+            Some(v) => v.trunk_health(&trunk.id),
+            None => (TrunkStatus::Unknown, None),
+        };
+        trunk.status = Some(status);
+        trunk.last_checked = last_checked;
+    }
+    trunk
 }
 
 /// The tenant's SIP trunks.
@@ -199,7 +215,10 @@ pub async fn create_trunk(
 pub async fn list_trunks(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<Vec<Trunk>>> {
     s.require(&p, Permission::ManageTenant, "sip/trunks")
         .await?;
-    Ok(Json(s.store.list_trunks(p.tenant_id()).await?))
+    let trunks = s.store.list_trunks(p.tenant_id()).await?;
+    Ok(Json(
+        trunks.into_iter().map(|t| with_health(&s, t)).collect(),
+    ))
 }
 
 /// One SIP trunk.
@@ -215,7 +234,8 @@ pub async fn get_trunk(
 ) -> ApiResult<Json<Trunk>> {
     s.require(&p, Permission::ManageTenant, "sip/trunks")
         .await?;
-    Ok(Json(s.store.get_trunk(p.tenant_id(), &id).await?))
+    let trunk = s.store.get_trunk(p.tenant_id(), &id).await?;
+    Ok(Json(with_health(&s, trunk)))
 }
 
 /// Remove a SIP trunk: its numbers take no more calls; calls up now go on.
@@ -234,6 +254,9 @@ pub async fn delete_trunk(
     s.store
         .delete_trunk(p.tenant_id(), &id, &p.audit_actor())
         .await?;
+    if let Some(v) = &s.voice {
+        v.trunks_changed();
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
