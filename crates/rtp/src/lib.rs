@@ -20,6 +20,7 @@ pub mod plc;
 pub mod reception;
 pub mod resample;
 pub mod session;
+pub mod srtp;
 
 #[cfg(test)]
 mod goertzel;
