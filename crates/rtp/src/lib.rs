@@ -27,5 +27,5 @@ mod goertzel;
 
 pub use session::{
     Direction, Event, MediaSession, Output, SessionConfig, SessionError, SessionStats, Socket,
-    Transmit,
+    SrtpKeys, Transmit,
 };
