@@ -347,6 +347,27 @@ impl MediaSession {
         self.cfg.direction = direction;
     }
 
+    /// A re-INVITE changed SDES keys: the contexts of the side whose key
+    /// changed start over (a plain session stays plain).
+    pub fn set_srtp_keys(&mut self, keys: SrtpKeys) {
+        let Some(srtp) = &mut self.srtp else {
+            return;
+        };
+        let old = self.cfg.srtp.as_ref();
+        if old.is_none_or(|o| o.suite != keys.suite || o.local != keys.local) {
+            srtp.tx = SrtpContext::new(keys.suite, &keys.local);
+        }
+        if old.is_none_or(|o| o.suite != keys.suite || o.remote != keys.remote) {
+            srtp.rx = SrtpContext::new(keys.suite, &keys.remote);
+        }
+        self.cfg.srtp = Some(keys);
+    }
+
+    /// Whether media is SRTP.
+    pub fn is_srtp(&self) -> bool {
+        self.srtp.is_some()
+    }
+
     /// A re-INVITE gave a new remote address: latching starts over.
     pub fn set_remote(&mut self, rtp: SocketAddr, rtcp: Option<SocketAddr>) {
         self.cfg.remote_rtp = rtp;

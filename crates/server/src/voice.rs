@@ -12,7 +12,7 @@ use continuum_store::{
     NewConversation, Store, TrunkSpec, TrunkWithSecret,
 };
 use continuum_voice::io::{Decision, DialTarget, HostConfig, Outcome, Voice};
-use continuum_voice::{CallEvent, CallId, GatewayConfig, Incoming, TransportKind};
+use continuum_voice::{CallEvent, CallId, GatewayConfig, Incoming, MediaEncryption, TransportKind};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -242,6 +242,16 @@ impl VoiceService {
         }
         if !call.offers_g711 {
             return refuse("no_common_codec", 488);
+        }
+        if call.media_refusal.is_some() {
+            // RTP/SAVP without a crypto suite we speak, DTLS-SRTP...: the
+            // gateway's 488 carries a Warning saying which.
+            let reason = if call.srtp {
+                "no_crypto_suite"
+            } else {
+                "media"
+            };
+            return refuse(reason, 488);
         }
         let tenant = trunk.tenant_id.clone();
         let rule = match self.store.dispatch_rule_for(&tenant, &called).await {
@@ -627,7 +637,7 @@ impl VoiceService {
         tenant: &str,
         req: DialRequest,
     ) -> Result<continuum_store::Call, DialError> {
-        let (target, from, destination, transport, credentials, trunk_id) = if req
+        let (target, from, destination, transport, credentials, trunk_id, media_encryption) = if req
             .to
             .starts_with("sip:")
         {
@@ -642,6 +652,7 @@ impl VoiceService {
                 TransportKind::Udp,
                 None,
                 None,
+                MediaEncryption::None,
             )
         } else {
             let number =
@@ -652,6 +663,7 @@ impl VoiceService {
                 transport,
                 caller_ids,
                 max_concurrent_calls,
+                media_encryption,
             } = &trunk.trunk.spec
             else {
                 return Err(DialError::Invalid("trunk_id: not an outbound trunk".into()));
@@ -692,6 +704,10 @@ impl VoiceService {
                 kind,
                 credentials,
                 Some(trunk.trunk.id.clone()),
+                match media_encryption {
+                    continuum_store::MediaEncryption::None => MediaEncryption::None,
+                    continuum_store::MediaEncryption::Sdes => MediaEncryption::Sdes,
+                },
             )
         };
         let call = self
@@ -726,6 +742,7 @@ impl VoiceService {
             destination,
             transport,
             credentials,
+            media_encryption,
         };
         match self.voice.dial(tag, dial).await {
             Ok(id) => {

@@ -6,7 +6,8 @@
 //! conversations.
 
 use crate::gateway::{
-    CallEvent, Dial, Gateway, GatewayConfig, GatewayError, Incoming, Output, Transmit,
+    CallEvent, Dial, Gateway, GatewayConfig, GatewayError, Incoming, MediaEncryption, Output,
+    Transmit,
 };
 use continuum_sip::{CallId, DigestCredentials, Transport, TransportKind};
 use std::collections::{BTreeSet, HashMap};
@@ -77,6 +78,7 @@ pub struct DialTarget {
     pub destination: SocketAddr,
     pub transport: TransportKind,
     pub credentials: Option<DigestCredentials>,
+    pub media_encryption: MediaEncryption,
 }
 
 enum Command<T> {
@@ -504,6 +506,7 @@ impl<T: Clone + Send + 'static> Host<T> {
                     transport: target.transport,
                     credentials: target.credentials,
                     local_rtp: self.advertised(local_rtp),
+                    media_encryption: target.media_encryption,
                 };
                 let result = self.gateway.dial(now, dial);
                 match &result {

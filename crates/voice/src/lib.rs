@@ -16,4 +16,6 @@ pub mod io;
 pub mod room;
 
 pub use continuum_sip::{CallId, TransportKind};
-pub use gateway::{CallEvent, Dial, Frame, Gateway, GatewayConfig, GatewayError, Incoming};
+pub use gateway::{
+    CallEvent, Dial, Frame, Gateway, GatewayConfig, GatewayError, Incoming, MediaEncryption,
+};
