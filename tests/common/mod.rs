@@ -1,6 +1,8 @@
 //! Runs the real `continuum` binary for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod phone;
+
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
