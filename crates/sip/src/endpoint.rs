@@ -243,8 +243,8 @@ pub enum SipError {
     Status,
 }
 
-/// A new outgoing call.
-#[derive(Debug, Clone)]
+/// A new outgoing call. `Debug` leaves the SDP out (SDES keys travel in it).
+#[derive(Clone)]
 pub struct InviteRequest {
     /// Request-URI and To, e.g. `sip:+15550100@trunk.example.com`.
     pub target: String,
@@ -259,6 +259,25 @@ pub struct InviteRequest {
     /// Route headers to put in (e.g. `<sip:proxy.example;lr>`).
     pub route: Vec<String>,
     pub extra_headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for InviteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteRequest")
+            .field("target", &self.target)
+            .field("from", &self.from)
+            .field("from_display", &self.from_display)
+            .field(
+                "sdp",
+                &self.sdp.as_ref().map(|s| format!("<{} bytes>", s.len())),
+            )
+            .field("credentials", &self.credentials)
+            .field("destination", &self.destination)
+            .field("transport", &self.transport)
+            .field("route", &self.route)
+            .field("extra_headers", &self.extra_headers)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

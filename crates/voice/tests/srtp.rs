@@ -178,7 +178,7 @@ fn b_call(net: &Net) -> CallId {
 fn sdes_dial_out_carries_tones_both_ways_encrypted() {
     let mut net = net();
     let call_a = dial(&mut net, MediaEncryption::Sdes);
-    let invite = &net.sip[0].1;
+    let invite = net.sip[0].1.clone();
     assert!(
         invite.contains("m=audio 30000 RTP/SAVP 0 8 101"),
         "{invite}"
@@ -192,6 +192,13 @@ fn sdes_dial_out_carries_tones_both_ways_encrypted() {
         .expect("B answered");
     assert!(ok.contains("RTP/SAVP") && ok.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80"));
     assert!(net.events_a.contains(&CallEvent::Answered { call: call_a }));
+    // Keys on the wire (SDES), never in what the gateway reports.
+    for text in [invite.as_str(), ok.as_str()] {
+        let at = text.find("inline:").unwrap() + "inline:".len();
+        let key = &text[at..at + 40];
+        let shown = format!("{:?}{:?}", net.events_a, net.events_b);
+        assert!(!shown.contains(key), "a key in {shown}");
+    }
     let call_b = b_call(&net);
     let (mut heard_a, mut heard_b) = (Vec::new(), Vec::new());
     for i in 0..250usize {
