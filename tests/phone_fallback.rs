@@ -7,11 +7,11 @@
 //! Measures the switch: cut → INVITE at the trunk, and cut → answered.
 
 mod common;
+use common::phone::{baresip, tone, tone_share, wav_samples};
 use common::*;
 use serde_json::{Value, json};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_udp_port() -> u16 {
@@ -20,109 +20,6 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn tone(path: &Path, hz: u32, rate: u32, secs: u32) {
-    let ok = Command::new("sox")
-        .args([
-            "-n",
-            "-r",
-            &rate.to_string(),
-            "-c",
-            "1",
-            "-b",
-            "16",
-            "-e",
-            "signed-integer",
-        ])
-        .arg(path)
-        .args([
-            "synth",
-            &secs.to_string(),
-            "sine",
-            &hz.to_string(),
-            "vol",
-            "0.5",
-        ])
-        .status()
-        .expect("sox runs (Debian package sox)")
-        .success();
-    assert!(ok, "sox made {}", path.display());
-}
-
-/// baresip answering calls for `user` on `port`, playing `wav`, recording into `rec`.
-fn baresip(dir: &Path, port: u16, user: &str, wav: &Path, rec: &Path) -> Child {
-    let conf = dir.join("baresip");
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::create_dir_all(rec).unwrap();
-    std::fs::write(
-        conf.join("config"),
-        format!(
-            "sip_listen 127.0.0.1:{port}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\naudio_source aufile,{}\naudio_player aufile,/dev/null\naudio_alert aufile,/dev/null\nsnd_path {}\n",
-            wav.display(),
-            rec.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        conf.join("accounts"),
-        format!("<sip:{user}@127.0.0.1>;regint=0;answermode=auto\n"),
-    )
-    .unwrap();
-    std::fs::write(conf.join("contacts"), "").unwrap();
-    Command::new("baresip")
-        .arg("-f")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(
-            std::fs::File::create(dir.join("baresip.log")).unwrap(),
-        ))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("baresip runs (Debian package baresip)")
-}
-
-/// 16-bit PCM samples of a WAV file (the `data` chunk).
-fn wav_samples(path: &Path) -> (u32, Vec<i16>) {
-    let bytes = std::fs::read(path).unwrap();
-    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
-    let mut i = 12;
-    while i + 8 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[i + 4..i + 8].try_into().unwrap()) as usize;
-        if &bytes[i..i + 4] == b"data" {
-            let data = &bytes[i + 8..(i + 8 + len).min(bytes.len())];
-            return (
-                rate,
-                data.chunks_exact(2)
-                    .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                    .collect(),
-            );
-        }
-        i += 8 + len + (len & 1);
-    }
-    (rate, Vec::new())
-}
-
-/// Power at `hz` relative to the signal's total power (Goertzel), 0..=1.
-fn tone_share(rate: u32, samples: &[i16], hz: f64) -> f64 {
-    let n = samples.len() as f64;
-    let k = (0.5 + n * hz / rate as f64).floor();
-    let w = 2.0 * std::f64::consts::PI * k / n;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s = x as f64 + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    let total: f64 = samples
-        .iter()
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        * n
-        / 2.0;
-    if total == 0.0 { 0.0 } else { power / total }
 }
 
 async fn eventually(s: &Server, key: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -168,7 +65,7 @@ async fn a_failing_video_visit_moves_to_the_patients_phone_in_the_same_room() {
     );
     tone(&t440, 440, 8000, 60);
     tone(&t1000, 1000, 48000, 60);
-    let mut phone = baresip(&work, phone_port, "+14155550126", &t440, &rec);
+    let mut phone = baresip(&work, phone_port, "+14155550126", &t440, &rec, None);
 
     s.ok(
         "POST",

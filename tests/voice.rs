@@ -139,6 +139,42 @@ async fn inbound_calls_reach_the_callers_conversation_and_refusals_are_clear() {
         let out = sipp_call(dir.path(), name, &scenario, sip, called);
         assert_sipp_ok(&out, dir.path(), name);
     }
+    // SDES-SRTP offers (sipp speaks no SRTP: the answer's SDP is checked).
+    // RTP/SAVP without a suite we speak: 488, and a Warning says why.
+    let no_suite = uac_scenario(
+        "+14155550123",
+        "m=audio [media_port] RTP/SAVP 0\na=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBRPS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+        488,
+        0,
+    )
+    .replace(
+        "<recv response=\"488\"/>",
+        "<recv response=\"488\"><action><ereg regexp=\"399 .*crypto suite\" search_in=\"hdr\" header=\"Warning:\" check_it=\"true\" assign_to=\"w\"/></action></recv>",
+    )
+    .replace("</scenario>", "<Reference variables=\"w\"/>\n</scenario>");
+    let out = sipp_call(
+        dir.path(),
+        "no_crypto_suite",
+        &no_suite,
+        sip,
+        "+14155550100",
+    );
+    assert_sipp_ok(&out, dir.path(), "no_crypto_suite");
+    // A usable suite (the second line): answered RTP/SAVP with that tag and
+    // suite and a key of ours.
+    let savp = uac_scenario(
+        "+14155550123",
+        "m=audio [media_port] RTP/SAVP 0\na=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBRPS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR",
+        200,
+        200,
+    )
+    .replace(
+        "<recv response=\"200\" rtd=\"true\"/>",
+        "<recv response=\"200\" rtd=\"true\"><action><ereg regexp=\"m=audio [0-9]+ RTP/SAVP 0\" search_in=\"body\" check_it=\"true\" assign_to=\"m\"/><ereg regexp=\"a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:[A-Za-z0-9+/]{40}\" search_in=\"body\" check_it=\"true\" assign_to=\"c\"/></action></recv>",
+    )
+    .replace("</scenario>", "<Reference variables=\"m,c\"/>\n</scenario>");
+    let out = sipp_call(dir.path(), "savp_answered", &savp, sip, "+14155550100");
+    assert_sipp_ok(&out, dir.path(), "savp_answered");
     let after = s.ok("GET", "/v1/conversations", &key, None).await["conversations"]
         .as_array()
         .unwrap()
@@ -153,7 +189,7 @@ async fn inbound_calls_reach_the_callers_conversation_and_refusals_are_clear() {
         .text()
         .await
         .unwrap();
-    for reason in ["source", "unknown_number"] {
+    for reason in ["source", "unknown_number", "no_crypto_suite"] {
         assert!(
             metrics.contains(&format!(
                 "continuum_sip_calls_refused_total{{reason=\"{reason}\"}}"
@@ -1414,7 +1450,7 @@ async fn rtp_from_a_second_source_is_dropped_and_the_call_stays_up() {
     // source never went quiet).
     let dropped_before = counter(
         &metrics(&s).await,
-        "continuum_sip_rtp_dropped_total{reason=\"wrong_source\"}",
+        "continuum_sip_media_dropped_total{reason=\"wrong_source\"}",
     );
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut sent = 0u32;
@@ -1429,7 +1465,7 @@ async fn rtp_from_a_second_source_is_dropped_and_the_call_stays_up() {
         intruder.send_to(&p, gateway).await.unwrap();
         sent += 1;
     }
-    let series = "continuum_sip_rtp_dropped_total{reason=\"wrong_source\"}";
+    let series = "continuum_sip_media_dropped_total{reason=\"wrong_source\"}";
     let dropped =
         counter_reaches(&s, series, dropped_before + f64::from(sent)).await - dropped_before;
     // Loopback loses nothing at this rate; allow a stray loss, not a miss.

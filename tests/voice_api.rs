@@ -67,6 +67,7 @@ async fn trunks_and_rules_are_validated_sealed_and_kept_within_their_tenant() {
         inbound.get("status").is_none(),
         "inbound trunks are not probed: {inbound}"
     );
+    assert_eq!(outbound["media_encryption"], "none", "plain RTP by default");
     assert_eq!(outbound["username"], "clinic-a");
     assert_eq!(outbound["has_password"], true);
     let out_id = outbound["id"].as_str().unwrap().to_owned();
@@ -124,6 +125,10 @@ async fn trunks_and_rules_are_validated_sealed_and_kept_within_their_tenant() {
         (
             json!({"name": "x", "direction": "outbound", "address": "carrier.example", "caller_ids": [], "max_concurrent_calls": 1}),
             "caller_ids",
+        ),
+        (
+            json!({"name": "x", "direction": "outbound", "address": "carrier.example", "caller_ids": ["+14155550100"], "max_concurrent_calls": 1, "media_encryption": "zrtp"}),
+            "media_encryption",
         ),
         (
             json!({"name": "", "direction": "outbound", "address": "carrier.example", "caller_ids": ["+14155550100"], "max_concurrent_calls": 1}),

@@ -1,6 +1,7 @@
 //! Runs the real `continuum` binary for end-to-end tests.
 #![allow(dead_code)]
 
+pub mod phone;
 pub mod sipp;
 
 use serde_json::{Value, json};

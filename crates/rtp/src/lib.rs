@@ -20,11 +20,12 @@ pub mod plc;
 pub mod reception;
 pub mod resample;
 pub mod session;
+pub mod srtp;
 
 #[cfg(test)]
 mod goertzel;
 
 pub use session::{
     Direction, Event, MediaSession, Output, SessionConfig, SessionError, SessionStats, Socket,
-    Transmit,
+    SrtpKeys, Transmit,
 };

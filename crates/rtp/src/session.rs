@@ -18,6 +18,7 @@ use crate::jitter::{Frame, JitterBuffer, JitterConfig, JitterStats, Packet};
 use crate::packet::{self, ReportBlock, RtcpPacket, RtpHeader, RtpPacket};
 use crate::plc::Plc;
 use crate::reception::{NtpClock, Reception, from_compact};
+use crate::srtp::{MasterKey, SrtpContext, SrtpError, Suite};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -97,6 +98,24 @@ pub struct SessionConfig {
     /// Wall-clock time at the `now` given to [`MediaSession::new`], for the
     /// NTP timestamps of sender reports.
     pub wall_clock: SystemTime,
+    /// SDES-SRTP keys (`RTP/SAVP`); `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
+}
+
+/// The keys of an SDES-SRTP call: ours protect what we send, the peer's
+/// unprotect what we receive. `Debug` shows no key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrtpKeys {
+    pub suite: Suite,
+    pub local: MasterKey,
+    pub remote: MasterKey,
+}
+
+/// The two SRTP contexts of a session.
+#[derive(Debug)]
+struct Srtp {
+    tx: SrtpContext,
+    rx: SrtpContext,
 }
 
 impl SessionConfig {
@@ -118,6 +137,7 @@ impl SessionConfig {
             rtcp_interval: Duration::from_secs(5),
             jitter: JitterConfig::default(),
             wall_clock: SystemTime::now(),
+            srtp: None,
         }
     }
 }
@@ -177,6 +197,10 @@ pub struct SessionStats {
     pub malformed: u64,
     /// RTP with a payload type that was not negotiated.
     pub unknown_payload: u64,
+    /// SRTP/SRTCP that failed authentication (wrong key, tampered, forged).
+    pub auth_failed: u64,
+    /// SRTP/SRTCP replayed or older than the replay window.
+    pub replayed: u64,
     /// Audio frames whose payload was not 20 ms long.
     pub odd_frame_size: u64,
     pub dtmf_in: u64,
@@ -242,6 +266,7 @@ pub struct MediaSession {
 
     next_rtcp: Instant,
     rng: u32,
+    srtp: Option<Srtp>,
 }
 
 impl MediaSession {
@@ -278,6 +303,10 @@ impl MediaSession {
             dtmf_ready_at: now,
             next_rtcp: now,
             rng: cfg.ssrc | 1,
+            srtp: cfg.srtp.as_ref().map(|k| Srtp {
+                tx: SrtpContext::new(k.suite, &k.local),
+                rx: SrtpContext::new(k.suite, &k.remote),
+            }),
             cfg,
         };
         // RFC 3550 §6.2: the first report comes after half an interval.
@@ -324,6 +353,27 @@ impl MediaSession {
         self.cfg.direction = direction;
     }
 
+    /// A re-INVITE changed SDES keys: the contexts of the side whose key
+    /// changed start over (a plain session stays plain).
+    pub fn set_srtp_keys(&mut self, keys: SrtpKeys) {
+        let Some(srtp) = &mut self.srtp else {
+            return;
+        };
+        let old = self.cfg.srtp.as_ref();
+        if old.is_none_or(|o| o.suite != keys.suite || o.local != keys.local) {
+            srtp.tx = SrtpContext::new(keys.suite, &keys.local);
+        }
+        if old.is_none_or(|o| o.suite != keys.suite || o.remote != keys.remote) {
+            srtp.rx = SrtpContext::new(keys.suite, &keys.remote);
+        }
+        self.cfg.srtp = Some(keys);
+    }
+
+    /// Whether media is SRTP.
+    pub fn is_srtp(&self) -> bool {
+        self.srtp.is_some()
+    }
+
     /// A re-INVITE gave a new remote address: latching starts over.
     pub fn set_remote(&mut self, rtp: SocketAddr, rtcp: Option<SocketAddr>) {
         self.cfg.remote_rtp = rtp;
@@ -342,6 +392,21 @@ impl MediaSession {
             self.handle_rtcp(now, source, bytes);
             return;
         }
+        // SRTP: only what authenticates is media (it may latch, count, play).
+        let plain;
+        let bytes = match &mut self.srtp {
+            Some(srtp) => match srtp.rx.unprotect_rtp(bytes) {
+                Ok(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                Err(e) => {
+                    self.srtp_dropped(e);
+                    return;
+                }
+            },
+            None => bytes,
+        };
         let Ok(rtp) = RtpPacket::parse(bytes) else {
             self.stats.malformed += 1;
             return;
@@ -461,6 +526,20 @@ impl MediaSession {
             self.stats.wrong_source += 1;
             return;
         }
+        let plain;
+        let bytes = match &mut self.srtp {
+            Some(srtp) => match srtp.rx.unprotect_rtcp(bytes) {
+                Ok(p) => {
+                    plain = p;
+                    &plain[..]
+                }
+                Err(e) => {
+                    self.srtp_dropped(e);
+                    return;
+                }
+            },
+            None => bytes,
+        };
         let Ok(packets) = RtcpPacket::parse_compound(bytes) else {
             self.stats.malformed += 1;
             return;
@@ -490,6 +569,17 @@ impl MediaSession {
                 }
                 RtcpPacket::SourceDescription(_) | RtcpPacket::Other { .. } => {}
             }
+        }
+    }
+
+    fn srtp_dropped(&mut self, e: SrtpError) {
+        match e {
+            SrtpError::AuthFailed | SrtpError::NotEncrypted => self.stats.auth_failed += 1,
+            SrtpError::Replayed | SrtpError::TooOld => self.stats.replayed += 1,
+            SrtpError::TooShort(_)
+            | SrtpError::BadVersion
+            | SrtpError::BadHeader
+            | SrtpError::KeyLength(_) => self.stats.malformed += 1,
         }
     }
 
@@ -602,7 +692,12 @@ impl MediaSession {
             ..Default::default()
         };
         self.sequence = self.sequence.wrapping_add(1);
-        let bytes = header.to_vec(payload).expect("no CSRC or extension");
+        let mut bytes = header.to_vec(payload).expect("no CSRC or extension");
+        if let Some(srtp) = &mut self.srtp
+            && srtp.tx.protect_rtp(&mut bytes).is_err()
+        {
+            return; // cannot happen: the header is ours
+        }
         self.stats.rtp_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
         self.packets_sent = self.packets_sent.wrapping_add(1);
@@ -785,9 +880,14 @@ impl MediaSession {
     }
 
     fn send_rtcp(&mut self, packets: Vec<RtcpPacket>) {
-        let Ok(bytes) = RtcpPacket::write_compound(&packets) else {
+        let Ok(mut bytes) = RtcpPacket::write_compound(&packets) else {
             return;
         };
+        if let Some(srtp) = &mut self.srtp
+            && srtp.tx.protect_rtcp(&mut bytes).is_err()
+        {
+            return;
+        }
         let (socket, dest) = if self.cfg.rtcp_mux {
             (Socket::Rtp, self.rtp_dest)
         } else {

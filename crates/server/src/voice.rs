@@ -13,7 +13,8 @@ use continuum_store::{
 };
 use continuum_voice::io::{Decision, DialTarget, HostConfig, KeepaliveTarget, Outcome, Voice};
 use continuum_voice::{
-    CallEvent, CallId, GatewayConfig, Incoming, TransportKind, TrunkCheck, TrunkProbe,
+    CallEvent, CallId, GatewayConfig, Incoming, MediaEncryption, TransportKind, TrunkCheck,
+    TrunkProbe,
 };
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -390,6 +391,16 @@ impl VoiceService {
         }
         if !call.offers_g711 {
             return refuse("no_common_codec", 488);
+        }
+        if call.media_refusal.is_some() {
+            // RTP/SAVP without a crypto suite we speak, DTLS-SRTP...: the
+            // gateway's 488 carries a Warning saying which.
+            let reason = if call.srtp {
+                "no_crypto_suite"
+            } else {
+                "media"
+            };
+            return refuse(reason, 488);
         }
         let tenant = trunk.tenant_id.clone();
         let rule = match self.store.dispatch_rule_for(&tenant, &called).await {
@@ -775,10 +786,16 @@ impl VoiceService {
         tenant: &str,
         req: DialRequest,
     ) -> Result<continuum_store::Call, DialError> {
-        let (target, from, destination, transport, credentials, trunk_id, server_name) = if req
-            .to
-            .starts_with("sip:")
-        {
+        let (
+            target,
+            from,
+            destination,
+            transport,
+            credentials,
+            trunk_id,
+            server_name,
+            media_encryption,
+        ) = if req.to.starts_with("sip:") {
             let host = req.to.rsplit_once('@').map_or(&req.to[4..], |(_, h)| h);
             let host = host.split(';').next().unwrap_or(host);
             let destination = self.resolve(host, TransportKind::Udp).await?;
@@ -791,6 +808,7 @@ impl VoiceService {
                 None,
                 None,
                 None,
+                MediaEncryption::None,
             )
         } else {
             let number =
@@ -801,6 +819,7 @@ impl VoiceService {
                 transport,
                 caller_ids,
                 max_concurrent_calls,
+                media_encryption,
             } = &trunk.trunk.spec
             else {
                 return Err(DialError::Invalid("trunk_id: not an outbound trunk".into()));
@@ -845,6 +864,10 @@ impl VoiceService {
                 credentials,
                 Some(trunk.trunk.id.clone()),
                 tls_name(address),
+                match media_encryption {
+                    continuum_store::MediaEncryption::None => MediaEncryption::None,
+                    continuum_store::MediaEncryption::Sdes => MediaEncryption::Sdes,
+                },
             )
         };
         let call = self
@@ -880,6 +903,7 @@ impl VoiceService {
             transport,
             credentials,
             server_name,
+            media_encryption,
         };
         match self.voice.dial(tag, dial).await {
             Ok(id) => {

@@ -246,8 +246,8 @@ pub enum SipError {
     Status,
 }
 
-/// A new outgoing call.
-#[derive(Debug, Clone)]
+/// A new outgoing call. `Debug` leaves the SDP out (SDES keys travel in it).
+#[derive(Clone)]
 pub struct InviteRequest {
     /// Request-URI and To, e.g. `sip:+15550100@trunk.example.com`.
     pub target: String,
@@ -262,6 +262,25 @@ pub struct InviteRequest {
     /// Route headers to put in (e.g. `<sip:proxy.example;lr>`).
     pub route: Vec<String>,
     pub extra_headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for InviteRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InviteRequest")
+            .field("target", &self.target)
+            .field("from", &self.from)
+            .field("from_display", &self.from_display)
+            .field(
+                "sdp",
+                &self.sdp.as_ref().map(|s| format!("<{} bytes>", s.len())),
+            )
+            .field("credentials", &self.credentials)
+            .field("destination", &self.destination)
+            .field("transport", &self.transport)
+            .field("route", &self.route)
+            .field("extra_headers", &self.extra_headers)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -2084,21 +2103,72 @@ impl Endpoint {
     /// A final failure: the initial INVITE (call gone, no event) or a
     /// pending re-INVITE (call stays).
     pub fn reject(&mut self, now: Instant, id: CallId, status: u16) -> Result<(), SipError> {
+        self.reject_inner(now, id, status, None)
+    }
+
+    /// [`Endpoint::reject`] with a Warning header (RFC 3261 20.43), e.g. a
+    /// 488 saying which part of the offer we cannot take (`code` 3xx).
+    pub fn reject_with_warning(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        status: u16,
+        code: u16,
+        text: &str,
+    ) -> Result<(), SipError> {
+        self.reject_inner(now, id, status, Some((code, text)))
+    }
+
+    fn reject_inner(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        status: u16,
+        warning: Option<(u16, &str)>,
+    ) -> Result<(), SipError> {
         if !(300..700).contains(&status) {
             return Err(SipError::Status);
         }
+        // warn-text is a quoted-string: no quotes, backslashes or controls.
+        let warning = warning.map(|(code, text)| {
+            let text: String = text
+                .chars()
+                .filter(|c| !matches!(c, '"' | '\\') && !c.is_control())
+                .take(200)
+                .collect();
+            let agent = if self.config.domain.is_empty() {
+                "continuum"
+            } else {
+                self.config.domain.as_str()
+            };
+            format!("{code} {agent} \"{text}\"")
+        });
         let c = self.calls.get_mut(&id).ok_or(SipError::UnknownCall)?;
-        if let Some((req, key)) = c.reinvite_in.take() {
+        let (req, key) = if let Some((req, key)) = c.reinvite_in.take() {
+            (req, key)
+        } else {
+            if c.state != State::Incoming {
+                return Err(SipError::State("not an unanswered incoming call"));
+            }
+            let (Some(req), Some(key)) = (c.invite.clone(), c.invite_tx.clone()) else {
+                self.remove_call(id);
+                return Ok(());
+            };
             let tag = c.local_tag.clone();
-            let b = self.response(&req, status, Some(&tag));
+            let mut b = self.response(&req, status, Some(&tag));
+            if let Some(w) = warning {
+                b = b.header("Warning", w);
+            }
             self.respond(now, &key, status, b);
+            self.remove_call(id);
             return Ok(());
+        };
+        let tag = c.local_tag.clone();
+        let mut b = self.response(&req, status, Some(&tag));
+        if let Some(w) = warning {
+            b = b.header("Warning", w);
         }
-        if c.state != State::Incoming {
-            return Err(SipError::State("not an unanswered incoming call"));
-        }
-        self.final_to_invite(now, id, status);
-        self.remove_call(id);
+        self.respond(now, &key, status, b);
         Ok(())
     }
 

@@ -1,11 +1,24 @@
 //! A small audio SDP (RFC 4566) for offer/answer (RFC 3264) with trunks:
-//! G.711 (PCMU 0, PCMA 8) and telephone-event (RFC 4733). Other media lines
-//! are kept only so an answer can refuse them with port 0, as RFC 3264 6
-//! requires (same number and order of m-lines).
+//! G.711 (PCMU 0, PCMA 8) and telephone-event (RFC 4733), over plain RTP
+//! (`RTP/AVP`) or SDES-keyed SRTP (`RTP/SAVP` with RFC 4568 `a=crypto`).
+//! Other media lines are kept only so an answer can refuse them with port
+//! 0, as RFC 3264 6 requires (same number and order of m-lines).
+//!
+//! SDES keys travel in the SDP text: nothing here prints them (parsed keys
+//! are [`MasterKey`]s, whose `Debug` is redacted, and [`Negotiated`]'s
+//! `Debug` leaves its SDP out).
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use continuum_rtp::SrtpKeys;
+use continuum_rtp::srtp::{KEY_MATERIAL_LEN, MasterKey, Suite};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// The tag of the crypto line in our SDES offers.
+const OFFER_CRYPTO_TAG: u32 = 1;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum SdpError {
@@ -20,6 +33,27 @@ pub enum SdpError {
     /// Neither PCMU nor PCMA offered: the endpoint answers 488.
     #[error("no common codec")]
     NoCommonCodec,
+    /// `RTP/SAVP` without a crypto line we can use (488).
+    #[error(
+        "no supported SDES crypto suite (AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32 with an inline key, no MKI or session parameters)"
+    )]
+    NoCryptoSuite,
+    /// DTLS-SRTP (`UDP/TLS/RTP/SAVP`) or another transport we do not speak (488).
+    #[error("unsupported media transport {0} (RTP/AVP or RTP/SAVP with SDES only)")]
+    Transport(String),
+}
+
+impl SdpError {
+    /// The SIP Warning (RFC 3261 20.43) for a 488 refusing the offer.
+    pub fn warning(&self) -> (u16, String) {
+        let code = match self {
+            SdpError::Transport(_) => 302,
+            SdpError::NoCommonCodec | SdpError::NoAudio => 305,
+            SdpError::NoCryptoSuite => 399,
+            _ => 399,
+        };
+        (code, self.to_string())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -58,14 +92,25 @@ pub struct RtpMap {
     pub clock_rate: u32,
 }
 
-/// `a=crypto` (RFC 4568 SDES). Parsed so the media layer can see what was
-/// offered; nothing here applies keys.
+/// `a=crypto` (RFC 4568 SDES). `Debug` shows no key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Crypto {
     pub tag: u32,
     pub suite: String,
-    /// The base64 key||salt of `inline:`, lifetime/MKI stripped.
-    pub key: String,
+    /// The first `inline:` key||salt, when it decodes to 30 bytes.
+    pub key: Option<MasterKey>,
+    /// Whether a key carries an MKI (`|n:len`; we use none).
+    pub mki: bool,
+    /// More than one key, or session parameters (KDR, UNENCRYPTED_SRTP...).
+    pub extra: bool,
+}
+
+impl Crypto {
+    /// The suite, when this line is one we can use.
+    pub fn usable(&self) -> Option<Suite> {
+        let suite = Suite::from_name(&self.suite)?;
+        (self.key.is_some() && !self.mki && !self.extra).then_some(suite)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +166,6 @@ pub struct Sdp {
     pub audio: Option<Audio>,
     /// Every m-line's media and index (to refuse non-audio ones).
     pub media: Vec<String>,
-    /// The text as received.
-    pub raw: String,
 }
 
 impl Sdp {
@@ -133,7 +176,6 @@ impl Sdp {
             connection: None,
             audio: None,
             media: Vec::new(),
-            raw: text.to_string(),
         };
         // Inside the audio stream we took (attributes go to it).
         let mut in_audio = false;
@@ -271,27 +313,56 @@ fn parse_audio_attribute(audio: &mut Audio, name: &str, arg: &str) -> Result<(),
             audio.rtcp_port = Some(port.parse().map_err(|_| SdpError::BadLine("rtcp"))?);
         }
         "crypto" => {
-            // a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY[|lifetime][|mki]
+            // a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:KEY[|lifetime][|MKI:len][;inline:...] [params]
             let mut parts = arg.split_whitespace();
             let tag = parts
                 .next()
                 .and_then(|t| t.parse::<u32>().ok())
                 .ok_or(SdpError::BadLine("crypto tag"))?;
             let suite = parts.next().ok_or(SdpError::BadLine("crypto suite"))?;
-            let key = parts
+            let key_params = parts.next().ok_or(SdpError::BadLine("crypto key params"))?;
+            let mut keys = key_params.split(';');
+            let first = keys
                 .next()
                 .and_then(|k| k.strip_prefix("inline:"))
-                .and_then(|k| k.split('|').next())
                 .ok_or(SdpError::BadLine("crypto key params"))?;
+            let mut fields = first.split('|');
+            let key = fields.next().and_then(decode_key);
+            // After the key: an optional lifetime ("2^31" or a number), then
+            // an optional MKI ("1:4", with a colon).
+            let mki = fields.any(|f| f.contains(':'));
             audio.crypto.push(Crypto {
                 tag,
                 suite: suite.to_string(),
-                key: key.to_string(),
+                key,
+                mki,
+                extra: keys.next().is_some() || parts.next().is_some(),
             });
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The 30 bytes of an `inline:` key||salt (base64), if it is that.
+fn decode_key(text: &str) -> Option<MasterKey> {
+    let bytes = Zeroizing::new(BASE64.decode(text).ok()?);
+    (bytes.len() == KEY_MATERIAL_LEN)
+        .then(|| MasterKey::from_slice(&bytes).ok())
+        .flatten()
+}
+
+fn encode_key(key: &MasterKey) -> Zeroizing<String> {
+    Zeroizing::new(BASE64.encode(key.as_bytes()))
+}
+
+/// Whether `proto` is SRTP; an error for transports we do not speak.
+fn secure(proto: &str) -> Result<bool, SdpError> {
+    match proto.to_ascii_uppercase().as_str() {
+        "RTP/AVP" | "RTP/AVPF" => Ok(false),
+        "RTP/SAVP" | "RTP/SAVPF" => Ok(true),
+        _ => Err(SdpError::Transport(proto.chars().take(40).collect())),
+    }
 }
 
 fn parse_connection(value: &str) -> Result<IpAddr, SdpError> {
@@ -321,13 +392,26 @@ pub struct LocalMedia {
 }
 
 /// The negotiated result of an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Negotiated {
     /// PCMU (0) or PCMA (8).
     pub codec: u8,
     pub telephone_event: Option<u8>,
-    /// The SDP text to send.
+    /// SDES-SRTP keys when the offer was `RTP/SAVP`.
+    pub srtp: Option<SrtpKeys>,
+    /// The SDP text to send (with our key when SRTP: never log it).
     pub sdp: String,
+}
+
+impl std::fmt::Debug for Negotiated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Negotiated")
+            .field("codec", &self.codec)
+            .field("telephone_event", &self.telephone_event)
+            .field("srtp", &self.srtp)
+            .field("sdp", &format_args!("<{} bytes>", self.sdp.len()))
+            .finish()
+    }
 }
 
 fn ip_kind(addr: IpAddr) -> &'static str {
@@ -342,11 +426,14 @@ fn session_head(local: &LocalMedia) -> String {
     )
 }
 
-/// Answers `offer`: G.711 in the offerer's order, telephone-event (0-15)
-/// when offered, the mirrored direction unless `local.direction` asks for
-/// less (our hold).
-pub fn answer(offer: &Sdp, local: &LocalMedia) -> Result<Negotiated, SdpError> {
+/// An offered crypto line we can use: its tag, suite and the offerer's key.
+type OfferedCrypto = (u32, Suite, MasterKey);
+
+/// What an offer's audio can be answered with: the codec, and for
+/// `RTP/SAVP` the first crypto line we can use (offer order).
+fn choose(offer: &Sdp) -> Result<(u8, Option<OfferedCrypto>), SdpError> {
     let audio = offer.audio.as_ref().ok_or(SdpError::NoAudio)?;
+    let secure = secure(&audio.proto)?;
     let codec = audio
         .payload_types
         .iter()
@@ -354,7 +441,51 @@ pub fn answer(offer: &Sdp, local: &LocalMedia) -> Result<Negotiated, SdpError> {
         .find(|pt| matches!(audio.encoding(*pt).as_deref(), Some("PCMU") | Some("PCMA")))
         .filter(|_| audio.port != 0)
         .ok_or(SdpError::NoCommonCodec)?;
+    if !secure {
+        return Ok((codec, None));
+    }
+    let crypto = audio
+        .crypto
+        .iter()
+        .find_map(|c| Some((c.tag, c.usable()?, c.key.clone()?)))
+        .ok_or(SdpError::NoCryptoSuite)?;
+    Ok((codec, Some(crypto)))
+}
+
+/// Whether [`answer`] can answer `offer` (no keys are made): the reason
+/// for a 488 when not.
+pub fn check_offer(offer: &Sdp) -> Result<(), SdpError> {
+    choose(offer).map(|_| ())
+}
+
+/// Answers `offer`: G.711 in the offerer's order, telephone-event (0-15)
+/// when offered, the mirrored direction unless `local.direction` asks for
+/// less (our hold). An `RTP/SAVP` offer is answered with the first usable
+/// crypto line's tag and suite and a fresh key of ours.
+pub fn answer(offer: &Sdp, local: &LocalMedia) -> Result<Negotiated, SdpError> {
+    answer_with_key(offer, local, None)
+}
+
+/// [`answer`], keeping our SRTP key `key` (a re-INVITE) instead of a new one.
+pub fn answer_with_key(
+    offer: &Sdp,
+    local: &LocalMedia,
+    key: Option<&MasterKey>,
+) -> Result<Negotiated, SdpError> {
+    let (codec, crypto) = choose(offer)?;
+    let audio = offer.audio.as_ref().ok_or(SdpError::NoAudio)?;
     let te = audio.telephone_event();
+    let srtp = crypto.map(|(tag, suite, remote)| {
+        let local = key.cloned().unwrap_or_else(MasterKey::random);
+        (
+            tag,
+            SrtpKeys {
+                suite,
+                local,
+                remote,
+            },
+        )
+    });
     let direction = combine(audio.direction.answer(), local.direction);
     let mut sdp = session_head(local);
     for media in &offer.media {
@@ -374,6 +505,9 @@ pub fn answer(offer: &Sdp, local: &LocalMedia) -> Result<Negotiated, SdpError> {
         list.join(" ")
     );
     write_audio_attrs(&mut sdp, codec, te, local.ptime, direction);
+    if let Some((tag, keys)) = &srtp {
+        write_crypto(&mut sdp, *tag, keys.suite, &keys.local);
+    }
     let mut seen_audio = false;
     for media in &offer.media {
         if media == "audio" && !seen_audio {
@@ -387,8 +521,18 @@ pub fn answer(offer: &Sdp, local: &LocalMedia) -> Result<Negotiated, SdpError> {
     Ok(Negotiated {
         codec,
         telephone_event: te,
+        srtp: srtp.map(|(_, k)| k),
         sdp,
     })
+}
+
+fn write_crypto(sdp: &mut String, tag: u32, suite: Suite, key: &MasterKey) {
+    let _ = write!(
+        sdp,
+        "a=crypto:{tag} {} inline:{}\r\n",
+        suite.name(),
+        encode_key(key).as_str()
+    );
 }
 
 /// The weaker of two directions (ours may put an offered sendrecv on hold).
@@ -426,10 +570,21 @@ fn write_audio_attrs(
     let _ = write!(sdp, "a={}\r\n", dir.attribute());
 }
 
-/// An offer: PCMU, PCMA and telephone-event 101.
+/// An offer: PCMU, PCMA and telephone-event 101 over plain RTP.
 pub fn offer(local: &LocalMedia) -> String {
+    offer_with(local, None)
+}
+
+/// An SDES-SRTP offer (`RTP/SAVP`, one `AES_CM_128_HMAC_SHA1_80` crypto
+/// line with `key`); check the answer with [`accept_sdes_answer`].
+pub fn offer_sdes(local: &LocalMedia, key: &MasterKey) -> String {
+    offer_with(local, Some(key))
+}
+
+fn offer_with(local: &LocalMedia, key: Option<&MasterKey>) -> String {
     let mut sdp = session_head(local);
-    let _ = write!(sdp, "m=audio {} RTP/AVP 0 8 101\r\n", local.port);
+    let proto = if key.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
+    let _ = write!(sdp, "m=audio {} {proto} 0 8 101\r\n", local.port);
     let _ = write!(sdp, "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n");
     let _ = write!(
         sdp,
@@ -439,7 +594,36 @@ pub fn offer(local: &LocalMedia) -> String {
         let _ = write!(sdp, "a=ptime:{p}\r\n");
     }
     let _ = write!(sdp, "a={}\r\n", local.direction.attribute());
+    if let Some(key) = key {
+        write_crypto(&mut sdp, OFFER_CRYPTO_TAG, Suite::AesCm128HmacSha1_80, key);
+    }
     sdp
+}
+
+/// Checks an answer to our SDES offer ([`offer_sdes`] with `key`): the
+/// codec, and the keys (the answer must be `RTP/SAVP` and accept our crypto
+/// line, with its own key).
+pub fn accept_sdes_answer(answer: &Sdp, key: &MasterKey) -> Result<(u8, SrtpKeys), SdpError> {
+    let codec = accept_answer(answer)?;
+    let audio = answer.audio.as_ref().ok_or(SdpError::NoAudio)?;
+    if !secure(&audio.proto)? {
+        return Err(SdpError::NoCryptoSuite);
+    }
+    let (suite, remote) = audio
+        .crypto
+        .iter()
+        .filter(|c| c.tag == OFFER_CRYPTO_TAG)
+        .find_map(|c| Some((c.usable()?, c.key.clone()?)))
+        .filter(|(suite, _)| *suite == Suite::AesCm128HmacSha1_80)
+        .ok_or(SdpError::NoCryptoSuite)?;
+    Ok((
+        codec,
+        SrtpKeys {
+            suite,
+            local: key.clone(),
+            remote,
+        },
+    ))
 }
 
 /// Checks an answer to our offer: the codec it chose (one we offered).
@@ -485,9 +669,15 @@ mod tests {
         assert_eq!(audio.rtcp_port, Some(49180));
         assert_eq!(audio.crypto[0].suite, "AES_CM_128_HMAC_SHA1_80");
         assert_eq!(
-            audio.crypto[0].key,
-            "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"
+            audio.crypto[0]
+                .key
+                .as_ref()
+                .map(|k| BASE64.encode(k.as_bytes())),
+            Some("PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR".to_string())
         );
+        assert!(audio.crypto[0].mki, "|1:4 is an MKI");
+        assert_eq!(audio.crypto[0].usable(), None);
+        assert!(!format!("{sdp:?}").contains("PS1uQ"), "keys never print");
         assert!(!sdp.is_hold());
         assert_eq!(sdp.media, vec!["audio", "video"]);
     }
@@ -530,6 +720,104 @@ mod tests {
         let text = offer(&local());
         let sdp = Sdp::parse(text.as_bytes()).unwrap();
         assert_eq!(sdp.audio.unwrap().payload_types, vec![0, 8, 101]);
+    }
+
+    const KEY_A: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";
+
+    fn savp(crypto: &str) -> Sdp {
+        let text = format!(
+            "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
+        );
+        Sdp::parse(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn savp_answer_takes_the_first_usable_suite_with_a_key_of_ours() {
+        let offer = savp(&format!(
+            "a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{KEY_A}{KEY_A}\r\na=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}|2^20|1:4\r\na=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{KEY_A}|2^31\r\na=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}\r\n"
+        ));
+        assert_eq!(check_offer(&offer), Ok(()));
+        let n = answer(&offer, &local()).unwrap();
+        let keys = n.srtp.clone().expect("SRTP negotiated");
+        assert_eq!(
+            keys.suite,
+            Suite::AesCm128HmacSha1_32,
+            "tag 3: the first usable"
+        );
+        assert_eq!(BASE64.encode(keys.remote.as_bytes()), KEY_A);
+        assert_ne!(keys.local, keys.remote, "our own key");
+        assert!(
+            n.sdp.contains("m=audio 30000 RTP/SAVP 0 101\r\n"),
+            "{}",
+            n.sdp
+        );
+        let ours = format!(
+            "a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{}\r\n",
+            BASE64.encode(keys.local.as_bytes())
+        );
+        assert!(n.sdp.contains(&ours));
+        assert_eq!(n.sdp.matches("a=crypto").count(), 1);
+        assert!(!format!("{n:?}").contains(&BASE64.encode(keys.local.as_bytes())));
+        // A re-INVITE answer keeps our key.
+        let again = answer_with_key(&offer, &local(), Some(&keys.local)).unwrap();
+        assert_eq!(again.srtp.unwrap().local, keys.local);
+        // Fresh keys differ call to call.
+        assert_ne!(
+            answer(&offer, &local()).unwrap().srtp.unwrap().local,
+            keys.local
+        );
+    }
+
+    #[test]
+    fn savp_without_a_usable_crypto_line_or_dtls_is_refused() {
+        for crypto in [
+            String::new(),
+            format!("a=crypto:1 AES_256_CM_HMAC_SHA1_80 inline:{KEY_A}{KEY_A}\r\n"),
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\r\n".to_string(),
+            format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A} KDR=1\r\n"),
+            format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY_A}|2^20|1:4\r\n"),
+        ] {
+            let offer = savp(&crypto);
+            assert_eq!(
+                answer(&offer, &local()),
+                Err(SdpError::NoCryptoSuite),
+                "{crypto}"
+            );
+            assert_eq!(check_offer(&offer), Err(SdpError::NoCryptoSuite));
+        }
+        let (code, text) = SdpError::NoCryptoSuite.warning();
+        assert_eq!(code, 399);
+        assert!(text.contains("AES_CM_128_HMAC_SHA1_80"));
+        let dtls = OFFER.replace("RTP/AVP 8 0 101", "UDP/TLS/RTP/SAVP 8 0 101");
+        let sdp = Sdp::parse(dtls.as_bytes()).unwrap();
+        assert!(matches!(
+            answer(&sdp, &local()),
+            Err(SdpError::Transport(_))
+        ));
+        assert_eq!(check_offer(&sdp).unwrap_err().warning().0, 302);
+    }
+
+    #[test]
+    fn sdes_offer_and_answer_agree_on_keys() {
+        let ours = MasterKey::random();
+        let text = offer_sdes(&local(), &ours);
+        assert!(text.contains("m=audio 30000 RTP/SAVP 0 8 101\r\n"));
+        assert!(text.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"));
+        let sdes = Sdp::parse(text.as_bytes()).unwrap();
+        let answered = answer(&sdes, &local()).unwrap();
+        let theirs = answered.srtp.clone().unwrap();
+        assert_eq!(theirs.remote, ours);
+        let (codec, keys) =
+            accept_sdes_answer(&Sdp::parse(answered.sdp.as_bytes()).unwrap(), &ours).unwrap();
+        assert_eq!(codec, 0);
+        assert_eq!(keys.local, ours);
+        assert_eq!(keys.remote, theirs.local);
+        // A plain answer to an SDES offer is refused.
+        let plain = answer(&Sdp::parse(offer(&local()).as_bytes()).unwrap(), &local()).unwrap();
+        assert_eq!(
+            accept_sdes_answer(&Sdp::parse(plain.sdp.as_bytes()).unwrap(), &ours),
+            Err(SdpError::NoCryptoSuite)
+        );
     }
 
     #[test]

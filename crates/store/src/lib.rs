@@ -37,8 +37,8 @@ pub use rooms::{FallbackPolicy, Room, VisitSettings};
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
 pub use voice::{
-    Call, CallDirection, CallState, DispatchAction, DispatchRule, NewCall, SipTransport, Trunk,
-    TrunkSpec, TrunkStatus, TrunkWithSecret,
+    Call, CallDirection, CallState, DispatchAction, DispatchRule, MediaEncryption, NewCall,
+    SipTransport, Trunk, TrunkSpec, TrunkStatus, TrunkWithSecret,
 };
 pub use webhooks::{Delivery, DueDelivery, Webhook, WebhookPayload};
 pub use writer::WriteCtx;

@@ -25,6 +25,35 @@ pub enum SipTransport {
     Tls,
 }
 
+/// How an outbound trunk's call media is protected.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum MediaEncryption {
+    /// Plain RTP.
+    #[default]
+    None,
+    /// SDES-SRTP (RFC 4568 keys in the SDP, `RTP/SAVP`): a carrier that
+    /// answers without it fails the call.
+    Sdes,
+}
+
+// By hand, so a bad value names its field (serde's message for a variant
+// inside the internally tagged `TrunkSpec` does not).
+impl<'de> Deserialize<'de> for MediaEncryption {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "none" => Ok(MediaEncryption::None),
+            "sdes" => Ok(MediaEncryption::Sdes),
+            other => Err(serde::de::Error::custom(format!(
+                "media_encryption: `{}` is not one of none, sdes",
+                other.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
+}
+
 /// What a trunk is for, with the fields of each kind.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -49,6 +78,10 @@ pub enum TrunkSpec {
         caller_ids: Vec<String>,
         /// Calls at once through this trunk; more get refused before dialling.
         max_concurrent_calls: u32,
+        /// `sdes`: offer SRTP with SDES keys (`RTP/SAVP`) and require it in
+        /// the answer; `none` (default): plain RTP.
+        #[serde(default)]
+        media_encryption: MediaEncryption,
     },
 }
 

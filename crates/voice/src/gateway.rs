@@ -15,7 +15,8 @@ use crate::keepalive::{Keepalive, TrunkCheck, TrunkProbe};
 use crate::room::RoomLeg;
 use continuum_rtp::g711::Law;
 use continuum_rtp::session::FRAME_SAMPLES;
-use continuum_rtp::{MediaSession, SessionConfig, Socket};
+use continuum_rtp::srtp::MasterKey;
+use continuum_rtp::{MediaSession, SessionConfig, Socket, SrtpKeys};
 use continuum_sip::sdp::{self, Direction, LocalMedia, Sdp};
 use continuum_sip::{
     CallId, Endpoint, InviteRequest, Output as SipOutput, SipEvent, Transport, TransportKind,
@@ -114,6 +115,11 @@ pub struct Incoming {
     pub authorized: bool,
     /// Whether it offers a codec we speak (else accepting it answers 488).
     pub offers_g711: bool,
+    /// Why the offer cannot be answered (no common codec, `RTP/SAVP`
+    /// without a usable crypto suite, DTLS-SRTP...): refuse it with 488.
+    pub media_refusal: Option<String>,
+    /// Whether the offer is SDES-SRTP (`RTP/SAVP`).
+    pub srtp: bool,
 }
 
 /// What the IO host sends.
@@ -147,6 +153,16 @@ pub enum Output {
     Trunk(TrunkCheck),
 }
 
+/// How a dial-out's media is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MediaEncryption {
+    /// Plain RTP (`RTP/AVP`).
+    #[default]
+    None,
+    /// SDES-SRTP (`RTP/SAVP` with `a=crypto`); an answer without it fails the call.
+    Sdes,
+}
+
 /// A new outgoing call.
 #[derive(Debug, Clone)]
 pub struct Dial {
@@ -159,6 +175,7 @@ pub struct Dial {
     pub credentials: Option<continuum_sip::DigestCredentials>,
     /// The call's RTP socket (bound by the host).
     pub local_rtp: SocketAddr,
+    pub media_encryption: MediaEncryption,
 }
 
 struct Leg {
@@ -175,6 +192,8 @@ struct Leg {
     to_say: Option<Frame>,
     /// The call's participant in a video room, when it is bridged into one.
     room: Option<RoomLeg>,
+    /// Our SDES key (offered on dial-out, or of our answer): SRTP when set.
+    srtp_key: Option<MasterKey>,
 }
 
 pub struct Gateway {
@@ -301,12 +320,15 @@ impl Gateway {
             return;
         };
         if let Some(media) = self.legs.get_mut(&call).and_then(|l| l.media.as_mut()) {
-            let dropped = media.wrong_source();
+            let before = drops(media);
             media.handle_datagram(now, source, bytes);
-            if media.wrong_source() > dropped {
-                // Not the latched source: injected, replayed or stray media.
-                metrics::counter!("continuum_sip_rtp_dropped_total", "reason" => "wrong_source")
-                    .increment(1);
+            // Counted as they happen: an injection or a key mismatch shows on
+            // /metrics while the call is up, not when it ends.
+            for ((reason, after), (_, was)) in drops(media).into_iter().zip(before) {
+                if after > was {
+                    metrics::counter!("continuum_sip_media_dropped_total", "reason" => reason)
+                        .increment(after - was);
+                }
             }
         }
         self.drain_media(now, call);
@@ -542,12 +564,18 @@ impl Gateway {
         let negotiated = match offer.as_ref().map(|o| sdp::answer(o, &local)) {
             Some(Ok(n)) => n,
             // No offer (late offer) or nothing we speak.
-            _ => {
-                self.endpoint.reject(now, call, 488)?;
+            other => {
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => sdp::SdpError::NoAudio,
+                };
+                let (code, text) = e.warning();
+                self.endpoint
+                    .reject_with_warning(now, call, 488, code, &text)?;
                 self.out.push_back(Output::Event(CallEvent::Failed {
                     call,
                     status: 488,
-                    reason: "no PCMU or PCMA audio offered".into(),
+                    reason: text,
                 }));
                 self.drain_sip(now);
                 return Ok(());
@@ -557,12 +585,14 @@ impl Gateway {
             self.endpoint.ring(now, call)?;
         }
         let remote = offer.as_ref().and_then(remote_rtp).unwrap_or(local_rtp);
+        let srtp_key = negotiated.srtp.as_ref().map(|k| k.local.clone());
         let media = self.media_session(
             now,
             remote,
             negotiated.codec,
             negotiated.telephone_event,
             offer.as_ref(),
+            negotiated.srtp.clone(),
         );
         self.endpoint.answer(now, call, &negotiated.sdp)?;
         self.add_leg(
@@ -577,6 +607,7 @@ impl Gateway {
                 heard: None,
                 to_say: None,
                 room: None,
+                srtp_key,
             },
         );
         self.next_tick.get_or_insert(now + TICK);
@@ -584,10 +615,22 @@ impl Gateway {
         Ok(())
     }
 
-    /// Refuses an incoming call with a SIP status (403, 404, 486, 488, 503 ...).
+    /// Refuses an incoming call with a SIP status (403, 404, 486, 488, 503
+    /// ...); a 488 says in a Warning what in the offer we cannot take.
     pub fn reject(&mut self, now: Instant, call: CallId, status: u16) -> Result<(), GatewayError> {
-        self.pending.remove(&call);
-        self.endpoint.reject(now, call, status)?;
+        let problem = self
+            .pending
+            .remove(&call)
+            .flatten()
+            .and_then(|o| sdp::check_offer(&o).err());
+        match problem {
+            Some(e) if status == 488 => {
+                let (code, text) = e.warning();
+                self.endpoint
+                    .reject_with_warning(now, call, status, code, &text)?
+            }
+            _ => self.endpoint.reject(now, call, status)?,
+        }
         self.drain_sip(now);
         Ok(())
     }
@@ -603,13 +646,18 @@ impl Gateway {
             direction: Direction::SendRecv,
             ptime: Some(20),
         };
+        let srtp_key = (dial.media_encryption == MediaEncryption::Sdes).then(MasterKey::random);
+        let offer = match &srtp_key {
+            Some(key) => sdp::offer_sdes(&local, key),
+            None => sdp::offer(&local),
+        };
         let call = self.endpoint.invite(
             now,
             InviteRequest {
                 target: dial.target,
                 from: dial.from,
                 from_display: None,
-                sdp: Some(sdp::offer(&local)),
+                sdp: Some(offer),
                 credentials: dial.credentials,
                 destination: dial.destination,
                 transport: dial.transport,
@@ -629,6 +677,7 @@ impl Gateway {
                 heard: None,
                 to_say: None,
                 room: None,
+                srtp_key,
             },
         );
         self.drain_sip(now);
@@ -722,6 +771,7 @@ impl Gateway {
             self.by_media.remove(&leg.local_rtp);
             if let Some(m) = leg.media.as_mut() {
                 m.close(Instant::now());
+                count_media(m);
             }
             if let Some(r) = leg.room.as_mut() {
                 r.close();
@@ -740,6 +790,7 @@ impl Gateway {
         codec: u8,
         telephone_event: Option<u8>,
         offer: Option<&Sdp>,
+        srtp: Option<SrtpKeys>,
     ) -> MediaSession {
         self.ssrc_seed = self
             .ssrc_seed
@@ -752,6 +803,7 @@ impl Gateway {
         cfg.initial_sequence = (self.ssrc_seed >> 8) as u16;
         cfg.initial_timestamp = self.ssrc_seed as u32;
         cfg.media_timeout = self.cfg.media_timeout;
+        cfg.srtp = srtp;
         if let Some(port) = offer
             .and_then(|o| o.audio.as_ref())
             .and_then(|a| a.rtcp_port)
@@ -797,6 +849,14 @@ impl Gateway {
                         })
                     })
                 });
+                let media_refusal = match &offer {
+                    Some(o) => sdp::check_offer(o).err().map(|e| e.to_string()),
+                    None => Some("no SDP offer (late offers are not supported)".into()),
+                };
+                let srtp = offer
+                    .as_ref()
+                    .and_then(|o| o.audio.as_ref())
+                    .is_some_and(|a| a.proto.to_ascii_uppercase().contains("SAVP"));
                 self.pending.insert(call, offer);
                 CallEvent::Incoming(Incoming {
                     call,
@@ -806,6 +866,8 @@ impl Gateway {
                     transport,
                     authorized: authorization.is_some(),
                     offers_g711,
+                    media_refusal,
+                    srtp,
                 })
             }
             SipEvent::Ringing { call } | SipEvent::EarlyMedia { call, .. } => {
@@ -818,30 +880,41 @@ impl Gateway {
                 leg.ring_deadline = None;
                 if leg.media.is_none() {
                     // Our offer was answered: media to where the answer says.
-                    let negotiated = answer
-                        .as_ref()
-                        .map(|a| (sdp::accept_answer(a), remote_rtp(a)));
+                    let key = leg.srtp_key.clone();
+                    let negotiated = answer.as_ref().map(|a| {
+                        let accepted = match &key {
+                            Some(key) => sdp::accept_sdes_answer(a, key)
+                                .map(|(codec, keys)| (codec, Some(keys))),
+                            None => sdp::accept_answer(a).map(|codec| (codec, None)),
+                        };
+                        (accepted, remote_rtp(a))
+                    });
                     match negotiated {
-                        Some((Ok(codec), Some(remote))) => {
+                        Some((Ok((codec, srtp)), Some(remote))) => {
                             let te = answer
                                 .as_ref()
                                 .and_then(|a| a.audio.as_ref())
                                 .and_then(|a| a.telephone_event());
-                            let media = self.media_session(now, remote, codec, te, answer.as_ref());
+                            let media =
+                                self.media_session(now, remote, codec, te, answer.as_ref(), srtp);
                             if let Some(leg) = self.legs.get_mut(&call) {
                                 leg.media = Some(media);
                                 leg.answered = true;
                             }
                             self.next_tick.get_or_insert(now + TICK);
                         }
-                        _ => {
+                        other => {
                             // An answer we cannot use: hang up, say why.
+                            let reason = match other {
+                                Some((Err(e), _)) => format!("the answer is not usable: {e}"),
+                                _ => "the answer has no PCMU/PCMA audio".into(),
+                            };
                             let _ = self.endpoint.hangup(now, call);
                             self.finish(call);
                             self.out.push_back(Output::Event(CallEvent::Failed {
                                 call,
                                 status: 488,
-                                reason: "the answer has no PCMU/PCMA audio".into(),
+                                reason,
                             }));
                             return;
                         }
@@ -970,11 +1043,26 @@ impl Gateway {
             direction: Direction::SendRecv,
             ptime: Some(20),
         };
-        let answer = offer.as_ref().map(|o| sdp::answer(o, &local));
+        let answer = offer
+            .as_ref()
+            .map(|o| sdp::answer_with_key(o, &local, leg.srtp_key.as_ref()))
+            // SRTP stays SRTP and plain stays plain for the whole call.
+            .map(|r| {
+                r.and_then(|n| {
+                    if n.srtp.is_some() == leg.srtp_key.is_some() {
+                        Ok(n)
+                    } else {
+                        Err(sdp::SdpError::NoCryptoSuite)
+                    }
+                })
+            });
         match answer {
             Some(Ok(n)) => {
                 let remote = offer.as_ref().and_then(remote_rtp);
                 if let Some(media) = leg.media.as_mut() {
+                    if let Some(keys) = n.srtp.clone() {
+                        media.set_srtp_keys(keys);
+                    }
                     if let Some(remote) = remote.filter(|r| !r.ip().is_unspecified()) {
                         media.set_remote(remote, None);
                     }
@@ -987,8 +1075,11 @@ impl Gateway {
                 }
                 let _ = self.endpoint.answer(now, call, &n.sdp);
             }
-            Some(Err(_)) => {
-                let _ = self.endpoint.reject(now, call, 488);
+            Some(Err(e)) => {
+                let (code, text) = e.warning();
+                let _ = self
+                    .endpoint
+                    .reject_with_warning(now, call, 488, code, &text);
             }
             // A re-INVITE without SDP (a session refresh): the endpoint answers it.
             None => {}
@@ -1042,6 +1133,30 @@ impl Gateway {
             }));
             self.drain_sip(now);
         }
+    }
+}
+
+/// A call's media dropped so far, by reason: from the wrong source
+/// (injected, replayed or stray), not RTP or RTCP at all, or SRTP that
+/// failed authentication or was replayed.
+fn drops(m: &MediaSession) -> [(&'static str, u64); 4] {
+    let st = m.stats();
+    [
+        ("wrong_source", st.wrong_source),
+        ("malformed", st.malformed),
+        ("srtp_auth_failed", st.auth_failed),
+        ("srtp_replayed", st.replayed),
+    ]
+}
+
+/// A finished call's SRTP packets, for `/metrics`.
+fn count_media(m: &MediaSession) {
+    let st = m.stats();
+    if m.is_srtp() {
+        metrics::counter!("continuum_sip_srtp_packets_total", "direction" => "in")
+            .increment(st.rtp_in);
+        metrics::counter!("continuum_sip_srtp_packets_total", "direction" => "out")
+            .increment(st.rtp_out);
     }
 }
 

@@ -7,7 +7,8 @@
 //! conversations.
 
 use crate::gateway::{
-    CallEvent, Dial, Gateway, GatewayConfig, GatewayError, Incoming, Output, Transmit,
+    CallEvent, Dial, Gateway, GatewayConfig, GatewayError, Incoming, MediaEncryption, Output,
+    Transmit,
 };
 use crate::keepalive::{TrunkCheck, TrunkProbe};
 use continuum_sip::{CallId, DigestCredentials, Transport, TransportKind};
@@ -198,6 +199,7 @@ pub struct DialTarget {
     /// TLS: the name the trunk's certificate must show (its host); none:
     /// the destination's IP address.
     pub server_name: Option<String>,
+    pub media_encryption: MediaEncryption,
 }
 
 /// An outbound trunk to keep alive, with its TLS name (see [`DialTarget`]).
@@ -797,6 +799,7 @@ impl<T: Clone + Send + 'static> Host<T> {
                     transport: target.transport,
                     credentials: target.credentials,
                     local_rtp: self.advertised(local_rtp),
+                    media_encryption: target.media_encryption,
                 };
                 let result = self.gateway.dial(now, dial);
                 match &result {

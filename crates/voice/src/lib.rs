@@ -19,5 +19,7 @@ pub mod keepalive;
 pub mod room;
 
 pub use continuum_sip::{CallId, TransportKind};
-pub use gateway::{CallEvent, Dial, Frame, Gateway, GatewayConfig, GatewayError, Incoming};
+pub use gateway::{
+    CallEvent, Dial, Frame, Gateway, GatewayConfig, GatewayError, Incoming, MediaEncryption,
+};
 pub use keepalive::{TrunkCheck, TrunkProbe, TrunkStatus};

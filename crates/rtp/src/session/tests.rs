@@ -380,6 +380,75 @@ fn tone_survives_loss_and_jitter() {
     }
 }
 
+/// SDES-SRTP both ways: a tone and RTCP pass encrypted; a stranger's RTP,
+/// a forged packet and a replay are dropped and counted without latching.
+#[test]
+fn srtp_sessions_carry_a_tone_and_drop_what_does_not_authenticate() {
+    use crate::srtp::{MasterKey, Suite};
+    let t0 = Instant::now();
+    let (ka, kb) = (MasterKey::random(), MasterKey::random());
+    let keyed = |ssrc, remote, local: &MasterKey, peer: &MasterKey| {
+        let mut cfg = SessionConfig::new(addr(remote), ssrc);
+        cfg.wall_clock = SystemTime::UNIX_EPOCH;
+        cfg.srtp = Some(SrtpKeys {
+            suite: Suite::AesCm128HmacSha1_32,
+            local: local.clone(),
+            remote: peer.clone(),
+        });
+        MediaSession::new(cfg, t0)
+    };
+    let mut a = keyed(0xa, "10.0.0.2:6000", &ka, &kb);
+    let mut b = keyed(0xb, "10.0.0.1:5000", &kb, &ka);
+    let mut plain = session(t0, 0xc, "10.0.0.2:6000");
+    assert!(!format!("{a:?}").contains(&format!("{:?}", &ka.as_bytes()[..4])));
+    let mut heard = Vec::new();
+    let mut replay = None;
+    for i in 0..300usize {
+        let now = t0 + ms(20 * i as u64);
+        a.push_pcm(now, &sine(160 * i, 440.0));
+        a.handle_timeout(now);
+        for t in transmits(&mut a) {
+            assert!(
+                RtpPacket::parse(&t.bytes).map_or(true, |p| p.payload.len() != 160),
+                "the wire carries tags"
+            );
+            let src = if t.socket == Socket::Rtcp {
+                "10.0.0.1:5001"
+            } else {
+                "10.0.0.1:5000"
+            };
+            if i == 10 && t.socket == Socket::Rtp {
+                replay = Some(t.bytes.clone());
+            }
+            b.handle_datagram(now, addr(src), &t.bytes);
+        }
+        // Plain RTP from a stranger, first thing: must not latch.
+        plain.push_pcm(now, &[1000; 160]);
+        for t in transmits(&mut plain) {
+            if t.socket == Socket::Rtp && i < 5 {
+                b.handle_datagram(now, addr("203.0.113.9:7000"), &t.bytes);
+            }
+        }
+        heard.extend_from_slice(&b.pull_decoded(now));
+    }
+    b.handle_datagram(t0, addr("10.0.0.1:5000"), &replay.unwrap());
+    let st = b.stats();
+    assert_eq!(
+        b.remote(),
+        addr("10.0.0.1:5000"),
+        "latched to a, not the stranger"
+    );
+    assert_eq!(st.auth_failed, 5, "{st:?}");
+    assert_eq!(st.replayed, 1, "{st:?}");
+    assert!(st.rtp_in >= 295 && st.rtcp_in >= 1, "{st:?}");
+    let tail = &heard[heard.len() - 8000 * 4..];
+    let tone = power(tail, 440.0, 8000.0);
+    assert!(
+        tone > power(tail, 1000.0, 8000.0) * 100.0 && tone > 1e6,
+        "{tone}"
+    );
+}
+
 proptest! {
     #[test]
     fn arbitrary_datagrams_never_panic(

@@ -157,6 +157,7 @@ pub async fn create_trunk(
             transport,
             caller_ids,
             max_concurrent_calls,
+            media_encryption,
         } => {
             check_trunk_address(&address, s.config.sip.allow_private_trunks)?;
             if !(1..=100_000).contains(&max_concurrent_calls) {
@@ -167,6 +168,7 @@ pub async fn create_trunk(
                 transport,
                 caller_ids: e164_list("caller_ids", &caller_ids, 100)?,
                 max_concurrent_calls,
+                media_encryption,
             }
         }
     };
