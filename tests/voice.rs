@@ -468,6 +468,99 @@ async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() 
 }
 
 #[tokio::test]
+async fn a_patient_whose_signaling_does_not_come_back_is_called_on_the_phone() {
+    use futures::SinkExt;
+    let dir = tempdir();
+    // A short resume grace; media stalls out of the way (this test is about
+    // the signaling link alone).
+    let (s, _sip) = voice_server_with(
+        dir.path(),
+        &[
+            ("CONTINUUM_RTC__RESUME_GRACE_SECS", "1"),
+            ("CONTINUUM_RTC__MEDIA_STALL_SECS", "600"),
+        ],
+    );
+    let key = s.key().to_owned();
+    let uas = Sipp::uas(dir.path(), "carrier", None);
+    outbound_trunk(&s, &key, uas.port, 4).await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550127").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"waiting_room": false})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grants = json!({"conversations": [conv], "rooms": [room]});
+    let token = |identity: &'static str, role: &'static str| {
+        let (s, key, grants) = (&s, &key, grants.clone());
+        async move {
+            s.ok(
+                "POST",
+                "/v1/tokens",
+                key,
+                Some(json!({"identity": identity, "role": role, "grants": grants})),
+            )
+            .await["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (dr, patient) = (
+        token("dr-ng", "clinician").await,
+        token("pat-1", "patient").await,
+    );
+    let ws = |t: &str| format!("{}/v1/rtc?token={t}", s.base.replacen("http", "ws", 1));
+    let join = json!({"type": "join", "room": room, "sdp": audio_offer()}).to_string();
+    let (mut d, _) = connect_signaling(&ws(&dr)).await;
+    d.send(tokio_tungstenite::tungstenite::Message::Text(
+        join.clone().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(expect(&mut d, &["joined", "error"]).await["type"], "joined");
+    let (mut p, _) = connect_signaling(&ws(&patient)).await;
+    p.send(tokio_tungstenite::tungstenite::Message::Text(join.into()))
+        .await
+        .unwrap();
+    assert_eq!(expect(&mut p, &["joined", "error"]).await["type"], "joined");
+
+    // The patient's connection goes and nothing resumes it.
+    drop(p);
+    let moved = expect(&mut d, &["patient_on_phone"]).await;
+    assert_eq!(moved["reason"], "signaling_lost", "{moved}");
+    let id = moved["call"]["id"].as_str().unwrap().to_owned();
+    let answered = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "answered"
+    })
+    .await;
+    assert_eq!(answered["state"], "answered", "{answered}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.started".to_owned())
+    })
+    .await;
+    let list = events["events"].as_array().unwrap();
+    let failed = list
+        .iter()
+        .find(|e| e["kind"] == "call.failed" && e["channel"] == "video")
+        .unwrap_or_else(|| panic!("no video call.failed: {events}"));
+    assert_eq!(failed["meta"]["reason"], "signaling_lost");
+    let left = list
+        .iter()
+        .find(|e| e["kind"] == "participant.left" && e["actor"]["type"] == "patient")
+        .unwrap_or_else(|| panic!("no participant.left for the patient: {events}"));
+    assert_eq!(left["meta"]["reason"], "signaling_lost", "{left}");
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    uas.assert_ok().await;
+}
+
+#[tokio::test]
 async fn a_caller_keys_in_the_visit_pin_and_joins_the_room_by_phone() {
     let dir = tempdir();
     let (s, sip) = voice_server(dir.path());

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 pub enum Reason {
     /// Nothing arrives from the patient's device (browser or network gone).
     MediaStalled,
+    /// The patient's signaling connection dropped and did not come back
+    /// within `rtc.resume_grace_secs`.
+    SignalingLost,
     /// The patient's quality stayed degraded this long.
     Degraded { held_secs: u64 },
     /// A clinician pressed "Call the patient's phone" (or the API was called).
@@ -37,6 +40,7 @@ impl Reason {
     fn as_str(&self) -> &'static str {
         match self {
             Reason::MediaStalled => "media_stalled",
+            Reason::SignalingLost => "signaling_lost",
             Reason::Degraded { .. } => "quality_degraded",
             Reason::Requested { .. } => "requested",
             Reason::Recovered => "recovered",
@@ -181,7 +185,7 @@ impl Fallback {
             let policy = self.store.visit_settings(tenant).await?.fallback;
             let wanted = policy.automatic
                 && match &reason {
-                    Reason::MediaStalled => policy.on_media_failure,
+                    Reason::MediaStalled | Reason::SignalingLost => policy.on_media_failure,
                     Reason::Degraded { held_secs } => {
                         policy.degraded_secs > 0 && *held_secs >= policy.degraded_secs as u64
                     }

@@ -94,6 +94,9 @@ async fn record_room_events(
     fallback: crate::fallback::Triggers,
 ) {
     let mut started: HashSet<RoomKey> = HashSet::new();
+    // Seats that leave because their signaling did not come back in time
+    // (their `participant.left` says so).
+    let mut signaling_lost: HashSet<continuum_sfu::ParticipantId> = HashSet::new();
     while let Some(Outcome {
         tag: seat,
         event: ev,
@@ -105,6 +108,7 @@ async fn record_room_events(
             use crate::fallback::{Reason, Trigger};
             let reason = match &ev {
                 RoomEvent::MediaStalled { .. } => Some(Reason::MediaStalled),
+                RoomEvent::SignalingLost { .. } => Some(Reason::SignalingLost),
                 RoomEvent::QualityDegraded { held, .. } => Some(Reason::Degraded {
                     held_secs: held.as_secs(),
                 }),
@@ -165,7 +169,11 @@ async fn record_room_events(
                 room_now_empty,
                 ..
             } => {
-                writes.push((EventKind::ParticipantLeft, actor, serde_json::json!({"session_id": session, "participant": participant.to_string()})));
+                let mut meta = serde_json::json!({"session_id": session, "participant": participant.to_string()});
+                if signaling_lost.remove(participant) {
+                    meta["reason"] = "signaling_lost".into();
+                }
+                writes.push((EventKind::ParticipantLeft, actor, meta));
                 if *room_now_empty && started.remove(&room_key) {
                     let reason = if lobby.ended(&room_key) {
                         "ended_for_everyone"
@@ -204,6 +212,9 @@ async fn record_room_events(
             }
             // Fallback's business (above); the timeline hears of its outcome.
             RoomEvent::MediaStalled { .. } | RoomEvent::MediaResumed { .. } => {}
+            RoomEvent::SignalingLost { participant, .. } => {
+                signaling_lost.insert(*participant);
+            }
         }
         for (kind, actor, meta) in writes {
             let ev = NewEvent {

@@ -375,14 +375,30 @@ impl<T: Clone + Send + 'static> WorkerHost<T> {
                 }
             }
             let now = Instant::now();
-            let worker = &mut self.worker;
-            self.detached.retain(|id, until| {
-                let waiting = *until > now;
-                if !waiting {
-                    worker.leave(*id); // nobody resumed it in time
+            let expired: Vec<ParticipantId> = self
+                .detached
+                .iter()
+                .filter(|(_, until)| **until <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                // Nobody resumed it in time: said first (PSTN fallback may
+                // call the patient), then the seat goes.
+                self.detached.remove(&id);
+                if let Some(seat) = self.seats.get(&id) {
+                    let event = RoomEvent::SignalingLost {
+                        room: seat.room.clone(),
+                        participant: id,
+                        identity: seat.identity.clone(),
+                        grace: self.grace,
+                    };
+                    let _ = self.outcomes.send(Outcome {
+                        tag: seat.tag.clone(),
+                        event,
+                    });
                 }
-                waiting
-            });
+                self.worker.leave(id);
+            }
             let next = self.worker.drive(now);
             while let Some(out) = self.worker.poll_output() {
                 match out {

@@ -135,6 +135,15 @@ pub enum RoomEvent {
         participant: ParticipantId,
         identity: String,
     },
+    /// The participant's signaling link dropped and no link resumed its seat
+    /// within the grace: it leaves next (reported by the IO host, which
+    /// holds the grace; `Left` follows).
+    SignalingLost {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+        grace: Duration,
+    },
 }
 
 impl RoomEvent {
@@ -147,7 +156,8 @@ impl RoomEvent {
             | RoomEvent::QualityDegraded { participant, .. }
             | RoomEvent::QualityRecovered { participant, .. }
             | RoomEvent::MediaStalled { participant, .. }
-            | RoomEvent::MediaResumed { participant, .. } => *participant,
+            | RoomEvent::MediaResumed { participant, .. }
+            | RoomEvent::SignalingLost { participant, .. } => *participant,
         }
     }
 }
