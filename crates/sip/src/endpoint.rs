@@ -482,8 +482,10 @@ impl Endpoint {
         shrink_sparse(&mut self.clients);
         shrink_sparse(&mut self.servers);
         shrink_sparse(&mut self.framers);
-        if self.outputs.is_empty() && self.outputs.capacity() > SPARSE_KEEP {
-            self.outputs.shrink_to(SPARSE_KEEP);
+        if self.outputs.capacity() > SPARSE_KEEP && self.outputs.len() * 8 < self.outputs.capacity()
+        {
+            self.outputs
+                .shrink_to((self.outputs.len() * 2).max(SPARSE_KEEP / 2));
         }
     }
 
