@@ -156,7 +156,9 @@ fn load_config(g: &Global) -> anyhow::Result<Config> {
 
 /// `continuum_process_heap_bytes`: the live heap as the counting allocator
 /// sees it (RSS also holds allocator caches, so it cannot tell a leak from a
-/// high-water mark), and of it, `continuum_store_sqlite_memory_bytes`. A gauge set once a second: the metrics recorder is
+/// high-water mark), and beside it `continuum_store_sqlite_memory_bytes`
+/// (SQLite allocates with libc's malloc, outside the counted heap: the two
+/// add up, they do not nest). A gauge set once a second: the metrics recorder is
 /// installed by `serve::run`; until then the sets go nowhere.
 fn export_heap_gauge() {
     std::thread::Builder::new()

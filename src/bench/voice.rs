@@ -296,12 +296,15 @@ fn bridged_runs(args: &VoiceArgs, report: &mut serde_json::Value) -> anyhow::Res
     Ok(())
 }
 
-/// The server's live heap outside SQLite's page caches (which grow with the
-/// database up to their bound): `continuum_process_heap_bytes` minus
-/// `continuum_store_sqlite_memory_bytes` on /metrics.
-async fn heap_bytes(base: &str) -> u64 {
+/// The server's live heap as its counting allocator sees it
+/// (`continuum_process_heap_bytes` on /metrics), and SQLite's own memory
+/// (`continuum_store_sqlite_memory_bytes`). SQLite allocates with libc's
+/// malloc, not through the Rust global allocator, so its page caches (which
+/// grow with the database up to their bound) are not part of the first: the
+/// two are reported side by side, never subtracted.
+async fn heap_gauges(base: &str) -> (u64, u64) {
     let Ok(r) = reqwest::get(format!("{base}/metrics")).await else {
-        return 0;
+        return (0, 0);
     };
     let text = r.text().await.unwrap_or_default();
     let gauge = |name: &str| {
@@ -309,9 +312,12 @@ async fn heap_bytes(base: &str) -> u64 {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
+            .max(0.0) as u64
     };
-    (gauge("continuum_process_heap_bytes") - gauge("continuum_store_sqlite_memory_bytes")).max(0.0)
-        as u64
+    (
+        gauge("continuum_process_heap_bytes"),
+        gauge("continuum_store_sqlite_memory_bytes"),
+    )
 }
 
 /// The SIP signalling runs (sipp against its own UAS and against a server).
@@ -414,11 +420,12 @@ fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
     // Warm-up: the first call creates the conversation.
     let target = format!("127.0.0.1:{sip_port}");
     sipp_uac(dir.path(), &target, 1, 1, 1, 0)?;
-    let heap = |rt: &tokio::runtime::Runtime| rt.block_on(heap_bytes(&server.base));
+    let gauges = |rt: &tokio::runtime::Runtime| rt.block_on(heap_gauges(&server.base));
+    let heap = |rt: &tokio::runtime::Runtime| gauges(rt).0;
 
     // Memory per held call, on a fresh server (after a burst, RSS keeps the
     // allocator's high-water mark): `--hold` calls up at once.
-    let (idle_rss, idle_heap) = (server.rss_bytes(), heap(&rt));
+    let (idle_rss, (idle_heap, idle_sqlite)) = (server.rss_bytes(), gauges(&rt));
     let hold_ms = 4_000 + args.hold * 1000 / 100;
     let holder = {
         let (d, t, h) = (dir.path().to_owned(), target.clone(), args.hold);
@@ -431,7 +438,7 @@ fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
         .map_err(|_| anyhow::anyhow!("the holding run panicked"))??;
     let per_call = |peak: u64, idle: u64| peak.saturating_sub(idle) / args.hold.max(1);
     println!(
-        "held {} calls ({} ok, {} failed): RSS {:.1} → {:.1} MiB, {:.1} KiB per call; live heap outside SQLite {:.1} → {:.1} MiB, {:.1} KiB per call",
+        "held {} calls ({} ok, {} failed): RSS {:.1} → {:.1} MiB, {:.1} KiB per call; live heap {:.1} → {:.1} MiB, {:.1} KiB per call",
         args.hold,
         held.successful,
         held.failed,
@@ -458,19 +465,21 @@ fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
     // 32 s on UDP) have run, the live heap should be back near idle (a leak
     // would show as bytes per call here). The gauge ticks each second.
     let settle_from = Instant::now();
-    let mut after_heap = heap(&rt);
+    let (mut after_heap, mut after_sqlite) = gauges(&rt);
     while after_heap > idle_heap + (1 << 20) && settle_from.elapsed() < Duration::from_secs(40) {
         std::thread::sleep(Duration::from_secs(2));
-        after_heap = heap(&rt);
+        (after_heap, after_sqlite) = gauges(&rt);
     }
     println!(
-        "after {} calls and {:.0} s: live heap outside SQLite {:.1} MiB ({:+.2} KiB per call since idle), RSS {:.1} MiB",
+        "after {} calls and {:.0} s: live heap {:.1} MiB ({:+.2} KiB per call since idle), SQLite (outside it) {:.1} → {:.1} MiB, RSS {:.1} MiB",
         ours.successful + held.successful,
         settle_from.elapsed().as_secs_f64(),
         after_heap as f64 / 1048576.0,
         (after_heap as f64 - idle_heap as f64)
             / 1024.0
             / (ours.successful + held.successful).max(1) as f64,
+        idle_sqlite as f64 / 1048576.0,
+        after_sqlite as f64 / 1048576.0,
         server.rss_bytes() as f64 / 1048576.0,
     );
     let report = serde_json::json!({
@@ -480,6 +489,7 @@ fn signalling(args: &VoiceArgs) -> anyhow::Result<serde_json::Value> {
         "rss_per_held_call_bytes": per_call(peak_rss, idle_rss),
         "heap_per_held_call_bytes": per_call(peak_heap, idle_heap),
         "heap_growth_after_calls_bytes": after_heap.saturating_sub(idle_heap),
+        "sqlite_growth_after_calls_bytes": after_sqlite.saturating_sub(idle_sqlite),
     });
     server.stop()?;
     Ok(report)

@@ -341,6 +341,10 @@ impl VoiceService {
                     let _ = tx.send(event);
                     if last {
                         recorders.remove(&tag.call_id);
+                        // A burst's peak is not kept for good (the calls'
+                        // own entries leave `active` as they are recorded).
+                        continuum_sip::endpoint::shrink_sparse(&mut recorders);
+                        continuum_sip::endpoint::shrink_sparse(&mut self.active.lock());
                     }
                 }
             }

@@ -382,12 +382,49 @@ struct ServerEntry {
     call: Option<CallId>,
 }
 
+/// How many entries each of an [`Endpoint`]'s tables holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveState {
+    pub calls: usize,
+    /// (Call-ID, local tag) to call.
+    pub dialogs: usize,
+    /// INVITEs being answered, for merged-request detection.
+    pub merged: usize,
+    pub client_transactions: usize,
+    pub server_transactions: usize,
+    /// Stream (TCP/TLS) framing state, one per connection.
+    pub framers: usize,
+    /// Outputs not yet polled.
+    pub outputs: usize,
+}
+
+impl LiveState {
+    /// Whether nothing at all is held.
+    pub fn is_empty(&self) -> bool {
+        *self == LiveState::default()
+    }
+
+    /// (kind, count) pairs, for gauges.
+    pub fn kinds(&self) -> [(&'static str, usize); 7] {
+        [
+            ("calls", self.calls),
+            ("dialogs", self.dialogs),
+            ("merged", self.merged),
+            ("client_transactions", self.client_transactions),
+            ("server_transactions", self.server_transactions),
+            ("framers", self.framers),
+            ("outputs", self.outputs),
+        ]
+    }
+}
+
 pub struct Endpoint {
     config: Config,
     rng: StdRng,
     epoch: Option<Instant>,
     next_call: u64,
-    calls: HashMap<CallId, Call>,
+    /// Boxed: a `Call` is about a kilobyte, and a table keeps its buckets.
+    calls: HashMap<CallId, Box<Call>>,
     /// (Call-ID, local tag) to call.
     dialogs: HashMap<(String, String), CallId>,
     /// (Call-ID, From tag, CSeq) of INVITEs being answered: merged requests.
@@ -431,6 +468,47 @@ impl Endpoint {
     /// Transactions alive (for metrics and tests).
     pub fn transaction_count(&self) -> usize {
         self.clients.len() + self.servers.len()
+    }
+
+    /// The size of every internal table: all zero once the calls are over
+    /// and the transaction timers have run (for leak tests and gauges).
+    pub fn live_state(&self) -> LiveState {
+        LiveState {
+            calls: self.calls.len(),
+            dialogs: self.dialogs.len(),
+            merged: self.merged.len(),
+            client_transactions: self.clients.len(),
+            server_transactions: self.servers.len(),
+            framers: self.framers.len(),
+            outputs: self.outputs.len(),
+        }
+    }
+
+    /// Bytes the tables hold for their buckets (entries' own heap not
+    /// counted): what a burst leaves behind if the tables are not shrunk.
+    pub fn table_bytes(&self) -> usize {
+        table_bytes(&self.calls)
+            + table_bytes(&self.dialogs)
+            + table_bytes(&self.merged)
+            + table_bytes(&self.clients)
+            + table_bytes(&self.servers)
+            + table_bytes(&self.framers)
+            + self.outputs.capacity() * std::mem::size_of::<Output>()
+    }
+
+    /// Gives back the memory of tables a burst left mostly empty.
+    fn shrink(&mut self) {
+        shrink_sparse(&mut self.calls);
+        shrink_sparse(&mut self.dialogs);
+        shrink_sparse(&mut self.merged);
+        shrink_sparse(&mut self.clients);
+        shrink_sparse(&mut self.servers);
+        shrink_sparse(&mut self.framers);
+        if self.outputs.capacity() > SPARSE_KEEP && self.outputs.len() * 8 < self.outputs.capacity()
+        {
+            self.outputs
+                .shrink_to((self.outputs.len() * 2).max(SPARSE_KEEP / 2));
+        }
     }
 
     /// The earliest timer. A scan: fine for the hundreds of calls a node
@@ -771,7 +849,7 @@ impl Endpoint {
         });
         self.calls.insert(
             id,
-            Call {
+            Box::new(Call {
                 state: State::Incoming,
                 uac: false,
                 transport,
@@ -797,7 +875,7 @@ impl Endpoint {
                 offered_se,
                 session: None,
                 merged_key: Some(merged_key),
-            },
+            }),
         );
     }
 
@@ -1533,6 +1611,7 @@ impl Endpoint {
         for id in due {
             self.call_timers(now, id);
         }
+        self.shrink();
     }
 
     fn client_timed_out(&mut self, now: Instant, owner: Owner, key: &TxKey) {
@@ -2242,7 +2321,7 @@ impl Endpoint {
         let local_tag = self.random_hex(6);
         self.calls.insert(
             id,
-            Call {
+            Box::new(Call {
                 state: State::Calling,
                 uac: true,
                 transport,
@@ -2268,7 +2347,7 @@ impl Endpoint {
                 offered_se: None,
                 session: None,
                 merged_key: None,
-            },
+            }),
         );
         if let Err(e) = self.send_invite(now, id, None) {
             self.calls.remove(&id);
@@ -2399,6 +2478,27 @@ impl Endpoint {
         );
         Ok(())
     }
+}
+
+/// Below this many slots a table is left alone.
+const SPARSE_KEEP: usize = 64;
+
+/// Shrinks a hash table that is less than an eighth full to about twice its
+/// entries. Hash tables never shrink by themselves: a burst of calls (every
+/// transaction lingers 32 s for Timer J/L) would keep its peak allocation
+/// for the life of the process, which looks like a leak per call. The
+/// hysteresis keeps the rehash amortized O(1) per removed entry.
+pub fn shrink_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.capacity() > SPARSE_KEEP && map.len() * 8 < map.capacity() {
+        map.shrink_to((map.len() * 2).max(SPARSE_KEEP / 2));
+    }
+}
+
+/// The bytes a hash table's buckets take (approximately: slots and control bytes).
+pub fn table_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
+    map.capacity() * (std::mem::size_of::<(K, V)>() + 1)
 }
 
 fn authorization(req: &Request) -> Option<&str> {

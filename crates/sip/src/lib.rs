@@ -16,7 +16,7 @@ pub mod transaction;
 
 pub use auth::{DigestCredentials, Secret};
 pub use endpoint::{
-    CallId, Config, EndCause, Endpoint, InviteRequest, Output, SipError, SipEvent, Transport,
-    TransportKind,
+    CallId, Config, EndCause, Endpoint, InviteRequest, LiveState, Output, SipError, SipEvent,
+    Transport, TransportKind,
 };
 pub use sdp::Sdp;

@@ -814,3 +814,103 @@ fn uas_hangup_before_ack_waits_for_it() {
     let bye = flow.iter().position(|m| m == "b>BYE").unwrap();
     assert!(ack < bye, "{flow:?}");
 }
+
+/// Many calls of every common shape, then the timers: every table of both
+/// endpoints is empty again (a leak per call shows up here first).
+#[test]
+fn many_calls_leave_no_state_behind() {
+    let mut net = Net::pair();
+    for i in 0..200u32 {
+        let now = net.now;
+        let ac = net
+            .a
+            .invite(now, request(Some(local_sdp(4000, 1))))
+            .unwrap();
+        net.run(Duration::from_millis(10));
+        let bc = incoming(&net.take_b());
+        let now = net.now;
+        match i % 5 {
+            // sipp's shape: answered, the caller hangs up.
+            0 | 1 => {
+                net.b.answer(now, bc, &local_sdp(5000, 1)).unwrap();
+                net.run(Duration::from_millis(10));
+                let now = net.now;
+                net.a.hangup(now, ac).unwrap();
+            }
+            // Answered, the callee hangs up.
+            2 => {
+                net.b.ring(now, bc).unwrap();
+                net.b.answer(now, bc, &local_sdp(5000, 1)).unwrap();
+                net.run(Duration::from_millis(10));
+                let now = net.now;
+                net.b.hangup(now, bc).unwrap();
+            }
+            // Refused.
+            3 => net.b.reject(now, bc, 486).unwrap(),
+            // Cancelled while ringing.
+            _ => {
+                net.b.ring(now, bc).unwrap();
+                net.run(Duration::from_millis(10));
+                let now = net.now;
+                net.a.cancel(now, ac).unwrap();
+            }
+        }
+        net.run(Duration::from_millis(10));
+        net.take_a();
+        net.take_b();
+    }
+    net.run(Duration::from_secs(64));
+    assert_eq!(net.a.live_state(), Default::default());
+    assert_eq!(net.b.live_state(), Default::default());
+}
+
+/// A burst: a thousand calls set up and hung up within a second, so every
+/// transaction lingers (Timer J/L) at once. Once the timers have run, the
+/// tables give their peak memory back: hash tables never shrink by
+/// themselves, and a burst looked like a leak of kilobytes per call.
+#[test]
+fn a_burst_of_calls_gives_its_table_memory_back() {
+    let mut net = Net::pair();
+    let idle = net.b.table_bytes();
+    let now = net.now;
+    let calls: Vec<CallId> = (0..1000)
+        .map(|_| {
+            net.a
+                .invite(now, request(Some(local_sdp(4000, 1))))
+                .unwrap()
+        })
+        .collect();
+    net.flush();
+    let incoming: Vec<CallId> = net
+        .take_b()
+        .iter()
+        .filter_map(|e| match e {
+            SipEvent::IncomingCall { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(incoming.len(), calls.len());
+    for bc in incoming {
+        net.b.answer(now, bc, &local_sdp(5000, 1)).unwrap();
+    }
+    net.flush();
+    for ac in &calls {
+        net.a.hangup(now, *ac).unwrap();
+    }
+    net.flush();
+    let peak = net.b.table_bytes();
+    assert_eq!(
+        net.b.live_state().server_transactions,
+        2000,
+        "INVITE and BYE linger"
+    );
+    net.run(Duration::from_secs(64));
+    assert!(net.a.live_state().is_empty(), "{:?}", net.a.live_state());
+    assert!(net.b.live_state().is_empty(), "{:?}", net.b.live_state());
+    let after = net.b.table_bytes();
+    assert!(
+        after < 64 * 1024 && after * 10 < peak,
+        "tables hold {after} bytes after the burst (idle {idle}, peak {peak})"
+    );
+    assert!(net.a.table_bytes() < 64 * 1024, "{}", net.a.table_bytes());
+}

@@ -91,8 +91,9 @@ fn restrict(path: &Path, mode: u32) -> Result<()> {
 
 /// The database file inside a data directory.
 /// Heap bytes SQLite holds (page caches of every connection, statements):
-/// part of the process heap that grows with the database up to the caches'
-/// bound, which a leak hunt must tell apart from our own allocations.
+/// memory that grows with the database up to the caches' bound, which a leak
+/// hunt must tell apart from our own allocations. SQLite allocates with libc's
+/// malloc, so none of it is in the Rust global allocator's count.
 pub fn sqlite_memory_bytes() -> i64 {
     // SAFETY: a read of SQLite's global memory counter; no arguments.
     unsafe { rusqlite::ffi::sqlite3_memory_used() }

@@ -11,6 +11,7 @@ use crate::gateway::{
     Transmit,
 };
 use crate::keepalive::{TrunkCheck, TrunkProbe};
+use continuum_sip::endpoint::{shrink_sparse, table_bytes};
 use continuum_sip::{CallId, DigestCredentials, Transport, TransportKind};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -694,6 +695,10 @@ impl<T: Clone + Send + 'static> Host<T> {
         mut commands: mpsc::UnboundedReceiver<Command<T>>,
         mut net: mpsc::Receiver<Net>,
     ) {
+        // Once a second: gauges of every table, and the memory of tables a
+        // burst left mostly empty back to the allocator.
+        let mut housekeeping = tokio::time::interval(std::time::Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.gateway.poll_timeout();
             let sleep = async {
@@ -712,6 +717,7 @@ impl<T: Clone + Send + 'static> Host<T> {
                     None => return,
                 },
                 _ = sleep => self.gateway.handle_timeout(Instant::now()),
+                _ = housekeeping.tick() => self.housekeeping(),
             }
             self.flush();
         }
@@ -904,6 +910,34 @@ impl<T: Clone + Send + 'static> Host<T> {
             reason: reason.into(),
         };
         let _ = self.outcomes.send(Outcome::Event { tag, event });
+    }
+
+    fn housekeeping(&mut self) {
+        shrink_sparse(&mut self.stream_writers);
+        shrink_sparse(&mut self.media);
+        shrink_sparse(&mut self.rooms);
+        shrink_sparse(&mut self.tags);
+        let live = self.gateway.live_state();
+        for (kind, n) in live.sip.kinds() {
+            metrics::gauge!("continuum_sip_live", "kind" => kind).set(n as f64);
+        }
+        for (kind, n) in [
+            ("legs", live.legs),
+            ("pending", live.pending),
+            ("media_sockets", self.media.len()),
+            ("tags", self.tags.len()),
+            ("rooms", self.rooms.len()),
+            ("stream_connections", self.stream_writers.len()),
+            ("rtp_ports", self.ports.used.len()),
+        ] {
+            metrics::gauge!("continuum_voice_live", "kind" => kind).set(n as f64);
+        }
+        let bytes = self.gateway.table_bytes()
+            + table_bytes(&self.stream_writers)
+            + table_bytes(&self.media)
+            + table_bytes(&self.rooms)
+            + table_bytes(&self.tags);
+        metrics::gauge!("continuum_voice_table_bytes").set(bytes as f64);
     }
 
     /// The address the core puts in SDP for a bound RTP socket.
