@@ -60,9 +60,10 @@ impl Default for Capacity {
             sfu_fanout_egress_packets_per_core: 73_910.0,
             sfu_visits_per_core: 103.0,
             turn_cpu_us_per_packet: 4.35,
-            // Measured (bench voice --bridged-only): the gateway's CPU per
-            // bridged call, the conservative end of 1.25–1.7% of a core.
-            voice_calls_per_core: 60.0,
+            // Measured (bench voice --bridged-only, 2026-12-01, Opus
+            // complexity 1): the gateway's CPU per bridged call, the
+            // conservative end of 0.185–0.223% of a core (≈ 450–540 a core).
+            voice_calls_per_core: 450.0,
             target_utilization: 0.7,
             control_plane_nodes: 2,
         }
