@@ -576,6 +576,51 @@ impl Uas {
         self
     }
 
+    /// The 200 (with SDP: PCMU at `port`, a socket of the test's own) to the INVITE.
+    pub fn answer_at(mut self, port: u16) -> Self {
+        let _ = writeln!(
+            self.xml,
+            "<send retrans=\"500\">{}</send>",
+            uas_response("200 OK", true, "CSeq: [$invite_cseq] INVITE", true)
+                .replace("[media_port]", &port.to_string())
+        );
+        self
+    }
+
+    /// A final failure (e.g. `486 Busy Here`) to the INVITE, then its ACK.
+    pub fn reject(mut self, status: &str) -> Self {
+        let _ = writeln!(
+            self.xml,
+            "<send>{}</send>\n<recv request=\"ACK\"/>",
+            uas_response(status, true, "CSeq: [$invite_cseq] INVITE", false)
+        );
+        self
+    }
+
+    /// Receives the ACK to our 200, keeps the call up `ms`, then hangs up
+    /// (BYE within the dialog, answered 200).
+    pub fn acked_then_bye(mut self, ms: u64) -> Self {
+        let _ = writeln!(
+            self.xml,
+            r#"<recv request="ACK"><action><ereg regexp=";tag=[-0-9A-Za-z.~_+]+" search_in="hdr" header="From:" assign_to="gw_tag"/></action></recv>
+<pause milliseconds="{ms}"/>
+<send retrans="500"><![CDATA[
+BYE sip:continuum@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:desk@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+To: <sip:continuum@[remote_ip]:[remote_port]>[$gw_tag]
+[last_Call-ID:]
+CSeq: 2 BYE
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+<recv response="200" crlf="true"/>"#
+        );
+        self
+    }
+
     /// Waits for a request (`check`: a regexp its text must match).
     pub fn receive(mut self, method: &str, check: Option<&str>) -> Self {
         let action = check.map(xml_attr).map_or(String::new(), |re| {

@@ -752,7 +752,7 @@ impl Gateway {
                 return Err(e);
             }
         };
-        self.endpoint.ring(now, call)?;
+        let _ = self.endpoint.ring(now, call);
         let mut leg = Leg::new(local_rtp, rand::random::<u32>() as u64, true);
         leg.offer = Some(offer);
         self.add_leg(call, leg);
