@@ -1784,7 +1784,7 @@ async fn a_target_rule_bridges_the_caller_to_a_sip_phone() {
         .build();
     let desk = Sipp::uas(dir.path(), "desk_bye", Some(&desk));
     target_number(&s, &key, "+14155550311", desk.port).await;
-    let caller = uac_scenario("+14155550141", PCMU, 200, 1000);
+    let caller = uac_scenario("+14155550141", PCMU, 200, 1500);
     Sipp::uac(dir.path(), "caller_bye", &caller, sip, "+14155550311")
         .assert_ok()
         .await;
@@ -1852,4 +1852,93 @@ async fn a_busy_target_answers_the_caller_busy() {
     assert_eq!(failed["meta"]["sip_status"], 486, "{failed}");
     assert_eq!(failed["meta"]["bridged_to"], "front-desk", "{failed}");
     assert!(event(&events, "call.started").is_none(), "{events}");
+
+    // A target that is the gateway itself would bridge the call to itself
+    // over and over: refused (503) before anything is dialled or recorded.
+    target_number(&s, &key, "+14155550315", sip).await;
+    let caller = uac_scenario("+14155550143", PCMU, 503, 0);
+    Sipp::uac(dir.path(), "caller_loop", &caller, sip, "+14155550315")
+        .assert_ok()
+        .await;
+    let series = "continuum_sip_calls_refused_total{reason=\"target_unreachable\"}";
+    assert_eq!(counter(&metrics(&s).await, series), 1.0);
+    let calls = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/calls"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(calls.as_array().map(Vec::len), Some(1), "{calls}");
+}
+
+#[tokio::test]
+async fn the_callers_cancel_cancels_the_ringing_target() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = s.patient_conversation(&key, "+14155550144").await.1;
+    // The target rings until it is cancelled: 200 to the CANCEL, 487 to
+    // the INVITE (ACKed).
+    let desk = Uas::rings_at_once()
+        .receive("CANCEL", None)
+        .respond("200 OK")
+        .reject("487 Request Terminated")
+        .build();
+    let desk = Sipp::uas(dir.path(), "ringing_desk", Some(&desk));
+    target_number(&s, &key, "+14155550314", desk.port).await;
+    // The caller CANCELs at our 180. No race: the target's INVITE left
+    // before that 180, and our CANCEL to the target waits for its 100/180
+    // (RFC 3261 9.1). (The target's 180, relayed, is the same 180 again:
+    // sipp takes it for a retransmission.) Steps: 0 INVITE, 1 an optional
+    // 100, 2 the 180, 3 CANCEL, 4 its 200, 5 the 487, 6 its ACK.
+    let caller = Uac::new("+14155550144")
+        .invite(PCMU)
+        .raw(
+            r#"<send><![CDATA[
+CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+From: "Patient" <sip:+14155550144@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+<recv response="200"/>
+<recv response="487"/>
+<send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-6]
+From: "Patient" <sip:+14155550144@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>"#,
+        )
+        .build()
+        .replace(
+            "<recv response=\"180\" optional=\"true\"/>",
+            "<recv response=\"180\"/>",
+        )
+        .replace("<recv response=\"183\" optional=\"true\"/>\n", "");
+    Sipp::uac(dir.path(), "caller_cancels", &caller, sip, "+14155550314")
+        .assert_ok()
+        .await;
+    desk.assert_ok().await;
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "failed").await;
+    assert_eq!(call["cause"], "cancelled", "{call}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.failed".to_owned())
+    })
+    .await;
+    let failed = event(&events, "call.failed").unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(failed["meta"]["reason"], "cancelled", "{failed}");
+    assert_eq!(failed["meta"]["sip_status"], 487, "{failed}");
+    assert_eq!(failed["meta"]["bridged_to"], "front-desk", "{failed}");
 }

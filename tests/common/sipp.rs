@@ -565,6 +565,22 @@ impl Uas {
         Uas { xml }
     }
 
+    /// Receives the INVITE and rings with a 180 alone (no 100 first: a
+    /// CANCEL, which waits for a provisional, cannot come before the 180).
+    pub fn rings_at_once() -> Self {
+        let mut xml = String::from(
+            r#"<recv request="INVITE" crlf="true"><action><ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" assign_to="invite_cseq"/></action></recv>
+<Reference variables="invite_cseq"/>
+"#,
+        );
+        let _ = writeln!(
+            xml,
+            "<send>{}</send>",
+            uas_response("180 Ringing", true, "[last_CSeq:]", false)
+        );
+        Uas { xml }
+    }
+
     /// The 200 (with SDP) to the INVITE, whatever request came last (a
     /// CANCEL has the INVITE's Via, From, To and Call-ID).
     pub fn answer(mut self) -> Self {

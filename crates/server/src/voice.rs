@@ -514,6 +514,22 @@ impl VoiceService {
             ));
         }
         let destination = self.resolve(host, kind).await?;
+        // Ringing ourselves would bridge the call to itself, over and over.
+        let ours = [
+            self.voice.udp_addr,
+            self.voice.tcp_addr,
+            self.voice.tls_addr,
+        ];
+        if ours.into_iter().flatten().any(|a| {
+            a.port() == destination.port()
+                && (a.ip() == destination.ip()
+                    || a.ip().is_unspecified()
+                    || self.cfg.public_ip == Some(destination.ip()))
+        }) {
+            return Err(DialError::Invalid(
+                "the target is this gateway's own SIP address".into(),
+            ));
+        }
         let user: String = caller
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(*c))
