@@ -77,7 +77,8 @@ pub enum CallEvent {
     Ended {
         call: CallId,
         by_remote: bool,
-        /// `hangup`, `remote_hangup`, `media_timeout`, `session_expired`, `lost`, `cancelled`.
+        /// `hangup`, `remote_hangup`, `media_timeout`, `session_expired`, `lost`, `cancelled`,
+        /// `target_hangup` (a bridged caller's target hung up: [`Gateway::bridge`]).
         cause: &'static str,
     },
     Dtmf {
