@@ -1684,7 +1684,8 @@ async fn hears(sock: &tokio::net::UdpSocket, byte: u8, secs: u64) -> bool {
     }
 }
 
-/// Sends 20 ms PCMU frames of `byte` from `from` to `to` while `talking`.
+/// Sends 20 ms PCMU frames of `byte` from `from` to `to` while `talking`
+/// (SSRC 0x3333, as [`dtmf_storm`]'s events, sequence numbers from 100).
 fn talk(
     from: Arc<tokio::net::UdpSocket>,
     to: std::net::SocketAddr,
@@ -1693,10 +1694,17 @@ fn talk(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let mut seq = 1u16;
+        let mut seq = 100u16;
         while talking.load(std::sync::atomic::Ordering::Relaxed) {
             tick.tick().await;
-            let p = rtp(0, seq == 1, seq, u32::from(seq) * 160, 0x5150, &[byte; 160]);
+            let p = rtp(
+                0,
+                seq == 100,
+                seq,
+                u32::from(seq) * 160,
+                0x3333,
+                &[byte; 160],
+            );
             let _ = from.send_to(&p, to).await;
             seq = seq.wrapping_add(1);
         }
@@ -1737,6 +1745,20 @@ async fn a_target_rule_bridges_the_caller_to_a_sip_phone() {
     let to_target = next_rtp(&target_media, 10)
         .await
         .expect("the gateway sends RTP to the target");
+    // DTMF keyed by the caller (RFC 4733) is sent on to the target (which
+    // negotiated telephone-events too).
+    dtmf_storm(&caller_media, to_caller, "5", true).await;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let digit = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, target_media.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) if n >= 16 && buf[1] & 0x7f == 101 => break Some(buf[12]),
+            Ok(Ok(_)) => {}
+            _ => break None,
+        }
+    };
+    assert_eq!(digit, Some(5), "the caller's digit reaches the target");
     let talking = Arc::new(AtomicBool::new(true));
     let talkers = [
         talk(caller_media.clone(), to_caller, 0x20, talking.clone()),

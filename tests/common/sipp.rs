@@ -592,13 +592,16 @@ impl Uas {
         self
     }
 
-    /// The 200 (with SDP: PCMU at `port`, a socket of the test's own) to the INVITE.
+    /// The 200 (with SDP: PCMU and telephone-events at `port`, a socket of
+    /// the test's own) to the INVITE.
     pub fn answer_at(mut self, port: u16) -> Self {
         let _ = writeln!(
             self.xml,
             "<send retrans=\"500\">{}</send>",
-            uas_response("200 OK", true, "CSeq: [$invite_cseq] INVITE", true)
-                .replace("[media_port]", &port.to_string())
+            uas_response("200 OK", true, "CSeq: [$invite_cseq] INVITE", true).replace(
+                "m=audio [media_port] RTP/AVP 0\na=rtpmap:0 PCMU/8000\n",
+                &format!("{}\n", pcmu_at(port))
+            )
         );
         self
     }
