@@ -1727,3 +1727,333 @@ async fn a_dtmf_storm_leaves_the_call_up_and_the_timeline_bounded() {
         "three PIN lookups, not one per six digits of the storm"
     );
 }
+
+// ------------------------------------------------------------------
+// Dispatch rule `target`: the gateway as a B2BUA between a sipp caller
+// and a sipp phone (the target).
+
+/// An inbound trunk for `number` (from loopback) whose dispatch rule rings
+/// the target `front-desk` at `port` on loopback.
+async fn target_number(s: &Server, key: &str, number: &str, port: u16) {
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        key,
+        Some(
+            json!({"name": format!("carrier {number}"), "direction": "inbound",
+            "numbers": [number], "allowed_sources": ["127.0.0.1/32"]}),
+        ),
+    )
+    .await;
+    s.ok(
+        "POST",
+        "/v1/sip/dispatch-rules",
+        key,
+        Some(
+            json!({"number": number, "action": {"type": "target", "name": "front-desk",
+            "sip_uri": format!("sip:desk@127.0.0.1:{port}")}}),
+        ),
+    )
+    .await;
+}
+
+/// Whether `sock` gets RTP (PCMU) whose payload is `byte` over and over
+/// (what the other side of the bridge talks) within `secs`.
+async fn hears(sock: &tokio::net::UdpSocket, byte: u8, secs: u64) -> bool {
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok((n, _))) = tokio::time::timeout(left, sock.recv_from(&mut buf)).await else {
+            return false;
+        };
+        if n == 12 + 160
+            && buf[0] >> 6 == 2
+            && buf[1] & 0x7f == 0
+            && buf[12..n].iter().filter(|b| **b == byte).count() > 150
+        {
+            return true;
+        }
+    }
+}
+
+/// Sends 20 ms PCMU frames of `byte` from `from` to `to` while `talking`
+/// (SSRC 0x3333, as [`dtmf_storm`]'s events, sequence numbers from 100).
+fn talk(
+    from: Arc<tokio::net::UdpSocket>,
+    to: std::net::SocketAddr,
+    byte: u8,
+    talking: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut seq = 100u16;
+        while talking.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            let p = rtp(
+                0,
+                seq == 100,
+                seq,
+                u32::from(seq) * 160,
+                0x3333,
+                &[byte; 160],
+            );
+            let _ = from.send_to(&p, to).await;
+            seq = seq.wrapping_add(1);
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_target_rule_bridges_the_caller_to_a_sip_phone() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+
+    // 1. Audio crosses the bridge both ways; we hang up (the API): both
+    // phones get a BYE. Media ends are the test's own sockets.
+    let conv = s.patient_conversation(&key, "+14155550140").await.1;
+    let bind = || tokio::net::UdpSocket::bind("127.0.0.1:0");
+    let caller_media = Arc::new(bind().await.unwrap());
+    let target_media = Arc::new(bind().await.unwrap());
+    let desk = Uas::ringing()
+        .answer_at(target_media.local_addr().unwrap().port())
+        // From is the caller's number (the ACK carries the INVITE's From).
+        .receive("ACK", Some(r"From: *<sip:\+14155550140@"))
+        .respond_to("BYE", "200 OK")
+        .build();
+    let desk = Sipp::uas(dir.path(), "desk", Some(&desk));
+    target_number(&s, &key, "+14155550310", desk.port).await;
+    let caller = Uac::new("+14155550140")
+        .invite(&pcmu_at(caller_media.local_addr().unwrap().port()))
+        .answered()
+        .await_bye()
+        .build();
+    let caller = Sipp::uac(dir.path(), "caller", &caller, sip, "+14155550310");
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "answered").await;
+    let to_caller = next_rtp(&caller_media, 10)
+        .await
+        .expect("the gateway sends RTP to the caller");
+    let to_target = next_rtp(&target_media, 10)
+        .await
+        .expect("the gateway sends RTP to the target");
+    // DTMF keyed by the caller (RFC 4733) is sent on to the target (which
+    // negotiated telephone-events too).
+    dtmf_storm(&caller_media, to_caller, "5", true).await;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let digit = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, target_media.recv_from(&mut buf)).await {
+            Ok(Ok((n, _))) if n >= 16 && buf[1] & 0x7f == 101 => break Some(buf[12]),
+            Ok(Ok(_)) => {}
+            _ => break None,
+        }
+    };
+    assert_eq!(digit, Some(5), "the caller's digit reaches the target");
+    let talking = Arc::new(AtomicBool::new(true));
+    let talkers = [
+        talk(caller_media.clone(), to_caller, 0x20, talking.clone()),
+        talk(target_media.clone(), to_target, 0x30, talking.clone()),
+    ];
+    assert!(
+        hears(&target_media, 0x20, 10).await,
+        "the target hears the caller"
+    );
+    assert!(
+        hears(&caller_media, 0x30, 10).await,
+        "the caller hears the target"
+    );
+    talking.store(false, Ordering::Relaxed);
+    for t in talkers {
+        t.await.unwrap();
+    }
+    let id = call["id"].as_str().unwrap();
+    s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
+        .await;
+    caller.assert_ok().await;
+    desk.assert_ok().await;
+    let ended = the_call(&s, &key, &conv, |c| c["state"] == "ended").await;
+    assert_eq!(ended["cause"], "hangup", "{ended}");
+    assert_eq!(ended["direction"], "inbound");
+    assert_eq!(ended["remote"], "+14155550140");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    let started = event(&events, "call.started").unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(started["channel"], "voice");
+    assert_eq!(started["meta"]["bridged_to"], "front-desk", "{started}");
+    assert_eq!(started["meta"]["session_id"], call["id"], "{started}");
+    let e = event(&events, "call.ended").unwrap();
+    assert_eq!(e["meta"]["reason"], "hangup", "{e}");
+    assert_eq!(e["meta"]["bridged_to"], "front-desk", "{e}");
+
+    // 2. The caller hangs up: the BYE reaches the target.
+    let conv = s.patient_conversation(&key, "+14155550141").await.1;
+    let desk = Uas::ringing()
+        .answer()
+        .receive("ACK", None)
+        .respond_to("BYE", "200 OK")
+        .build();
+    let desk = Sipp::uas(dir.path(), "desk_bye", Some(&desk));
+    target_number(&s, &key, "+14155550311", desk.port).await;
+    let caller = uac_scenario("+14155550141", PCMU, 200, 1500);
+    Sipp::uac(dir.path(), "caller_bye", &caller, sip, "+14155550311")
+        .assert_ok()
+        .await;
+    desk.assert_ok().await;
+    let ended = the_call(&s, &key, &conv, |c| c["state"] == "ended").await;
+    assert_eq!(ended["cause"], "remote_hangup", "{ended}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    assert!(event(&events, "call.started").is_some(), "{events}");
+    let e = event(&events, "call.ended").unwrap();
+    assert_eq!(e["meta"]["reason"], "remote_hangup", "{e}");
+    assert!(e["meta"]["duration_secs"].as_u64().unwrap() >= 1, "{e}");
+
+    // 3. The target hangs up: the BYE reaches the caller.
+    let conv = s.patient_conversation(&key, "+14155550142").await.1;
+    let desk = Uas::ringing().answer().acked_then_bye(1000).build();
+    let desk = Sipp::uas(dir.path(), "desk_hangs_up", Some(&desk));
+    target_number(&s, &key, "+14155550312", desk.port).await;
+    let caller = Uac::new("+14155550142")
+        .invite(PCMU)
+        .answered()
+        .await_bye()
+        .build();
+    Sipp::uac(dir.path(), "caller_hung_up", &caller, sip, "+14155550312")
+        .assert_ok()
+        .await;
+    desk.assert_ok().await;
+    let ended = the_call(&s, &key, &conv, |c| c["state"] == "ended").await;
+    assert_eq!(ended["cause"], "target_hangup", "{ended}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.ended".to_owned())
+    })
+    .await;
+    assert!(event(&events, "call.started").is_some(), "{events}");
+    let e = event(&events, "call.ended").unwrap();
+    assert_eq!(e["meta"]["reason"], "target_hangup", "{e}");
+}
+
+#[tokio::test]
+async fn a_busy_target_answers_the_caller_busy() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = s.patient_conversation(&key, "+14155550143").await.1;
+    let desk = Uas::ringing().reject("486 Busy Here").build();
+    let desk = Sipp::uas(dir.path(), "busy_desk", Some(&desk));
+    target_number(&s, &key, "+14155550313", desk.port).await;
+    // The caller hears ringing (optional 180s), then 486.
+    let caller = uac_scenario("+14155550143", PCMU, 486, 0);
+    Sipp::uac(dir.path(), "caller_busy", &caller, sip, "+14155550313")
+        .assert_ok()
+        .await;
+    desk.assert_ok().await;
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "failed").await;
+    assert_eq!(call["cause"], "busy", "{call}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.failed".to_owned())
+    })
+    .await;
+    let failed = event(&events, "call.failed").unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(failed["channel"], "voice");
+    assert_eq!(failed["meta"]["reason"], "busy", "{failed}");
+    assert_eq!(failed["meta"]["sip_status"], 486, "{failed}");
+    assert_eq!(failed["meta"]["bridged_to"], "front-desk", "{failed}");
+    assert!(event(&events, "call.started").is_none(), "{events}");
+
+    // A target that is the gateway itself would bridge the call to itself
+    // over and over: refused (503) before anything is dialled or recorded.
+    target_number(&s, &key, "+14155550315", sip).await;
+    let caller = uac_scenario("+14155550143", PCMU, 503, 0);
+    Sipp::uac(dir.path(), "caller_loop", &caller, sip, "+14155550315")
+        .assert_ok()
+        .await;
+    let series = "continuum_sip_calls_refused_total{reason=\"target_unreachable\"}";
+    assert_eq!(counter(&metrics(&s).await, series), 1.0);
+    let calls = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/calls"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(calls.as_array().map(Vec::len), Some(1), "{calls}");
+}
+
+#[tokio::test]
+async fn the_callers_cancel_cancels_the_ringing_target() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = s.patient_conversation(&key, "+14155550144").await.1;
+    // The target rings until it is cancelled: 200 to the CANCEL, 487 to
+    // the INVITE (ACKed).
+    let desk = Uas::rings_at_once()
+        .receive("CANCEL", None)
+        .respond("200 OK")
+        .reject("487 Request Terminated")
+        .build();
+    let desk = Sipp::uas(dir.path(), "ringing_desk", Some(&desk));
+    target_number(&s, &key, "+14155550314", desk.port).await;
+    // The caller CANCELs at our 180. No race: the target's INVITE left
+    // before that 180, and our CANCEL to the target waits for its 100/180
+    // (RFC 3261 9.1). (The target's 180, relayed, is the same 180 again:
+    // sipp takes it for a retransmission.) Steps: 0 INVITE, 1 an optional
+    // 100, 2 the 180, 3 CANCEL, 4 its 200, 5 the 487, 6 its ACK.
+    let caller = Uac::new("+14155550144")
+        .invite(PCMU)
+        .raw(
+            r#"<send><![CDATA[
+CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+From: "Patient" <sip:+14155550144@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+<recv response="200"/>
+<recv response="487"/>
+<send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-6]
+From: "Patient" <sip:+14155550144@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>"#,
+        )
+        .build()
+        .replace(
+            "<recv response=\"180\" optional=\"true\"/>",
+            "<recv response=\"180\"/>",
+        )
+        .replace("<recv response=\"183\" optional=\"true\"/>\n", "");
+    Sipp::uac(dir.path(), "caller_cancels", &caller, sip, "+14155550314")
+        .assert_ok()
+        .await;
+    desk.assert_ok().await;
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "failed").await;
+    assert_eq!(call["cause"], "cancelled", "{call}");
+    let events = eventually(&s, &key, &format!("/v1/conversations/{conv}/events"), |v| {
+        kinds(v).contains(&"call.failed".to_owned())
+    })
+    .await;
+    let failed = event(&events, "call.failed").unwrap_or_else(|| panic!("{events}"));
+    assert_eq!(failed["meta"]["reason"], "cancelled", "{failed}");
+    assert_eq!(failed["meta"]["sip_status"], 487, "{failed}");
+    assert_eq!(failed["meta"]["bridged_to"], "front-desk", "{failed}");
+}

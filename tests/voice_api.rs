@@ -218,6 +218,11 @@ async fn trunks_and_rules_are_validated_sealed_and_kept_within_their_tenant() {
             "action.sip_uri",
         ),
         (
+            // Rung like a trunk: a private address needs sip.allow_private_trunks.
+            json!({"number": "+14155550101", "action": {"type": "target", "name": "desk", "sip_uri": "sip:desk@10.0.0.5:5060"}}),
+            "allow_private_trunks",
+        ),
+        (
             json!({"number": "555", "action": {"type": "room_pin"}}),
             "number",
         ),

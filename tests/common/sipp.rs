@@ -565,6 +565,22 @@ impl Uas {
         Uas { xml }
     }
 
+    /// Receives the INVITE and rings with a 180 alone (no 100 first: a
+    /// CANCEL, which waits for a provisional, cannot come before the 180).
+    pub fn rings_at_once() -> Self {
+        let mut xml = String::from(
+            r#"<recv request="INVITE" crlf="true"><action><ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" assign_to="invite_cseq"/></action></recv>
+<Reference variables="invite_cseq"/>
+"#,
+        );
+        let _ = writeln!(
+            xml,
+            "<send>{}</send>",
+            uas_response("180 Ringing", true, "[last_CSeq:]", false)
+        );
+        Uas { xml }
+    }
+
     /// The 200 (with SDP) to the INVITE, whatever request came last (a
     /// CANCEL has the INVITE's Via, From, To and Call-ID).
     pub fn answer(mut self) -> Self {
@@ -572,6 +588,54 @@ impl Uas {
             self.xml,
             "<send retrans=\"500\">{}</send>",
             uas_response("200 OK", true, "CSeq: [$invite_cseq] INVITE", true)
+        );
+        self
+    }
+
+    /// The 200 (with SDP: PCMU and telephone-events at `port`, a socket of
+    /// the test's own) to the INVITE.
+    pub fn answer_at(mut self, port: u16) -> Self {
+        let _ = writeln!(
+            self.xml,
+            "<send retrans=\"500\">{}</send>",
+            uas_response("200 OK", true, "CSeq: [$invite_cseq] INVITE", true).replace(
+                "m=audio [media_port] RTP/AVP 0\na=rtpmap:0 PCMU/8000\n",
+                &format!("{}\n", pcmu_at(port))
+            )
+        );
+        self
+    }
+
+    /// A final failure (e.g. `486 Busy Here`) to the INVITE, then its ACK.
+    pub fn reject(mut self, status: &str) -> Self {
+        let _ = writeln!(
+            self.xml,
+            "<send>{}</send>\n<recv request=\"ACK\"/>",
+            uas_response(status, true, "CSeq: [$invite_cseq] INVITE", false)
+        );
+        self
+    }
+
+    /// Receives the ACK to our 200, keeps the call up `ms`, then hangs up
+    /// (BYE within the dialog, answered 200).
+    pub fn acked_then_bye(mut self, ms: u64) -> Self {
+        let _ = writeln!(
+            self.xml,
+            r#"<recv request="ACK"><action><ereg regexp=";tag=[-0-9A-Za-z.~_+]+" search_in="hdr" header="From:" assign_to="gw_tag"/></action></recv>
+<pause milliseconds="{ms}"/>
+<send retrans="500"><![CDATA[
+BYE sip:continuum@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:desk@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+To: <sip:continuum@[remote_ip]:[remote_port]>[$gw_tag]
+[last_Call-ID:]
+CSeq: 2 BYE
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+<recv response="200" crlf="true"/>"#
         );
         self
     }

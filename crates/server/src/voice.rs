@@ -37,6 +37,9 @@ pub struct CallTag {
     /// A dial-in waiting for its room's PIN (DTMF): no call record until
     /// the PIN names a room (`call_id` is provisional until then).
     pub awaiting_pin: bool,
+    /// A call bridged to a dispatch rule's target (B2BUA): the target's
+    /// name, noted on the call's timeline events.
+    pub bridged_to: Option<String>,
 }
 
 /// Digits in a room's dial-in PIN, and wrong PINs before hanging up.
@@ -449,12 +452,108 @@ impl VoiceService {
                     room: None,
                     remote: call.caller.clone().unwrap_or_else(|| "anonymous".into()),
                     awaiting_pin: true,
+                    bridged_to: None,
                 };
                 (Decision::Accept, Some(tag))
             }
-            // Named targets need the B2BUA leg: not yet (480: try later).
-            DispatchAction::Target { .. } => refuse("not_yet_routable", 480),
+            // Rings the target for the caller (B2BUA): the call is the
+            // caller's, on their conversation, answered when the target is.
+            DispatchAction::Target { name, sip_uri } => {
+                let caller = call.caller.clone().unwrap_or_else(|| "anonymous".into());
+                let target = match self.target_dial(&sip_uri, &caller).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(target = %name, error = %e, "a dispatch rule's target cannot be called");
+                        return refuse("target_unreachable", 503);
+                    }
+                };
+                let conversation_id = match self
+                    .caller_conversation(&tenant, call.caller.as_deref(), None)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no conversation for an incoming call");
+                        return refuse("store", 503);
+                    }
+                };
+                match self
+                    .open_call(
+                        &tenant,
+                        conversation_id,
+                        CallDirection::Inbound,
+                        caller,
+                        Some(trunk.trunk.id.clone()),
+                    )
+                    .await
+                {
+                    Ok(mut tag) => {
+                        tag.bridged_to = Some(name);
+                        (Decision::Bridge(target), Some(tag))
+                    }
+                    Err(_) => refuse("store", 503),
+                }
+            }
         }
+    }
+
+    /// How to ring a dispatch rule's target URI for `caller` (From: the
+    /// caller's number at our address): `sip:` over UDP, `sips:` over TLS;
+    /// private addresses only with `sip.allow_private_trunks`.
+    async fn target_dial(&self, sip_uri: &str, caller: &str) -> Result<DialTarget, DialError> {
+        let (rest, kind) = match sip_uri.strip_prefix("sips:") {
+            Some(rest) => (rest, TransportKind::Tls),
+            None => (
+                sip_uri
+                    .strip_prefix("sip:")
+                    .ok_or_else(|| DialError::Invalid("not a sip: or sips: URI".into()))?,
+                TransportKind::Udp,
+            ),
+        };
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let host = host.split([';', '?']).next().unwrap_or(host);
+        if kind == TransportKind::Tls && self.voice.tls_addr.is_none() {
+            return Err(DialError::Invalid(
+                "a sips: target needs sip.tls_listen, sip.tls_cert and sip.tls_key".into(),
+            ));
+        }
+        let destination = self.resolve(host, kind).await?;
+        // Ringing ourselves would bridge the call to itself, over and over.
+        let ours = [
+            self.voice.udp_addr,
+            self.voice.tcp_addr,
+            self.voice.tls_addr,
+        ];
+        if ours.into_iter().flatten().any(|a| {
+            a.port() == destination.port()
+                && (a.ip() == destination.ip()
+                    || a.ip().is_unspecified()
+                    || self.cfg.public_ip == Some(destination.ip()))
+        }) {
+            return Err(DialError::Invalid(
+                "the target is this gateway's own SIP address".into(),
+            ));
+        }
+        let user: String = caller
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "+-_.!~*'()&=$,;?/".contains(*c))
+            .collect();
+        let user = if user.is_empty() {
+            "anonymous".into()
+        } else {
+            user
+        };
+        Ok(DialTarget {
+            target: sip_uri.to_owned(),
+            from: format!("sip:{user}@{}", self.local_host()),
+            destination,
+            transport: kind,
+            credentials: None,
+            server_name: (kind == TransportKind::Tls)
+                .then(|| tls_name(host))
+                .flatten(),
+            media_encryption: MediaEncryption::None,
+        })
     }
 
     /// The caller's conversation: their contact by phone binding (a new
@@ -548,6 +647,7 @@ impl VoiceService {
             room: None,
             remote: call.remote,
             awaiting_pin: false,
+            bridged_to: None,
         })
     }
 
@@ -612,7 +712,10 @@ impl VoiceService {
         {
             tracing::warn!(error = %e, "could not update a call record");
         }
-        if let Some((kind, meta)) = timeline {
+        if let Some((kind, mut meta)) = timeline {
+            if let (Some(target), Some(m)) = (&tag.bridged_to, meta.as_object_mut()) {
+                m.insert("bridged_to".into(), serde_json::json!(target));
+            }
             let actor = if tag.direction == CallDirection::Inbound && kind == EventKind::CallStarted
             {
                 Actor {
@@ -899,6 +1002,7 @@ impl VoiceService {
                 .map(|r| crate::lobby::RoomKey::new(tenant, r)),
             remote: call.remote.clone(),
             awaiting_pin: false,
+            bridged_to: None,
         };
         let dial = DialTarget {
             target,

@@ -582,14 +582,45 @@ pub fn offer_sdes(local: &LocalMedia, key: &MasterKey) -> String {
 }
 
 fn offer_with(local: &LocalMedia, key: Option<&MasterKey>) -> String {
+    offer_g711(local, &[0, 8], true, key)
+}
+
+/// An offer of the G.711 payload types in `codecs` (0 PCMU, 8 PCMA, in
+/// that order; anything else is left out, and an empty list offers both),
+/// with telephone-event 101 when `telephone_event`, over SDES-SRTP with
+/// `key`: a B2BUA's second leg offers what its caller offered.
+pub fn offer_g711(
+    local: &LocalMedia,
+    codecs: &[u8],
+    telephone_event: bool,
+    key: Option<&MasterKey>,
+) -> String {
+    let mut pts: Vec<u8> = Vec::with_capacity(3);
+    for pt in codecs {
+        if matches!(pt, 0 | 8) && !pts.contains(pt) {
+            pts.push(*pt);
+        }
+    }
+    if pts.is_empty() {
+        pts = vec![0, 8];
+    }
     let mut sdp = session_head(local);
     let proto = if key.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
-    let _ = write!(sdp, "m=audio {} {proto} 0 8 101\r\n", local.port);
-    let _ = write!(sdp, "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n");
-    let _ = write!(
-        sdp,
-        "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
-    );
+    let mut list: Vec<String> = pts.iter().map(u8::to_string).collect();
+    if telephone_event {
+        list.push("101".into());
+    }
+    let _ = write!(sdp, "m=audio {} {proto} {}\r\n", local.port, list.join(" "));
+    for pt in &pts {
+        let name = if *pt == 0 { "PCMU" } else { "PCMA" };
+        let _ = write!(sdp, "a=rtpmap:{pt} {name}/8000\r\n");
+    }
+    if telephone_event {
+        let _ = write!(
+            sdp,
+            "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n"
+        );
+    }
     if let Some(p) = local.ptime {
         let _ = write!(sdp, "a=ptime:{p}\r\n");
     }
@@ -720,6 +751,22 @@ mod tests {
         let text = offer(&local());
         let sdp = Sdp::parse(text.as_bytes()).unwrap();
         assert_eq!(sdp.audio.unwrap().payload_types, vec![0, 8, 101]);
+    }
+
+    #[test]
+    fn a_g711_offer_keeps_the_callers_codecs_and_order() {
+        let text = offer_g711(&local(), &[8, 18, 0, 8], false, None);
+        let audio = Sdp::parse(text.as_bytes()).unwrap().audio.unwrap();
+        assert_eq!(audio.payload_types, vec![8, 0]);
+        assert_eq!(audio.telephone_event(), None);
+        let text = offer_g711(&local(), &[0], true, None);
+        let audio = Sdp::parse(text.as_bytes()).unwrap().audio.unwrap();
+        assert_eq!(audio.payload_types, vec![0, 101]);
+        assert_eq!(audio.telephone_event(), Some(101));
+        assert!(!text.contains("PCMA"), "{text}");
+        let text = offer_g711(&local(), &[18], true, None);
+        let audio = Sdp::parse(text.as_bytes()).unwrap().audio.unwrap();
+        assert_eq!(audio.payload_types, vec![0, 8, 101], "nothing left: both");
     }
 
     const KEY_A: &str = "PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR";

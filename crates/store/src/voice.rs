@@ -142,8 +142,15 @@ pub enum DispatchAction {
     },
     /// The caller enters a visit's PIN (DTMF) and joins that room.
     RoomPin,
-    /// A named target (the IVR will fill these); for now the call rings this SIP URI.
-    Target { name: String, sip_uri: String },
+    /// A named target (the IVR will fill these); for now the gateway rings
+    /// `sip_uri` for the caller (B2BUA) and answers the caller when it
+    /// answers. The call is recorded on the caller's conversation.
+    Target {
+        /// A label for the target (e.g. `front-desk`), noted as `bridged_to` on the call's events.
+        name: String,
+        /// `sip:` or `sips:` URI to ring; private addresses need `sip.allow_private_trunks`.
+        sip_uri: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -78,7 +78,8 @@ pub enum CallEvent {
     Ended {
         call: CallId,
         by_remote: bool,
-        /// `hangup`, `remote_hangup`, `media_timeout`, `session_expired`, `lost`, `cancelled`.
+        /// `hangup`, `remote_hangup`, `media_timeout`, `session_expired`, `lost`, `cancelled`,
+        /// `target_hangup` (a bridged caller's target hung up: [`Gateway::bridge`]).
         cause: &'static str,
     },
     Dtmf {
@@ -195,6 +196,12 @@ struct Leg {
     room: Option<RoomLeg>,
     /// Our SDES key (offered on dial-out, or of our answer): SRTP when set.
     srtp_key: Option<MasterKey>,
+    /// An incoming call (we are its UAS), not a dial-out of ours.
+    incoming: bool,
+    /// A bridged incoming call's offer, answered when its target answers.
+    offer: Option<Sdp>,
+    /// DTMF relayed onto this leg (B2BUA) keeps it busy until then.
+    dtmf_relay_until: Option<Instant>,
 }
 
 /// How many entries each of a [`Gateway`]'s tables holds.
@@ -215,6 +222,30 @@ impl LiveState {
     }
 }
 
+impl Leg {
+    fn new(local_rtp: SocketAddr, session_id: u64, incoming: bool) -> Self {
+        Leg {
+            local_rtp,
+            sdp_version: 1,
+            session_id,
+            media: None,
+            answered: false,
+            ring_deadline: None,
+            heard: None,
+            to_say: None,
+            room: None,
+            srtp_key: None,
+            incoming,
+            offer: None,
+            dtmf_relay_until: None,
+        }
+    }
+}
+
+/// At most this much relayed DTMF waits on a bridged leg: a caller keying
+/// a storm does not queue digits without bound on the other side.
+const DTMF_RELAY_BACKLOG: Duration = Duration::from_secs(2);
+
 pub struct Gateway {
     cfg: GatewayConfig,
     endpoint: Endpoint,
@@ -225,6 +256,8 @@ pub struct Gateway {
     pending: HashMap<CallId, Option<Sdp>>,
     /// Which call a media socket belongs to (RTP port; RTCP is port + 1).
     by_media: HashMap<SocketAddr, CallId>,
+    /// B2BUA pairs, both ways: each call's other leg ([`Gateway::bridge`]).
+    bridges: HashMap<CallId, CallId>,
     out: VecDeque<Output>,
     next_tick: Option<Instant>,
     ssrc_seed: u64,
@@ -241,6 +274,7 @@ impl Gateway {
             legs: HashMap::new(),
             pending: HashMap::new(),
             by_media: HashMap::new(),
+            bridges: HashMap::new(),
             out: VecDeque::new(),
             next_tick: None,
             ssrc_seed,
@@ -400,11 +434,14 @@ impl Gateway {
             // The CANCEL's 487 comes back as CallFailed; say why first.
             let _ = self.endpoint.cancel(now, call);
             self.finish(call);
-            self.out.push_back(Output::Event(CallEvent::Failed {
-                call,
-                status: 408,
-                reason: "no_answer".into(),
-            }));
+            self.report_end(
+                now,
+                CallEvent::Failed {
+                    call,
+                    status: 408,
+                    reason: "no_answer".into(),
+                },
+            );
             self.drain_sip(now);
         }
         if self.next_tick.is_some_and(|t| t <= now) {
@@ -520,18 +557,33 @@ impl Gateway {
 
     /// One 20 ms media frame for every call with media up.
     fn tick(&mut self, now: Instant) {
+        // Everything heard first: a bridged leg says what its peer heard.
+        for leg in self.legs.values_mut() {
+            if let Some(media) = leg.media.as_mut() {
+                leg.heard = Some(media.pull_decoded(now));
+            }
+        }
+        let peers: Vec<(CallId, Frame)> = self
+            .bridges
+            .iter()
+            .filter_map(|(call, peer)| Some((*call, self.legs.get(peer)?.heard?)))
+            .collect();
+        for (call, frame) in peers {
+            if let Some(leg) = self.legs.get_mut(&call) {
+                leg.to_say = Some(frame);
+            }
+        }
         for leg in self.legs.values_mut() {
             let Some(media) = leg.media.as_mut() else {
                 continue;
             };
-            let heard = media.pull_decoded(now);
+            let heard = leg.heard.unwrap_or([0; FRAME_SAMPLES]);
             let mut frame = leg.to_say.take().unwrap_or([0; FRAME_SAMPLES]);
             // Bridged into a room: the phone talks to the room and hears its mix.
             if let Some(room) = leg.room.as_mut().filter(|r| r.connected()) {
                 let _ = room.push_phone(now, &heard);
                 frame = room.pull_room(now);
             }
-            leg.heard = Some(heard);
             media.push_pcm(now, &frame);
         }
         let bridged: Vec<CallId> = self
@@ -617,15 +669,7 @@ impl Gateway {
                     Some(Err(e)) => e,
                     _ => sdp::SdpError::NoAudio,
                 };
-                let (code, text) = e.warning();
-                self.endpoint
-                    .reject_with_warning(now, call, 488, code, &text)?;
-                self.out.push_back(Output::Event(CallEvent::Failed {
-                    call,
-                    status: 488,
-                    reason: text,
-                }));
-                self.drain_sip(now);
+                self.refuse_offer(now, call, e)?;
                 return Ok(());
             }
         };
@@ -643,22 +687,22 @@ impl Gateway {
             negotiated.srtp.clone(),
         );
         self.endpoint.answer(now, call, &negotiated.sdp)?;
-        self.add_leg(
-            call,
-            Leg {
-                local_rtp,
-                sdp_version: version,
-                session_id,
-                media: Some(media),
-                answered: false,
-                ring_deadline: None,
-                heard: None,
-                to_say: None,
-                room: None,
-                srtp_key,
-            },
-        );
+        let mut leg = Leg::new(local_rtp, session_id, true);
+        leg.sdp_version = version;
+        leg.media = Some(media);
+        leg.srtp_key = srtp_key;
+        self.add_leg(call, leg);
         self.next_tick.get_or_insert(now + TICK);
+        self.drain_sip(now);
+        Ok(())
+    }
+
+    /// Rings an incoming call that waits for the owner's decision (180).
+    pub fn ring(&mut self, now: Instant, call: CallId) -> Result<(), GatewayError> {
+        if !self.pending.contains_key(&call) {
+            return Err(GatewayError::UnknownCall);
+        }
+        self.endpoint.ring(now, call)?;
         self.drain_sip(now);
         Ok(())
     }
@@ -683,8 +727,253 @@ impl Gateway {
         Ok(())
     }
 
+    /// Refuses an incoming call's offer with 488 (a Warning says why) and reports it.
+    fn refuse_offer(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        e: sdp::SdpError,
+    ) -> Result<(), GatewayError> {
+        let (code, text) = e.warning();
+        self.endpoint
+            .reject_with_warning(now, call, 488, code, &text)?;
+        self.out.push_back(Output::Event(CallEvent::Failed {
+            call,
+            status: 488,
+            reason: text,
+        }));
+        self.drain_sip(now);
+        Ok(())
+    }
+
+    /// B2BUA: rings the incoming `call` (180) and dials `dial` as its
+    /// second leg, offering the G.711 codecs (and telephone-events) the
+    /// caller offered. The caller is answered (media on `local_rtp`) when
+    /// the target answers; from then on each leg hears the other (decoded
+    /// PCM each 20 ms tick, so PCMU and PCMA legs mix) and DTMF keyed on one
+    /// is sent on the other (RFC 4733, or SIP INFO when that leg has no
+    /// telephone-events). The target's 180/183 ring the caller again. A
+    /// hang-up on either side ends the other (the caller's call ends as
+    /// `target_hangup` when the target hangs up), the caller's CANCEL
+    /// cancels the target, and a target that fails answers the caller with
+    /// the matching status (busy 486, no answer or ring timeout 480, not
+    /// found 404, anything else 503), reported as the caller's `Failed`.
+    ///
+    /// Returns the target's leg (its events are reported like any call's),
+    /// or none when the caller's offer cannot be answered: then it got 488,
+    /// reported as `Failed`.
+    pub fn bridge(
+        &mut self,
+        now: Instant,
+        call: CallId,
+        local_rtp: SocketAddr,
+        dial: Dial,
+    ) -> Result<Option<CallId>, GatewayError> {
+        let offer = self.pending_offer(call).ok_or(GatewayError::UnknownCall)?;
+        let offer = match offer.map(|o| sdp::check_offer(&o).map(|()| o)) {
+            Some(Ok(o)) => o,
+            other => {
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => sdp::SdpError::NoAudio,
+                };
+                self.refuse_offer(now, call, e)?;
+                return Ok(None);
+            }
+        };
+        let (codecs, te) = offer.audio.as_ref().map_or((Vec::new(), false), |a| {
+            let codecs = a
+                .payload_types
+                .iter()
+                .filter_map(|pt| match a.encoding(*pt).as_deref() {
+                    Some("PCMU") => Some(0),
+                    Some("PCMA") => Some(8),
+                    _ => None,
+                })
+                .collect();
+            (codecs, a.telephone_event().is_some())
+        });
+        let target = match self.dial_offering(now, dial, &codecs, te) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self.endpoint.reject(now, call, 503);
+                self.drain_sip(now);
+                return Err(e);
+            }
+        };
+        let _ = self.endpoint.ring(now, call);
+        let mut leg = Leg::new(local_rtp, rand::random::<u32>() as u64, true);
+        leg.offer = Some(offer);
+        self.add_leg(call, leg);
+        self.bridges.insert(call, target);
+        self.bridges.insert(target, call);
+        self.out
+            .push_back(Output::Event(CallEvent::Ringing { call }));
+        self.drain_sip(now);
+        Ok(Some(target))
+    }
+
+    /// The other leg of a bridged call ([`Gateway::bridge`]).
+    pub fn bridged_to(&self, call: CallId) -> Option<CallId> {
+        self.bridges.get(&call).copied()
+    }
+
+    /// The target of a bridged call answered: answer the caller.
+    fn answer_bridged(&mut self, now: Instant, call: CallId) {
+        let Some(leg) = self.legs.get_mut(&call) else {
+            return;
+        };
+        if leg.media.is_some() || !leg.incoming {
+            return;
+        }
+        let Some(offer) = leg.offer.take() else {
+            return;
+        };
+        let local_rtp = leg.local_rtp;
+        let local = LocalMedia {
+            addr: local_rtp.ip(),
+            port: local_rtp.port(),
+            session_id: leg.session_id,
+            version: leg.sdp_version,
+            direction: Direction::SendRecv,
+            ptime: Some(20),
+        };
+        let negotiated = match sdp::answer(&offer, &local) {
+            Ok(n) => n,
+            // Checked when bridged: cannot happen, but never leave it ringing.
+            Err(e) => {
+                let (code, text) = e.warning();
+                let _ = self
+                    .endpoint
+                    .reject_with_warning(now, call, 488, code, &text);
+                self.finish(call);
+                self.report_end(
+                    now,
+                    CallEvent::Failed {
+                        call,
+                        status: 488,
+                        reason: text,
+                    },
+                );
+                return;
+            }
+        };
+        let remote = remote_rtp(&offer).unwrap_or(local_rtp);
+        let media = self.media_session(
+            now,
+            remote,
+            negotiated.codec,
+            negotiated.telephone_event,
+            Some(&offer),
+            negotiated.srtp.clone(),
+        );
+        if self.endpoint.answer(now, call, &negotiated.sdp).is_err() {
+            return; // the caller is gone: its end is on its way
+        }
+        if let Some(leg) = self.legs.get_mut(&call) {
+            leg.srtp_key = negotiated.srtp.as_ref().map(|k| k.local.clone());
+            leg.media = Some(media);
+        }
+        self.next_tick.get_or_insert(now + TICK);
+    }
+
+    /// A digit heard on a bridged leg, sent on the other.
+    fn relay_dtmf(&mut self, now: Instant, from: CallId, digit: char, duration: Duration) {
+        let Some(to) = self.bridges.get(&from).copied() else {
+            return;
+        };
+        let Some(leg) = self.legs.get_mut(&to) else {
+            return;
+        };
+        let Some(media) = leg.media.as_mut() else {
+            return;
+        };
+        let busy = leg.dtmf_relay_until.filter(|t| *t > now).unwrap_or(now);
+        if busy > now + DTMF_RELAY_BACKLOG {
+            tracing::debug!(?from, "a relayed DTMF digit dropped (backlog)");
+            return;
+        }
+        let duration = duration.clamp(Duration::from_millis(80), Duration::from_millis(1000));
+        leg.dtmf_relay_until = Some(busy + duration + Duration::from_millis(60));
+        match media.send_dtmf(now, digit, duration) {
+            Ok(()) => {}
+            Err(continuum_rtp::SessionError::NoTelephoneEvent) => {
+                let _ = self.endpoint.send_dtmf_info(now, to, digit);
+            }
+            Err(e) => tracing::debug!(?to, error = %e, "a relayed DTMF digit not sent"),
+        }
+    }
+
+    /// Reports a call event; a bridged call's end (`Failed`, `Ended`) takes
+    /// its other leg down with it.
+    fn report_end(&mut self, now: Instant, event: CallEvent) {
+        let (call, failure) = match &event {
+            CallEvent::Failed {
+                call,
+                status,
+                reason,
+            } => (*call, Some((*status, reason.clone()))),
+            CallEvent::Ended { call, .. } => (*call, None),
+            _ => {
+                self.out.push_back(Output::Event(event));
+                return;
+            }
+        };
+        self.out.push_back(Output::Event(event));
+        let Some(peer) = self.bridges.remove(&call) else {
+            return;
+        };
+        self.bridges.remove(&peer);
+        let Some(leg) = self.legs.get(&peer) else {
+            return;
+        };
+        let end = if leg.media.is_some() {
+            let _ = self.endpoint.hangup(now, peer);
+            CallEvent::Ended {
+                call: peer,
+                by_remote: false,
+                cause: if leg.incoming {
+                    "target_hangup"
+                } else {
+                    "hangup"
+                },
+            }
+        } else if leg.incoming {
+            // The caller still rings: it hears what became of the target.
+            let (status, reason) = failure.unwrap_or((480, "target ended".into()));
+            let status = caller_status(status);
+            let _ = self.endpoint.reject(now, peer, status);
+            CallEvent::Failed {
+                call: peer,
+                status,
+                reason,
+            }
+        } else {
+            // The caller went away while the target rings: CANCEL it.
+            let _ = self.endpoint.hangup(now, peer);
+            CallEvent::Failed {
+                call: peer,
+                status: 487,
+                reason: "cancelled".into(),
+            }
+        };
+        self.finish(peer);
+        self.out.push_back(Output::Event(end));
+    }
+
     /// Places a call.
     pub fn dial(&mut self, now: Instant, dial: Dial) -> Result<CallId, GatewayError> {
+        self.dial_offering(now, dial, &[0, 8], true)
+    }
+
+    /// Places a call offering the G.711 `codecs` (0, 8) and, with `te`, telephone-events.
+    fn dial_offering(
+        &mut self,
+        now: Instant,
+        dial: Dial,
+        codecs: &[u8],
+        te: bool,
+    ) -> Result<CallId, GatewayError> {
         let session_id = rand::random::<u32>() as u64;
         let local = LocalMedia {
             addr: dial.local_rtp.ip(),
@@ -695,10 +984,7 @@ impl Gateway {
             ptime: Some(20),
         };
         let srtp_key = (dial.media_encryption == MediaEncryption::Sdes).then(MasterKey::random);
-        let offer = match &srtp_key {
-            Some(key) => sdp::offer_sdes(&local, key),
-            None => sdp::offer(&local),
-        };
+        let offer = sdp::offer_g711(&local, codecs, te, srtp_key.as_ref());
         let call = self.endpoint.invite(
             now,
             InviteRequest {
@@ -713,21 +999,10 @@ impl Gateway {
                 extra_headers: Vec::new(),
             },
         )?;
-        self.add_leg(
-            call,
-            Leg {
-                local_rtp: dial.local_rtp,
-                sdp_version: 1,
-                session_id,
-                media: None,
-                answered: false,
-                ring_deadline: Some(now + self.cfg.ring_timeout),
-                heard: None,
-                to_say: None,
-                room: None,
-                srtp_key,
-            },
-        );
+        let mut leg = Leg::new(dial.local_rtp, session_id, false);
+        leg.ring_deadline = Some(now + self.cfg.ring_timeout);
+        leg.srtp_key = srtp_key;
+        self.add_leg(call, leg);
         self.drain_sip(now);
         Ok(call)
     }
@@ -739,6 +1014,7 @@ impl Gateway {
         }
         // Our dial-out not answered yet (its media comes with the answer):
         // CANCELled, so it never started and fails as `cancelled`.
+        // (A bridged caller still ringing is refused the same way: 480.)
         let unanswered_dial = self.legs.get(&call).is_some_and(|l| l.media.is_none());
         self.endpoint.hangup(now, call)?;
         self.finish(call);
@@ -755,7 +1031,7 @@ impl Gateway {
                 cause: "hangup",
             }
         };
-        self.out.push_back(Output::Event(event));
+        self.report_end(now, event);
         self.drain_sip(now);
         Ok(())
     }
@@ -919,6 +1195,16 @@ impl Gateway {
                 })
             }
             SipEvent::Ringing { call } | SipEvent::EarlyMedia { call, .. } => {
+                // A bridged target rings: so does its caller (180; the
+                // target's early media is not relayed).
+                if let Some(caller) = self.bridges.get(&call).copied()
+                    && self
+                        .legs
+                        .get(&caller)
+                        .is_some_and(|l| l.incoming && l.media.is_none())
+                {
+                    let _ = self.endpoint.ring(now, caller);
+                }
                 CallEvent::Ringing { call }
             }
             SipEvent::Answered { call, answer } => {
@@ -950,6 +1236,10 @@ impl Gateway {
                                 leg.answered = true;
                             }
                             self.next_tick.get_or_insert(now + TICK);
+                            // A bridged target answered: now the caller is.
+                            if let Some(caller) = self.bridges.get(&call).copied() {
+                                self.answer_bridged(now, caller);
+                            }
                         }
                         other => {
                             // An answer we cannot use: hang up, say why.
@@ -959,11 +1249,14 @@ impl Gateway {
                             };
                             let _ = self.endpoint.hangup(now, call);
                             self.finish(call);
-                            self.out.push_back(Output::Event(CallEvent::Failed {
-                                call,
-                                status: 488,
-                                reason,
-                            }));
+                            self.report_end(
+                                now,
+                                CallEvent::Failed {
+                                    call,
+                                    status: 488,
+                                    reason,
+                                },
+                            );
                             return;
                         }
                     }
@@ -1002,7 +1295,23 @@ impl Gateway {
                 if !self.legs.contains_key(&call) && !self.pending.contains_key(&call) {
                     return;
                 }
+                // A bridged caller that CANCELs while its target rings was never answered.
+                let ringing = self
+                    .legs
+                    .get(&call)
+                    .is_some_and(|l| l.incoming && l.media.is_none());
                 self.finish(call);
+                if ringing {
+                    self.report_end(
+                        now,
+                        CallEvent::Failed {
+                            call,
+                            status: 487,
+                            reason: "cancelled".into(),
+                        },
+                    );
+                    return;
+                }
                 let cause = match cause {
                     continuum_sip::EndCause::Bye if by_remote => "remote_hangup",
                     continuum_sip::EndCause::Bye => "hangup",
@@ -1036,11 +1345,14 @@ impl Gateway {
                     // target now; our leg ends (RFC 5589 2.4: the transferor BYEs).
                     let _ = self.endpoint.hangup(now, call);
                     self.finish(call);
-                    self.out.push_back(Output::Event(CallEvent::Ended {
-                        call,
-                        by_remote: false,
-                        cause: "transferred",
-                    }));
+                    self.report_end(
+                        now,
+                        CallEvent::Ended {
+                            call,
+                            by_remote: false,
+                            cause: "transferred",
+                        },
+                    );
                 }
                 return;
             }
@@ -1051,6 +1363,12 @@ impl Gateway {
             } => {
                 metrics::counter!("continuum_sip_dtmf_received_total", "via" => "info")
                     .increment(1);
+                self.relay_dtmf(
+                    now,
+                    call,
+                    digit,
+                    Duration::from_millis(u64::from(duration_ms)),
+                );
                 CallEvent::Dtmf {
                     call,
                     digit,
@@ -1074,7 +1392,7 @@ impl Gateway {
             }
             _ => return,
         };
-        self.out.push_back(Output::Event(event));
+        self.report_end(now, event);
     }
 
     /// A re-INVITE: hold/unhold or a new codec; answered with our same address.
@@ -1142,7 +1460,7 @@ impl Gateway {
         let Some(media) = leg.media.as_mut() else {
             return;
         };
-        let mut timed_out = false;
+        let (mut timed_out, mut relay) = (false, Vec::new());
         while let Some(out) = media.poll_output() {
             match out {
                 continuum_rtp::Output::Transmit(t) => {
@@ -1158,6 +1476,7 @@ impl Gateway {
                     if let Some(digit) = d.digit {
                         metrics::counter!("continuum_sip_dtmf_received_total", "via" => "rfc4733")
                             .increment(1);
+                        relay.push((digit, d.duration));
                         self.out.push_back(Output::Event(CallEvent::Dtmf {
                             call,
                             digit,
@@ -1171,16 +1490,34 @@ impl Gateway {
                 continuum_rtp::Output::Event(_) => {}
             }
         }
+        for (digit, duration) in relay {
+            self.relay_dtmf(now, call, digit, duration);
+        }
         if timed_out {
             let _ = self.endpoint.hangup(now, call);
             self.finish(call);
-            self.out.push_back(Output::Event(CallEvent::Ended {
-                call,
-                by_remote: false,
-                cause: "media_timeout",
-            }));
+            self.report_end(
+                now,
+                CallEvent::Ended {
+                    call,
+                    by_remote: false,
+                    cause: "media_timeout",
+                },
+            );
             self.drain_sip(now);
         }
+    }
+}
+
+/// What a bridged caller is answered when its target fails with `status`.
+fn caller_status(status: u16) -> u16 {
+    match status {
+        486 | 600 => 486,
+        408 | 480 => 480,
+        404 | 484 | 604 => 404,
+        603 => 603,
+        488 | 606 => 488,
+        _ => 503,
     }
 }
 

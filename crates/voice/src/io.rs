@@ -170,6 +170,11 @@ pub enum Decision {
     Accept,
     /// Refuse with a SIP status (403, 404, 480, 486, 503 ...).
     Reject(u16),
+    /// Ring the caller and call this target for it (B2BUA,
+    /// [`Gateway::bridge`]): the caller is answered when the target is,
+    /// and the two hear each other. Events carry the caller's tag; the
+    /// target leg reports nothing of its own.
+    Bridge(DialTarget),
 }
 
 /// What the host tells its owner.
@@ -349,6 +354,7 @@ impl<T: Clone + Send + 'static> Voice<T> {
             rtp_ip: bound.ip(),
             public_ip,
             tags: HashMap::new(),
+            bridged: HashMap::new(),
             outcomes,
             commands: commands.clone(),
             net_tx,
@@ -684,6 +690,8 @@ struct Host<T> {
     rtp_ip: IpAddr,
     public_ip: IpAddr,
     tags: HashMap<CallId, (T, SocketAddr)>,
+    /// Bridged target legs ([`Decision::Bridge`]): their RTP socket.
+    bridged: HashMap<CallId, SocketAddr>,
     outcomes: mpsc::UnboundedSender<Outcome<T>>,
     commands: mpsc::UnboundedSender<Command<T>>,
     net_tx: mpsc::Sender<Net>,
@@ -853,6 +861,64 @@ impl<T: Clone + Send + 'static> Host<T> {
                     Err(_) => {
                         self.release_media(local_rtp);
                         self.report_failed(tag, call, 500, "the call could not be answered");
+                    }
+                }
+            }
+            Command::Decide(call, Decision::Bridge(target), tag) => {
+                let Some(tag) = tag else {
+                    let _ = self.gateway.reject(now, call, 500);
+                    return;
+                };
+                let mut sockets = Vec::with_capacity(2);
+                for _ in 0..2 {
+                    match self.bind_media().await {
+                        Ok(a) => sockets.push(a),
+                        Err(e) => {
+                            for a in sockets {
+                                self.release_media(a);
+                            }
+                            let _ = self.gateway.reject(now, call, 503);
+                            self.report_failed(tag, call, 503, e);
+                            return;
+                        }
+                    }
+                }
+                let (caller_rtp, target_rtp) = (sockets[0], sockets[1]);
+                if let Some(name) = &target.server_name {
+                    self.tls_names.insert(target.destination, name.clone());
+                }
+                let dial = Dial {
+                    target: target.target,
+                    from: target.from,
+                    destination: target.destination,
+                    transport: target.transport,
+                    credentials: target.credentials,
+                    local_rtp: self.advertised(target_rtp),
+                    media_encryption: target.media_encryption,
+                };
+                let advertised = self.advertised(caller_rtp);
+                match self.gateway.bridge(now, call, advertised, dial) {
+                    Ok(leg) => {
+                        self.tags.insert(call, (tag, caller_rtp));
+                        match leg {
+                            Some(leg) => {
+                                self.bridged.insert(leg, target_rtp);
+                            }
+                            // Refused (488, reported): no target leg.
+                            None => self.release_media(target_rtp),
+                        }
+                    }
+                    Err(GatewayError::UnknownCall) => {
+                        self.release_media(caller_rtp);
+                        self.release_media(target_rtp);
+                        self.report_failed(tag, call, 487, "cancelled");
+                    }
+                    Err(e) => {
+                        // The caller got 503 from the core.
+                        tracing::debug!(error = %e, "the bridged target could not be dialled");
+                        self.release_media(caller_rtp);
+                        self.release_media(target_rtp);
+                        self.report_failed(tag, call, 503, "the target could not be dialled");
                     }
                 }
             }
@@ -1051,6 +1117,14 @@ impl<T: Clone + Send + 'static> Host<T> {
                         CallEvent::Incoming(i) => i.call,
                     };
                     let last = matches!(event, CallEvent::Failed { .. } | CallEvent::Ended { .. });
+                    // A bridged target leg: its caller's events say it all.
+                    if let Some(rtp) = self.bridged.get(&call).copied() {
+                        if last {
+                            self.bridged.remove(&call);
+                            self.release_media(rtp);
+                        }
+                        continue;
+                    }
                     let tag = if last {
                         if let Some((_, reader)) = self.rooms.remove(&call) {
                             reader.abort();

@@ -67,7 +67,13 @@ fn e164_list(field: &str, numbers: &[String], max: usize) -> ApiResult<Vec<Strin
 /// `host` or `host:port` of an outbound trunk; special-purpose addresses
 /// only when `sip.allow_private_trunks` is set.
 fn check_trunk_address(address: &str, allow_private: bool) -> ApiResult<()> {
-    let bad = |why: &str| ApiError::invalid(format!("address: {why}"));
+    check_host("address", address, allow_private)
+}
+
+/// `host` or `host:port` (`field` names it in errors); special-purpose
+/// addresses only when `sip.allow_private_trunks` is set.
+fn check_host(field: &str, address: &str, allow_private: bool) -> ApiResult<()> {
+    let bad = |why: &str| ApiError::invalid(format!("{field}: {why}"));
     if address.is_empty()
         || address.len() > 255
         || address.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -294,6 +300,14 @@ pub async fn create_dispatch_rule(
         DispatchAction::Target { name, sip_uri } => {
             printable("action.name", name, 64)?;
             check_sip_uri("action.sip_uri", sip_uri)?;
+            // Rung like a trunk: the same rule for private addresses.
+            let rest = sip_uri
+                .strip_prefix("sips:")
+                .or_else(|| sip_uri.strip_prefix("sip:"))
+                .unwrap_or(sip_uri);
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            let host = host.split([';', '?']).next().unwrap_or(host);
+            check_host("action.sip_uri", host, s.config.sip.allow_private_trunks)?;
         }
         _ => {}
     }
