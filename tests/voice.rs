@@ -469,17 +469,38 @@ async fn a_clinician_calls_the_patients_phone_into_the_visit_with_the_context() 
 
 #[tokio::test]
 async fn a_patient_whose_signaling_does_not_come_back_is_called_on_the_phone() {
-    use futures::SinkExt;
-    let dir = tempdir();
-    // A short resume grace; media stalls out of the way (this test is about
-    // the signaling link alone).
-    let (s, _sip) = voice_server_with(
-        dir.path(),
+    // A short resume grace; the other triggers out of the way (this test is
+    // about the signaling link alone).
+    patient_called_when(
         &[
             ("CONTINUUM_RTC__RESUME_GRACE_SECS", "1"),
-            ("CONTINUUM_RTC__MEDIA_STALL_SECS", "600"),
+            ("CONTINUUM_RTC__CONNECT_TIMEOUT_SECS", "600"),
         ],
-    );
+        true,
+        "signaling_lost",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_patient_whose_video_never_connects_is_called_on_the_phone() {
+    // The patient's browser joins, but nothing of its media ever reaches
+    // the SFU (the test's "browser" never runs ICE): a firewall, no TURN.
+    patient_called_when(
+        &[("CONTINUUM_RTC__CONNECT_TIMEOUT_SECS", "2")],
+        false,
+        "media_never_connected",
+    )
+    .await;
+}
+
+/// A visit with a clinician and a patient (signaling only: neither runs
+/// ICE); `drop_patient` closes the patient's connection. Checks the phone is
+/// called into the room for `reason`, on the timeline and on the page.
+async fn patient_called_when(env: &[(&str, &str)], drop_patient: bool, reason: &str) {
+    use futures::SinkExt;
+    let dir = tempdir();
+    let (s, _sip) = voice_server_with(dir.path(), env);
     let key = s.key().to_owned();
     let uas = Sipp::uas(dir.path(), "carrier", None);
     outbound_trunk(&s, &key, uas.port, 4).await;
@@ -530,10 +551,12 @@ async fn a_patient_whose_signaling_does_not_come_back_is_called_on_the_phone() {
         .unwrap();
     assert_eq!(expect(&mut p, &["joined", "error"]).await["type"], "joined");
 
-    // The patient's connection goes and nothing resumes it.
-    drop(p);
+    if drop_patient {
+        // The patient's connection goes and nothing resumes it.
+        drop(p);
+    }
     let moved = expect(&mut d, &["patient_on_phone"]).await;
-    assert_eq!(moved["reason"], "signaling_lost", "{moved}");
+    assert_eq!(moved["reason"], reason, "{moved}");
     let id = moved["call"]["id"].as_str().unwrap().to_owned();
     let answered = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
         c["state"] == "answered"
@@ -549,12 +572,14 @@ async fn a_patient_whose_signaling_does_not_come_back_is_called_on_the_phone() {
         .iter()
         .find(|e| e["kind"] == "call.failed" && e["channel"] == "video")
         .unwrap_or_else(|| panic!("no video call.failed: {events}"));
-    assert_eq!(failed["meta"]["reason"], "signaling_lost");
-    let left = list
-        .iter()
-        .find(|e| e["kind"] == "participant.left" && e["actor"]["type"] == "patient")
-        .unwrap_or_else(|| panic!("no participant.left for the patient: {events}"));
-    assert_eq!(left["meta"]["reason"], "signaling_lost", "{left}");
+    assert_eq!(failed["meta"]["reason"], reason);
+    if drop_patient {
+        let left = list
+            .iter()
+            .find(|e| e["kind"] == "participant.left" && e["actor"]["type"] == "patient")
+            .unwrap_or_else(|| panic!("no participant.left for the patient: {events}"));
+        assert_eq!(left["meta"]["reason"], "signaling_lost", "{left}");
+    }
     s.ok("POST", &format!("/v1/calls/{id}/hangup"), &key, None)
         .await;
     uas.assert_ok().await;

@@ -192,6 +192,10 @@ pub struct RtcConfig {
     /// Nothing received from a participant for this long is a media stall
     /// (its device or network is gone): what PSTN fallback starts from.
     pub media_stall_secs: u64,
+    /// Nothing at all from a participant this long after it joined (ICE or
+    /// DTLS never got through) is a failed connection: what PSTN fallback
+    /// starts from when video was never viable.
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for RtcConfig {
@@ -209,6 +213,7 @@ impl Default for RtcConfig {
             answer_timeout_secs: 10,
             resume_grace_secs: 15,
             media_stall_secs: 3,
+            connect_timeout_secs: 15,
         }
     }
 }
@@ -525,6 +530,10 @@ resume_grace_secs = 15
 # media stall: its device or network is gone. A patient's stall starts PSTN
 # fallback when the tenant's visit settings ask for it.
 media_stall_secs = 3
+# Nothing at all from a participant this long after it joined (ICE or DTLS
+# never got through: a firewall, no TURN) is a failed connection; for a
+# patient it starts PSTN fallback like a stall.
+connect_timeout_secs = 15
 
 [turn]
 # STUN/TURN server for clients behind UDP-blocking or strict NAT networks

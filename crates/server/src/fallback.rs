@@ -28,6 +28,9 @@ pub enum Reason {
     /// The patient's signaling connection dropped and did not come back
     /// within `rtc.resume_grace_secs`.
     SignalingLost,
+    /// Nothing ever arrived from the patient's device after it joined
+    /// (`rtc.connect_timeout_secs`): ICE or DTLS never got through.
+    ConnectFailed,
     /// The patient's quality stayed degraded this long.
     Degraded { held_secs: u64 },
     /// A clinician pressed "Call the patient's phone" (or the API was called).
@@ -41,6 +44,7 @@ impl Reason {
         match self {
             Reason::MediaStalled => "media_stalled",
             Reason::SignalingLost => "signaling_lost",
+            Reason::ConnectFailed => "media_never_connected",
             Reason::Degraded { .. } => "quality_degraded",
             Reason::Requested { .. } => "requested",
             Reason::Recovered => "recovered",
@@ -185,7 +189,9 @@ impl Fallback {
             let policy = self.store.visit_settings(tenant).await?.fallback;
             let wanted = policy.automatic
                 && match &reason {
-                    Reason::MediaStalled | Reason::SignalingLost => policy.on_media_failure,
+                    Reason::MediaStalled | Reason::SignalingLost | Reason::ConnectFailed => {
+                        policy.on_media_failure
+                    }
                     Reason::Degraded { held_secs } => {
                         policy.degraded_secs > 0 && *held_secs >= policy.degraded_secs as u64
                     }
@@ -224,6 +230,14 @@ impl Fallback {
     ) -> Result<Call, FallbackError> {
         let tenant = room.tenant_id.as_str();
         let voice = self.voice.clone().ok_or(FallbackError::NoGateway)?;
+        // A tenant with no way to call out is a setup problem, said to the
+        // caller (or the log): nothing goes on the timeline for it.
+        if let Err(e) = voice.outbound_trunk(tenant, None).await {
+            return Err(match e {
+                crate::voice::DialError::Invalid(m) => FallbackError::Setup(m),
+                other => FallbackError::Dial(other.to_string()),
+            });
+        }
         let conversation = self.store.get_conversation(tenant, conversation_id).await?;
         let contact = self
             .store

@@ -70,6 +70,7 @@ pub fn start(
         answer_timeout: Duration::from_secs(cfg.answer_timeout_secs),
         pacing: cfg.pacing,
         media_stall_after: Duration::from_secs(cfg.media_stall_secs.max(1)),
+        connect_timeout: Duration::from_secs(cfg.connect_timeout_secs.max(1)),
         ..WorkerConfig::new(placeholder)
     };
     let (media, outcomes) = Sfu::start(HostConfig {
@@ -109,6 +110,7 @@ async fn record_room_events(
             let reason = match &ev {
                 RoomEvent::MediaStalled { .. } => Some(Reason::MediaStalled),
                 RoomEvent::SignalingLost { .. } => Some(Reason::SignalingLost),
+                RoomEvent::ConnectFailed { .. } => Some(Reason::ConnectFailed),
                 RoomEvent::QualityDegraded { held, .. } => Some(Reason::Degraded {
                     held_secs: held.as_secs(),
                 }),
@@ -211,7 +213,9 @@ async fn record_room_events(
                 ));
             }
             // Fallback's business (above); the timeline hears of its outcome.
-            RoomEvent::MediaStalled { .. } | RoomEvent::MediaResumed { .. } => {}
+            RoomEvent::MediaStalled { .. }
+            | RoomEvent::MediaResumed { .. }
+            | RoomEvent::ConnectFailed { .. } => {}
             RoomEvent::SignalingLost { participant, .. } => {
                 signaling_lost.insert(*participant);
             }

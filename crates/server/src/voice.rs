@@ -1030,7 +1030,7 @@ impl VoiceService {
         }
     }
 
-    async fn outbound_trunk(
+    pub(crate) async fn outbound_trunk(
         &self,
         tenant: &str,
         id: Option<&str>,

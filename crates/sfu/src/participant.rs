@@ -192,6 +192,8 @@ pub(crate) struct Participant {
     /// When its last datagram arrived, and whether its silence since was
     /// reported as a stall.
     pub last_heard: Option<Instant>,
+    /// When it joined (for [`crate::WorkerConfig::connect_timeout`]).
+    pub joined_at: Instant,
     pub stall_reported: bool,
     /// Why (index into `TIMER_REASONS`).
     pub next_reason: u8,
@@ -247,6 +249,7 @@ impl Participant {
             timer_armed: false,
             last_rating: None,
             last_heard: None,
+            joined_at: Instant::now(),
             stall_reported: false,
             next_reason: 0,
             queued: false,

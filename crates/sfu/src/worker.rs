@@ -38,6 +38,10 @@ pub struct WorkerConfig {
     /// device or network is gone, long before ICE gives up. What PSTN
     /// fallback starts from.
     pub media_stall_after: Duration,
+    /// A participant from which nothing at all has arrived this long after
+    /// it joined (ICE or DTLS never got through: a firewall, no TURN) is a
+    /// [`RoomEvent::ConnectFailed`]: video is not viable for it.
+    pub connect_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -53,6 +57,7 @@ impl WorkerConfig {
             pacing: false,
             initial_bwe_bps: INITIAL_BWE_BPS,
             media_stall_after: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -129,6 +134,15 @@ pub enum RoomEvent {
         identity: String,
         silent: Duration,
     },
+    /// Nothing has ever arrived from the participant, `waited` after it
+    /// joined (see [`WorkerConfig::connect_timeout`]); it keeps its seat,
+    /// and a later packet reports [`RoomEvent::MediaResumed`].
+    ConnectFailed {
+        room: String,
+        participant: ParticipantId,
+        identity: String,
+        waited: Duration,
+    },
     /// Packets from a stalled participant again.
     MediaResumed {
         room: String,
@@ -157,6 +171,7 @@ impl RoomEvent {
             | RoomEvent::QualityRecovered { participant, .. }
             | RoomEvent::MediaStalled { participant, .. }
             | RoomEvent::MediaResumed { participant, .. }
+            | RoomEvent::ConnectFailed { participant, .. }
             | RoomEvent::SignalingLost { participant, .. } => *participant,
         }
     }
@@ -439,6 +454,7 @@ impl Worker {
             self.cfg.quality,
         );
         p.pacing = self.cfg.pacing;
+        p.joined_at = now;
         p.next_timeout = now;
         p.timer_armed = true;
         self.timers.push(Reverse((now, id)));
@@ -930,7 +946,20 @@ impl Worker {
     fn detect_stalls(&mut self, now: Instant) {
         let after = self.cfg.media_stall_after;
         for p in self.participants.values_mut() {
-            let Some(heard) = p.last_heard else { continue };
+            let Some(heard) = p.last_heard else {
+                let waited = now.saturating_duration_since(p.joined_at);
+                if waited >= self.cfg.connect_timeout && !p.stall_reported {
+                    p.stall_reported = true;
+                    self.outputs
+                        .push_back(SfuOutput::Event(RoomEvent::ConnectFailed {
+                            room: p.room.to_string(),
+                            participant: p.id,
+                            identity: p.identity.clone(),
+                            waited,
+                        }));
+                }
+                continue;
+            };
             let silent = now.saturating_duration_since(heard);
             let event = if silent >= after && !p.stall_reported {
                 p.stall_reported = true;

@@ -283,3 +283,51 @@ fn a_participant_whose_device_goes_silent_is_reported_stalled_then_resumed() {
         "the resumed participant is reported: {events:?}"
     );
 }
+
+#[test]
+fn a_participant_that_never_connects_is_reported_after_the_connect_timeout() {
+    use continuum_sfu::RoomEvent;
+    let sfu: SocketAddr = SFU.parse().unwrap();
+    let mut now = Instant::now();
+    let cfg = WorkerConfig::new(sfu);
+    let timeout = cfg.connect_timeout;
+    let mut worker = Worker::new(cfg);
+    let mut peers = vec![
+        peer(&mut worker, now, "10.0.0.2:5000", true),
+        peer(&mut worker, now, "10.0.0.3:5000", false),
+    ];
+    let patient = peers[0].id;
+    // The patient's packets never get through (a firewall, no TURN).
+    let events = run(
+        &mut worker,
+        &mut peers,
+        &mut now,
+        timeout.as_millis() as u64 + 1_000,
+        &[0],
+    );
+    assert!(!peers[0].connected && peers[1].connected);
+    let failed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            RoomEvent::ConnectFailed {
+                participant,
+                waited,
+                ..
+            } => Some((*participant, *waited)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "reported once, for the patient: {events:?}"
+    );
+    assert_eq!(failed[0].0, patient);
+    assert!(failed[0].1 >= timeout, "{:?}", failed[0].1);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RoomEvent::MediaStalled { .. })),
+        "a participant never heard is not 'stalled': {events:?}"
+    );
+}
