@@ -1350,6 +1350,30 @@ async fn a_caller_puts_the_gateway_on_hold_and_back_with_reinvites() {
 }
 
 #[tokio::test]
+async fn a_reinvite_changes_the_codec_from_pcmu_to_pcma() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let conv = caller_setup(&s, &key, "+14155550303", "+14155550134").await;
+    // The caller starts on PCMU, then offers PCMA alone: the 200 must answer
+    // PCMA (sipp checks it and fails the call otherwise).
+    let pcma = "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15";
+    let scenario = Uac::new("+14155550134")
+        .invite(PCMU)
+        .answered_where(Some("m=audio [0-9]+ RTP/AVP 0"))
+        .pause(300)
+        .reinvite(pcma, "m=audio [0-9]+ RTP/AVP 8")
+        .pause(300)
+        .bye()
+        .build();
+    Sipp::uac(dir.path(), "codec", &scenario, sip, "+14155550303")
+        .assert_ok()
+        .await;
+    let call = the_call(&s, &key, &conv, |c| c["state"] == "ended").await;
+    assert_eq!(call["cause"], "remote_hangup", "{call}");
+}
+
+#[tokio::test]
 async fn a_caller_who_cancels_at_once_leaves_no_call_up() {
     let dir = tempdir();
     let (s, sip) = voice_server(dir.path());

@@ -353,6 +353,18 @@ impl MediaSession {
         self.cfg.direction = direction;
     }
 
+    /// A re-INVITE changed the codec (PCMU ↔ PCMA) or the telephone-event
+    /// payload type: what we send uses it from the next frame, and what we
+    /// accept is it alone (the old payload type in flight counts as unknown).
+    pub fn set_codec(&mut self, payload_type: u8, law: Law, telephone_event: Option<u8>) {
+        self.cfg.codecs = vec![(payload_type, law)];
+        self.cfg.telephone_event = telephone_event;
+        if telephone_event.is_none() {
+            self.dtmf_queue.clear();
+            self.dtmf_send = None;
+        }
+    }
+
     /// A re-INVITE changed SDES keys: the contexts of the side whose key
     /// changed start over (a plain session stays plain).
     pub fn set_srtp_keys(&mut self, keys: SrtpKeys) {

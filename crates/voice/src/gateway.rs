@@ -1432,6 +1432,9 @@ impl Gateway {
                     if let Some(remote) = remote.filter(|r| !r.ip().is_unspecified()) {
                         media.set_remote(remote, None);
                     }
+                    // A codec change (PCMU ↔ PCMA) applies from the next frame.
+                    let law = if n.codec == 8 { Law::A } else { Law::Mu };
+                    media.set_codec(n.codec, law, n.telephone_event);
                     let dir = if hold {
                         continuum_rtp::Direction::RecvOnly
                     } else {

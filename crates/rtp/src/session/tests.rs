@@ -470,3 +470,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_codec_change_applies_from_the_next_frame() {
+    let t0 = Instant::now();
+    let mut s = session(t0, 0x2222, SDP);
+    s.push_pcm(t0, &sine(0, 440.0));
+    s.set_codec(8, Law::A, Some(101));
+    s.push_pcm(t0 + ms(20), &sine(160, 440.0));
+    let pts: Vec<u8> = transmits(&mut s)
+        .iter()
+        .map(|t| RtpPacket::parse(&t.bytes).unwrap().payload_type)
+        .collect();
+    assert_eq!(pts, vec![0, 8], "PCMU, then PCMA after the re-INVITE");
+    // What arrives is decoded as the new codec; the old one is unknown now.
+    s.handle_datagram(t0 + ms(40), addr(SDP), &rtp(1, 160, 0x9999, 8));
+    s.handle_datagram(t0 + ms(60), addr(SDP), &rtp(2, 320, 0x9999, 0));
+    assert_eq!(s.stats().unknown_payload, 1, "{:?}", s.stats());
+}
