@@ -592,6 +592,8 @@ impl MediaSession {
             | SrtpError::BadVersion
             | SrtpError::BadHeader
             | SrtpError::KeyLength(_) => self.stats.malformed += 1,
+            // Authenticated, but a seventeenth stream: not one we take.
+            SrtpError::TooManySources => self.stats.wrong_source += 1,
         }
     }
 

@@ -38,6 +38,9 @@ const RTCP_CLEAR_LEN: usize = 8;
 const REPLAY_WINDOW: u64 = 64;
 /// Sources tracked per receiving context (a call has one or two; only
 /// authenticated packets create one, so this bounds an authorised peer).
+/// A full table refuses new sources rather than forget an old one: a
+/// forgotten source's replay window would let its old packets in again
+/// (found by the `srtp_unprotect` fuzz target).
 const MAX_SOURCES: usize = 16;
 
 const LABEL_RTP_ENCRYPTION: u8 = 0;
@@ -61,6 +64,8 @@ pub enum SrtpError {
     Replayed,
     #[error("packet too old for the replay window")]
     TooOld,
+    #[error("too many SRTP sources in this call (at most {MAX_SOURCES})")]
+    TooManySources,
     #[error("SRTCP packet is not encrypted (E bit clear)")]
     NotEncrypted,
     #[error("key material must be {KEY_MATERIAL_LEN} bytes (got {0})")]
@@ -304,8 +309,6 @@ pub struct SrtpContext {
     rtp: SessionKeys,
     rtcp: SessionKeys,
     rx: HashMap<u32, RxStream>,
-    /// Sources in the order they were first authenticated (for eviction).
-    rx_order: Vec<u32>,
     tx: HashMap<u32, TxStream>,
     srtcp_index: u32,
     stats: SrtpStats,
@@ -335,7 +338,6 @@ impl SrtpContext {
                 [LABEL_RTCP_ENCRYPTION, LABEL_RTCP_AUTH, LABEL_RTCP_SALT],
             ),
             rx: HashMap::new(),
-            rx_order: Vec::new(),
             tx: HashMap::new(),
             srtcp_index: 0,
             stats: SrtpStats::default(),
@@ -406,6 +408,7 @@ impl SrtpContext {
         if !self.rtp.verify(&[body, &roc.to_be_bytes()], tag) {
             return Err(SrtpError::AuthFailed);
         }
+        self.room_for(ssrc)?;
         let mut out = body.to_vec();
         self.rtp.apply_keystream(ssrc, index, &mut out[header..]);
         match self.rx.get_mut(&ssrc) {
@@ -470,6 +473,7 @@ impl SrtpContext {
         if !self.rtcp.verify(&[authed], tag) {
             return Err(SrtpError::AuthFailed);
         }
+        self.room_for(ssrc)?;
         if e_index & 0x8000_0000 == 0 {
             // Authenticated but sent in the clear: not what SDES-SRTP
             // negotiates (RFC 3711 makes SRTCP encryption the default).
@@ -494,13 +498,17 @@ impl SrtpContext {
         Ok(out)
     }
 
-    fn add_source(&mut self, ssrc: u32, stream: RxStream) {
-        if self.rx.len() >= MAX_SOURCES && !self.rx_order.is_empty() {
-            let old = self.rx_order.remove(0);
-            self.rx.remove(&old);
+    /// A packet from `ssrc` may create its source (checked before any
+    /// state changes).
+    fn room_for(&self, ssrc: u32) -> Result<(), SrtpError> {
+        if self.rx.len() >= MAX_SOURCES && !self.rx.contains_key(&ssrc) {
+            return Err(SrtpError::TooManySources);
         }
+        Ok(())
+    }
+
+    fn add_source(&mut self, ssrc: u32, stream: RxStream) {
         self.rx.insert(ssrc, stream);
-        self.rx_order.push(ssrc);
     }
 
     fn count<T>(&mut self, result: &Result<T, SrtpError>) {

@@ -293,3 +293,33 @@ proptest! {
         let _ = rx.unprotect_rtcp(&bytes);
     }
 }
+
+#[test]
+fn a_full_source_table_refuses_newcomers_and_keeps_every_replay_window() {
+    let master = MasterKey::new([7; 30]);
+    let suite = Suite::AesCm128HmacSha1_80;
+    let (mut tx, mut rx) = (
+        SrtpContext::new(suite, &master),
+        SrtpContext::new(suite, &master),
+    );
+    let mut first = rtp(100, 0, b"first source");
+    tx.protect_rtp(&mut first).unwrap();
+    rx.unprotect_rtp(&first).unwrap();
+    // Fifteen more sources fill the table (SRTCP from them, as the fuzzer did).
+    for ssrc in 1..MAX_SOURCES as u32 {
+        let mut rtcp = vec![0x80, 200, 0, 6];
+        rtcp.extend_from_slice(&ssrc.to_be_bytes());
+        rtcp.extend_from_slice(&[0; 20]);
+        tx.protect_rtcp(&mut rtcp).unwrap();
+        rx.unprotect_rtcp(&rtcp).unwrap();
+    }
+    // A seventeenth authenticated source is refused, not let in by evicting one.
+    let mut newcomer = rtp(1, 99, b"one too many");
+    tx.protect_rtp(&mut newcomer).unwrap();
+    assert!(matches!(
+        rx.unprotect_rtp(&newcomer),
+        Err(SrtpError::TooManySources)
+    ));
+    // The first source's window is still there: its packet is still a replay.
+    assert!(matches!(rx.unprotect_rtp(&first), Err(SrtpError::Replayed)));
+}
