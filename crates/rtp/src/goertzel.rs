@@ -1,4 +1,5 @@
-//! Tone power at one frequency, for tests (Goertzel's algorithm).
+//! Tone power at one frequency (Goertzel's algorithm): what this crate's,
+//! the gateway's and the end-to-end tests check audio with.
 
 /// Power of `freq` in `samples`, normalised by the length (a full-scale
 /// sine gives about `(32768 / 2)^2`).

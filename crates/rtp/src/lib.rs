@@ -22,8 +22,7 @@ pub mod resample;
 pub mod session;
 pub mod srtp;
 
-#[cfg(test)]
-mod goertzel;
+pub mod goertzel;
 
 pub use session::{
     Direction, Event, MediaSession, Output, SessionConfig, SessionError, SessionStats, Socket,

@@ -5,11 +5,14 @@
 //! DTMF is relayed, hang-ups and CANCEL cross it, and the target's
 //! failures reach the caller as the matching SIP status.
 
-use continuum_sip::{Config, Transport, TransportKind};
+use continuum_sip::{Transport, TransportKind};
 use continuum_voice::gateway::{CallEvent, Dial, MediaEncryption, Output, Transmit};
-use continuum_voice::{CallId, Gateway, GatewayConfig};
+use continuum_voice::{CallId, Gateway};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{addr, gateway, power, sine};
 
 const CALLER: &str = "10.0.0.1:5060";
 const GW: &str = "10.0.0.2:5060";
@@ -18,40 +21,6 @@ const CALLER_RTP: &str = "10.0.0.1:30000";
 const GW_A_RTP: &str = "10.0.0.2:40000";
 const GW_B_RTP: &str = "10.0.0.2:40002";
 const TARGET_RTP: &str = "10.0.0.3:50000";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn gateway(me: &str, seed: u64, ring_timeout: Duration) -> Gateway {
-    let mut sip = Config::new("example.test", vec![(TransportKind::Udp, addr(me))]);
-    sip.rng_seed = Some(seed);
-    Gateway::new(GatewayConfig {
-        sip,
-        ring_timeout,
-        media_timeout: Duration::from_secs(10),
-        trunk_keepalive: None,
-    })
-}
-
-fn sine(start: usize, hz: f64) -> [i16; 160] {
-    std::array::from_fn(|i| {
-        let n = (start + i) as f64;
-        (8000.0 * (2.0 * std::f64::consts::PI * hz * n / 8000.0).sin()) as i16
-    })
-}
-
-fn power(samples: &[i16], hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64).powi(2)
-}
 
 /// What the target does with the INVITE it gets.
 #[derive(Clone, Copy, PartialEq, Eq)]

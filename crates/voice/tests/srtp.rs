@@ -4,50 +4,19 @@
 //! a usable crypto suite refused (488 with a Warning, or a failed call).
 
 use continuum_rtp::packet::RtpPacket;
-use continuum_sip::{Config, Transport, TransportKind};
+use continuum_sip::{Transport, TransportKind};
 use continuum_voice::gateway::{CallEvent, Dial, MediaEncryption, Output, Transmit};
-use continuum_voice::{CallId, Gateway, GatewayConfig};
+use continuum_voice::{CallId, Gateway};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{addr, gateway, power, sine};
 
 const A: &str = "10.0.0.1:5060";
 const B: &str = "10.0.0.2:5060";
 const A_RTP: &str = "10.0.0.1:30000";
 const B_RTP: &str = "10.0.0.2:40000";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn gateway(me: &str, seed: u64) -> Gateway {
-    let mut sip = Config::new("example.test", vec![(TransportKind::Udp, addr(me))]);
-    sip.rng_seed = Some(seed);
-    Gateway::new(GatewayConfig {
-        sip,
-        ring_timeout: Duration::from_secs(30),
-        media_timeout: Duration::from_secs(10),
-        trunk_keepalive: None,
-    })
-}
-
-fn sine(start: usize, hz: f64) -> [i16; 160] {
-    std::array::from_fn(|i| {
-        let n = (start + i) as f64;
-        (8000.0 * (2.0 * std::f64::consts::PI * hz * n / 8000.0).sin()) as i16
-    })
-}
-
-fn power(samples: &[i16], hz: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * hz / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64).powi(2)
-}
 
 type Mangle = Box<dyn Fn(String) -> String>;
 
@@ -135,8 +104,8 @@ impl Net {
 
 fn net() -> Net {
     Net {
-        a: gateway(A, 1),
-        b: gateway(B, 2),
+        a: gateway(A, 1, Duration::from_secs(30)),
+        b: gateway(B, 2, Duration::from_secs(30)),
         now: Instant::now(),
         sip: Vec::new(),
         media: Vec::new(),
