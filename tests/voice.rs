@@ -590,20 +590,7 @@ async fn a_caller_keys_in_the_visit_pin_and_joins_the_room_by_phone() {
     let dir = tempdir();
     let (s, sip) = voice_server(dir.path());
     let key = s.key().to_owned();
-    s.ok(
-        "POST",
-        "/v1/sip/trunks",
-        &key,
-        Some(json!({"name": "carrier", "direction": "inbound", "numbers": ["+14155550200"], "allowed_sources": ["127.0.0.1/32"]})),
-    )
-    .await;
-    s.ok(
-        "POST",
-        "/v1/sip/dispatch-rules",
-        &key,
-        Some(json!({"number": "+14155550200", "action": {"type": "room_pin"}})),
-    )
-    .await;
+    inbound_route(&s, &key, "+14155550200", json!({"type": "room_pin"})).await;
     let (_, conv) = s.patient_conversation(&key, "+14155550127").await;
     let room = s
         .ok(
@@ -1060,20 +1047,7 @@ async fn sip_over_tls_calls_in_and_out() {
         ],
     );
     let key = s.key().to_owned();
-    s.ok(
-        "POST",
-        "/v1/sip/trunks",
-        &key,
-        Some(json!({"name": "tls carrier in", "direction": "inbound", "numbers": ["+14155550140"], "allowed_sources": ["127.0.0.1/32"]})),
-    )
-    .await;
-    s.ok(
-        "POST",
-        "/v1/sip/dispatch-rules",
-        &key,
-        Some(json!({"number": "+14155550140", "action": {"type": "conversation"}})),
-    )
-    .await;
+    inbound_route(&s, &key, "+14155550140", json!({"type": "conversation"})).await;
     let (_, conv) = s.patient_conversation(&key, "+14155550141").await;
 
     // Inbound: a phone calls over TLS, trusting exactly our certificate.
@@ -1737,20 +1711,7 @@ async fn a_dtmf_storm_leaves_the_call_up_and_the_timeline_bounded() {
 
     // A storm into a PIN dial-in: three wrong PINs hang up, and the digits
     // after them look nothing up.
-    s.ok(
-        "POST",
-        "/v1/sip/trunks",
-        &key,
-        Some(json!({"name": "pins", "direction": "inbound", "numbers": ["+14155550305"], "allowed_sources": ["127.0.0.1/32"]})),
-    )
-    .await;
-    s.ok(
-        "POST",
-        "/v1/sip/dispatch-rules",
-        &key,
-        Some(json!({"number": "+14155550305", "action": {"type": "room_pin"}})),
-    )
-    .await;
+    inbound_route(&s, &key, "+14155550305", json!({"type": "room_pin"})).await;
     let phone = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = phone.local_addr().unwrap().port();
     let scenario = Uac::new("+14155550137")
@@ -1784,24 +1745,12 @@ async fn a_dtmf_storm_leaves_the_call_up_and_the_timeline_bounded() {
 /// An inbound trunk for `number` (from loopback) whose dispatch rule rings
 /// the target `front-desk` at `port` on loopback.
 async fn target_number(s: &Server, key: &str, number: &str, port: u16) {
-    s.ok(
-        "POST",
-        "/v1/sip/trunks",
+    inbound_route(
+        s,
         key,
-        Some(
-            json!({"name": format!("carrier {number}"), "direction": "inbound",
-            "numbers": [number], "allowed_sources": ["127.0.0.1/32"]}),
-        ),
-    )
-    .await;
-    s.ok(
-        "POST",
-        "/v1/sip/dispatch-rules",
-        key,
-        Some(
-            json!({"number": number, "action": {"type": "target", "name": "front-desk",
-            "sip_uri": format!("sip:desk@127.0.0.1:{port}")}}),
-        ),
+        number,
+        json!({"type": "target", "name": "front-desk",
+            "sip_uri": format!("sip:desk@127.0.0.1:{port}")}),
     )
     .await;
 }

@@ -481,6 +481,17 @@ pub fn counter(metrics: &str, series: &str) -> f64 {
 
 /// An inbound trunk for `number` from loopback with a `conversation` dispatch rule.
 pub async fn inbound_number(s: &Server, key: &str, number: &str) {
+    inbound_route(
+        s,
+        key,
+        number,
+        serde_json::json!({"type": "conversation", "queue": "front-desk"}),
+    )
+    .await;
+}
+
+/// An inbound trunk carrying `number` from loopback, and its dispatch rule.
+pub async fn inbound_route(s: &Server, key: &str, number: &str, action: Value) {
     s.ok(
         "POST",
         "/v1/sip/trunks",
@@ -495,9 +506,7 @@ pub async fn inbound_number(s: &Server, key: &str, number: &str) {
         "POST",
         "/v1/sip/dispatch-rules",
         key,
-        Some(
-            serde_json::json!({"number": number, "action": {"type": "conversation", "queue": "front-desk"}}),
-        ),
+        Some(serde_json::json!({"number": number, "action": action})),
     )
     .await;
 }
