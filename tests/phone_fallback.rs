@@ -8,19 +8,11 @@
 
 mod common;
 use common::phone::{baresip, tone, tone_share, wav_samples};
+use common::sipp::{free_udp_port, voice_server};
 use common::*;
 use serde_json::{Value, json};
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn eventually(s: &Server, key: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -36,24 +28,7 @@ async fn eventually(s: &Server, key: &str, path: &str, done: impl Fn(&Value) -> 
 #[tokio::test]
 async fn a_failing_video_visit_moves_to_the_patients_phone_in_the_same_room() {
     let dir = tempdir();
-    let sip = free_udp_port();
-    let rtp = free_udp_port() & !1;
-    let s = Server::start_with(
-        dir.path(),
-        Opts {
-            env: vec![
-                (
-                    "CONTINUUM_SIP__UDP_LISTEN".into(),
-                    format!("127.0.0.1:{sip}"),
-                ),
-                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
-                ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
-                ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
-            ],
-            log_file: Some(dir.path().join("server.log")),
-            ..Default::default()
-        },
-    );
+    let (s, _sip) = voice_server(dir.path());
     let key = s.key().to_owned();
     let phone_port = free_udp_port();
     let work = dir.path().join("peers");

@@ -15,18 +15,10 @@
 
 mod common;
 use common::phone::{baresip, heard_tone, tone};
+use common::sipp::{free_udp_port, voice_server};
 use common::*;
 use serde_json::{Value, json};
-use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn eventually(s: &Server, key: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -62,24 +54,7 @@ fn counter(metrics: &str, name_and_labels: &str) -> f64 {
 #[tokio::test]
 async fn an_sdes_trunk_talks_srtp_with_a_real_phone_both_ways() {
     let dir = tempdir();
-    let sip = free_udp_port();
-    let rtp = free_udp_port() & !1;
-    let s = Server::start_with(
-        dir.path(),
-        Opts {
-            env: vec![
-                (
-                    "CONTINUUM_SIP__UDP_LISTEN".into(),
-                    format!("127.0.0.1:{sip}"),
-                ),
-                ("CONTINUUM_SIP__ALLOW_PRIVATE_TRUNKS".into(), "true".into()),
-                ("CONTINUUM_SIP__RTP_PORT_MIN".into(), rtp.to_string()),
-                ("CONTINUUM_SIP__RTP_PORT_MAX".into(), (rtp + 19).to_string()),
-            ],
-            log_file: Some(dir.path().join("server.log")),
-            ..Default::default()
-        },
-    );
+    let (s, _sip) = voice_server(dir.path());
     let key = s.key().to_owned();
     let (secure_dir, plain_dir) = (dir.path().join("secure"), dir.path().join("plain"));
     std::fs::create_dir_all(&secure_dir).unwrap();
