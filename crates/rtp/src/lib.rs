@@ -25,6 +25,6 @@ pub mod srtp;
 pub mod goertzel;
 
 pub use session::{
-    Direction, Event, MediaSession, Output, SessionConfig, SessionError, SessionStats, Socket,
-    SrtpKeys, Transmit,
+    Direction, Dropped, Event, MediaSession, Output, SessionConfig, SessionError, SessionStats,
+    Socket, SrtpKeys, Transmit,
 };

@@ -156,6 +156,15 @@ pub struct Transmit {
     pub bytes: Vec<u8>,
 }
 
+/// See [`MediaSession::dropped`]; the fields are those of [`SessionStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dropped {
+    pub wrong_source: u64,
+    pub malformed: u64,
+    pub auth_failed: u64,
+    pub replayed: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The first valid RTP came from `addr`; media now goes there.
@@ -324,10 +333,15 @@ impl MediaSession {
         s
     }
 
-    /// RTP and RTCP dropped so far for coming from the wrong place (cheap:
-    /// the host counts drops per datagram with it).
-    pub fn wrong_source(&self) -> u64 {
-        self.stats.wrong_source
+    /// Datagrams dropped so far, by why (cheap, unlike [`Self::stats`]: the
+    /// host compares it around every datagram to count drops as they happen).
+    pub fn dropped(&self) -> Dropped {
+        Dropped {
+            wrong_source: self.stats.wrong_source,
+            malformed: self.stats.malformed,
+            auth_failed: self.stats.auth_failed,
+            replayed: self.stats.replayed,
+        }
     }
 
     /// Where RTP goes now (the SDP address until latching).

@@ -1528,7 +1528,7 @@ fn caller_status(status: u16) -> u16 {
 /// (injected, replayed or stray), not RTP or RTCP at all, or SRTP that
 /// failed authentication or was replayed.
 fn drops(m: &MediaSession) -> [(&'static str, u64); 4] {
-    let st = m.stats();
+    let st = m.dropped();
     [
         ("wrong_source", st.wrong_source),
         ("malformed", st.malformed),
