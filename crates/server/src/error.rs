@@ -78,6 +78,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::not_found(what),
             StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::Suppressed(m) => ApiError::new(StatusCode::CONFLICT, "opted_out", m),
             e @ StoreError::IdempotencyMismatch(_) => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_reused",

@@ -22,6 +22,9 @@ pub enum StoreError {
     InvalidBinding(#[from] BindingError),
     #[error("{0}")]
     Invalid(String),
+    /// The recipient opted out of the channel from this sender.
+    #[error("{0}")]
+    Suppressed(String),
     #[error("stored data failed authentication: {0}")]
     Integrity(String),
     #[error("database error: {0}")]

@@ -210,6 +210,22 @@ fn track_media_session(
 const EVENT_COLUMNS: &str =
     "conversation_id, seq, at, channel, kind, actor_type, actor_id, idempotency_key, payload";
 
+/// One event by its place (inside a read or write).
+pub(crate) fn load_event(
+    conn: &rusqlite::Connection,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    conversation_id: &str,
+    seq: i64,
+) -> Result<Event> {
+    conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 AND seq = ?2 AND tenant_id = ?3"
+    ))?
+    .query_row(params![conversation_id, seq, tenant_id], |r| Ok(event_from_row(keys, tenant_id, r)))
+    .optional()?
+    .ok_or(StoreError::NotFound("event"))?
+}
+
 fn event_from_row(keys: &TenantKeys, tenant_id: &str, r: &rusqlite::Row<'_>) -> Result<Event> {
     let conversation_id: String = r.get(0)?;
     let seq: i64 = r.get(1)?;
@@ -511,6 +527,76 @@ fn same_request(existing: &Event, ev: &NewEvent) -> bool {
         && existing.meta == ev.meta
 }
 
+/// The append itself, inside the caller's write (idempotency, the reopen of a
+/// closed conversation on inbound contact, the row): shared by every path that
+/// appends as part of a larger write (messaging, for one).
+pub(crate) fn append_in_tx(
+    ctx: &mut WriteCtx<'_>,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    conv_id: &str,
+    ev: &NewEvent,
+    audit_actor: &str,
+) -> Result<Appended> {
+    let mut conv = conversations::load_head(ctx.conn, tenant_id, conv_id)?;
+    if let Some(key) = &ev.idempotency_key {
+        let existing = ctx
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 AND idempotency_key = ?2"
+            ))?
+            .query_row(params![conv_id, key], |r| Ok(event_from_row(keys, tenant_id, r)))
+            .optional()?;
+        if let Some(existing) = existing {
+            let existing = existing?;
+            if !same_request(&existing, ev) {
+                return Err(StoreError::IdempotencyMismatch(
+                    key.chars().take(64).collect(),
+                ));
+            }
+            ctx.audit(
+                tenant_id,
+                &AuditEntry::new(
+                    audit_actor,
+                    "event.append",
+                    format!("conversation/{conv_id}/event/{}", existing.seq),
+                    Outcome::Ok,
+                )
+                .with_detail(serde_json::json!({ "duplicate_of": existing.seq })),
+            )?;
+            return Ok(Appended {
+                event: existing,
+                created: false,
+                also_written: vec![],
+            });
+        }
+    }
+    let mut also_written = Vec::new();
+    if conv.state == ConversationState::Closed && ev.is_inbound() {
+        conv = conversations::load(ctx.conn, keys, tenant_id, conv_id)?;
+        let params = TransitionParams {
+            reason: Some(format!("inbound {}", ev.channel)),
+            ..Default::default()
+        };
+        also_written = apply_transition(
+            ctx,
+            keys,
+            tenant_id,
+            &mut conv,
+            Transition::Reopen,
+            &params,
+            &Actor::system(),
+            audit_actor,
+        )?;
+    }
+    let event = append_row(ctx, keys, tenant_id, &mut conv, ev, audit_actor)?;
+    Ok(Appended {
+        event,
+        created: true,
+        also_written,
+    })
+}
+
 impl Store {
     /// Appends a client event to the timeline. A repeated idempotency key returns
     /// the original event. Inbound contact reopens a closed conversation first.
@@ -533,36 +619,7 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &tenant_id)?;
-                let mut conv = conversations::load_head(ctx.conn, &tenant_id, &conv_id)?;
-                if let Some(key) = &ev.idempotency_key {
-                    let existing = ctx
-                        .conn
-                        .prepare_cached(&format!(
-                            "SELECT {EVENT_COLUMNS} FROM events WHERE conversation_id = ?1 AND idempotency_key = ?2"
-                        ))?
-                        .query_row(params![conv_id, key], |r| Ok(event_from_row(&keys, &tenant_id, r)))
-                        .optional()?;
-                    if let Some(existing) = existing {
-                        let existing = existing?;
-                        if !same_request(&existing, &ev) {
-                            return Err(StoreError::IdempotencyMismatch(key.chars().take(64).collect()));
-                        }
-                        ctx.audit(
-                            &tenant_id,
-                            &AuditEntry::new(&audit_actor, "event.append", format!("conversation/{conv_id}/event/{}", existing.seq), Outcome::Ok)
-                                .with_detail(serde_json::json!({ "duplicate_of": existing.seq })),
-                        )?;
-                        return Ok(Appended { event: existing, created: false, also_written: vec![] });
-                    }
-                }
-                let mut also_written = Vec::new();
-                if conv.state == ConversationState::Closed && ev.is_inbound() {
-                    conv = conversations::load(ctx.conn, &keys, &tenant_id, &conv_id)?;
-                    let params = TransitionParams { reason: Some(format!("inbound {}", ev.channel)), ..Default::default() };
-                    also_written = apply_transition(ctx, &keys, &tenant_id, &mut conv, Transition::Reopen, &params, &Actor::system(), &audit_actor)?;
-                }
-                let event = append_row(ctx, &keys, &tenant_id, &mut conv, &ev, &audit_actor)?;
-                Ok(Appended { event, created: true, also_written })
+                append_in_tx(ctx, &keys, &tenant_id, &conv_id, &ev, &audit_actor)
             },
             move |a: &Appended| {
                 if a.created {

@@ -17,6 +17,7 @@ mod writer;
 mod contacts;
 mod conversations;
 mod events;
+mod messaging;
 mod revocations;
 mod rooms;
 mod tenants;
@@ -32,6 +33,11 @@ pub use conversations::{
 pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
+pub use messaging::{
+    ClaimedMessage, ConsentChange, InboundOutcome, InboundRecord, MessageRef, MessageState,
+    MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage, ProviderKind,
+    ProviderWithSecret, SendOutcome,
+};
 pub use revocations::RevokedToken;
 pub use rooms::{FallbackPolicy, Room, VisitSettings};
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
@@ -118,6 +124,8 @@ struct Inner {
     tenant_keys: RwLock<HashMap<String, Arc<TenantKeys>>>,
     live: broadcast::Sender<Arc<Event>>,
     outbox_ready: Arc<Notify>,
+    /// Woken when outbound messages are queued or re-queued.
+    messages_ready: Arc<Notify>,
 }
 
 impl Store {
@@ -159,6 +167,7 @@ impl Store {
             tenant_keys: RwLock::new(HashMap::new()),
             live,
             outbox_ready: Arc::new(Notify::new()),
+            messages_ready: Arc::new(Notify::new()),
         })))
     }
 

@@ -250,6 +250,74 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE rooms ADD COLUMN pin TEXT;
     CREATE UNIQUE INDEX rooms_open_pin ON rooms(tenant_id, pin) WHERE ended_at IS NULL AND pin IS NOT NULL;
     "#,
+    // 7: messaging. Providers of a tenant's failover chain (spec in clear,
+    // credentials sealed); the outbox of outbound messages (recipient as a
+    // blind index, content sealed; the clinic's sender number in clear);
+    // inbound provider ids seen (webhooks are re-sent); opt-outs per channel,
+    // sender and recipient; when each address last wrote (the WhatsApp
+    // customer-service window).
+    r#"
+    CREATE TABLE messaging_providers (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        secret BLOB NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX messaging_providers_name ON messaging_providers(tenant_id, name);
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        event_seq INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        recipient BLOB NOT NULL,
+        sender TEXT,
+        payload BLOB NOT NULL,
+        state TEXT NOT NULL,
+        provider_id TEXT,
+        provider_message_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX messages_due ON messages(next_attempt_at, id) WHERE state = 'queued';
+    CREATE INDEX messages_claimed ON messages(id) WHERE state = 'sending';
+    CREATE INDEX messages_conversation ON messages(conversation_id, event_seq);
+    CREATE INDEX messages_provider_ref ON messages(provider_id, provider_message_id)
+        WHERE provider_message_id IS NOT NULL;
+    CREATE TABLE inbound_messages (
+        provider_id TEXT NOT NULL,
+        provider_message_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        event_seq INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (provider_id, provider_message_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE messaging_consent (
+        tenant_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        recipient BLOB NOT NULL,
+        sender TEXT NOT NULL,
+        opted_out INTEGER NOT NULL,
+        keyword TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, channel, recipient, sender)
+    ) WITHOUT ROWID;
+    CREATE TABLE messaging_windows (
+        tenant_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        address BLOB NOT NULL,
+        last_inbound_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, channel, address)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.
