@@ -19,6 +19,55 @@ pub struct Config {
     pub rtc: RtcConfig,
     pub turn: TurnConfig,
     pub sip: SipConfig,
+    pub messaging: MessagingConfig,
+}
+
+/// SMS and WhatsApp (providers are configured per tenant through the API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// Run the outbox sender on this node.
+    pub enabled: bool,
+    /// Provider base URLs may be private or loopback addresses (testing only).
+    pub allow_private_providers: bool,
+    /// Hosts provider base URLs may reach over plain http (testing only).
+    pub allow_http_hosts: Vec<String>,
+    /// Requests to providers in flight at once, over every tenant.
+    pub concurrency: usize,
+    /// A provider request that takes longer is abandoned (and the message
+    /// is `unconfirmed` if the request had been sent).
+    pub request_timeout_secs: u64,
+    /// Retries of a retryable error on one provider before failing over.
+    pub attempts_per_provider: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+    /// A message still unsent this long after it was queued is dead-lettered.
+    pub max_age_secs: u64,
+    /// The one reply to STOP (and its synonyms).
+    pub stop_reply: String,
+    /// The one reply to START (and its synonyms).
+    pub start_reply: String,
+    /// The one reply to HELP / INFO.
+    pub help_reply: String,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            enabled: true,
+            allow_private_providers: false,
+            allow_http_hosts: Vec::new(),
+            concurrency: 64,
+            request_timeout_secs: 15,
+            attempts_per_provider: 3,
+            backoff_base_ms: 1000,
+            backoff_max_secs: 300,
+            max_age_secs: 24 * 3600,
+            stop_reply: "You are unsubscribed and will receive no more messages from this number. Reply START to resubscribe.".into(),
+            start_reply: "You are subscribed again. Reply STOP to unsubscribe, HELP for help.".into(),
+            help_reply: "Messages from your care team. Reply STOP to unsubscribe. For emergencies call your local emergency number.".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,6 +283,28 @@ pub struct ServerConfig {
     /// The one-click demo visit (`/` and `POST /dev/demo-visit`): served only
     /// on a loopback listen address, to requests whose Host is a loopback name.
     pub demo: bool,
+    /// The address patients and providers reach this server at (e.g.
+    /// `https://care.example.com`), behind any proxy: what provider webhook
+    /// signatures are computed over, and the base of links sent by text.
+    /// Absent: `http(s)://<listen>`.
+    pub public_url: Option<String>,
+}
+
+impl ServerConfig {
+    /// `public_url` without a trailing slash, or one made from `listen`.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let scheme = if self.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", self.listen)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -301,6 +372,7 @@ impl Default for ServerConfig {
             metrics_token: None,
             trusted_proxies: Vec::new(),
             demo: true,
+            public_url: None,
         }
     }
 }

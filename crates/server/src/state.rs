@@ -26,6 +26,8 @@ pub struct AppState {
     pub voice: Option<Arc<crate::voice::VoiceService>>,
     /// PSTN fallback (calling a patient whose video failed).
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
+    /// The SMS/WhatsApp outbox sender and provider webhooks.
+    pub messaging: Option<Arc<crate::messaging::MessagingService>>,
     pub whip: Arc<crate::api::whip::Sessions>,
     pub limits: Arc<crate::guard::Limits>,
     pub refusals: Arc<crate::guard::Refusals>,
@@ -57,6 +59,7 @@ impl AppState {
             turn: None,
             voice: None,
             fallback: None,
+            messaging: None,
             whip: Arc::default(),
             lobby: crate::lobby::Lobby::default(),
         }

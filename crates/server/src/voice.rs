@@ -8,8 +8,8 @@ use continuum_core::{
     Actor, ActorType, BindingKind, Channel, EventKind, NewEvent, normalize_phone,
 };
 use continuum_store::{
-    CallDirection, CallState, ContactInput, ConversationFilter, DispatchAction, NewCall,
-    NewConversation, SipTransport, Store, Timestamp, TrunkSpec, TrunkStatus, TrunkWithSecret,
+    CallDirection, CallState, DispatchAction, NewCall, SipTransport, Store, Timestamp, TrunkSpec,
+    TrunkStatus, TrunkWithSecret,
 };
 use continuum_voice::io::{Decision, DialTarget, HostConfig, KeepaliveTarget, Outcome, Voice};
 use continuum_voice::{
@@ -565,56 +565,21 @@ impl VoiceService {
         caller: Option<&str>,
         queue: Option<String>,
     ) -> Result<String, continuum_store::StoreError> {
-        let actor = "system:sip";
         let phone = caller.and_then(|c| normalize_phone(c).ok());
-        let contact = match &phone {
-            Some(p) => match self
-                .store
-                .find_contact_by_binding(tenant, BindingKind::Phone, p, actor)
-                .await
-            {
-                Ok(c) => Some(c),
-                Err(continuum_store::StoreError::NotFound(_)) => None,
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let contact = match contact {
-            Some(c) => c,
-            None => {
-                // Named after the number until someone knows better.
-                let input = ContactInput {
-                    display_name: Some(match &phone {
-                        Some(p) => format!("Caller {p}"),
-                        None => "Unknown caller".into(),
-                    }),
-                    phone: phone.clone(),
-                    ..Default::default()
-                };
-                self.store.create_contact(tenant, input, actor).await?
-            }
-        };
-        let latest = self
-            .store
-            .list_conversations(
-                tenant,
-                ConversationFilter {
-                    contact_id: Some(contact.id.clone()),
-                    limit: 1,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        if let Some(c) = latest.conversations.into_iter().next() {
-            return Ok(c.id);
-        }
-        let new = NewConversation {
-            contact_id: contact.id,
-            subject: None,
+        let name = Some(match &phone {
+            Some(p) => format!("Caller {p}"),
+            None => "Unknown caller".into(),
+        });
+        crate::routing::conversation_for(
+            &self.store,
+            tenant,
+            BindingKind::Phone,
+            phone.as_deref(),
+            name,
             queue,
-            tags: Vec::new(),
-        };
-        Ok(self.store.create_conversation(tenant, new, actor).await?.id)
+            "system:sip",
+        )
+        .await
     }
 
     async fn open_call(

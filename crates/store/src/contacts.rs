@@ -6,7 +6,7 @@ use crate::audit::{AuditEntry, Outcome};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, TenantKeys, now_micros};
-use continuum_core::BindingKind;
+use continuum_core::{BindingKind, Channel};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,12 @@ pub struct Contact {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
     pub bindings: Bindings,
+    /// Where to reach the patient when a message names no channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_channel: Option<Channel>,
+    /// IANA time zone (`America/Chicago`): quiet hours are the patient's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -68,6 +74,10 @@ pub struct ContactInput {
     pub phone: Option<String>,
     pub whatsapp: Option<String>,
     pub app_user_id: Option<String>,
+    /// `sms`, `whatsapp` or `chat`; an empty string clears it.
+    pub preferred_channel: Option<String>,
+    /// An IANA time zone such as `Europe/Paris`; an empty string clears it.
+    pub time_zone: Option<String>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -86,6 +96,10 @@ struct SealedContact {
     date_of_birth: Option<String>,
     external_id: Option<String>,
     bindings: Bindings,
+    #[serde(default)]
+    preferred_channel: Option<Channel>,
+    #[serde(default)]
+    time_zone: Option<String>,
     metadata: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -146,6 +160,35 @@ fn apply(input: ContactInput, data: &mut SealedContact) -> Result<()> {
                 Some(kind.normalize(&raw)?)
             };
         }
+    }
+    if let Some(ch) = input.preferred_channel {
+        data.preferred_channel = match ch.as_str() {
+            "" => None,
+            "sms" => Some(Channel::Sms),
+            "whatsapp" => Some(Channel::Whatsapp),
+            "chat" => Some(Channel::Chat),
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "preferred_channel `{}` must be sms, whatsapp or chat",
+                    other.chars().take(32).collect::<String>()
+                )));
+            }
+        };
+    }
+    if let Some(tz) = input.time_zone {
+        data.time_zone = if tz.is_empty() {
+            None
+        } else if jiff::tz::TimeZone::get(&tz).is_ok() {
+            Some(tz)
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "time_zone `{}` is not an IANA time zone (such as America/Chicago)",
+                tz.chars()
+                    .take(64)
+                    .filter(|c| !c.is_control())
+                    .collect::<String>()
+            )));
+        };
     }
     if let Some(meta) = input.metadata {
         if serde_json::to_vec(&meta).map_or(0, |v| v.len()) > 16 * 1024 {
@@ -224,6 +267,8 @@ fn to_contact(
         date_of_birth: d.date_of_birth,
         external_id: d.external_id,
         bindings: d.bindings,
+        preferred_channel: d.preferred_channel,
+        time_zone: d.time_zone,
         metadata: d.metadata,
         created_at: Timestamp(created),
         updated_at: Timestamp(updated),
@@ -242,6 +287,8 @@ impl Store {
             date_of_birth: None,
             external_id: None,
             bindings: Bindings::default(),
+            preferred_channel: None,
+            time_zone: None,
             metadata: Default::default(),
         };
         if input.display_name.is_none() {
@@ -286,6 +333,8 @@ impl Store {
                 date_of_birth: current.date_of_birth,
                 external_id: current.external_id,
                 bindings: current.bindings,
+                preferred_channel: current.preferred_channel,
+                time_zone: current.time_zone,
                 metadata: current.metadata,
             };
             apply(input, &mut data)?;

@@ -202,6 +202,12 @@ pub struct OutboundMessage {
     pub last_error: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Retryable failures in a row on `provider_id`.
+    #[serde(skip)]
+    pub provider_attempts: i64,
+    /// A reply to STOP/START/HELP, sent whatever the opt-out says.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub compliance: bool,
 }
 
 /// A message to queue on a conversation.
@@ -219,6 +225,9 @@ pub struct NewOutboundMessage {
     pub actor: Actor,
     /// Extra timeline meta (e.g. `reminder_id`, `handoff`).
     pub meta: serde_json::Map<String, serde_json::Value>,
+    /// The one confirmation of an opt-out keyword (or a HELP answer): the
+    /// only message that goes out whatever the opt-out says.
+    pub compliance: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -237,11 +246,13 @@ pub enum SendOutcome {
         provider_id: String,
         provider_message_id: String,
     },
-    /// Try again at `at` (micros), on `provider_id` (the same or the next in the chain).
+    /// Try again at `at` (micros), on `provider_id` (the same or the next in
+    /// the chain); `provider_attempts`: failures in a row on it so far.
     Retry {
         provider_id: String,
         at: i64,
         error: String,
+        provider_attempts: i64,
     },
     /// Dead-lettered: a permanent error or the chain exhausted.
     Failed {
@@ -300,7 +311,7 @@ pub struct ConsentChange {
 }
 
 const PROVIDER_COLUMNS: &str = "id, tenant_id, name, kind, priority, spec, secret, created_at";
-const MESSAGE_COLUMNS: &str = "id, tenant_id, conversation_id, event_seq, channel, sender, payload, state, provider_id, provider_message_id, attempts, last_error, created_at, updated_at";
+const MESSAGE_COLUMNS: &str = "id, tenant_id, conversation_id, event_seq, channel, sender, payload, state, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, provider_attempts, compliance";
 
 fn secret_aad(provider_id: &str) -> String {
     format!("messaging-provider:{provider_id}")
@@ -381,6 +392,8 @@ fn message_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<OutboundMessa
         last_error: r.get(11)?,
         created_at: Timestamp(r.get(12)?),
         updated_at: Timestamp(r.get(13)?),
+        provider_attempts: r.get(14)?,
+        compliance: r.get(15)?,
         id,
     })
 }
@@ -662,7 +675,7 @@ impl Store {
                         return Ok((message, appended));
                     }
                 }
-                if suppressed(ctx.conn, &keys, &tenant_id, new.channel, new.from.as_deref(), &new.to)? {
+                if !new.compliance && suppressed(ctx.conn, &keys, &tenant_id, new.channel, new.from.as_deref(), &new.to)? {
                     ctx.audit(
                         &tenant_id,
                         &AuditEntry::new(&audit_actor, "message.suppressed", format!("conversation/{conv_id}"), Outcome::Denied)
@@ -686,8 +699,8 @@ impl Store {
                 let payload = keys.data.seal(&sealed, message_aad(&tenant_id, &id).as_bytes());
                 ctx.conn
                     .prepare_cached(
-                        "INSERT INTO messages (id, tenant_id, conversation_id, event_seq, channel, recipient, sender, payload, state, attempts, next_attempt_at, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 0, ?9, ?9, ?9)",
+                        "INSERT INTO messages (id, tenant_id, conversation_id, event_seq, channel, recipient, sender, payload, state, attempts, next_attempt_at, created_at, updated_at, compliance)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 0, ?9, ?9, ?9, ?10)",
                     )?
                     .execute(params![
                         id,
@@ -698,7 +711,8 @@ impl Store {
                         recipient_index(&keys, new.channel, &new.to),
                         new.from,
                         payload,
-                        now
+                        now,
+                        new.compliance
                     ])?;
                 let message = OutboundMessage {
                     id,
@@ -717,6 +731,8 @@ impl Store {
                     last_error: None,
                     created_at: Timestamp(now),
                     updated_at: Timestamp(now),
+                    provider_attempts: 0,
+                    compliance: new.compliance,
                 };
                 Ok((message, appended))
             },
@@ -758,7 +774,7 @@ impl Store {
                 for (id, tenant_id) in due {
                     let keys = store.keys_for(ctx.conn, &tenant_id)?;
                     let mut message = load_message(ctx.conn, &keys, &tenant_id, &id)?;
-                    if suppressed(ctx.conn, &keys, &tenant_id, message.channel, message.from.as_deref(), &message.to)? {
+                    if !message.compliance && suppressed(ctx.conn, &keys, &tenant_id, message.channel, message.from.as_deref(), &message.to)? {
                         set_state(ctx, &id, MessageState::Suppressed, None, None, Some("the patient opted out before it was sent"))?;
                         let mut detail = serde_json::Map::new();
                         detail.insert("reason".into(), "opted_out".into());
@@ -824,10 +840,10 @@ impl Store {
                         detail.insert("provider".into(), provider_id.as_str().into());
                         Some(MessageState::Sent)
                     }
-                    SendOutcome::Retry { provider_id, at, error } => {
+                    SendOutcome::Retry { provider_id, at, error, provider_attempts } => {
                         ctx.conn
-                            .prepare_cached("UPDATE messages SET state = 'queued', provider_id = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1")?
-                            .execute(params![id, provider_id, at, error, now_micros()])?;
+                            .prepare_cached("UPDATE messages SET state = 'queued', provider_id = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5, provider_attempts = ?6 WHERE id = ?1")?
+                            .execute(params![id, provider_id, at, error, now_micros(), provider_attempts])?;
                         None
                     }
                     SendOutcome::Failed { provider_id, error } => {

@@ -283,6 +283,10 @@ const MIGRATIONS: &[&str] = &[
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at INTEGER NOT NULL,
         last_error TEXT,
+        -- Retryable failures in a row on `provider_id` (failover resets it).
+        provider_attempts INTEGER NOT NULL DEFAULT 0,
+        -- The one reply to STOP/START/HELP: sent whatever the opt-out says.
+        compliance INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );

@@ -66,6 +66,7 @@ fn sms(body: &str, key: Option<&str>) -> NewOutboundMessage {
             id: Some("nurse-1".into()),
         },
         meta: Default::default(),
+        compliance: false,
     }
 }
 
@@ -189,6 +190,7 @@ async fn retry_requeues_and_failure_dead_letters() {
                 provider_id: "p2".into(),
                 at: future,
                 error: "HTTP 503".into(),
+                provider_attempts: 1,
             },
         )
         .await

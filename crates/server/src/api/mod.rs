@@ -6,6 +6,7 @@ pub mod audit;
 pub mod contacts;
 pub mod conversations;
 pub mod doc;
+pub mod messaging;
 pub mod rtc;
 pub mod signal;
 pub mod timeline;
@@ -35,6 +36,7 @@ use utoipa_axum::routes;
         (name = "webhooks", description = "Signed outbound webhooks"),
         (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
         (name = "voice", description = "SIP trunks, dispatch rules and phone calls (dial-out, PSTN fallback)"),
+        (name = "messaging", description = "SMS and WhatsApp: providers (the failover chain), outbound messages and their delivery, provider webhooks"),
     )
 )]
 struct ApiDoc;
@@ -87,6 +89,13 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(voice::transfer_call))
         .routes(routes!(voice::start_fallback))
         .routes(routes!(voice::list_calls))
+        .routes(routes!(
+            messaging::create_provider,
+            messaging::list_providers
+        ))
+        .routes(routes!(messaging::delete_provider))
+        .routes(routes!(messaging::send, messaging::list))
+        .routes(routes!(messaging::get))
         .split_for_parts();
     let (router, mut doc) = (router, doc);
     doc::StandardResponses.modify(&mut doc);

@@ -37,6 +37,24 @@ pub struct AppendEventRequest {
     pub idempotency_key: Option<String>,
 }
 
+/// The request's idempotency key: the body's field or the `Idempotency-Key`
+/// header (both only if they agree).
+pub(crate) fn idempotency_key(
+    in_body: Option<String>,
+    headers: &HeaderMap,
+) -> ApiResult<Option<String>> {
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match (in_body, header_key) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::invalid(
+            "idempotency_key and the Idempotency-Key header differ",
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
 /// Kinds a patient may write about themselves.
 fn patient_may_write(kind: EventKind) -> bool {
     use EventKind::*;
@@ -100,18 +118,7 @@ pub async fn append(
     let object = format!("conversation/{id}");
     s.require(&p, Permission::AppendEvent, &object).await?;
     s.require_conversation(&p, &id).await?;
-    let header_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let idempotency_key = match (req.idempotency_key, header_key) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(ApiError::invalid(
-                "idempotency_key and the Idempotency-Key header differ",
-            ));
-        }
-        (a, b) => a.or(b),
-    };
+    let idempotency_key = idempotency_key(req.idempotency_key, &headers)?;
     let actor = resolve_actor(&p, req.actor, req.kind)?;
     let ev = NewEvent {
         channel: req.channel,

@@ -35,7 +35,7 @@ pub struct CreateTrunkRequest {
     pub credentials: Option<DigestCredentials>,
 }
 
-fn printable(field: &str, value: &str, max: usize) -> ApiResult<()> {
+pub(crate) fn printable(field: &str, value: &str, max: usize) -> ApiResult<()> {
     if value.trim().is_empty() || value.chars().count() > max || value.chars().any(char::is_control)
     {
         return Err(ApiError::invalid(format!(
@@ -45,7 +45,7 @@ fn printable(field: &str, value: &str, max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-fn e164_list(field: &str, numbers: &[String], max: usize) -> ApiResult<Vec<String>> {
+pub(crate) fn e164_list(field: &str, numbers: &[String], max: usize) -> ApiResult<Vec<String>> {
     if numbers.is_empty() || numbers.len() > max {
         return Err(ApiError::invalid(format!(
             "{field} must list 1..={max} numbers"
@@ -72,7 +72,7 @@ fn check_trunk_address(address: &str, allow_private: bool) -> ApiResult<()> {
 
 /// `host` or `host:port` (`field` names it in errors); special-purpose
 /// addresses only when `sip.allow_private_trunks` is set.
-fn check_host(field: &str, address: &str, allow_private: bool) -> ApiResult<()> {
+pub(crate) fn check_host(field: &str, address: &str, allow_private: bool) -> ApiResult<()> {
     let bad = |why: &str| ApiError::invalid(format!("{field}: {why}"));
     if address.is_empty()
         || address.len() > 255
