@@ -17,6 +17,7 @@
 //! worker loop and the HTTP routes, and calls these. SMPP lives in its own
 //! crate and implements the same trait.
 
+pub mod config;
 pub mod health;
 pub mod http;
 pub mod keywords;
@@ -28,6 +29,7 @@ pub mod twilio;
 pub mod types;
 pub mod whatsapp_window;
 
+pub use config::{Chains, ProviderConfig};
 pub use health::{Health, HealthSnapshot, Instrumented, Outcome, ProviderSet};
 pub use http::{ConfigError, HttpTimeouts};
 pub use keywords::{Keyword, ReminderReply};
