@@ -73,6 +73,9 @@ pub enum SignatureError {
         "X-Hub-Signature-256 does not match the body (wrong app secret, or the body was altered)"
     )]
     Mismatch,
+    /// Anyone can compute an HMAC keyed with nothing.
+    #[error("no app secret is configured to check X-Hub-Signature-256: every request is refused")]
+    NoSecret,
 }
 
 /// HMAC-SHA256 of the raw body, keyed with the app secret, against
@@ -83,6 +86,9 @@ pub fn verify_signature(
     raw_body: &[u8],
     header: Option<&str>,
 ) -> Result<(), SignatureError> {
+    if app_secret.is_empty() {
+        return Err(SignatureError::NoSecret);
+    }
     let header = header.ok_or(SignatureError::Missing)?.trim();
     let hex_part = header
         .strip_prefix("sha256=")
@@ -561,6 +567,10 @@ mod tests {
         assert_eq!(
             verify_signature("appsecret", body, None),
             Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature("", body, Some(&signature_header("", body))),
+            Err(SignatureError::NoSecret)
         );
         for bad in [
             "",
