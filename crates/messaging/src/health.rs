@@ -295,6 +295,110 @@ mod tests {
         assert!(!h.is_down(t + MAX_SAMPLE_AGE + Duration::from_secs(1)));
     }
 
+    /// A recorder that keeps the names and labels of what is registered.
+    #[derive(Default)]
+    struct Keys(Mutex<Vec<String>>);
+
+    fn render(key: &metrics::Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl metrics::Recorder for Keys {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            self.0.lock().unwrap().push(render(key));
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            self.0.lock().unwrap().push(render(key));
+            metrics::Histogram::noop()
+        }
+    }
+
+    struct Fake(ProviderId, Result<Sent, SendError>);
+
+    impl Provider for Fake {
+        fn id(&self) -> &ProviderId {
+            &self.0
+        }
+        fn channels(&self) -> &[MessageChannel] {
+            &[MessageChannel::Sms]
+        }
+        fn send<'a>(&'a self, _: &'a OutboundMessage) -> SendFuture<'a> {
+            Box::pin(std::future::ready(self.1.clone()))
+        }
+    }
+
+    #[test]
+    fn metrics_names_and_labels() {
+        let keys = Keys::default();
+        let p = Instrumented::new(Arc::new(Fake(
+            "acme-twilio".into(),
+            Err(SendError::retryable("HTTP 503")),
+        )));
+        let msg = OutboundMessage {
+            id: "m".into(),
+            channel: MessageChannel::Sms,
+            from: None,
+            to: crate::types::Address::Phone("+14155550100".into()),
+            body: "hi".into(),
+            media_urls: vec![],
+            template: None,
+            form: crate::types::Form::Session,
+            status_callback: None,
+        };
+        metrics::with_local_recorder(&keys, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert!(rt.block_on(p.send(&msg)).is_err());
+        });
+        let keys = keys.0.lock().unwrap().clone();
+        assert_eq!(
+            keys,
+            [
+                "continuum_messaging_provider_requests_total{provider=acme-twilio,outcome=retryable}",
+                "continuum_messaging_provider_latency_seconds{provider=acme-twilio}",
+            ]
+        );
+        assert_eq!(p.health().snapshot(Instant::now()).errors, 1);
+    }
+
     #[test]
     fn outcomes() {
         assert_eq!(

@@ -16,7 +16,60 @@
 //! No storage and no tasks here: the server owns the outbox rows, the
 //! worker loop and the HTTP routes, and calls these. SMPP lives in its own
 //! crate and implements the same trait.
+//!
+//! # The outbox worker, one attempt
+//!
+//! ```no_run
+//! use continuum_messaging::{whatsapp_window, *};
+//! use std::time::{Instant, SystemTime};
+//!
+//! async fn attempt(
+//!     set: &ProviderSet,          // built once per tenant config
+//!     chains: &Chains,
+//!     policy: &RetryPolicy,
+//!     mut msg: OutboundMessage,   // from the outbox row
+//!     provider: ProviderId,       // the row's next provider (policy.first() when queued)
+//!     earlier: &[Attempt],        // the row's failed attempts
+//!     enqueued_at: SystemTime,
+//!     last_inbound_at: Option<SystemTime>, // the contact's, for WhatsApp
+//! ) {
+//!     let now = SystemTime::now();
+//!     if msg.channel == MessageChannel::Whatsapp {
+//!         let open = whatsapp_window::is_open(last_inbound_at, now);
+//!         match whatsapp_window::choose_form(open, msg.template.is_some()) {
+//!             Ok(form) => msg.form = form,
+//!             Err(e) => return dead_letter(&e.to_string()),
+//!         }
+//!     }
+//!     let Some(p) = set.get(&provider) else { return dead_letter("provider gone") };
+//!     match p.send(&msg).await {
+//!         Ok(sent) => { /* store sent.provider_message_id; status callbacks name it */ }
+//!         Err(error) => {
+//!             let unhealthy = set.unhealthy(Instant::now());
+//!             let failure = Failure {
+//!                 chain: chains.for_channel(msg.channel),
+//!                 earlier,
+//!                 provider: &provider,
+//!                 error: &error,
+//!                 has_template: msg.template.is_some(),
+//!                 enqueued_at,
+//!                 now,
+//!                 unhealthy: &unhealthy,
+//!             };
+//!             // Store Attempt { provider, failure: FailureClass::of(&error) } too.
+//!             match policy.next(&failure, &mut rand::thread_rng()) {
+//!                 Next::RetryAt { provider, at } | Next::Failover { provider, at } => {
+//!                     /* row: next provider and due time */
+//!                 }
+//!                 Next::DeadLetter { reason } => dead_letter(&reason.to_string()),
+//!             }
+//!         }
+//!     }
+//! }
+//! # fn dead_letter(_: &str) {}
+//! ```
 
+pub mod config;
 pub mod health;
 pub mod http;
 pub mod keywords;
@@ -28,6 +81,7 @@ pub mod twilio;
 pub mod types;
 pub mod whatsapp_window;
 
+pub use config::{Chains, ProviderConfig};
 pub use health::{Health, HealthSnapshot, Instrumented, Outcome, ProviderSet};
 pub use http::{ConfigError, HttpTimeouts};
 pub use keywords::{Keyword, ReminderReply};

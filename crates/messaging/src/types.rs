@@ -73,6 +73,11 @@ pub enum Address {
     ShortCode(String),
     /// A WhatsApp user or business number, in E.164.
     Whatsapp(String),
+    /// A WhatsApp user known only by Meta's business-scoped user id (BSUID,
+    /// `US.13491208655302741918`): users who adopt a username may withhold
+    /// their number. Received, and bindable; sending to one is not
+    /// supported yet (the providers refuse it as a recipient error).
+    WhatsappUser(String),
 }
 
 impl Address {
@@ -119,11 +124,28 @@ impl Address {
         }
     }
 
+    /// A WhatsApp business-scoped user id: two-letter country code, `.`,
+    /// then letters, digits and dots (`US.ENT.…` for parent ids).
+    pub fn whatsapp_user(bsuid: &str, field: &'static str) -> Result<Self, AddressError> {
+        let b = bsuid.as_bytes();
+        let ok = (4..=160).contains(&b.len())
+            && b[..2].iter().all(u8::is_ascii_uppercase)
+            && b[2] == b'.'
+            && b[3..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'.');
+        if ok {
+            Ok(Address::WhatsappUser(bsuid.to_owned()))
+        } else {
+            Err(AddressError::Invalid { field })
+        }
+    }
+
     /// Twilio's spelling (`whatsapp:` prefix for WhatsApp).
     pub fn to_twilio(&self) -> String {
         match self {
             Address::Phone(n) | Address::ShortCode(n) => n.clone(),
-            Address::Whatsapp(n) => format!("whatsapp:{n}"),
+            Address::Whatsapp(n) | Address::WhatsappUser(n) => format!("whatsapp:{n}"),
         }
     }
 
@@ -136,7 +158,10 @@ impl Address {
     /// The number itself, E.164 or short code.
     pub fn number(&self) -> &str {
         match self {
-            Address::Phone(n) | Address::ShortCode(n) | Address::Whatsapp(n) => n,
+            Address::Phone(n)
+            | Address::ShortCode(n)
+            | Address::Whatsapp(n)
+            | Address::WhatsappUser(n) => n,
         }
     }
 
@@ -144,7 +169,7 @@ impl Address {
     pub fn channel(&self) -> MessageChannel {
         match self {
             Address::Phone(_) | Address::ShortCode(_) => MessageChannel::Sms,
-            Address::Whatsapp(_) => MessageChannel::Whatsapp,
+            Address::Whatsapp(_) | Address::WhatsappUser(_) => MessageChannel::Whatsapp,
         }
     }
 }
@@ -254,6 +279,9 @@ pub struct InboundMessage {
     pub profile_name: Option<String>,
     /// The sender's WhatsApp id (digits).
     pub wa_id: Option<String>,
+    /// The sender's business-scoped user id (Meta `from_user_id`), sent
+    /// whether or not the number is also given.
+    pub wa_user_id: Option<String>,
     /// The provider message this replies to (Meta `context.id`, Twilio
     /// `OriginalRepliedMessageSid`), e.g. a reminder.
     pub in_reply_to: Option<String>,

@@ -10,7 +10,7 @@ pub use webhook::{
 use crate::http::{self, ConfigError, HttpTimeouts};
 use crate::provider::{PermanentCause, Provider, ProviderId, SendError, SendFuture, Sent};
 use crate::secret::Secret;
-use crate::types::{Form, MessageChannel, OutboundMessage};
+use crate::types::{Address, Form, MessageChannel, OutboundMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
@@ -117,6 +117,9 @@ impl Provider for MetaWhatsAppProvider {
 /// The JSON Meta's `/messages` takes: a template outside the window, text
 /// or one media with the body as caption inside it.
 pub fn request_body(msg: &OutboundMessage) -> Result<serde_json::Value, SendError> {
+    if let Address::WhatsappUser(_) = msg.to {
+        return Err(unsupported_recipient());
+    }
     let to = msg.to.to_wa_id();
     let content = |what: &str| SendError::permanent(PermanentCause::Content, None, what);
     if msg.form == Form::Template {
@@ -172,6 +175,16 @@ pub fn request_body(msg: &OutboundMessage) -> Result<serde_json::Value, SendErro
             "WhatsApp carries one media per message: split the message",
         )),
     }
+}
+
+/// Sending to a business-scoped user id is not implemented: a recipient
+/// error, so the message is dead-lettered rather than failed over.
+pub(crate) fn unsupported_recipient() -> SendError {
+    SendError::permanent(
+        PermanentCause::Recipient,
+        None,
+        "sending to a WhatsApp business-scoped user id (no number) is not supported yet",
+    )
 }
 
 /// Meta's media type from the URL's extension; anything else goes as a
@@ -293,7 +306,7 @@ pub fn classify_code(code: u64, retry_after: Option<Duration>) -> Option<SendErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Address, Template};
+    use crate::types::Template;
 
     fn msg() -> OutboundMessage {
         OutboundMessage {

@@ -73,6 +73,9 @@ pub enum SignatureError {
         "X-Hub-Signature-256 does not match the body (wrong app secret, or the body was altered)"
     )]
     Mismatch,
+    /// Anyone can compute an HMAC keyed with nothing.
+    #[error("no app secret is configured to check X-Hub-Signature-256: every request is refused")]
+    NoSecret,
 }
 
 /// HMAC-SHA256 of the raw body, keyed with the app secret, against
@@ -83,6 +86,9 @@ pub fn verify_signature(
     raw_body: &[u8],
     header: Option<&str>,
 ) -> Result<(), SignatureError> {
+    if app_secret.is_empty() {
+        return Err(SignatureError::NoSecret);
+    }
     let header = header.ok_or(SignatureError::Missing)?.trim();
     let hex_part = header
         .strip_prefix("sha256=")
@@ -236,20 +242,32 @@ fn inbound(
     business: Option<&Address>,
 ) -> WebhookItem {
     let Ok(m) = serde_json::from_value::<Msg>(raw) else {
-        return invalid("a message lacks from, id or type");
+        return invalid("a message lacks id or type");
     };
-    let Ok(from) = Address::whatsapp(&m.from, "messages[].from") else {
-        return invalid("messages[].from is not a WhatsApp number");
+    // A user with a username may withhold the number: then only the
+    // business-scoped user id names them.
+    let from = match (&m.from, &m.from_user_id) {
+        (Some(n), _) => Address::whatsapp(n, "messages[].from"),
+        (None, Some(u)) => Address::whatsapp_user(u, "messages[].from_user_id"),
+        (None, None) => return invalid("a message has neither from nor from_user_id"),
     };
+    let Ok(from) = from else {
+        return invalid("messages[].from is not a WhatsApp number or user id");
+    };
+    let wa_user_id = m
+        .from_user_id
+        .clone()
+        .filter(|u| Address::whatsapp_user(u, "from_user_id").is_ok());
     if !bounded_id(&m.id) {
         return invalid("messages[].id is empty or too long");
     }
     let Some(to) = business.cloned() else {
         return invalid("metadata.display_phone_number is missing or not a number");
     };
-    let contact = contacts
-        .iter()
-        .find(|c| c.wa_id.as_deref() == Some(&m.from));
+    let contact = contacts.iter().find(|c| {
+        (m.from.is_some() && c.wa_id == m.from)
+            || (m.from_user_id.is_some() && c.user_id == m.from_user_id)
+    });
     let body;
     let mut media = Vec::new();
     let mut button_payload = None;
@@ -326,6 +344,7 @@ fn inbound(
             .and_then(|p| p.name.clone())
             .filter(|n| n.len() <= MAX_FIELD_BYTES),
         wa_id: contact.and_then(|c| c.wa_id.clone()),
+        wa_user_id,
         in_reply_to: m.context.and_then(|c| c.id).filter(|id| bounded_id(id)),
         button_payload,
         at: m.timestamp.as_deref().and_then(unix_time),
@@ -355,7 +374,12 @@ fn status(raw: serde_json::Value) -> WebhookItem {
         recipient: s
             .recipient_id
             .as_deref()
-            .and_then(|r| Address::whatsapp(r, "recipient_id").ok()),
+            .and_then(|r| Address::whatsapp(r, "recipient_id").ok())
+            .or_else(|| {
+                s.recipient_user_id
+                    .as_deref()
+                    .and_then(|u| Address::whatsapp_user(u, "recipient_user_id").ok())
+            }),
     })
 }
 
@@ -411,6 +435,7 @@ struct Metadata {
 struct Contact {
     profile: Option<Profile>,
     wa_id: Option<String>,
+    user_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -425,7 +450,8 @@ struct ErrorObj {
 
 #[derive(Deserialize)]
 struct Msg {
-    from: String,
+    from: Option<String>,
+    from_user_id: Option<String>,
     id: String,
     timestamp: Option<String>,
     #[serde(rename = "type")]
@@ -483,6 +509,7 @@ struct Status {
     status: String,
     timestamp: Option<String>,
     recipient_id: Option<String>,
+    recipient_user_id: Option<String>,
     #[serde(default)]
     errors: Vec<ErrorObj>,
 }
@@ -540,6 +567,10 @@ mod tests {
         assert_eq!(
             verify_signature("appsecret", body, None),
             Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature("", body, Some(&signature_header("", body))),
+            Err(SignatureError::NoSecret)
         );
         for bad in [
             "",

@@ -97,6 +97,9 @@ impl TwilioProvider {
     /// The form Twilio's Messages resource takes. Public so the server can
     /// log the field names of a send without sending it.
     pub fn form(&self, msg: &OutboundMessage) -> Result<Vec<(&'static str, String)>, SendError> {
+        if let Address::WhatsappUser(_) = msg.to {
+            return Err(crate::meta::unsupported_recipient());
+        }
         let spell = |a: &Address| match msg.channel {
             // The channel decides the prefix, whatever the address variant.
             MessageChannel::Whatsapp => format!("whatsapp:{}", a.number()),

@@ -51,6 +51,9 @@ pub enum SignatureError {
         "X-Twilio-Webhooks-Signature-Settings names an unsupported algorithm (expected HMAC_SHA1 or HMAC_SHA256)"
     )]
     UnsupportedAlgorithm,
+    /// Anyone can compute an HMAC keyed with nothing.
+    #[error("no auth token is configured to check X-Twilio-Signature: every request is refused")]
+    NoSecret,
 }
 
 /// Reads `X-Twilio-Webhooks-Signature-Settings`
@@ -118,6 +121,9 @@ pub fn validate_with<K: AsRef<str>, V: AsRef<str>>(
     params: &[(K, V)],
     header: Option<&str>,
 ) -> Result<(), SignatureError> {
+    if secret.is_empty() {
+        return Err(SignatureError::NoSecret);
+    }
     let header = header.ok_or(SignatureError::Missing)?.trim();
     let expected_bytes = match algorithm {
         Algorithm::HmacSha1 => 20,
@@ -314,6 +320,11 @@ mod tests {
         assert_eq!(
             validate("54321", URL, &PARAMS, Some(&sig)),
             Err(SignatureError::Mismatch)
+        );
+        let keyless = signature("", URL, &PARAMS);
+        assert_eq!(
+            validate("", URL, &PARAMS, Some(&keyless)),
+            Err(SignatureError::NoSecret)
         );
         let extra = [PARAMS.as_slice(), &[("Body", "hi")]].concat();
         assert_eq!(

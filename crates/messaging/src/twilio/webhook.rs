@@ -164,6 +164,7 @@ pub fn parse_inbound<K: AsRef<str>, V: AsRef<str>>(
         } else {
             None
         },
+        wa_user_id: None,
         in_reply_to: sid(params, "OriginalRepliedMessageSid")?,
         button_payload: bounded(params, "ButtonPayload", MAX_FIELD_BYTES)?,
         at: None,
