@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod phone;
+pub mod providers;
 pub mod sipp;
 
 use serde_json::{Value, json};

@@ -39,6 +39,8 @@ pub struct MessagingConfig {
     pub request_timeout_secs: u64,
     /// Retries of a retryable error on one provider before failing over.
     pub attempts_per_provider: u32,
+    /// Attempts of one message across every provider before it is dead-lettered.
+    pub max_attempts: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_secs: u64,
     /// A message still unsent this long after it was queued is dead-lettered.
@@ -60,6 +62,7 @@ impl Default for MessagingConfig {
             concurrency: 64,
             request_timeout_secs: 15,
             attempts_per_provider: 3,
+            max_attempts: 10,
             backoff_base_ms: 1000,
             backoff_max_secs: 300,
             max_age_secs: 24 * 3600,

@@ -92,6 +92,8 @@ pub struct Fallback {
     /// Patients whose quality is degraded now (by room and participant), since when.
     degraded: Mutex<HashMap<(RoomKey, String), Instant>>,
     hold: Duration,
+    /// Texts the patient a link back when the call fails.
+    handoffs: Arc<crate::handoff::Handoffs>,
 }
 
 /// The sending side the media glue holds.
@@ -103,8 +105,10 @@ impl Fallback {
         lobby: Lobby,
         voice: Option<Arc<VoiceService>>,
         ring_timeout: Duration,
+        handoffs: Arc<crate::handoff::Handoffs>,
     ) -> Arc<Self> {
         Arc::new(Fallback {
+            handoffs,
             store,
             lobby,
             voice,
@@ -287,6 +291,8 @@ impl Fallback {
             trunk_id: None,
             room_id: Some(room.room_id.clone()),
         };
+        // Subscribed before dialling: the call's outcome cannot slip past.
+        let outcomes = self.store.subscribe();
         let call = match voice.dial(tenant, dial).await {
             Ok(call) => call,
             Err(crate::voice::DialError::Invalid(m)) => return Err(FallbackError::Setup(m)),
@@ -295,9 +301,27 @@ impl Fallback {
                     "session_id": room.room_id, "reason": "dial_failed", "detail": e.to_string(), "fallback": true,
                 }))
                 .await;
+                self.text_after_failed_call(tenant, conversation_id, &room.room_id, "dial_failed")
+                    .await;
                 return Err(FallbackError::Dial(e.to_string()));
             }
         };
+        {
+            let (this, tenant, conv, room_id, call_id) = (
+                self.handoffs.clone(),
+                tenant.to_owned(),
+                conversation_id.to_owned(),
+                room.room_id.clone(),
+                call.id.clone(),
+            );
+            let store = self.store.clone();
+            let wait = self.hold;
+            tokio::spawn(async move {
+                if let Some(reason) = call_outcome(outcomes, &tenant, &conv, &call_id, wait).await {
+                    text_after(&store, &this, &tenant, &conv, &room_id, &reason).await;
+                }
+            });
+        }
         // Staff in the room: what was just discussed, beside the news.
         let context = self
             .store
@@ -315,6 +339,24 @@ impl Fallback {
         self.lobby
             .announce(room, LobbyNotice::MovedToPhone(Arc::new(details)));
         Ok(call)
+    }
+
+    async fn text_after_failed_call(
+        &self,
+        tenant: &str,
+        conversation_id: &str,
+        room_id: &str,
+        reason: &str,
+    ) {
+        text_after(
+            &self.store,
+            &self.handoffs,
+            tenant,
+            conversation_id,
+            room_id,
+            reason,
+        )
+        .await;
     }
 
     async fn append(
@@ -339,6 +381,87 @@ impl Fallback {
             .await
         {
             tracing::warn!(error = %e, "could not record the fallback on the timeline");
+        }
+    }
+}
+
+/// Waits for the fallback call's fate: `Some(reason)` if it failed (no
+/// answer, busy, rejected), `None` once it is answered or after `wait`.
+async fn call_outcome(
+    mut events: tokio::sync::broadcast::Receiver<Arc<continuum_store::Event>>,
+    tenant: &str,
+    conversation_id: &str,
+    call_id: &str,
+    wait: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let e = match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => return None,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) => return None,
+            Ok(Ok(e)) => e,
+        };
+        if e.tenant_id != tenant
+            || e.conversation_id != conversation_id
+            || e.meta.get("session_id").and_then(|v| v.as_str()) != Some(call_id)
+        {
+            continue;
+        }
+        match e.kind {
+            EventKind::CallStarted => return None,
+            EventKind::CallFailed => {
+                return Some(
+                    e.meta
+                        .get("reason")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("failed")
+                        .to_owned(),
+                );
+            }
+            EventKind::CallEnded => return None,
+            _ => {}
+        }
+    }
+}
+
+/// The tenant's policy permitting, texts the patient a link back into the visit.
+async fn text_after(
+    store: &Store,
+    handoffs: &crate::handoff::Handoffs,
+    tenant: &str,
+    conversation_id: &str,
+    room_id: &str,
+    reason: &str,
+) {
+    match store.visit_settings(tenant).await {
+        Ok(s) if s.fallback.text_on_failure => {}
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the fallback policy");
+            return;
+        }
+    }
+    let sent = handoffs
+        .send_visit_link(
+            tenant,
+            conversation_id,
+            Some(room_id.to_owned()),
+            None,
+            None,
+            crate::handoff::HandoffKind::AfterFailedCall,
+            Duration::from_secs(3600),
+            Actor::system(),
+            "system:fallback",
+        )
+        .await;
+    match sent {
+        Ok(_) => tracing::info!(
+            reason,
+            "fallback call failed: texted the patient a link back"
+        ),
+        Err(e) => {
+            tracing::info!(reason, error = %e.message, "fallback call failed and no text could be sent")
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod fallback;
 pub mod guard;
+pub mod handoff;
 pub mod lobby;
 pub mod media;
 pub mod messaging;

@@ -94,7 +94,22 @@ async fn bootstrap(store: &Store, cfg: &Config) -> anyhow::Result<()> {
 }
 
 /// Runs until SIGINT or SIGTERM.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
+    let addr = cfg.server.listen;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
+        format!("cannot listen on {addr}: is another server using it? Pick another with --listen or CONTINUUM_SERVER__LISTEN")
+    })?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    if cfg.server.public_url.is_none() {
+        // Provider signatures and texted links need the address actually bound (`:0` in tests).
+        let scheme = if cfg.server.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        cfg.server.public_url = Some(format!("{scheme}://{bound}"));
+    }
     let store = open_store(&cfg)?;
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
@@ -130,9 +145,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         state.lobby.clone(),
         state.voice.clone(),
         std::time::Duration::from_secs(cfg.sip.ring_timeout_secs),
+        state.handoffs.clone(),
     );
     fallback.serve(fallback_rx);
     state.fallback = Some(fallback);
+    if cfg.messaging.enabled {
+        state.messaging = Some(crate::messaging::MessagingService::new(
+            store.clone(),
+            cfg.messaging.clone(),
+            cfg.server.public_base(),
+        ));
+    }
     state
         .revocations
         .refresh(&store)
@@ -151,15 +174,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let sender = state
+        .messaging
+        .clone()
+        .map(|m| tokio::spawn(m.run_sender(stop_rx.clone())));
     let dispatcher =
         tokio::spawn(Dispatcher::new(store.clone(), cfg.webhooks.clone()).run(stop_rx));
 
-    let addr = cfg.server.listen;
-    let listener = std::net::TcpListener::bind(addr).with_context(|| {
-        format!("cannot listen on {addr}: is another server using it? Pick another with --listen or CONTINUUM_SERVER__LISTEN")
-    })?;
-    listener.set_nonblocking(true)?;
-    let bound = listener.local_addr().unwrap_or(addr);
     let served = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -211,6 +232,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.flush_refusals().await;
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
+    if let Some(sender) = sender {
+        let _ = sender.await;
+    }
     // In-flight requests have finished; let the writer commit what is queued.
     tokio::task::spawn_blocking(move || store.shutdown()).await?;
     tracing::info!("stopped");

@@ -28,6 +28,8 @@ pub struct AppState {
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
     /// The SMS/WhatsApp outbox sender and provider webhooks.
     pub messaging: Option<Arc<crate::messaging::MessagingService>>,
+    /// Visit links by text, and texts after unanswered fallback calls.
+    pub handoffs: Arc<crate::handoff::Handoffs>,
     pub whip: Arc<crate::api::whip::Sessions>,
     pub limits: Arc<crate::guard::Limits>,
     pub refusals: Arc<crate::guard::Refusals>,
@@ -44,11 +46,19 @@ impl AppState {
             sec.requests_per_second_per_token,
             sec.requests_per_second_per_api_key,
         );
+        let tokens = Arc::new(TokenIssuer::new(store.master_key()));
+        let handoffs = Arc::new(crate::handoff::Handoffs {
+            store: store.clone(),
+            tokens: tokens.clone(),
+            public_base: config.server.public_base(),
+            max_participants: config.rtc.max_participants_per_room as i64,
+        });
         AppState {
             limits: Arc::new(limits),
             refusals: Arc::default(),
             revocations: Arc::default(),
-            tokens: Arc::new(TokenIssuer::new(store.master_key())),
+            tokens,
+            handoffs,
             keys: Arc::new(KeyCache::new(std::time::Duration::from_secs(30))),
             store,
             config: Arc::new(config),

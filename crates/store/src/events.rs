@@ -335,6 +335,8 @@ fn marker_for(ev: &NewEvent) -> Option<String> {
         EventKind::OptOut | EventKind::OptIn => {
             Some(format!("opt:{}", opt_channel(&ev.meta, ev.channel)))
         }
+        // A channel handoff (a visit link texted, a text after a failed call).
+        _ if ev.meta.contains_key("handoff") => Some("handoff".into()),
         _ => None,
     }
 }
@@ -385,6 +387,10 @@ pub struct Context {
     /// The most recent channel switch (e.g. video dropped to voice), however long ago.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_channel_switch: Option<Event>,
+    /// The most recent channel handoff: a visit link sent by text (phone to
+    /// video), or a text after an unanswered fallback call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_handoff: Option<Event>,
     /// Channels the patient has opted out of; do not contact them there.
     pub opted_out: Vec<Channel>,
     pub channels: Vec<ChannelActivity>,
@@ -453,6 +459,7 @@ fn build_context(
 
     let mut last_triage = None;
     let mut last_channel_switch = None;
+    let mut last_handoff = None;
     let mut opted_out: Vec<Channel> = Vec::new();
     let markers: Vec<(String, i64)> = c
         .prepare_cached("SELECT marker, seq FROM event_markers WHERE conversation_id = ?1")?
@@ -465,6 +472,7 @@ fn build_context(
         match marker.as_str() {
             "triage" => last_triage = Some(e),
             "switch" => last_channel_switch = Some(e),
+            "handoff" => last_handoff = Some(e),
             _ if e.kind == EventKind::OptOut => opted_out.push(opt_channel(&e.meta, e.channel)),
             _ => {}
         }
@@ -501,6 +509,7 @@ fn build_context(
         open_media_sessions,
         last_triage,
         last_channel_switch,
+        last_handoff,
         opted_out,
         channels,
         recent_events,

@@ -34,9 +34,9 @@ pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
 pub use messaging::{
-    ClaimedMessage, ConsentChange, InboundOutcome, InboundRecord, MessageRef, MessageState,
-    MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage, ProviderKind,
-    ProviderWithSecret, SendOutcome,
+    ClaimedMessage, ConsentChange, FailedAttempt, InboundOutcome, InboundRecord, MessageRef,
+    MessageState, MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage,
+    ProviderKind, ProviderWithSecret, SendOutcome,
 };
 pub use revocations::RevokedToken;
 pub use rooms::{FallbackPolicy, Room, VisitSettings};

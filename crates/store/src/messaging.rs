@@ -202,9 +202,9 @@ pub struct OutboundMessage {
     pub last_error: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
-    /// Retryable failures in a row on `provider_id`.
-    #[serde(skip)]
-    pub provider_attempts: i64,
+    /// Failed attempts so far, oldest first: what the retry policy reads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<FailedAttempt>,
     /// A reply to STOP/START/HELP, sent whatever the opt-out says.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub compliance: bool,
@@ -239,6 +239,15 @@ struct SealedMessage {
     template: Option<serde_json::Value>,
 }
 
+/// One failed attempt: which provider, and the class of failure
+/// (`retryable`, `provider_rejected`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailedAttempt {
+    pub provider: String,
+    pub failure: String,
+}
+
 /// What a sender does with a claimed message, and what it learned.
 #[derive(Debug, Clone)]
 pub enum SendOutcome {
@@ -247,17 +256,18 @@ pub enum SendOutcome {
         provider_message_id: String,
     },
     /// Try again at `at` (micros), on `provider_id` (the same or the next in
-    /// the chain); `provider_attempts`: failures in a row on it so far.
+    /// the chain), after `failed` (the attempt that just failed, logged).
     Retry {
         provider_id: String,
         at: i64,
         error: String,
-        provider_attempts: i64,
+        failed: Option<FailedAttempt>,
     },
     /// Dead-lettered: a permanent error or the chain exhausted.
     Failed {
         provider_id: Option<String>,
         error: String,
+        failed: Option<FailedAttempt>,
     },
     Unconfirmed {
         provider_id: String,
@@ -311,7 +321,7 @@ pub struct ConsentChange {
 }
 
 const PROVIDER_COLUMNS: &str = "id, tenant_id, name, kind, priority, spec, secret, created_at";
-const MESSAGE_COLUMNS: &str = "id, tenant_id, conversation_id, event_seq, channel, sender, payload, state, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, provider_attempts, compliance";
+const MESSAGE_COLUMNS: &str = "id, tenant_id, conversation_id, event_seq, channel, sender, payload, state, provider_id, provider_message_id, attempts, last_error, created_at, updated_at, attempt_log, compliance";
 
 fn secret_aad(provider_id: &str) -> String {
     format!("messaging-provider:{provider_id}")
@@ -392,7 +402,8 @@ fn message_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<OutboundMessa
         last_error: r.get(11)?,
         created_at: Timestamp(r.get(12)?),
         updated_at: Timestamp(r.get(13)?),
-        provider_attempts: r.get(14)?,
+        attempt_log: serde_json::from_str(&r.get::<_, String>(14)?)
+            .map_err(|e| StoreError::Integrity(format!("message {id} attempt_log: {e}")))?,
         compliance: r.get(15)?,
         id,
     })
@@ -672,7 +683,7 @@ impl Store {
                     if let Some(mid) = existing {
                         let appended = append_in_tx(ctx, &keys, &tenant_id, &conv_id, &ev_with_id(&ev, &mid), &audit_actor)?;
                         let message = load_message(ctx.conn, &keys, &tenant_id, &mid)?;
-                        return Ok((message, appended));
+                        return Ok(Ok((message, appended)));
                     }
                 }
                 if !new.compliance && suppressed(ctx.conn, &keys, &tenant_id, new.channel, new.from.as_deref(), &new.to)? {
@@ -681,7 +692,8 @@ impl Store {
                         &AuditEntry::new(&audit_actor, "message.suppressed", format!("conversation/{conv_id}"), Outcome::Denied)
                             .with_detail(serde_json::json!({ "channel": new.channel.as_str(), "sender": new.from })),
                     )?;
-                    return Err(StoreError::Suppressed(format!(
+                    // Committed (the audit record stays), then refused.
+                    return Ok(Err(format!(
                         "the patient opted out of {} from {}; nothing was sent (they can reply START to opt back in)",
                         new.channel,
                         new.from.as_deref().unwrap_or("this sender")
@@ -731,20 +743,23 @@ impl Store {
                     last_error: None,
                     created_at: Timestamp(now),
                     updated_at: Timestamp(now),
-                    provider_attempts: 0,
+                    attempt_log: Vec::new(),
                     compliance: new.compliance,
                 };
-                Ok((message, appended))
+                Ok(Ok((message, appended)))
             },
-            move |(_, a): &(OutboundMessage, Appended)| {
-                if a.created {
+            move |r: &std::result::Result<(OutboundMessage, Appended), String>| {
+                if let Ok((_, a)) = r
+                    && a.created
+                {
                     publish(&live, &a.also_written);
                     publish(&live, std::slice::from_ref(&a.event));
                     notify.notify_one();
                 }
             },
         )
-        .await
+        .await?
+        .map_err(StoreError::Suppressed)
     }
 
     /// Woken whenever a commit queues outbound messages.
@@ -840,13 +855,22 @@ impl Store {
                         detail.insert("provider".into(), provider_id.as_str().into());
                         Some(MessageState::Sent)
                     }
-                    SendOutcome::Retry { provider_id, at, error, provider_attempts } => {
+                    SendOutcome::Retry { provider_id, at, error, failed } => {
+                        let mut log = current.attempt_log.clone();
+                        log.extend(failed.clone());
+                        let log = serde_json::to_string(&log).map_err(|e| StoreError::Invalid(e.to_string()))?;
                         ctx.conn
-                            .prepare_cached("UPDATE messages SET state = 'queued', provider_id = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5, provider_attempts = ?6 WHERE id = ?1")?
-                            .execute(params![id, provider_id, at, error, now_micros(), provider_attempts])?;
+                            .prepare_cached("UPDATE messages SET state = 'queued', provider_id = ?2, next_attempt_at = ?3, last_error = ?4, updated_at = ?5, attempt_log = ?6 WHERE id = ?1")?
+                            .execute(params![id, provider_id, at, error, now_micros(), log])?;
                         None
                     }
-                    SendOutcome::Failed { provider_id, error } => {
+                    SendOutcome::Failed { provider_id, error, failed } => {
+                        if let Some(f) = failed {
+                            let mut log = current.attempt_log.clone();
+                            log.push(f.clone());
+                            let log = serde_json::to_string(&log).map_err(|e| StoreError::Invalid(e.to_string()))?;
+                            ctx.conn.prepare_cached("UPDATE messages SET attempt_log = ?2 WHERE id = ?1")?.execute(params![id, log])?;
+                        }
                         set_state(ctx, &id, MessageState::Failed, provider_id.as_deref(), None, Some(error))?;
                         detail.insert("error".into(), error.as_str().into());
                         if let Some(p) = provider_id {

@@ -191,6 +191,10 @@ pub struct FallbackPolicy {
     pub on_media_failure: bool,
     /// Trigger: the patient's quality stays degraded this many seconds (0: never).
     pub degraded_secs: u32,
+    /// When the fallback call fails or nobody answers, text the patient a
+    /// link back into the visit (SMS or their preferred channel), if the
+    /// tenant has a messaging provider.
+    pub text_on_failure: bool,
 }
 
 impl Default for FallbackPolicy {
@@ -199,6 +203,7 @@ impl Default for FallbackPolicy {
             automatic: true,
             on_media_failure: true,
             degraded_secs: 0,
+            text_on_failure: true,
         }
     }
 }

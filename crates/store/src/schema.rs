@@ -283,8 +283,9 @@ const MIGRATIONS: &[&str] = &[
         attempts INTEGER NOT NULL DEFAULT 0,
         next_attempt_at INTEGER NOT NULL,
         last_error TEXT,
-        -- Retryable failures in a row on `provider_id` (failover resets it).
-        provider_attempts INTEGER NOT NULL DEFAULT 0,
+        -- Failed attempts so far, oldest first: [{"provider", "failure"}]
+        -- (what the retry policy reads).
+        attempt_log TEXT NOT NULL DEFAULT '[]',
         -- The one reply to STOP/START/HELP: sent whatever the opt-out says.
         compliance INTEGER NOT NULL DEFAULT 0,
         created_at INTEGER NOT NULL,

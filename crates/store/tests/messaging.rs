@@ -4,9 +4,9 @@
 
 use continuum_core::{Actor, ActorType, Channel, EventKind};
 use continuum_store::{
-    ConsentChange, ContactInput, InboundRecord, MessageRef, MessageState, NewConversation,
-    NewMessagingProvider, NewOutboundMessage, ProviderKind, SecretKey, SendOutcome, Store,
-    StoreError, StoreOptions,
+    ConsentChange, ContactInput, FailedAttempt, InboundRecord, MessageRef, MessageState,
+    NewConversation, NewMessagingProvider, NewOutboundMessage, ProviderKind, SecretKey,
+    SendOutcome, Store, StoreError, StoreOptions,
 };
 
 const PATIENT: &str = "+14155550100";
@@ -190,13 +190,23 @@ async fn retry_requeues_and_failure_dead_letters() {
                 provider_id: "p2".into(),
                 at: future,
                 error: "HTTP 503".into(),
-                provider_attempts: 1,
+                failed: Some(FailedAttempt {
+                    provider: "p1".into(),
+                    failure: "retryable".into(),
+                }),
             },
         )
         .await
         .unwrap();
     assert_eq!(r.state, MessageState::Queued);
     assert_eq!(r.provider_id.as_deref(), Some("p2"));
+    assert_eq!(
+        r.attempt_log,
+        vec![FailedAttempt {
+            provider: "p1".into(),
+            failure: "retryable".into()
+        }]
+    );
     assert!(
         store.claim_due_messages(10).await.unwrap().is_empty(),
         "not due yet"
@@ -209,6 +219,7 @@ async fn retry_requeues_and_failure_dead_letters() {
             SendOutcome::Failed {
                 provider_id: Some("p2".into()),
                 error: "21211: invalid To".into(),
+                failed: None,
             },
         )
         .await

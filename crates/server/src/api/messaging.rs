@@ -300,16 +300,15 @@ pub(crate) struct Resolved {
 /// The patient's address on the channel asked for (or their preferred one)
 /// and the sender, with errors that say what to fix.
 pub(crate) async fn resolve(
-    s: &AppState,
+    store: &continuum_store::Store,
     tenant_id: &str,
     conversation_id: &str,
     channel: Option<Channel>,
     from: Option<&str>,
     audit_actor: &str,
 ) -> ApiResult<Resolved> {
-    let conv = s.store.get_conversation(tenant_id, conversation_id).await?;
-    let contact = s
-        .store
+    let conv = store.get_conversation(tenant_id, conversation_id).await?;
+    let contact = store
         .get_contact(tenant_id, &conv.contact_id, audit_actor)
         .await?;
     let b = &contact.bindings;
@@ -343,7 +342,7 @@ pub(crate) async fn resolve(
             }
         ))
     })?;
-    let chain = s.store.list_messaging_providers(tenant_id).await?;
+    let chain = store.list_messaging_providers(tenant_id).await?;
     let carriers: Vec<&MessagingProvider> = chain
         .iter()
         .filter(|p| p.channels.contains(&channel))
@@ -428,7 +427,7 @@ pub async fn send(
     }
     let actor = p.audit_actor();
     let r = resolve(
-        &s,
+        &s.store,
         p.tenant_id(),
         &id,
         req.channel,
@@ -518,4 +517,82 @@ pub async fn get(
         .await?;
     s.require_conversation(&p, &m.conversation_id).await?;
     Ok(Json(m))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VisitLinkRequest {
+    /// The room to join; absent: the conversation's open room, or a new one.
+    pub room_id: Option<String>,
+    /// `sms` or `whatsapp`; absent: the patient's preferred channel, else SMS.
+    pub channel: Option<Channel>,
+    /// The words before the link (default "Join your video visit:").
+    #[schema(max_length = 300)]
+    pub text: Option<String>,
+    /// How long the link works, 60..=86400 seconds (default 3600).
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VisitLinkSent {
+    pub message: OutboundMessage,
+    pub room_id: String,
+    /// When the link stops working (unix seconds).
+    pub link_expires_at: u64,
+}
+
+/// Text the patient a link into the conversation's video room (e.g. to move
+/// a phone call to video). The message's event carries `meta.handoff`.
+#[utoipa::path(post, path = "/v1/conversations/{id}/visit-link", tag = "messaging", operation_id = "sendVisitLink", params(("id" = String, Path, description = "the conversation's id")), request_body = VisitLinkRequest,
+    responses((status = 202, body = VisitLinkSent, description = "queued in the outbox; the link holds a patient token for this room and conversation only"),
+        (status = 403, body = ErrorBody, description = "this credential may not send messages"),
+        (status = 404, body = ErrorBody, description = "no such conversation or room (or not in your grants)"),
+        (status = 409, body = ErrorBody, description = "the patient opted out of this channel (`opted_out`)"),
+        (status = 422, body = ErrorBody, description = "a field is invalid, the patient has no number, no provider carries the channel, or the room has ended")),
+    security(("bearer" = [])))]
+pub async fn send_visit_link(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<VisitLinkRequest>,
+) -> ApiResult<(StatusCode, Json<VisitLinkSent>)> {
+    s.require(
+        &p,
+        Permission::WriteConversation,
+        &format!("conversation/{id}"),
+    )
+    .await?;
+    s.require_conversation(&p, &id).await?;
+    if let Some(r) = &req.room_id {
+        super::visits::room_in_reach(&s, &p, r).await?;
+    }
+    if let Some(t) = &req.text {
+        printable("text", t, 300)?;
+    }
+    let ttl = req.ttl_secs.unwrap_or(3600);
+    if !(60..=86_400).contains(&ttl) {
+        return Err(ApiError::invalid("ttl_secs must be 60..=86400"));
+    }
+    let sent = s
+        .handoffs
+        .send_visit_link(
+            p.tenant_id(),
+            &id,
+            req.room_id,
+            req.channel,
+            req.text,
+            crate::handoff::HandoffKind::VisitLink,
+            std::time::Duration::from_secs(ttl),
+            principal_actor(&p),
+            &p.audit_actor(),
+        )
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(VisitLinkSent {
+            message: sent.message,
+            room_id: sent.room_id,
+            link_expires_at: sent.link_expires_at,
+        }),
+    ))
 }

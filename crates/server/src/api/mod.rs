@@ -7,6 +7,7 @@ pub mod contacts;
 pub mod conversations;
 pub mod doc;
 pub mod messaging;
+pub mod provider_hooks;
 pub mod rtc;
 pub mod signal;
 pub mod timeline;
@@ -96,6 +97,12 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messaging::delete_provider))
         .routes(routes!(messaging::send, messaging::list))
         .routes(routes!(messaging::get))
+        .routes(routes!(messaging::send_visit_link))
+        .routes(routes!(provider_hooks::twilio_webhook))
+        .routes(routes!(
+            provider_hooks::meta_verify,
+            provider_hooks::meta_webhook
+        ))
         .split_for_parts();
     let (router, mut doc) = (router, doc);
     doc::StandardResponses.modify(&mut doc);

@@ -65,7 +65,7 @@ pub struct RoomView {
 /// Checks that `p` may act on room `id`: a token needs the room in its grants
 /// (and, for the conversation behind it, the conversation too); an API key
 /// reaches every room of its tenant.
-async fn room_in_reach(s: &AppState, p: &Principal, id: &str) -> ApiResult<Room> {
+pub(crate) async fn room_in_reach(s: &AppState, p: &Principal, id: &str) -> ApiResult<Room> {
     if let Principal::Token { grants, .. } = p
         && !grants.allows_room(id)
     {

@@ -1,10 +1,20 @@
 //! Glue between the messaging providers (`continuum-messaging`) and the
 //! conversation: the outbox sender (claims due messages, sends them down the
-//! tenant's failover chain, records outcomes), provider webhooks (inbound
-//! messages and receipts onto the timeline) and opt-out keywords.
+//! tenant's failover chain, records outcomes), inbound messages and receipts
+//! onto the timeline, and opt-out keywords.
+
+mod chain;
+mod inbound;
+mod providers;
+mod sender;
+
+pub use inbound::{Received, state_of};
 
 use crate::config::MessagingConfig;
+use chain::Chain;
 use continuum_store::Store;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How long WhatsApp lets a business answer freely after the patient wrote.
@@ -20,13 +30,34 @@ pub fn whatsapp_window_open(last_inbound_at: Option<i64>) -> bool {
 pub struct MessagingService {
     pub(crate) store: Store,
     pub(crate) config: MessagingConfig,
+    /// `server.public_url`: the base of Twilio status callback URLs.
+    pub(crate) public_base: String,
+    /// Each tenant's chain, built on first use.
+    chains: Mutex<HashMap<String, Arc<Chain>>>,
+    pub(crate) policy: continuum_messaging::RetryPolicy,
 }
 
 impl MessagingService {
-    pub fn new(store: Store, config: MessagingConfig) -> Arc<Self> {
-        Arc::new(MessagingService { store, config })
+    pub fn new(store: Store, config: MessagingConfig, public_base: String) -> Arc<Self> {
+        let policy = continuum_messaging::RetryPolicy {
+            base_delay: std::time::Duration::from_millis(config.backoff_base_ms.max(1)),
+            max_delay: std::time::Duration::from_secs(config.backoff_max_secs.max(1)),
+            attempts_per_provider: config.attempts_per_provider.max(1),
+            max_attempts: config.max_attempts.max(1),
+            max_age: std::time::Duration::from_secs(config.max_age_secs.max(1)),
+            ..Default::default()
+        };
+        Arc::new(MessagingService {
+            store,
+            config,
+            public_base,
+            chains: Mutex::default(),
+            policy,
+        })
     }
 
-    /// A tenant's chain changed: drop what is cached of it.
-    pub fn providers_changed(&self, _tenant_id: &str) {}
+    /// A tenant's chain changed: the next send builds it again.
+    pub fn providers_changed(&self, tenant_id: &str) {
+        self.chains.lock().remove(tenant_id);
+    }
 }

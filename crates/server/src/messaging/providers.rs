@@ -1,0 +1,82 @@
+//! A configured provider (store row: spec in clear, credentials sealed) as
+//! a live adapter of `continuum-messaging`.
+
+use crate::config::MessagingConfig;
+use continuum_core::Channel;
+use continuum_messaging::meta::{MetaConfig, MetaWhatsAppProvider};
+use continuum_messaging::twilio::{TwilioConfig, TwilioProvider};
+use continuum_messaging::{MessageChannel, Provider, ProviderId, Secret};
+use continuum_store::{ProviderKind, ProviderWithSecret};
+use std::sync::Arc;
+
+fn text(map: &serde_json::Map<String, serde_json::Value>, field: &str) -> Option<String> {
+    map.get(field).and_then(|v| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn need(map: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result<String, String> {
+    text(map, field).ok_or_else(|| format!("{field} is missing"))
+}
+
+pub(crate) fn build(
+    p: &ProviderWithSecret,
+    _config: &MessagingConfig,
+) -> Result<Arc<dyn Provider>, String> {
+    let spec = &p.provider.spec;
+    let id = ProviderId::new(p.provider.id.clone());
+    let channels: Vec<MessageChannel> = p
+        .provider
+        .channels
+        .iter()
+        .filter_map(|c| match c {
+            Channel::Sms => Some(MessageChannel::Sms),
+            Channel::Whatsapp => Some(MessageChannel::Whatsapp),
+            _ => None,
+        })
+        .collect();
+    match p.provider.kind {
+        ProviderKind::Twilio => {
+            let mut cfg = TwilioConfig {
+                id,
+                account_sid: need(spec, "account_sid")?,
+                auth_token: Secret::new(need(&p.secret, "auth_token")?),
+                api_base: continuum_messaging::twilio::DEFAULT_API_BASE.to_owned(),
+                messaging_service_sid: text(spec, "messaging_service_sid"),
+                default_from: p.provider.senders.first().cloned(),
+                channels,
+                timeouts: Default::default(),
+            };
+            if let Some(base) = text(spec, "base_url") {
+                cfg.api_base = base;
+            }
+            Ok(Arc::new(
+                TwilioProvider::new(&cfg).map_err(|e| e.to_string())?,
+            ))
+        }
+        ProviderKind::MetaWhatsapp => {
+            let mut cfg = MetaConfig {
+                id,
+                access_token: Secret::new(need(&p.secret, "access_token")?),
+                phone_number_id: need(spec, "phone_number_id")?,
+                app_secret: Secret::new(need(&p.secret, "app_secret")?),
+                verify_token: Secret::new(need(&p.secret, "verify_token")?),
+                api_version: continuum_messaging::meta::DEFAULT_API_VERSION.to_owned(),
+                api_base: continuum_messaging::meta::DEFAULT_API_BASE.to_owned(),
+                timeouts: Default::default(),
+            };
+            if let Some(base) = text(spec, "base_url") {
+                cfg.api_base = base;
+            }
+            if let Some(v) = text(spec, "api_version") {
+                cfg.api_version = v;
+            }
+            Ok(Arc::new(
+                MetaWhatsAppProvider::new(&cfg).map_err(|e| e.to_string())?,
+            ))
+        }
+        ProviderKind::Smpp => Err("SMPP providers are not wired yet".into()),
+    }
+}
