@@ -1,9 +1,9 @@
 //! Messages from handsets (MO): deliver_sm that is not a receipt, its text
 //! decoded by data_coding and concatenated parts put back together.
 //!
-//! Reassembly is bounded: at most `max_messages` partial messages are held
-//! (the oldest is given up when another starts), each for at most
-//! `timeout` after its first part. A message given up is still delivered,
+//! Reassembly is bounded: at most `max_messages` partial messages and
+//! [`MAX_HELD_BYTES`] of their text are held (the oldest is given up first),
+//! each for at most `timeout` after its first part. A message given up is still delivered,
 //! with the parts that came and `incomplete` set: a patient's words are
 //! not dropped because a carrier lost a segment. Duplicate parts (an SMSC
 //! resending after a lost deliver_sm_resp) are ignored.
@@ -68,6 +68,10 @@ pub fn part_of(sm: &Sm) -> Part<'_> {
     }
 }
 
+/// Octets of partial messages held at most (one message alone may exceed
+/// it: 255 parts of 254 octets are 64 KiB).
+pub const MAX_HELD_BYTES: usize = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     from: String,
@@ -89,6 +93,8 @@ pub struct Reassembler {
     timeout: Duration,
     max_messages: usize,
     next_order: u64,
+    /// Octets held in all partials.
+    held: usize,
 }
 
 impl Reassembler {
@@ -98,6 +104,7 @@ impl Reassembler {
             timeout,
             max_messages: max_messages.max(1),
             next_order: 0,
+            held: 0,
         }
     }
 
@@ -128,16 +135,13 @@ impl Reassembler {
         };
         let mut out = Vec::new();
         if !self.partials.contains_key(&key) && self.partials.len() >= self.max_messages {
-            let oldest = self
-                .partials
-                .iter()
-                .min_by_key(|(_, p)| p.order)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest
-                && let Some(p) = self.partials.remove(&k)
-            {
-                out.push(assemble(k, p));
-            }
+            out.extend(self.give_up_oldest(&key));
+        }
+        while self.held + part.payload.len() > MAX_HELD_BYTES {
+            let Some(m) = self.give_up_oldest(&key) else {
+                break;
+            };
+            out.push(m);
         }
         let order = self.next_order;
         let timeout = self.timeout;
@@ -152,13 +156,37 @@ impl Reassembler {
         if slot.is_none() {
             *slot = Some((part.data_coding, part.payload.to_vec()));
             partial.received += 1;
+            self.held += part.payload.len();
         }
         if partial.received == partial.parts.len()
-            && let Some(p) = self.partials.remove(&key)
+            && let Some(p) = self.remove(&key)
         {
             out.push(assemble(key, p));
         }
         out
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Partial> {
+        let p = self.partials.remove(key)?;
+        self.held -= p
+            .parts
+            .iter()
+            .flatten()
+            .map(|(_, b)| b.len())
+            .sum::<usize>();
+        Some(p)
+    }
+
+    /// Gives up the oldest partial message other than `keep`.
+    fn give_up_oldest(&mut self, keep: &Key) -> Option<Inbound> {
+        let oldest = self
+            .partials
+            .iter()
+            .filter(|(k, _)| *k != keep)
+            .min_by_key(|(_, p)| p.order)
+            .map(|(k, _)| k.clone())?;
+        let p = self.remove(&oldest)?;
+        Some(assemble(oldest, p))
     }
 
     /// Gives up the messages whose time is over.
@@ -172,7 +200,7 @@ impl Reassembler {
         let mut out: Vec<(u64, Inbound)> = due
             .into_iter()
             .filter_map(|k| {
-                let p = self.partials.remove(&k)?;
+                let p = self.remove(&k)?;
                 Some((p.order, assemble(k, p)))
             })
             .collect();
@@ -274,6 +302,23 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].text, "1…");
         assert_eq!(r.pending(), 2);
+    }
+
+    #[test]
+    fn held_octets_are_bounded() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(Duration::from_secs(60), 10_000);
+        let big = vec![b'x'; 200];
+        let mut given_up = 0;
+        for reference in 0..6000u16 {
+            given_up += r.push(now, "a", "b", part(reference, 2, 1, &big)).len();
+        }
+        assert!(r.held <= MAX_HELD_BYTES);
+        assert_eq!(r.pending() + given_up, 6000);
+        assert!(given_up > 0);
+        let done = r.expire(now + Duration::from_secs(60));
+        assert_eq!(done.len() + given_up, 6000);
+        assert_eq!(r.held, 0);
     }
 
     #[test]
