@@ -221,8 +221,9 @@ impl Body {
     }
 }
 
-/// bind_transceiver (3.4 section 4.1.5).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// bind_transceiver (3.4 section 4.1.5). The password is left out of
+/// `Debug`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Bind {
     pub system_id: String,
     pub password: String,
@@ -231,6 +232,20 @@ pub struct Bind {
     pub addr_ton: u8,
     pub addr_npi: u8,
     pub address_range: String,
+}
+
+impl fmt::Debug for Bind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bind")
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .field("system_type", &self.system_type)
+            .field("interface_version", &self.interface_version)
+            .field("addr_ton", &self.addr_ton)
+            .field("addr_npi", &self.addr_npi)
+            .field("address_range", &self.address_range)
+            .finish()
+    }
 }
 
 /// An SME address: type of number, numbering plan, digits or name.

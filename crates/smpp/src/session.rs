@@ -29,7 +29,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-#[derive(Debug, Clone)]
+/// The password is left out of `Debug`.
+#[derive(Clone)]
 pub struct Config {
     pub system_id: String,
     pub password: String,
@@ -60,6 +61,28 @@ pub struct Config {
     pub reassembly_timeout: Duration,
     /// Incoming concatenated messages held at once.
     pub max_reassembly: usize,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("system_id", &self.system_id)
+            .field("password", &"<redacted>")
+            .field("system_type", &self.system_type)
+            .field("address_range", &self.address_range)
+            .field("window", &self.window)
+            .field("response_timeout", &self.response_timeout)
+            .field("enquire_link_interval", &self.enquire_link_interval)
+            .field("max_submits_per_sec", &self.max_submits_per_sec)
+            .field("throttle_backoff", &self.throttle_backoff)
+            .field("throttle_backoff_max", &self.throttle_backoff_max)
+            .field("max_throttle_retries", &self.max_throttle_retries)
+            .field("max_segments", &self.max_segments)
+            .field("first_reference", &self.first_reference)
+            .field("reassembly_timeout", &self.reassembly_timeout)
+            .field("max_reassembly", &self.max_reassembly)
+            .finish()
+    }
 }
 
 impl Config {

@@ -722,6 +722,15 @@ fn input_split_anywhere_is_reassembled() {
 }
 
 #[test]
+fn the_password_stays_out_of_debug_output() {
+    let c = config();
+    assert!(!format!("{c:?}").contains("secret"));
+    let mut s: Session<u32> = Session::new(c).unwrap();
+    s.bind(Instant::now());
+    assert!(!format!("{:?}", sent(&mut s)).contains("secret"));
+}
+
+#[test]
 fn bad_requests_are_typed_errors() {
     let (mut s, now) = bound(config());
     let mut r = req("x");
