@@ -4,6 +4,9 @@
 //! mid-batch), opt-out keywords, Meta's handshake and signatures.
 
 mod common;
+#[path = "../crates/smpp/tests/smsc/mod.rs"]
+#[allow(dead_code)]
+mod smsc;
 
 use common::providers::{Behaviour, StandIn, twilio_signature};
 use common::sipp::eventually;
@@ -719,4 +722,74 @@ async fn meta_handshake_and_signed_webhooks() {
         200
     );
     assert_eq!(message_state(&s, &id).await, "read");
+}
+
+#[tokio::test]
+async fn smpp_aggregator_sends_receives_and_reports_receipts() {
+    let mut smsc = smsc::Smsc::start(&["--system-id", "continuum", "--password", "pw"]).await;
+    let dir = tempdir();
+    let s = Server::start_with(dir.path(), opts());
+    let p = s
+        .ok(
+            "POST",
+            "/v1/messaging/providers",
+            s.key(),
+            Some(json!({
+                "name": "aggregator", "kind": "smpp", "channels": ["sms"], "senders": [CLINIC],
+                "spec": {"host": "127.0.0.1", "port": smsc.port, "system_id": "continuum"},
+                "credentials": {"password": "pw"},
+            })),
+        )
+        .await;
+    assert!(
+        p.get("inbound_url").is_none(),
+        "SMPP receives on its bind: {p}"
+    );
+    smsc.wait_for("bind", |v| {
+        v["event"] == "pdu" && v["command"] == "bind_transceiver"
+    })
+    .await;
+    let (_, conv) = s.patient_conversation(s.key(), PATIENT).await;
+    // A long message: concatenated segments through the aggregator.
+    let long = "Your lab results are ready. ".repeat(8);
+    let (st, m) = send_sms(&s, &conv, &long).await;
+    assert_eq!(st, 202, "{m}");
+    let id = m["id"].as_str().unwrap().to_owned();
+    let first = smsc
+        .wait_for("submit_sm", |v| {
+            v["event"] == "pdu" && v["command"] == "submit_sm"
+        })
+        .await;
+    assert_eq!(first["destination_addr"], &PATIENT[1..], "{first}");
+    // The receipt (sent by the stand-in after the submit) moves it to delivered.
+    wait_state(&s, &id, "delivered").await;
+    assert!(
+        smsc.pdus("submit_sm").len() >= 2,
+        "a 224-character message is two segments or more"
+    );
+    // A handset message arrives on the bind and lands on the conversation.
+    smsc.command(json!({"cmd": "mo", "from": &PATIENT[1..], "to": &CLINIC[1..], "text": "Thanks, see you Tuesday"}))
+        .await;
+    let events = eventually(
+        &s,
+        s.key(),
+        &format!("/v1/conversations/{conv}/events?limit=100"),
+        |v| {
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["body"] == "Thanks, see you Tuesday")
+        },
+    )
+    .await;
+    let mo = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["body"] == "Thanks, see you Tuesday")
+        .cloned()
+        .expect("the handset message on the timeline");
+    assert_eq!(mo["channel"], "sms");
+    assert_eq!(mo["actor"]["type"], "patient");
 }

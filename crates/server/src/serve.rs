@@ -174,6 +174,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(m) = state.messaging.clone() {
+        tokio::spawn(async move { m.start_links().await });
+    }
     let sender = state
         .messaging
         .clone()

@@ -7,6 +7,12 @@ use super::MessagingService;
 use continuum_core::{Actor, ActorType, BindingKind, Channel};
 use continuum_messaging::keywords::{self, Keyword};
 use continuum_messaging::{DeliveryStatus, InboundMessage, MediaSource, MessageChannel};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Receipts waiting for their message's provider id, at most.
+const MAX_LATE_RECEIPTS: usize = 10_000;
+
 use continuum_store::{
     ConsentChange, Event, InboundRecord, MessageRef, MessageState, NewOutboundMessage, StoreError,
 };
@@ -218,8 +224,114 @@ impl MessagingService {
         }
         metrics::counter!("continuum_messaging_receipts_total", "status" => status.as_str())
             .increment(1);
-        self.store
-            .apply_receipt(tenant_id, by, state_of(status), detail)
-            .await
+        let result = self
+            .store
+            .apply_receipt(tenant_id, by.clone(), state_of(status), detail.clone())
+            .await;
+        // A receipt can beat the send's own answer to us (an SMSC sends it
+        // right after submit_sm_resp; Meta's status can race the API reply):
+        // the provider's id is not stored yet. Try again a few times.
+        if matches!(result, Err(StoreError::NotFound(_)))
+            && matches!(by, MessageRef::Provider { .. })
+        {
+            if self.late_receipts.fetch_add(1, Ordering::Relaxed) < MAX_LATE_RECEIPTS {
+                let (store, tenant, me) =
+                    (self.store.clone(), tenant_id.to_owned(), self.me.clone());
+                tokio::spawn(async move {
+                    for wait_ms in [200u64, 500, 1000, 2000, 4000] {
+                        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                        match store
+                            .apply_receipt(&tenant, by.clone(), state_of(status), detail.clone())
+                            .await
+                        {
+                            Err(StoreError::NotFound(_)) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot apply a late receipt");
+                                break;
+                            }
+                            Ok(_) => break,
+                        }
+                    }
+                    if let Some(me) = me.upgrade() {
+                        me.late_receipts.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+            } else {
+                self.late_receipts.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+/// Stores what arrives on an SMPP bind: handset messages (no provider id in
+/// SMPP: each gets a fresh one, so a re-delivered deliver_sm is stored
+/// again) and receipts (found by the submit's message id).
+pub(crate) async fn consume_smpp(
+    me: std::sync::Weak<MessagingService>,
+    tenant_id: String,
+    provider_id: String,
+    mut incoming: tokio::sync::mpsc::Receiver<continuum_smpp::Incoming>,
+) {
+    use continuum_messaging::Address;
+    use continuum_messaging::smpp::receipt_status;
+    while let Some(item) = incoming.recv().await {
+        let Some(me) = me.upgrade() else { return };
+        match item {
+            continuum_smpp::Incoming::Message(m) => {
+                let plus = |n: &str| {
+                    if n.starts_with('+') {
+                        n.to_owned()
+                    } else {
+                        format!("+{n}")
+                    }
+                };
+                let from = Address::phone(&plus(&m.from), "source_addr");
+                let to = Address::parse_twilio(&m.to, "destination_addr")
+                    .or_else(|_| Address::phone(&plus(&m.to), "destination_addr"));
+                let (Ok(from), Ok(to)) = (from, to) else {
+                    tracing::warn!(provider = %provider_id, "SMPP message with an unusable address dropped");
+                    continue;
+                };
+                let msg = InboundMessage {
+                    channel: MessageChannel::Sms,
+                    from,
+                    to,
+                    body: m.text,
+                    provider_message_id: format!("smpp-{}", uuid::Uuid::now_v7()),
+                    media: vec![],
+                    profile_name: None,
+                    wa_id: None,
+                    wa_user_id: None,
+                    in_reply_to: None,
+                    button_payload: None,
+                    at: None,
+                };
+                if let Err(e) = me.receive(&tenant_id, &provider_id, &msg).await {
+                    tracing::error!(provider = %provider_id, error = %e, "cannot store an SMPP message");
+                }
+            }
+            continuum_smpp::Incoming::Receipt(r) => {
+                let Some(status) = receipt_status(r.state) else {
+                    continue;
+                };
+                match me
+                    .receipt(
+                        &tenant_id,
+                        &provider_id,
+                        None,
+                        &r.message_id,
+                        status,
+                        r.error.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::error!(provider = %provider_id, error = %e, "cannot store an SMPP receipt")
+                    }
+                }
+            }
+        }
     }
 }
