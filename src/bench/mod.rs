@@ -3,6 +3,7 @@
 
 mod bridged;
 mod events;
+mod messaging;
 mod server;
 mod sfu;
 mod turn;
@@ -27,6 +28,10 @@ pub enum BenchCommand {
     /// memory per call; then phone calls bridged into SFU rooms at real time
     /// (late frames, CPU and memory per call, the most calls under 1% late).
     Voice(voice::VoiceArgs),
+    /// Messaging: signed inbound webhooks validated and stored per second;
+    /// outbound messages per second through the durable outbox to a local
+    /// provider stand-in (and that none is sent twice).
+    Messaging(messaging::MessagingArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -35,5 +40,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Sfu(args) => sfu::run(args),
         BenchCommand::Turn(args) => turn::run(args),
         BenchCommand::Voice(args) => voice::run(args),
+        BenchCommand::Messaging(args) => messaging::run(args),
     }
 }
