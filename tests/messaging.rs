@@ -793,3 +793,105 @@ async fn smpp_aggregator_sends_receives_and_reports_receipts() {
     assert_eq!(mo["channel"], "sms");
     assert_eq!(mo["actor"]["type"], "patient");
 }
+
+#[tokio::test]
+async fn messaging_endpoints_keep_tenants_and_grants_apart() {
+    let dir = tempdir();
+    let s = Server::start_with(dir.path(), opts());
+    let a = s.key().to_owned();
+    let (code, out) = common::cli(dir.path(), &["tenant", "create", "clinic-b"]);
+    assert_eq!(code, 0, "{out}");
+    let b = out
+        .lines()
+        .find_map(|l| l.strip_prefix("API key (shown once): "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let stand_in = StandIn::start().await;
+    let p = twilio_provider(&s, &stand_in, "twilio", 1).await;
+    let (_, conv) = s.patient_conversation(&a, PATIENT).await;
+    let (_, other_conv) = s.patient_conversation(&a, "+14155550111").await;
+    let (st, m) = send_sms(&s, &conv, "for A's patient").await;
+    assert_eq!(st, 202, "{m}");
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let pid = p["id"].as_str().unwrap().to_owned();
+
+    // Tenant B: A's providers, conversation and message do not exist.
+    let (st, list) = s.call("GET", "/v1/messaging/providers", &b, None).await;
+    assert_eq!((st, list.as_array().map(Vec::len)), (200, Some(0)));
+    for (method, path, body) in [
+        ("DELETE", format!("/v1/messaging/providers/{pid}"), None),
+        ("POST", format!("/v1/conversations/{conv}/messages"), Some(json!({"channel": "sms", "body": "x"}))),
+        ("GET", format!("/v1/conversations/{conv}/messages"), None),
+        ("GET", format!("/v1/messages/{mid}"), None),
+        ("POST", format!("/v1/conversations/{conv}/visit-link"), Some(json!({}))),
+    ] {
+        let (st, v) = s.call(method, &path, &b, body).await;
+        assert_eq!(st, 404, "tenant B {method} {path}: {v}");
+    }
+
+    // A clinician granted another conversation: 404 for this one.
+    let clinician = s.mint(&a, "dr-b", "clinician", &[&other_conv]).await;
+    for (method, path, body) in [
+        ("POST", format!("/v1/conversations/{conv}/messages"), Some(json!({"channel": "sms", "body": "x"}))),
+        ("GET", format!("/v1/conversations/{conv}/messages"), None),
+        ("GET", format!("/v1/messages/{mid}"), None),
+        ("POST", format!("/v1/conversations/{conv}/visit-link"), Some(json!({}))),
+    ] {
+        let (st, v) = s.call(method, &path, &clinician, body).await;
+        assert_eq!(st, 404, "ungranted clinician {method} {path}: {v}");
+    }
+    // Granted, a clinician may send; providers stay admin business.
+    let granted = s.mint(&a, "dr-a", "clinician", &[&conv]).await;
+    let (st, v) = s
+        .call("POST", &format!("/v1/conversations/{conv}/messages"), &granted, Some(json!({"channel": "sms", "body": "from the nurse"})))
+        .await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["from"], CLINIC);
+    let (st, _) = s.call("GET", "/v1/messaging/providers", &granted, None).await;
+    assert_eq!(st, 403);
+    // A patient cannot send texts as the clinic.
+    let patient = s.mint(&a, "pat", "patient", &[&conv]).await;
+    let (st, v) = s
+        .call("POST", &format!("/v1/conversations/{conv}/messages"), &patient, Some(json!({"channel": "sms", "body": "x"})))
+        .await;
+    assert_eq!(st, 403, "{v}");
+    // Field errors name the field.
+    let (st, v) = s
+        .call("POST", &format!("/v1/conversations/{conv}/messages"), &a, Some(json!({"channel": "sms", "body": "x", "from": "+19999999999"})))
+        .await;
+    assert_eq!(st, 422);
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("from:"), "{v}");
+    let (st, v) = s
+        .call("POST", "/v1/messaging/providers", &a, Some(json!({"name": "x", "kind": "twilio", "channels": ["sms"], "senders": [CLINIC], "spec": {}, "credentials": {"auth_token": "t"}})))
+        .await;
+    assert_eq!(st, 422);
+    assert!(v["error"]["message"].as_str().unwrap().contains("spec.account_sid"), "{v}");
+}
+
+#[tokio::test]
+async fn visit_link_by_text_joins_the_conversations_room() {
+    let dir = tempdir();
+    let s = Server::start_with(dir.path(), opts());
+    let stand_in = StandIn::start().await;
+    twilio_provider(&s, &stand_in, "twilio", 1).await;
+    let (_, conv) = s.patient_conversation(s.key(), PATIENT).await;
+    let (st, v) = s
+        .call("POST", &format!("/v1/conversations/{conv}/visit-link"), s.key(), Some(json!({"ttl_secs": 600})))
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let room = v["room_id"].as_str().unwrap().to_owned();
+    let reqs = stand_in.wait_for(|r| !r.is_empty()).await;
+    let body = reqs[0].field("Body").unwrap().to_owned();
+    assert!(body.starts_with("Join your video visit: http"), "{body}");
+    assert!(body.contains(&format!("/visit?room={room}&conversation={conv}#token=")), "{body}");
+    // The texted token opens this room and conversation, as a patient.
+    let token = body.split("#token=").nth(1).unwrap();
+    let (st, r) = s.call("GET", &format!("/v1/rooms/{room}"), token, None).await;
+    assert_eq!(st, 200, "{r}");
+    let (st, _) = s.call("GET", &format!("/v1/conversations/{conv}/events"), token, None).await;
+    assert_eq!(st, 200);
+    let ctx = s.ok("GET", &format!("/v1/conversations/{conv}/context"), s.key(), None).await;
+    assert_eq!(ctx["last_handoff"]["meta"]["handoff"], "visit_link", "{ctx}");
+    assert_eq!(ctx["last_handoff"]["meta"]["room_id"], room.as_str());
+}
