@@ -94,6 +94,9 @@ impl LocalDir {
             .root
             .join(TMP_DIR)
             .join(format!("{}.part", hex::encode(name)));
+        // Armed before the file exists: a future dropped while `open` runs on
+        // the blocking pool must not leave the file behind either.
+        let guard = RemoveOnDrop(Some(tmp.clone()));
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -101,8 +104,6 @@ impl LocalDir {
             .open(&tmp)
             .await
             .map_err(BlobError::io("create", &tmp))?;
-        // From here on, any early return or a dropped future removes the temp file.
-        let guard = RemoveOnDrop(Some(tmp.clone()));
         let mut len = 0u64;
         while let Some(piece) = body.next().await {
             let piece = piece?;
