@@ -154,6 +154,12 @@ impl ObjectStoreBackend {
         self
     }
 
+    /// The underlying store (operations this crate does not wrap, tests).
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Where `key` lives in the store.
     pub fn location(&self, key: &BlobKey) -> Path {
         match &self.prefix {
             Some(p) => p.split('/').chain(key.segments()).collect(),
