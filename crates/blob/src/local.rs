@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use rand::RngCore;
-use tokio::io::AsyncWriteExt;
 
 use crate::backend::{Backend, ByteStream};
 use crate::{BlobError, BlobKey};
@@ -23,6 +22,16 @@ const TMP_DIR: &str = ".tmp";
 /// long); younger ones may belong to another process sharing the directory.
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
 const READ_BUF: usize = 256 * 1024;
+/// Pieces (sealed chunks, 64 KiB each) queued for the writer thread.
+const WRITE_QUEUE: usize = 16;
+/// Writeback is started every this many bytes, so the final fsync waits for
+/// the last few MiB rather than the whole file.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+enum Write {
+    Data(bytes::Bytes),
+    Commit,
+}
 
 #[derive(Debug, Clone)]
 pub struct LocalDir {
@@ -94,41 +103,33 @@ impl LocalDir {
             .root
             .join(TMP_DIR)
             .join(format!("{}.part", hex::encode(name)));
-        // Armed before the file exists: a future dropped while `open` runs on
-        // the blocking pool must not leave the file behind either.
-        let guard = RemoveOnDrop(Some(tmp.clone()));
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .await
-            .map_err(BlobError::io("create", &tmp))?;
-        let mut len = 0u64;
-        while let Some(piece) = body.next().await {
-            let piece = piece?;
-            file.write_all(&piece)
-                .await
-                .map_err(BlobError::io("write", &tmp))?;
-            len += piece.len() as u64;
-        }
-        // tokio's File writes in the background: flush waits for the last write.
-        file.flush().await.map_err(BlobError::io("write", &tmp))?;
-        file.sync_all()
-            .await
-            .map_err(BlobError::io("fsync", &tmp))?;
-        drop(file);
-        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        // Writes, fsyncs and the rename happen on one blocking thread fed
+        // through a short queue, so sealing (here) and disk I/O (there) run
+        // side by side and at most WRITE_QUEUE pieces wait in memory.
+        let (tx, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let root = self.root.clone();
-        let parent2 = parent.clone();
-        blocking(move || make_dirs(&root, &parent2)).await?;
-        tokio::fs::rename(&tmp, &target)
-            .await
-            .map_err(BlobError::io("rename into place", &target))?;
-        guard.disarm();
-        // The rename is durable only once the directory entry is.
-        blocking(move || fsync_dir(&parent)).await?;
-        Ok(len)
+        let writer = tokio::task::spawn_blocking(move || write_blob(rx, &root, &tmp, &target));
+        let fed = async {
+            while let Some(piece) = body.next().await {
+                if tx.send(Write::Data(piece?)).await.is_err() {
+                    // The writer failed; its error is the one to report.
+                    return Ok(());
+                }
+            }
+            let _ = tx.send(Write::Commit).await;
+            Ok(())
+        }
+        .await;
+        // Without a Commit the writer removes its temp file (also when this
+        // future is dropped and `tx` with it).
+        drop(tx);
+        let written = writer.await.map_err(|e| BlobError::Io {
+            op: "run the writer of",
+            path: self.path_of(key),
+            source: std::io::Error::other(e),
+        });
+        fed?;
+        written?
     }
 
     async fn get_file(&self, key: &BlobKey) -> Result<ByteStream<'static>, BlobError> {
@@ -180,6 +181,78 @@ impl Backend for LocalDir {
         Box::pin(self.delete_file(key))
     }
 }
+
+/// The writer thread: temp file, data, fsync, rename, directory fsync. Any
+/// failure, or the queue closing without [`Write::Commit`], removes the temp
+/// file.
+fn write_blob(
+    mut rx: tokio::sync::mpsc::Receiver<Write>,
+    root: &Path,
+    tmp: &Path,
+    target: &Path,
+) -> Result<u64, BlobError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let guard = RemoveOnDrop(Some(tmp.to_path_buf()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(BlobError::io("create", tmp))?;
+    let mut len = 0u64;
+    let mut flushed = 0u64;
+    loop {
+        match rx.blocking_recv() {
+            Some(Write::Data(piece)) => {
+                file.write_all(&piece)
+                    .map_err(BlobError::io("write", tmp))?;
+                len += piece.len() as u64;
+                if len - flushed >= WRITEBACK_STEP {
+                    start_writeback(&file, flushed, len - flushed);
+                    flushed = len;
+                }
+            }
+            Some(Write::Commit) => break,
+            // The body failed or the put was dropped: the guard cleans up.
+            None => {
+                return Err(BlobError::Io {
+                    op: "finish",
+                    path: tmp.to_path_buf(),
+                    source: std::io::Error::other("upload abandoned before its end"),
+                });
+            }
+        }
+    }
+    file.sync_all().map_err(BlobError::io("fsync", tmp))?;
+    drop(file);
+    let parent = target.parent().unwrap_or(root);
+    make_dirs(root, parent)?;
+    std::fs::rename(tmp, target).map_err(BlobError::io("rename into place", target))?;
+    guard.disarm();
+    // The rename is durable only once the directory entry is.
+    fsync_dir(parent)?;
+    Ok(len)
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` to disk now,
+/// without waiting (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`); a hint,
+/// so failures are ignored (the final fsync reports real errors).
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: plain syscall on a file descriptor that `file` keeps open for
+    // the duration of the call; no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &std::fs::File, _offset: u64, _len: u64) {}
 
 struct RemoveOnDrop(Option<PathBuf>);
 
