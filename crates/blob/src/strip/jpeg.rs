@@ -83,6 +83,15 @@ impl JpegFilter {
         self.stripped
     }
 
+    /// An error `back` bytes before `input[at]` (a header may have started
+    /// in an earlier piece).
+    fn err_back(&self, at: usize, back: u64, reason: impl Into<String>) -> StripError {
+        StripError {
+            offset: (self.offset + at as u64).saturating_sub(back),
+            ..self.err(0, reason)
+        }
+    }
+
     fn err(&self, at: usize, reason: impl Into<String>) -> StripError {
         StripError {
             format: "JPEG",
@@ -99,7 +108,7 @@ impl JpegFilter {
                 State::Soi(fill) => {
                     if let Some(soi) = fill.fill(&input, &mut i) {
                         if soi != [0xFF, SOI] {
-                            return Err(self.err(0, "does not start with SOI (FF D8)"));
+                            return Err(self.err_back(i, 2, "does not start with SOI (FF D8)"));
                         }
                         out.extend(Some(Bytes::from_static(&[0xFF, SOI])));
                         self.state = State::Marker;

@@ -72,7 +72,7 @@ impl PngFilter {
                 State::Signature(fill) => {
                     if let Some(sig) = fill.fill(&input, &mut i) {
                         if sig != SIGNATURE {
-                            return Err(self.err(0, "bad signature"));
+                            return Err(self.err_back(i, 8, "bad signature"));
                         }
                         out.extend(Some(Bytes::from_static(&SIGNATURE)));
                         self.state = State::Header(Fill::new());

@@ -86,13 +86,12 @@ impl WebpFilter {
                 State::Riff(fill) => {
                     if let Some(h) = fill.fill(&input, &mut i) {
                         if &h[..4] != b"RIFF" || &h[8..] != b"WEBP" {
-                            return Err(self.err(0, "not a RIFF WEBP header"));
+                            return Err(self.err_back(i, 12, "not a RIFF WEBP header"));
                         }
                         let size = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as u64;
                         if size < 4 + 8 {
-                            return Err(
-                                self.err(4, format!("RIFF size {size} leaves no room for a chunk"))
-                            );
+                            let reason = format!("RIFF size {size} leaves no room for a chunk");
+                            return Err(self.err_back(i, 8, reason));
                         }
                         self.riff_left = size - 4;
                         out.extend(Some(Bytes::copy_from_slice(&h)));
