@@ -4,10 +4,10 @@
 //! promises to remove.
 #![no_main]
 use bytes::Bytes;
+use continuum_blob::Kind;
 use continuum_blob::sniff::{Sniffed, sniff};
 use continuum_blob::strip::jpeg::orientation_app1;
 use continuum_blob::strip::{Filter, StripError};
-use continuum_blob::Kind;
 use libfuzzer_sys::fuzz_target;
 
 fn run(kind: Kind, data: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, bool), StripError> {
@@ -42,7 +42,10 @@ fn check_jpeg(out: &[u8]) {
         match m {
             0xE1 => {
                 assert_eq!(seg.len(), 36, "an APP1 other than the orientation survived");
-                assert_eq!(seg, &orientation_app1(u16::from_be_bytes([seg[28], seg[29]]))[..]);
+                assert_eq!(
+                    seg,
+                    &orientation_app1(u16::from_be_bytes([seg[28], seg[29]]))[..]
+                );
             }
             0xE2 => assert!(seg[4..].starts_with(b"ICC_PROFILE\0")),
             0xEE => assert!(seg[4..].starts_with(b"Adobe")),
@@ -96,7 +99,11 @@ fuzz_target!(|input: &[u8]| {
     if let Sniffed::Kind(k) = sniff(&data) {
         assert!(Kind::ALL.contains(&k));
     }
-    let cuts: Vec<usize> = rest.iter().take(6).map(|&b| b as usize * data.len() / 256).collect();
+    let cuts: Vec<usize> = rest
+        .iter()
+        .take(6)
+        .map(|&b| b as usize * data.len() / 256)
+        .collect();
     let whole = run(kind, &data, &[]);
     let pieces = run(kind, &data, &cuts);
     assert_eq!(whole, pieces);

@@ -16,7 +16,10 @@ fuzz_target!(|input: &[u8]| {
     let Ok(sealed) = seal_all(&key, b"tenant/attachment", chunk_len, msg) else {
         return;
     };
-    assert_eq!(open_all(&key, b"tenant/attachment", &sealed).as_deref(), Ok(msg));
+    assert_eq!(
+        open_all(&key, b"tenant/attachment", &sealed).as_deref(),
+        Ok(msg)
+    );
     let at = u16::from_le_bytes([input[1], input[2]]) as usize % sealed.len();
     let mut bad = sealed;
     bad[at] ^= 1 << (input[1] % 8);

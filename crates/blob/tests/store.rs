@@ -1,7 +1,6 @@
 //! BlobStore over the local directory and the in-memory object store.
 
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -260,6 +259,7 @@ async fn keys_delete_and_stale_temp_files() {
 async fn object_store_backend_streams_multipart() {
     use continuum_blob::ObjectStoreBackend;
     use object_store::memory::InMemory;
+    use std::sync::Arc;
     let mem = Arc::new(InMemory::new());
     let backend = ObjectStoreBackend::new(mem.clone())
         .with_prefix("attachments")

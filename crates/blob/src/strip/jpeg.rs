@@ -299,11 +299,12 @@ impl JpegFilter {
             out.extend(Some(Bytes::from(v)));
         } else {
             self.stripped = true;
-            if marker == APP1 && !self.orientation_kept {
-                if let Some(o) = exif_orientation(&seg) {
-                    self.orientation_kept = true;
-                    out.extend(Some(Bytes::copy_from_slice(&orientation_app1(o))));
-                }
+            if marker == APP1
+                && !self.orientation_kept
+                && let Some(o) = exif_orientation(&seg)
+            {
+                self.orientation_kept = true;
+                out.extend(Some(Bytes::copy_from_slice(&orientation_app1(o))));
             }
         }
     }
