@@ -480,3 +480,23 @@ async fn other_types_pass_through_byte_for_byte() {
     let e = env.ingest(&mp4, &only_images).await.unwrap_err();
     assert_eq!(e.to_string(), "attachment type video/mp4 is not allowed");
 }
+
+#[test]
+fn the_handler_futures_are_send() {
+    // axum needs handler futures to be Send.
+    fn send<T: Send>(_: &T) {}
+    let env = env();
+    let up = ingest(
+        body(b"x", 1),
+        &Limits::default(),
+        &env.store,
+        &env.key,
+        &env.seal,
+        ID,
+    );
+    send(&up);
+    let down = env.store.get(&env.key, &env.seal, ID);
+    send(&down);
+    let gone = env.store.delete(&env.key);
+    send(&gone);
+}
