@@ -486,14 +486,8 @@ fn the_handler_futures_are_send() {
     // axum needs handler futures to be Send.
     fn send<T: Send>(_: &T) {}
     let env = env();
-    let up = ingest(
-        body(b"x", 1),
-        &Limits::default(),
-        &env.store,
-        &env.key,
-        &env.seal,
-        ID,
-    );
+    let limits = Limits::default();
+    let up = ingest(body(b"x", 1), &limits, &env.store, &env.key, &env.seal, ID);
     send(&up);
     let down = env.store.get(&env.key, &env.seal, ID);
     send(&down);
