@@ -821,10 +821,18 @@ async fn messaging_endpoints_keep_tenants_and_grants_apart() {
     assert_eq!((st, list.as_array().map(Vec::len)), (200, Some(0)));
     for (method, path, body) in [
         ("DELETE", format!("/v1/messaging/providers/{pid}"), None),
-        ("POST", format!("/v1/conversations/{conv}/messages"), Some(json!({"channel": "sms", "body": "x"}))),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/messages"),
+            Some(json!({"channel": "sms", "body": "x"})),
+        ),
         ("GET", format!("/v1/conversations/{conv}/messages"), None),
         ("GET", format!("/v1/messages/{mid}"), None),
-        ("POST", format!("/v1/conversations/{conv}/visit-link"), Some(json!({}))),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/visit-link"),
+            Some(json!({})),
+        ),
     ] {
         let (st, v) = s.call(method, &path, &b, body).await;
         assert_eq!(st, 404, "tenant B {method} {path}: {v}");
@@ -833,10 +841,18 @@ async fn messaging_endpoints_keep_tenants_and_grants_apart() {
     // A clinician granted another conversation: 404 for this one.
     let clinician = s.mint(&a, "dr-b", "clinician", &[&other_conv]).await;
     for (method, path, body) in [
-        ("POST", format!("/v1/conversations/{conv}/messages"), Some(json!({"channel": "sms", "body": "x"}))),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/messages"),
+            Some(json!({"channel": "sms", "body": "x"})),
+        ),
         ("GET", format!("/v1/conversations/{conv}/messages"), None),
         ("GET", format!("/v1/messages/{mid}"), None),
-        ("POST", format!("/v1/conversations/{conv}/visit-link"), Some(json!({}))),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/visit-link"),
+            Some(json!({})),
+        ),
     ] {
         let (st, v) = s.call(method, &path, &clinician, body).await;
         assert_eq!(st, 404, "ungranted clinician {method} {path}: {v}");
@@ -844,29 +860,55 @@ async fn messaging_endpoints_keep_tenants_and_grants_apart() {
     // Granted, a clinician may send; providers stay admin business.
     let granted = s.mint(&a, "dr-a", "clinician", &[&conv]).await;
     let (st, v) = s
-        .call("POST", &format!("/v1/conversations/{conv}/messages"), &granted, Some(json!({"channel": "sms", "body": "from the nurse"})))
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/messages"),
+            &granted,
+            Some(json!({"channel": "sms", "body": "from the nurse"})),
+        )
         .await;
     assert_eq!(st, 202, "{v}");
     assert_eq!(v["from"], CLINIC);
-    let (st, _) = s.call("GET", "/v1/messaging/providers", &granted, None).await;
+    let (st, _) = s
+        .call("GET", "/v1/messaging/providers", &granted, None)
+        .await;
     assert_eq!(st, 403);
     // A patient cannot send texts as the clinic.
     let patient = s.mint(&a, "pat", "patient", &[&conv]).await;
     let (st, v) = s
-        .call("POST", &format!("/v1/conversations/{conv}/messages"), &patient, Some(json!({"channel": "sms", "body": "x"})))
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/messages"),
+            &patient,
+            Some(json!({"channel": "sms", "body": "x"})),
+        )
         .await;
     assert_eq!(st, 403, "{v}");
     // Field errors name the field.
     let (st, v) = s
-        .call("POST", &format!("/v1/conversations/{conv}/messages"), &a, Some(json!({"channel": "sms", "body": "x", "from": "+19999999999"})))
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/messages"),
+            &a,
+            Some(json!({"channel": "sms", "body": "x", "from": "+19999999999"})),
+        )
         .await;
     assert_eq!(st, 422);
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("from:"), "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("from:"),
+        "{v}"
+    );
     let (st, v) = s
         .call("POST", "/v1/messaging/providers", &a, Some(json!({"name": "x", "kind": "twilio", "channels": ["sms"], "senders": [CLINIC], "spec": {}, "credentials": {"auth_token": "t"}})))
         .await;
     assert_eq!(st, 422);
-    assert!(v["error"]["message"].as_str().unwrap().contains("spec.account_sid"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.account_sid"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -877,21 +919,48 @@ async fn visit_link_by_text_joins_the_conversations_room() {
     twilio_provider(&s, &stand_in, "twilio", 1).await;
     let (_, conv) = s.patient_conversation(s.key(), PATIENT).await;
     let (st, v) = s
-        .call("POST", &format!("/v1/conversations/{conv}/visit-link"), s.key(), Some(json!({"ttl_secs": 600})))
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/visit-link"),
+            s.key(),
+            Some(json!({"ttl_secs": 600})),
+        )
         .await;
     assert_eq!(st, 202, "{v}");
     let room = v["room_id"].as_str().unwrap().to_owned();
     let reqs = stand_in.wait_for(|r| !r.is_empty()).await;
     let body = reqs[0].field("Body").unwrap().to_owned();
     assert!(body.starts_with("Join your video visit: http"), "{body}");
-    assert!(body.contains(&format!("/visit?room={room}&conversation={conv}#token=")), "{body}");
+    assert!(
+        body.contains(&format!("/visit?room={room}&conversation={conv}#token=")),
+        "{body}"
+    );
     // The texted token opens this room and conversation, as a patient.
     let token = body.split("#token=").nth(1).unwrap();
-    let (st, r) = s.call("GET", &format!("/v1/rooms/{room}"), token, None).await;
+    let (st, r) = s
+        .call("GET", &format!("/v1/rooms/{room}"), token, None)
+        .await;
     assert_eq!(st, 200, "{r}");
-    let (st, _) = s.call("GET", &format!("/v1/conversations/{conv}/events"), token, None).await;
+    let (st, _) = s
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conv}/events"),
+            token,
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
-    let ctx = s.ok("GET", &format!("/v1/conversations/{conv}/context"), s.key(), None).await;
-    assert_eq!(ctx["last_handoff"]["meta"]["handoff"], "visit_link", "{ctx}");
+    let ctx = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            s.key(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        ctx["last_handoff"]["meta"]["handoff"], "visit_link",
+        "{ctx}"
+    );
     assert_eq!(ctx["last_handoff"]["meta"]["room_id"], room.as_str());
 }

@@ -2082,25 +2082,54 @@ async fn an_unanswered_fallback_call_texts_the_patient_a_link_back() {
     .await;
     let (_, conv) = s.patient_conversation(&key, "+14155550127").await;
     let room = s
-        .ok("POST", &format!("/v1/conversations/{conv}/rooms"), &key, Some(json!({"waiting_room": false})))
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"waiting_room": false})),
+        )
         .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     let call = s
-        .ok("POST", &format!("/v1/conversations/{conv}/fallback"), &key, Some(json!({"room_id": room})))
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/fallback"),
+            &key,
+            Some(json!({"room_id": room})),
+        )
         .await;
     let id = call["id"].as_str().unwrap();
-    let failed = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| c["state"] == "failed").await;
+    let failed = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "failed"
+    })
+    .await;
     assert_eq!(failed["cause"], "busy", "{failed}");
     // The patient gets one text with a link back into the same room.
     let reqs = sms.wait_for(|r| !r.is_empty()).await;
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(reqs[0].field("To"), Some("+14155550127"));
     let body = reqs[0].field("Body").unwrap();
-    assert!(body.starts_with("We could not reach you by phone"), "{body}");
-    assert!(body.contains(&format!("/visit?room={room}&conversation={conv}#token=")), "{body}");
-    let ctx = s.ok("GET", &format!("/v1/conversations/{conv}/context"), &key, None).await;
-    assert_eq!(ctx["last_handoff"]["meta"]["handoff"], "after_failed_call", "{ctx}");
+    assert!(
+        body.starts_with("We could not reach you by phone"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("/visit?room={room}&conversation={conv}#token=")),
+        "{body}"
+    );
+    let ctx = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        ctx["last_handoff"]["meta"]["handoff"], "after_failed_call",
+        "{ctx}"
+    );
     carrier.assert_ok().await;
 }

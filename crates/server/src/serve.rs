@@ -149,11 +149,18 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     );
     fallback.serve(fallback_rx);
     state.fallback = Some(fallback);
+    let attachments = std::sync::Arc::new(crate::attachments::Attachments::open(
+        &cfg.attachments,
+        &cfg.server.data_dir,
+        store.clone(),
+    )?);
+    state.attachments = Some(attachments.clone());
     if cfg.messaging.enabled {
         state.messaging = Some(crate::messaging::MessagingService::new(
             store.clone(),
             cfg.messaging.clone(),
             cfg.server.public_base(),
+            Some(attachments),
         ));
     }
     state

@@ -7,6 +7,7 @@
 //! the tenant's MAC-chained audit log ([`audit`]) in the same transaction as the
 //! write itself, or before a read is returned.
 
+mod attachments;
 pub mod audit;
 pub mod crypto;
 mod error;
@@ -25,6 +26,7 @@ mod time_fmt;
 mod voice;
 mod webhooks;
 
+pub use attachments::{Attachment, AttachmentFilter, NewAttachment, ReviewState};
 pub use audit::{AuditEntry, AuditRecord, Outcome, Problem, SERVER_CHAIN, VerifyReport};
 pub use contacts::{Contact, ContactInput, ContactList};
 pub use conversations::{

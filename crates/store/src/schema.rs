@@ -323,6 +323,30 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, channel, address)
     ) WITHOUT ROWID;
     "#,
+    // 8: store-and-forward attachments: the record of each sealed blob
+    // (bytes in the blob store), its timeline event, and its review.
+    // File name, uploader and review note are sealed.
+    r#"
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        event_seq INTEGER NOT NULL,
+        blob_key TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        stripped INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        data BLOB NOT NULL,
+        review_state TEXT NOT NULL,
+        reviewed_by TEXT,
+        reviewed_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX attachments_review ON attachments(tenant_id, review_state, id);
+    CREATE INDEX attachments_conversation ON attachments(conversation_id, id);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

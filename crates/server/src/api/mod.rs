@@ -2,6 +2,7 @@
 //! handlers' annotations.
 
 pub mod access;
+pub mod attachments;
 pub mod audit;
 pub mod contacts;
 pub mod conversations;
@@ -37,6 +38,7 @@ use utoipa_axum::routes;
         (name = "webhooks", description = "Signed outbound webhooks"),
         (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
         (name = "voice", description = "SIP trunks, dispatch rules and phone calls (dial-out, PSTN fallback)"),
+        (name = "attachments", description = "Store-and-forward: uploads (sniffed, metadata stripped, sealed), audited downloads, the review queue"),
         (name = "messaging", description = "SMS and WhatsApp: providers (the failover chain), outbound messages and their delivery, provider webhooks"),
     )
 )]
@@ -98,6 +100,11 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messaging::send, messaging::list))
         .routes(routes!(messaging::get))
         .routes(routes!(messaging::send_visit_link))
+        .routes(routes!(attachments::upload))
+        .routes(routes!(attachments::list))
+        .routes(routes!(attachments::get))
+        .routes(routes!(attachments::download))
+        .routes(routes!(attachments::review))
         .routes(routes!(provider_hooks::twilio_webhook))
         .routes(routes!(
             provider_hooks::meta_verify,

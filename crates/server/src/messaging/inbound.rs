@@ -122,6 +122,9 @@ impl MessagingService {
             .record_inbound_message(tenant_id, &conversation_id, record, "system:messaging")
             .await?;
         metrics::counter!("continuum_messaging_inbound_total", "channel" => channel.as_str(), "duplicate" => if out.created { "false" } else { "true" }).increment(1);
+        if out.created && !m.media.is_empty() {
+            self.fetch_media(tenant_id, provider_id, &conversation_id, channel, m);
+        }
         if out.created
             && let Some(k) = keyword
         {
@@ -134,6 +137,134 @@ impl MessagingService {
             created: out.created,
             keyword,
         })
+    }
+
+    /// Fetches each media item of an inbound message (in the background:
+    /// the provider's webhook is answered at once) into the sealed
+    /// attachment store, on the same conversation. A fetch that fails is
+    /// said on the timeline (a staff note), not dropped silently.
+    fn fetch_media(
+        &self,
+        tenant_id: &str,
+        provider_id: &str,
+        conversation_id: &str,
+        channel: Channel,
+        m: &InboundMessage,
+    ) {
+        let Some(attachments) = self.attachments.clone() else {
+            return;
+        };
+        let (store, tenant, provider, conv) = (
+            self.store.clone(),
+            tenant_id.to_owned(),
+            provider_id.to_owned(),
+            conversation_id.to_owned(),
+        );
+        let media = m.media.clone();
+        let caption = Some(m.body.clone()).filter(|b| !b.is_empty());
+        tokio::spawn(async move {
+            let p = match store.messaging_provider(&provider).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "media arrived for a provider that is gone");
+                    return;
+                }
+            };
+            let secret = |f: &str| {
+                p.secret
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let spec = |f: &str| {
+                p.provider
+                    .spec
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            let source = match channel {
+                Channel::Whatsapp => "whatsapp",
+                _ => "mms",
+            };
+            for item in media {
+                let result = match &item.source {
+                    MediaSource::Url(url) => {
+                        let auth = crate::attachments::MediaAuth::Basic(
+                            spec("account_sid").unwrap_or_default(),
+                            secret("auth_token"),
+                        );
+                        attachments
+                            .fetch_and_store(
+                                &tenant,
+                                &conv,
+                                url,
+                                auth,
+                                source,
+                                channel,
+                                caption.clone(),
+                            )
+                            .await
+                    }
+                    MediaSource::MetaId(id) => {
+                        let base = spec("base_url").unwrap_or_else(|| {
+                            continuum_messaging::meta::DEFAULT_API_BASE.to_owned()
+                        });
+                        let version = spec("api_version").unwrap_or_else(|| {
+                            continuum_messaging::meta::DEFAULT_API_VERSION.to_owned()
+                        });
+                        let token = secret("access_token");
+                        match attachments
+                            .meta_media_url(&base, &version, id, &token)
+                            .await
+                        {
+                            Ok(url) => {
+                                attachments
+                                    .fetch_and_store(
+                                        &tenant,
+                                        &conv,
+                                        &url,
+                                        crate::attachments::MediaAuth::Bearer(token.clone()),
+                                        source,
+                                        channel,
+                                        caption.clone(),
+                                    )
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "inbound media not stored");
+                    metrics::counter!("continuum_attachments_fetch_failed_total").increment(1);
+                    let ev = continuum_core::NewEvent {
+                        channel,
+                        kind: continuum_core::EventKind::Note,
+                        actor: Actor::system(),
+                        body: Some(format!(
+                            "The patient sent a file{} that could not be stored: {e}",
+                            item.content_type
+                                .as_deref()
+                                .map(|t| format!(" ({t})"))
+                                .unwrap_or_default()
+                        )),
+                        meta: serde_json::Map::from_iter([(
+                            "media_failed".to_owned(),
+                            serde_json::Value::Bool(true),
+                        )]),
+                        idempotency_key: None,
+                    };
+                    if let Err(e) = store
+                        .append_event(&tenant, &conv, ev, "system:messaging")
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot record a media failure");
+                    }
+                }
+            }
+        });
     }
 
     /// STOP / START change consent (on the timeline) and get one reply;

@@ -39,10 +39,17 @@ pub struct MessagingService {
     me: std::sync::Weak<MessagingService>,
     /// Receipts being retried because they beat the send's answer.
     late_receipts: std::sync::atomic::AtomicUsize,
+    /// Where inbound media (MMS, WhatsApp) is stored.
+    pub(crate) attachments: Option<Arc<crate::attachments::Attachments>>,
 }
 
 impl MessagingService {
-    pub fn new(store: Store, config: MessagingConfig, public_base: String) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        config: MessagingConfig,
+        public_base: String,
+        attachments: Option<Arc<crate::attachments::Attachments>>,
+    ) -> Arc<Self> {
         let policy = continuum_messaging::RetryPolicy {
             base_delay: std::time::Duration::from_millis(config.backoff_base_ms.max(1)),
             max_delay: std::time::Duration::from_secs(config.backoff_max_secs.max(1)),
@@ -59,6 +66,7 @@ impl MessagingService {
             policy,
             me: me.clone(),
             late_receipts: Default::default(),
+            attachments,
         })
     }
 
