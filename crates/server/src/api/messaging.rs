@@ -463,6 +463,7 @@ pub async fn send(
         idempotency_key,
         actor: principal_actor(&p),
         meta: Default::default(),
+        compliance: false,
     };
     let (message, appended) = s
         .store
