@@ -14,6 +14,7 @@ mod pool;
 mod schema;
 mod writer;
 
+mod chat;
 mod contacts;
 mod conversations;
 mod events;
@@ -26,6 +27,7 @@ mod voice;
 mod webhooks;
 
 pub use audit::{AuditEntry, AuditRecord, Outcome, Problem, SERVER_CHAIN, VerifyReport};
+pub use chat::{ChatReceipt, ReceiptUpdate};
 pub use contacts::{Contact, ContactInput, ContactList};
 pub use conversations::{
     Conversation, ConversationFilter, ConversationList, NewConversation, TransitionParams,

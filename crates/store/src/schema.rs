@@ -322,6 +322,22 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, channel, address)
     ) WITHOUT ROWID;
     "#,
+    // 8: chat receipts. How far each person of a conversation has had it
+    // delivered and read (timeline seqs, only ever moving forward): one row
+    // per (conversation, identity) rather than a timeline event per
+    // message per reader. Identities are ids, never PHI.
+    r#"
+    CREATE TABLE chat_receipts (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        identity TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        role TEXT NOT NULL,
+        delivered_seq INTEGER NOT NULL,
+        read_seq INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, identity)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.
