@@ -999,16 +999,38 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
     let (mut dr, _, _) = patient_chat(&c, &c.staff).await;
     let clinician = async move {
         let mut seen: Vec<Value> = Vec::new();
-        let next_from_patient = async |dr: &mut Signaling| loop {
-            let m = tokio::time::timeout(Duration::from_secs(120), expect(dr, &["chat"]))
+        // The patient's messages not handled yet (they may come while we
+        // wait for something else).
+        let mut stash: std::collections::VecDeque<Value> = Default::default();
+        async fn next_of(dr: &mut Signaling, stash: &mut std::collections::VecDeque<Value>, types: &[&str]) -> Value {
+            loop {
+                let m = tokio::time::timeout(
+                    Duration::from_secs(120),
+                    expect(dr, &["chat", "chat_receipt"]),
+                )
                 .await
-                .expect("the page keeps writing");
-            if m["from"]["identity"] == "patient-ana" {
+                .expect("the page keeps going");
+                if types.contains(&m["type"].as_str().unwrap()) {
+                    return m;
+                }
+                if m["type"] == "chat" && m["from"]["identity"] == "patient-ana" {
+                    stash.push_back(m);
+                }
+            }
+        }
+        async fn from_patient(dr: &mut Signaling, stash: &mut std::collections::VecDeque<Value>) -> Value {
+            if let Some(m) = stash.pop_front() {
                 return m;
             }
-        };
+            loop {
+                let m = next_of(dr, stash, &["chat"]).await;
+                if m["from"]["identity"] == "patient-ana" {
+                    return m;
+                }
+            }
+        }
         // 1. Hello: delivered at once; typing; read; a reply.
-        let hello = next_from_patient(&mut dr).await;
+        let hello = from_patient(&mut dr, &mut stash).await;
         assert_eq!(hello["body"], "Hello from the chat page");
         let seq = hello["seq"].as_i64().unwrap();
         send(&mut dr, json!({"type": "chat_delivered", "seq": seq})).await;
@@ -1022,9 +1044,14 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
         )
         .await;
         // The page, on screen, reads the reply.
-        let reply_seq = expect(&mut dr, &["chat"]).await["seq"].as_i64().unwrap();
+        let reply_seq = loop {
+            let m = next_of(&mut dr, &mut stash, &["chat"]).await;
+            if m["client_id"] == "dr-reply-1" {
+                break m["seq"].as_i64().unwrap();
+            }
+        };
         loop {
-            let r = expect(&mut dr, &["chat_receipt"]).await;
+            let r = next_of(&mut dr, &mut stash, &["chat_receipt"]).await;
             if r["identity"] == "patient-ana" && r["read_seq"].as_i64().unwrap() >= reply_seq {
                 break;
             }
@@ -1032,7 +1059,7 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
         seen.push(hello);
         // 2. Written offline, sent on reconnecting; 3. sent after a retry.
         for _ in 0..2 {
-            let m = next_from_patient(&mut dr).await;
+            let m = from_patient(&mut dr, &mut stash).await;
             let seq = m["seq"].as_i64().unwrap();
             send(&mut dr, json!({"type": "chat_read", "seq": seq})).await;
             seen.push(m);
