@@ -1002,7 +1002,11 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
         // The patient's messages not handled yet (they may come while we
         // wait for something else).
         let mut stash: std::collections::VecDeque<Value> = Default::default();
-        async fn next_of(dr: &mut Signaling, stash: &mut std::collections::VecDeque<Value>, types: &[&str]) -> Value {
+        async fn next_of(
+            dr: &mut Signaling,
+            stash: &mut std::collections::VecDeque<Value>,
+            types: &[&str],
+        ) -> Value {
             loop {
                 let m = tokio::time::timeout(
                     Duration::from_secs(120),
@@ -1018,7 +1022,10 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
                 }
             }
         }
-        async fn from_patient(dr: &mut Signaling, stash: &mut std::collections::VecDeque<Value>) -> Value {
+        async fn from_patient(
+            dr: &mut Signaling,
+            stash: &mut std::collections::VecDeque<Value>,
+        ) -> Value {
             if let Some(m) = stash.pop_front() {
                 return m;
             }

@@ -147,6 +147,8 @@ pub struct HubMsg {
 }
 
 type ConvKey = (String, String);
+/// (tenant, conversation, identity).
+type PersonKey = (String, String, String);
 
 /// Per-conversation fan-out of typing and receipts on this node.
 #[derive(Default)]
@@ -154,7 +156,7 @@ pub struct ChatHub {
     convs: Mutex<HashMap<ConvKey, broadcast::Sender<Arc<HubMsg>>>>,
     /// Per (tenant, conversation, identity): when a typing notice was last
     /// passed on, and what it said.
-    typing: Mutex<HashMap<(String, String, String), (Instant, bool)>>,
+    typing: Mutex<HashMap<PersonKey, (Instant, bool)>>,
     next_connection: AtomicU64,
 }
 
@@ -184,10 +186,10 @@ impl ChatHub {
     pub fn publish(&self, tenant_id: &str, conversation: &str, msg: HubMsg) {
         let key = (tenant_id.to_owned(), conversation.to_owned());
         let mut convs = self.convs.lock();
-        if let Some(tx) = convs.get(&key) {
-            if tx.send(Arc::new(msg)).is_err() {
-                convs.remove(&key);
-            }
+        if let Some(tx) = convs.get(&key)
+            && tx.send(Arc::new(msg)).is_err()
+        {
+            convs.remove(&key);
         }
     }
 
