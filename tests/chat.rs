@@ -1131,3 +1131,86 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
         ["Hello from the chat page", "Sent while offline", "Retry me"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_socket_lives_as_long_as_its_token() {
+    let dir = tempdir();
+    let c = setup(dir.path()).await;
+    let token = |ttl: u64, convs: Value| {
+        let (s, key) = (&c.s, c.key.clone());
+        async move {
+            s.ok(
+                "POST",
+                "/v1/tokens",
+                &key,
+                Some(json!({"identity": "patient-ana", "role": "patient", "ttl_seconds": ttl, "grants": {"conversations": convs}})),
+            )
+            .await
+        }
+    };
+    let close_code = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(Message::Close(Some(f)))) => u16::from(f.code),
+        other => panic!("not a close: {other:?}"),
+    };
+    // Expiry: told, then closed with 4001 (the page asks /v1/visit-help why).
+    let short = token(2, json!([c.conv])).await;
+    let (mut ws, _, _) = patient_chat(&c, short["token"].as_str().unwrap()).await;
+    let err = expect(&mut ws, &["error"]).await;
+    assert_eq!(err["code"], "token_expired", "{err}");
+    assert_eq!(close_code(ws.next().await), 4001);
+
+    // A refresh before expiry keeps it open; one for another conversation
+    // or another person is refused.
+    let short = token(3, json!([c.conv])).await;
+    let (mut ws, _, _) = patient_chat(&c, short["token"].as_str().unwrap()).await;
+    let elsewhere = token(600, json!(["someone-else"])).await;
+    send(
+        &mut ws,
+        json!({"type": "refresh", "token": elsewhere["token"]}),
+    )
+    .await;
+    let r = expect(&mut ws, &["error", "refreshed"]).await;
+    assert_eq!(r["code"], "refresh_refused", "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("conversation"),
+        "{r}"
+    );
+    let fresh = token(600, json!([c.conv])).await;
+    send(&mut ws, json!({"type": "refresh", "token": fresh["token"]})).await;
+    assert_eq!(
+        expect(&mut ws, &["error", "refreshed"]).await["type"],
+        "refreshed"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(
+        expect(&mut ws, &["pong", "error"]).await["type"],
+        "pong",
+        "still open past the first expiry"
+    );
+
+    // Revocation: closed at once with 4003.
+    c.s.ok(
+        "POST",
+        "/v1/tokens/revoke",
+        &c.key,
+        Some(json!({"jti": short["jti"]})),
+    )
+    .await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    assert_eq!(
+        expect(&mut ws, &["pong", "error"]).await["type"],
+        "pong",
+        "the old token's revocation is not this connection's"
+    );
+    c.s.ok(
+        "POST",
+        "/v1/tokens/revoke",
+        &c.key,
+        Some(json!({"jti": fresh["jti"]})),
+    )
+    .await;
+    let err = expect(&mut ws, &["error"]).await;
+    assert_eq!(err["code"], "token_revoked", "{err}");
+    assert_eq!(close_code(ws.next().await), 4003);
+}

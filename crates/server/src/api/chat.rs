@@ -455,7 +455,14 @@ async fn session(
                     Err(e) => vec![ServerMsg::error("bad_message", format!("unrecognised chat message: {e}")).text()],
                     Ok(ClientMsg::Ping) => vec![ServerMsg::Pong.text()],
                     Ok(ClientMsg::Refresh { token: fresh }) => {
-                        match super::rtc::refreshed(&s, &fresh, &tenant_id, &identity, role) {
+                        let conversation = link.conversation().to_owned();
+                        match super::rtc::refreshed(&s, &fresh, &tenant_id, &identity, role).and_then(|c| {
+                            if c.clone().principal().may_access_conversation(&conversation) {
+                                Ok(c)
+                            } else {
+                                Err("the new token does not grant this conversation")
+                            }
+                        }) {
                             Ok(c) => {
                                 token = c.meta();
                                 expiry.as_mut().reset(deadline(token.expires_at));

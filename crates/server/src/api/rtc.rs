@@ -768,6 +768,13 @@ impl Connection {
                     unreachable!("claims make tokens")
                 };
                 (self.grants, self.region, self.token) = (grants, region, token);
+                // Chat goes on only if the new token grants the conversation too.
+                if let Some(link) = &self.chat
+                    && self.role != Role::Admin
+                    && !self.grants.allows_conversation(link.conversation())
+                {
+                    self.chat = None;
+                }
                 ServerMsg::Refreshed { expires_at: exp }.text()
             }
             Err(reason) => error("refresh_refused", reason),
