@@ -38,6 +38,8 @@ pub struct AppState {
     pub revocations: Arc<crate::guard::Revocations>,
     /// Rosters, waiting rooms and ended visits of the rooms on this node.
     pub lobby: crate::lobby::Lobby,
+    /// Chat typing and receipts of the conversations followed on this node.
+    pub chat: Arc<crate::chat::ChatHub>,
 }
 
 impl AppState {
@@ -75,6 +77,7 @@ impl AppState {
             attachments: None,
             whip: Arc::default(),
             lobby: crate::lobby::Lobby::default(),
+            chat: Arc::default(),
         }
     }
 

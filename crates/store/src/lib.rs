@@ -15,6 +15,7 @@ mod pool;
 mod schema;
 mod writer;
 
+mod chat;
 mod contacts;
 mod conversations;
 mod events;
@@ -28,6 +29,7 @@ mod webhooks;
 
 pub use attachments::{Attachment, AttachmentFilter, NewAttachment, ReviewState};
 pub use audit::{AuditEntry, AuditRecord, Outcome, Problem, SERVER_CHAIN, VerifyReport};
+pub use chat::{ChatReceipt, ReceiptUpdate};
 pub use contacts::{Contact, ContactInput, ContactList};
 pub use conversations::{
     Conversation, ConversationFilter, ConversationList, NewConversation, TransitionParams,

@@ -323,7 +323,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, channel, address)
     ) WITHOUT ROWID;
     "#,
-    // 8: store-and-forward attachments: the record of each sealed blob
+    // 8: chat receipts. How far each person of a conversation has had it
+    // delivered and read (timeline seqs, only ever moving forward): one row
+    // per (conversation, identity) rather than a timeline event per
+    // message per reader. Identities are ids, never PHI.
+    r#"
+    CREATE TABLE chat_receipts (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        identity TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        role TEXT NOT NULL,
+        delivered_seq INTEGER NOT NULL,
+        read_seq INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, identity)
+    ) WITHOUT ROWID;
+    "#,
+    // 9: store-and-forward attachments: the record of each sealed blob
     // (bytes in the blob store), its timeline event, and its review.
     // File name, uploader and review note are sealed.
     r#"
