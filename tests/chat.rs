@@ -21,12 +21,20 @@ async fn expect<S>(sock: &mut S, types: &[&str]) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    expect_within(sock, types, Duration::from_secs(15)).await
+}
+
+/// Like [`expect`], within `wait` (a browser on a loaded machine is slow).
+async fn expect_within<S>(sock: &mut S, types: &[&str], wait: Duration) -> Value
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let deadline = Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let m = tokio::time::timeout(left, sock.next())
             .await
-            .unwrap_or_else(|_| panic!("no {types:?} within 15 s"))
+            .unwrap_or_else(|_| panic!("no {types:?} within {wait:?}"))
             .expect("the socket stays open")
             .expect("a frame");
         let Message::Text(t) = m else { continue };
@@ -1008,12 +1016,8 @@ async fn the_patient_chat_page_chats_with_a_clinician() {
             types: &[&str],
         ) -> Value {
             loop {
-                let m = tokio::time::timeout(
-                    Duration::from_secs(120),
-                    expect(dr, &["chat", "chat_receipt"]),
-                )
-                .await
-                .expect("the page keeps going");
+                let m =
+                    expect_within(dr, &["chat", "chat_receipt"], Duration::from_secs(120)).await;
                 if types.contains(&m["type"].as_str().unwrap()) {
                     return m;
                 }
