@@ -1,6 +1,7 @@
 //! `continuum bench ...`: measurements on this machine, reported as tables and
 //! JSON (the JSON feeds capacity planning).
 
+mod attachments;
 mod bridged;
 mod events;
 mod messaging;
@@ -32,6 +33,9 @@ pub enum BenchCommand {
     /// outbound messages per second through the durable outbox to a local
     /// provider stand-in (and that none is sent twice).
     Messaging(messaging::MessagingArgs),
+    /// Attachments: upload and download throughput over HTTP with sealing,
+    /// and the server's peak memory at each size (flat in the file size).
+    Attachments(attachments::AttachmentsArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -41,5 +45,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Turn(args) => turn::run(args),
         BenchCommand::Voice(args) => voice::run(args),
         BenchCommand::Messaging(args) => messaging::run(args),
+        BenchCommand::Attachments(args) => attachments::run(args),
     }
 }
