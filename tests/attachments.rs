@@ -4,6 +4,8 @@
 //! MMS media fetched from the provider and stored the same way.
 
 mod common;
+#[path = "../crates/blob/tests/moto/mod.rs"]
+mod moto;
 
 use common::providers::{StandIn, twilio_signature};
 use common::sipp::eventually;
@@ -566,4 +568,45 @@ async fn media_urls_to_private_addresses_are_refused_by_default() {
         "{note}"
     );
     assert!(!events.to_string().contains("\"attachment\""));
+}
+
+#[tokio::test]
+async fn attachments_can_live_in_an_s3_compatible_bucket() {
+    let moto = moto::moto().await;
+    let endpoint = format!("http://{}", moto.addr);
+    let dir = tempdir();
+    let s = Server::start_with(
+        dir.path(),
+        opts(&[
+            ("CONTINUUM_ATTACHMENTS__S3__ENDPOINT", endpoint.as_str()),
+            ("CONTINUUM_ATTACHMENTS__S3__BUCKET", moto::BUCKET),
+            ("CONTINUUM_ATTACHMENTS__S3__REGION", "us-east-1"),
+            ("CONTINUUM_ATTACHMENTS__S3__ACCESS_KEY_ID", "testing"),
+            ("CONTINUUM_ATTACHMENTS__S3__SECRET_ACCESS_KEY", "testing"),
+            ("CONTINUUM_ATTACHMENTS__S3__ALLOW_HTTP", "true"),
+        ]),
+    );
+    let key = s.key().to_owned();
+    let (_, conv) = s.patient_conversation(&key, PATIENT).await;
+    let (st, a) = upload(&s, &key, &conv, "knee.jpg", jpeg_with_gps()).await;
+    assert_eq!(st, 201, "{a}");
+    assert!(
+        stored_files(dir.path()).is_empty(),
+        "nothing in the local directory"
+    );
+    let id = a["id"].as_str().unwrap();
+    let got = s
+        .client
+        .get(s.url(&format!("/v1/attachments/{id}/content")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    let got = got.bytes().await.unwrap();
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&got)),
+        a["sha256"].as_str().unwrap()
+    );
+    assert!(!find(&got, &latitude()));
 }
