@@ -352,14 +352,7 @@ async fn attachments_keep_tenants_and_grants_apart() {
     let dir = tempdir();
     let s = Server::start_with(dir.path(), opts(&[]));
     let a = s.key().to_owned();
-    let (code, out) = common::cli(dir.path(), &["tenant", "create", "clinic-b"]);
-    assert_eq!(code, 0, "{out}");
-    let b = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let b = common::second_tenant(dir.path(), "clinic-b");
     let (_, conv) = s.patient_conversation(&a, PATIENT).await;
     let (_, other) = s.patient_conversation(&a, "+14155550111").await;
     let (st, att) = upload(&s, &a, &conv, "a.jpg", jpeg_with_gps()).await;

@@ -795,14 +795,7 @@ async fn chat_reaches_only_the_granted_conversation_of_the_tenant() {
     // A patient token for the first conversation only.
     let only_a = c.s.mint(&c.key, "patient-ana", "patient", &[&c.conv]).await;
     // Another tenant, with a clinician who may see all of *its* conversations.
-    let (code, out) = cli(dir.path(), &["tenant", "create", "other-clinic"]);
-    assert_eq!(code, 0, "{out}");
-    let key2 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key2 = common::second_tenant(dir.path(), "other-clinic");
     let outsider = mint(
         &c.s,
         &key2,

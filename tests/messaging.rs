@@ -799,14 +799,7 @@ async fn messaging_endpoints_keep_tenants_and_grants_apart() {
     let dir = tempdir();
     let s = Server::start_with(dir.path(), opts());
     let a = s.key().to_owned();
-    let (code, out) = common::cli(dir.path(), &["tenant", "create", "clinic-b"]);
-    assert_eq!(code, 0, "{out}");
-    let b = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let b = common::second_tenant(dir.path(), "clinic-b");
     let stand_in = StandIn::start().await;
     let p = twilio_provider(&s, &stand_in, "twilio", 1).await;
     let (_, conv) = s.patient_conversation(&a, PATIENT).await;

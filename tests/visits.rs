@@ -261,14 +261,7 @@ async fn rooms_and_settings_stay_within_grants_and_tenants() {
         assert_eq!(st, 404, "{method} {path}: {v}");
     }
     // Another tenant: no such room, and its own settings.
-    let (code, out) = cli(dir.path(), &["tenant", "create", "clinic-b"]);
-    assert_eq!(code, 0, "{out}");
-    let b = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let b = common::second_tenant(dir.path(), "clinic-b");
     let (st, _) = s.call("GET", &format!("/v1/rooms/{room}"), &b, None).await;
     assert_eq!(st, 404);
     let (st, _) = s
