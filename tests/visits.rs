@@ -273,10 +273,10 @@ async fn rooms_and_settings_stay_within_grants_and_tenants() {
     let defaults = s.ok("GET", "/v1/settings/visits", &key, None).await;
     assert_eq!(
         defaults,
-        json!({"waiting_room": true, "fallback": {"automatic": true, "on_media_failure": true, "degraded_secs": 0}})
+        json!({"waiting_room": true, "fallback": {"automatic": true, "on_media_failure": true, "degraded_secs": 0, "text_on_failure": true}})
     );
     let mine = json!({"waiting_room": false, "support_contact": "the front desk, +1 415 555 0100",
-        "fallback": {"automatic": false, "on_media_failure": true, "degraded_secs": 30}});
+        "fallback": {"automatic": false, "on_media_failure": true, "degraded_secs": 30, "text_on_failure": false}});
     s.ok("PUT", "/v1/settings/visits", &key, Some(mine.clone()))
         .await;
     assert_eq!(s.ok("GET", "/v1/settings/visits", &key, None).await, mine);
