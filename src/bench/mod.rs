@@ -3,6 +3,7 @@
 
 mod bridged;
 mod events;
+mod reminders;
 mod server;
 mod sfu;
 mod turn;
@@ -27,6 +28,10 @@ pub enum BenchCommand {
     /// memory per call; then phone calls bridged into SFU rooms at real time
     /// (late frames, CPU and memory per call, the most calls under 1% late).
     Voice(voice::VoiceArgs),
+    /// Appointment reminders per hour: N appointments scheduled (patients
+    /// found or created, reminders planned), then dispatched through the
+    /// scheduler and the outbox to a Twilio-shaped stand-in on loopback.
+    Reminders(reminders::RemindersArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -35,5 +40,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Sfu(args) => sfu::run(args),
         BenchCommand::Turn(args) => turn::run(args),
         BenchCommand::Voice(args) => voice::run(args),
+        BenchCommand::Reminders(args) => reminders::run(args, cfg),
     }
 }

@@ -18,6 +18,7 @@ mod contacts;
 mod conversations;
 mod events;
 mod messaging;
+mod reminders;
 mod revocations;
 mod rooms;
 mod tenants;
@@ -37,6 +38,11 @@ pub use messaging::{
     ClaimedMessage, ConsentChange, FailedAttempt, InboundOutcome, InboundRecord, MessageRef,
     MessageState, MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage,
     ProviderKind, ProviderWithSecret, SendOutcome,
+};
+pub use reminders::{
+    Appointment, AppointmentInput, AppointmentPatch, AppointmentStatus, AppointmentUpsert, DispatchReport,
+    QuietHours, Reminder, ReminderChannel, ReminderReplyKind, ReminderSettings, ReminderState,
+    ReminderTemplate, TemplateInput, UpsertOutcome, WhatsappTemplate, plan,
 };
 pub use revocations::RevokedToken;
 pub use rooms::{FallbackPolicy, Room, VisitSettings};
@@ -126,6 +132,8 @@ struct Inner {
     outbox_ready: Arc<Notify>,
     /// Woken when outbound messages are queued or re-queued.
     messages_ready: Arc<Notify>,
+    /// Woken when reminders are scheduled (the scheduler sleeps until the next one is due).
+    reminders_ready: Arc<Notify>,
 }
 
 impl Store {
@@ -168,6 +176,7 @@ impl Store {
             live,
             outbox_ready: Arc::new(Notify::new()),
             messages_ready: Arc::new(Notify::new()),
+            reminders_ready: Arc::new(Notify::new()),
         })))
     }
 

@@ -8,6 +8,7 @@ pub mod conversations;
 pub mod doc;
 pub mod messaging;
 pub mod provider_hooks;
+pub mod reminders;
 pub mod rtc;
 pub mod signal;
 pub mod timeline;
@@ -38,6 +39,7 @@ use utoipa_axum::routes;
         (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
         (name = "voice", description = "SIP trunks, dispatch rules and phone calls (dial-out, PSTN fallback)"),
         (name = "messaging", description = "SMS and WhatsApp: providers (the failover chain), outbound messages and their delivery, provider webhooks"),
+        (name = "reminders", description = "Appointment reminders: settings (quiet hours), templates, appointments and bulk imports"),
     )
 )]
 struct ApiDoc;
@@ -98,6 +100,25 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messaging::send, messaging::list))
         .routes(routes!(messaging::get))
         .routes(routes!(messaging::send_visit_link))
+        .routes(routes!(reminders::get_settings, reminders::set_settings))
+        .routes(routes!(
+            reminders::create_template,
+            reminders::list_templates
+        ))
+        .routes(routes!(
+            reminders::get_template,
+            reminders::replace_template,
+            reminders::delete_template
+        ))
+        .routes(routes!(
+            reminders::create_appointment,
+            reminders::list_appointments
+        ))
+        .routes(routes!(
+            reminders::get_appointment,
+            reminders::update_appointment
+        ))
+        .routes(routes!(reminders::import))
         .routes(routes!(provider_hooks::twilio_webhook))
         .routes(routes!(
             provider_hooks::meta_verify,
