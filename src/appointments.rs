@@ -107,6 +107,10 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut errors = Vec::new();
+    let parsed_ids: Vec<(usize, String)> = parsed
+        .iter()
+        .filter_map(|(row, r)| Some((*row, r.as_ref().ok()?.external_id.clone()?)))
+        .collect();
     let mut good: Vec<(usize, AppointmentRequest)> = Vec::with_capacity(parsed.len());
     for (row, r) in parsed {
         match r {
@@ -117,7 +121,9 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
             Err(e) => errors.push(e),
         }
     }
+    errors.extend(duplicates(&parsed_ids));
     if !errors.is_empty() {
+        errors.sort_by_key(|e| e.row);
         print_errors(&errors);
         return Ok(ExitCode::FAILURE);
     }
@@ -142,6 +148,26 @@ fn parse_all(
     } else {
         rows::parse_json(bytes, usize::MAX)
     }
+}
+
+/// Rows giving an external_id an earlier row gave (over the whole file:
+/// the server sees one part at a time).
+fn duplicates(ids: &[(usize, String)]) -> Vec<RowError> {
+    let mut seen = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for (row, x) in ids {
+        match seen.get(x) {
+            Some(first) => errors.push(RowError {
+                row: *row,
+                field: Some("external_id".into()),
+                message: format!("external_id `{}` is also on row {first}", rows::shown(x)),
+            }),
+            None => {
+                seen.insert(x.clone(), *row);
+            }
+        }
+    }
+    errors
 }
 
 /// What one request answered.
@@ -211,19 +237,6 @@ async fn send(args: &ImportArgs, good: Vec<(usize, AppointmentRequest)>) -> anyh
         pb.inc(part.len() as u64);
     }
     pb.finish_and_clear();
-    // The same external_id in two parts is a duplicate the server cannot see.
-    let mut seen = std::collections::HashMap::new();
-    for (row, r) in &good {
-        if let Some(x) = &r.external_id
-            && let Some(first) = seen.insert(x.clone(), *row)
-        {
-            errors.push(RowError {
-                row: *row,
-                field: Some("external_id".into()),
-                message: format!("external_id `{}` is also on row {first}", rows::shown(x)),
-            });
-        }
-    }
     if !errors.is_empty() {
         errors.sort_by_key(|e| e.row);
         print_errors(&errors);

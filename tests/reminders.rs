@@ -383,6 +383,7 @@ async fn a_reply_c_confirms_and_r_asks_to_reschedule() {
     let events = timeline(&s, &conv).await;
     let reply = events
         .iter()
+        .rev()
         .find(|e| e["kind"] == "message" && e["meta"]["reminder_reply"] == "confirm")
         .expect("the reply on the timeline");
     let note = events
