@@ -78,8 +78,8 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     if args.chunk == 0 || args.chunk > rows::MAX_ROWS {
         bail!("--chunk must be 1..={}", rows::MAX_ROWS);
     }
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let format = match &args.format {
         Some(f) => f.to_ascii_lowercase(),
         None => args
@@ -222,7 +222,10 @@ async fn post(
     }
 }
 
-async fn send(args: &ImportArgs, good: Vec<(usize, AppointmentRequest)>) -> anyhow::Result<ExitCode> {
+async fn send(
+    args: &ImportArgs,
+    good: Vec<(usize, AppointmentRequest)>,
+) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(300))
         .build()?;
@@ -263,7 +266,10 @@ async fn send(args: &ImportArgs, good: Vec<(usize, AppointmentRequest)>) -> anyh
             Answer::Refused(e) => {
                 pb.abandon();
                 print_errors(&e);
-                eprintln!("(rows before row {} were imported; run the import again once fixed)", part[0].0);
+                eprintln!(
+                    "(rows before row {} were imported; run the import again once fixed)",
+                    part[0].0
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
@@ -272,7 +278,12 @@ async fn send(args: &ImportArgs, good: Vec<(usize, AppointmentRequest)>) -> anyh
     pb.finish_and_clear();
     println!(
         "imported {} rows: {} created, {} updated, {} rescheduled, {} cancelled, {} unchanged",
-        total.rows, total.created, total.updated, total.rescheduled, total.cancelled, total.unchanged
+        total.rows,
+        total.created,
+        total.updated,
+        total.rescheduled,
+        total.cancelled,
+        total.unchanged
     );
     if !total.failed.is_empty() {
         for e in &total.failed {

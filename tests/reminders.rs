@@ -165,8 +165,14 @@ async fn reminders_go_out_at_their_offsets_filled_in_and_a_reschedule_cancels_th
     // T-24h is due in 2 s; T-1h 23 h later.
     let start_ts: jiff::Timestamp = start.parse().unwrap();
     let due = |r: &Value| -> jiff::Timestamp { r["due_at"].as_str().unwrap().parse().unwrap() };
-    assert_eq!(due(reminder(&a, "-24h")), start_ts - jiff::SignedDuration::from_hours(24));
-    assert_eq!(due(reminder(&a, "-1h")), start_ts - jiff::SignedDuration::from_hours(1));
+    assert_eq!(
+        due(reminder(&a, "-24h")),
+        start_ts - jiff::SignedDuration::from_hours(24)
+    );
+    assert_eq!(
+        due(reminder(&a, "-1h")),
+        start_ts - jiff::SignedDuration::from_hours(1)
+    );
 
     let reqs = stand_in.wait_for(|r| !r.is_empty()).await;
     assert_eq!(reqs.len(), 1, "only T-24h is due");
@@ -212,7 +218,12 @@ async fn reminders_go_out_at_their_offsets_filled_in_and_a_reschedule_cancels_th
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["offset"].as_str().unwrap().into(), r["state"].as_str().unwrap().into()))
+        .map(|r| {
+            (
+                r["offset"].as_str().unwrap().into(),
+                r["state"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     let count = |o: &str, st: &str| states.iter().filter(|(a, b)| a == o && b == st).count();
     assert_eq!(count("-24h", "sent"), 1, "{states:?}");
@@ -229,7 +240,12 @@ async fn reminders_go_out_at_their_offsets_filled_in_and_a_reschedule_cancels_th
         )
         .await;
     assert_eq!((st, b["id"].as_str()), (200, Some(id.as_str())), "{b}");
-    let pending = b["reminders"].as_array().unwrap().iter().filter(|r| r["state"] == "pending").count();
+    let pending = b["reminders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "pending")
+        .count();
     assert_eq!(pending, 2, "{b}");
     // Cancelling cancels what is pending.
     let c = s
@@ -241,9 +257,21 @@ async fn reminders_go_out_at_their_offsets_filled_in_and_a_reschedule_cancels_th
         )
         .await;
     assert_eq!(c["status"], "cancelled");
-    assert!(c["reminders"].as_array().unwrap().iter().all(|r| r["state"] != "pending"), "{c}");
+    assert!(
+        c["reminders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] != "pending"),
+        "{c}"
+    );
     let listed = s
-        .ok("GET", &format!("/v1/appointments?conversation={conv}"), s.key(), None)
+        .ok(
+            "GET",
+            &format!("/v1/appointments?conversation={conv}"),
+            s.key(),
+            None,
+        )
         .await;
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert_eq!(stand_in.requests().len(), 1, "nothing else was sent");
@@ -323,16 +351,26 @@ async fn stop_then_a_reminder_sends_nothing_and_logs_it_and_start_re_enables() {
     assert_eq!(r["state"], "suppressed", "{a}");
     assert!(r["detail"].as_str().unwrap().contains("opted out"), "{a}");
     assert!(r["message_id"].is_null());
-    assert_eq!(stand_in.requests().len(), 1, "only the STOP confirmation went out");
+    assert_eq!(
+        stand_in.requests().len(),
+        1,
+        "only the STOP confirmation went out"
+    );
     // Logged: in the audit chain, and on the timeline for staff.
     let audit = s.ok("GET", "/v1/audit?limit=1000", s.key(), None).await;
-    assert!(audit.to_string().contains("message.suppressed"), "suppression audited");
+    assert!(
+        audit.to_string().contains("message.suppressed"),
+        "suppression audited"
+    );
     let events = timeline(&s, conv).await;
     let note = events
         .iter()
         .find(|e| e["kind"] == "note" && e["meta"]["reminder_state"] == "suppressed")
         .expect("a note that the reminder was not sent");
-    assert!(note["body"].as_str().unwrap().contains("not sent"), "{note}");
+    assert!(
+        note["body"].as_str().unwrap().contains("not sent"),
+        "{note}"
+    );
 
     patient_says(&s, &inbound, "START", "SM000000000000000000000000000000a2").await;
     stand_in.wait_for(|r| r.len() >= 2).await;
@@ -346,10 +384,16 @@ async fn stop_then_a_reminder_sends_nothing_and_logs_it_and_start_re_enables() {
         .await;
     let reqs = stand_in.wait_for(|r| r.len() >= 3).await;
     assert_eq!(reqs.len(), 3, "the reminder after START went out");
-    assert!(reqs[2].field("Body").unwrap().starts_with("Hi "), "{:?}", reqs[2]);
-    let b = until(&s, &format!("/v1/appointments/{}", b["id"].as_str().unwrap()), |b| {
-        reminder(b, "-1h")["state"] == "sent"
-    })
+    assert!(
+        reqs[2].field("Body").unwrap().starts_with("Hi "),
+        "{:?}",
+        reqs[2]
+    );
+    let b = until(
+        &s,
+        &format!("/v1/appointments/{}", b["id"].as_str().unwrap()),
+        |b| reminder(b, "-1h")["state"] == "sent",
+    )
     .await;
     assert_eq!(reminder(&b, "-1h")["state"], "sent");
 }
@@ -370,16 +414,26 @@ async fn a_reply_c_confirms_and_r_asks_to_reschedule() {
     // A "C" before any reminder went out answers nothing.
     patient_says(&s, &inbound, "C", "SM000000000000000000000000000000b0").await;
     assert_eq!(
-        s.ok("GET", &format!("/v1/appointments/{id}"), s.key(), None).await["status"],
+        s.ok("GET", &format!("/v1/appointments/{id}"), s.key(), None)
+            .await["status"],
         "scheduled"
     );
     stand_in.wait_for(|r| !r.is_empty()).await;
-    until(&s, &format!("/v1/appointments/{id}"), |a| reminder(a, "-24h")["state"] == "sent").await;
+    until(&s, &format!("/v1/appointments/{id}"), |a| {
+        reminder(a, "-24h")["state"] == "sent"
+    })
+    .await;
 
     patient_says(&s, &inbound, "c.", "SM000000000000000000000000000000b1").await;
-    let a = s.ok("GET", &format!("/v1/appointments/{id}"), s.key(), None).await;
+    let a = s
+        .ok("GET", &format!("/v1/appointments/{id}"), s.key(), None)
+        .await;
     assert_eq!(a["status"], "confirmed", "{a}");
-    assert_eq!(reminder(&a, "-1h")["state"], "pending", "a confirmation keeps the day-of reminder");
+    assert_eq!(
+        reminder(&a, "-1h")["state"],
+        "pending",
+        "a confirmation keeps the day-of reminder"
+    );
     let events = timeline(&s, &conv).await;
     let reply = events
         .iter()
@@ -392,17 +446,40 @@ async fn a_reply_c_confirms_and_r_asks_to_reschedule() {
         .expect("a note of the confirmation");
     assert_eq!(note["meta"]["reply_seq"], reply["seq"]);
     let ctx = s
-        .ok("GET", &format!("/v1/conversations/{conv}/context"), s.key(), None)
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            s.key(),
+            None,
+        )
         .await;
     assert_eq!(ctx["appointments"][0]["status"], "confirmed", "{ctx}");
 
-    patient_says(&s, &inbound, "RESCHEDULE", "SM000000000000000000000000000000b2").await;
-    let a = s.ok("GET", &format!("/v1/appointments/{id}"), s.key(), None).await;
+    patient_says(
+        &s,
+        &inbound,
+        "RESCHEDULE",
+        "SM000000000000000000000000000000b2",
+    )
+    .await;
+    let a = s
+        .ok("GET", &format!("/v1/appointments/{id}"), s.key(), None)
+        .await;
     assert_eq!(a["status"], "reschedule_requested", "{a}");
-    let day_of = a["reminders"].as_array().unwrap().iter().find(|r| r["offset"] == "-1h").unwrap();
+    let day_of = a["reminders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["offset"] == "-1h")
+        .unwrap();
     assert_eq!(day_of["state"], "cancelled", "{a}");
     let ctx = s
-        .ok("GET", &format!("/v1/conversations/{conv}/context"), s.key(), None)
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            s.key(),
+            None,
+        )
         .await;
     assert_eq!(ctx["appointments"][0]["status"], "reschedule_requested");
     // Only the reminder went out: replies to C and R are for staff.
@@ -447,17 +524,28 @@ async fn csv_and_json_imports_report_errors_by_row_and_import_all_or_nothing() {
         "{out}"
     );
     assert!(out.contains("row 4: phone"), "{out}");
-    assert!(out.contains("row 5: external_id `I-1` is also on row 2"), "{out}");
+    assert!(
+        out.contains("row 5: external_id `I-1` is also on row 2"),
+        "{out}"
+    );
     assert!(out.contains("nothing was imported"), "{out}");
     // Nothing was imported: the first row's patient does not exist.
-    let found = s.ok("GET", "/v1/contacts?phone=%2B14155550101", s.key(), None).await;
+    let found = s
+        .ok("GET", "/v1/contacts?phone=%2B14155550101", s.key(), None)
+        .await;
     assert_eq!(found["contacts"].as_array().unwrap().len(), 0, "{found}");
 
     // An unknown template is found by the server's check, still by row.
-    let unknown = format!("external_id,phone,start_time,template\nI-9,+14155550109,{},nope\n", t(30));
+    let unknown = format!(
+        "external_id,phone,start_time,template\nI-9,+14155550109,{},nope\n",
+        t(30)
+    );
     let (code, out) = import_cli(&s, dir.path(), "unknown.csv", &unknown);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("row 2: template `nope` does not exist"), "{out}");
+    assert!(
+        out.contains("row 2: template `nope` does not exist"),
+        "{out}"
+    );
 
     let good = format!(
         "external_id,phone,patient_name,start_time,time_zone,location\n\
@@ -474,14 +562,31 @@ async fn csv_and_json_imports_report_errors_by_row_and_import_all_or_nothing() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("3 unchanged"), "{out}");
     // The local time in its zone: 10:00 Chicago is 16:00 UTC in December.
-    let c = s.ok("GET", "/v1/contacts?phone=%2B14155550102", s.key(), None).await;
+    let c = s
+        .ok("GET", "/v1/contacts?phone=%2B14155550102", s.key(), None)
+        .await;
     let conv = s
-        .ok("GET", &format!("/v1/conversations?contact_id={}", c["contacts"][0]["id"].as_str().unwrap()), s.key(), None)
+        .ok(
+            "GET",
+            &format!(
+                "/v1/conversations?contact_id={}",
+                c["contacts"][0]["id"].as_str().unwrap()
+            ),
+            s.key(),
+            None,
+        )
         .await["conversations"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let listed = s.ok("GET", &format!("/v1/appointments?conversation={conv}"), s.key(), None).await;
+    let listed = s
+        .ok(
+            "GET",
+            &format!("/v1/appointments?conversation={conv}"),
+            s.key(),
+            None,
+        )
+        .await;
     assert_eq!(listed[0]["start_time"], "2030-12-01T16:00:00Z", "{listed}");
 
     // JSON, by the CLI (a cancellation and a new one) and by the API.
@@ -491,7 +596,10 @@ async fn csv_and_json_imports_report_errors_by_row_and_import_all_or_nothing() {
     ]);
     let (code, out) = import_cli(&s, dir.path(), "more.json", &json_file.to_string());
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("1 created") && out.contains("1 cancelled"), "{out}");
+    assert!(
+        out.contains("1 created") && out.contains("1 cancelled"),
+        "{out}"
+    );
     let bad_json = json!([
         {"external_id": "J-2", "phone": "+14155550106", "start_time": t(40)},
         {"external_id": "J-3", "phone": "+14155550107", "start_time": "tomorrow"},
@@ -512,33 +620,66 @@ async fn csv_and_json_imports_report_errors_by_row_and_import_all_or_nothing() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["row"].as_u64().unwrap(), r["field"].as_str().unwrap_or("").to_owned()))
+        .map(|r| {
+            (
+                r["row"].as_u64().unwrap(),
+                r["field"].as_str().unwrap_or("").to_owned(),
+            )
+        })
         .collect();
-    assert_eq!(rows, [(2, "start_time".to_owned()), (3, "phone".to_owned())], "{v}");
-    let found = s.ok("GET", "/v1/contacts?phone=%2B14155550106", s.key(), None).await;
-    assert_eq!(found["contacts"].as_array().unwrap().len(), 0, "all or nothing");
+    assert_eq!(
+        rows,
+        [(2, "start_time".to_owned()), (3, "phone".to_owned())],
+        "{v}"
+    );
+    let found = s
+        .ok("GET", "/v1/contacts?phone=%2B14155550106", s.key(), None)
+        .await;
+    assert_eq!(
+        found["contacts"].as_array().unwrap().len(),
+        0,
+        "all or nothing"
+    );
     // CSV straight to the API.
     let resp = s
         .client
         .post(s.url("/v1/appointments/import?dry_run=true"))
         .bearer_auth(s.key())
         .header("content-type", "text/csv")
-        .body(format!("external_id,phone,start_time\nK-1,+14155550110,{}\n", t(30)))
+        .body(format!(
+            "external_id,phone,start_time\nK-1,+14155550110,{}\n",
+            t(30)
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let v: Value = resp.json().await.unwrap();
-    assert_eq!((v["rows"].as_u64(), v["dry_run"].as_bool(), v["created"].as_u64()), (Some(1), Some(true), Some(0)));
+    assert_eq!(
+        (
+            v["rows"].as_u64(),
+            v["dry_run"].as_bool(),
+            v["created"].as_u64()
+        ),
+        (Some(1), Some(true), Some(0))
+    );
 }
 
 #[tokio::test]
 async fn tenants_and_grants_keep_appointments_apart() {
     let (dir, s, _stand_in, _) = setup().await;
     let a = s
-        .ok("POST", "/v1/appointments", s.key(), Some(json!({"phone": PATIENT, "start_time": at(hours(30))})))
+        .ok(
+            "POST",
+            "/v1/appointments",
+            s.key(),
+            Some(json!({"phone": PATIENT, "start_time": at(hours(30))})),
+        )
         .await;
-    let (id, conv) = (a["id"].as_str().unwrap(), a["conversation_id"].as_str().unwrap());
+    let (id, conv) = (
+        a["id"].as_str().unwrap(),
+        a["conversation_id"].as_str().unwrap(),
+    );
     let template = s.ok("GET", "/v1/reminder-templates", s.key(), None).await[0]["id"]
         .as_str()
         .unwrap()
@@ -553,7 +694,11 @@ async fn tenants_and_grants_keep_appointments_apart() {
         .to_owned();
     for (method, path, body) in [
         ("GET", format!("/v1/appointments/{id}"), None),
-        ("PATCH", format!("/v1/appointments/{id}"), Some(json!({"status": "cancelled"}))),
+        (
+            "PATCH",
+            format!("/v1/appointments/{id}"),
+            Some(json!({"status": "cancelled"})),
+        ),
         ("GET", format!("/v1/appointments?conversation={conv}"), None),
         ("GET", format!("/v1/reminder-templates/{template}"), None),
         ("DELETE", format!("/v1/reminder-templates/{template}"), None),
@@ -561,7 +706,10 @@ async fn tenants_and_grants_keep_appointments_apart() {
         let (st, v) = s.call(method, &path, &b, body).await;
         assert_eq!(st, 404, "{method} {path}: {v}");
     }
-    assert_eq!(s.ok("GET", "/v1/reminder-templates", &b, None).await, json!([]));
+    assert_eq!(
+        s.ok("GET", "/v1/reminder-templates", &b, None).await,
+        json!([])
+    );
     // Tenant B's appointment by A's conversation id is refused too.
     let (st, _) = s
         .call("POST", "/v1/appointments", &b, Some(json!({"conversation_id": conv, "start_time": at(hours(30)), "template": "default"})))
@@ -579,16 +727,32 @@ async fn tenants_and_grants_keep_appointments_apart() {
         let (st, _) = s.call(method, &path, &token, None).await;
         assert_eq!(st, 404, "{method} {path}");
     }
-    let (st, _) = s.call("PATCH", &format!("/v1/appointments/{id}"), &token, Some(json!({"status": "cancelled"}))).await;
+    let (st, _) = s
+        .call(
+            "PATCH",
+            &format!("/v1/appointments/{id}"),
+            &token,
+            Some(json!({"status": "cancelled"})),
+        )
+        .await;
     assert_eq!(st, 404);
     let (st, _) = s.call("GET", "/v1/reminder-templates", &token, None).await;
     assert_eq!(st, 403);
     // Granted this conversation: it may read and change the appointment.
     let token = s.mint(s.key(), "dr-a", "clinician", &[conv]).await;
-    let (st, v) = s.call("GET", &format!("/v1/appointments?conversation={conv}"), &token, None).await;
+    let (st, v) = s
+        .call(
+            "GET",
+            &format!("/v1/appointments?conversation={conv}"),
+            &token,
+            None,
+        )
+        .await;
     assert_eq!((st, v.as_array().map(Vec::len)), (200, Some(1)));
     // …but not import (a tenant-wide act).
-    let (st, _) = s.call("POST", "/v1/appointments/import", &token, Some(json!([]))).await;
+    let (st, _) = s
+        .call("POST", "/v1/appointments/import", &token, Some(json!([])))
+        .await;
     assert_eq!(st, 403);
 }
 
@@ -602,7 +766,14 @@ async fn kill_9_mid_dispatch_sends_no_reminder_twice() {
     let rows: Vec<Value> = (0..n)
         .map(|i| json!({"external_id": format!("K-{i}"), "phone": format!("+1415555{:04}", 2000 + i), "patient_name": format!("P{i} X"), "start_time": start}))
         .collect();
-    let r = s.ok("POST", "/v1/appointments/import", s.key(), Some(json!(rows))).await;
+    let r = s
+        .ok(
+            "POST",
+            "/v1/appointments/import",
+            s.key(),
+            Some(json!(rows)),
+        )
+        .await;
     assert_eq!(r["created"], n);
     stand_in.wait_for(|r| r.len() >= 30).await;
     let data_dir = s.data_dir.clone();
@@ -627,14 +798,21 @@ async fn kill_9_mid_dispatch_sends_no_reminder_twice() {
         }
     }
     let (sent, unconfirmed) = message_counts(&s2).await;
-    assert_eq!(sent + unconfirmed, n, "sent {sent}, unconfirmed {unconfirmed}");
+    assert_eq!(
+        sent + unconfirmed,
+        n,
+        "sent {sent}, unconfirmed {unconfirmed}"
+    );
     let reqs = stand_in.requests();
     let mut bodies: Vec<&str> = reqs.iter().filter_map(|r| r.field("Body")).collect();
     let total = bodies.len();
     bodies.sort_unstable();
     bodies.dedup();
     assert_eq!(bodies.len(), total, "a reminder went out twice");
-    assert!(total >= sent && total <= n, "{total} requests for {sent} sent");
+    assert!(
+        total >= sent && total <= n,
+        "{total} requests for {sent} sent"
+    );
 }
 
 /// (sent, unconfirmed) reminder messages, over every patient's conversation.
@@ -650,7 +828,15 @@ async fn message_counts(s: &Server) -> (usize, usize) {
         let page = s.ok("GET", &path, s.key(), None).await;
         for c in page["conversations"].as_array().unwrap() {
             let list = s
-                .ok("GET", &format!("/v1/appointments?conversation={}", c["id"].as_str().unwrap()), s.key(), None)
+                .ok(
+                    "GET",
+                    &format!(
+                        "/v1/appointments?conversation={}",
+                        c["id"].as_str().unwrap()
+                    ),
+                    s.key(),
+                    None,
+                )
                 .await;
             for a in list.as_array().unwrap() {
                 for r in a["reminders"].as_array().unwrap() {
@@ -658,7 +844,14 @@ async fn message_counts(s: &Server) -> (usize, usize) {
                     if r["state"] != "sent" {
                         continue;
                     }
-                    let m = s.ok("GET", &format!("/v1/messages/{}", r["message_id"].as_str().unwrap()), s.key(), None).await;
+                    let m = s
+                        .ok(
+                            "GET",
+                            &format!("/v1/messages/{}", r["message_id"].as_str().unwrap()),
+                            s.key(),
+                            None,
+                        )
+                        .await;
                     match m["state"].as_str().unwrap() {
                         "sent" | "delivered" => sent += 1,
                         "unconfirmed" => unconfirmed += 1,

@@ -8,7 +8,9 @@
 //!    queued in the outbox, one write per batch) and the real outbox sender
 //!    (the tenant's failover chain, HTTP to a Twilio-shaped stand-in on
 //!    loopback, each outcome recorded) run together, with the scheduler's
-//!    clock moved ahead so every reminder is due at once. Reported: the
+//!    clock moved ahead to each offset's wave in turn (the appointments are
+//!    all within one minute: every T-24h reminder falls due, then every
+//!    T-1h one, each before its appointment). Reported: the
 //!    rate at which reminders reached the outbox, and the end-to-end rate
 //!    at which they were accepted by the stand-in with their outcome
 //!    durably recorded (`sent`).
@@ -80,7 +82,11 @@ struct Report {
 }
 
 fn per_hour(n: usize, secs: f64) -> f64 {
-    if secs > 0.0 { n as f64 * 3600.0 / secs } else { 0.0 }
+    if secs > 0.0 {
+        n as f64 * 3600.0 / secs
+    } else {
+        0.0
+    }
 }
 
 /// A Twilio-shaped stand-in on loopback: answers 201 with a sid, counts
@@ -88,7 +94,9 @@ fn per_hour(n: usize, secs: f64) -> f64 {
 async fn stand_in() -> anyhow::Result<(String, Arc<AtomicU64>, Arc<AtomicU64>)> {
     let count = Arc::new(AtomicU64::new(0));
     let dups = Arc::new(AtomicU64::new(0));
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<u64>::new()));
+    let seen = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<u64>::new(),
+    ));
     let (c, d) = (count.clone(), dups.clone());
     let app = Router::new().route(
         "/2010-04-01/Accounts/{sid}/Messages.json",
@@ -104,7 +112,9 @@ async fn stand_in() -> anyhow::Result<(String, Arc<AtomicU64>, Arc<AtomicU64>)> 
                 let n = c.fetch_add(1, Ordering::Relaxed) + 1;
                 (
                     axum::http::StatusCode::CREATED,
-                    axum::Json(serde_json::json!({"sid": format!("SM{n:032}"), "status": "queued"})),
+                    axum::Json(
+                        serde_json::json!({"sid": format!("SM{n:032}"), "status": "queued"}),
+                    ),
                 )
             }
         }),
@@ -120,9 +130,11 @@ async fn stand_in() -> anyhow::Result<(String, Arc<AtomicU64>, Arc<AtomicU64>)> 
 fn bar(len: usize, prefix: &'static str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, {eta} left)")
-            .expect("a valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:40.cyan/blue}] {pos}/{len} ({per_sec}, {eta} left)",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(prefix);
     pb
@@ -138,7 +150,11 @@ async fn count(store: &Store, state: &str) -> anyhow::Result<i64> {
 }
 
 pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
-    if args.appointments == 0 || args.appointments > 8_000_000 || args.chunk == 0 || args.parallel == 0 {
+    if args.appointments == 0
+        || args.appointments > 8_000_000
+        || args.chunk == 0
+        || args.parallel == 0
+    {
         bail!("--appointments must be 1..=8000000, --chunk and --parallel positive");
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -207,7 +223,8 @@ pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
             )
             .await?;
 
-        // 1. Scheduling: appointments from two days out, a second apart.
+        // 1. Scheduling: appointments two days out, within one minute (so
+        // each offset's reminders fall due together: one wave per offset).
         let first = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(48);
         let n = args.appointments;
         let pb = bar(n, "scheduling");
@@ -225,7 +242,7 @@ pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
                         let rows: Vec<(usize, Result<AppointmentRequest, _>)> = range
                             .enumerate()
                             .map(|(j, i)| {
-                                let start = first + jiff::SignedDuration::from_secs(i as i64);
+                                let start = first + jiff::SignedDuration::from_secs((i % 60) as i64);
                                 (j + 1, Ok(AppointmentRequest {
                                     external_id: Some(format!("B-{i}")),
                                     phone: Some(format!("+1415{}", 2_000_000 + i)),
@@ -262,10 +279,10 @@ pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
             per_hour(pending, schedule_secs)
         );
 
-        // 2. Dispatch end to end: scheduler + outbox sender, all due now.
-        let offset = (48 * 3600 + n as i64 + 60) * 1_000_000;
-        let mut scheduler = Scheduler::new(store.clone());
-        scheduler.clock_offset_micros = offset;
+        // 2. Dispatch end to end: the outbox sender throughout, and the
+        // scheduler with its clock moved to a minute after each offset's
+        // wave fell due (all T-24h reminders, then all T-1h), so every
+        // reminder goes out before its appointment as it would in a day.
         let cfg = continuum_server::config::MessagingConfig {
             concurrency: args.concurrency,
             allow_private_providers: true,
@@ -274,19 +291,39 @@ pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
         };
         let messaging = MessagingService::new(store.clone(), cfg, "http://127.0.0.1:9".into());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut waves: Vec<i64> = args
+            .offsets
+            .iter()
+            .map(|o| continuum_store::plan::parse_offset(o).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?;
+        waves.sort_unstable();
         let pb = bar(pending, "dispatching");
         let started = Instant::now();
-        let sched = tokio::spawn(Arc::new(scheduler).run(stop_rx.clone()));
         let sender = tokio::spawn(messaging.run_sender(stop_rx));
-        let mut to_outbox = None;
+        let first_us = first.as_microsecond();
+        for off in waves {
+            let wave_at = first_us + (off + 61) * 1_000_000;
+            let mut scheduler = Scheduler::new(store.clone());
+            scheduler.clock_offset_micros = wave_at - continuum_core::clock::unix_micros();
+            let (wave_stop, wave_rx) = tokio::sync::watch::channel(false);
+            let sched = tokio::spawn(Arc::new(scheduler).run(wave_rx));
+            // This wave is claimed once nothing pending is due by its clock.
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                pb.set_position(requests.load(Ordering::Relaxed));
+                let next = store.next_reminder_due().await?;
+                if next.is_none_or(|d| d > wave_at + 60 * 1_000_000) {
+                    break;
+                }
+            }
+            let _ = wave_stop.send(true);
+            let _ = sched.await;
+        }
+        let to_outbox = started.elapsed().as_secs_f64();
         let end_to_end;
         loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
             let done = requests.load(Ordering::Relaxed) as usize;
             pb.set_position(done as u64);
-            if to_outbox.is_none() && count(&store, "pending").await? == 0 {
-                to_outbox = Some(started.elapsed().as_secs_f64());
-            }
             if done >= pending {
                 // Accepted by the provider; wait for the outcomes' commits.
                 let sent = store
@@ -303,12 +340,21 @@ pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
             if started.elapsed() > Duration::from_secs(3600) {
                 bail!("dispatch did not finish within an hour ({done} of {pending} sent)");
             }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let not_sent = store
+            .reminder_counts()
+            .await?
+            .into_iter()
+            .filter(|(s, _)| s != "sent")
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>();
+        if !not_sent.is_empty() {
+            bail!("reminders not sent: {}", not_sent.join(", "));
         }
         pb.finish_and_clear();
         let _ = stop_tx.send(true);
-        let _ = sched.await;
         let _ = sender.await;
-        let to_outbox = to_outbox.unwrap_or(end_to_end);
         println!(
             "dispatched {pending} reminders: to the outbox in {to_outbox:.1} s ({:.0}/h); accepted by the provider and recorded `sent` in {end_to_end:.1} s ({:.0}/h end to end)",
             per_hour(pending, to_outbox),

@@ -13,7 +13,7 @@ pub mod rows;
 
 use continuum_core::BindingKind;
 use continuum_store::{
-    AppointmentInput, AppointmentUpsert, Appointment, Store, StoreError, UpsertOutcome,
+    Appointment, AppointmentInput, AppointmentUpsert, Store, StoreError, UpsertOutcome,
 };
 use futures::StreamExt;
 use rows::{Checked, RowError};
@@ -176,10 +176,7 @@ pub fn duplicate_ids(rows: &[Checked]) -> Vec<RowError> {
                 errors.push(RowError {
                     row: r.row,
                     field: Some("external_id".into()),
-                    message: format!(
-                        "external_id `{}` is also on row {first}",
-                        rows::shown(x)
-                    ),
+                    message: format!("external_id `{}` is also on row {first}", rows::shown(x)),
                 });
             } else {
                 seen.insert(x, r.row);

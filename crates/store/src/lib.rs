@@ -40,9 +40,9 @@ pub use messaging::{
     ProviderKind, ProviderWithSecret, SendOutcome,
 };
 pub use reminders::{
-    Appointment, AppointmentInput, AppointmentPatch, AppointmentStatus, AppointmentUpsert, DispatchReport,
-    QuietHours, Reminder, ReminderChannel, ReminderReplyKind, ReminderSettings, ReminderState,
-    ReminderTemplate, TemplateInput, UpsertOutcome, WhatsappTemplate, plan,
+    Appointment, AppointmentInput, AppointmentPatch, AppointmentStatus, AppointmentUpsert,
+    DispatchReport, QuietHours, Reminder, ReminderChannel, ReminderReplyKind, ReminderSettings,
+    ReminderState, ReminderTemplate, TemplateInput, UpsertOutcome, WhatsappTemplate, plan,
 };
 pub use revocations::RevokedToken;
 pub use rooms::{FallbackPolicy, Room, VisitSettings};

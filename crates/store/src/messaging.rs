@@ -512,20 +512,20 @@ pub(crate) fn enqueue_in_tx(
     new: &NewOutboundMessage,
     audit_actor: &str,
 ) -> Result<std::result::Result<(OutboundMessage, Appended), String>> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let mut meta = new.meta.clone();
-        meta.insert("direction".into(), "outbound".into());
-        let ev = NewEvent {
-            channel: new.channel,
-            kind: EventKind::Message,
-            actor: new.actor.clone(),
-            body: new.body.clone(),
-            meta,
-            idempotency_key: new.idempotency_key.clone(),
-        };
-        // The retry of a request: the message its first try queued.
-        if let Some(key) = &new.idempotency_key {
-            let existing: Option<String> = ctx
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut meta = new.meta.clone();
+    meta.insert("direction".into(), "outbound".into());
+    let ev = NewEvent {
+        channel: new.channel,
+        kind: EventKind::Message,
+        actor: new.actor.clone(),
+        body: new.body.clone(),
+        meta,
+        idempotency_key: new.idempotency_key.clone(),
+    };
+    // The retry of a request: the message its first try queued.
+    if let Some(key) = &new.idempotency_key {
+        let existing: Option<String> = ctx
                 .conn
                 .prepare_cached(
                     "SELECT m.id FROM events e JOIN messages m ON m.conversation_id = e.conversation_id AND m.event_seq = e.seq
@@ -533,36 +533,68 @@ pub(crate) fn enqueue_in_tx(
                 )?
                 .query_row(params![conv_id, key], |r| r.get(0))
                 .optional()?;
-            if let Some(mid) = existing {
-                let appended = append_in_tx(ctx, keys, tenant_id, conv_id, &ev_with_id(&ev, &mid), audit_actor)?;
-                let message = load_message(ctx.conn, keys, tenant_id, &mid)?;
-                return Ok(Ok((message, appended)));
-            }
-        }
-        if !new.compliance && suppressed(ctx.conn, keys, tenant_id, new.channel, new.from.as_deref(), &new.to)? {
-            ctx.audit(
+        if let Some(mid) = existing {
+            let appended = append_in_tx(
+                ctx,
+                keys,
                 tenant_id,
-                &AuditEntry::new(audit_actor, "message.suppressed", format!("conversation/{conv_id}"), Outcome::Denied)
-                    .with_detail(serde_json::json!({ "channel": new.channel.as_str(), "sender": new.from })),
+                conv_id,
+                &ev_with_id(&ev, &mid),
+                audit_actor,
             )?;
-            // Committed (the audit record stays), then refused.
-            return Ok(Err(format!(
-                "the patient opted out of {} from {}; nothing was sent (they can reply START to opt back in)",
-                new.channel,
-                new.from.as_deref().unwrap_or("this sender")
-            )));
+            let message = load_message(ctx.conn, keys, tenant_id, &mid)?;
+            return Ok(Ok((message, appended)));
         }
-        let appended = append_in_tx(ctx, keys, tenant_id, conv_id, &ev_with_id(&ev, &id), audit_actor)?;
-        let now = now_micros();
-        let sealed = serde_json::to_vec(&SealedMessage {
-            to: new.to.clone(),
-            body: new.body.clone(),
-            media_urls: new.media_urls.clone(),
-            template: new.template.clone(),
-        })
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let payload = keys.data.seal(&sealed, message_aad(tenant_id, &id).as_bytes());
-        ctx.conn
+    }
+    if !new.compliance
+        && suppressed(
+            ctx.conn,
+            keys,
+            tenant_id,
+            new.channel,
+            new.from.as_deref(),
+            &new.to,
+        )?
+    {
+        ctx.audit(
+            tenant_id,
+            &AuditEntry::new(
+                audit_actor,
+                "message.suppressed",
+                format!("conversation/{conv_id}"),
+                Outcome::Denied,
+            )
+            .with_detail(
+                serde_json::json!({ "channel": new.channel.as_str(), "sender": new.from }),
+            ),
+        )?;
+        // Committed (the audit record stays), then refused.
+        return Ok(Err(format!(
+            "the patient opted out of {} from {}; nothing was sent (they can reply START to opt back in)",
+            new.channel,
+            new.from.as_deref().unwrap_or("this sender")
+        )));
+    }
+    let appended = append_in_tx(
+        ctx,
+        keys,
+        tenant_id,
+        conv_id,
+        &ev_with_id(&ev, &id),
+        audit_actor,
+    )?;
+    let now = now_micros();
+    let sealed = serde_json::to_vec(&SealedMessage {
+        to: new.to.clone(),
+        body: new.body.clone(),
+        media_urls: new.media_urls.clone(),
+        template: new.template.clone(),
+    })
+    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let payload = keys
+        .data
+        .seal(&sealed, message_aad(tenant_id, &id).as_bytes());
+    ctx.conn
             .prepare_cached(
                 "INSERT INTO messages (id, tenant_id, conversation_id, event_seq, channel, recipient, sender, payload, state, attempts, next_attempt_at, created_at, updated_at, compliance)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 0, ?9, ?9, ?9, ?10)",
@@ -579,27 +611,27 @@ pub(crate) fn enqueue_in_tx(
                 now,
                 new.compliance
             ])?;
-        let message = OutboundMessage {
-            id,
-            conversation_id: conv_id.to_owned(),
-            event_seq: appended.event.seq,
-            channel: new.channel,
-            to: new.to.clone(),
-            from: new.from.clone(),
-            body: new.body.clone(),
-            media_urls: new.media_urls.clone(),
-            template: new.template.clone(),
-            state: MessageState::Queued,
-            provider_id: None,
-            provider_message_id: None,
-            attempts: 0,
-            last_error: None,
-            created_at: Timestamp(now),
-            updated_at: Timestamp(now),
-            attempt_log: Vec::new(),
-            compliance: new.compliance,
-        };
-        Ok(Ok((message, appended)))
+    let message = OutboundMessage {
+        id,
+        conversation_id: conv_id.to_owned(),
+        event_seq: appended.event.seq,
+        channel: new.channel,
+        to: new.to.clone(),
+        from: new.from.clone(),
+        body: new.body.clone(),
+        media_urls: new.media_urls.clone(),
+        template: new.template.clone(),
+        state: MessageState::Queued,
+        provider_id: None,
+        provider_message_id: None,
+        attempts: 0,
+        last_error: None,
+        created_at: Timestamp(now),
+        updated_at: Timestamp(now),
+        attempt_log: Vec::new(),
+        compliance: new.compliance,
+    };
+    Ok(Ok((message, appended)))
 }
 
 /// The sender a message from the tenant goes out from when nothing names

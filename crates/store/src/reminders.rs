@@ -230,7 +230,9 @@ impl TemplateInput {
             offsets.push(secs);
         }
         offsets.sort_unstable();
-        if self.body.trim().is_empty() || self.body.chars().count() > 1600 || self.body.contains('\0')
+        if self.body.trim().is_empty()
+            || self.body.chars().count() > 1600
+            || self.body.contains('\0')
         {
             return Err(invalid(
                 "body must be 1..=1600 characters, without NUL".into(),
@@ -273,8 +275,7 @@ impl TemplateInput {
         }
         let from = match &self.from {
             Some(f) => Some(
-                continuum_core::normalize_phone(f)
-                    .map_err(|e| invalid(format!("from: {e}")))?,
+                continuum_core::normalize_phone(f).map_err(|e| invalid(format!("from: {e}")))?,
             ),
             None => None,
         };
@@ -361,9 +362,7 @@ impl ReminderState {
             "suppressed" => ReminderState::Suppressed,
             "failed" => ReminderState::Failed,
             other => {
-                return Err(StoreError::Integrity(format!(
-                    "reminder state `{other}`"
-                )));
+                return Err(StoreError::Integrity(format!("reminder state `{other}`")));
             }
         })
     }
@@ -528,8 +527,7 @@ fn appointment_aad(tenant_id: &str, id: &str) -> Vec<u8> {
 }
 
 const EXTERNAL_INDEX: &str = "appointment.external_id";
-const APPT_COLUMNS: &str =
-    "id, tenant_id, conversation_id, contact_id, template_id, start_at, status, data, created_at, updated_at";
+const APPT_COLUMNS: &str = "id, tenant_id, conversation_id, contact_id, template_id, start_at, status, data, created_at, updated_at";
 const TEMPLATE_COLUMNS: &str = "id, name, spec, created_at, updated_at";
 
 /// An appointment row, unsealed.
@@ -634,7 +632,11 @@ fn template_from_row(r: &rusqlite::Row<'_>) -> Result<(ReminderTemplate, StoredT
     Ok((
         ReminderTemplate {
             name: r.get(1)?,
-            offsets: spec.offsets.iter().map(|o| plan::format_offset(*o)).collect(),
+            offsets: spec
+                .offsets
+                .iter()
+                .map(|o| plan::format_offset(*o))
+                .collect(),
             body: spec.body.clone(),
             channel: spec.channel,
             whatsapp: spec.whatsapp.clone(),
@@ -672,7 +674,11 @@ fn live_template_exists(conn: &rusqlite::Connection, tenant_id: &str, id: &str) 
 }
 
 /// The zone an appointment's reminders use.
-fn zone_for(data: &SealedAppointment, contact: &Contact, s: &ReminderSettings) -> jiff::tz::TimeZone {
+fn zone_for(
+    data: &SealedAppointment,
+    contact: &Contact,
+    s: &ReminderSettings,
+) -> jiff::tz::TimeZone {
     plan::zone(
         data.time_zone
             .as_deref()
@@ -736,7 +742,8 @@ fn schedule(
 struct Shared {
     settings: HashMap<String, (ReminderSettings, Option<QuietWindow>)>,
     templates: HashMap<String, StoredTemplate>,
-    senders: HashMap<(String, Channel, Option<String>), std::result::Result<Option<String>, String>>,
+    senders:
+        HashMap<(String, Channel, Option<String>), std::result::Result<Option<String>, String>>,
     clinic: HashMap<String, String>,
 }
 
@@ -751,8 +758,7 @@ impl Shared {
         }
         let s = settings_in(conn, tenant_id)?;
         let w = s.window().unwrap_or(None);
-        self.settings
-            .insert(tenant_id.to_owned(), (s.clone(), w));
+        self.settings.insert(tenant_id.to_owned(), (s.clone(), w));
         Ok((s, w))
     }
 
@@ -770,7 +776,12 @@ impl Shared {
         Ok(spec)
     }
 
-    fn clinic(&mut self, conn: &rusqlite::Connection, tenant_id: &str, s: &ReminderSettings) -> Result<String> {
+    fn clinic(
+        &mut self,
+        conn: &rusqlite::Connection,
+        tenant_id: &str,
+        s: &ReminderSettings,
+    ) -> Result<String> {
         if let Some(c) = &s.clinic_name {
             return Ok(c.clone());
         }
@@ -855,12 +866,28 @@ fn upsert_in_tx(
         let pending = if input.cancelled {
             0
         } else {
-            schedule(ctx, tenant_id, &id, input.start_at, &spec.offsets, &tz, quiet, now)?
+            schedule(
+                ctx,
+                tenant_id,
+                &id,
+                input.start_at,
+                &spec.offsets,
+                &tz,
+                quiet,
+                now,
+            )?
         };
         ctx.audit(
             tenant_id,
-            &AuditEntry::new(actor, "appointment.create", format!("appointment/{id}"), Outcome::Ok)
-                .with_detail(serde_json::json!({ "conversation": up.conversation_id, "reminders": pending })),
+            &AuditEntry::new(
+                actor,
+                "appointment.create",
+                format!("appointment/{id}"),
+                Outcome::Ok,
+            )
+            .with_detail(
+                serde_json::json!({ "conversation": up.conversation_id, "reminders": pending }),
+            ),
         )?;
         return Ok((id, UpsertOutcome::Created, pending));
     };
@@ -914,14 +941,28 @@ fn upsert_in_tx(
         }
         UpsertOutcome::Rescheduled => {
             cancel_pending(ctx, &id, "the appointment was rescheduled")?;
-            pending = schedule(ctx, tenant_id, &id, input.start_at, &spec.offsets, &tz, quiet, now)?;
+            pending = schedule(
+                ctx,
+                tenant_id,
+                &id,
+                input.start_at,
+                &spec.offsets,
+                &tz,
+                quiet,
+                now,
+            )?;
         }
         _ => {}
     }
     ctx.audit(
         tenant_id,
-        &AuditEntry::new(actor, "appointment.update", format!("appointment/{id}"), Outcome::Ok)
-            .with_detail(serde_json::json!({ "outcome": outcome, "reminders": pending })),
+        &AuditEntry::new(
+            actor,
+            "appointment.update",
+            format!("appointment/{id}"),
+            Outcome::Ok,
+        )
+        .with_detail(serde_json::json!({ "outcome": outcome, "reminders": pending })),
     )?;
     Ok((id, outcome, pending))
 }
@@ -1027,7 +1068,12 @@ impl Store {
     ) -> Result<ReminderTemplate> {
         let spec = input.check()?;
         let json = serde_json::to_string(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let (t, id, actor, name) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned(), input.name);
+        let (t, id, actor, name) = (
+            tenant_id.to_owned(),
+            id.to_owned(),
+            actor.to_owned(),
+            input.name,
+        );
         self.write(move |ctx| {
             let taken: Option<String> = ctx
                 .conn
@@ -1066,7 +1112,11 @@ impl Store {
         .await
     }
 
-    pub async fn get_reminder_template(&self, tenant_id: &str, id: &str) -> Result<ReminderTemplate> {
+    pub async fn get_reminder_template(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<ReminderTemplate> {
         let (t, id) = (tenant_id.to_owned(), id.to_owned());
         self.read(move |c| {
             if !live_template_exists(c, &t, &id)? {
@@ -1079,7 +1129,12 @@ impl Store {
 
     /// Deletes a template for new appointments; reminders already planned
     /// from it still go out.
-    pub async fn delete_reminder_template(&self, tenant_id: &str, id: &str, actor: &str) -> Result<()> {
+    pub async fn delete_reminder_template(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        actor: &str,
+    ) -> Result<()> {
         let (t, id, actor) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned());
         self.write(move |ctx| {
             let n = ctx.conn.execute(
@@ -1126,7 +1181,8 @@ impl Store {
                 let mut pending = 0;
                 for up in &ups {
                     let r = in_savepoint(ctx, |ctx| {
-                        let (id, outcome, n) = upsert_in_tx(ctx, &keys, &t, up, &mut shared, &actor)?;
+                        let (id, outcome, n) =
+                            upsert_in_tx(ctx, &keys, &t, up, &mut shared, &actor)?;
                         Ok((load(ctx.conn, &keys, &t, &id)?, outcome, n))
                     });
                     out.push(r.map(|(a, o, n)| {
@@ -1155,16 +1211,28 @@ impl Store {
         patch: AppointmentPatch,
         actor: &str,
     ) -> Result<(Appointment, UpsertOutcome)> {
-        let (t, id, actor, store) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned(), self.clone());
+        let (t, id, actor, store) = (
+            tenant_id.to_owned(),
+            id.to_owned(),
+            actor.to_owned(),
+            self.clone(),
+        );
         let notify = self.0.reminders_ready.clone();
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &t)?;
                 let cur = load_row(ctx.conn, &keys, &t, &id)?;
                 if let Some(s) = patch.status
-                    && !matches!(s, AppointmentStatus::Scheduled | AppointmentStatus::Cancelled | AppointmentStatus::Confirmed)
+                    && !matches!(
+                        s,
+                        AppointmentStatus::Scheduled
+                            | AppointmentStatus::Cancelled
+                            | AppointmentStatus::Confirmed
+                    )
                 {
-                    return Err(StoreError::Invalid("status may be set to scheduled, confirmed or cancelled".into()));
+                    return Err(StoreError::Invalid(
+                        "status may be set to scheduled, confirmed or cancelled".into(),
+                    ));
                 }
                 let mut shared = Shared::default();
                 let input = AppointmentInput {
@@ -1178,12 +1246,20 @@ impl Store {
                     location: patch.location.clone().or(cur.data.location.clone()),
                     clinician: patch.clinician.clone().or(cur.data.clinician.clone()),
                     patient_name: cur.data.patient_name.clone(),
-                    template_id: patch.template_id.clone().unwrap_or(cur.a.template_id.clone()),
+                    template_id: patch
+                        .template_id
+                        .clone()
+                        .unwrap_or(cur.a.template_id.clone()),
                     cancelled: patch.status == Some(AppointmentStatus::Cancelled),
                 };
                 // An appointment without an external id is matched by its own id.
-                let up = AppointmentUpsert { conversation_id: cur.a.conversation_id.clone(), contact_id: cur.a.contact_id.clone(), input };
-                let (outcome, pending) = patch_in_tx(ctx, &keys, &t, &cur, &up, patch.status, &mut shared, &actor)?;
+                let up = AppointmentUpsert {
+                    conversation_id: cur.a.conversation_id.clone(),
+                    contact_id: cur.a.contact_id.clone(),
+                    input,
+                };
+                let (outcome, pending) =
+                    patch_in_tx(ctx, &keys, &t, &cur, &up, patch.status, &mut shared, &actor)?;
                 Ok(((load(ctx.conn, &keys, &t, &id)?, outcome), pending))
             },
             move |(_, pending): &((Appointment, UpsertOutcome), usize)| {
@@ -1197,8 +1273,18 @@ impl Store {
     }
 
     /// One appointment with its reminders, audited as a PHI read.
-    pub async fn get_appointment(&self, tenant_id: &str, id: &str, actor: &str) -> Result<Appointment> {
-        let entry = AuditEntry::new(actor, "appointment.read", format!("appointment/{id}"), Outcome::Ok);
+    pub async fn get_appointment(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        actor: &str,
+    ) -> Result<Appointment> {
+        let entry = AuditEntry::new(
+            actor,
+            "appointment.read",
+            format!("appointment/{id}"),
+            Outcome::Ok,
+        );
         let (t, id, store) = (tenant_id.to_owned(), id.to_owned(), self.clone());
         self.read_audited(tenant_id, entry, move |c| {
             let keys = store.keys_for(c, &t)?;
@@ -1214,8 +1300,17 @@ impl Store {
         conversation_id: &str,
         actor: &str,
     ) -> Result<Vec<Appointment>> {
-        let entry = AuditEntry::new(actor, "appointment.list", format!("conversation/{conversation_id}"), Outcome::Ok);
-        let (t, conv, store) = (tenant_id.to_owned(), conversation_id.to_owned(), self.clone());
+        let entry = AuditEntry::new(
+            actor,
+            "appointment.list",
+            format!("conversation/{conversation_id}"),
+            Outcome::Ok,
+        );
+        let (t, conv, store) = (
+            tenant_id.to_owned(),
+            conversation_id.to_owned(),
+            self.clone(),
+        );
         self.read_audited(tenant_id, entry, move |c| {
             let keys = store.keys_for(c, &t)?;
             c.prepare_cached("SELECT 1 FROM conversations WHERE id = ?1 AND tenant_id = ?2")?
@@ -1325,7 +1420,12 @@ impl Store {
         reply_seq: i64,
         actor: &str,
     ) -> Result<Option<Appointment>> {
-        let (t, conv, actor, store) = (tenant_id.to_owned(), conversation_id.to_owned(), actor.to_owned(), self.clone());
+        let (t, conv, actor, store) = (
+            tenant_id.to_owned(),
+            conversation_id.to_owned(),
+            actor.to_owned(),
+            self.clone(),
+        );
         let live = self.0.live.clone();
         self.write_then(
             move |ctx| {
@@ -1435,9 +1535,17 @@ fn patch_in_tx(
     let moved = cur.a.start_time.0 != input.start_at
         || cur.a.template_id != input.template_id
         || cur.data.time_zone != data.time_zone;
-    let reinstated = was_cancelled && matches!(status, Some(AppointmentStatus::Scheduled | AppointmentStatus::Confirmed));
+    let reinstated = was_cancelled
+        && matches!(
+            status,
+            Some(AppointmentStatus::Scheduled | AppointmentStatus::Confirmed)
+        );
     let outcome = if input.cancelled {
-        if was_cancelled { UpsertOutcome::Unchanged } else { UpsertOutcome::Cancelled }
+        if was_cancelled {
+            UpsertOutcome::Unchanged
+        } else {
+            UpsertOutcome::Cancelled
+        }
     } else if was_cancelled && !reinstated {
         return Err(StoreError::Conflict(
             "the appointment is cancelled: set status to scheduled to reinstate it (with a new start_time if it moved)".into(),
@@ -1482,14 +1590,28 @@ fn patch_in_tx(
             let contact = contacts::load(ctx.conn, keys, tenant_id, &cur.a.contact_id)?;
             let tz = zone_for(&data, &contact, &settings);
             let spec = shared.template(ctx.conn, tenant_id, &input.template_id)?;
-            pending = schedule(ctx, tenant_id, id, input.start_at, &spec.offsets, &tz, quiet, now)?;
+            pending = schedule(
+                ctx,
+                tenant_id,
+                id,
+                input.start_at,
+                &spec.offsets,
+                &tz,
+                quiet,
+                now,
+            )?;
         }
         _ => {}
     }
     ctx.audit(
         tenant_id,
-        &AuditEntry::new(actor, "appointment.update", format!("appointment/{id}"), Outcome::Ok)
-            .with_detail(serde_json::json!({ "outcome": outcome, "reminders": pending })),
+        &AuditEntry::new(
+            actor,
+            "appointment.update",
+            format!("appointment/{id}"),
+            Outcome::Ok,
+        )
+        .with_detail(serde_json::json!({ "outcome": outcome, "reminders": pending })),
     )?;
     Ok((outcome, pending))
 }
@@ -1566,12 +1688,24 @@ fn dispatch_one(
     let row = load_row(ctx.conn, keys, tenant_id, &appointment_id)?;
     let a = &row.a;
     if a.status == AppointmentStatus::Cancelled {
-        set_reminder(ctx, id, ReminderState::Cancelled, None, Some("the appointment was cancelled"))?;
+        set_reminder(
+            ctx,
+            id,
+            ReminderState::Cancelled,
+            None,
+            Some("the appointment was cancelled"),
+        )?;
         return Ok(Dispatched::Cancelled);
     }
     let start = a.start_time.0;
     if start <= now {
-        set_reminder(ctx, id, ReminderState::Skipped, None, Some("the appointment time had passed when it was due (the server was not running?)"))?;
+        set_reminder(
+            ctx,
+            id,
+            ReminderState::Skipped,
+            None,
+            Some("the appointment time had passed when it was due (the server was not running?)"),
+        )?;
         return Ok(Dispatched::Skipped);
     }
     // A later reminder of the same appointment is due too (the server was
@@ -1585,7 +1719,13 @@ fn dispatch_one(
         .optional()?
         .is_some();
     if superseded {
-        set_reminder(ctx, id, ReminderState::Skipped, None, Some("a reminder nearer the appointment was due at the same time"))?;
+        set_reminder(
+            ctx,
+            id,
+            ReminderState::Skipped,
+            None,
+            Some("a reminder nearer the appointment was due at the same time"),
+        )?;
         return Ok(Dispatched::Skipped);
     }
     let (settings, quiet) = shared.settings(ctx.conn, tenant_id)?;
@@ -1595,8 +1735,15 @@ fn dispatch_one(
     match plan::place(now, start, &tz, quiet, now) {
         plan::Placed::At { at, .. } if at > now => {
             ctx.conn
-                .prepare_cached("UPDATE reminders SET due_at = ?2, detail = ?3, updated_at = ?4 WHERE id = ?1")?
-                .execute(params![id, at, "due inside quiet hours when it was sent: moved to their end", now])?;
+                .prepare_cached(
+                    "UPDATE reminders SET due_at = ?2, detail = ?3, updated_at = ?4 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    at,
+                    "due inside quiet hours when it was sent: moved to their end",
+                    now
+                ])?;
             return Ok(Dispatched::Deferred);
         }
         plan::Placed::At { .. } => {}
@@ -1607,19 +1754,33 @@ fn dispatch_one(
     }
     let spec = shared.template(ctx.conn, tenant_id, &a.template_id)?;
     let mut vars = Vars::at(start, &tz);
-    vars.patient_name = row.data.patient_name.clone().unwrap_or_else(|| contact.display_name.clone());
+    vars.patient_name = row
+        .data
+        .patient_name
+        .clone()
+        .unwrap_or_else(|| contact.display_name.clone());
     vars.clinic = shared.clinic(ctx.conn, tenant_id, &settings)?;
     vars.location = row.data.location.clone().unwrap_or_default();
     vars.clinician = row.data.clinician.clone().unwrap_or_default();
     let when = format!("{} {} at {}", vars.weekday, vars.date, vars.time);
     let label = plan::format_offset(offset);
 
-    let failed = |ctx: &mut WriteCtx<'_>, events: &mut Vec<Event>, why: String| -> Result<Dispatched> {
-        set_reminder(ctx, id, ReminderState::Failed, None, Some(&why))?;
-        note_not_sent(ctx, keys, tenant_id, &a.conversation_id, id, &appointment_id, ReminderState::Failed,
-            format!("Reminder ({label}) for the appointment on {when} was not sent: {why}."), events)?;
-        Ok(Dispatched::Failed)
-    };
+    let failed =
+        |ctx: &mut WriteCtx<'_>, events: &mut Vec<Event>, why: String| -> Result<Dispatched> {
+            set_reminder(ctx, id, ReminderState::Failed, None, Some(&why))?;
+            note_not_sent(
+                ctx,
+                keys,
+                tenant_id,
+                &a.conversation_id,
+                id,
+                &appointment_id,
+                ReminderState::Failed,
+                format!("Reminder ({label}) for the appointment on {when} was not sent: {why}."),
+                events,
+            )?;
+            Ok(Dispatched::Failed)
+        };
     let b = &contact.bindings;
     let mut channel = match spec.channel {
         ReminderChannel::Sms => Channel::Sms,
@@ -1658,7 +1819,11 @@ fn dispatch_one(
         _ => b.whatsapp.clone().or_else(|| b.phone.clone()),
     };
     let Some(to) = to else {
-        return failed(ctx, events, format!("the patient has no number for {channel}"));
+        return failed(
+            ctx,
+            events,
+            format!("the patient has no number for {channel}"),
+        );
     };
     let key = (tenant_id.to_owned(), channel, spec.from.clone());
     let sender = match shared.senders.get(&key) {
@@ -1692,7 +1857,10 @@ fn dispatch_one(
         media_urls: Vec::new(),
         template: template_json,
         idempotency_key: Some(format!("reminder:{id}")),
-        actor: Actor { actor_type: ActorType::Bot, id: Some("reminders".into()) },
+        actor: Actor {
+            actor_type: ActorType::Bot,
+            id: Some("reminders".into()),
+        },
         meta,
         compliance: false,
     };
@@ -1707,8 +1875,17 @@ fn dispatch_one(
         }
         Err(why) => {
             set_reminder(ctx, id, ReminderState::Suppressed, None, Some(&why))?;
-            note_not_sent(ctx, keys, tenant_id, &a.conversation_id, id, &appointment_id, ReminderState::Suppressed,
-                format!("Reminder ({label}) for the appointment on {when} was not sent: {why}."), events)?;
+            note_not_sent(
+                ctx,
+                keys,
+                tenant_id,
+                &a.conversation_id,
+                id,
+                &appointment_id,
+                ReminderState::Suppressed,
+                format!("Reminder ({label}) for the appointment on {when} was not sent: {why}."),
+                events,
+            )?;
             Ok(Dispatched::Suppressed)
         }
     }

@@ -32,7 +32,11 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), SecretKey::generate(), StoreOptions::default()).unwrap();
-    let tenant = store.create_tenant("clinic", "us", "test").await.unwrap().id;
+    let tenant = store
+        .create_tenant("clinic", "us", "test")
+        .await
+        .unwrap()
+        .id;
     let contact = store
         .create_contact(
             &tenant,
@@ -164,7 +168,10 @@ async fn a_reschedule_cancels_pending_reminders_and_plans_new_ones() {
         .upsert_appointment(&f.tenant, f.up("E1", start), "test")
         .await
         .unwrap();
-    assert_eq!((o, b.id.as_str(), b.reminders.len()), (UpsertOutcome::Unchanged, a.id.as_str(), 2));
+    assert_eq!(
+        (o, b.id.as_str(), b.reminders.len()),
+        (UpsertOutcome::Unchanged, a.id.as_str(), 2)
+    );
     // A new time: the two pending are cancelled, two new ones planned.
     let (b, o) = f
         .store
@@ -172,7 +179,11 @@ async fn a_reschedule_cancels_pending_reminders_and_plans_new_ones() {
         .await
         .unwrap();
     assert_eq!(o, UpsertOutcome::Rescheduled);
-    let cancelled = b.reminders.iter().filter(|r| r.state == ReminderState::Cancelled).count();
+    let cancelled = b
+        .reminders
+        .iter()
+        .filter(|r| r.state == ReminderState::Cancelled)
+        .count();
     let pending: Vec<i64> = b
         .reminders
         .iter()
@@ -195,10 +206,21 @@ async fn a_reschedule_cancels_pending_reminders_and_plans_new_ones() {
         )
         .await
         .unwrap();
-    assert_eq!((o, c.status), (UpsertOutcome::Cancelled, AppointmentStatus::Cancelled));
-    assert!(c.reminders.iter().all(|r| r.state == ReminderState::Cancelled));
+    assert_eq!(
+        (o, c.status),
+        (UpsertOutcome::Cancelled, AppointmentStatus::Cancelled)
+    );
+    assert!(
+        c.reminders
+            .iter()
+            .all(|r| r.state == ReminderState::Cancelled)
+    );
     // Nothing of a cancelled appointment is ever dispatched.
-    let r = f.store.dispatch_due_reminders(start + 48 * H, 100).await.unwrap();
+    let r = f
+        .store
+        .dispatch_due_reminders(start + 48 * H, 100)
+        .await
+        .unwrap();
     assert_eq!(r.claimed, 0);
 }
 
@@ -207,35 +229,82 @@ async fn due_reminders_become_outbox_messages_exactly_once() {
     let f = fixture().await;
     let min = 60 * 1_000_000;
     let start = now() + 48 * H;
-    let (a, _) = f.store.upsert_appointment(&f.tenant, f.up("E1", start), "test").await.unwrap();
-    let (b, _) = f.store.upsert_appointment(&f.tenant, f.up("E2", start + H), "test").await.unwrap();
-    f.store.upsert_appointment(&f.tenant, f.up("E3", start + 10 * min), "test").await.unwrap();
+    let (a, _) = f
+        .store
+        .upsert_appointment(&f.tenant, f.up("E1", start), "test")
+        .await
+        .unwrap();
+    let (b, _) = f
+        .store
+        .upsert_appointment(&f.tenant, f.up("E2", start + H), "test")
+        .await
+        .unwrap();
+    f.store
+        .upsert_appointment(&f.tenant, f.up("E3", start + 10 * min), "test")
+        .await
+        .unwrap();
     // Half an hour after E1's T-24h: E1's and E3's T-24h are due.
     let at = start - 24 * H + 30 * min;
     // Many dispatchers at once (the writer serialises them): each reminder once.
-    let runs = futures::future::join_all((0..8).map(|_| f.store.dispatch_due_reminders(at, 1))).await;
+    let runs =
+        futures::future::join_all((0..8).map(|_| f.store.dispatch_due_reminders(at, 1))).await;
     let sent: usize = runs.iter().map(|r| r.as_ref().unwrap().sent).sum();
     assert_eq!(sent, 2);
-    assert_eq!(f.store.dispatch_due_reminders(at, 100).await.unwrap().claimed, 0);
-    let messages = f.store.list_messages(&f.tenant, &f.conv, "test").await.unwrap();
+    assert_eq!(
+        f.store
+            .dispatch_due_reminders(at, 100)
+            .await
+            .unwrap()
+            .claimed,
+        0
+    );
+    let messages = f
+        .store
+        .list_messages(&f.tenant, &f.conv, "test")
+        .await
+        .unwrap();
     assert_eq!(messages.len(), 2);
     let m = &messages[0];
     assert_eq!((m.to.as_str(), m.from.as_deref()), (PATIENT, Some(CLINIC)));
-    assert!(m.body.as_deref().unwrap().starts_with("Hi Ada, Northside on "), "{m:?}");
-    let a = f.store.get_appointment(&f.tenant, &a.id, "test").await.unwrap();
+    assert!(
+        m.body
+            .as_deref()
+            .unwrap()
+            .starts_with("Hi Ada, Northside on "),
+        "{m:?}"
+    );
+    let a = f
+        .store
+        .get_appointment(&f.tenant, &a.id, "test")
+        .await
+        .unwrap();
     let sent = &a.reminders[0];
-    assert_eq!((sent.offset.as_str(), sent.state), ("-24h", ReminderState::Sent));
-    assert!(messages.iter().any(|m| Some(&m.id) == sent.message_id.as_ref()));
+    assert_eq!(
+        (sent.offset.as_str(), sent.state),
+        ("-24h", ReminderState::Sent)
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| Some(&m.id) == sent.message_id.as_ref())
+    );
     // The server was down from then until after E1 and E3 began, and
     // through both times of E2: E1's and E3's T-1h are skipped (too late),
     // E2's T-24h too (its T-1h is due as well: only the nearer goes).
     let at = start + 30 * min;
     let r = f.store.dispatch_due_reminders(at, 100).await.unwrap();
     assert_eq!((r.sent, r.skipped), (1, 3), "{r:?}");
-    let b = f.store.get_appointment(&f.tenant, &b.id, "test").await.unwrap();
+    let b = f
+        .store
+        .get_appointment(&f.tenant, &b.id, "test")
+        .await
+        .unwrap();
     assert_eq!(
         states(&b),
-        [("-24h".into(), ReminderState::Skipped), ("-1h".into(), ReminderState::Sent)]
+        [
+            ("-24h".into(), ReminderState::Skipped),
+            ("-1h".into(), ReminderState::Sent)
+        ]
     );
     assert_eq!(f.store.next_reminder_due().await.unwrap(), None);
 }
@@ -260,14 +329,39 @@ async fn an_opted_out_patient_gets_no_reminder_and_it_is_logged() {
         .await
         .unwrap();
     let start = now() + 48 * H;
-    let (a, _) = f.store.upsert_appointment(&f.tenant, f.up("E1", start), "test").await.unwrap();
-    let r = f.store.dispatch_due_reminders(start - 23 * H, 100).await.unwrap();
+    let (a, _) = f
+        .store
+        .upsert_appointment(&f.tenant, f.up("E1", start), "test")
+        .await
+        .unwrap();
+    let r = f
+        .store
+        .dispatch_due_reminders(start - 23 * H, 100)
+        .await
+        .unwrap();
     assert_eq!((r.sent, r.suppressed), (0, 1));
-    assert!(f.store.list_messages(&f.tenant, &f.conv, "test").await.unwrap().is_empty());
-    let a = f.store.get_appointment(&f.tenant, &a.id, "test").await.unwrap();
+    assert!(
+        f.store
+            .list_messages(&f.tenant, &f.conv, "test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let a = f
+        .store
+        .get_appointment(&f.tenant, &a.id, "test")
+        .await
+        .unwrap();
     assert_eq!(a.reminders[0].state, ReminderState::Suppressed);
-    let events = f.store.list_events(&f.tenant, &f.conv, 0, 100, "test").await.unwrap();
-    let note = events.iter().find(|e| e.kind == EventKind::Note).expect("a note");
+    let events = f
+        .store
+        .list_events(&f.tenant, &f.conv, 0, 100, "test")
+        .await
+        .unwrap();
+    let note = events
+        .iter()
+        .find(|e| e.kind == EventKind::Note)
+        .expect("a note");
     assert_eq!(note.meta["reminder_state"], "suppressed");
     let audit = f.store.list_audit(&f.tenant, 0, 1000).await.unwrap();
     assert!(audit.iter().any(|r| r.action == "message.suppressed"));
@@ -282,7 +376,10 @@ async fn a_late_dispatch_never_lands_in_quiet_hours() {
         .set_reminder_settings(
             &f.tenant,
             &ReminderSettings {
-                quiet_hours: Some(QuietHours { start: "21:00".into(), end: "08:00".into() }),
+                quiet_hours: Some(QuietHours {
+                    start: "21:00".into(),
+                    end: "08:00".into(),
+                }),
                 ..Default::default()
             },
             "test",
@@ -291,45 +388,132 @@ async fn a_late_dispatch_never_lands_in_quiet_hours() {
         .unwrap();
     let chicago = jiff::tz::TimeZone::get("America/Chicago").unwrap();
     let day = jiff::Timestamp::now().to_zoned(chicago.clone()).date() + jiff::Span::new().days(3);
-    let at = |h: i8| day.at(h, 0, 0, 0).to_zoned(chicago.clone()).unwrap().timestamp().as_microsecond();
+    let at = |h: i8| {
+        day.at(h, 0, 0, 0)
+            .to_zoned(chicago.clone())
+            .unwrap()
+            .timestamp()
+            .as_microsecond()
+    };
     let start = at(16) + 24 * H; // tomorrow 16:00: T-24h today 16:00
-    let (a, _) = f.store.upsert_appointment(&f.tenant, f.up("E1", start), "test").await.unwrap();
+    let (a, _) = f
+        .store
+        .upsert_appointment(&f.tenant, f.up("E1", start), "test")
+        .await
+        .unwrap();
     assert_eq!(a.reminders[0].due_at.0, at(16));
     let r = f.store.dispatch_due_reminders(at(23), 100).await.unwrap();
     assert_eq!((r.sent, r.deferred), (0, 1), "{r:?}");
-    let a = f.store.get_appointment(&f.tenant, &a.id, "test").await.unwrap();
+    let a = f
+        .store
+        .get_appointment(&f.tenant, &a.id, "test")
+        .await
+        .unwrap();
     assert_eq!(a.reminders[0].state, ReminderState::Pending);
-    assert_eq!(a.reminders[0].due_at.0, at(8) + 24 * H, "the end of quiet hours, next morning");
+    assert_eq!(
+        a.reminders[0].due_at.0,
+        at(8) + 24 * H,
+        "the end of quiet hours, next morning"
+    );
 }
 
 #[tokio::test]
 async fn a_reply_confirms_the_appointment_whose_reminder_went_out() {
     let f = fixture().await;
     let start = now() + 24 * H + 60 * 1_000_000;
-    let (a, _) = f.store.upsert_appointment(&f.tenant, f.up("E1", start), "test").await.unwrap();
+    let (a, _) = f
+        .store
+        .upsert_appointment(&f.tenant, f.up("E1", start), "test")
+        .await
+        .unwrap();
     // No reminder sent yet: nothing to answer.
-    assert!(f.store.apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Confirm, 1, "test").await.unwrap().is_none());
-    f.store.dispatch_due_reminders(now() + 2 * 60 * 1_000_000, 100).await.unwrap();
-    let c = f.store.apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Confirm, 1, "test").await.unwrap().unwrap();
-    assert_eq!((c.id.as_str(), c.status), (a.id.as_str(), AppointmentStatus::Confirmed));
+    assert!(
+        f.store
+            .apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Confirm, 1, "test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    f.store
+        .dispatch_due_reminders(now() + 2 * 60 * 1_000_000, 100)
+        .await
+        .unwrap();
+    let c = f
+        .store
+        .apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Confirm, 1, "test")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (c.id.as_str(), c.status),
+        (a.id.as_str(), AppointmentStatus::Confirmed)
+    );
     // Twice is once.
-    assert!(f.store.apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Confirm, 2, "test").await.unwrap().is_none());
-    let r = f.store.apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Reschedule, 3, "test").await.unwrap().unwrap();
+    assert!(
+        f.store
+            .apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Confirm, 2, "test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let r = f
+        .store
+        .apply_reminder_reply(&f.tenant, &f.conv, ReminderReplyKind::Reschedule, 3, "test")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r.status, AppointmentStatus::RescheduleRequested);
     assert_eq!(r.reminders[1].state, ReminderState::Cancelled, "{r:?}");
-    let ctx = f.store.context(&f.tenant, &f.conv, 20, "test").await.unwrap();
-    assert_eq!(ctx.appointments[0].status, AppointmentStatus::RescheduleRequested);
+    let ctx = f
+        .store
+        .context(&f.tenant, &f.conv, 20, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        ctx.appointments[0].status,
+        AppointmentStatus::RescheduleRequested
+    );
 }
 
 #[tokio::test]
 async fn appointments_stay_in_their_tenant() {
     let f = fixture().await;
-    let (a, _) = f.store.upsert_appointment(&f.tenant, f.up("E1", now() + 48 * H), "test").await.unwrap();
-    let other = f.store.create_tenant("other", "us", "test").await.unwrap().id;
-    assert!(f.store.get_appointment(&other, &a.id, "test").await.is_err());
-    assert!(f.store.list_appointments(&other, &f.conv, "test").await.is_err());
-    assert!(f.store.get_reminder_template(&other, &f.template).await.is_err());
+    let (a, _) = f
+        .store
+        .upsert_appointment(&f.tenant, f.up("E1", now() + 48 * H), "test")
+        .await
+        .unwrap();
+    let other = f
+        .store
+        .create_tenant("other", "us", "test")
+        .await
+        .unwrap()
+        .id;
+    assert!(
+        f.store
+            .get_appointment(&other, &a.id, "test")
+            .await
+            .is_err()
+    );
+    assert!(
+        f.store
+            .list_appointments(&other, &f.conv, "test")
+            .await
+            .is_err()
+    );
+    assert!(
+        f.store
+            .get_reminder_template(&other, &f.template)
+            .await
+            .is_err()
+    );
     // The same external id in another tenant is another appointment.
     let up = f.up("E1", now() + 48 * H);
-    assert!(f.store.upsert_appointment(&other, up, "test").await.is_err(), "another tenant's template and contact are not reachable");
+    assert!(
+        f.store
+            .upsert_appointment(&other, up, "test")
+            .await
+            .is_err(),
+        "another tenant's template and contact are not reachable"
+    );
 }

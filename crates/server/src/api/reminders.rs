@@ -105,7 +105,9 @@ pub async fn get_template(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ReminderTemplate>> {
     admin(&s, &p, &format!("reminder_template/{id}")).await?;
-    Ok(Json(s.store.get_reminder_template(p.tenant_id(), &id).await?))
+    Ok(Json(
+        s.store.get_reminder_template(p.tenant_id(), &id).await?,
+    ))
 }
 
 /// Replace a reminder template. Reminders already planned keep their
@@ -336,10 +338,7 @@ pub async fn update_appointment(
                 .find(|t| t.name == *name)
                 .map(|t| t.id)
                 .ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "template `{}` does not exist",
-                        rows::shown(name)
-                    ))
+                    ApiError::invalid(format!("template `{}` does not exist", rows::shown(name)))
                 })?,
         ),
         None => None,

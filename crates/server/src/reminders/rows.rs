@@ -134,7 +134,11 @@ pub fn parse_csv(
         .map_err(|e| err(1, "", format!("the header row is not CSV: {e}")))?
         .clone();
     if headers.iter().all(|h| h.is_empty()) {
-        return Err(err(1, "", "the file is empty: the first row must name the columns"));
+        return Err(err(
+            1,
+            "",
+            "the file is empty: the first row must name the columns",
+        ));
     }
     let mut columns = Vec::with_capacity(headers.len());
     for (i, h) in headers.iter().enumerate() {
@@ -170,10 +174,9 @@ pub fn parse_csv(
             Ok(r) => r,
             Err(e) => {
                 let message = match e.kind() {
-                    csv::ErrorKind::UnequalLengths { len, .. } => format!(
-                        "has {len} fields but the header names {}",
-                        columns.len()
-                    ),
+                    csv::ErrorKind::UnequalLengths { len, .. } => {
+                        format!("has {len} fields but the header names {}", columns.len())
+                    }
                     csv::ErrorKind::Utf8 { .. } => "is not UTF-8 text".to_owned(),
                     _ => format!("is not valid CSV: {e}"),
                 };
@@ -247,17 +250,27 @@ pub fn parse_json(
                     });
                     match bad {
                         Some((k, _)) => Err(err(row, k, format!("{k} must be a string"))),
-                        None => serde_json::from_value::<AppointmentRequest>(serde_json::Value::Object(o))
-                            .map_err(|e| {
-                                let m = e.to_string();
-                                match m.split_once("unknown field `") {
-                                    Some((_, rest)) => {
-                                        let f = rest.split('`').next().unwrap_or_default();
-                                        err(row, "", format!("unknown field `{}`; the fields are {}", shown(f), FIELDS.join(", ")))
-                                    }
-                                    None => err(row, "", m),
+                        None => serde_json::from_value::<AppointmentRequest>(
+                            serde_json::Value::Object(o),
+                        )
+                        .map_err(|e| {
+                            let m = e.to_string();
+                            match m.split_once("unknown field `") {
+                                Some((_, rest)) => {
+                                    let f = rest.split('`').next().unwrap_or_default();
+                                    err(
+                                        row,
+                                        "",
+                                        format!(
+                                            "unknown field `{}`; the fields are {}",
+                                            shown(f),
+                                            FIELDS.join(", ")
+                                        ),
+                                    )
                                 }
-                            }),
+                                None => err(row, "", m),
+                            }
+                        }),
                     }
                 }
                 _ => Err(err(row, "", "each appointment must be a JSON object")),
@@ -394,7 +407,10 @@ pub fn check(row: usize, r: &AppointmentRequest, import: bool) -> Result<Checked
                 errors.push(err(
                     row,
                     "start_time",
-                    format!("start_time `{}` is not between the years 2000 and 2200", shown(v)),
+                    format!(
+                        "start_time `{}` is not between the years 2000 and 2200",
+                        shown(v)
+                    ),
                 ));
                 0
             }
@@ -477,11 +493,32 @@ mod tests {
     #[test]
     fn unknown_columns_and_fields_are_named() {
         let e = parse_csv(b"external_id,phone,start,when\n", MAX_ROWS).unwrap_err();
-        assert!(e.to_string().starts_with("row 1: column 3 `start` is not one we know"), "{e}");
-        let rows = parse_json(br#"[{"external_id": "x", "phone": 5}, {"nope": "1"}, 3]"#, MAX_ROWS).unwrap();
-        assert_eq!(rows[0].1.as_ref().unwrap_err().to_string(), "row 1: phone must be a string");
-        assert!(rows[1].1.as_ref().unwrap_err().to_string().starts_with("row 2: unknown field `nope`"));
-        assert_eq!(rows[2].1.as_ref().unwrap_err().to_string(), "row 3: each appointment must be a JSON object");
+        assert!(
+            e.to_string()
+                .starts_with("row 1: column 3 `start` is not one we know"),
+            "{e}"
+        );
+        let rows = parse_json(
+            br#"[{"external_id": "x", "phone": 5}, {"nope": "1"}, 3]"#,
+            MAX_ROWS,
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0].1.as_ref().unwrap_err().to_string(),
+            "row 1: phone must be a string"
+        );
+        assert!(
+            rows[1]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("row 2: unknown field `nope`")
+        );
+        assert_eq!(
+            rows[2].1.as_ref().unwrap_err().to_string(),
+            "row 3: each appointment must be a JSON object"
+        );
     }
 
     #[test]

@@ -250,7 +250,10 @@ pub fn zone(name: Option<&str>) -> TimeZone {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placed {
     /// Send at this instant (micros); `moved` says why it is not the asked time.
-    At { at: i64, moved: Option<String> },
+    At {
+        at: i64,
+        moved: Option<String>,
+    },
     Skip(String),
 }
 
@@ -373,7 +376,9 @@ pub fn plan(
             .iter()
             .any(|p| p.skipped.is_none() && p.due_at / (60 * MICROS) == minute);
         if dup {
-            out[i].skipped = Some("quiet hours put it on the same minute as a reminder nearer the appointment".into());
+            out[i].skipped = Some(
+                "quiet hours put it on the same minute as a reminder nearer the appointment".into(),
+            );
         }
     }
     out
@@ -526,7 +531,10 @@ mod tests {
         for s in ["-24h", "-1h", "-1h30m", "-2d", "-1m30s", "-26h3m4s"] {
             assert_eq!(format_offset(parse_offset(s).unwrap()), s);
         }
-        assert_eq!(format_offset(parse_offset("-1d2h3m4s").unwrap()), "-26h3m4s");
+        assert_eq!(
+            format_offset(parse_offset("-1d2h3m4s").unwrap()),
+            "-26h3m4s"
+        );
     }
 
     #[test]
@@ -556,7 +564,12 @@ mod tests {
         assert_eq!(p[0].skipped, None);
         // 07:30 is quiet; 08:00 is before 08:30: moved to 08:00.
         assert_eq!(show(p[1].due_at, "America/Chicago"), "2026-06-10 08:00 CDT");
-        assert!(p[1].detail.as_deref().unwrap().contains("moved to their end"));
+        assert!(
+            p[1].detail
+                .as_deref()
+                .unwrap()
+                .contains("moved to their end")
+        );
     }
 
     #[test]
@@ -566,7 +579,12 @@ mod tests {
         let now = utc("2026-06-01T00:00:00Z");
         let p = plan(start, &[-3600], &tz, night(), now);
         assert_eq!(show(p[0].due_at, "Europe/Paris"), "2026-06-09 20:59 CEST");
-        assert!(p[0].detail.as_deref().unwrap().contains("before they begin"));
+        assert!(
+            p[0].detail
+                .as_deref()
+                .unwrap()
+                .contains("before they begin")
+        );
         // Booked at 22:00 the evening before: the evening has passed, skipped.
         let now = local("2026-06-09T22:00", "Europe/Paris");
         let p = plan(start, &[-3600], &tz, night(), now);
@@ -582,7 +600,10 @@ mod tests {
         // hours before 10:00 EDT is 09:00 EST (the night lost an hour).
         let start = local("2026-03-08T10:00", "America/New_York");
         let p = plan(start, &[-86_400], &tz, night(), now);
-        assert_eq!(show(p[0].due_at, "America/New_York"), "2026-03-07 09:00 EST");
+        assert_eq!(
+            show(p[0].due_at, "America/New_York"),
+            "2026-03-07 09:00 EST"
+        );
         // T-4h = 05:00 EDT: quiet; the end is 08:00 EDT = 12:00 UTC.
         let p = plan(start, &[-4 * 3600], &tz, night(), now);
         assert_eq!(p[0].due_at, utc("2026-03-08T12:00:00Z"));
@@ -591,7 +612,10 @@ mod tests {
         let q = Some(QuietWindow::parse("21:00", "02:30").unwrap());
         let start = local("2026-03-08T05:00", "America/New_York");
         let p = plan(start, &[-4 * 3600], &tz, q, now); // 00:00 EST: quiet
-        assert_eq!(show(p[0].due_at, "America/New_York"), "2026-03-08 03:30 EDT");
+        assert_eq!(
+            show(p[0].due_at, "America/New_York"),
+            "2026-03-08 03:30 EDT"
+        );
     }
 
     #[test]
@@ -602,7 +626,10 @@ mod tests {
         let start = local("2026-11-01T09:00", "America/New_York");
         // T-6h = 04:00 EST (6 real hours: the night has an extra hour): quiet.
         let p = plan(start, &[-6 * 3600], &tz, night(), now);
-        assert_eq!(show(p[0].due_at, "America/New_York"), "2026-11-01 08:00 EST");
+        assert_eq!(
+            show(p[0].due_at, "America/New_York"),
+            "2026-11-01 08:00 EST"
+        );
         assert_eq!(p[0].due_at, utc("2026-11-01T13:00:00Z"));
         // An ambiguous quiet end (01:30 happens twice) takes the first.
         let q = Some(QuietWindow::parse("22:00", "01:30").unwrap());
@@ -644,7 +671,11 @@ mod tests {
     fn templates_check_and_render() {
         let body = "Hi {{patient_first_name}}, see you {{ weekday }} {{date}} at {{time}} at {{clinic}}. Reply C to confirm, R to reschedule.";
         assert!(check_body(body).is_ok());
-        assert!(check_body("{{dob}}").unwrap_err().contains("not a variable"));
+        assert!(
+            check_body("{{dob}}")
+                .unwrap_err()
+                .contains("not a variable")
+        );
         assert!(check_body("{{date").is_err());
         assert!(check_body("date}}").is_err());
         let tz = TimeZone::get("America/Chicago").unwrap();
