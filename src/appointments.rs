@@ -139,10 +139,7 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
 
 /// Parses the whole file, numbering rows as one file (the row limit is
 /// per request, and the file is sent in parts).
-fn parse_all(
-    bytes: &[u8],
-    csv: bool,
-) -> Result<Vec<(usize, Result<AppointmentRequest, RowError>)>, RowError> {
+fn parse_all(bytes: &[u8], csv: bool) -> Result<rows::Parsed, RowError> {
     if csv {
         rows::parse_csv(bytes, usize::MAX)
     } else {

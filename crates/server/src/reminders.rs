@@ -186,6 +186,9 @@ pub fn duplicate_ids(rows: &[Checked]) -> Vec<RowError> {
     errors
 }
 
+/// One row's write: its number and the appointment (or why not).
+pub type Written = (usize, Result<(Appointment, UpsertOutcome), StoreError>);
+
 /// Attaches checked rows to their patients (contact and conversation found
 /// by phone, or created) and upserts them: `(row, result)` per row.
 pub async fn write_rows(
@@ -194,7 +197,7 @@ pub async fn write_rows(
     rows: Vec<Checked>,
     templates: &HashMap<String, String>,
     actor: &str,
-) -> Vec<(usize, Result<(Appointment, UpsertOutcome), StoreError>)> {
+) -> Vec<Written> {
     // One lookup (or creation) per distinct patient, a few at once; two
     // rows of one new patient must not race to create them twice.
     let mut phones: Vec<(String, Option<String>)> = Vec::new();
@@ -276,18 +279,17 @@ pub async fn write_rows(
         }
         v
     };
-    let written: Vec<Vec<(usize, Result<(Appointment, UpsertOutcome), StoreError>)>> =
-        futures::stream::iter(chunks)
-            .map(|chunk| async move {
-                let (nums, ups): (Vec<usize>, Vec<AppointmentUpsert>) = chunk.into_iter().unzip();
-                match store.upsert_appointments(tenant_id, ups, actor).await {
-                    Ok(results) => nums.into_iter().zip(results).collect(),
-                    Err(e) => nums.into_iter().map(|n| (n, Err(e.clone()))).collect(),
-                }
-            })
-            .buffer_unordered(4)
-            .collect()
-            .await;
+    let written: Vec<Vec<Written>> = futures::stream::iter(chunks)
+        .map(|chunk| async move {
+            let (nums, ups): (Vec<usize>, Vec<AppointmentUpsert>) = chunk.into_iter().unzip();
+            match store.upsert_appointments(tenant_id, ups, actor).await {
+                Ok(results) => nums.into_iter().zip(results).collect(),
+                Err(e) => nums.into_iter().map(|n| (n, Err(e.clone()))).collect(),
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
     out.extend(written.into_iter().flatten());
     out.sort_by_key(|(n, _)| *n);
     out
@@ -297,7 +299,7 @@ pub async fn write_rows(
 pub async fn import(
     store: &Store,
     tenant_id: &str,
-    parsed: Vec<(usize, Result<rows::AppointmentRequest, RowError>)>,
+    parsed: rows::Parsed,
     dry_run: bool,
     actor: &str,
 ) -> Result<Result<ImportReport, Vec<RowError>>, StoreError> {

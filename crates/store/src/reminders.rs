@@ -737,13 +737,17 @@ fn schedule(
     Ok(pending)
 }
 
+/// A tenant's sender for a channel (and the template's own `from`), or why
+/// there is none.
+type SenderCache =
+    HashMap<(String, Channel, Option<String>), std::result::Result<Option<String>, String>>;
+
 /// Per-write caches of what every reminder of a tenant shares.
 #[derive(Default)]
 struct Shared {
     settings: HashMap<String, (ReminderSettings, Option<QuietWindow>)>,
     templates: HashMap<String, StoredTemplate>,
-    senders:
-        HashMap<(String, Channel, Option<String>), std::result::Result<Option<String>, String>>,
+    senders: SenderCache,
     clinic: HashMap<String, String>,
 }
 

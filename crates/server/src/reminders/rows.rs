@@ -63,6 +63,9 @@ pub struct AppointmentRequest {
     pub status: Option<String>,
 }
 
+/// Rows as read, by row number: each an appointment or what is wrong with it.
+pub type Parsed = Vec<(usize, Result<AppointmentRequest, RowError>)>;
+
 /// The columns (CSV header) and JSON fields a row may have.
 pub const FIELDS: &[&str] = &[
     "external_id",
@@ -120,10 +123,7 @@ pub fn shown(v: &str) -> String {
 /// The rows of a CSV file (comma-separated, a header row naming the
 /// columns, UTF-8), at most `max_rows`. A problem with the file as a whole
 /// is one error for row 1.
-pub fn parse_csv(
-    bytes: &[u8],
-    max_rows: usize,
-) -> Result<Vec<(usize, Result<AppointmentRequest, RowError>)>, RowError> {
+pub fn parse_csv(bytes: &[u8], max_rows: usize) -> Result<Parsed, RowError> {
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -208,10 +208,7 @@ pub fn parse_csv(
 
 /// The rows of a JSON body: an array of appointments, or
 /// `{"appointments": [...]}`, at most `max_rows`.
-pub fn parse_json(
-    bytes: &[u8],
-    max_rows: usize,
-) -> Result<Vec<(usize, Result<AppointmentRequest, RowError>)>, RowError> {
+pub fn parse_json(bytes: &[u8], max_rows: usize) -> Result<Parsed, RowError> {
     let v: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| err(1, "", format!("the body is not JSON: {e}")))?;
     let items = match v {

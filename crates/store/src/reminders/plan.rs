@@ -95,7 +95,7 @@ pub fn format_offset(secs: i64) -> String {
     let mut out = String::from(if secs <= 0 { "-" } else { "+" });
     // Whole days from two on (`-2d`); else hours (`-24h`, `-36h`), as
     // clinics say them.
-    if n >= 2 * 86_400 && n % 86_400 == 0 {
+    if n >= 2 * 86_400 && n.is_multiple_of(86_400) {
         return format!("{out}{}d", n / 86_400);
     }
     for (unit, suffix) in [(3600, 'h'), (60, 'm'), (1, 's')] {
