@@ -517,3 +517,94 @@ async fn appointments_stay_in_their_tenant() {
         "another tenant's template and contact are not reachable"
     );
 }
+
+#[tokio::test]
+async fn whatsapp_reminders_use_the_approved_template_outside_the_window() {
+    let f = fixture().await;
+    let mut spec = serde_json::Map::new();
+    spec.insert("phone_number_id".into(), "1".into());
+    f.store
+        .create_messaging_provider(
+            &f.tenant,
+            NewMessagingProvider {
+                name: "meta".into(),
+                kind: ProviderKind::MetaWhatsapp,
+                priority: 2,
+                channels: vec![Channel::Whatsapp],
+                senders: vec![CLINIC.into()],
+                spec,
+                secret: Default::default(),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let input = |name: &str, whatsapp| TemplateInput {
+        name: name.into(),
+        offsets: vec!["-24h".into()],
+        body: "Hi {{patient_first_name}}, see you at {{time}}".into(),
+        channel: continuum_store::ReminderChannel::Whatsapp,
+        whatsapp,
+        from: None,
+    };
+    let wa = f
+        .store
+        .create_reminder_template(
+            &f.tenant,
+            input(
+                "wa",
+                Some(continuum_store::WhatsappTemplate {
+                    name: "appointment_reminder".into(),
+                    language: Some("en_US".into()),
+                    params: vec!["patient_first_name".into(), "time".into()],
+                }),
+            ),
+            "test",
+        )
+        .await
+        .unwrap();
+    let plain = f
+        .store
+        .create_reminder_template(&f.tenant, input("plain", None), "test")
+        .await
+        .unwrap();
+    let start = now() + 48 * H;
+    let mut up = f.up("W1", start);
+    up.input.template_id = wa.id;
+    f.store
+        .upsert_appointment(&f.tenant, up, "test")
+        .await
+        .unwrap();
+    let mut up = f.up("W2", start);
+    up.input.template_id = plain.id;
+    f.store
+        .upsert_appointment(&f.tenant, up, "test")
+        .await
+        .unwrap();
+    let r = f
+        .store
+        .dispatch_due_reminders(start - 23 * H, 100)
+        .await
+        .unwrap();
+    assert_eq!(r.sent, 2, "{r:?}");
+    let messages = f
+        .store
+        .list_messages(&f.tenant, &f.conv, "test")
+        .await
+        .unwrap();
+    let wa = messages
+        .iter()
+        .find(|m| m.channel == Channel::Whatsapp)
+        .expect("a WhatsApp message");
+    let t = wa.template.as_ref().unwrap();
+    assert_eq!(t["name"], "appointment_reminder");
+    assert_eq!(t["language"], "en_US");
+    assert_eq!(t["params"][0], "Ada");
+    assert!(t["params"][1].as_str().unwrap().ends_with('M'), "{t}");
+    // No approved template and no window: SMS, since the patient has a phone.
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.channel == Channel::Sms && m.template.is_none())
+    );
+}
