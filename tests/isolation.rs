@@ -10,14 +10,7 @@ async fn tenants_cannot_see_each_other() {
     let dir = tempdir();
     let s = Server::start(dir.path());
     let a = s.key().to_owned();
-    let (code, out) = cli(dir.path(), &["tenant", "create", "clinic-b"]);
-    assert_eq!(code, 0, "{out}");
-    let b = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let b = common::second_tenant(dir.path(), "clinic-b");
 
     let (contact_a, conv_a) = s.patient_conversation(&a, "+14155550200").await;
     s.ok(

@@ -4,6 +4,9 @@
 //! mid-batch), opt-out keywords, Meta's handshake and signatures.
 
 mod common;
+#[path = "../crates/smpp/tests/smsc/mod.rs"]
+#[allow(dead_code)]
+mod smsc;
 
 use common::providers::{Behaviour, StandIn, twilio_signature};
 use common::sipp::eventually;
@@ -719,4 +722,238 @@ async fn meta_handshake_and_signed_webhooks() {
         200
     );
     assert_eq!(message_state(&s, &id).await, "read");
+}
+
+#[tokio::test]
+async fn smpp_aggregator_sends_receives_and_reports_receipts() {
+    let mut smsc = smsc::Smsc::start(&["--system-id", "continuum", "--password", "pw"]).await;
+    let dir = tempdir();
+    let s = Server::start_with(dir.path(), opts());
+    let p = s
+        .ok(
+            "POST",
+            "/v1/messaging/providers",
+            s.key(),
+            Some(json!({
+                "name": "aggregator", "kind": "smpp", "channels": ["sms"], "senders": [CLINIC],
+                "spec": {"host": "127.0.0.1", "port": smsc.port, "system_id": "continuum"},
+                "credentials": {"password": "pw"},
+            })),
+        )
+        .await;
+    assert!(
+        p.get("inbound_url").is_none(),
+        "SMPP receives on its bind: {p}"
+    );
+    smsc.wait_for("bind", |v| {
+        v["event"] == "pdu" && v["command"] == "bind_transceiver"
+    })
+    .await;
+    let (_, conv) = s.patient_conversation(s.key(), PATIENT).await;
+    // A long message: concatenated segments through the aggregator.
+    let long = "Your lab results are ready. ".repeat(8);
+    let (st, m) = send_sms(&s, &conv, &long).await;
+    assert_eq!(st, 202, "{m}");
+    let id = m["id"].as_str().unwrap().to_owned();
+    let first = smsc
+        .wait_for("submit_sm", |v| {
+            v["event"] == "pdu" && v["command"] == "submit_sm"
+        })
+        .await;
+    assert_eq!(first["destination_addr"], &PATIENT[1..], "{first}");
+    // The receipt (sent by the stand-in after the submit) moves it to delivered.
+    wait_state(&s, &id, "delivered").await;
+    assert!(
+        smsc.pdus("submit_sm").len() >= 2,
+        "a 224-character message is two segments or more"
+    );
+    // A handset message arrives on the bind and lands on the conversation.
+    smsc.command(json!({"cmd": "mo", "from": &PATIENT[1..], "to": &CLINIC[1..], "text": "Thanks, see you Tuesday"}))
+        .await;
+    let events = eventually(
+        &s,
+        s.key(),
+        &format!("/v1/conversations/{conv}/events?limit=100"),
+        |v| {
+            v["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["body"] == "Thanks, see you Tuesday")
+        },
+    )
+    .await;
+    let mo = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["body"] == "Thanks, see you Tuesday")
+        .cloned()
+        .expect("the handset message on the timeline");
+    assert_eq!(mo["channel"], "sms");
+    assert_eq!(mo["actor"]["type"], "patient");
+}
+
+#[tokio::test]
+async fn messaging_endpoints_keep_tenants_and_grants_apart() {
+    let dir = tempdir();
+    let s = Server::start_with(dir.path(), opts());
+    let a = s.key().to_owned();
+    let b = common::second_tenant(dir.path(), "clinic-b");
+    let stand_in = StandIn::start().await;
+    let p = twilio_provider(&s, &stand_in, "twilio", 1).await;
+    let (_, conv) = s.patient_conversation(&a, PATIENT).await;
+    let (_, other_conv) = s.patient_conversation(&a, "+14155550111").await;
+    let (st, m) = send_sms(&s, &conv, "for A's patient").await;
+    assert_eq!(st, 202, "{m}");
+    let mid = m["id"].as_str().unwrap().to_owned();
+    let pid = p["id"].as_str().unwrap().to_owned();
+
+    // Tenant B: A's providers, conversation and message do not exist.
+    let (st, list) = s.call("GET", "/v1/messaging/providers", &b, None).await;
+    assert_eq!((st, list.as_array().map(Vec::len)), (200, Some(0)));
+    for (method, path, body) in [
+        ("DELETE", format!("/v1/messaging/providers/{pid}"), None),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/messages"),
+            Some(json!({"channel": "sms", "body": "x"})),
+        ),
+        ("GET", format!("/v1/conversations/{conv}/messages"), None),
+        ("GET", format!("/v1/messages/{mid}"), None),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/visit-link"),
+            Some(json!({})),
+        ),
+    ] {
+        let (st, v) = s.call(method, &path, &b, body).await;
+        assert_eq!(st, 404, "tenant B {method} {path}: {v}");
+    }
+
+    // A clinician granted another conversation: 404 for this one.
+    let clinician = s.mint(&a, "dr-b", "clinician", &[&other_conv]).await;
+    for (method, path, body) in [
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/messages"),
+            Some(json!({"channel": "sms", "body": "x"})),
+        ),
+        ("GET", format!("/v1/conversations/{conv}/messages"), None),
+        ("GET", format!("/v1/messages/{mid}"), None),
+        (
+            "POST",
+            format!("/v1/conversations/{conv}/visit-link"),
+            Some(json!({})),
+        ),
+    ] {
+        let (st, v) = s.call(method, &path, &clinician, body).await;
+        assert_eq!(st, 404, "ungranted clinician {method} {path}: {v}");
+    }
+    // Granted, a clinician may send; providers stay admin business.
+    let granted = s.mint(&a, "dr-a", "clinician", &[&conv]).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/messages"),
+            &granted,
+            Some(json!({"channel": "sms", "body": "from the nurse"})),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(v["from"], CLINIC);
+    let (st, _) = s
+        .call("GET", "/v1/messaging/providers", &granted, None)
+        .await;
+    assert_eq!(st, 403);
+    // A patient cannot send texts as the clinic.
+    let patient = s.mint(&a, "pat", "patient", &[&conv]).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/messages"),
+            &patient,
+            Some(json!({"channel": "sms", "body": "x"})),
+        )
+        .await;
+    assert_eq!(st, 403, "{v}");
+    // Field errors name the field.
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/messages"),
+            &a,
+            Some(json!({"channel": "sms", "body": "x", "from": "+19999999999"})),
+        )
+        .await;
+    assert_eq!(st, 422);
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("from:"),
+        "{v}"
+    );
+    let (st, v) = s
+        .call("POST", "/v1/messaging/providers", &a, Some(json!({"name": "x", "kind": "twilio", "channels": ["sms"], "senders": [CLINIC], "spec": {}, "credentials": {"auth_token": "t"}})))
+        .await;
+    assert_eq!(st, 422);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.account_sid"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn visit_link_by_text_joins_the_conversations_room() {
+    let dir = tempdir();
+    let s = Server::start_with(dir.path(), opts());
+    let stand_in = StandIn::start().await;
+    twilio_provider(&s, &stand_in, "twilio", 1).await;
+    let (_, conv) = s.patient_conversation(s.key(), PATIENT).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/visit-link"),
+            s.key(),
+            Some(json!({"ttl_secs": 600})),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let room = v["room_id"].as_str().unwrap().to_owned();
+    let reqs = stand_in.wait_for(|r| !r.is_empty()).await;
+    let body = reqs[0].field("Body").unwrap().to_owned();
+    assert!(body.starts_with("Join your video visit: http"), "{body}");
+    assert!(
+        body.contains(&format!("/visit?room={room}&conversation={conv}#token=")),
+        "{body}"
+    );
+    // The texted token opens this room and conversation, as a patient.
+    let token = body.split("#token=").nth(1).unwrap();
+    let (st, r) = s
+        .call("GET", &format!("/v1/rooms/{room}"), token, None)
+        .await;
+    assert_eq!(st, 200, "{r}");
+    let (st, _) = s
+        .call(
+            "GET",
+            &format!("/v1/conversations/{conv}/events"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let ctx = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            s.key(),
+            None,
+        )
+        .await;
+    assert_eq!(
+        ctx["last_handoff"]["meta"]["handoff"], "visit_link",
+        "{ctx}"
+    );
+    assert_eq!(ctx["last_handoff"]["meta"]["room_id"], room.as_str());
 }

@@ -100,7 +100,51 @@ async fn the_document_is_valid_complete_and_unambiguous() {
         kinds.contains(&"message") && !kinds.contains(&"state.changed"),
         "{kinds:?}"
     );
+    // Chat: every new route, and every status each can answer, documented.
+    for (path, method, statuses) in [
+        (
+            "/v1/conversations/{id}/chat",
+            "get",
+            &["101", "400", "401", "403", "404", "422", "429"][..],
+        ),
+        (
+            "/v1/conversations/{id}/chat/messages",
+            "get",
+            &["200", "400", "401", "403", "404", "422", "429"],
+        ),
+        (
+            "/v1/conversations/{id}/chat/receipts",
+            "get",
+            &["200", "401", "403", "404", "429"],
+        ),
+        (
+            "/v1/conversations/{id}/chat/receipts",
+            "post",
+            &[
+                "200", "400", "401", "403", "404", "413", "415", "422", "429",
+            ],
+        ),
+        (
+            "/v1/conversations/{id}/chat/typing",
+            "post",
+            &[
+                "202", "400", "401", "403", "404", "413", "415", "422", "429",
+            ],
+        ),
+    ] {
+        let responses = doc["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} is not documented"));
+        let mut have: Vec<&str> = responses.keys().map(String::as_str).collect();
+        have.sort();
+        assert_eq!(have, statuses, "{method} {path}");
+    }
     let stream = &doc["paths"]["/v1/conversations/{id}/events/stream"]["get"];
+    let said = stream["responses"]["200"]["description"].as_str().unwrap();
+    assert!(
+        said.contains("event: receipt") && said.contains("event: typing"),
+        "{said}"
+    );
     assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
     assert!(
         stream["parameters"]
@@ -190,6 +234,8 @@ parameters = {{ "path.room" = "{room}" }}
             "streamEvents",
             "--exclude-operation-id",
             "connectSignaling",
+            "--exclude-operation-id",
+            "connectChat",
             "--generation-with-security-parameters",
             "false",
             "--request-timeout",

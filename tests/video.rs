@@ -475,6 +475,7 @@ where
                     | "participant_joined"
                     | "participant_left"
                     | "waiting_room"
+                    | "chat_receipts"
             )
         );
         if !notice {

@@ -261,14 +261,7 @@ async fn rooms_and_settings_stay_within_grants_and_tenants() {
         assert_eq!(st, 404, "{method} {path}: {v}");
     }
     // Another tenant: no such room, and its own settings.
-    let (code, out) = cli(dir.path(), &["tenant", "create", "clinic-b"]);
-    assert_eq!(code, 0, "{out}");
-    let b = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let b = common::second_tenant(dir.path(), "clinic-b");
     let (st, _) = s.call("GET", &format!("/v1/rooms/{room}"), &b, None).await;
     assert_eq!(st, 404);
     let (st, _) = s
@@ -280,10 +273,10 @@ async fn rooms_and_settings_stay_within_grants_and_tenants() {
     let defaults = s.ok("GET", "/v1/settings/visits", &key, None).await;
     assert_eq!(
         defaults,
-        json!({"waiting_room": true, "fallback": {"automatic": true, "on_media_failure": true, "degraded_secs": 0}})
+        json!({"waiting_room": true, "fallback": {"automatic": true, "on_media_failure": true, "degraded_secs": 0, "text_on_failure": true}})
     );
     let mine = json!({"waiting_room": false, "support_contact": "the front desk, +1 415 555 0100",
-        "fallback": {"automatic": false, "on_media_failure": true, "degraded_secs": 30}});
+        "fallback": {"automatic": false, "on_media_failure": true, "degraded_secs": 30, "text_on_failure": false}});
     s.ok("PUT", "/v1/settings/visits", &key, Some(mine.clone()))
         .await;
     assert_eq!(s.ok("GET", "/v1/settings/visits", &key, None).await, mine);

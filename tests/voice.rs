@@ -2055,3 +2055,81 @@ Content-Length: 0
     assert_eq!(failed["meta"]["sip_status"], 487, "{failed}");
     assert_eq!(failed["meta"]["bridged_to"], "front-desk", "{failed}");
 }
+
+#[tokio::test]
+async fn an_unanswered_fallback_call_texts_the_patient_a_link_back() {
+    use common::providers::StandIn;
+    let dir = tempdir();
+    let (s, _sip) = voice_server_with(
+        dir.path(),
+        &[
+            ("CONTINUUM_MESSAGING__ALLOW_PRIVATE_PROVIDERS", "true"),
+            ("CONTINUUM_MESSAGING__ALLOW_HTTP_HOSTS", r#"["127.0.0.1"]"#),
+        ],
+    );
+    let key = s.key().to_owned();
+    let busy = Uas::ringing().reject("486 Busy Here").build();
+    let carrier = Sipp::uas(dir.path(), "busy_patient", Some(&busy));
+    outbound_trunk(&s, &key, carrier.port, 4).await;
+    let sms = StandIn::start().await;
+    s.ok(
+        "POST",
+        "/v1/messaging/providers",
+        &key,
+        Some(json!({"name": "sms", "kind": "twilio", "channels": ["sms"], "senders": ["+14155559999"],
+            "spec": {"account_sid": "AC1", "base_url": sms.base}, "credentials": {"auth_token": "t"}})),
+    )
+    .await;
+    let (_, conv) = s.patient_conversation(&key, "+14155550127").await;
+    let room = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/rooms"),
+            &key,
+            Some(json!({"waiting_room": false})),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let call = s
+        .ok(
+            "POST",
+            &format!("/v1/conversations/{conv}/fallback"),
+            &key,
+            Some(json!({"room_id": room})),
+        )
+        .await;
+    let id = call["id"].as_str().unwrap();
+    let failed = eventually(&s, &key, &format!("/v1/calls/{id}"), |c| {
+        c["state"] == "failed"
+    })
+    .await;
+    assert_eq!(failed["cause"], "busy", "{failed}");
+    // The patient gets one text with a link back into the same room.
+    let reqs = sms.wait_for(|r| !r.is_empty()).await;
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].field("To"), Some("+14155550127"));
+    let body = reqs[0].field("Body").unwrap();
+    assert!(
+        body.starts_with("We could not reach you by phone"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("/visit?room={room}&conversation={conv}#token=")),
+        "{body}"
+    );
+    let ctx = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        ctx["last_handoff"]["meta"]["handoff"], "after_failed_call",
+        "{ctx}"
+    );
+    carrier.assert_ok().await;
+}

@@ -8,16 +8,6 @@ use common::sipp::{Sipp, eventually, kinds, outbound_trunk, voice_server};
 use common::*;
 use serde_json::{Value, json};
 
-fn second_tenant(dir: &std::path::Path) -> String {
-    let (code, out) = cli(dir, &["tenant", "create", "clinic-b"]);
-    assert_eq!(code, 0, "{out}");
-    out.lines()
-        .find_map(|l| l.strip_prefix("API key (shown once): "))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 fn error_message(v: &Value) -> String {
     v["error"]["message"]
         .as_str()
@@ -30,7 +20,7 @@ async fn trunks_and_rules_are_validated_sealed_and_kept_within_their_tenant() {
     let dir = tempdir();
     let s = Server::start(dir.path());
     let a = s.key().to_owned();
-    let b = second_tenant(dir.path());
+    let b = second_tenant(dir.path(), "clinic-b");
 
     // Inbound: numbers normalised to E.164, sources as CIDRs.
     let inbound = s
@@ -293,7 +283,7 @@ async fn rooms_get_dial_in_pins_and_calls_stay_within_reach() {
     let dir = tempdir();
     let s = Server::start(dir.path());
     let a = s.key().to_owned();
-    let b = second_tenant(dir.path());
+    let b = second_tenant(dir.path(), "clinic-b");
     let (_, conv) = s.patient_conversation(&a, "+14155550901").await;
     let room = s
         .ok(
@@ -352,7 +342,7 @@ async fn call_control_stays_within_its_tenant_and_grants() {
     let dir = tempdir();
     let (s, _sip) = voice_server(dir.path());
     let a = s.key().to_owned();
-    let b = second_tenant(dir.path());
+    let b = second_tenant(dir.path(), "clinic-b");
     // A's carrier: sipp's own UAS, which answers one call and fails on
     // anything but INVITE, ACK and BYE (a REFER would fail it).
     let uas = Sipp::uas(dir.path(), "carrier", None);

@@ -268,7 +268,26 @@ export class Visit extends EventTarget {
       case "token_expired":
         this._emit("token_expired", msg);
         break;
+      case "chat":
+        // A chat message of the room's conversation, in seq order; ours
+        // come back too (with our client_id): that is the ack.
+        this._emit("chat", msg);
+        break;
+      case "typing":
+        this._emit("typing", msg);
+        break;
+      case "chat_receipt":
+        this._emit("receipt", msg);
+        break;
+      case "chat_receipts":
+        this._emit("receipts", msg);
+        break;
       case "error":
+        if ("client_id" in msg) {
+          // A chat message was refused: which one and why (the call is fine).
+          this._emit("chat_error", msg);
+          break;
+        }
         if (msg.code === "refresh_refused" && this._refreshed) {
           this._refreshed.reject(Object.assign(new Error(msg.message), { code: msg.code }));
           this._refreshed = null;
@@ -348,6 +367,37 @@ export class Visit extends EventTarget {
   sendData(data) {
     if (this.channel?.readyState !== "open") throw new Error("the data channel is not open yet");
     this.channel.send(data);
+  }
+
+  /** Whether chat messages can go over the signaling connection now. */
+  get chatReady() {
+    return this.ws?.readyState === WebSocket.OPEN && (!!this.participant || this.state === "waiting");
+  }
+
+  /**
+   * Sends a chat message to the room's conversation (the token must grant
+   * it). `clientId` is its idempotency key: send again with the same one
+   * after a reconnect and it is stored once. Returns the client id; the
+   * message comes back as a `chat` event (with it) once stored, or as a
+   * `chat_error` event.
+   */
+  sendChat(body, clientId = crypto.randomUUID()) {
+    if (!this.chatReady) throw new Error("not in the room: chat goes over REST meanwhile");
+    this.ws.send(JSON.stringify({ type: "chat", body, client_id: clientId }));
+    return clientId;
+  }
+
+  /** Tells the room you are typing (`true`) or stopped (ephemeral, rate-limited by the server). */
+  typing(active) {
+    if (this.chatReady) this.ws.send(JSON.stringify({ type: "typing", active }));
+  }
+
+  /** Everything up to `seq` of the conversation reached / was shown to you. */
+  markDelivered(seq) {
+    if (this.chatReady) this.ws.send(JSON.stringify({ type: "chat_delivered", seq }));
+  }
+  markRead(seq) {
+    if (this.chatReady) this.ws.send(JSON.stringify({ type: "chat_read", seq }));
   }
 
   /** Restarts ICE (new credentials and candidates) without leaving the room. */

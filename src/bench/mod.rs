@@ -1,8 +1,10 @@
 //! `continuum bench ...`: measurements on this machine, reported as tables and
 //! JSON (the JSON feeds capacity planning).
 
+mod attachments;
 mod bridged;
 mod events;
+mod messaging;
 mod reminders;
 mod server;
 mod sfu;
@@ -28,6 +30,13 @@ pub enum BenchCommand {
     /// memory per call; then phone calls bridged into SFU rooms at real time
     /// (late frames, CPU and memory per call, the most calls under 1% late).
     Voice(voice::VoiceArgs),
+    /// Messaging: signed inbound webhooks validated and stored per second;
+    /// outbound messages per second through the durable outbox to a local
+    /// provider stand-in (and that none is sent twice).
+    Messaging(messaging::MessagingArgs),
+    /// Attachments: upload and download throughput over HTTP with sealing,
+    /// and the server's peak memory at each size (flat in the file size).
+    Attachments(attachments::AttachmentsArgs),
     /// Appointment reminders per hour: N appointments scheduled (patients
     /// found or created, reminders planned), then dispatched through the
     /// scheduler and the outbox to a Twilio-shaped stand-in on loopback.
@@ -40,6 +49,8 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Sfu(args) => sfu::run(args),
         BenchCommand::Turn(args) => turn::run(args),
         BenchCommand::Voice(args) => voice::run(args),
+        BenchCommand::Messaging(args) => messaging::run(args),
+        BenchCommand::Attachments(args) => attachments::run(args),
         BenchCommand::Reminders(args) => reminders::run(args, cfg),
     }
 }

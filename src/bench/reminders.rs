@@ -289,7 +289,8 @@ pub fn run(args: RemindersArgs, _cfg: Config) -> anyhow::Result<()> {
             allow_http_hosts: vec!["127.0.0.1".into()],
             ..Default::default()
         };
-        let messaging = MessagingService::new(store.clone(), cfg, "http://127.0.0.1:9".into());
+        let messaging =
+            MessagingService::new(store.clone(), cfg, "http://127.0.0.1:9".into(), None);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut waves: Vec<i64> = args
             .offsets

@@ -222,6 +222,22 @@ const ownShown = await waitText(patient, "#log", ["You", "I can see you now"]);
 const notices = await clinician.page.evaluate(() => [...document.querySelectorAll("#log .notice")].map((n) => n.textContent));
 await shot(patient, "patient-phone-chat.png");
 report("clinician gets the patient's chat with the name", chatted && ownShown && notices.some((n) => n.includes("Ana Souza joined")), { notices });
+// The clinician's chat is on screen (desktop): the patient sees it read.
+const readTick = await patient.page.waitForFunction(() => [...document.querySelectorAll("#log .msg.mine")].some((m) =>
+  m.textContent.includes("I can see you now") && m.dataset.state === "read" && m.querySelector(".state").textContent.includes("Read")),
+null, { timeout: TIMEOUT_MS }).then(() => true, () => false);
+report("the patient's message is ticked read once the clinician saw it", readTick, {});
+// The clinician types: the patient sees who; the answer ends it, and is read.
+await clinician.page.fill("#text", "Good, I can see you too");
+const typing = await waitText(patient, "#typing", ["Dr. Maya Lee is typing"]);
+await shot(patient, "patient-phone-chat-typing.png");
+await clinician.page.press("#text", "Enter");
+const answered = (await waitText(patient, "#log", ["Good, I can see you too"])) &&
+  (await patient.page.waitForFunction(() => document.getElementById("typing").textContent === "", null, { timeout: 10000 }).then(() => true, () => false));
+const answerRead = await clinician.page.waitForFunction(() => [...document.querySelectorAll("#log .msg.mine")].some((m) =>
+  m.textContent.includes("Good, I can see you too") && m.dataset.state === "read"),
+null, { timeout: TIMEOUT_MS }).then(() => true, () => false);
+report("typing shows and the answer is ticked read", typing && answered && answerRead, { typing: await textOf(patient, "#typing") });
 await patient.page.click("#chat-panel [data-close]");
 
 // A third person (an interpreter, staff: no waiting room): a grid, where our

@@ -246,6 +246,17 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Creates another tenant with the CLI; returns its API key.
+pub fn second_tenant(dir: &Path, name: &str) -> String {
+    let (code, out) = cli(dir, &["tenant", "create", name]);
+    assert_eq!(code, 0, "{out}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("API key (shown once): "))
+        .expect("the CLI prints the new tenant's API key")
+        .trim()
+        .to_owned()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("continuum-test-")

@@ -77,6 +77,7 @@ pub mod meta;
 pub mod policy;
 pub mod provider;
 pub mod secret;
+pub mod smpp;
 pub mod twilio;
 pub mod types;
 pub mod whatsapp_window;

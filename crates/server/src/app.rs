@@ -49,6 +49,10 @@ pub fn build(state: AppState) -> Router {
             get(|| async { axum::response::Html(include_str!("../../../web/visit.html")) }),
         )
         .route(
+            "/chat",
+            get(|| async { axum::response::Html(include_str!("../../../web/chat.html")) }),
+        )
+        .route(
             "/sdk.js",
             get(|| async {
                 (

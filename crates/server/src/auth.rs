@@ -206,7 +206,11 @@ pub struct Auth(pub Principal);
 
 /// Routes where browsers cannot set an `Authorization` header (WebSocket,
 /// EventSource): only there may an access token come in the query string.
-const QUERY_TOKEN_ROUTES: &[&str] = &["/v1/rtc", "/v1/conversations/{id}/events/stream"];
+const QUERY_TOKEN_ROUTES: &[&str] = &[
+    "/v1/rtc",
+    "/v1/conversations/{id}/events/stream",
+    "/v1/conversations/{id}/chat",
+];
 
 enum Presented {
     Header(String),
@@ -257,7 +261,7 @@ impl FromRequestParts<AppState> for Auth {
                         &info,
                         SERVER_CHAIN,
                         "credentials in the URL are refused here: send `Authorization: Bearer <API key or access token>` \
-                         (query tokens are accepted only on /v1/rtc and the events stream)",
+                         (query tokens are accepted only on /v1/rtc, the events stream and the chat WebSocket)",
                     )
                     .await);
             }

@@ -20,6 +20,60 @@ pub struct Config {
     pub turn: TurnConfig,
     pub sip: SipConfig,
     pub messaging: MessagingConfig,
+    pub attachments: AttachmentsConfig,
+}
+
+/// Store-and-forward attachments: sealed with the tenant's key, kept in a
+/// local directory or an S3-compatible bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Where sealed attachments are kept (default `<data_dir>/attachments`);
+    /// ignored when `s3` is set.
+    pub dir: Option<PathBuf>,
+    /// The largest upload accepted, in bytes.
+    pub max_bytes: u64,
+    /// Types accepted (sniffed from the content), as MIME types; empty: the
+    /// default set (JPEG, PNG, GIF, WebP, HEIC/HEIF, PDF, MP4/3GP, WAV, OGG,
+    /// MP3, AMR, M4A).
+    pub allowed_types: Vec<String>,
+    /// Remove Exif (GPS), XMP and comments from JPEG, PNG and WebP images.
+    pub strip_metadata: bool,
+    /// Inbound MMS and WhatsApp media fetches give up after this long.
+    pub fetch_timeout_secs: u64,
+    /// Media URLs may point at private or loopback addresses (testing only).
+    pub allow_private_media: bool,
+    pub s3: Option<S3Settings>,
+}
+
+/// An S3-compatible bucket for attachments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// e.g. `https://s3.eu-central-1.amazonaws.com`; AWS's for `region` when absent.
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub prefix: Option<String>,
+    /// Plain-http endpoints (a local test server).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            dir: None,
+            max_bytes: 25 << 20,
+            allowed_types: Vec::new(),
+            strip_metadata: true,
+            fetch_timeout_secs: 30,
+            allow_private_media: false,
+            s3: None,
+        }
+    }
 }
 
 /// SMS and WhatsApp (providers are configured per tenant through the API).

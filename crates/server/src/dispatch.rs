@@ -85,7 +85,7 @@ pub async fn check_target(
 }
 
 /// Resolves names and drops special-purpose answers (checked at connect time).
-struct PublicOnlyResolver;
+pub(crate) struct PublicOnlyResolver;
 
 impl Resolve for PublicOnlyResolver {
     fn resolve(&self, name: Name) -> Resolving {

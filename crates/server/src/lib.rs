@@ -3,7 +3,9 @@
 
 pub mod api;
 pub mod app;
+pub mod attachments;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

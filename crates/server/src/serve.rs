@@ -149,11 +149,18 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     );
     fallback.serve(fallback_rx);
     state.fallback = Some(fallback);
+    let attachments = std::sync::Arc::new(crate::attachments::Attachments::open(
+        &cfg.attachments,
+        &cfg.server.data_dir,
+        store.clone(),
+    )?);
+    state.attachments = Some(attachments.clone());
     if cfg.messaging.enabled {
         state.messaging = Some(crate::messaging::MessagingService::new(
             store.clone(),
             cfg.messaging.clone(),
             cfg.server.public_base(),
+            Some(attachments),
         ));
     }
     state
@@ -174,6 +181,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(m) = state.messaging.clone() {
+        tokio::spawn(async move { m.start_links().await });
+    }
     let sender = state
         .messaging
         .clone()

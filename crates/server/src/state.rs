@@ -28,6 +28,8 @@ pub struct AppState {
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
     /// The SMS/WhatsApp outbox sender and provider webhooks.
     pub messaging: Option<Arc<crate::messaging::MessagingService>>,
+    /// Store-and-forward attachments (the sealed blob store).
+    pub attachments: Option<Arc<crate::attachments::Attachments>>,
     /// Visit links by text, and texts after unanswered fallback calls.
     pub handoffs: Arc<crate::handoff::Handoffs>,
     pub whip: Arc<crate::api::whip::Sessions>,
@@ -36,6 +38,8 @@ pub struct AppState {
     pub revocations: Arc<crate::guard::Revocations>,
     /// Rosters, waiting rooms and ended visits of the rooms on this node.
     pub lobby: crate::lobby::Lobby,
+    /// Chat typing and receipts of the conversations followed on this node.
+    pub chat: Arc<crate::chat::ChatHub>,
 }
 
 impl AppState {
@@ -70,8 +74,10 @@ impl AppState {
             voice: None,
             fallback: None,
             messaging: None,
+            attachments: None,
             whip: Arc::default(),
             lobby: crate::lobby::Lobby::default(),
+            chat: Arc::default(),
         }
     }
 

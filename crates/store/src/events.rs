@@ -207,7 +207,7 @@ fn track_media_session(
     Ok(())
 }
 
-const EVENT_COLUMNS: &str =
+pub(crate) const EVENT_COLUMNS: &str =
     "conversation_id, seq, at, channel, kind, actor_type, actor_id, idempotency_key, payload";
 
 /// One event by its place (inside a read or write).
@@ -226,7 +226,11 @@ pub(crate) fn load_event(
     .ok_or(StoreError::NotFound("event"))?
 }
 
-fn event_from_row(keys: &TenantKeys, tenant_id: &str, r: &rusqlite::Row<'_>) -> Result<Event> {
+pub(crate) fn event_from_row(
+    keys: &TenantKeys,
+    tenant_id: &str,
+    r: &rusqlite::Row<'_>,
+) -> Result<Event> {
     let conversation_id: String = r.get(0)?;
     let seq: i64 = r.get(1)?;
     let sealed: Vec<u8> = r.get(8)?;

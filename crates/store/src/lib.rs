@@ -7,6 +7,7 @@
 //! the tenant's MAC-chained audit log ([`audit`]) in the same transaction as the
 //! write itself, or before a read is returned.
 
+mod attachments;
 pub mod audit;
 pub mod crypto;
 mod error;
@@ -14,6 +15,7 @@ mod pool;
 mod schema;
 mod writer;
 
+mod chat;
 mod contacts;
 mod conversations;
 mod events;
@@ -26,7 +28,9 @@ mod time_fmt;
 mod voice;
 mod webhooks;
 
+pub use attachments::{Attachment, AttachmentFilter, NewAttachment, ReviewState};
 pub use audit::{AuditEntry, AuditRecord, Outcome, Problem, SERVER_CHAIN, VerifyReport};
+pub use chat::{ChatReceipt, ReceiptUpdate};
 pub use contacts::{Contact, ContactInput, ContactList};
 pub use conversations::{
     Conversation, ConversationFilter, ConversationList, NewConversation, TransitionParams,

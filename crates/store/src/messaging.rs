@@ -1087,6 +1087,21 @@ impl Store {
         .map(|(n, _)| n)
     }
 
+    /// Which conversation a message belongs to (no PHI: for the grant check
+    /// before the audited read).
+    pub async fn message_conversation(&self, tenant_id: &str, id: &str) -> Result<String> {
+        let (t, mid) = (tenant_id.to_owned(), id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT conversation_id FROM messages WHERE id = ?1 AND tenant_id = ?2",
+            )?
+            .query_row(params![mid, t], |r| r.get(0))
+            .optional()?
+            .ok_or(StoreError::NotFound("message"))
+        })
+        .await
+    }
+
     /// One outbound message, audited as a PHI read.
     pub async fn get_message(
         &self,

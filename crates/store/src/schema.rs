@@ -323,10 +323,47 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (tenant_id, channel, address)
     ) WITHOUT ROWID;
     "#,
-    // 8: chat receipts (a parallel branch) takes this place; once it lands,
-    // the reminders migration below is the 9th entry (user_version 9).
-    //
-    // 9: appointment reminders. Per-tenant settings (quiet hours, default time
+    // 8: chat receipts. How far each person of a conversation has had it
+    // delivered and read (timeline seqs, only ever moving forward): one row
+    // per (conversation, identity) rather than a timeline event per
+    // message per reader. Identities are ids, never PHI.
+    r#"
+    CREATE TABLE chat_receipts (
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        identity TEXT NOT NULL,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        role TEXT NOT NULL,
+        delivered_seq INTEGER NOT NULL,
+        read_seq INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (conversation_id, identity)
+    ) WITHOUT ROWID;
+    "#,
+    // 9: store-and-forward attachments: the record of each sealed blob
+    // (bytes in the blob store), its timeline event, and its review.
+    // File name, uploader and review note are sealed.
+    r#"
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        event_seq INTEGER NOT NULL,
+        blob_key TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        stripped INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        data BLOB NOT NULL,
+        review_state TEXT NOT NULL,
+        reviewed_by TEXT,
+        reviewed_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX attachments_review ON attachments(tenant_id, review_state, id);
+    CREATE INDEX attachments_conversation ON attachments(conversation_id, id);
+    "#,
+    // 10: appointment reminders. Per-tenant settings (quiet hours, default time
     // zone, clinic name: JSON, no PHI) and templates (the clinic's text with
     // {{variables}}, offsets, channel, WhatsApp template: in clear, no PHI);
     // appointments (start time and status in clear like event timestamps;

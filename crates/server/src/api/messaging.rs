@@ -511,12 +511,15 @@ pub async fn get(
 ) -> ApiResult<Json<OutboundMessage>> {
     s.require(&p, Permission::ReadTimeline, &format!("message/{id}"))
         .await?;
-    let m = s
-        .store
-        .get_message(p.tenant_id(), &id, &p.audit_actor())
-        .await?;
-    s.require_conversation(&p, &m.conversation_id).await?;
-    Ok(Json(m))
+    let conv = s.store.message_conversation(p.tenant_id(), &id).await?;
+    s.require_conversation(&p, &conv)
+        .await
+        .map_err(|_| ApiError::not_found("message"))?;
+    Ok(Json(
+        s.store
+            .get_message(p.tenant_id(), &id, &p.audit_actor())
+            .await?,
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]

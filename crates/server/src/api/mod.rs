@@ -2,7 +2,9 @@
 //! handlers' annotations.
 
 pub mod access;
+pub mod attachments;
 pub mod audit;
+pub mod chat;
 pub mod contacts;
 pub mod conversations;
 pub mod doc;
@@ -38,6 +40,8 @@ use utoipa_axum::routes;
         (name = "webhooks", description = "Signed outbound webhooks"),
         (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
         (name = "voice", description = "SIP trunks, dispatch rules and phone calls (dial-out, PSTN fallback)"),
+        (name = "attachments", description = "Store-and-forward: uploads (sniffed, metadata stripped, sealed), audited downloads, the review queue"),
+        (name = "chat", description = "Secure chat on a conversation: the chat WebSocket, the chat view of the timeline, receipts and typing"),
         (name = "messaging", description = "SMS and WhatsApp: providers (the failover chain), outbound messages and their delivery, provider webhooks"),
         (name = "reminders", description = "Appointment reminders: settings (quiet hours), templates, appointments and bulk imports"),
     )
@@ -65,6 +69,10 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(timeline::append, timeline::page))
         .routes(routes!(timeline::stream))
         .routes(routes!(timeline::context))
+        .routes(routes!(chat::socket))
+        .routes(routes!(chat::messages))
+        .routes(routes!(chat::receipts, chat::mark_receipt))
+        .routes(routes!(chat::typing))
         .routes(routes!(audit::list))
         .routes(routes!(webhooks::create, webhooks::list))
         .routes(routes!(webhooks::delete))
@@ -100,6 +108,11 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(messaging::send, messaging::list))
         .routes(routes!(messaging::get))
         .routes(routes!(messaging::send_visit_link))
+        .routes(routes!(attachments::upload))
+        .routes(routes!(attachments::list))
+        .routes(routes!(attachments::get))
+        .routes(routes!(attachments::download))
+        .routes(routes!(attachments::review))
         .routes(routes!(reminders::get_settings, reminders::set_settings))
         .routes(routes!(
             reminders::create_template,

@@ -9,6 +9,7 @@
 
 use super::signal::{PROTOCOL_VERSION, ServerMsg};
 use crate::auth::Auth;
+use crate::chat::{ChatIn, ChatLink, Person, VISIT_CHANNELS};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::lobby::{LobbyNotice, RoomKey};
@@ -167,6 +168,24 @@ enum ClientMsg {
     },
     /// Staff in the room end the visit for everyone: all leave, nobody joins again.
     EndVisit,
+    /// A chat message to the room's conversation; `client_id` is the
+    /// sender's idempotency key (a resend is stored once).
+    Chat {
+        body: String,
+        client_id: String,
+    },
+    /// The sender is typing (`true`) or stopped (ephemeral).
+    Typing {
+        active: bool,
+    },
+    /// Everything up to `seq` of the conversation reached this device.
+    ChatDelivered {
+        seq: i64,
+    },
+    /// Everything up to `seq` of the conversation was shown (implies delivered).
+    ChatRead {
+        seq: i64,
+    },
 }
 
 fn media_kind(kind: Option<&str>) -> Result<Option<continuum_sfu::MediaKind>, ()> {
@@ -293,7 +312,7 @@ fn deadline(exp: u64) -> tokio::time::Instant {
 
 /// Checks a `refresh` token: ours, unexpired, unrevoked, and the same
 /// tenant, identity and role as the connection's.
-fn refreshed(
+pub(crate) fn refreshed(
     s: &AppState,
     token: &str,
     tenant_id: &str,
@@ -371,6 +390,8 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         lobby: None,
         waiting: None,
         introduced: false,
+        chat: None,
+        chat_introduced: true,
     };
     // A `leave` ends the seat; a dropped connection leaves it for a resume.
     let mut leaving = false;
@@ -405,6 +426,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
             },
             notice = next_notice(&mut conn.lobby) => conn.on_notice(notice).await,
             out = from_media.recv() => conn.on_media(out),
+            out = chat_next(&mut conn.chat, &conn.s) => Step::Replies(out),
         };
         // A `refresh` moved the token's expiry.
         if conn.token.expires_at != armed_for {
@@ -415,6 +437,19 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         let (reply, end) = match step {
             Step::Reply(reply) => (reply, None),
             Step::End { last, leave } => (last, Some(leave)),
+            Step::Replies(replies) => {
+                let mut gone = false;
+                for text in replies {
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    break;
+                }
+                (None, None)
+            }
         };
         if let Some(text) = reply
             && sink.send(Message::Text(text.into())).await.is_err()
@@ -429,6 +464,11 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
             if sink.send(Message::Text(text.into())).await.is_err() {
                 break;
             }
+        }
+        if let Some(text) = conn.chat_introduction().await
+            && sink.send(Message::Text(text.into())).await.is_err()
+        {
+            break;
         }
     }
     conn.finish(leaving || *stop.borrow());
@@ -448,6 +488,8 @@ enum Step {
     /// Send `last` (if anything) and close; `leave`: give the seat up
     /// (otherwise it waits for a resume, or is gone already).
     End { last: Option<String>, leave: bool },
+    /// Send these, in order, and go on.
+    Replies(Vec<String>),
 }
 
 /// One signaling connection's state, between the socket loop (`session`)
@@ -472,6 +514,11 @@ struct Connection {
     waiting: Option<(String, Room, String)>,
     /// Whether the roster was sent since this connection took its seat.
     introduced: bool,
+    /// Chat on the room's conversation (when the token grants it), from
+    /// `join` or `resume` on.
+    chat: Option<ChatLink>,
+    /// Whether everyone's receipts were sent since the chat opened.
+    chat_introduced: bool,
 }
 
 impl Connection {
@@ -607,8 +654,103 @@ impl Connection {
                 let me = self.participant;
                 subscribe(&self.media, me, &origin, kind.as_deref(), false).await
             }
+            ClientMsg::Chat { body, client_id } => {
+                let client = client_id.clone();
+                self.chat_in(ChatIn::Message { body, client_id })
+                    .await
+                    .map_err(|(code, message)| {
+                        ServerMsg::ChatError {
+                            code,
+                            message: message.into(),
+                            client_id: Some(client),
+                        }
+                        .text()
+                    })
+                    .unwrap_or_else(Some)
+            }
+            ClientMsg::Typing { active } => self
+                .chat_in(ChatIn::Typing { active })
+                .await
+                .unwrap_or_else(|(code, m)| Some(error(code, m))),
+            ClientMsg::ChatDelivered { seq } => self
+                .chat_in(ChatIn::Delivered(seq))
+                .await
+                .unwrap_or_else(|(code, m)| Some(error(code, m))),
+            ClientMsg::ChatRead { seq } => self
+                .chat_in(ChatIn::Read(seq))
+                .await
+                .unwrap_or_else(|(code, m)| Some(error(code, m))),
         };
         Step::Reply(reply)
+    }
+
+    /// A chat message from the client: handled by the room's chat link, or
+    /// refused (code, message) when there is none.
+    async fn chat_in(
+        &mut self,
+        msg: ChatIn,
+    ) -> Result<Option<String>, (&'static str, &'static str)> {
+        match self.chat.as_mut() {
+            Some(link) => Ok(link.handle(&self.s, msg).await),
+            None if self.lobby.is_none() => Err((
+                "not_joined",
+                "join a room first: chat is on the room's conversation",
+            )),
+            None => Err((
+                "not_found",
+                "chat is on the room's conversation, which this token does not grant (grants.conversations)",
+            )),
+        }
+    }
+
+    /// Opens chat on the room's conversation when the token grants it (and
+    /// its role reads timelines): what the room's people say in the chat
+    /// comes over this connection from now on.
+    async fn open_chat(&mut self, conversation: &str) {
+        if self
+            .chat
+            .as_ref()
+            .is_some_and(|c| c.conversation() == conversation)
+        {
+            return;
+        }
+        let principal = Principal::Token {
+            tenant_id: self.tenant_id.clone(),
+            identity: self.identity.clone(),
+            role: self.role,
+            grants: self.grants.clone(),
+            region: self.region.clone(),
+            name: self.name.clone(),
+            token: self.token.clone(),
+        };
+        if !principal.may(Permission::ReadTimeline)
+            || !principal.may_access_conversation(conversation)
+        {
+            self.chat = None;
+            return;
+        }
+        let Some(person) = Person::of(&principal) else {
+            return;
+        };
+        match ChatLink::open(&self.s, person, conversation, VISIT_CHANNELS).await {
+            Ok((link, _)) => {
+                self.chat = Some(link);
+                self.chat_introduced = false;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "chat could not open on the room's conversation");
+                self.chat = None;
+            }
+        }
+    }
+
+    /// Just opened chat: everyone's receipts, so ticks show at once.
+    async fn chat_introduction(&mut self) -> Option<String> {
+        if self.chat_introduced {
+            return None;
+        }
+        self.chat_introduced = true;
+        self.chat.as_ref()?.receipts(&self.s).await
     }
 
     /// `refresh`: a new token for the same tenant, identity and role.
@@ -626,6 +768,13 @@ impl Connection {
                     unreachable!("claims make tokens")
                 };
                 (self.grants, self.region, self.token) = (grants, region, token);
+                // Chat goes on only if the new token grants the conversation too.
+                if let Some(link) = &self.chat
+                    && self.role != Role::Admin
+                    && !self.grants.allows_conversation(link.conversation())
+                {
+                    self.chat = None;
+                }
                 ServerMsg::Refreshed { expires_at: exp }.text()
             }
             Err(reason) => error("refresh_refused", reason),
@@ -655,6 +804,7 @@ impl Connection {
         let key = RoomKey::new(&self.tenant_id, &r.id);
         let rx = self.s.lobby.subscribe(&key);
         self.lobby = Some((key.clone(), rx));
+        self.open_chat(&r.conversation_id).await;
         if r.waiting_room
             && self.role == Role::Patient
             && self.s.lobby.must_wait(&key, &self.identity)
@@ -692,6 +842,7 @@ impl Connection {
                 self.lobby = Some((seat.room, rx));
                 self.introduced = false;
                 self.participant = Some(id);
+                self.open_chat(&seat.conversation_id).await;
                 ServerMsg::Resumed {
                     protocol: PROTOCOL_VERSION,
                     participant: id.to_string(),
@@ -914,6 +1065,14 @@ pub async fn end_visit(
         .map_err(|e| e.to_string())?;
     s.lobby.end(key, by);
     Ok(())
+}
+
+/// What the room's chat has for the client next (never, without chat).
+async fn chat_next(link: &mut Option<ChatLink>, s: &AppState) -> Vec<String> {
+    match link {
+        Some(link) => link.next(s).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next notice of the room a connection listens to (never, if none).

@@ -2,8 +2,10 @@
 //! their reference): one enum, so every message the server can send is in
 //! one place and serialised one way.
 
+use crate::chat::{ChatMessage, ReceiptNotice, Typing};
 use crate::lobby::{Member, Muted, Waiter};
 use continuum_core::Role;
+use continuum_store::ChatReceipt;
 use serde::Serialize;
 
 /// The signaling protocol's version, in `welcome`, `joined` and `resumed`
@@ -117,6 +119,51 @@ pub enum ServerMsg {
         code: &'static str,
         message: String,
     },
+    /// The conversation chat WebSocket's first message (`/v1/conversations/{id}/chat`).
+    #[serde(rename = "welcome")]
+    ChatWelcome {
+        protocol: u32,
+        identity: String,
+        name: Option<String>,
+        role: Role,
+        expires_at: u64,
+        conversation: String,
+    },
+    /// A chat message (also the sender's ack: it carries the sender's `client_id`).
+    Chat {
+        #[serde(flatten)]
+        message: ChatMessage,
+    },
+    /// Someone started or stopped typing (ephemeral).
+    Typing {
+        #[serde(flatten)]
+        typing: Typing,
+    },
+    /// Someone's delivered/read markers moved.
+    ChatReceipt {
+        #[serde(flatten)]
+        receipt: ReceiptNotice,
+    },
+    /// Everyone's markers in the conversation (on joining, and after falling behind).
+    ChatReceipts {
+        conversation: String,
+        receipts: Vec<ChatReceipt>,
+    },
+    /// The chat WebSocket replayed what it had to: live from here on.
+    ChatSynced {
+        conversation: String,
+        last_seq: i64,
+        /// Older messages exist than those replayed (`GET …/chat/messages?before=`).
+        earlier: bool,
+    },
+    /// A chat message was refused: which one (`client_id`) and why.
+    #[serde(rename = "error")]
+    ChatError {
+        code: &'static str,
+        message: String,
+        client_id: Option<String>,
+    },
+    Pong,
 }
 
 impl ServerMsg {

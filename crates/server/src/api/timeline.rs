@@ -203,7 +203,7 @@ pub struct StreamQuery {
 /// EventSource resumes exactly where it left off, with no gaps or repeats.
 #[utoipa::path(get, path = "/v1/conversations/{id}/events/stream", tag = "timeline", operation_id = "streamEvents", params(("id" = String, Path, description = "the conversation's id"), StreamQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "resume after this `seq` (EventSource sends it on reconnect)")),
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events: `event: timeline`, `id: <seq>`, `data: <Event JSON>`; replays after `after`, then follows live")),
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "Server-sent events: `event: timeline`, `id: <seq>`, `data: <Event JSON>`; replays after `after`, then follows live. Also, live only and without an id (not timeline events): `event: receipt` (someone's chat markers moved: `{conversation, identity, role, delivered_seq, read_seq, updated_at}`) and `event: typing` (`{conversation, identity, name, role, active, expires_in}`)")),
     security(("bearer" = []), ("streamToken" = [])))]
 pub async fn stream(
     State(s): State<AppState>,
@@ -226,6 +226,8 @@ pub async fn stream(
 
     // Subscribe before reading the backlog so nothing committed in between is missed.
     let mut live = s.store.subscribe();
+    // Chat receipts and typing: not timeline events, announced live only.
+    let mut chat = s.chat.subscribe(p.tenant_id(), &id);
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     let tenant = p.tenant_id().to_owned();
     let mut stop = s.shutdown.subscribe();
@@ -279,7 +281,30 @@ pub async fn stream(
                     }
                     continue;
                 }
-                got = live.recv() => got,
+                notice = chat.recv() => {
+                    use crate::chat::Notice;
+                    // Missed ones (a slow reader) are gone: GET …/chat/receipts has them all.
+                    let Ok(m) = notice else { continue };
+                    let ev = match &m.notice {
+                        Notice::Receipt(r) => SseEvent::default().event("receipt").json_data(r),
+                        Notice::Typing(t) => SseEvent::default().event("typing").json_data(t),
+                    };
+                    match ev {
+                        Ok(ev) => Err(ev),
+                        Err(_) => continue,
+                    }
+                }
+                got = live.recv() => Ok(got),
+            };
+            // A chat notice (not a timeline event): passed on as it is.
+            let got = match got {
+                Ok(got) => got,
+                Err(ev) => {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             };
             match got {
                 Ok(e) if e.tenant_id == tenant && e.conversation_id == id => {

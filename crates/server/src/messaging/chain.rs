@@ -5,6 +5,7 @@
 
 use super::MessagingService;
 use continuum_core::Channel;
+use continuum_messaging::smpp::SmppProvider;
 use continuum_messaging::{
     Instrumented, OutboundMessage as WireMessage, Provider, ProviderId, ProviderSet, SendError,
     Sent,
@@ -29,6 +30,8 @@ pub struct ChainEntry {
 pub struct Chain {
     pub entries: Vec<ChainEntry>,
     pub providers: ProviderSet,
+    /// SMPP binds of the chain, to unbind when it is replaced.
+    pub links: Vec<Arc<SmppProvider>>,
 }
 
 impl Chain {
@@ -81,6 +84,15 @@ impl Chain {
     }
 }
 
+impl Chain {
+    /// Unbinds the chain's SMPP links (in the background).
+    pub fn unbind(&self) {
+        for link in self.links.clone() {
+            tokio::spawn(async move { link.shutdown().await });
+        }
+    }
+}
+
 impl ChainEntry {
     /// Where Twilio should post receipts for message `id`: our id in the
     /// URL, so a receipt finds its message even when the send was unconfirmed.
@@ -115,10 +127,17 @@ impl MessagingService {
             .map_err(|e| e.to_string())?;
         let mut entries = Vec::with_capacity(configured.len());
         let mut built: Vec<Arc<dyn Provider>> = Vec::with_capacity(configured.len());
+        let mut links = Vec::new();
         for p in &configured {
-            let provider = super::providers::build(p, &self.config)
+            let b = super::providers::build(p, &self.config)
                 .map_err(|e| format!("provider `{}`: {e}", p.provider.name))?;
-            built.push(provider);
+            if let Some((link, incoming)) = b.smpp {
+                links.push(link);
+                let me = self.me.clone();
+                let (tenant, provider) = (tenant_id.to_owned(), p.provider.id.clone());
+                tokio::spawn(super::inbound::consume_smpp(me, tenant, provider, incoming));
+            }
+            built.push(b.provider);
             entries.push(ChainEntry {
                 id: ProviderId::new(p.provider.id.clone()),
                 kind: p.provider.kind,
@@ -132,10 +151,19 @@ impl MessagingService {
             });
         }
         let providers = ProviderSet::new(built).map_err(|e| e.to_string())?;
-        let chain = Arc::new(Chain { entries, providers });
-        self.chains
+        let chain = Arc::new(Chain {
+            entries,
+            providers,
+            links,
+        });
+        let replaced = self
+            .chains
             .lock()
             .insert(tenant_id.to_owned(), chain.clone());
+        if let Some(old) = replaced {
+            // Built twice at once: keep one set of binds.
+            old.unbind();
+        }
         Ok(chain)
     }
 }

@@ -7,6 +7,12 @@ use super::MessagingService;
 use continuum_core::{Actor, ActorType, BindingKind, Channel};
 use continuum_messaging::keywords::{self, Keyword};
 use continuum_messaging::{DeliveryStatus, InboundMessage, MediaSource, MessageChannel};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Receipts waiting for their message's provider id, at most.
+const MAX_LATE_RECEIPTS: usize = 10_000;
+
 use continuum_store::{
     ConsentChange, Event, InboundRecord, MessageRef, MessageState, NewOutboundMessage,
     ReminderReplyKind, StoreError,
@@ -117,6 +123,9 @@ impl MessagingService {
             .record_inbound_message(tenant_id, &conversation_id, record, "system:messaging")
             .await?;
         metrics::counter!("continuum_messaging_inbound_total", "channel" => channel.as_str(), "duplicate" => if out.created { "false" } else { "true" }).increment(1);
+        if out.created && !m.media.is_empty() {
+            self.fetch_media(tenant_id, provider_id, &conversation_id, channel, m);
+        }
         if out.created
             && let Some(k) = keyword
         {
@@ -159,6 +168,134 @@ impl MessagingService {
             created: out.created,
             keyword,
         })
+    }
+
+    /// Fetches each media item of an inbound message (in the background:
+    /// the provider's webhook is answered at once) into the sealed
+    /// attachment store, on the same conversation. A fetch that fails is
+    /// said on the timeline (a staff note), not dropped silently.
+    fn fetch_media(
+        &self,
+        tenant_id: &str,
+        provider_id: &str,
+        conversation_id: &str,
+        channel: Channel,
+        m: &InboundMessage,
+    ) {
+        let Some(attachments) = self.attachments.clone() else {
+            return;
+        };
+        let (store, tenant, provider, conv) = (
+            self.store.clone(),
+            tenant_id.to_owned(),
+            provider_id.to_owned(),
+            conversation_id.to_owned(),
+        );
+        let media = m.media.clone();
+        let caption = Some(m.body.clone()).filter(|b| !b.is_empty());
+        tokio::spawn(async move {
+            let p = match store.messaging_provider(&provider).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "media arrived for a provider that is gone");
+                    return;
+                }
+            };
+            let secret = |f: &str| {
+                p.secret
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let spec = |f: &str| {
+                p.provider
+                    .spec
+                    .get(f)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            let source = match channel {
+                Channel::Whatsapp => "whatsapp",
+                _ => "mms",
+            };
+            for item in media {
+                let result = match &item.source {
+                    MediaSource::Url(url) => {
+                        let auth = crate::attachments::MediaAuth::Basic(
+                            spec("account_sid").unwrap_or_default(),
+                            secret("auth_token"),
+                        );
+                        attachments
+                            .fetch_and_store(
+                                &tenant,
+                                &conv,
+                                url,
+                                auth,
+                                source,
+                                channel,
+                                caption.clone(),
+                            )
+                            .await
+                    }
+                    MediaSource::MetaId(id) => {
+                        let base = spec("base_url").unwrap_or_else(|| {
+                            continuum_messaging::meta::DEFAULT_API_BASE.to_owned()
+                        });
+                        let version = spec("api_version").unwrap_or_else(|| {
+                            continuum_messaging::meta::DEFAULT_API_VERSION.to_owned()
+                        });
+                        let token = secret("access_token");
+                        match attachments
+                            .meta_media_url(&base, &version, id, &token)
+                            .await
+                        {
+                            Ok(url) => {
+                                attachments
+                                    .fetch_and_store(
+                                        &tenant,
+                                        &conv,
+                                        &url,
+                                        crate::attachments::MediaAuth::Bearer(token.clone()),
+                                        source,
+                                        channel,
+                                        caption.clone(),
+                                    )
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "inbound media not stored");
+                    metrics::counter!("continuum_attachments_fetch_failed_total").increment(1);
+                    let ev = continuum_core::NewEvent {
+                        channel,
+                        kind: continuum_core::EventKind::Note,
+                        actor: Actor::system(),
+                        body: Some(format!(
+                            "The patient sent a file{} that could not be stored: {e}",
+                            item.content_type
+                                .as_deref()
+                                .map(|t| format!(" ({t})"))
+                                .unwrap_or_default()
+                        )),
+                        meta: serde_json::Map::from_iter([(
+                            "media_failed".to_owned(),
+                            serde_json::Value::Bool(true),
+                        )]),
+                        idempotency_key: None,
+                    };
+                    if let Err(e) = store
+                        .append_event(&tenant, &conv, ev, "system:messaging")
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot record a media failure");
+                    }
+                }
+            }
+        });
     }
 
     /// STOP / START change consent (on the timeline) and get one reply;
@@ -249,8 +386,114 @@ impl MessagingService {
         }
         metrics::counter!("continuum_messaging_receipts_total", "status" => status.as_str())
             .increment(1);
-        self.store
-            .apply_receipt(tenant_id, by, state_of(status), detail)
-            .await
+        let result = self
+            .store
+            .apply_receipt(tenant_id, by.clone(), state_of(status), detail.clone())
+            .await;
+        // A receipt can beat the send's own answer to us (an SMSC sends it
+        // right after submit_sm_resp; Meta's status can race the API reply):
+        // the provider's id is not stored yet. Try again a few times.
+        if matches!(result, Err(StoreError::NotFound(_)))
+            && matches!(by, MessageRef::Provider { .. })
+        {
+            if self.late_receipts.fetch_add(1, Ordering::Relaxed) < MAX_LATE_RECEIPTS {
+                let (store, tenant, me) =
+                    (self.store.clone(), tenant_id.to_owned(), self.me.clone());
+                tokio::spawn(async move {
+                    for wait_ms in [200u64, 500, 1000, 2000, 4000] {
+                        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                        match store
+                            .apply_receipt(&tenant, by.clone(), state_of(status), detail.clone())
+                            .await
+                        {
+                            Err(StoreError::NotFound(_)) => continue,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot apply a late receipt");
+                                break;
+                            }
+                            Ok(_) => break,
+                        }
+                    }
+                    if let Some(me) = me.upgrade() {
+                        me.late_receipts.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+            } else {
+                self.late_receipts.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+}
+
+/// Stores what arrives on an SMPP bind: handset messages (no provider id in
+/// SMPP: each gets a fresh one, so a re-delivered deliver_sm is stored
+/// again) and receipts (found by the submit's message id).
+pub(crate) async fn consume_smpp(
+    me: std::sync::Weak<MessagingService>,
+    tenant_id: String,
+    provider_id: String,
+    mut incoming: tokio::sync::mpsc::Receiver<continuum_smpp::Incoming>,
+) {
+    use continuum_messaging::Address;
+    use continuum_messaging::smpp::receipt_status;
+    while let Some(item) = incoming.recv().await {
+        let Some(me) = me.upgrade() else { return };
+        match item {
+            continuum_smpp::Incoming::Message(m) => {
+                let plus = |n: &str| {
+                    if n.starts_with('+') {
+                        n.to_owned()
+                    } else {
+                        format!("+{n}")
+                    }
+                };
+                let from = Address::phone(&plus(&m.from), "source_addr");
+                let to = Address::parse_twilio(&m.to, "destination_addr")
+                    .or_else(|_| Address::phone(&plus(&m.to), "destination_addr"));
+                let (Ok(from), Ok(to)) = (from, to) else {
+                    tracing::warn!(provider = %provider_id, "SMPP message with an unusable address dropped");
+                    continue;
+                };
+                let msg = InboundMessage {
+                    channel: MessageChannel::Sms,
+                    from,
+                    to,
+                    body: m.text,
+                    provider_message_id: format!("smpp-{}", uuid::Uuid::now_v7()),
+                    media: vec![],
+                    profile_name: None,
+                    wa_id: None,
+                    wa_user_id: None,
+                    in_reply_to: None,
+                    button_payload: None,
+                    at: None,
+                };
+                if let Err(e) = me.receive(&tenant_id, &provider_id, &msg).await {
+                    tracing::error!(provider = %provider_id, error = %e, "cannot store an SMPP message");
+                }
+            }
+            continuum_smpp::Incoming::Receipt(r) => {
+                let Some(status) = receipt_status(r.state) else {
+                    continue;
+                };
+                match me
+                    .receipt(
+                        &tenant_id,
+                        &provider_id,
+                        None,
+                        &r.message_id,
+                        status,
+                        r.error.as_deref(),
+                    )
+                    .await
+                {
+                    Ok(_) | Err(StoreError::NotFound(_)) => {}
+                    Err(e) => {
+                        tracing::error!(provider = %provider_id, error = %e, "cannot store an SMPP receipt")
+                    }
+                }
+            }
+        }
     }
 }

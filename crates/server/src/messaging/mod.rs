@@ -35,10 +35,21 @@ pub struct MessagingService {
     /// Each tenant's chain, built on first use.
     chains: Mutex<HashMap<String, Arc<Chain>>>,
     pub(crate) policy: continuum_messaging::RetryPolicy,
+    /// Itself, for tasks that outlive a call (SMPP binds' incoming streams).
+    me: std::sync::Weak<MessagingService>,
+    /// Receipts being retried because they beat the send's answer.
+    late_receipts: std::sync::atomic::AtomicUsize,
+    /// Where inbound media (MMS, WhatsApp) is stored.
+    pub(crate) attachments: Option<Arc<crate::attachments::Attachments>>,
 }
 
 impl MessagingService {
-    pub fn new(store: Store, config: MessagingConfig, public_base: String) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        config: MessagingConfig,
+        public_base: String,
+        attachments: Option<Arc<crate::attachments::Attachments>>,
+    ) -> Arc<Self> {
         let policy = continuum_messaging::RetryPolicy {
             base_delay: std::time::Duration::from_millis(config.backoff_base_ms.max(1)),
             max_delay: std::time::Duration::from_secs(config.backoff_max_secs.max(1)),
@@ -47,17 +58,57 @@ impl MessagingService {
             max_age: std::time::Duration::from_secs(config.max_age_secs.max(1)),
             ..Default::default()
         };
-        Arc::new(MessagingService {
+        Arc::new_cyclic(|me| MessagingService {
             store,
             config,
             public_base,
             chains: Mutex::default(),
             policy,
+            me: me.clone(),
+            late_receipts: Default::default(),
+            attachments,
         })
     }
 
-    /// A tenant's chain changed: the next send builds it again.
+    /// A tenant's chain changed: its binds go, and it is built again now
+    /// (an SMPP provider must be bound to receive).
     pub fn providers_changed(&self, tenant_id: &str) {
-        self.chains.lock().remove(tenant_id);
+        if let Some(old) = self.chains.lock().remove(tenant_id) {
+            old.unbind();
+        }
+        if let Some(me) = self.me.upgrade() {
+            let tenant = tenant_id.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = me.chain(&tenant).await {
+                    tracing::warn!(tenant, error = %e, "cannot build the messaging chain");
+                }
+            });
+        }
+    }
+
+    /// At start: builds every tenant's chain that has an SMPP provider, so
+    /// its bind is up to receive before anything is sent.
+    pub async fn start_links(&self) {
+        let tenants = match self.store.list_tenants().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list tenants for SMPP binds");
+                return;
+            }
+        };
+        for t in tenants {
+            let has_smpp = self
+                .store
+                .list_messaging_providers(&t.id)
+                .await
+                .map(|ps| {
+                    ps.iter()
+                        .any(|p| p.kind == continuum_store::ProviderKind::Smpp)
+                })
+                .unwrap_or(false);
+            if has_smpp && let Err(e) = self.chain(&t.id).await {
+                tracing::warn!(tenant = %t.id, error = %e, "cannot bind the tenant's SMPP provider");
+            }
+        }
     }
 }

@@ -4,10 +4,13 @@
 use crate::config::MessagingConfig;
 use continuum_core::Channel;
 use continuum_messaging::meta::{MetaConfig, MetaWhatsAppProvider};
+use continuum_messaging::smpp::SmppProvider;
 use continuum_messaging::twilio::{TwilioConfig, TwilioProvider};
 use continuum_messaging::{MessageChannel, Provider, ProviderId, Secret};
+use continuum_smpp::{ClientConfig, Incoming};
 use continuum_store::{ProviderKind, ProviderWithSecret};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 fn text(map: &serde_json::Map<String, serde_json::Value>, field: &str) -> Option<String> {
     map.get(field).and_then(|v| match v {
@@ -21,10 +24,22 @@ fn need(map: &serde_json::Map<String, serde_json::Value>, field: &str) -> Result
     text(map, field).ok_or_else(|| format!("{field} is missing"))
 }
 
-pub(crate) fn build(
-    p: &ProviderWithSecret,
-    _config: &MessagingConfig,
-) -> Result<Arc<dyn Provider>, String> {
+/// A built provider; SMPP binds also hand back what arrives on the bind.
+pub(crate) struct Built {
+    pub provider: Arc<dyn Provider>,
+    pub smpp: Option<(Arc<SmppProvider>, mpsc::Receiver<Incoming>)>,
+}
+
+impl Built {
+    fn http(provider: Arc<dyn Provider>) -> Built {
+        Built {
+            provider,
+            smpp: None,
+        }
+    }
+}
+
+pub(crate) fn build(p: &ProviderWithSecret, _config: &MessagingConfig) -> Result<Built, String> {
     let spec = &p.provider.spec;
     let id = ProviderId::new(p.provider.id.clone());
     let channels: Vec<MessageChannel> = p
@@ -52,9 +67,9 @@ pub(crate) fn build(
             if let Some(base) = text(spec, "base_url") {
                 cfg.api_base = base;
             }
-            Ok(Arc::new(
+            Ok(Built::http(Arc::new(
                 TwilioProvider::new(&cfg).map_err(|e| e.to_string())?,
-            ))
+            )))
         }
         ProviderKind::MetaWhatsapp => {
             let mut cfg = MetaConfig {
@@ -73,10 +88,35 @@ pub(crate) fn build(
             if let Some(v) = text(spec, "api_version") {
                 cfg.api_version = v;
             }
-            Ok(Arc::new(
+            Ok(Built::http(Arc::new(
                 MetaWhatsAppProvider::new(&cfg).map_err(|e| e.to_string())?,
-            ))
+            )))
         }
-        ProviderKind::Smpp => Err("SMPP providers are not wired yet".into()),
+        ProviderKind::Smpp => {
+            let port: u16 = need(spec, "port")?
+                .parse()
+                .map_err(|_| "port must be 1..=65535".to_owned())?;
+            let mut cfg = ClientConfig::new(
+                need(spec, "host")?,
+                port,
+                need(spec, "system_id")?,
+                need(&p.secret, "password")?,
+            );
+            if let Some(t) = text(spec, "system_type") {
+                cfg.session.system_type = t;
+            }
+            if let Some(w) = spec.get("window").and_then(|v| v.as_u64()) {
+                cfg.session.window = w.clamp(1, 1000) as usize;
+            }
+            if let Some(r) = spec.get("max_per_second").and_then(|v| v.as_u64()) {
+                cfg.session.max_submits_per_sec = r.clamp(1, 100_000) as u32;
+            }
+            let (provider, incoming) = SmppProvider::start(id, cfg).map_err(|e| e.to_string())?;
+            let provider = Arc::new(provider);
+            Ok(Built {
+                provider: provider.clone(),
+                smpp: Some((provider, incoming)),
+            })
+        }
     }
 }
