@@ -90,6 +90,11 @@ pub enum Command {
     /// Capacity for the peak burst and the cost curve against a CPaaS, from
     /// a workload profile (examples/plan/profile.toml).
     Plan(crate::plan::PlanArgs),
+    /// Appointments and their reminders (over a running server's API).
+    Appointments {
+        #[command(subcommand)]
+        command: crate::appointments::AppointmentsCommand,
+    },
     /// Benchmarks (run on the machine you plan for).
     Bench {
         #[command(subcommand)]
@@ -414,6 +419,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Openapi => {
             println!("{}", continuum_server::app::openapi().to_pretty_json()?);
         }
+        Command::Appointments { command } => return crate::appointments::run(command),
         Command::Bench { command } => bench::run(command, load_config(&g)?)?,
         Command::Plan(args) => crate::plan::run(args)?,
     }

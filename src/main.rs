@@ -2,6 +2,7 @@
 //! logic lives in `crates/`.
 
 mod alloc;
+mod appointments;
 mod bench;
 mod cli;
 mod plan;

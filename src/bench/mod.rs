@@ -5,6 +5,7 @@ mod attachments;
 mod bridged;
 mod events;
 mod messaging;
+mod reminders;
 mod server;
 mod sfu;
 mod turn;
@@ -36,6 +37,10 @@ pub enum BenchCommand {
     /// Attachments: upload and download throughput over HTTP with sealing,
     /// and the server's peak memory at each size (flat in the file size).
     Attachments(attachments::AttachmentsArgs),
+    /// Appointment reminders per hour: N appointments scheduled (patients
+    /// found or created, reminders planned), then dispatched through the
+    /// scheduler and the outbox to a Twilio-shaped stand-in on loopback.
+    Reminders(reminders::RemindersArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -46,5 +51,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Voice(args) => voice::run(args),
         BenchCommand::Messaging(args) => messaging::run(args),
         BenchCommand::Attachments(args) => attachments::run(args),
+        BenchCommand::Reminders(args) => reminders::run(args, cfg),
     }
 }

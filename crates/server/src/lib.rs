@@ -18,6 +18,7 @@ pub mod lobby;
 pub mod media;
 pub mod messaging;
 pub mod ops;
+pub mod reminders;
 pub mod routing;
 pub mod serve;
 pub mod state;

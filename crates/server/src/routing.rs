@@ -17,6 +17,22 @@ pub async fn conversation_for(
     queue: Option<String>,
     actor: &str,
 ) -> Result<String, StoreError> {
+    patient_for(store, tenant, kind, address, display_name, queue, actor)
+        .await
+        .map(|(_, conversation)| conversation)
+}
+
+/// Like [`conversation_for`], returning the contact's id too:
+/// `(contact, conversation)`.
+pub async fn patient_for(
+    store: &Store,
+    tenant: &str,
+    kind: BindingKind,
+    address: Option<&str>,
+    display_name: Option<String>,
+    queue: Option<String>,
+    actor: &str,
+) -> Result<(String, String), StoreError> {
     let mut found = None;
     if let Some(a) = address {
         // A WhatsApp sender is often known only by the phone number they
@@ -65,13 +81,16 @@ pub async fn conversation_for(
         )
         .await?;
     if let Some(c) = latest.conversations.into_iter().next() {
-        return Ok(c.id);
+        return Ok((contact.id, c.id));
     }
     let new = NewConversation {
-        contact_id: contact.id,
+        contact_id: contact.id.clone(),
         subject: None,
         queue,
         tags: Vec::new(),
     };
-    Ok(store.create_conversation(tenant, new, actor).await?.id)
+    Ok((
+        contact.id,
+        store.create_conversation(tenant, new, actor).await?.id,
+    ))
 }

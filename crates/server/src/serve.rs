@@ -188,6 +188,11 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         .messaging
         .clone()
         .map(|m| tokio::spawn(m.run_sender(stop_rx.clone())));
+    // Reminders become outbox messages: they run where the sender does.
+    let scheduler = state.messaging.is_some().then(|| {
+        let s = std::sync::Arc::new(crate::reminders::Scheduler::new(store.clone()));
+        tokio::spawn(s.run(stop_rx.clone()))
+    });
     let dispatcher =
         tokio::spawn(Dispatcher::new(store.clone(), cfg.webhooks.clone()).run(stop_rx));
 
@@ -242,6 +247,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     state.flush_refusals().await;
     let _ = stop_tx.send(true);
     let _ = dispatcher.await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
     if let Some(sender) = sender {
         let _ = sender.await;
     }

@@ -413,8 +413,13 @@ impl Store {
         };
         self.read(move |c| {
             let keys = store.keys_for(c, &t)?;
+            // A contact's conversations (how every inbound message and call
+            // finds its conversation) through the contact index: without
+            // statistics SQLite picked `conversations_recent` and scanned
+            // every conversation of the tenant, per lookup.
+            let index = if f.contact_id.is_some() { " INDEXED BY conversations_contact" } else { "" };
             let mut sql = format!(
-                "SELECT {COLUMNS} FROM conversations WHERE tenant_id = ?1 AND (updated_at < ?2 OR (updated_at = ?2 AND id < ?3))"
+                "SELECT {COLUMNS} FROM conversations{index} WHERE tenant_id = ?1 AND (updated_at < ?2 OR (updated_at = ?2 AND id < ?3))"
             );
             let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(t.clone()), Box::new(cursor_at), Box::new(cursor_id)];
             if let Some(s) = f.state {

@@ -397,6 +397,11 @@ pub struct Context {
     pub last_handoff: Option<Event>,
     /// Channels the patient has opted out of; do not contact them there.
     pub opted_out: Vec<Channel>,
+    /// Appointments of this conversation from an hour ago on, soonest first
+    /// (at most 5), with their status (`confirmed`, `reschedule_requested`
+    /// after a reply to a reminder) and reminders.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub appointments: Vec<crate::Appointment>,
     pub channels: Vec<ChannelActivity>,
     /// The last N events across every channel, oldest first.
     pub recent_events: Vec<Event>,
@@ -504,6 +509,7 @@ fn build_context(
         })
         .collect();
 
+    let appointments = crate::reminders::for_context(c, keys, tenant_id, id)?;
     let skip = window.len().saturating_sub(n);
     let recent_events = window.into_iter().skip(skip).collect();
     Ok(Context {
@@ -515,6 +521,7 @@ fn build_context(
         last_channel_switch,
         last_handoff,
         opted_out,
+        appointments,
         channels,
         recent_events,
         generated_at: Timestamp(now_micros()),

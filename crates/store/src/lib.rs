@@ -20,6 +20,7 @@ mod contacts;
 mod conversations;
 mod events;
 mod messaging;
+mod reminders;
 mod revocations;
 mod rooms;
 mod tenants;
@@ -41,6 +42,11 @@ pub use messaging::{
     ClaimedMessage, ConsentChange, FailedAttempt, InboundOutcome, InboundRecord, MessageRef,
     MessageState, MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage,
     ProviderKind, ProviderWithSecret, SendOutcome,
+};
+pub use reminders::{
+    Appointment, AppointmentInput, AppointmentPatch, AppointmentStatus, AppointmentUpsert,
+    DispatchReport, QuietHours, Reminder, ReminderChannel, ReminderReplyKind, ReminderSettings,
+    ReminderState, ReminderTemplate, TemplateInput, UpsertOutcome, WhatsappTemplate, plan,
 };
 pub use revocations::RevokedToken;
 pub use rooms::{FallbackPolicy, Room, VisitSettings};
@@ -130,6 +136,8 @@ struct Inner {
     outbox_ready: Arc<Notify>,
     /// Woken when outbound messages are queued or re-queued.
     messages_ready: Arc<Notify>,
+    /// Woken when reminders are scheduled (the scheduler sleeps until the next one is due).
+    reminders_ready: Arc<Notify>,
 }
 
 impl Store {
@@ -172,6 +180,7 @@ impl Store {
             live,
             outbox_ready: Arc::new(Notify::new()),
             messages_ready: Arc::new(Notify::new()),
+            reminders_ready: Arc::new(Notify::new()),
         })))
     }
 

@@ -499,6 +499,187 @@ fn load_message(
     .ok_or(StoreError::NotFound("message"))?
 }
 
+/// Queues an outbound message inside the caller's write: the `message`
+/// event and the outbox row, or (the recipient opted out) the audited
+/// refusal, as `Ok(Err(reason))` so the caller commits the audit record.
+/// [`Store::enqueue_message`] is this in a write of its own; reminders call
+/// it inside the write that claims them.
+pub(crate) fn enqueue_in_tx(
+    ctx: &mut WriteCtx<'_>,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    conv_id: &str,
+    new: &NewOutboundMessage,
+    audit_actor: &str,
+) -> Result<std::result::Result<(OutboundMessage, Appended), String>> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut meta = new.meta.clone();
+    meta.insert("direction".into(), "outbound".into());
+    let ev = NewEvent {
+        channel: new.channel,
+        kind: EventKind::Message,
+        actor: new.actor.clone(),
+        body: new.body.clone(),
+        meta,
+        idempotency_key: new.idempotency_key.clone(),
+    };
+    // The retry of a request: the message its first try queued.
+    if let Some(key) = &new.idempotency_key {
+        let existing: Option<String> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT m.id FROM events e JOIN messages m ON m.conversation_id = e.conversation_id AND m.event_seq = e.seq
+                     WHERE e.conversation_id = ?1 AND e.idempotency_key = ?2",
+                )?
+                .query_row(params![conv_id, key], |r| r.get(0))
+                .optional()?;
+        if let Some(mid) = existing {
+            let appended = append_in_tx(
+                ctx,
+                keys,
+                tenant_id,
+                conv_id,
+                &ev_with_id(&ev, &mid),
+                audit_actor,
+            )?;
+            let message = load_message(ctx.conn, keys, tenant_id, &mid)?;
+            return Ok(Ok((message, appended)));
+        }
+    }
+    if !new.compliance
+        && suppressed(
+            ctx.conn,
+            keys,
+            tenant_id,
+            new.channel,
+            new.from.as_deref(),
+            &new.to,
+        )?
+    {
+        ctx.audit(
+            tenant_id,
+            &AuditEntry::new(
+                audit_actor,
+                "message.suppressed",
+                format!("conversation/{conv_id}"),
+                Outcome::Denied,
+            )
+            .with_detail(
+                serde_json::json!({ "channel": new.channel.as_str(), "sender": new.from }),
+            ),
+        )?;
+        // Committed (the audit record stays), then refused.
+        return Ok(Err(format!(
+            "the patient opted out of {} from {}; nothing was sent (they can reply START to opt back in)",
+            new.channel,
+            new.from.as_deref().unwrap_or("this sender")
+        )));
+    }
+    let appended = append_in_tx(
+        ctx,
+        keys,
+        tenant_id,
+        conv_id,
+        &ev_with_id(&ev, &id),
+        audit_actor,
+    )?;
+    let now = now_micros();
+    let sealed = serde_json::to_vec(&SealedMessage {
+        to: new.to.clone(),
+        body: new.body.clone(),
+        media_urls: new.media_urls.clone(),
+        template: new.template.clone(),
+    })
+    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let payload = keys
+        .data
+        .seal(&sealed, message_aad(tenant_id, &id).as_bytes());
+    ctx.conn
+            .prepare_cached(
+                "INSERT INTO messages (id, tenant_id, conversation_id, event_seq, channel, recipient, sender, payload, state, attempts, next_attempt_at, created_at, updated_at, compliance)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 0, ?9, ?9, ?9, ?10)",
+            )?
+            .execute(params![
+                id,
+                tenant_id,
+                conv_id,
+                appended.event.seq,
+                new.channel.as_str(),
+                recipient_index(keys, new.channel, &new.to),
+                new.from,
+                payload,
+                now,
+                new.compliance
+            ])?;
+    let message = OutboundMessage {
+        id,
+        conversation_id: conv_id.to_owned(),
+        event_seq: appended.event.seq,
+        channel: new.channel,
+        to: new.to.clone(),
+        from: new.from.clone(),
+        body: new.body.clone(),
+        media_urls: new.media_urls.clone(),
+        template: new.template.clone(),
+        state: MessageState::Queued,
+        provider_id: None,
+        provider_message_id: None,
+        attempts: 0,
+        last_error: None,
+        created_at: Timestamp(now),
+        updated_at: Timestamp(now),
+        attempt_log: Vec::new(),
+        compliance: new.compliance,
+    };
+    Ok(Ok((message, appended)))
+}
+
+/// The sender a message from the tenant goes out from when nothing names
+/// one: the first sender of the first provider (in failover order) that
+/// carries `channel` (inside a read or write).
+pub(crate) fn default_sender(
+    conn: &rusqlite::Connection,
+    tenant_id: &str,
+    channel: Channel,
+) -> Result<Option<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT spec FROM messaging_providers WHERE tenant_id = ?1 ORDER BY priority, created_at",
+    )?;
+    let mut rows = stmt.query([tenant_id])?;
+    let mut carried = false;
+    while let Some(r) = rows.next()? {
+        let stored: StoredSpec = serde_json::from_str(&r.get::<_, String>(0)?)
+            .map_err(|e| StoreError::Integrity(format!("provider spec: {e}")))?;
+        if stored.channels.contains(&channel) {
+            carried = true;
+            if let Some(s) = stored.senders.first() {
+                return Ok(Some(s.clone()));
+            }
+        }
+    }
+    if carried {
+        Ok(None)
+    } else {
+        Err(StoreError::Invalid(format!(
+            "no messaging provider of this tenant carries {channel}"
+        )))
+    }
+}
+
+/// When `address` last wrote to the tenant on `channel` (inside a read or write).
+pub(crate) fn last_inbound_in_tx(
+    conn: &rusqlite::Connection,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    channel: Channel,
+    address: &str,
+) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT last_inbound_at FROM messaging_windows WHERE tenant_id = ?1 AND channel = ?2 AND address = ?3")?
+        .query_row(params![tenant_id, channel.as_str(), recipient_index(keys, channel, address)], |r| r.get(0))
+        .optional()?)
+}
+
 impl Store {
     pub async fn create_messaging_provider(
         &self,
@@ -659,94 +840,7 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &tenant_id)?;
-                let id = uuid::Uuid::now_v7().to_string();
-                let mut meta = new.meta.clone();
-                meta.insert("direction".into(), "outbound".into());
-                let ev = NewEvent {
-                    channel: new.channel,
-                    kind: EventKind::Message,
-                    actor: new.actor.clone(),
-                    body: new.body.clone(),
-                    meta,
-                    idempotency_key: new.idempotency_key.clone(),
-                };
-                // The retry of a request: the message its first try queued.
-                if let Some(key) = &new.idempotency_key {
-                    let existing: Option<String> = ctx
-                        .conn
-                        .prepare_cached(
-                            "SELECT m.id FROM events e JOIN messages m ON m.conversation_id = e.conversation_id AND m.event_seq = e.seq
-                             WHERE e.conversation_id = ?1 AND e.idempotency_key = ?2",
-                        )?
-                        .query_row(params![conv_id, key], |r| r.get(0))
-                        .optional()?;
-                    if let Some(mid) = existing {
-                        let appended = append_in_tx(ctx, &keys, &tenant_id, &conv_id, &ev_with_id(&ev, &mid), &audit_actor)?;
-                        let message = load_message(ctx.conn, &keys, &tenant_id, &mid)?;
-                        return Ok(Ok((message, appended)));
-                    }
-                }
-                if !new.compliance && suppressed(ctx.conn, &keys, &tenant_id, new.channel, new.from.as_deref(), &new.to)? {
-                    ctx.audit(
-                        &tenant_id,
-                        &AuditEntry::new(&audit_actor, "message.suppressed", format!("conversation/{conv_id}"), Outcome::Denied)
-                            .with_detail(serde_json::json!({ "channel": new.channel.as_str(), "sender": new.from })),
-                    )?;
-                    // Committed (the audit record stays), then refused.
-                    return Ok(Err(format!(
-                        "the patient opted out of {} from {}; nothing was sent (they can reply START to opt back in)",
-                        new.channel,
-                        new.from.as_deref().unwrap_or("this sender")
-                    )));
-                }
-                let appended = append_in_tx(ctx, &keys, &tenant_id, &conv_id, &ev_with_id(&ev, &id), &audit_actor)?;
-                let now = now_micros();
-                let sealed = serde_json::to_vec(&SealedMessage {
-                    to: new.to.clone(),
-                    body: new.body.clone(),
-                    media_urls: new.media_urls.clone(),
-                    template: new.template.clone(),
-                })
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let payload = keys.data.seal(&sealed, message_aad(&tenant_id, &id).as_bytes());
-                ctx.conn
-                    .prepare_cached(
-                        "INSERT INTO messages (id, tenant_id, conversation_id, event_seq, channel, recipient, sender, payload, state, attempts, next_attempt_at, created_at, updated_at, compliance)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', 0, ?9, ?9, ?9, ?10)",
-                    )?
-                    .execute(params![
-                        id,
-                        tenant_id,
-                        conv_id,
-                        appended.event.seq,
-                        new.channel.as_str(),
-                        recipient_index(&keys, new.channel, &new.to),
-                        new.from,
-                        payload,
-                        now,
-                        new.compliance
-                    ])?;
-                let message = OutboundMessage {
-                    id,
-                    conversation_id: conv_id.clone(),
-                    event_seq: appended.event.seq,
-                    channel: new.channel,
-                    to: new.to.clone(),
-                    from: new.from.clone(),
-                    body: new.body.clone(),
-                    media_urls: new.media_urls.clone(),
-                    template: new.template.clone(),
-                    state: MessageState::Queued,
-                    provider_id: None,
-                    provider_message_id: None,
-                    attempts: 0,
-                    last_error: None,
-                    created_at: Timestamp(now),
-                    updated_at: Timestamp(now),
-                    attempt_log: Vec::new(),
-                    compliance: new.compliance,
-                };
-                Ok(Ok((message, appended)))
+                enqueue_in_tx(ctx, &keys, &tenant_id, &conv_id, &new, &audit_actor)
             },
             move |r: &std::result::Result<(OutboundMessage, Appended), String>| {
                 if let Ok((_, a)) = r
@@ -1150,9 +1244,7 @@ impl Store {
         let (t, a, store) = (tenant_id.to_owned(), address.to_owned(), self.clone());
         self.read(move |c| {
             let keys = store.keys_for(c, &t)?;
-            Ok(c.prepare_cached("SELECT last_inbound_at FROM messaging_windows WHERE tenant_id = ?1 AND channel = ?2 AND address = ?3")?
-                .query_row(params![t, channel.as_str(), recipient_index(&keys, channel, &a)], |r| r.get(0))
-                .optional()?)
+            last_inbound_in_tx(c, &keys, &t, channel, &a)
         })
         .await
     }

@@ -363,6 +363,61 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attachments_review ON attachments(tenant_id, review_state, id);
     CREATE INDEX attachments_conversation ON attachments(conversation_id, id);
     "#,
+    // 10: appointment reminders. Per-tenant settings (quiet hours, default time
+    // zone, clinic name: JSON, no PHI) and templates (the clinic's text with
+    // {{variables}}, offsets, channel, WhatsApp template: in clear, no PHI);
+    // appointments (start time and status in clear like event timestamps;
+    // location, clinician, patient name and the customer's own id sealed, that
+    // id also as a blind index for idempotent re-import); one row per reminder
+    // (offset, due time after quiet hours, state, the outbox message it became).
+    r#"
+    CREATE TABLE reminder_settings (
+        tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+        settings TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE reminder_templates (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    );
+    CREATE UNIQUE INDEX reminder_templates_name ON reminder_templates(tenant_id, name) WHERE deleted_at IS NULL;
+    CREATE TABLE appointments (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        contact_id TEXT NOT NULL REFERENCES contacts(id),
+        external_idx BLOB,
+        template_id TEXT NOT NULL REFERENCES reminder_templates(id),
+        start_at INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        data BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX appointments_external ON appointments(tenant_id, external_idx) WHERE external_idx IS NOT NULL;
+    CREATE INDEX appointments_conversation ON appointments(conversation_id, start_at);
+    CREATE TABLE reminders (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        appointment_id TEXT NOT NULL REFERENCES appointments(id),
+        offset_secs INTEGER NOT NULL,
+        due_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        message_id TEXT,
+        -- Why it moved, was skipped or failed (no PHI).
+        detail TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    -- Due reminders, in order: the scheduler's claim is an index range scan.
+    CREATE INDEX reminders_due ON reminders(due_at, id) WHERE state = 'pending';
+    CREATE INDEX reminders_appointment ON reminders(appointment_id, offset_secs);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

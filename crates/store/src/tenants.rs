@@ -50,6 +50,16 @@ struct StaffData {
     email: Option<String>,
 }
 
+/// A tenant's name (inside a read or write).
+pub(crate) fn name_in(conn: &rusqlite::Connection, tenant_id: &str) -> Result<String> {
+    conn.prepare_cached("SELECT name FROM tenants WHERE id = ?1")?
+        .query_row([tenant_id], |r| r.get(0))
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("tenant"),
+            e => e.into(),
+        })
+}
+
 pub(crate) fn wrap_aad(tenant_id: &str) -> String {
     format!("tenant-data-key:{tenant_id}")
 }

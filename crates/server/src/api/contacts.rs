@@ -203,7 +203,7 @@ impl AppState {
     }
 
     /// 403 (audited) unless `p` reaches every contact of the tenant.
-    async fn require_all_contacts(&self, p: &Principal, action: &str) -> ApiResult<()> {
+    pub(crate) async fn require_all_contacts(&self, p: &Principal, action: &str) -> ApiResult<()> {
         if p.sees_all_contacts() {
             return Ok(());
         }

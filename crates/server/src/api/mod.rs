@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod doc;
 pub mod messaging;
 pub mod provider_hooks;
+pub mod reminders;
 pub mod rtc;
 pub mod signal;
 pub mod timeline;
@@ -42,6 +43,7 @@ use utoipa_axum::routes;
         (name = "attachments", description = "Store-and-forward: uploads (sniffed, metadata stripped, sealed), audited downloads, the review queue"),
         (name = "chat", description = "Secure chat on a conversation: the chat WebSocket, the chat view of the timeline, receipts and typing"),
         (name = "messaging", description = "SMS and WhatsApp: providers (the failover chain), outbound messages and their delivery, provider webhooks"),
+        (name = "reminders", description = "Appointment reminders: settings (quiet hours), templates, appointments and bulk imports"),
     )
 )]
 struct ApiDoc;
@@ -111,6 +113,25 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(attachments::get))
         .routes(routes!(attachments::download))
         .routes(routes!(attachments::review))
+        .routes(routes!(reminders::get_settings, reminders::set_settings))
+        .routes(routes!(
+            reminders::create_template,
+            reminders::list_templates
+        ))
+        .routes(routes!(
+            reminders::get_template,
+            reminders::replace_template,
+            reminders::delete_template
+        ))
+        .routes(routes!(
+            reminders::create_appointment,
+            reminders::list_appointments
+        ))
+        .routes(routes!(
+            reminders::get_appointment,
+            reminders::update_appointment
+        ))
+        .routes(routes!(reminders::import))
         .routes(routes!(provider_hooks::twilio_webhook))
         .routes(routes!(
             provider_hooks::meta_verify,

@@ -14,7 +14,8 @@ use std::time::Duration;
 const MAX_LATE_RECEIPTS: usize = 10_000;
 
 use continuum_store::{
-    ConsentChange, Event, InboundRecord, MessageRef, MessageState, NewOutboundMessage, StoreError,
+    ConsentChange, Event, InboundRecord, MessageRef, MessageState, NewOutboundMessage,
+    ReminderReplyKind, StoreError,
 };
 
 /// What an inbound message did.
@@ -130,6 +131,36 @@ impl MessagingService {
         {
             self.on_keyword(tenant_id, &conversation_id, channel, &from, &to, k)
                 .await?;
+        }
+        // A reply to an appointment reminder: the appointment it answers
+        // is confirmed (or marked for rescheduling) with a note on the
+        // timeline. The message itself is on the timeline already, and
+        // stays there for staff whatever this finds.
+        if out.created
+            && keyword.is_none()
+            && let Some(r) = reply
+        {
+            let kind = match r {
+                keywords::ReminderReply::Confirm => ReminderReplyKind::Confirm,
+                keywords::ReminderReply::Reschedule => ReminderReplyKind::Reschedule,
+            };
+            match self
+                .store
+                .apply_reminder_reply(
+                    tenant_id,
+                    &conversation_id,
+                    kind,
+                    out.event.seq,
+                    "system:messaging",
+                )
+                .await
+            {
+                Ok(Some(a)) => {
+                    metrics::counter!("continuum_reminder_replies_total", "status" => a.status.as_str()).increment(1);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot apply a reminder reply"),
+            }
         }
         Ok(Received {
             conversation_id,
