@@ -330,6 +330,14 @@ async fn retries_fail_over_and_dead_letter_without_sending_twice() {
         ),
         "{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("continuum_messaging_provider_error_rate")
+                && l.contains(primary_id)
+                && l.ends_with(" 1")),
+        "the primary's error rate is 100%: {metrics}"
+    );
 
     // Rate limited, then accepted: retried after Retry-After, sent once.
     // (The primary failed every recent request: new messages start on the

@@ -68,8 +68,11 @@ impl Chain {
         if let Some(l) = &entry.limiter {
             l.until_ready().await;
         }
-        match tokio::time::timeout(Duration::from_secs(timeout_secs.max(1)), provider.send(msg))
-            .await
+        let result = match tokio::time::timeout(
+            Duration::from_secs(timeout_secs.max(1)),
+            provider.send(msg),
+        )
+        .await
         {
             Ok(r) => r,
             Err(_) => {
@@ -80,7 +83,12 @@ impl Chain {
                     ),
                 })
             }
-        }
+        };
+        // The rolling error rate failover reads, for dashboards too.
+        let health = provider.health().snapshot(Instant::now());
+        metrics::gauge!("continuum_messaging_provider_error_rate", "provider" => entry.id.to_string())
+            .set(health.error_rate.unwrap_or(0.0));
+        result
     }
 }
 
