@@ -59,7 +59,8 @@ pub enum ConfigError {
     Client,
 }
 
-pub(crate) fn client(t: &HttpTimeouts) -> Result<reqwest::Client, ConfigError> {
+/// The providers' HTTP client settings, for a caller to add to (a resolver).
+pub fn client_builder(t: &HttpTimeouts) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(t.connect())
         .timeout(t.request())
@@ -67,8 +68,6 @@ pub(crate) fn client(t: &HttpTimeouts) -> Result<reqwest::Client, ConfigError> {
         // them to wherever a compromised or misconfigured endpoint points.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("continuum-messaging/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|_| ConfigError::Client)
 }
 
 /// Checks a configured base URL and drops its trailing slashes so paths can

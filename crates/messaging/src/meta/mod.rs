@@ -60,6 +60,15 @@ const CHANNELS: &[MessageChannel] = &[MessageChannel::Whatsapp];
 
 impl MetaWhatsAppProvider {
     pub fn new(cfg: &MetaConfig) -> Result<Self, ConfigError> {
+        Self::with_client(cfg, http::client_builder(&cfg.timeouts))
+    }
+
+    /// Like [`Self::new`], on a client the caller set up further (e.g. a DNS
+    /// resolver that refuses private addresses at connect time).
+    pub fn with_client(
+        cfg: &MetaConfig,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Self, ConfigError> {
         let base = http::base_url(&cfg.api_base, "api_base")?;
         let version = http::path_segment(&cfg.api_version, "api_version")?;
         let number = http::path_segment(&cfg.phone_number_id, "phone_number_id")?;
@@ -72,7 +81,7 @@ impl MetaWhatsAppProvider {
             id: cfg.id.clone(),
             endpoint: format!("{base}/{version}/{number}/messages"),
             access_token: cfg.access_token.clone(),
-            client: http::client(&cfg.timeouts)?,
+            client: builder.build().map_err(|_| ConfigError::Client)?,
         })
     }
 

@@ -66,6 +66,15 @@ pub struct TwilioProvider {
 
 impl TwilioProvider {
     pub fn new(cfg: &TwilioConfig) -> Result<Self, ConfigError> {
+        Self::with_client(cfg, http::client_builder(&cfg.timeouts))
+    }
+
+    /// Like [`Self::new`], on a client the caller set up further (e.g. a DNS
+    /// resolver that refuses private addresses at connect time).
+    pub fn with_client(
+        cfg: &TwilioConfig,
+        builder: reqwest::ClientBuilder,
+    ) -> Result<Self, ConfigError> {
         let base = http::base_url(&cfg.api_base, "api_base")?;
         let account_sid = http::path_segment(&cfg.account_sid, "account_sid")?;
         if cfg.auth_token.is_empty() {
@@ -90,7 +99,7 @@ impl TwilioProvider {
             auth_token: cfg.auth_token.clone(),
             messaging_service_sid: cfg.messaging_service_sid.clone(),
             default_from: cfg.default_from.clone(),
-            client: http::client(&cfg.timeouts)?,
+            client: builder.build().map_err(|_| ConfigError::Client)?,
         })
     }
 

@@ -39,7 +39,23 @@ impl Built {
     }
 }
 
-pub(crate) fn build(p: &ProviderWithSecret, _config: &MessagingConfig) -> Result<Built, String> {
+/// The HTTP client providers send with: unless private providers are
+/// allowed (tests), names resolving to private or special-purpose addresses
+/// are refused at connect time too (a base URL checked at creation could be
+/// re-pointed by DNS later).
+fn client_builder(
+    config: &MessagingConfig,
+    timeouts: &continuum_messaging::HttpTimeouts,
+) -> reqwest::ClientBuilder {
+    let b = continuum_messaging::http::client_builder(timeouts);
+    if config.allow_private_providers {
+        b
+    } else {
+        b.dns_resolver(Arc::new(crate::dispatch::PublicOnlyResolver))
+    }
+}
+
+pub(crate) fn build(p: &ProviderWithSecret, config: &MessagingConfig) -> Result<Built, String> {
     let spec = &p.provider.spec;
     let id = ProviderId::new(p.provider.id.clone());
     let channels: Vec<MessageChannel> = p
@@ -68,7 +84,8 @@ pub(crate) fn build(p: &ProviderWithSecret, _config: &MessagingConfig) -> Result
                 cfg.api_base = base;
             }
             Ok(Built::http(Arc::new(
-                TwilioProvider::new(&cfg).map_err(|e| e.to_string())?,
+                TwilioProvider::with_client(&cfg, client_builder(config, &cfg.timeouts))
+                    .map_err(|e| e.to_string())?,
             )))
         }
         ProviderKind::MetaWhatsapp => {
@@ -89,7 +106,8 @@ pub(crate) fn build(p: &ProviderWithSecret, _config: &MessagingConfig) -> Result
                 cfg.api_version = v;
             }
             Ok(Built::http(Arc::new(
-                MetaWhatsAppProvider::new(&cfg).map_err(|e| e.to_string())?,
+                MetaWhatsAppProvider::with_client(&cfg, client_builder(config, &cfg.timeouts))
+                    .map_err(|e| e.to_string())?,
             )))
         }
         ProviderKind::Smpp => {
