@@ -309,10 +309,6 @@ async fn retries_fail_over_and_dead_letter_without_sending_twice() {
         "{on_primary:?}"
     );
     assert!(
-        on_primary.values().any(|n| *n == 3),
-        "before it was known down, 3 tries each: {on_primary:?}"
-    );
-    assert!(
         per_message(&healthy.requests()).values().all(|n| *n == 1),
         "sent twice"
     );
