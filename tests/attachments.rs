@@ -17,19 +17,8 @@ const PATIENT: &str = "+14155550100";
 const CLINIC: &str = "+14155559999";
 
 fn opts(extra: &[(&str, &str)]) -> Opts {
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "CONTINUUM_MESSAGING__ALLOW_PRIVATE_PROVIDERS".into(),
-            "true".into(),
-        ),
-        (
-            "CONTINUUM_MESSAGING__ALLOW_HTTP_HOSTS".into(),
-            r#"["127.0.0.1"]"#.into(),
-        ),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Opts {
-        env,
+        env: common::providers::local_providers_env(extra),
         ..Default::default()
     }
 }

@@ -21,22 +21,11 @@ const TOKEN: &str = "twilio-auth-token-for-tests";
 
 fn opts() -> Opts {
     Opts {
-        env: vec![
-            (
-                "CONTINUUM_MESSAGING__ALLOW_PRIVATE_PROVIDERS".into(),
-                "true".into(),
-            ),
-            (
-                "CONTINUUM_MESSAGING__ALLOW_HTTP_HOSTS".into(),
-                r#"["127.0.0.1"]"#.into(),
-            ),
-            ("CONTINUUM_MESSAGING__BACKOFF_BASE_MS".into(), "50".into()),
-            ("CONTINUUM_MESSAGING__BACKOFF_MAX_SECS".into(), "1".into()),
-            (
-                "CONTINUUM_MESSAGING__REQUEST_TIMEOUT_SECS".into(),
-                "2".into(),
-            ),
-        ],
+        env: common::providers::local_providers_env(&[
+            ("CONTINUUM_MESSAGING__BACKOFF_BASE_MS", "50"),
+            ("CONTINUUM_MESSAGING__BACKOFF_MAX_SECS", "1"),
+            ("CONTINUUM_MESSAGING__REQUEST_TIMEOUT_SECS", "2"),
+        ]),
         ..Default::default()
     }
 }

@@ -24,18 +24,10 @@ const BODY: &str = "Hi {{patient_first_name}}, your visit with {{clinician}} at 
 
 fn opts() -> Opts {
     Opts {
-        env: vec![
-            (
-                "CONTINUUM_MESSAGING__ALLOW_PRIVATE_PROVIDERS".into(),
-                "true".into(),
-            ),
-            (
-                "CONTINUUM_MESSAGING__ALLOW_HTTP_HOSTS".into(),
-                r#"["127.0.0.1"]"#.into(),
-            ),
-            ("CONTINUUM_MESSAGING__BACKOFF_BASE_MS".into(), "50".into()),
-            ("CONTINUUM_MESSAGING__BACKOFF_MAX_SECS".into(), "1".into()),
-        ],
+        env: common::providers::local_providers_env(&[
+            ("CONTINUUM_MESSAGING__BACKOFF_BASE_MS", "50"),
+            ("CONTINUUM_MESSAGING__BACKOFF_MAX_SECS", "1"),
+        ]),
         ..Default::default()
     }
 }

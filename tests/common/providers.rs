@@ -14,6 +14,23 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Environment for a server whose providers are stand-ins on loopback over
+/// plain http (refused by default), plus `extra`.
+pub fn local_providers_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "CONTINUUM_MESSAGING__ALLOW_PRIVATE_PROVIDERS".into(),
+            "true".into(),
+        ),
+        (
+            "CONTINUUM_MESSAGING__ALLOW_HTTP_HOSTS".into(),
+            r#"["127.0.0.1"]"#.into(),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
 /// What the stand-in does with one request.
 #[derive(Debug, Clone)]
 pub enum Behaviour {
