@@ -281,9 +281,13 @@ async fn bad_uploads_are_refused_clearly_and_nothing_is_kept() {
         .bearer_auth(&key)
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+        .await;
+    // The server answers 413 as soon as the limit is passed and closes the
+    // connection: a client still writing may see that as a broken pipe.
+    match r {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
     // Empty.
     let (st, v) = upload(&s, &key, &conv, "empty.jpg", vec![]).await;
     assert_eq!(st, 400, "{v}");
