@@ -43,6 +43,56 @@ impl Resampler {
         Self::new(48_000, 8_000, WIDE_FRAME, NARROW_FRAME)
     }
 
+    /// Between any two rates with whole 20 ms frames (multiples of 50 Hz,
+    /// e.g. 22,050 Hz speech from espeak-ng → 8 kHz): `None` otherwise.
+    pub fn between(rate_in: u32, rate_out: u32) -> Option<Self> {
+        if rate_in % 50 != 0 || rate_out % 50 != 0 || rate_in == 0 || rate_out == 0 {
+            return None;
+        }
+        let (rate_in, rate_out) = (rate_in as usize, rate_out as usize);
+        let (frame_in, frame_out) = (rate_in / 50, rate_out / 50);
+        let inner = Fft::<f32>::new_custom(
+            rate_in,
+            rate_out,
+            frame_in,
+            2,
+            1,
+            WindowFunction::BlackmanHarris2,
+            FixedSync::Input,
+        )
+        .ok()?;
+        (inner.input_frames_next() == frame_in && inner.output_frames_next() == frame_out).then(
+            || Resampler {
+                inner,
+                input: vec![0.0; frame_in],
+                output: vec![0.0; frame_out],
+            },
+        )
+    }
+
+    /// A whole clip at once (a prompt file): the tail is padded to a frame
+    /// and the filter's delay taken off the front.
+    pub fn convert(&mut self, input: &[i16]) -> Vec<i16> {
+        let (n_in, n_out) = self.frame_sizes();
+        let delay = self.delay();
+        let want = (input.len() as u64 * n_out as u64).div_ceil(n_in as u64) as usize;
+        let mut out = Vec::with_capacity(want + delay + n_out);
+        let mut frame_in = vec![0i16; n_in];
+        let mut frame_out = vec![0i16; n_out];
+        let mut chunks = input.chunks(n_in);
+        while out.len() < want + delay {
+            frame_in.fill(0);
+            if let Some(c) = chunks.next() {
+                frame_in[..c.len()].copy_from_slice(c);
+            }
+            self.process(&frame_in, &mut frame_out);
+            out.extend_from_slice(&frame_out);
+        }
+        out.drain(..delay.min(out.len()));
+        out.truncate(want);
+        out
+    }
+
     fn new(rate_in: usize, rate_out: usize, frame_in: usize, frame_out: usize) -> Self {
         // Two sub-chunks of 10 ms; fixed rates and sizes, so construction
         // cannot fail.
@@ -108,6 +158,19 @@ impl Resampler {
 mod tests {
     use super::*;
     use crate::goertzel::power;
+
+    #[test]
+    fn speech_rate_clips_come_down_to_8_khz_with_their_tone() {
+        let mut r = Resampler::between(22_050, 8_000).expect("22,050 Hz has 20 ms frames");
+        let tone: Vec<i16> = (0..22_050)
+            .map(|i| ((i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 22_050.0).sin() * 8_000.0) as i16)
+            .collect();
+        let out = r.convert(&tone);
+        assert_eq!(out.len(), 8_000);
+        let mid = &out[2_000..2_160];
+        assert!(power(mid, 440.0, 8_000.0) > 10.0 * power(mid, 1_000.0, 8_000.0));
+        assert!(Resampler::between(11_025, 8_000).is_none());
+    }
 
     fn sine(freq: f64, rate: f64, n: usize, start: usize, amp: f64) -> Vec<i16> {
         (start..start + n)

@@ -52,6 +52,8 @@ pub fn build(state: AppState) -> Router {
             "/chat",
             get(|| async { axum::response::Html(include_str!("../../../web/chat.html")) }),
         )
+        .route("/console", get(crate::console::page))
+        .route("/console/{file}", get(crate::console::asset))
         .route(
             "/sdk.js",
             get(|| async {

@@ -415,6 +415,9 @@ pub struct LogConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DevConfig {
     pub bootstrap_tenant: bool,
+    /// Serve the staff console's files from this directory instead of the
+    /// copies built into the binary (working on the console without rebuilding).
+    pub console_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -484,6 +487,7 @@ impl Default for DevConfig {
     fn default() -> Self {
         DevConfig {
             bootstrap_tenant: true,
+            console_dir: None,
         }
     }
 }

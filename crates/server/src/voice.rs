@@ -456,6 +456,10 @@ impl VoiceService {
                 };
                 (Decision::Accept, Some(tag))
             }
+            // Wired up with the IVR host (crates/server/src/ivr).
+            DispatchAction::Ivr { .. } | DispatchAction::Twiml { .. } => {
+                refuse("no_dispatch_rule", 404)
+            }
             // Rings the target for the caller (B2BUA): the call is the
             // caller's, on their conversation, answered when the target is.
             DispatchAction::Target { name, sip_uri } => {

@@ -19,10 +19,12 @@ mod chat;
 mod contacts;
 mod conversations;
 mod events;
+mod ivr;
 mod messaging;
 mod reminders;
 mod revocations;
 mod rooms;
+mod routing;
 mod tenants;
 mod time_fmt;
 mod voice;
@@ -48,7 +50,12 @@ pub use reminders::{
     DispatchReport, QuietHours, Reminder, ReminderChannel, ReminderReplyKind, ReminderSettings,
     ReminderState, ReminderTemplate, TemplateInput, UpsertOutcome, WhatsappTemplate, plan,
 };
+pub use ivr::{IvrFlow, MAX_FLOW_BYTES};
 pub use revocations::RevokedToken;
+pub use routing::{
+    Agent, AgentSpec, NewRoutingTask, OverflowAction, OverflowSpec, Queue, QueueSpec, RoutingTask,
+    TaskState, valid_name,
+};
 pub use rooms::{FallbackPolicy, Room, VisitSettings};
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;

@@ -418,6 +418,52 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reminders_due ON reminders(due_at, id) WHERE state = 'pending';
     CREATE INDEX reminders_appointment ON reminders(appointment_id, offset_secs);
     "#,
+    // 11: the front door. IVR flows (YAML as written), queues and agents
+    // (settings as JSON), and routing tasks (one per piece of work routed;
+    // conversation ids only). No PHI in any of them: in clear.
+    r#"
+    CREATE TABLE ivr_flows (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE queues (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE agents (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        id TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE routing_tasks (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        queue TEXT NOT NULL,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        channel TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        skills TEXT NOT NULL,
+        state TEXT NOT NULL,
+        agent TEXT,
+        call_id TEXT,
+        triage TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    -- Open work: at most one per conversation (create checks), found fast.
+    CREATE INDEX routing_tasks_open ON routing_tasks(conversation_id) WHERE state IN ('waiting', 'reserved', 'assigned');
+    CREATE INDEX routing_tasks_queue ON routing_tasks(tenant_id, queue, state);
+    "#,
 ];
 
 /// Brings the schema up to date; returns the version it is now at.

@@ -151,6 +151,16 @@ pub enum DispatchAction {
         /// `sip:` or `sips:` URI to ring; private addresses need `sip.allow_private_trunks`.
         sip_uri: String,
     },
+    /// The call runs the tenant's IVR flow of this name (`PUT /v1/ivr/flows/{name}`).
+    Ivr { flow: String },
+    /// The call is driven by TwiML from this URL (Twilio-style parameters,
+    /// signed as Twilio signs them): a CPaaS customer's call logic as is.
+    Twiml {
+        url: String,
+        /// `POST` (default) or `GET`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        method: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]

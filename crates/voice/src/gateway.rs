@@ -102,6 +102,19 @@ pub enum CallEvent {
         call: CallId,
         status: u16,
     },
+    /// Everything queued with [`Gateway::play`] has been played (not sent
+    /// after [`Gateway::stop_playback`]).
+    PlaybackFinished {
+        call: CallId,
+    },
+    /// A recording ([`Gateway::start_recording`]) reached its length limit
+    /// or was stopped: the caller's 8 kHz audio, as heard.
+    Recorded {
+        call: CallId,
+        samples: std::sync::Arc<[i16]>,
+        /// The limit, not [`Gateway::stop_recording`], ended it.
+        full: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +215,16 @@ struct Leg {
     offer: Option<Sdp>,
     /// DTMF relayed onto this leg (B2BUA) keeps it busy until then.
     dtmf_relay_until: Option<Instant>,
+    /// Prompts to play to the phone (IVR), and how far into the first.
+    playback: VecDeque<std::sync::Arc<[i16]>>,
+    played: usize,
+    /// The caller's audio kept for a voicemail, up to `max` samples.
+    recording: Option<Recording>,
+}
+
+struct Recording {
+    samples: Vec<i16>,
+    max: usize,
 }
 
 /// How many entries each of a [`Gateway`]'s tables holds.
@@ -238,6 +261,9 @@ impl Leg {
             incoming,
             offer: None,
             dtmf_relay_until: None,
+            playback: VecDeque::new(),
+            played: 0,
+            recording: None,
         }
     }
 }
@@ -573,12 +599,31 @@ impl Gateway {
                 leg.to_say = Some(frame);
             }
         }
-        for leg in self.legs.values_mut() {
+        for (call, leg) in self.legs.iter_mut() {
             let Some(media) = leg.media.as_mut() else {
                 continue;
             };
             let heard = leg.heard.unwrap_or([0; FRAME_SAMPLES]);
-            let mut frame = leg.to_say.take().unwrap_or([0; FRAME_SAMPLES]);
+            if let Some(rec) = leg.recording.as_mut() {
+                let room = rec.max - rec.samples.len();
+                rec.samples.extend_from_slice(&heard[..room.min(FRAME_SAMPLES)]);
+                if rec.samples.len() >= rec.max {
+                    let rec = leg.recording.take().expect("recording");
+                    self.out.push_back(Output::Event(CallEvent::Recorded {
+                        call: *call,
+                        samples: rec.samples.into(),
+                        full: true,
+                    }));
+                }
+            }
+            let mut frame = leg.to_say.take().unwrap_or_else(|| {
+                let (frame, finished) = next_prompt_frame(&mut leg.playback, &mut leg.played);
+                if finished {
+                    self.out
+                        .push_back(Output::Event(CallEvent::PlaybackFinished { call: *call }));
+                }
+                frame
+            });
             // Bridged into a room: the phone talks to the room and hears its mix.
             if let Some(room) = leg.room.as_mut().filter(|r| r.connected()) {
                 let _ = room.push_phone(now, &heard);
@@ -605,6 +650,56 @@ impl Gateway {
             .values()
             .any(|l| l.media.is_some())
             .then_some(next);
+    }
+
+    /// Queues 8 kHz audio to play to the phone after what is queued already
+    /// (an IVR prompt); [`CallEvent::PlaybackFinished`] when all of it has
+    /// been sent. A call bridged to a target or a room hears its peer instead.
+    pub fn play(&mut self, call: CallId, samples: std::sync::Arc<[i16]>) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        if !samples.is_empty() {
+            leg.playback.push_back(samples);
+        } else if leg.playback.is_empty() {
+            self.out
+                .push_back(Output::Event(CallEvent::PlaybackFinished { call }));
+        }
+        Ok(())
+    }
+
+    /// Drops what is left to play (barge-in: the caller pressed a key).
+    /// No [`CallEvent::PlaybackFinished`] follows.
+    pub fn stop_playback(&mut self, call: CallId) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        leg.playback.clear();
+        leg.played = 0;
+        Ok(())
+    }
+
+    /// Keeps what the phone says from now on, up to `max` (a voicemail);
+    /// ends with [`CallEvent::Recorded`].
+    pub fn start_recording(&mut self, call: CallId, max: Duration) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        let max = (max.as_millis() as usize * 8).clamp(FRAME_SAMPLES, 8_000 * 3_600);
+        leg.recording = Some(Recording {
+            samples: Vec::with_capacity(max.min(8_000 * 60)),
+            max,
+        });
+        Ok(())
+    }
+
+    /// Ends a recording now: [`CallEvent::Recorded`] with what was kept.
+    pub fn stop_recording(&mut self, call: CallId) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        let rec = leg
+            .recording
+            .take()
+            .ok_or(GatewayError::State("not recording"))?;
+        self.out.push_back(Output::Event(CallEvent::Recorded {
+            call,
+            samples: rec.samples.into(),
+            full: false,
+        }));
+        Ok(())
     }
 
     /// The last frame heard from the phone (8 kHz), once per tick.
@@ -1554,6 +1649,33 @@ fn remote_rtp(sdp: &Sdp) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The next 20 ms of queued prompts (silence-padded at the end of the last
+/// one), and whether that was the end of everything queued.
+fn next_prompt_frame(
+    playback: &mut VecDeque<std::sync::Arc<[i16]>>,
+    played: &mut usize,
+) -> (Frame, bool) {
+    let mut frame = [0; FRAME_SAMPLES];
+    if playback.is_empty() {
+        return (frame, false);
+    }
+    let mut filled = 0;
+    while filled < FRAME_SAMPLES {
+        let Some(prompt) = playback.front() else {
+            break;
+        };
+        let take = (prompt.len() - *played).min(FRAME_SAMPLES - filled);
+        frame[filled..filled + take].copy_from_slice(&prompt[*played..*played + take]);
+        filled += take;
+        *played += take;
+        if *played >= prompt.len() {
+            playback.pop_front();
+            *played = 0;
+        }
+    }
+    (frame, playback.is_empty())
+}
+
 #[cfg(test)]
 mod keepalive_tests {
     use super::*;
@@ -1778,6 +1900,8 @@ mod tests {
         incoming: Vec<CallId>,
         answered: usize,
         ended: usize,
+        /// Every other event, in order.
+        events: Vec<CallEvent>,
     }
 
     fn flip(t: Transport) -> Transport {
@@ -1807,6 +1931,7 @@ mod tests {
                 incoming: Vec::new(),
                 answered: 0,
                 ended: 0,
+                events: Vec::new(),
             }
         }
 
@@ -1823,7 +1948,8 @@ mod tests {
                         Output::Event(CallEvent::Incoming(i)) => self.incoming.push(i.call),
                         Output::Event(CallEvent::Answered { .. }) => self.answered += 1,
                         Output::Event(CallEvent::Ended { .. }) => self.ended += 1,
-                        Output::Event(_) | Output::Trunk(_) => {}
+                        Output::Event(e) => self.events.push(e),
+                        Output::Trunk(_) => {}
                     }
                 }
                 while let Some(out) = self.phone.poll_output() {
@@ -1906,6 +2032,66 @@ mod tests {
     }
 
     #[test]
+    fn prompts_play_in_order_then_say_so_once() {
+        let mut net = Net::new();
+        let call = net.answered_calls(1)[0];
+        net.gw.play(call, vec![1i16; 1000].into()).unwrap();
+        net.gw.play(call, vec![2i16; 100].into()).unwrap();
+        net.run(Duration::from_millis(60));
+        assert!(
+            !net.events.contains(&CallEvent::PlaybackFinished { call }),
+            "1,100 samples take 138 ms"
+        );
+        net.run(Duration::from_millis(200));
+        let finished = net
+            .events
+            .iter()
+            .filter(|e| **e == CallEvent::PlaybackFinished { call })
+            .count();
+        assert_eq!(finished, 1);
+        // A stopped prompt never says it finished (barge-in).
+        net.events.clear();
+        net.gw.play(call, vec![3i16; 8000].into()).unwrap();
+        net.run(Duration::from_millis(100));
+        net.gw.stop_playback(call).unwrap();
+        net.run(Duration::from_secs(2));
+        assert!(!net.events.contains(&CallEvent::PlaybackFinished { call }));
+    }
+
+    #[test]
+    fn a_recording_ends_at_its_limit_or_when_stopped() {
+        let mut net = Net::new();
+        let call = net.answered_calls(1)[0];
+        net.gw
+            .start_recording(call, Duration::from_millis(100))
+            .unwrap();
+        net.run(Duration::from_millis(500));
+        let recorded: Vec<_> = net
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                CallEvent::Recorded { samples, full, .. } => Some((samples.len(), *full)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recorded, vec![(800, true)]);
+        net.events.clear();
+        net.gw.start_recording(call, Duration::from_secs(60)).unwrap();
+        net.run(Duration::from_millis(200));
+        net.gw.stop_recording(call).unwrap();
+        net.flush();
+        let Some(CallEvent::Recorded { samples, full, .. }) = net.events.last() else {
+            panic!("no recording: {:?}", net.events);
+        };
+        assert!(!full);
+        assert!((1_200..=2_000).contains(&samples.len()), "{}", samples.len());
+        assert_eq!(
+            net.gw.stop_recording(call),
+            Err(GatewayError::State("not recording"))
+        );
+    }
+
+    #[test]
     fn calls_leave_no_state_behind() {
         let mut net = Net::new();
         for round in 0..20 {
@@ -1949,3 +2135,4 @@ mod tests {
         );
     }
 }
+

@@ -222,6 +222,10 @@ enum Command<T> {
     Hangup(CallId, oneshot::Sender<Result<(), GatewayError>>),
     Dtmf(CallId, String, oneshot::Sender<Result<(), GatewayError>>),
     Transfer(CallId, String, oneshot::Sender<Result<(), GatewayError>>),
+    Play(CallId, Arc<[i16]>),
+    StopPlayback(CallId),
+    StartRecording(CallId, Duration),
+    StopRecording(CallId),
     Authenticate(
         CallId,
         String,
@@ -403,6 +407,27 @@ impl<T: Clone + Send + 'static> Voice<T> {
 
     pub async fn transfer(&self, call: CallId, target: String) -> Result<(), GatewayError> {
         self.ask(|tx| Command::Transfer(call, target, tx)).await
+    }
+
+    /// Queues 8 kHz audio for the phone ([`crate::Gateway::play`]);
+    /// [`CallEvent::PlaybackFinished`] follows when it has all been sent.
+    pub fn play(&self, call: CallId, samples: Arc<[i16]>) {
+        let _ = self.commands.send(Command::Play(call, samples));
+    }
+
+    /// Drops the rest of what was queued to play (barge-in).
+    pub fn stop_playback(&self, call: CallId) {
+        let _ = self.commands.send(Command::StopPlayback(call));
+    }
+
+    /// Records the caller for at most `max`: [`CallEvent::Recorded`].
+    pub fn start_recording(&self, call: CallId, max: Duration) {
+        let _ = self.commands.send(Command::StartRecording(call, max));
+    }
+
+    /// Ends a recording early: [`CallEvent::Recorded`] with what was kept.
+    pub fn stop_recording(&self, call: CallId) {
+        let _ = self.commands.send(Command::StopRecording(call));
     }
 
     /// Bridges an answered call into a video room: a WebRTC leg for the SFU.
@@ -965,6 +990,19 @@ impl<T: Clone + Send + 'static> Host<T> {
             Command::Transfer(call, target, reply) => {
                 let _ = reply.send(self.gateway.transfer(now, call, &target));
             }
+            // Fire and forget: a call that ended meanwhile has nothing to play.
+            Command::Play(call, samples) => {
+                let _ = self.gateway.play(call, samples);
+            }
+            Command::StopPlayback(call) => {
+                let _ = self.gateway.stop_playback(call);
+            }
+            Command::StartRecording(call, max) => {
+                let _ = self.gateway.start_recording(call, max);
+            }
+            Command::StopRecording(call) => {
+                let _ = self.gateway.stop_recording(call);
+            }
         }
     }
 
@@ -1113,7 +1151,9 @@ impl<T: Clone + Send + 'static> Host<T> {
                         | CallEvent::Dtmf { call, .. }
                         | CallEvent::Hold { call, .. }
                         | CallEvent::Refer { call, .. }
-                        | CallEvent::Transferred { call, .. } => *call,
+                        | CallEvent::Transferred { call, .. }
+                        | CallEvent::PlaybackFinished { call }
+                        | CallEvent::Recorded { call, .. } => *call,
                         CallEvent::Incoming(i) => i.call,
                     };
                     let last = matches!(event, CallEvent::Failed { .. } | CallEvent::Ended { .. });

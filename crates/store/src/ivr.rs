@@ -1,0 +1,116 @@
+//! IVR flows: a tenant's call flows, kept as the YAML source they were
+//! written in (the server validates it with `continuum-ivr` before it is
+//! stored, and parses it again when a call starts). All SQL of this table is
+//! here. A flow holds the clinic's prompts and menus, not PHI: in clear.
+
+use crate::audit::{AuditEntry, Outcome};
+use crate::error::{Result, StoreError};
+use crate::routing::valid_name;
+use crate::time_fmt::Timestamp;
+use crate::{Store, now_micros};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IvrFlow {
+    pub name: String,
+    /// The flow as written (YAML).
+    pub source: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The largest flow accepted (a big clinic's tree is a few KiB).
+pub const MAX_FLOW_BYTES: usize = 256 * 1024;
+
+impl Store {
+    /// Stores (or replaces) a flow the caller has validated; `true` when new.
+    pub async fn put_ivr_flow(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        source: &str,
+        actor: &str,
+    ) -> Result<(IvrFlow, bool)> {
+        if !valid_name(name) {
+            return Err(StoreError::Invalid(
+                "name: 1-64 letters, digits, `.`, `-` or `_`".into(),
+            ));
+        }
+        if source.len() > MAX_FLOW_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "the flow is {} bytes; at most {MAX_FLOW_BYTES}",
+                source.len()
+            )));
+        }
+        let (t, n, src, actor) = (
+            tenant_id.to_owned(),
+            name.to_owned(),
+            source.to_owned(),
+            actor.to_owned(),
+        );
+        self.write(move |ctx| {
+            let existed = flow_in(ctx.conn, &t, &n)?.is_some();
+            ctx.conn.execute(
+                "INSERT INTO ivr_flows (tenant_id, name, source, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(tenant_id, name) DO UPDATE SET source = excluded.source, updated_at = excluded.updated_at",
+                params![t, n, src, now_micros()],
+            )?;
+            let action = if existed { "ivr_flow.update" } else { "ivr_flow.create" };
+            ctx.audit(&t, &AuditEntry::new(actor, action, format!("ivr_flow/{n}"), Outcome::Ok))?;
+            Ok((flow_in(ctx.conn, &t, &n)?.ok_or(StoreError::NotFound("flow"))?, !existed))
+        })
+        .await
+    }
+
+    pub async fn get_ivr_flow(&self, tenant_id: &str, name: &str) -> Result<Option<IvrFlow>> {
+        let (t, n) = (tenant_id.to_owned(), name.to_owned());
+        self.read(move |c| flow_in(c, &t, &n)).await
+    }
+
+    pub async fn list_ivr_flows(&self, tenant_id: &str) -> Result<Vec<IvrFlow>> {
+        let t = tenant_id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT name, source, created_at, updated_at FROM ivr_flows WHERE tenant_id = ?1 ORDER BY name",
+            )?;
+            let rows = st.query_map(params![t], flow_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    pub async fn delete_ivr_flow(&self, tenant_id: &str, name: &str, actor: &str) -> Result<()> {
+        let (t, n, actor) = (tenant_id.to_owned(), name.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let gone = ctx.conn.execute(
+                "DELETE FROM ivr_flows WHERE tenant_id = ?1 AND name = ?2",
+                params![t, n],
+            )?;
+            if gone == 0 {
+                return Err(StoreError::NotFound("flow"));
+            }
+            ctx.audit(&t, &AuditEntry::new(actor, "ivr_flow.delete", format!("ivr_flow/{n}"), Outcome::Ok))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IvrFlow> {
+    Ok(IvrFlow {
+        name: r.get(0)?,
+        source: r.get(1)?,
+        created_at: Timestamp(r.get(2)?),
+        updated_at: Timestamp(r.get(3)?),
+    })
+}
+
+fn flow_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<IvrFlow>> {
+    Ok(c.prepare_cached(
+        "SELECT name, source, created_at, updated_at FROM ivr_flows WHERE tenant_id = ?1 AND name = ?2",
+    )?
+    .query_row(params![t, n], flow_row)
+    .optional()?)
+}

@@ -1,0 +1,599 @@
+//! The front door's configuration and work: queues (name, required skills,
+//! timers, overflow rules), agents (a staff identity's skills and capacity
+//! per channel) and routing tasks (one row per piece of work routed: a call
+//! out of the IVR, a chat, an SMS thread, a video-visit request). All SQL of
+//! these tables is here.
+//!
+//! Nothing here is PHI: queue and agent settings are the clinic's own, and a
+//! task names its conversation by id only (the patient is behind it, sealed
+//! as ever). The routing engine (`continuum-routing`) keeps the live state in
+//! memory; the task rows let a restarted node pick up work that was waiting
+//! and show supervisors what happened.
+
+use crate::audit::{AuditEntry, Outcome};
+use crate::error::{Result, StoreError};
+use crate::time_fmt::Timestamp;
+use crate::{Store, now_micros};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What happens to a task that has waited `after_secs` in its queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct OverflowSpec {
+    pub after_secs: u32,
+    pub action: OverflowAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OverflowAction {
+    /// Offer the task to agents without these of the queue's skills too.
+    WidenSkills { drop: Vec<String> },
+    /// Move the task to another queue (it keeps its age).
+    Queue { to: String },
+    /// Take a voicemail from the caller instead (calls; other work stays).
+    Voicemail,
+    /// Offer the caller a call back (the conversation stays queued).
+    Callback,
+}
+
+/// A queue's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Skills an agent needs for this queue's work (e.g. `triage`).
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// How long an offered task waits for the agent's accept (default 15).
+    #[serde(default = "default_reservation_secs")]
+    pub reservation_timeout_secs: u32,
+    /// Answered within this counts toward the service level (default 20).
+    #[serde(default = "default_service_level_secs")]
+    pub service_level_secs: u32,
+    /// After a task ends, its agent is in wrap-up this long (default 30; 0: none).
+    #[serde(default = "default_wrap_up_secs")]
+    pub wrap_up_secs: u32,
+    /// In order of `after_secs`.
+    #[serde(default)]
+    pub overflow: Vec<OverflowSpec>,
+}
+
+fn default_reservation_secs() -> u32 {
+    15
+}
+fn default_service_level_secs() -> u32 {
+    20
+}
+fn default_wrap_up_secs() -> u32 {
+    30
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        QueueSpec {
+            skills: Vec::new(),
+            reservation_timeout_secs: default_reservation_secs(),
+            service_level_secs: default_service_level_secs(),
+            wrap_up_secs: default_wrap_up_secs(),
+            overflow: Vec::new(),
+        }
+    }
+}
+
+impl QueueSpec {
+    /// Why the settings cannot work, naming the field.
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(StoreError::Invalid(m));
+        if !(1..=600).contains(&self.reservation_timeout_secs) {
+            return bad("reservation_timeout_secs: must be 1 to 600".into());
+        }
+        if !(1..=3_600).contains(&self.service_level_secs) {
+            return bad("service_level_secs: must be 1 to 3600".into());
+        }
+        if self.wrap_up_secs > 3_600 {
+            return bad("wrap_up_secs: at most 3600".into());
+        }
+        if self.skills.len() > 32 || self.skills.iter().any(|s| !valid_name(s)) {
+            return bad("skills: at most 32 names of 1-64 letters, digits, `-` or `_`".into());
+        }
+        if self.overflow.len() > 16 {
+            return bad("overflow: at most 16 rules".into());
+        }
+        for (i, rule) in self.overflow.iter().enumerate() {
+            if rule.after_secs == 0 || rule.after_secs > 86_400 {
+                return bad(format!("overflow[{i}].after_secs: must be 1 to 86400"));
+            }
+            match &rule.action {
+                OverflowAction::Queue { to } if !valid_name(to) => {
+                    return bad(format!("overflow[{i}].action.to: not a queue name"));
+                }
+                OverflowAction::WidenSkills { drop } if drop.is_empty() => {
+                    return bad(format!("overflow[{i}].action.drop: name the skills to drop"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name of a queue, skill or flow: what URLs and flows can carry as is.
+pub fn valid_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Queue {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: QueueSpec,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// What an agent (a staff identity) can take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Shown to supervisors and in the console.
+    pub display_name: String,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    /// Work at once per channel (`voice`, `video`, `chat`, `sms`,
+    /// `whatsapp`); absent channels take the defaults (one call or visit,
+    /// three chats, five text threads).
+    #[serde(default)]
+    pub capacity: BTreeMap<String, u32>,
+}
+
+impl AgentSpec {
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: &str| Err(StoreError::Invalid(m.into()));
+        if self.display_name.trim().is_empty() || self.display_name.len() > 128 {
+            return bad("display_name: 1 to 128 characters");
+        }
+        if self.skills.len() > 32 || self.skills.iter().any(|s| !valid_name(s)) {
+            return bad("skills: at most 32 names of 1-64 letters, digits, `-` or `_`");
+        }
+        for (channel, n) in &self.capacity {
+            if !matches!(channel.as_str(), "voice" | "video" | "chat" | "sms" | "whatsapp") {
+                return bad("capacity: channels are voice, video, chat, sms, whatsapp");
+            }
+            if *n > 50 {
+                return bad("capacity: at most 50 per channel");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Agent {
+    /// The staff identity (a token's subject).
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: AgentSpec,
+    pub updated_at: Timestamp,
+}
+
+/// Where a routing task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Waiting,
+    Reserved,
+    Assigned,
+    Completed,
+    /// The caller hung up (or the work was withdrawn) before anyone took it.
+    Abandoned,
+    /// Left the queue for a voicemail.
+    Voicemail,
+    /// Left the queue with a call-back promised.
+    Callback,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Waiting => "waiting",
+            TaskState::Reserved => "reserved",
+            TaskState::Assigned => "assigned",
+            TaskState::Completed => "completed",
+            TaskState::Abandoned => "abandoned",
+            TaskState::Voicemail => "voicemail",
+            TaskState::Callback => "callback",
+        }
+    }
+    fn parse(s: &str) -> TaskState {
+        match s {
+            "reserved" => TaskState::Reserved,
+            "assigned" => TaskState::Assigned,
+            "completed" => TaskState::Completed,
+            "abandoned" => TaskState::Abandoned,
+            "voicemail" => TaskState::Voicemail,
+            "callback" => TaskState::Callback,
+            _ => TaskState::Waiting,
+        }
+    }
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            TaskState::Waiting | TaskState::Reserved | TaskState::Assigned
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RoutingTask {
+    pub id: String,
+    pub queue: String,
+    pub conversation_id: String,
+    /// `voice`, `video`, `chat`, `sms`, `whatsapp`.
+    pub channel: String,
+    pub priority: i32,
+    pub skills: Vec<String>,
+    pub state: TaskState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The phone call waiting in the queue, for voice tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// The IVR's triage label, when it came through one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub triage: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A task to record (the engine decides where it goes).
+#[derive(Debug, Clone)]
+pub struct NewRoutingTask {
+    pub queue: String,
+    pub conversation_id: String,
+    pub channel: String,
+    pub priority: i32,
+    pub skills: Vec<String>,
+    pub call_id: Option<String>,
+    pub triage: Option<String>,
+}
+
+const TASK_COLUMNS: &str = "id, queue, conversation_id, channel, priority, skills, state, agent, call_id, triage, created_at, updated_at";
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoutingTask> {
+    let skills: String = r.get(5)?;
+    let state: String = r.get(6)?;
+    Ok(RoutingTask {
+        id: r.get(0)?,
+        queue: r.get(1)?,
+        conversation_id: r.get(2)?,
+        channel: r.get(3)?,
+        priority: r.get(4)?,
+        skills: serde_json::from_str(&skills).unwrap_or_default(),
+        state: TaskState::parse(&state),
+        agent: r.get(7)?,
+        call_id: r.get(8)?,
+        triage: r.get(9)?,
+        created_at: Timestamp(r.get(10)?),
+        updated_at: Timestamp(r.get(11)?),
+    })
+}
+
+fn json_of<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let s: String = r.get(i)?;
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+impl Store {
+    /// Creates or replaces a queue; `true` when it is new.
+    pub async fn put_queue(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        spec: &QueueSpec,
+        actor: &str,
+    ) -> Result<(Queue, bool)> {
+        if !valid_name(name) {
+            return Err(StoreError::Invalid(
+                "name: 1-64 letters, digits, `.`, `-` or `_`".into(),
+            ));
+        }
+        spec.check()?;
+        let json = json_of(spec)?;
+        let (t, n, actor) = (tenant_id.to_owned(), name.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let now = now_micros();
+            let existed = ctx
+                .conn
+                .prepare_cached("SELECT 1 FROM queues WHERE tenant_id = ?1 AND name = ?2")?
+                .query_row(params![t, n], |_| Ok(()))
+                .optional()?
+                .is_some();
+            ctx.conn.execute(
+                "INSERT INTO queues (tenant_id, name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(tenant_id, name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                params![t, n, json, now],
+            )?;
+            let action = if existed { "queue.update" } else { "queue.create" };
+            ctx.audit(&t, &AuditEntry::new(actor, action, format!("queue/{n}"), Outcome::Ok))?;
+            let q = queue_in(ctx.conn, &t, &n)?.ok_or(StoreError::NotFound("queue"))?;
+            Ok((q, !existed))
+        })
+        .await
+    }
+
+    pub async fn list_queues(&self, tenant_id: &str) -> Result<Vec<Queue>> {
+        let t = tenant_id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT name, spec, created_at, updated_at FROM queues WHERE tenant_id = ?1 ORDER BY name",
+            )?;
+            let rows = st.query_map(params![t], queue_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// Every tenant's queues (a node starting its routing engines).
+    pub async fn all_queues(&self) -> Result<Vec<(String, Queue)>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT name, spec, created_at, updated_at, tenant_id FROM queues ORDER BY tenant_id, name",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(4)?, queue_row(r)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    pub async fn get_queue(&self, tenant_id: &str, name: &str) -> Result<Option<Queue>> {
+        let (t, n) = (tenant_id.to_owned(), name.to_owned());
+        self.read(move |c| queue_in(c, &t, &n)).await
+    }
+
+    /// Removes a queue; refused while it has open tasks.
+    pub async fn delete_queue(&self, tenant_id: &str, name: &str, actor: &str) -> Result<()> {
+        let (t, n, actor) = (tenant_id.to_owned(), name.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let open: i64 = ctx.conn.query_row(
+                "SELECT COUNT(*) FROM routing_tasks WHERE tenant_id = ?1 AND queue = ?2 AND state IN ('waiting', 'reserved', 'assigned')",
+                params![t, n],
+                |r| r.get(0),
+            )?;
+            if open > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "queue `{n}` has {open} open tasks: move or finish them first"
+                )));
+            }
+            let gone = ctx
+                .conn
+                .execute("DELETE FROM queues WHERE tenant_id = ?1 AND name = ?2", params![t, n])?;
+            if gone == 0 {
+                return Err(StoreError::NotFound("queue"));
+            }
+            ctx.audit(&t, &AuditEntry::new(actor, "queue.delete", format!("queue/{n}"), Outcome::Ok))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Creates or replaces an agent's profile; `true` when it is new.
+    pub async fn put_agent(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        spec: &AgentSpec,
+        actor: &str,
+    ) -> Result<(Agent, bool)> {
+        if id.is_empty() || id.len() > 128 {
+            return Err(StoreError::Invalid("id: 1 to 128 characters".into()));
+        }
+        spec.check()?;
+        let json = json_of(spec)?;
+        let (t, id, actor) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let existed = ctx
+                .conn
+                .prepare_cached("SELECT 1 FROM agents WHERE tenant_id = ?1 AND id = ?2")?
+                .query_row(params![t, id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            ctx.conn.execute(
+                "INSERT INTO agents (tenant_id, id, spec, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(tenant_id, id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at",
+                params![t, id, json, now_micros()],
+            )?;
+            let action = if existed { "agent.update" } else { "agent.create" };
+            ctx.audit(&t, &AuditEntry::new(actor, action, format!("agent/{id}"), Outcome::Ok))?;
+            let a = agent_in(ctx.conn, &t, &id)?.ok_or(StoreError::NotFound("agent"))?;
+            Ok((a, !existed))
+        })
+        .await
+    }
+
+    pub async fn get_agent(&self, tenant_id: &str, id: &str) -> Result<Option<Agent>> {
+        let (t, id) = (tenant_id.to_owned(), id.to_owned());
+        self.read(move |c| agent_in(c, &t, &id)).await
+    }
+
+    pub async fn list_agents(&self, tenant_id: &str) -> Result<Vec<Agent>> {
+        let t = tenant_id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, spec, updated_at FROM agents WHERE tenant_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map(params![t], agent_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    pub async fn delete_agent(&self, tenant_id: &str, id: &str, actor: &str) -> Result<()> {
+        let (t, id, actor) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let gone = ctx
+                .conn
+                .execute("DELETE FROM agents WHERE tenant_id = ?1 AND id = ?2", params![t, id])?;
+            if gone == 0 {
+                return Err(StoreError::NotFound("agent"));
+            }
+            ctx.audit(&t, &AuditEntry::new(actor, "agent.delete", format!("agent/{id}"), Outcome::Ok))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a new task, `waiting`. A conversation has at most one open
+    /// task: a second is refused (409) so the same work never waits twice.
+    pub async fn create_routing_task(
+        &self,
+        tenant_id: &str,
+        new: NewRoutingTask,
+    ) -> Result<RoutingTask> {
+        let skills = json_of(&new.skills)?;
+        let t = tenant_id.to_owned();
+        self.write(move |ctx| {
+            let open = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT id FROM routing_tasks WHERE conversation_id = ?1 AND state IN ('waiting', 'reserved', 'assigned')",
+                )?
+                .query_row(params![new.conversation_id], |r| r.get::<_, String>(0))
+                .optional()?;
+            if let Some(open) = open {
+                return Err(StoreError::Conflict(format!(
+                    "the conversation already has an open task ({open})"
+                )));
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            let now = now_micros();
+            ctx.conn.execute(
+                "INSERT INTO routing_tasks (id, tenant_id, queue, conversation_id, channel, priority, skills, state, call_id, triage, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'waiting', ?8, ?9, ?10, ?10)",
+                params![id, t, new.queue, new.conversation_id, new.channel, new.priority, skills, new.call_id, new.triage, now],
+            )?;
+            task_in(ctx.conn, &t, &id)?.ok_or(StoreError::NotFound("task"))
+        })
+        .await
+    }
+
+    /// Moves a task on (the engine decided); `agent` is kept when `None`
+    /// unless the task went back to `waiting`.
+    pub async fn set_task_state(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        state: TaskState,
+        agent: Option<&str>,
+        queue: Option<&str>,
+    ) -> Result<()> {
+        let (t, id) = (tenant_id.to_owned(), id.to_owned());
+        let (agent, queue) = (agent.map(str::to_owned), queue.map(str::to_owned));
+        self.write(move |ctx| {
+            let n = ctx.conn.execute(
+                "UPDATE routing_tasks SET state = ?3,
+                    agent = CASE WHEN ?3 = 'waiting' THEN NULL ELSE COALESCE(?4, agent) END,
+                    queue = COALESCE(?5, queue), updated_at = ?6
+                 WHERE tenant_id = ?1 AND id = ?2",
+                params![t, id, state.as_str(), agent, queue, now_micros()],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound("task"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_routing_task(&self, tenant_id: &str, id: &str) -> Result<Option<RoutingTask>> {
+        let (t, id) = (tenant_id.to_owned(), id.to_owned());
+        self.read(move |c| task_in(c, &t, &id)).await
+    }
+
+    /// Every open task of every tenant, oldest first (a node restarting).
+    pub async fn open_routing_tasks(&self) -> Result<Vec<(String, RoutingTask)>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS}, tenant_id FROM routing_tasks WHERE state IN ('waiting', 'reserved', 'assigned') ORDER BY created_at"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(12)?, task_row(r)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    /// A conversation's open task, if any.
+    pub async fn open_task_of(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+    ) -> Result<Option<RoutingTask>> {
+        let (t, c) = (tenant_id.to_owned(), conversation_id.to_owned());
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM routing_tasks WHERE tenant_id = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'reserved', 'assigned')"
+            );
+            Ok(conn
+                .prepare_cached(&sql)?
+                .query_row(params![t, c], task_row)
+                .optional()?)
+        })
+        .await
+    }
+}
+
+fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queue> {
+    Ok(Queue {
+        name: r.get(0)?,
+        spec: json_col(r, 1)?,
+        created_at: Timestamp(r.get(2)?),
+        updated_at: Timestamp(r.get(3)?),
+    })
+}
+
+fn queue_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<Queue>> {
+    Ok(c.prepare_cached(
+        "SELECT name, spec, created_at, updated_at FROM queues WHERE tenant_id = ?1 AND name = ?2",
+    )?
+    .query_row(params![t, n], queue_row)
+    .optional()?)
+}
+
+fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
+    Ok(Agent {
+        id: r.get(0)?,
+        spec: json_col(r, 1)?,
+        updated_at: Timestamp(r.get(2)?),
+    })
+}
+
+fn agent_in(c: &rusqlite::Connection, t: &str, id: &str) -> Result<Option<Agent>> {
+    Ok(c.prepare_cached("SELECT id, spec, updated_at FROM agents WHERE tenant_id = ?1 AND id = ?2")?
+        .query_row(params![t, id], agent_row)
+        .optional()?)
+}
+
+fn task_in(c: &rusqlite::Connection, t: &str, id: &str) -> Result<Option<RoutingTask>> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM routing_tasks WHERE tenant_id = ?1 AND id = ?2");
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![t, id], task_row)
+        .optional()?)
+}
