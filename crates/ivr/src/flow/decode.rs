@@ -436,7 +436,13 @@ impl Decoder {
         let f = self.map(y, &what, NODE)?;
         let prompts = self.prompts_in(&f);
         let triage = self.str(&f, "triage");
-        let actions: Vec<&str> = ACTIONS.iter().copied().filter(|a| f.get(a).is_some()).collect();
+        // In file order, so that the error points at the second one.
+        let actions: Vec<&str> = f
+            .entries
+            .iter()
+            .map(|(k, _)| k.text.as_str())
+            .filter(|k| ACTIONS.contains(k))
+            .collect();
         if actions.len() > 1 {
             self.err(
                 f.key_pos(actions[1]),
