@@ -71,7 +71,9 @@ fn parse_hhmm(s: &str, allow_24: bool) -> Result<u16, String> {
     let h: u16 = h.parse().map_err(|_| bad())?;
     let m: u16 = m.parse().map_err(|_| bad())?;
     if m > 59 || h > 24 || (h == 24 && (m != 0 || !allow_24)) {
-        return Err(format!("\"{s}\" is out of range (00:00 to 23:59, or 24:00 as an end)"));
+        return Err(format!(
+            "\"{s}\" is out of range (00:00 to 23:59, or 24:00 as an end)"
+        ));
     }
     Ok(h * 60 + m)
 }
@@ -147,7 +149,9 @@ pub fn parse_date(s: &str) -> Result<Date, String> {
 
 /// An IANA zone name from the bundled database.
 pub fn parse_time_zone(name: &str) -> Result<TimeZone, String> {
-    TimeZone::get(name).map_err(|_| format!("unknown time zone \"{name}\" (an IANA name such as America/New_York)"))
+    TimeZone::get(name).map_err(|_| {
+        format!("unknown time zone \"{name}\" (an IANA name such as America/New_York)")
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +204,11 @@ impl Calendar {
         let local = at.to_zoned(self.zone.clone());
         let date = local.date();
         let minute = (local.time().hour() as u16) * 60 + local.time().minute() as u16;
-        if self.ranges_on(date).iter().any(|r| r.covers_start_day(minute)) {
+        if self
+            .ranges_on(date)
+            .iter()
+            .any(|r| r.covers_start_day(minute))
+        {
             return true;
         }
         match date.yesterday() {

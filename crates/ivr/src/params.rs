@@ -68,7 +68,17 @@ mod tests {
         let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
-            ["CallSid", "AccountSid", "From", "To", "Caller", "Called", "CallStatus", "Direction", "ApiVersion"]
+            [
+                "CallSid",
+                "AccountSid",
+                "From",
+                "To",
+                "Caller",
+                "Called",
+                "CallStatus",
+                "Direction",
+                "ApiVersion"
+            ]
         );
         assert!(p.contains(&("Direction".into(), "inbound".into())));
         assert!(p.contains(&("ApiVersion".into(), "2010-04-01".into())));

@@ -57,7 +57,10 @@ pub mod limits {
 pub enum Program {
     Flow(Arc<Flow>),
     /// A number pointing straight at a customer's TwiML webhook.
-    Webhook { url: String, method: Method },
+    Webhook {
+        url: String,
+        method: Method,
+    },
 }
 
 /// What the host knows about the call when it starts.
@@ -97,14 +100,22 @@ pub enum Input {
     Digit(char),
     /// The prompt with this id finished playing (not sent for stopped ones;
     /// if it is, it is ignored).
-    PlaybackFinished { id: u64 },
+    PlaybackFinished {
+        id: u64,
+    },
     /// The answer to [`Action::Fetch`].
     Fetched(Result<FetchedDoc, FetchError>),
     /// The recording started by [`Action::StartRecording`] ended and is
     /// stored (`reference`: the attachment id or URL).
-    RecordingDone { duration: Duration, reference: String },
+    RecordingDone {
+        duration: Duration,
+        reference: String,
+    },
     /// The call started by [`Action::Dial`] ended.
-    DialDone { status: DialStatus, duration: Duration },
+    DialDone {
+        status: DialStatus,
+        duration: Duration,
+    },
     HungUp,
 }
 
@@ -170,10 +181,16 @@ pub enum Action {
         language: String,
         voice: Option<String>,
     },
-    Play { id: u64, source: AudioSource },
+    Play {
+        id: u64,
+        source: AudioSource,
+    },
     /// Play DTMF tones (`w`: half a second of silence); answer
     /// PlaybackFinished.
-    SendDigits { id: u64, digits: String },
+    SendDigits {
+        id: u64,
+        digits: String,
+    },
     /// Stop what is playing (barge-in); no PlaybackFinished for it.
     StopPlayback,
     /// The call leaves the IVR for a queue; the session is done.
@@ -231,21 +248,50 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IvrEvent {
-    NodeEntered { node: String },
+    NodeEntered {
+        node: String,
+    },
     /// `None` when the gather is masked (a date of birth…).
-    Digit { digit: Option<char> },
-    MenuChoice { node: String, choice: char, next: String },
+    Digit {
+        digit: Option<char>,
+    },
+    MenuChoice {
+        node: String,
+        choice: char,
+        next: String,
+    },
     /// A gather's digits (empty when masked), under its `store_as` name.
-    Gathered { node: String, name: Option<String>, digits: String },
-    Invalid { node: String, input: String },
-    Timeout { node: String },
-    Exhausted { node: String },
+    Gathered {
+        node: String,
+        name: Option<String>,
+        digits: String,
+    },
+    Invalid {
+        node: String,
+        input: String,
+    },
+    Timeout {
+        node: String,
+    },
+    Exhausted {
+        node: String,
+    },
     /// For the context snapshot.
-    Triage { label: String },
+    Triage {
+        label: String,
+    },
     /// A TwiML verb started (`url`: its document).
-    Verb { verb: &'static str, url: String },
-    Recorded { reference: String, duration: Duration },
-    Error { error: SessionError },
+    Verb {
+        verb: &'static str,
+        url: String,
+    },
+    Recorded {
+        reference: String,
+        duration: Duration,
+    },
+    Error {
+        error: SessionError,
+    },
     CallerHungUp,
 }
 
@@ -254,7 +300,7 @@ pub enum SessionError {
     #[error("fetching TwiML from {url} failed: {error}")]
     Fetch { url: String, error: FetchError },
     #[error("TwiML from {url}: {error}")]
-    Twiml { url: String, error: TwimlError },
+    Twiml { url: String, error: Box<TwimlError> },
     #[error("{url} answered {content_type}, not TwiML (text/xml)")]
     NotTwiml { url: String, content_type: String },
     #[error("\"{url}\" is not a usable http(s) URL: {reason}")]
@@ -314,15 +360,23 @@ struct Collecting {
 
 #[derive(Debug, Clone)]
 enum AfterRecord {
-    Flow { next: Option<String> },
-    Twiml { action: Option<String>, method: Method },
+    Flow {
+        next: Option<String>,
+    },
+    Twiml {
+        action: Option<String>,
+        method: Method,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Mode {
     Run(Next),
     Collect(Box<Collecting>),
-    Fetching { url: String, deadline: Instant },
+    Fetching {
+        url: String,
+        deadline: Instant,
+    },
     Recording {
         deadline: Instant,
         stopping: bool,
@@ -330,7 +384,9 @@ enum Mode {
         key: Option<char>,
         after: AfterRecord,
     },
-    Dialing { action: Option<(String, Method)> },
+    Dialing {
+        action: Option<(String, Method)>,
+    },
     Done,
 }
 
@@ -370,7 +426,11 @@ impl Session {
     pub fn new(program: Program, facts: Facts, now: Instant) -> Session {
         let (flow, language, error_message) = match &program {
             Program::Flow(f) => (Some(f.clone()), f.language.clone(), f.error_message.clone()),
-            Program::Webhook { .. } => (None, "en".to_string(), flow::DEFAULT_ERROR_MESSAGE.to_string()),
+            Program::Webhook { .. } => (
+                None,
+                "en".to_string(),
+                flow::DEFAULT_ERROR_MESSAGE.to_string(),
+            ),
         };
         let mut s = Session {
             flow,
@@ -416,11 +476,17 @@ impl Session {
                 }
             }
             Input::Fetched(result) => self.on_fetched(result, now),
-            Input::RecordingDone { duration, reference } => self.on_recording_done(duration, reference, now),
+            Input::RecordingDone {
+                duration,
+                reference,
+            } => self.on_recording_done(duration, reference, now),
             Input::DialDone { status, duration } => self.on_dial_done(status, duration, now),
             Input::HungUp => {
                 self.event(IvrEvent::CallerHungUp);
-                if let Mode::Recording { stopping: false, .. } = self.mode {
+                if let Mode::Recording {
+                    stopping: false, ..
+                } = self.mode
+                {
                     self.out.push_back(Action::StopRecording);
                 }
                 self.mode = Mode::Done;
@@ -457,9 +523,17 @@ impl Session {
             }
             Mode::Fetching { url, deadline } if *deadline <= now => {
                 let url = url.clone();
-                self.fail(SessionError::Fetch { url, error: FetchError::Timeout }, now);
+                self.fail(
+                    SessionError::Fetch {
+                        url,
+                        error: FetchError::Timeout,
+                    },
+                    now,
+                );
             }
-            Mode::Recording { deadline, stopping, .. } if *deadline <= now => {
+            Mode::Recording {
+                deadline, stopping, ..
+            } if *deadline <= now => {
                 if *stopping {
                     self.fail(SessionError::RecordingLost, now);
                 } else {
@@ -485,13 +559,20 @@ impl Session {
     fn now_utc(&self, now: Instant) -> Timestamp {
         let elapsed = now.saturating_duration_since(self.started);
         let span = jiff::SignedDuration::try_from(elapsed).unwrap_or(jiff::SignedDuration::ZERO);
-        self.facts.now_utc.checked_add(span).unwrap_or(self.facts.now_utc)
+        self.facts
+            .now_utc
+            .checked_add(span)
+            .unwrap_or(self.facts.now_utc)
     }
 
     fn queue_prompts(&mut self, prompts: &[Prompt]) {
         for p in prompts {
             self.audio.push_back(match p {
-                Prompt::Say(t) => Audio::Say { text: t.clone(), language: None, voice: None },
+                Prompt::Say(t) => Audio::Say {
+                    text: t.clone(),
+                    language: None,
+                    voice: None,
+                },
                 Prompt::Play(s) if s.contains("://") => Audio::Play(AudioSource::Url(s.clone())),
                 Prompt::Play(s) => Audio::Play(AudioSource::File(s.clone())),
                 Prompt::Pause(d) => Audio::Pause(*d),
@@ -540,7 +621,12 @@ impl Session {
                 _ => return,
             }
         }
-        self.fail(SessionError::LoopLimit { limit: self.transition_limit }, now);
+        self.fail(
+            SessionError::LoopLimit {
+                limit: self.transition_limit,
+            },
+            now,
+        );
         self.hang_up();
     }
 
@@ -554,7 +640,11 @@ impl Session {
                 }
                 return;
             }
-            Audio::Say { text, language, voice } => Action::Say {
+            Audio::Say {
+                text,
+                language,
+                voice,
+            } => Action::Say {
                 id,
                 text,
                 language: language.unwrap_or_else(|| self.language.clone()),
@@ -578,7 +668,12 @@ impl Session {
     fn count_transition(&mut self, now: Instant) -> bool {
         self.transitions += 1;
         if self.transitions > self.transition_limit {
-            self.fail(SessionError::LoopLimit { limit: limits::MAX_TRANSITIONS }, now);
+            self.fail(
+                SessionError::LoopLimit {
+                    limit: limits::MAX_TRANSITIONS,
+                },
+                now,
+            );
             return false;
         }
         true
@@ -590,12 +685,16 @@ impl Session {
         }
         self.idle_fetches = 0;
         let masked = matches!(&self.mode, Mode::Collect(c) if c.mask);
-        self.event(IvrEvent::Digit { digit: if masked { None } else { Some(d) } });
+        self.event(IvrEvent::Digit {
+            digit: if masked { None } else { Some(d) },
+        });
         match &mut self.mode {
             Mode::Collect(_) => {
                 // Barge-in: the prompt stops and the digit counts.
                 self.stop_audio();
-                let Mode::Collect(c) = &mut self.mode else { return };
+                let Mode::Collect(c) = &mut self.mode else {
+                    return;
+                };
                 c.deadline = None;
                 if c.finish == Some(d) {
                     self.collect_ended(Some(d), now);
@@ -608,7 +707,13 @@ impl Session {
                     c.deadline = Some(now + c.inter_digit);
                 }
             }
-            Mode::Recording { stopping: stopping @ false, finish, key, deadline, .. } if finish.contains(d) => {
+            Mode::Recording {
+                stopping: stopping @ false,
+                finish,
+                key,
+                deadline,
+                ..
+            } if finish.contains(d) => {
                 *stopping = true;
                 *key = Some(d);
                 *deadline = now + limits::RECORDING_GRACE;
@@ -637,7 +742,10 @@ impl Session {
     fn fail(&mut self, error: SessionError, now: Instant) {
         self.event(IvrEvent::Error { error });
         self.stop_audio();
-        let target = self.doc_on_error.take().or_else(|| self.flow.as_ref().and_then(|f| f.on_error.clone()));
+        let target = self
+            .doc_on_error
+            .take()
+            .or_else(|| self.flow.as_ref().and_then(|f| f.on_error.clone()));
         self.doc = None;
         match target {
             Some(node) if !self.fell_back => {

@@ -26,7 +26,8 @@ pub const MAX_VERBS: usize = 200;
 /// What `loop="0"` (forever) becomes.
 pub const LOOP_FOREVER: u32 = 100;
 
-pub const SUPPORTED: &str = "Say, Play, Gather, Pause, Redirect, Hangup, Reject, Enqueue, Dial, Record, Sms, Message";
+pub const SUPPORTED: &str =
+    "Say, Play, Gather, Pause, Redirect, Hangup, Reject, Enqueue, Dial, Record, Sms, Message";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verb {
@@ -139,7 +140,9 @@ pub enum TwimlError {
     },
     #[error("the root element is <{found}> (line {line}), TwiML needs <Response>")]
     NotResponse { found: String, line: u32 },
-    #[error("unsupported TwiML verb <{verb}> at line {line}, column {column} (supported: {SUPPORTED})")]
+    #[error(
+        "unsupported TwiML verb <{verb}> at line {line}, column {column} (supported: {SUPPORTED})"
+    )]
     UnknownVerb {
         verb: String,
         line: u32,
@@ -215,7 +218,13 @@ impl Parser<'_, '_> {
         }
         let name = el.tag_name().name();
         if in_gather && !matches!(name, "Say" | "Play" | "Pause") {
-            return Err(self.invalid(el, format!("<{}> cannot be nested in <Gather> (only Say, Play and Pause)", short(name))));
+            return Err(self.invalid(
+                el,
+                format!(
+                    "<{}> cannot be nested in <Gather> (only Say, Play and Pause)",
+                    short(name)
+                ),
+            ));
         }
         let v = match name {
             "Say" => Verb::Say {
@@ -230,12 +239,21 @@ impl Parser<'_, '_> {
                 if let Some(d) = &digits
                     && let Some(c) = d.chars().find(|c| !(crate::flow_is_key(*c) || *c == 'w'))
                 {
-                    return Err(self.bad(el, "digits", d, format!("'{c}' is not a key (0-9, *, #, w)")));
+                    return Err(self.bad(
+                        el,
+                        "digits",
+                        d,
+                        format!("'{c}' is not a key (0-9, *, #, w)"),
+                    ));
                 }
                 if url.is_empty() && digits.is_none() {
                     return Err(self.invalid(el, "no URL to play".into()));
                 }
-                Verb::Play { url, loop_: self.loop_(el)?, digits }
+                Verb::Play {
+                    url,
+                    loop_: self.loop_(el)?,
+                    digits,
+                }
             }
             "Gather" => self.gather(el, count)?,
             "Pause" => Verb::Pause {
@@ -252,7 +270,9 @@ impl Parser<'_, '_> {
             "Enqueue" => {
                 let queue = self.text(el, false)?;
                 if queue.chars().count() > 64 {
-                    return Err(self.invalid(el, "the queue name is longer than 64 characters".into()));
+                    return Err(
+                        self.invalid(el, "the queue name is longer than 64 characters".into())
+                    );
                 }
                 Verb::Enqueue {
                     queue,
@@ -276,14 +296,24 @@ impl Parser<'_, '_> {
                     match child.tag_name().name() {
                         "Body" => body.push_str(&text(child)),
                         other => {
-                            return Err(self.invalid(el, format!("<{}> is not supported inside <{name}> (only <Body>)", short(other))));
+                            return Err(self.invalid(
+                                el,
+                                format!(
+                                    "<{}> is not supported inside <{name}> (only <Body>)",
+                                    short(other)
+                                ),
+                            ));
                         }
                     }
                 }
                 if body.trim().is_empty() {
                     return Err(self.invalid(el, "the message has no body".into()));
                 }
-                Verb::Message { to: attr(el, "to"), from: attr(el, "from"), body: body.trim().to_string() }
+                Verb::Message {
+                    to: attr(el, "to"),
+                    from: attr(el, "from"),
+                    body: body.trim().to_string(),
+                }
             }
             other => {
                 let pos = self.doc.text_pos_at(el.range().start);
@@ -300,7 +330,12 @@ impl Parser<'_, '_> {
     fn gather(&self, el: Node, count: &mut usize) -> Result<Verb, TwimlError> {
         let input = attr(el, "input").unwrap_or_else(|| "dtmf".into());
         if !input.split_whitespace().any(|i| i == "dtmf") {
-            return Err(self.bad(el, "input", &input, "only dtmf input is supported (no speech recognition)".into()));
+            return Err(self.bad(
+                el,
+                "input",
+                &input,
+                "only dtmf input is supported (no speech recognition)".into(),
+            ));
         }
         let num_digits = match attr(el, "numDigits") {
             None => None,
@@ -308,7 +343,12 @@ impl Parser<'_, '_> {
         };
         let finish = self.keys(el, "finishOnKey", "#")?;
         if finish.chars().count() > 1 {
-            return Err(self.bad(el, "finishOnKey", &finish, "one key, or empty for none".into()));
+            return Err(self.bad(
+                el,
+                "finishOnKey",
+                &finish,
+                "one key, or empty for none".into(),
+            ));
         }
         let mut nested = Vec::new();
         for child in el.children().filter(Node::is_element) {
@@ -337,12 +377,20 @@ impl Parser<'_, '_> {
                 "Number" => targets.push(DialTarget::Number(self.number(child, &t)?)),
                 "Sip" => {
                     if !(t.starts_with("sip:") || t.starts_with("sips:")) {
-                        return Err(self.invalid(child, format!("\"{}\" is not a sip: URI", short(&t))));
+                        return Err(
+                            self.invalid(child, format!("\"{}\" is not a sip: URI", short(&t)))
+                        );
                     }
                     targets.push(DialTarget::Sip(t));
                 }
                 other => {
-                    return Err(self.invalid(el, format!("<Dial><{}> is not supported (Number and Sip only)", short(other))));
+                    return Err(self.invalid(
+                        el,
+                        format!(
+                            "<Dial><{}> is not supported (Number and Sip only)",
+                            short(other)
+                        ),
+                    ));
                 }
             }
         }
@@ -368,7 +416,10 @@ impl Parser<'_, '_> {
     }
 
     fn number(&self, el: Node, t: &str) -> Result<String, TwimlError> {
-        let digits: String = t.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.')).collect();
+        let digits: String = t
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+            .collect();
         let body = digits.strip_prefix('+').unwrap_or(&digits);
         if body.is_empty() || body.len() > 20 || !body.chars().all(|c| c.is_ascii_digit()) {
             return Err(self.invalid(el, format!("\"{}\" is not a phone number", short(t))));
@@ -399,16 +450,32 @@ impl Parser<'_, '_> {
 
     fn loop_(&self, el: Node) -> Result<u32, TwimlError> {
         let n = self.int(el, "loop", 1, 0, 1000)? as u32;
-        Ok(if n == 0 { LOOP_FOREVER } else { n.min(LOOP_FOREVER) })
+        Ok(if n == 0 {
+            LOOP_FOREVER
+        } else {
+            n.min(LOOP_FOREVER)
+        })
     }
 
-    fn int(&self, el: Node, name: &str, default: u64, min: u64, max: u64) -> Result<u64, TwimlError> {
+    fn int(
+        &self,
+        el: Node,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, TwimlError> {
         let Some(v) = attr(el, name) else {
             return Ok(default);
         };
         match v.trim().parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(self.bad(el, name, &v, format!("expected a whole number from {min} to {max}"))),
+            _ => Err(self.bad(
+                el,
+                name,
+                &v,
+                format!("expected a whole number from {min} to {max}"),
+            )),
         }
     }
 

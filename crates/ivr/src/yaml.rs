@@ -33,7 +33,10 @@ pub enum Value {
     /// `~`, `null` or nothing at all.
     Null,
     /// Any scalar; `quoted` tells `"10"` from `10`.
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     /// Keys are scalars (complex keys are refused), in document order.
     Map(Vec<(Key, Node)>),

@@ -54,13 +54,15 @@ fn step() -> impl Strategy<Value = Step> {
 fn run(mut session: Session, script: &[Step]) -> bool {
     let mut now = Instant::now();
     let mut playing: Vec<u64> = Vec::new();
-    let mut drain = |s: &mut Session, playing: &mut Vec<u64>| {
+    let drain = |s: &mut Session, playing: &mut Vec<u64>| {
         let mut n = 0;
         while let Some(a) = s.poll_output() {
             n += 1;
             assert!(n < 10_000, "a single input produced endless output");
             match a {
-                Action::Say { id, .. } | Action::Play { id, .. } | Action::SendDigits { id, .. } => playing.push(id),
+                Action::Say { id, .. }
+                | Action::Play { id, .. }
+                | Action::SendDigits { id, .. } => playing.push(id),
                 Action::StopPlayback => playing.clear(),
                 _ => {}
             }
@@ -70,13 +72,24 @@ fn run(mut session: Session, script: &[Step]) -> bool {
     for s in script {
         let input = match s {
             Step::Digit(d) => Some(Input::Digit(*d)),
-            Step::FinishPlayback if !playing.is_empty() => Some(Input::PlaybackFinished { id: playing.remove(0) }),
+            Step::FinishPlayback if !playing.is_empty() => Some(Input::PlaybackFinished {
+                id: playing.remove(0),
+            }),
             Step::FinishPlayback => None,
             Step::StaleFinish(id) => Some(Input::PlaybackFinished { id: *id }),
-            Step::Fetched(i) => Some(Input::Fetched(Ok(FetchedDoc { body: DOCS[*i].into(), content_type: None }))),
+            Step::Fetched(i) => Some(Input::Fetched(Ok(FetchedDoc {
+                body: DOCS[*i].into(),
+                content_type: None,
+            }))),
             Step::FetchFailed => Some(Input::Fetched(Err(FetchError::Timeout))),
-            Step::Recorded(secs) => Some(Input::RecordingDone { duration: Duration::from_secs(*secs), reference: "r".into() }),
-            Step::DialDone => Some(Input::DialDone { status: DialStatus::Completed, duration: Duration::from_secs(3) }),
+            Step::Recorded(secs) => Some(Input::RecordingDone {
+                duration: Duration::from_secs(*secs),
+                reference: "r".into(),
+            }),
+            Step::DialDone => Some(Input::DialDone {
+                status: DialStatus::Completed,
+                duration: Duration::from_secs(3),
+            }),
             Step::Advance(ms) => {
                 now += Duration::from_millis(*ms);
                 if session.poll_timeout().is_some_and(|t| t <= now) {
@@ -90,7 +103,10 @@ fn run(mut session: Session, script: &[Step]) -> bool {
         }
         drain(&mut session, &mut playing);
         if let Some(t) = session.poll_timeout() {
-            assert!(t >= now - Duration::from_secs(120), "a deadline far in the past");
+            assert!(
+                t >= now - Duration::from_secs(120),
+                "a deadline far in the past"
+            );
         }
     }
     session.handle(Input::HungUp, now);

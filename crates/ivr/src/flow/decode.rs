@@ -79,7 +79,10 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn get(&self, key: &str) -> Option<&'a Y> {
-        self.entries.iter().find(|(k, _)| k.text == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .find(|(k, _)| k.text == key)
+            .map(|(_, v)| v)
     }
 
     fn key_pos(&self, key: &str) -> Pos {
@@ -106,7 +109,10 @@ impl Decoder {
             Value::Map(e) => e,
             Value::Null => &[],
             _ => {
-                self.err(y.pos, format!("{what}: expected a mapping, found {}", y.kind()));
+                self.err(
+                    y.pos,
+                    format!("{what}: expected a mapping, found {}", y.kind()),
+                );
                 return None;
             }
         };
@@ -130,7 +136,10 @@ impl Decoder {
     }
 
     fn missing(&mut self, f: &Fields, field: &str) {
-        self.err(f.pos, format!("{}: missing required field \"{field}\"", f.what));
+        self.err(
+            f.pos,
+            format!("{}: missing required field \"{field}\"", f.what),
+        );
     }
 
     fn scalar_of(&mut self, y: &Y, what: &str, field: &str) -> Option<String> {
@@ -184,14 +193,20 @@ impl Decoder {
             Ok(n) => {
                 self.err(
                     y.pos,
-                    format!("{}: \"{field}\" {n} is out of range ({min} to {max})", f.what),
+                    format!(
+                        "{}: \"{field}\" {n} is out of range ({min} to {max})",
+                        f.what
+                    ),
                 );
                 None
             }
             Err(_) => {
                 self.err(
                     y.pos,
-                    format!("{}: \"{field}\" must be a whole number, found \"{s}\"", f.what),
+                    format!(
+                        "{}: \"{field}\" must be a whole number, found \"{s}\"",
+                        f.what
+                    ),
                 );
                 None
             }
@@ -201,8 +216,14 @@ impl Decoder {
     fn bool(&mut self, f: &Fields, field: &str) -> Option<bool> {
         let y = f.get(field)?;
         match &y.value {
-            Value::Scalar { text, quoted: false } if text == "true" => Some(true),
-            Value::Scalar { text, quoted: false } if text == "false" => Some(false),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "true" => Some(true),
+            Value::Scalar {
+                text,
+                quoted: false,
+            } if text == "false" => Some(false),
             _ => {
                 self.err(
                     y.pos,
@@ -213,7 +234,13 @@ impl Decoder {
         }
     }
 
-    fn duration(&mut self, f: &Fields, field: &str, min: Duration, max: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        f: &Fields,
+        field: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
         let y = f.get(field)?;
         let s = self.scalar_of(y, &f.what, field)?;
         let Some(d) = parse_duration(&s) else {
@@ -266,7 +293,10 @@ impl Decoder {
         if let Some(c) = s.chars().find(|c| !is_key(*c)) {
             self.err(
                 y.pos,
-                format!("{}: \"{field}\" has '{c}', not a phone key (0-9, *, #)", f.what),
+                format!(
+                    "{}: \"{field}\" has '{c}', not a phone key (0-9, *, #)",
+                    f.what
+                ),
             );
             return None;
         }
@@ -298,7 +328,10 @@ impl Decoder {
                         }
                     }
                 }
-                _ => self.err(y.pos, "flow: \"nodes\" must be a mapping of node names to nodes"),
+                _ => self.err(
+                    y.pos,
+                    "flow: \"nodes\" must be a mapping of node names to nodes",
+                ),
             },
         }
         if hours.is_none() {
@@ -324,7 +357,10 @@ impl Decoder {
     fn hours(&mut self, y: &Y) -> Option<Hours> {
         let f = self.map(y, "hours", &["time_zone", "weekly", "holidays", "calendar"])?;
         if let Some(name) = self.str(&f, "calendar") {
-            if let Some(k) = ["time_zone", "weekly", "holidays"].iter().find(|k| f.get(k).is_some()) {
+            if let Some(k) = ["time_zone", "weekly", "holidays"]
+                .iter()
+                .find(|k| f.get(k).is_some())
+            {
                 self.err(
                     f.key_pos(k),
                     format!("hours: \"{k}\" cannot be combined with \"calendar\" (a named tenant calendar)"),
@@ -336,7 +372,10 @@ impl Decoder {
         let mut cal = match Calendar::new(&tz) {
             Ok(c) => c,
             Err(e) => {
-                self.err(f.get("time_zone").map_or(f.pos, |y| y.pos), format!("hours: \"time_zone\": {e}"));
+                self.err(
+                    f.get("time_zone").map_or(f.pos, |y| y.pos),
+                    format!("hours: \"time_zone\": {e}"),
+                );
                 return None;
             }
         };
@@ -344,7 +383,10 @@ impl Decoder {
             let entries = match &w.value {
                 Value::Map(e) => e.as_slice(),
                 _ => {
-                    self.err(w.pos, "hours: \"weekly\" must map days (mon-fri, sat…) to hours");
+                    self.err(
+                        w.pos,
+                        "hours: \"weekly\" must map days (mon-fri, sat…) to hours",
+                    );
                     &[]
                 }
             };
@@ -389,7 +431,9 @@ impl Decoder {
                         let Some(hf) = self.map(item, "hours.holidays", &["date", "hours"]) else {
                             continue;
                         };
-                        let ranges = hf.get("hours").map(|r| self.ranges(r, "hours.holidays \"hours\""));
+                        let ranges = hf
+                            .get("hours")
+                            .map(|r| self.ranges(r, "hours.holidays \"hours\""));
                         match hf.get("date") {
                             Some(d) => (d, ranges.unwrap_or_default()),
                             None => {
@@ -461,11 +505,19 @@ impl Decoder {
                 format!(
                     "{what}: \"next\" has no effect with \"{}\"{}",
                     action.unwrap_or_default(),
-                    if action == Some("gather") { " (put it inside \"gather\")" } else { "" }
+                    if action == Some("gather") {
+                        " (put it inside \"gather\")"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
-        let next = if takes_next { self.node_ref(&f, "next") } else { None };
+        let next = if takes_next {
+            self.node_ref(&f, "next")
+        } else {
+            None
+        };
         let step = match action {
             None => {
                 if prompts.is_empty() && next.is_none() {
@@ -495,8 +547,14 @@ impl Decoder {
                     "menu" | "gather" => Step::Collect(self.collect(y, &sub, a == "menu")?),
                     "branch" => Step::Branch(self.branch(y, &sub)?),
                     "queue" => Step::Queue(self.queue(y, &sub)?),
-                    "sms" => Step::Sms { sms: self.sms(y, &sub)?, next },
-                    "record" => Step::Record { record: self.record(y, &sub)?, next },
+                    "sms" => Step::Sms {
+                        sms: self.sms(y, &sub)?,
+                        next,
+                    },
+                    "record" => Step::Record {
+                        record: self.record(y, &sub)?,
+                        next,
+                    },
                     "transfer" => Step::Transfer(self.transfer(y, &sub)?),
                     _ => Step::Webhook(self.webhook(y, &sub)?),
                 }
@@ -513,7 +571,11 @@ impl Decoder {
 
     /// `say`, `play` or `prompt` in a mapping (at most one of them).
     fn prompts_in(&mut self, f: &Fields) -> Vec<Prompt> {
-        let given: Vec<&str> = PROMPT_KEYS.iter().copied().filter(|k| f.get(k).is_some()).collect();
+        let given: Vec<&str> = PROMPT_KEYS
+            .iter()
+            .copied()
+            .filter(|k| f.get(k).is_some())
+            .collect();
         if given.len() > 1 {
             self.err(
                 f.key_pos(given[1]),
@@ -597,20 +659,44 @@ impl Decoder {
     fn collect(&mut self, y: &Y, what: &str, menu: bool) -> Option<Collect> {
         let allowed: &[&str] = if menu {
             &[
-                "prompt", "say", "play", "options", "timeout", "retries", "invalid", "no_input",
+                "prompt",
+                "say",
+                "play",
+                "options",
+                "timeout",
+                "retries",
+                "invalid",
+                "no_input",
                 "exhausted",
             ]
         } else {
             &[
-                "prompt", "say", "play", "num_digits", "min_digits", "timeout",
-                "inter_digit_timeout", "finish_on_key", "retries", "invalid", "no_input",
-                "exhausted", "store_as", "mask", "next",
+                "prompt",
+                "say",
+                "play",
+                "num_digits",
+                "min_digits",
+                "timeout",
+                "inter_digit_timeout",
+                "finish_on_key",
+                "retries",
+                "invalid",
+                "no_input",
+                "exhausted",
+                "store_as",
+                "mask",
+                "next",
             ]
         };
         let f = self.map(y, what, allowed)?;
         let prompt = self.prompts_in(&f);
         let timeout = self
-            .duration(&f, "timeout", Duration::from_secs(1), Duration::from_secs(60))
+            .duration(
+                &f,
+                "timeout",
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            )
             .unwrap_or(Duration::from_secs(5));
         let retries = self.int(&f, "retries", 0, 10).unwrap_or(2) as u32;
         let invalid = self.retry(&f, "invalid");
@@ -641,7 +727,12 @@ impl Decoder {
             );
         }
         let inter = self
-            .duration(&f, "inter_digit_timeout", Duration::from_secs(1), Duration::from_secs(30))
+            .duration(
+                &f,
+                "inter_digit_timeout",
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+            )
             .unwrap_or(timeout);
         let finish = self.keys(&f, "finish_on_key", "#")?;
         if finish.chars().count() > 1 {
@@ -681,7 +772,10 @@ impl Decoder {
             return None;
         };
         let Value::Map(entries) = &y.value else {
-            self.err(y.pos, format!("{}: \"options\" must map keys to nodes", f.what));
+            self.err(
+                y.pos,
+                format!("{}: \"options\" must map keys to nodes", f.what),
+            );
             return None;
         };
         if entries.is_empty() {
@@ -732,7 +826,13 @@ impl Decoder {
 
     fn branch(&mut self, y: &Y, what: &str) -> Option<Vec<Rule>> {
         let Value::Seq(items) = &y.value else {
-            self.err(y.pos, format!("{what}: expected a list of {{if, next}}, found {}", y.kind()));
+            self.err(
+                y.pos,
+                format!(
+                    "{what}: expected a list of {{if, next}}, found {}",
+                    y.kind()
+                ),
+            );
             return None;
         };
         let mut rules = Vec::new();
@@ -753,7 +853,10 @@ impl Decoder {
                 rules.push(Rule { when, next });
             }
             if unconditional && i + 1 < items.len() {
-                self.err(item.pos, format!("{rw}: a rule without \"if\" must be the last one"));
+                self.err(
+                    item.pos,
+                    format!("{rw}: a rule without \"if\" must be the last one"),
+                );
             }
         }
         if items.last().and_then(|l| match &l.value {
@@ -761,13 +864,20 @@ impl Decoder {
             _ => None,
         }) != Some(false)
         {
-            self.err(y.pos, format!("{what}: the last rule must have no \"if\" (the default)"));
+            self.err(
+                y.pos,
+                format!("{what}: the last rule must have no \"if\" (the default)"),
+            );
         }
         Some(rules)
     }
 
     fn condition(&mut self, y: &Y, what: &str) -> Option<Condition> {
-        let f = self.map(y, &format!("{what} if"), &["open", "holiday", "context", "not_context", "time", "days"])?;
+        let f = self.map(
+            y,
+            &format!("{what} if"),
+            &["open", "holiday", "context", "not_context", "time", "days"],
+        )?;
         let time = f.get("time").and_then(|t| {
             let s = self.scalar_of(t, &f.what, "time")?;
             hours::TimeRange::parse(&s)
@@ -782,7 +892,8 @@ impl Decoder {
         });
         for k in ["time", "days", "holiday"] {
             if f.get(k).is_some() {
-                self.clock_uses.push((f.key_pos(k), format!("{}: \"{k}\"", f.what)));
+                self.clock_uses
+                    .push((f.key_pos(k), format!("{}: \"{k}\"", f.what)));
             }
         }
         Some(Condition {
@@ -798,14 +909,24 @@ impl Decoder {
     fn queue(&mut self, y: &Y, what: &str) -> Option<Queue> {
         if let Value::Scalar { .. } = y.value {
             let name = self.scalar_of(y, what, "queue")?;
-            return Some(Queue { name, priority: 0, skills: Vec::new(), triage: None });
+            return Some(Queue {
+                name,
+                priority: 0,
+                skills: Vec::new(),
+                triage: None,
+            });
         }
         let f = self.map(y, what, &["name", "priority", "skills", "triage"])?;
         let name = self.req_str(&f, "name");
         let priority = self.int(&f, "priority", -1000, 1000).unwrap_or(0) as i32;
         let skills = self.strings(&f, "skills");
         let triage = self.str(&f, "triage");
-        Some(Queue { name: name?, priority, skills, triage })
+        Some(Queue {
+            name: name?,
+            priority,
+            skills,
+            triage,
+        })
     }
 
     fn sms(&mut self, y: &Y, what: &str) -> Option<Sms> {
@@ -813,14 +934,25 @@ impl Decoder {
         let template = self.str(&f, "template");
         let body = self.str(&f, "body");
         if template.is_some() == body.is_some() {
-            self.err(f.pos, format!("{what}: give exactly one of \"template\" or \"body\""));
+            self.err(
+                f.pos,
+                format!("{what}: give exactly one of \"template\" or \"body\""),
+            );
             return None;
         }
-        Some(Sms { template, body, to: self.str(&f, "to") })
+        Some(Sms {
+            template,
+            body,
+            to: self.str(&f, "to"),
+        })
     }
 
     fn record(&mut self, y: &Y, what: &str) -> Option<Record> {
-        let f = self.map(y, what, &["max", "finish_on_key", "beep", "silence_timeout", "triage"])?;
+        let f = self.map(
+            y,
+            what,
+            &["max", "finish_on_key", "beep", "silence_timeout", "triage"],
+        )?;
         Some(Record {
             max: self
                 .duration(&f, "max", Duration::from_secs(1), Duration::from_secs(3600))
@@ -828,7 +960,12 @@ impl Decoder {
             finish_on_key: self.keys(&f, "finish_on_key", "#")?,
             beep: self.bool(&f, "beep").unwrap_or(true),
             silence_timeout: self
-                .duration(&f, "silence_timeout", Duration::from_secs(1), Duration::from_secs(60))
+                .duration(
+                    &f,
+                    "silence_timeout",
+                    Duration::from_secs(1),
+                    Duration::from_secs(60),
+                )
                 .unwrap_or(Duration::from_secs(5)),
             triage: self.str(&f, "triage"),
         })
@@ -840,7 +977,10 @@ impl Decoder {
         let ok = to.starts_with("sip:")
             || to.starts_with("sips:")
             || (to.len() > 1
-                && to.trim_start_matches('+').chars().all(|c| c.is_ascii_digit())
+                && to
+                    .trim_start_matches('+')
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
                 && to.chars().filter(|c| *c == '+').count() <= 1);
         if !ok {
             let pos = f.get("to").map_or(f.pos, |t| t.pos);
@@ -851,7 +991,12 @@ impl Decoder {
             to,
             caller_id: self.str(&f, "caller_id"),
             timeout: self
-                .duration(&f, "timeout", Duration::from_secs(5), Duration::from_secs(600))
+                .duration(
+                    &f,
+                    "timeout",
+                    Duration::from_secs(5),
+                    Duration::from_secs(600),
+                )
                 .unwrap_or(Duration::from_secs(30)),
         })
     }
@@ -872,7 +1017,11 @@ impl Decoder {
                 return None;
             }
         };
-        Some(Webhook { url, method, on_error: self.node_ref(&f, "on_error") })
+        Some(Webhook {
+            url,
+            method,
+            on_error: self.node_ref(&f, "on_error"),
+        })
     }
 
     fn absolute_url(&mut self, s: &str, pos: Pos, what: &str) -> Option<()> {

@@ -42,7 +42,12 @@ pub(super) fn check(flow: &Flow, d: &mut Decoder) {
 }
 
 /// Depth-first over nodes without input; true once a cycle was reported.
-fn dfs<'a>(flow: &'a Flow, name: &'a str, state: &mut BTreeMap<&'a str, u8>, d: &mut Decoder) -> bool {
+fn dfs<'a>(
+    flow: &'a Flow,
+    name: &'a str,
+    state: &mut BTreeMap<&'a str, u8>,
+    d: &mut Decoder,
+) -> bool {
     match state.get(name) {
         Some(2) => return false,
         Some(_) => {

@@ -208,14 +208,22 @@ pub enum Prompt {
 #[derive(Debug, Clone)]
 pub enum Step {
     /// Prompts only; then `next`, or hang up when there is none.
-    Continue { next: Option<String> },
+    Continue {
+        next: Option<String>,
+    },
     Hangup,
     /// A menu or a digit gather.
     Collect(Collect),
     Branch(Vec<Rule>),
     Queue(Queue),
-    Sms { sms: Sms, next: Option<String> },
-    Record { record: Record, next: Option<String> },
+    Sms {
+        sms: Sms,
+        next: Option<String>,
+    },
+    Record {
+        record: Record,
+        next: Option<String>,
+    },
     Transfer(Transfer),
     Webhook(Webhook),
 }

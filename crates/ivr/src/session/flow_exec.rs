@@ -10,14 +10,23 @@ impl Session {
             return self.hang_up();
         };
         let Some(node) = flow.node(name) else {
-            return self.fail(SessionError::UnknownNode { node: name.to_string() }, now);
+            return self.fail(
+                SessionError::UnknownNode {
+                    node: name.to_string(),
+                },
+                now,
+            );
         };
         if !self.count_transition(now) {
             return;
         }
-        self.event(IvrEvent::NodeEntered { node: name.to_string() });
+        self.event(IvrEvent::NodeEntered {
+            node: name.to_string(),
+        });
         if let Some(label) = &node.triage {
-            self.event(IvrEvent::Triage { label: label.clone() });
+            self.event(IvrEvent::Triage {
+                label: label.clone(),
+            });
         }
         self.queue_prompts(&node.prompts);
         self.mode = Mode::Run(Next::FlowStep(name.to_string()));
@@ -35,19 +44,29 @@ impl Session {
             return self.hang_up();
         };
         let Some(node) = flow.node(name) else {
-            return self.fail(SessionError::UnknownNode { node: name.to_string() }, now);
+            return self.fail(
+                SessionError::UnknownNode {
+                    node: name.to_string(),
+                },
+                now,
+            );
         };
         match &node.step {
             Step::Continue { next } => self.goto_or_hang_up(next.as_deref(), now),
             Step::Hangup => self.hang_up(),
             Step::Collect(c) => self.start_collect(name, c, 0, &[]),
             Step::Branch(rules) => {
-                let next = rules.iter().find(|r| self.holds(&r.when, now)).map(|r| r.next.clone());
+                let next = rules
+                    .iter()
+                    .find(|r| self.holds(&r.when, now))
+                    .map(|r| r.next.clone());
                 self.goto_or_hang_up(next.as_deref(), now);
             }
             Step::Queue(q) => {
                 if let Some(label) = &q.triage {
-                    self.event(IvrEvent::Triage { label: label.clone() });
+                    self.event(IvrEvent::Triage {
+                        label: label.clone(),
+                    });
                 }
                 self.out.push_back(Action::Enqueue {
                     queue: q.name.clone(),
@@ -69,7 +88,9 @@ impl Session {
             }
             Step::Record { record, next } => {
                 if let Some(label) = &record.triage {
-                    self.event(IvrEvent::Triage { label: label.clone() });
+                    self.event(IvrEvent::Triage {
+                        label: label.clone(),
+                    });
                 }
                 self.out.push_back(Action::StartRecording {
                     max: record.max,
@@ -111,7 +132,9 @@ impl Session {
         self.queue_prompts(&c.prompt);
         let mask = matches!(c.kind, CollectKind::Gather { mask: true, .. });
         self.mode = Mode::Collect(Box::new(Collecting {
-            origin: Origin::Flow { node: node.to_string() },
+            origin: Origin::Flow {
+                node: node.to_string(),
+            },
             num_digits: c.num_digits,
             timeout: c.timeout,
             inter_digit: c.inter_digit_timeout,
@@ -128,7 +151,12 @@ impl Session {
             return self.hang_up();
         };
         let Some(Step::Collect(c)) = flow.node(node).map(|n| &n.step) else {
-            return self.fail(SessionError::UnknownNode { node: node.to_string() }, now);
+            return self.fail(
+                SessionError::UnknownNode {
+                    node: node.to_string(),
+                },
+                now,
+            );
         };
         let node_s = node.to_string();
         if got.digits.is_empty() {
@@ -139,32 +167,60 @@ impl Session {
             CollectKind::Menu { options } => {
                 let choice = got.digits.chars().next().unwrap_or('#');
                 if let Some(next) = options.get(&choice) {
-                    self.event(IvrEvent::MenuChoice { node: node_s, choice, next: next.clone() });
+                    self.event(IvrEvent::MenuChoice {
+                        node: node_s,
+                        choice,
+                        next: next.clone(),
+                    });
                     return self.enter(next, now);
                 }
             }
-            CollectKind::Gather { next, store_as, mask } => {
+            CollectKind::Gather {
+                next,
+                store_as,
+                mask,
+            } => {
                 if got.digits.chars().count() as u32 >= c.min_digits {
                     self.event(IvrEvent::Gathered {
                         node: node_s,
                         name: store_as.clone(),
-                        digits: if *mask { String::new() } else { got.digits.clone() },
+                        digits: if *mask {
+                            String::new()
+                        } else {
+                            got.digits.clone()
+                        },
                     });
                     return self.enter(next, now);
                 }
             }
         }
-        let input = if got.mask { "*".repeat(got.digits.len()) } else { got.digits };
-        self.event(IvrEvent::Invalid { node: node.to_string(), input });
+        let input = if got.mask {
+            "*".repeat(got.digits.len())
+        } else {
+            got.digits
+        };
+        self.event(IvrEvent::Invalid {
+            node: node.to_string(),
+            input,
+        });
         self.retry(node, c, &c.invalid, got.attempt, now)
     }
 
-    fn retry(&mut self, node: &str, c: &Collect, on: &crate::flow::Retry, attempt: u32, now: Instant) {
+    fn retry(
+        &mut self,
+        node: &str,
+        c: &Collect,
+        on: &crate::flow::Retry,
+        attempt: u32,
+        now: Instant,
+    ) {
         if let Some(next) = &on.next {
             return self.enter(next, now);
         }
         if attempt >= c.retries {
-            self.event(IvrEvent::Exhausted { node: node.to_string() });
+            self.event(IvrEvent::Exhausted {
+                node: node.to_string(),
+            });
             return self.goto_or_hang_up(c.exhausted.as_deref(), now);
         }
         self.start_collect(node, c, attempt + 1, &on.prompt);
@@ -197,7 +253,10 @@ impl Session {
             // No calendar supplied for a named one: the clock is unknown.
             let Some(c) = calendar else { return false };
             let (day, minute) = c.local(at);
-            if cond.time.is_some_and(|r| !crate::hours::range_contains(&r, minute)) {
+            if cond
+                .time
+                .is_some_and(|r| !crate::hours::range_contains(&r, minute))
+            {
                 return false;
             }
             if cond.days.as_ref().is_some_and(|d| !d.contains(&day)) {
@@ -205,23 +264,38 @@ impl Session {
             }
         }
         cond.context.iter().all(|k| self.facts.context.contains(k))
-            && !cond.not_context.iter().any(|k| self.facts.context.contains(k))
+            && !cond
+                .not_context
+                .iter()
+                .any(|k| self.facts.context.contains(k))
     }
 
-    pub(super) fn on_recording_done(&mut self, duration: Duration, reference: String, now: Instant) {
+    pub(super) fn on_recording_done(
+        &mut self,
+        duration: Duration,
+        reference: String,
+        now: Instant,
+    ) {
         if !matches!(self.mode, Mode::Recording { .. }) {
             return;
         }
-        let Mode::Recording { after, key, .. } = std::mem::replace(&mut self.mode, Mode::Run(Next::Hangup)) else {
+        let Mode::Recording { after, key, .. } =
+            std::mem::replace(&mut self.mode, Mode::Run(Next::Hangup))
+        else {
             return;
         };
         self.idle_fetches = 0;
         if !reference.is_empty() {
-            self.event(IvrEvent::Recorded { reference: reference.clone(), duration });
+            self.event(IvrEvent::Recorded {
+                reference: reference.clone(),
+                duration,
+            });
         }
         match after {
             AfterRecord::Flow { next } => self.goto_or_hang_up(next.as_deref(), now),
-            AfterRecord::Twiml { action, method } => self.twiml_recorded(action, method, duration, reference, key, now),
+            AfterRecord::Twiml { action, method } => {
+                self.twiml_recorded(action, method, duration, reference, key, now)
+            }
         }
     }
 }

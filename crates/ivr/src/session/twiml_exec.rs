@@ -6,7 +6,13 @@ use crate::twiml::{self, Verb};
 
 impl Session {
     /// Resolves `raw` against the current document and asks the host for it.
-    pub(super) fn fetch(&mut self, raw: &str, method: Method, params: Vec<(String, String)>, now: Instant) {
+    pub(super) fn fetch(
+        &mut self,
+        raw: &str,
+        method: Method,
+        params: Vec<(String, String)>,
+        now: Instant,
+    ) {
         let url = match self.resolve(raw) {
             Ok(u) => u,
             Err(e) => return self.fail(e, now),
@@ -14,19 +20,34 @@ impl Session {
         self.fetches += 1;
         self.idle_fetches += 1;
         if self.fetches > limits::MAX_FETCHES {
-            return self.fail(SessionError::LoopLimit { limit: limits::MAX_FETCHES }, now);
+            return self.fail(
+                SessionError::LoopLimit {
+                    limit: limits::MAX_FETCHES,
+                },
+                now,
+            );
         }
         if self.idle_fetches > limits::MAX_IDLE_FETCHES {
             let count = self.idle_fetches - 1;
             return self.fail(SessionError::FetchLoop { count }, now);
         }
-        self.out.push_back(Action::Fetch { url: url.clone(), method, params });
-        self.mode = Mode::Fetching { url, deadline: now + limits::FETCH_GUARD };
+        self.out.push_back(Action::Fetch {
+            url: url.clone(),
+            method,
+            params,
+        });
+        self.mode = Mode::Fetching {
+            url,
+            deadline: now + limits::FETCH_GUARD,
+        };
     }
 
     /// An absolute http(s) URL, relative ones against the current document.
     fn resolve(&self, raw: &str) -> Result<String, SessionError> {
-        let bad = |reason: String| SessionError::BadUrl { url: raw.chars().take(200).collect(), reason };
+        let bad = |reason: String| SessionError::BadUrl {
+            url: raw.chars().take(200).collect(),
+            reason,
+        };
         let parsed = match self.doc.as_ref().map(|d| d.url.as_str()) {
             Some(base) => url::Url::parse(base).and_then(|b| b.join(raw.trim())),
             None => url::Url::parse(raw.trim()),
@@ -48,8 +69,16 @@ impl Session {
             Err(error) => return self.fail(SessionError::Fetch { url, error }, now),
         };
         if let Some(ct) = &doc.content_type {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            let xml = mime.is_empty() || mime == "text/xml" || mime == "application/xml" || mime.ends_with("+xml");
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            let xml = mime.is_empty()
+                || mime == "text/xml"
+                || mime == "application/xml"
+                || mime.ends_with("+xml");
             if !xml {
                 let content_type = mime.chars().take(80).collect();
                 return self.fail(SessionError::NotTwiml { url, content_type }, now);
@@ -63,7 +92,13 @@ impl Session {
                 self.doc = Some(Doc { url, verbs, pc: 0 });
                 self.mode = Mode::Run(Next::Twiml);
             }
-            Err(error) => self.fail(SessionError::Twiml { url, error }, now),
+            Err(error) => self.fail(
+                SessionError::Twiml {
+                    url,
+                    error: Box::new(error),
+                },
+                now,
+            ),
         }
     }
 
@@ -78,7 +113,10 @@ impl Session {
         };
         doc.pc += 1;
         let url = doc.url.clone();
-        self.event(IvrEvent::Verb { verb: verb.name(), url });
+        self.event(IvrEvent::Verb {
+            verb: verb.name(),
+            url,
+        });
         self.mode = Mode::Run(Next::Twiml);
         match verb {
             Verb::Say { .. } | Verb::Play { .. } | Verb::Pause { .. } => {
@@ -109,7 +147,9 @@ impl Session {
                 self.fetch(&url, method, params, now);
             }
             Verb::Hangup | Verb::Reject { .. } => self.hang_up(),
-            Verb::Enqueue { queue, wait_url, .. } => {
+            Verb::Enqueue {
+                queue, wait_url, ..
+            } => {
                 let wait_url = match wait_url.map(|w| self.resolve(&w)).transpose() {
                     Ok(w) => w,
                     Err(e) => return self.fail(e, now),
@@ -130,7 +170,9 @@ impl Session {
                     time_limit: d.time_limit,
                     caller_id: d.caller_id,
                 });
-                self.mode = Mode::Dialing { action: d.action.map(|a| (a, d.method)) };
+                self.mode = Mode::Dialing {
+                    action: d.action.map(|a| (a, d.method)),
+                };
             }
             Verb::Record(r) => {
                 self.out.push_back(Action::StartRecording {
@@ -145,18 +187,31 @@ impl Session {
                     stopping: false,
                     finish: r.finish_on_key,
                     key: None,
-                    after: AfterRecord::Twiml { action: r.action, method: r.method },
+                    after: AfterRecord::Twiml {
+                        action: r.action,
+                        method: r.method,
+                    },
                 };
             }
             Verb::Message { to, from, body } => {
-                self.out.push_back(Action::SendSms { template: None, body: Some(body), to, from });
+                self.out.push_back(Action::SendSms {
+                    template: None,
+                    body: Some(body),
+                    to,
+                    from,
+                });
             }
         }
     }
 
     fn queue_verb_audio(&mut self, verb: &Verb) -> Result<(), SessionError> {
         match verb {
-            Verb::Say { text, voice, language, loop_ } => {
+            Verb::Say {
+                text,
+                voice,
+                language,
+                loop_,
+            } => {
                 for _ in 0..*loop_ {
                     self.audio.push_back(Audio::Say {
                         text: text.clone(),
@@ -186,16 +241,27 @@ impl Session {
         self.doc.as_ref().map(|d| d.url.clone()).unwrap_or_default()
     }
 
-    pub(super) fn twiml_gathered(&mut self, g: &twiml::Gather, digits: &str, finished: Option<char>, now: Instant) {
+    pub(super) fn twiml_gathered(
+        &mut self,
+        g: &twiml::Gather,
+        digits: &str,
+        finished: Option<char>,
+        now: Instant,
+    ) {
         if digits.is_empty() && !g.action_on_empty_result {
             // No input: go on with the verb after the Gather (Twilio).
-            self.event(IvrEvent::Timeout { node: "<Gather>".into() });
+            self.event(IvrEvent::Timeout {
+                node: "<Gather>".into(),
+            });
             self.mode = Mode::Run(Next::Twiml);
             return;
         }
         let mut params = call_params(&self.facts.call, "in-progress");
         params.push(("Digits".into(), digits.to_string()));
-        params.push(("FinishedOnKey".into(), finished.map(String::from).unwrap_or_default()));
+        params.push((
+            "FinishedOnKey".into(),
+            finished.map(String::from).unwrap_or_default(),
+        ));
         let target = g.action.clone().unwrap_or_else(|| self.doc_url());
         self.fetch(&target, g.method, params, now);
     }
@@ -226,7 +292,8 @@ impl Session {
         if !matches!(self.mode, Mode::Dialing { .. }) {
             return;
         }
-        let Mode::Dialing { action } = std::mem::replace(&mut self.mode, Mode::Run(Next::Twiml)) else {
+        let Mode::Dialing { action } = std::mem::replace(&mut self.mode, Mode::Run(Next::Twiml))
+        else {
             return;
         };
         self.idle_fetches = 0;

@@ -32,7 +32,12 @@ impl Call {
     pub fn new(program: Program, facts: Facts) -> Call {
         let now = Instant::now();
         let session = Session::new(program, facts, now);
-        let mut c = Call { session, now, actions: Vec::new(), playing: Vec::new() };
+        let mut c = Call {
+            session,
+            now,
+            actions: Vec::new(),
+            playing: Vec::new(),
+        };
         c.drain();
         c
     }
@@ -51,9 +56,9 @@ impl Call {
     pub fn drain(&mut self) {
         while let Some(a) = self.session.poll_output() {
             match &a {
-                Action::Say { id, .. } | Action::Play { id, .. } | Action::SendDigits { id, .. } => {
-                    self.playing.push(*id)
-                }
+                Action::Say { id, .. }
+                | Action::Play { id, .. }
+                | Action::SendDigits { id, .. } => self.playing.push(*id),
                 Action::StopPlayback => self.playing.clear(),
                 _ => {}
             }
@@ -72,7 +77,11 @@ impl Call {
 
     /// The oldest prompt playing finishes.
     pub fn finish_playback(&mut self) {
-        assert!(!self.playing.is_empty(), "nothing is playing: {:#?}", self.actions);
+        assert!(
+            !self.playing.is_empty(),
+            "nothing is playing: {:#?}",
+            self.actions
+        );
         let id = self.playing.remove(0);
         self.input(Input::PlaybackFinished { id });
     }
