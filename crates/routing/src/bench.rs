@@ -107,10 +107,14 @@ impl Maker {
     }
 }
 
-/// Accepts every pending reservation the outputs announce; returns how many
-/// and the queue of the last one.
-fn accept_all(engine: &mut Engine, now: Instant, assigned: &mut Vec<(String, usize)>) -> usize {
-    let mut n = 0;
+/// Accepts every pending reservation the outputs announce; returns the
+/// queue of the last one.
+fn accept_all(
+    engine: &mut Engine,
+    now: Instant,
+    assigned: &mut Vec<(String, usize)>,
+) -> Option<usize> {
+    let mut last = None;
     while let Some(o) = engine.poll_output() {
         if let Output::Reserved {
             reservation,
@@ -125,10 +129,10 @@ fn accept_all(engine: &mut Engine, now: Instant, assigned: &mut Vec<(String, usi
                 .expect("bench queue");
             engine.accept(reservation, now).expect("fresh reservation");
             assigned.push((task.to_string(), q));
-            n += 1;
+            last = Some(q);
         }
     }
-    n
+    last
 }
 
 /// Runs the benchmark: `tasks` waiting, `agents` busy, `decisions` timed.
@@ -190,12 +194,13 @@ pub fn bench(tasks: usize, agents: usize, decisions: usize) -> BenchReport {
         engine.complete(&task, now).expect("complete");
         let got = accept_all(&mut engine, now, &mut assigned);
         let dt = t0.elapsed();
-        reserved += usize::from(got > 0);
+        reserved += usize::from(got.is_some());
         timed += dt;
         hist.record((dt.as_nanos() as u64).max(1)).ok();
-        // Keep the backlog: a fresh task in a random queue.
+        // Keep the backlog: a fresh task in the queue just served (so no
+        // queue drains and leaves its agents idle), else a random one.
         if engine.waiting() < tasks {
-            let q = mk.rng.below(QUEUES.len());
+            let q = got.unwrap_or_else(|| mk.rng.below(QUEUES.len()));
             let t = mk.task(q, now);
             engine.enqueue(t, now).expect("enqueue");
             accept_all(&mut engine, now, &mut assigned);
