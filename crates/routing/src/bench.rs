@@ -60,19 +60,19 @@ const QUEUES: [(&str, [&str; 2]); 4] = [
 
 fn agent_skills(i: usize) -> Vec<String> {
     let mut s = vec!["en".to_string()];
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         s.push("es".into());
     }
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         s.push("triage".into());
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         s.push("billing".into());
     }
-    if i % 3 != 0 && i % 2 == 1 {
+    if !i.is_multiple_of(3) && !i.is_multiple_of(2) {
         s.push("rx".into());
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         s.push("peds".into());
     }
     s
@@ -162,9 +162,9 @@ pub fn bench(tasks: usize, agents: usize, decisions: usize) -> BenchReport {
         a.skills = agent_skills(i);
         engine.agent_login(a, now).expect("login");
         // A task this agent qualifies for (no extra skill) makes it busy.
-        let q = if i % 2 == 0 {
+        let q = if i.is_multiple_of(2) {
             0
-        } else if i % 3 == 0 {
+        } else if i.is_multiple_of(3) {
             1
         } else {
             2
