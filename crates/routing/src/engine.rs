@@ -387,17 +387,28 @@ impl Engine {
 
     /// Adds a queue or changes one. A change re-files the queue's waiting
     /// tasks under the new skills and rules (overflow rules already applied
-    /// stay applied).
+    /// stay applied). Refused: a zero reservation timeout, a rule moving
+    /// tasks to the queue itself or a queue move with a zero `after`. A rule
+    /// naming a queue that doesn't exist when it fires does nothing.
     pub fn upsert_queue(&mut self, cfg: QueueConfig, now: Instant) -> Result<(), RoutingError> {
         let now = self.advance(now);
+        let invalid = |reason: &str| RoutingError::InvalidQueue {
+            queue: cfg.id.to_string(),
+            reason: reason.into(),
+        };
+        if cfg.reservation_timeout.is_zero() {
+            return Err(invalid("reservation_timeout must be above zero"));
+        }
         for r in &cfg.overflow {
-            if let Overflow::Queue { to } = &r.action
-                && *to == cfg.id
-            {
-                return Err(RoutingError::InvalidQueue {
-                    queue: cfg.id.to_string(),
-                    reason: "an overflow rule moves tasks to the queue itself".into(),
-                });
+            if let Overflow::Queue { to } = &r.action {
+                if *to == cfg.id {
+                    return Err(invalid("an overflow rule moves tasks to the queue itself"));
+                }
+                // Rules count from the move, so a positive delay is what
+                // keeps a cycle of queue moves from spinning.
+                if r.after.is_zero() {
+                    return Err(invalid("a queue overflow rule needs `after` above zero"));
+                }
             }
         }
         let skills = self.skills.set(&cfg.skills)?;

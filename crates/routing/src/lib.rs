@@ -15,6 +15,43 @@
 //! the host calls. Time never goes backwards: an earlier `now` is taken as
 //! the latest seen.
 //!
+//! ```
+//! use continuum_routing::*;
+//! use std::time::{Duration, Instant};
+//!
+//! let t0 = Instant::now();
+//! let s = |n| t0 + Duration::from_secs(n);
+//! let mut e = Engine::new(EngineConfig::default());
+//! e.upsert_queue(QueueConfig::new("triage"), t0).unwrap();
+//! e.agent_login(AgentConfig::new("nurse-1"), t0).unwrap();
+//! e.enqueue(
+//!     Task {
+//!         id: "call-1".into(),
+//!         queue: "triage".into(),
+//!         channel: Channel::Voice,
+//!         priority: 0,
+//!         skills: vec![],
+//!         conversation_id: "conv-1".into(),
+//!         enqueued_at: t0,
+//!     },
+//!     t0,
+//! )
+//! .unwrap();
+//! let mut offer = None;
+//! while let Some(out) = e.poll_output() {
+//!     if let Output::Reserved { reservation, .. } = out {
+//!         offer = Some(reservation); // ring nurse-1's phone
+//!     }
+//! }
+//! let a = e.accept(offer.unwrap(), s(3)).unwrap();
+//! assert_eq!(a.agent.as_str(), "nurse-1");
+//! e.complete("call-1", s(300)).unwrap();
+//! // 30 s of wrap-up: the engine wants the time again then.
+//! assert_eq!(e.poll_timeout(), Some(s(330)));
+//! e.handle_timeout(s(330));
+//! assert_eq!(e.agent_state("nurse-1"), Some(AgentState::Available));
+//! ```
+//!
 //! # What it decides
 //!
 //! After every input the engine makes every possible match, so a waiting
