@@ -144,6 +144,8 @@ pub enum Permission {
     ReadContext,
     ReadAudit,
     ManageWebhooks,
+    /// Queues, agents' profiles and IVR flows (admin).
+    ManageRouting,
 }
 
 impl Principal {
@@ -173,7 +175,12 @@ impl Principal {
             Role::Auditor => matches!(perm, ReadAudit),
             Role::Clinician | Role::Agent => !matches!(
                 perm,
-                ManageTenant | MintTokens | ReadAudit | ManageWebhooks | ManageStaff
+                ManageTenant
+                    | MintTokens
+                    | ReadAudit
+                    | ManageWebhooks
+                    | ManageStaff
+                    | ManageRouting
             ),
             Role::Patient => matches!(perm, ReadConversation | ReadTimeline | AppendEvent),
         }

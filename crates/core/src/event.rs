@@ -50,6 +50,16 @@ event_kinds! {
     IvrInput = "ivr.input", system_only = false;
     /// The IVR routed the caller somewhere (`meta.queue`).
     IvrRoute = "ivr.route", system_only = false;
+    /// The IVR moved on: a node entered, a TwiML verb started, a menu timed
+    /// out or was exhausted (`meta.node`, `meta.verb`, `meta.outcome`).
+    IvrStep = "ivr.step", system_only = true;
+    /// The IVR could not go on as written (`meta.error`: why, e.g. TwiML
+    /// that is not XML, an unsupported verb, a webhook that timed out).
+    IvrError = "ivr.error", system_only = true;
+    /// Queue routing (`meta.action`: queued, reserved, timed_out, rejected,
+    /// overflowed, abandoned, voicemail, callback, completed, transferred;
+    /// `meta.queue`, `meta.agent`, `meta.task_id`).
+    Routing = "routing", system_only = true;
     /// Outcome of triage (`meta.level`, `meta.summary`); the context shows the latest.
     TriageResult = "triage.result", system_only = false;
     /// Delivery receipt for an outbound message (`meta.status`: sent, delivered, failed, read).

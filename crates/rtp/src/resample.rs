@@ -163,7 +163,9 @@ mod tests {
     fn speech_rate_clips_come_down_to_8_khz_with_their_tone() {
         let mut r = Resampler::between(22_050, 8_000).expect("22,050 Hz has 20 ms frames");
         let tone: Vec<i16> = (0..22_050)
-            .map(|i| ((i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 22_050.0).sin() * 8_000.0) as i16)
+            .map(|i| {
+                ((i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 22_050.0).sin() * 8_000.0) as i16
+            })
             .collect();
         let out = r.convert(&tone);
         assert_eq!(out.len(), 8_000);

@@ -473,6 +473,7 @@ fn describe(p: Permission) -> &'static str {
         ReadContext => "read the context snapshot",
         ReadAudit => "read the audit log (auditor or admin role needed)",
         ManageWebhooks => "manage webhooks",
+        ManageRouting => "manage queues, agents or IVR flows (admin role needed)",
     }
 }
 

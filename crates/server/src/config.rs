@@ -21,6 +21,46 @@ pub struct Config {
     pub sip: SipConfig,
     pub messaging: MessagingConfig,
     pub attachments: AttachmentsConfig,
+    pub ivr: IvrConfig,
+}
+
+/// The IVR: prompts, TwiML webhooks, what callers waiting in a queue hear.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IvrConfig {
+    /// Where a flow's `play:` prompt files are (default `<data_dir>/prompts`).
+    pub prompts_dir: Option<PathBuf>,
+    /// Where rendered speech is cached (default `<data_dir>/prompt-cache`).
+    pub cache_dir: Option<PathBuf>,
+    /// A TwiML webhook that has not answered in this long is an error on the
+    /// timeline, and the flow's `on_error` takes the call.
+    pub webhook_timeout_secs: u64,
+    /// Allow TwiML webhooks and `<Play>` URLs on private, loopback and other
+    /// special-purpose addresses (SSRF protection; testing only).
+    pub allow_private_webhooks: bool,
+    /// Allow plain-http TwiML webhooks (they carry the caller's number).
+    pub allow_http_webhooks: bool,
+    /// Said to callers waiting in a queue, every `hold_every_secs`.
+    pub hold_message: String,
+    pub hold_every_secs: u64,
+    /// Timeline events one call's IVR may write (digits, steps); past it
+    /// they are dropped (a key storm costs no more writes).
+    pub max_events_per_call: u32,
+}
+
+impl Default for IvrConfig {
+    fn default() -> Self {
+        IvrConfig {
+            prompts_dir: None,
+            cache_dir: None,
+            webhook_timeout_secs: 10,
+            allow_private_webhooks: false,
+            allow_http_webhooks: false,
+            hold_message: "Thank you for holding. Someone will be with you shortly.".into(),
+            hold_every_secs: 30,
+            max_events_per_call: 500,
+        }
+    }
 }
 
 /// Store-and-forward attachments: sealed with the tenant's key, kept in a
@@ -739,6 +779,25 @@ allow_private_trunks = false
 ring_timeout_secs = 45
 # No RTP from the phone for this long ends the call (media_timeout).
 media_timeout_secs = 30
+
+[ivr]
+# IVR flows (PUT /v1/ivr/flows/{name}) and TwiML webhooks drive calls whose
+# dispatch rule says so. Prompt files for `play:` live in prompts_dir
+# (default <data_dir>/prompts); text is spoken with espeak-ng and cached in
+# cache_dir (default <data_dir>/prompt-cache).
+# prompts_dir = "/var/lib/continuum/prompts"
+# cache_dir = "/var/cache/continuum/prompts"
+# A TwiML webhook that does not answer in time is a timeline error and the
+# flow's on_error takes the call.
+webhook_timeout_secs = 10
+# TwiML webhooks must be https and public unless these are set (testing only).
+allow_private_webhooks = false
+allow_http_webhooks = false
+# What callers waiting in a queue hear, and how often.
+hold_message = "Thank you for holding. Someone will be with you shortly."
+hold_every_secs = 30
+# Timeline events (digits, steps) one call's IVR may write.
+max_events_per_call = 500
 "#;
 
 #[cfg(test)]

@@ -10,9 +10,21 @@ use axum::response::{IntoResponse, Response};
 
 /// The console's files: name, content type, contents.
 const FILES: &[(&str, &str, &str)] = &[
-    ("index.html", "text/html; charset=utf-8", include_str!("../../../web/console/index.html")),
-    ("app.js", "text/javascript; charset=utf-8", include_str!("../../../web/console/app.js")),
-    ("app.css", "text/css; charset=utf-8", include_str!("../../../web/console/app.css")),
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/console/index.html"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/console/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/console/app.css"),
+    ),
 ];
 
 /// What the console's pages may load and connect to: only this server.

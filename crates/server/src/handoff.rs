@@ -181,4 +181,86 @@ impl Handoffs {
             link_expires_at: expires_at,
         })
     }
+
+    /// Texts the patient a link to the conversation's chat page (between
+    /// visits; a patient token for this conversation only, valid `ttl`).
+    pub async fn send_chat_link(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        ttl: Duration,
+        audit_actor: &str,
+    ) -> Result<(), ApiError> {
+        let conv = self
+            .store
+            .get_conversation(tenant_id, conversation_id)
+            .await?;
+        let contact = self
+            .store
+            .get_contact(tenant_id, &conv.contact_id, audit_actor)
+            .await?;
+        let grants = Grants {
+            conversations: vec![conversation_id.to_owned()],
+            rooms: vec![],
+            contacts: vec![],
+        };
+        let (token, _) = self.tokens.mint(
+            tenant_id,
+            &format!("contact:{}", contact.id),
+            Role::Patient,
+            grants,
+            About {
+                name: Some(contact.display_name.clone()),
+                region: None,
+                key_id: None,
+            },
+            ttl,
+        );
+        let link = format!(
+            "{}/chat?conversation={conversation_id}#token={token}",
+            self.public_base
+        );
+        self.send_text(
+            tenant_id,
+            conversation_id,
+            format!("Your care team's messages: {link}"),
+            audit_actor,
+        )
+        .await
+    }
+
+    /// Texts the patient `body` on their messaging channel.
+    pub async fn send_text(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        body: String,
+        audit_actor: &str,
+    ) -> Result<(), ApiError> {
+        let Resolved { channel, to, from } = resolve(
+            &self.store,
+            tenant_id,
+            conversation_id,
+            Some(Channel::Sms),
+            None,
+            audit_actor,
+        )
+        .await?;
+        let new = NewOutboundMessage {
+            channel,
+            to,
+            from,
+            body: Some(body),
+            media_urls: vec![],
+            template: None,
+            idempotency_key: None,
+            actor: Actor::system(),
+            meta: serde_json::Map::new(),
+            compliance: false,
+        };
+        self.store
+            .enqueue_message(tenant_id, conversation_id, new, audit_actor)
+            .await?;
+        Ok(())
+    }
 }

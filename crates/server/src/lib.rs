@@ -20,6 +20,7 @@ pub mod lobby;
 pub mod media;
 pub mod messaging;
 pub mod ops;
+pub mod queues;
 pub mod reminders;
 pub mod routing;
 pub mod serve;

@@ -163,6 +163,16 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             Some(attachments),
         ));
     }
+    if let Some(voice) = state.voice.clone() {
+        let host = crate::ivr::IvrHost::new(state.clone());
+        voice.set_ivr(host.clone());
+        state.ivr = Some(host);
+    }
+    state
+        .queues
+        .restore()
+        .await
+        .context("loading the queues and the work waiting in them")?;
     state
         .revocations
         .refresh(&store)

@@ -40,6 +40,10 @@ pub struct AppState {
     pub lobby: crate::lobby::Lobby,
     /// Chat typing and receipts of the conversations followed on this node.
     pub chat: Arc<crate::chat::ChatHub>,
+    /// Queues and agents: the routing engines of this node.
+    pub queues: Arc<crate::queues::Queues>,
+    /// The IVR (with the SIP gateway).
+    pub ivr: Option<Arc<crate::ivr::IvrHost>>,
 }
 
 impl AppState {
@@ -57,7 +61,9 @@ impl AppState {
             public_base: config.server.public_base(),
             max_participants: config.rtc.max_participants_per_room as i64,
         });
+        let queues = crate::queues::Queues::new(store.clone());
         AppState {
+            queues,
             limits: Arc::new(limits),
             refusals: Arc::default(),
             revocations: Arc::default(),
@@ -78,6 +84,7 @@ impl AppState {
             whip: Arc::default(),
             lobby: crate::lobby::Lobby::default(),
             chat: Arc::default(),
+            ivr: None,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct CallTag {
     /// A call bridged to a dispatch rule's target (B2BUA): the target's
     /// name, noted on the call's timeline events.
     pub bridged_to: Option<String>,
+    /// A call the IVR answers (a flow or a TwiML webhook drives it).
+    pub ivr: Option<crate::ivr::IvrCall>,
 }
 
 /// Digits in a room's dial-in PIN, and wrong PINs before hanging up.
@@ -60,6 +62,8 @@ pub struct VoiceService {
     health: Mutex<HashMap<String, TrunkHealth>>,
     /// Wakes the keepalive refresh (a trunk was added or removed).
     trunks_changed: tokio::sync::Notify,
+    /// Runs IVR flows on answered calls (set once the server is wired).
+    ivr: std::sync::OnceLock<Arc<crate::ivr::IvrHost>>,
 }
 
 /// An outbound trunk's keepalive state, for the API and dial-out.
@@ -137,6 +141,7 @@ impl VoiceService {
             cfg: cfg.clone(),
             health: Mutex::new(HashMap::new()),
             trunks_changed: tokio::sync::Notify::new(),
+            ivr: std::sync::OnceLock::new(),
         });
         tokio::spawn(service.clone().run(outcomes));
         if let Some(every) = keepalive {
@@ -282,7 +287,22 @@ impl VoiceService {
                         tokio::spawn(async move {
                             let mut answered_at = None;
                             let (mut digits, mut attempts) = (String::new(), 0u32);
+                            let mut ivr: Option<tokio::sync::mpsc::UnboundedSender<CallEvent>> = None;
                             while let Some(event) = rx.recv().await {
+                                // The IVR hears digits, the end of its prompts and
+                                // recordings, and the end of the call.
+                                if let Some(tx) = &ivr
+                                    && matches!(
+                                        event,
+                                        CallEvent::Dtmf { .. }
+                                            | CallEvent::PlaybackFinished { .. }
+                                            | CallEvent::Recorded { .. }
+                                            | CallEvent::Ended { .. }
+                                            | CallEvent::Failed { .. }
+                                    )
+                                {
+                                    let _ = tx.send(event.clone());
+                                }
                                 if tag.awaiting_pin {
                                     match &event {
                                         // Digits after the last wrong PIN (the
@@ -324,7 +344,23 @@ impl VoiceService {
                                     event,
                                     CallEvent::Failed { .. } | CallEvent::Ended { .. }
                                 );
+                                let call = match &event {
+                                    CallEvent::Answered { call } => Some(*call),
+                                    _ => None,
+                                };
                                 this.record(&tag, event, &mut answered_at).await;
+                                if answered
+                                    && let (Some(spec), Some(host), Some(call)) =
+                                        (tag.ivr.clone(), this.ivr.get(), call)
+                                {
+                                    match host.start(this.clone(), tag.clone(), call, spec).await {
+                                        Ok(tx) => ivr = Some(tx),
+                                        Err(e) => {
+                                            tracing::warn!(error = %e, "the IVR could not start; hanging up");
+                                            let _ = this.voice.hangup(call).await;
+                                        }
+                                    }
+                                }
                                 if answered
                                     && tag.room.is_some()
                                     && let Err(e) = this.bridge(&tag).await
@@ -453,12 +489,64 @@ impl VoiceService {
                     remote: call.caller.clone().unwrap_or_else(|| "anonymous".into()),
                     awaiting_pin: true,
                     bridged_to: None,
+                    ivr: None,
                 };
                 (Decision::Accept, Some(tag))
             }
-            // Wired up with the IVR host (crates/server/src/ivr).
+            // The IVR answers: a stored flow or a customer's TwiML URL.
             DispatchAction::Ivr { .. } | DispatchAction::Twiml { .. } => {
-                refuse("no_dispatch_rule", 404)
+                let program = match rule.action {
+                    DispatchAction::Ivr { flow } => crate::ivr::IvrProgram::Flow { name: flow },
+                    DispatchAction::Twiml { url, method } => crate::ivr::IvrProgram::Twiml {
+                        url,
+                        method: if method.as_deref() == Some("GET") {
+                            continuum_ivr::Method::Get
+                        } else {
+                            continuum_ivr::Method::Post
+                        },
+                    },
+                    _ => unreachable!("matched above"),
+                };
+                if let (crate::ivr::IvrProgram::Flow { name }, Some(host)) =
+                    (&program, self.ivr.get())
+                    && let Err(e) = host.flow(&tenant, name).await
+                {
+                    tracing::warn!(error = %e, "a call's IVR flow cannot run");
+                    return refuse("ivr_flow", 503);
+                }
+                if self.ivr.get().is_none() {
+                    return refuse("no_ivr", 503);
+                }
+                let caller = call.caller.clone().unwrap_or_else(|| "anonymous".into());
+                let conversation_id = match self
+                    .caller_conversation(&tenant, call.caller.as_deref(), None)
+                    .await
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no conversation for an incoming call");
+                        return refuse("store", 503);
+                    }
+                };
+                match self
+                    .open_call(
+                        &tenant,
+                        conversation_id,
+                        CallDirection::Inbound,
+                        caller,
+                        Some(trunk.trunk.id.clone()),
+                    )
+                    .await
+                {
+                    Ok(mut tag) => {
+                        tag.ivr = Some(crate::ivr::IvrCall {
+                            program,
+                            called: called.clone(),
+                        });
+                        (Decision::Accept, Some(tag))
+                    }
+                    Err(_) => refuse("store", 503),
+                }
             }
             // Rings the target for the caller (B2BUA): the call is the
             // caller's, on their conversation, answered when the target is.
@@ -617,6 +705,7 @@ impl VoiceService {
             remote: call.remote,
             awaiting_pin: false,
             bridged_to: None,
+            ivr: None,
         })
     }
 
@@ -764,6 +853,18 @@ impl VoiceService {
             tracing::warn!(error = %e, "the dial-in could not join its room");
         }
         true
+    }
+
+    /// Wires the IVR host in (once, at startup).
+    pub fn set_ivr(&self, host: Arc<crate::ivr::IvrHost>) {
+        let _ = self.ivr.set(host);
+    }
+
+    /// Puts a call waiting in a queue into the room its agent joins.
+    pub async fn join_room(self: &Arc<Self>, tag: &CallTag, room_id: &str) -> Result<(), String> {
+        let mut tag = tag.clone();
+        tag.room = Some(crate::lobby::RoomKey::new(&tag.tenant_id, room_id));
+        self.bridge(&tag).await
     }
 
     /// Puts an answered call into its video room: a WebRTC leg of the
@@ -972,6 +1073,7 @@ impl VoiceService {
             remote: call.remote.clone(),
             awaiting_pin: false,
             bridged_to: None,
+            ivr: None,
         };
         let dial = DialTarget {
             target,

@@ -156,6 +156,13 @@ pub struct AttachmentFilter {
 impl Store {
     /// The key attachments of this tenant are sealed under (derived from its
     /// data key, so it never leaves the process and rotates with it).
+    /// A tenant secret for `purpose`, derived from its key (never stored).
+    pub async fn derived_secret(&self, tenant_id: &str, purpose: &str) -> Result<crate::SecretKey> {
+        let (t, store, purpose) = (tenant_id.to_owned(), self.clone(), purpose.to_owned());
+        self.read(move |c| Ok(store.keys_for(c, &t)?.data.derive(&purpose)))
+            .await
+    }
+
     pub async fn attachment_key(&self, tenant_id: &str) -> Result<crate::SecretKey> {
         let (t, store) = (tenant_id.to_owned(), self.clone());
         self.read(move |c| Ok(store.keys_for(c, &t)?.data.derive("attachments")))

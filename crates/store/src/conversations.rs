@@ -54,6 +54,8 @@ pub struct ConversationFilter {
     pub state: Option<ConversationState>,
     pub contact_id: Option<String>,
     pub assignee: Option<String>,
+    /// Only those in this queue.
+    pub queue: Option<String>,
     pub updated_since: Option<Timestamp>,
     /// Restrict to these ids (tokens granted specific conversations).
     pub only: Option<Vec<String>>,
@@ -433,6 +435,10 @@ impl Store {
             if let Some(a) = f.assignee {
                 args.push(Box::new(keys.blind_index(ASSIGNEE_INDEX, &a)));
                 sql += &format!(" AND assignee_idx = ?{}", args.len());
+            }
+            if let Some(q) = f.queue {
+                args.push(Box::new(keys.blind_index(QUEUE_INDEX, &q)));
+                sql += &format!(" AND queue_idx = ?{}", args.len());
             }
             if let Some(since) = f.updated_since {
                 args.push(Box::new(since.0));

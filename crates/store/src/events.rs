@@ -628,6 +628,31 @@ impl Store {
         audit_actor: &str,
     ) -> Result<Appended> {
         ev.validate_client()?;
+        self.append_unchecked(tenant_id, conversation_id, ev, audit_actor)
+            .await
+    }
+
+    /// Appends an event of one of the engine's own kinds (IVR steps,
+    /// routing): the server's components only, never a client's event.
+    pub async fn append_system_event(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        ev: NewEvent,
+        audit_actor: &str,
+    ) -> Result<Appended> {
+        ev.validate_shape()?;
+        self.append_unchecked(tenant_id, conversation_id, ev, audit_actor)
+            .await
+    }
+
+    async fn append_unchecked(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        ev: NewEvent,
+        audit_actor: &str,
+    ) -> Result<Appended> {
         let (tenant_id, conv_id, audit_actor, store) = (
             tenant_id.to_owned(),
             conversation_id.to_owned(),

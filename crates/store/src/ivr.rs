@@ -91,7 +91,15 @@ impl Store {
             if gone == 0 {
                 return Err(StoreError::NotFound("flow"));
             }
-            ctx.audit(&t, &AuditEntry::new(actor, "ivr_flow.delete", format!("ivr_flow/{n}"), Outcome::Ok))?;
+            ctx.audit(
+                &t,
+                &AuditEntry::new(
+                    actor,
+                    "ivr_flow.delete",
+                    format!("ivr_flow/{n}"),
+                    Outcome::Ok,
+                ),
+            )?;
             Ok(())
         })
         .await

@@ -19,6 +19,7 @@ mod chat;
 mod contacts;
 mod conversations;
 mod events;
+mod inbox;
 mod ivr;
 mod messaging;
 mod reminders;
@@ -40,6 +41,8 @@ pub use conversations::{
 pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
+pub use inbox::{InboxItem, InboxPage, InboxPatient, InboxTask, LastEvent, UNREAD_CAP};
+pub use ivr::{IvrFlow, MAX_FLOW_BYTES};
 pub use messaging::{
     ClaimedMessage, ConsentChange, FailedAttempt, InboundOutcome, InboundRecord, MessageRef,
     MessageState, MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage,
@@ -50,13 +53,12 @@ pub use reminders::{
     DispatchReport, QuietHours, Reminder, ReminderChannel, ReminderReplyKind, ReminderSettings,
     ReminderState, ReminderTemplate, TemplateInput, UpsertOutcome, WhatsappTemplate, plan,
 };
-pub use ivr::{IvrFlow, MAX_FLOW_BYTES};
 pub use revocations::RevokedToken;
+pub use rooms::{FallbackPolicy, Room, VisitSettings};
 pub use routing::{
     Agent, AgentSpec, NewRoutingTask, OverflowAction, OverflowSpec, Queue, QueueSpec, RoutingTask,
     TaskState, valid_name,
 };
-pub use rooms::{FallbackPolicy, Room, VisitSettings};
 pub use tenants::{ApiKeyInfo, Staff, Tenant};
 pub use time_fmt::Timestamp;
 pub use voice::{

@@ -4,16 +4,17 @@
 //! out of the IVR, a chat, an SMS thread, a video-visit request). All SQL of
 //! these tables is here.
 //!
-//! Nothing here is PHI: queue and agent settings are the clinic's own, and a
-//! task names its conversation by id only (the patient is behind it, sealed
-//! as ever). The routing engine (`continuum-routing`) keeps the live state in
+//! Queue and agent settings are the clinic's own (in clear). A task's queue,
+//! skills, triage label and call are sealed (which queue a patient waits in
+//! says something about them), with the queue also as a blind index. The
+//! routing engine (`continuum-routing`) keeps the live state in
 //! memory; the task rows let a restarted node pick up work that was waiting
 //! and show supervisors what happened.
 
 use crate::audit::{AuditEntry, Outcome};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
-use crate::{Store, now_micros};
+use crate::{Store, TenantKeys, now_micros};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,7 +114,9 @@ impl QueueSpec {
                     return bad(format!("overflow[{i}].action.to: not a queue name"));
                 }
                 OverflowAction::WidenSkills { drop } if drop.is_empty() => {
-                    return bad(format!("overflow[{i}].action.drop: name the skills to drop"));
+                    return bad(format!(
+                        "overflow[{i}].action.drop: name the skills to drop"
+                    ));
                 }
                 _ => {}
             }
@@ -165,7 +168,10 @@ impl AgentSpec {
             return bad("skills: at most 32 names of 1-64 letters, digits, `-` or `_`");
         }
         for (channel, n) in &self.capacity {
-            if !matches!(channel.as_str(), "voice" | "video" | "chat" | "sms" | "whatsapp") {
+            if !matches!(
+                channel.as_str(),
+                "voice" | "video" | "chat" | "sms" | "whatsapp"
+            ) {
                 return bad("capacity: channels are voice, video, chat, sms, whatsapp");
             }
             if *n > 50 {
@@ -269,24 +275,51 @@ pub struct NewRoutingTask {
     pub triage: Option<String>,
 }
 
-const TASK_COLUMNS: &str = "id, queue, conversation_id, channel, priority, skills, state, agent, call_id, triage, created_at, updated_at";
+const TASK_COLUMNS: &str =
+    "id, conversation_id, channel, priority, state, agent, data, created_at, updated_at";
+const QUEUE_INDEX: &str = "routing_task.queue";
 
-fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoutingTask> {
-    let skills: String = r.get(5)?;
-    let state: String = r.get(6)?;
+/// The sealed part of a task.
+#[derive(Serialize, Deserialize)]
+struct TaskData {
+    queue: String,
+    skills: Vec<String>,
+    call_id: Option<String>,
+    triage: Option<String>,
+}
+
+fn task_aad(id: &str) -> Vec<u8> {
+    format!("routing_task:{id}").into_bytes()
+}
+
+fn seal_task(keys: &TenantKeys, id: &str, d: &TaskData) -> Vec<u8> {
+    keys.data
+        .seal(&serde_json::to_vec(d).unwrap_or_default(), &task_aad(id))
+}
+
+fn unseal_task(keys: &TenantKeys, id: &str, sealed: &[u8]) -> Result<TaskData> {
+    serde_json::from_slice(&keys.data.open(sealed, &task_aad(id))?)
+        .map_err(|e| StoreError::Integrity(format!("routing task {id}: {e}")))
+}
+
+fn task_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<RoutingTask> {
+    let id: String = r.get(0)?;
+    let state: String = r.get(4)?;
+    let sealed: Vec<u8> = r.get(6)?;
+    let d = unseal_task(keys, &id, &sealed)?;
     Ok(RoutingTask {
-        id: r.get(0)?,
-        queue: r.get(1)?,
-        conversation_id: r.get(2)?,
-        channel: r.get(3)?,
-        priority: r.get(4)?,
-        skills: serde_json::from_str(&skills).unwrap_or_default(),
+        conversation_id: r.get(1)?,
+        channel: r.get(2)?,
+        priority: r.get(3)?,
         state: TaskState::parse(&state),
-        agent: r.get(7)?,
-        call_id: r.get(8)?,
-        triage: r.get(9)?,
-        created_at: Timestamp(r.get(10)?),
-        updated_at: Timestamp(r.get(11)?),
+        agent: r.get(5)?,
+        queue: d.queue,
+        skills: d.skills,
+        call_id: d.call_id,
+        triage: d.triage,
+        created_at: Timestamp(r.get(7)?),
+        updated_at: Timestamp(r.get(8)?),
+        id,
     })
 }
 
@@ -294,7 +327,10 @@ fn json_of<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T> {
+fn json_col<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
     let s: String = r.get(i)?;
     serde_json::from_str(&s).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -371,10 +407,12 @@ impl Store {
     /// Removes a queue; refused while it has open tasks.
     pub async fn delete_queue(&self, tenant_id: &str, name: &str, actor: &str) -> Result<()> {
         let (t, n, actor) = (tenant_id.to_owned(), name.to_owned(), actor.to_owned());
+        let store = self.clone();
         self.write(move |ctx| {
+            let keys = store.keys_for(ctx.conn, &t)?;
             let open: i64 = ctx.conn.query_row(
-                "SELECT COUNT(*) FROM routing_tasks WHERE tenant_id = ?1 AND queue = ?2 AND state IN ('waiting', 'reserved', 'assigned')",
-                params![t, n],
+                "SELECT COUNT(*) FROM routing_tasks WHERE tenant_id = ?1 AND queue_idx = ?2 AND state IN ('waiting', 'reserved', 'assigned')",
+                params![t, keys.blind_index(QUEUE_INDEX, &n)],
                 |r| r.get(0),
             )?;
             if open > 0 {
@@ -448,13 +486,17 @@ impl Store {
     pub async fn delete_agent(&self, tenant_id: &str, id: &str, actor: &str) -> Result<()> {
         let (t, id, actor) = (tenant_id.to_owned(), id.to_owned(), actor.to_owned());
         self.write(move |ctx| {
-            let gone = ctx
-                .conn
-                .execute("DELETE FROM agents WHERE tenant_id = ?1 AND id = ?2", params![t, id])?;
+            let gone = ctx.conn.execute(
+                "DELETE FROM agents WHERE tenant_id = ?1 AND id = ?2",
+                params![t, id],
+            )?;
             if gone == 0 {
                 return Err(StoreError::NotFound("agent"));
             }
-            ctx.audit(&t, &AuditEntry::new(actor, "agent.delete", format!("agent/{id}"), Outcome::Ok))?;
+            ctx.audit(
+                &t,
+                &AuditEntry::new(actor, "agent.delete", format!("agent/{id}"), Outcome::Ok),
+            )?;
             Ok(())
         })
         .await
@@ -467,8 +509,7 @@ impl Store {
         tenant_id: &str,
         new: NewRoutingTask,
     ) -> Result<RoutingTask> {
-        let skills = json_of(&new.skills)?;
-        let t = tenant_id.to_owned();
+        let (t, store) = (tenant_id.to_owned(), self.clone());
         self.write(move |ctx| {
             let open = ctx
                 .conn
@@ -482,20 +523,36 @@ impl Store {
                     "the conversation already has an open task ({open})"
                 )));
             }
+            let keys = store.keys_for(ctx.conn, &t)?;
             let id = uuid::Uuid::now_v7().to_string();
             let now = now_micros();
+            let data = TaskData {
+                queue: new.queue,
+                skills: new.skills,
+                call_id: new.call_id,
+                triage: new.triage,
+            };
             ctx.conn.execute(
-                "INSERT INTO routing_tasks (id, tenant_id, queue, conversation_id, channel, priority, skills, state, call_id, triage, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'waiting', ?8, ?9, ?10, ?10)",
-                params![id, t, new.queue, new.conversation_id, new.channel, new.priority, skills, new.call_id, new.triage, now],
+                "INSERT INTO routing_tasks (id, tenant_id, conversation_id, channel, priority, state, queue_idx, data, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'waiting', ?6, ?7, ?8, ?8)",
+                params![
+                    id,
+                    t,
+                    new.conversation_id,
+                    new.channel,
+                    new.priority,
+                    keys.blind_index(QUEUE_INDEX, &data.queue),
+                    seal_task(&keys, &id, &data),
+                    now
+                ],
             )?;
-            task_in(ctx.conn, &t, &id)?.ok_or(StoreError::NotFound("task"))
+            task_in(ctx.conn, &keys, &t, &id)?.ok_or(StoreError::NotFound("task"))
         })
         .await
     }
 
-    /// Moves a task on (the engine decided); `agent` is kept when `None`
-    /// unless the task went back to `waiting`.
+    /// Moves a task on (the engine decided). `agent` is kept when `None`
+    /// (and cleared when the task waits again); `queue` moves it.
     pub async fn set_task_state(
         &self,
         tenant_id: &str,
@@ -504,15 +561,34 @@ impl Store {
         agent: Option<&str>,
         queue: Option<&str>,
     ) -> Result<()> {
-        let (t, id) = (tenant_id.to_owned(), id.to_owned());
+        let (t, id, store) = (tenant_id.to_owned(), id.to_owned(), self.clone());
         let (agent, queue) = (agent.map(str::to_owned), queue.map(str::to_owned));
         self.write(move |ctx| {
+            let now = now_micros();
+            if let Some(q) = queue {
+                let keys = store.keys_for(ctx.conn, &t)?;
+                let sealed: Vec<u8> = ctx
+                    .conn
+                    .query_row(
+                        "SELECT data FROM routing_tasks WHERE tenant_id = ?1 AND id = ?2",
+                        params![t, id],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or(StoreError::NotFound("task"))?;
+                let mut d = unseal_task(&keys, &id, &sealed)?;
+                d.queue = q;
+                ctx.conn.execute(
+                    "UPDATE routing_tasks SET queue_idx = ?3, data = ?4 WHERE tenant_id = ?1 AND id = ?2",
+                    params![t, id, keys.blind_index(QUEUE_INDEX, &d.queue), seal_task(&keys, &id, &d)],
+                )?;
+            }
             let n = ctx.conn.execute(
                 "UPDATE routing_tasks SET state = ?3,
                     agent = CASE WHEN ?3 = 'waiting' THEN NULL ELSE COALESCE(?4, agent) END,
-                    queue = COALESCE(?5, queue), updated_at = ?6
+                    updated_at = ?5
                  WHERE tenant_id = ?1 AND id = ?2",
-                params![t, id, state.as_str(), agent, queue, now_micros()],
+                params![t, id, state.as_str(), agent, now],
             )?;
             if n == 0 {
                 return Err(StoreError::NotFound("task"));
@@ -523,19 +599,49 @@ impl Store {
     }
 
     pub async fn get_routing_task(&self, tenant_id: &str, id: &str) -> Result<Option<RoutingTask>> {
-        let (t, id) = (tenant_id.to_owned(), id.to_owned());
-        self.read(move |c| task_in(c, &t, &id)).await
+        let (t, id, store) = (tenant_id.to_owned(), id.to_owned(), self.clone());
+        self.read(move |c| {
+            let keys = store.keys_for(c, &t)?;
+            task_in(c, &keys, &t, &id)
+        })
+        .await
     }
 
     /// Every open task of every tenant, oldest first (a node restarting).
     pub async fn open_routing_tasks(&self) -> Result<Vec<(String, RoutingTask)>> {
+        let store = self.clone();
         self.read(move |c| {
             let sql = format!(
                 "SELECT {TASK_COLUMNS}, tenant_id FROM routing_tasks WHERE state IN ('waiting', 'reserved', 'assigned') ORDER BY created_at"
             );
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(12)?, task_row(r)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let mut rows = st.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let t: String = r.get(9)?;
+                let keys = store.keys_for(c, &t)?;
+                out.push((t, task_row(&keys, r)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The tasks an agent holds, oldest first.
+    pub async fn agent_tasks(&self, tenant_id: &str, agent: &str) -> Result<Vec<RoutingTask>> {
+        let (t, a, store) = (tenant_id.to_owned(), agent.to_owned(), self.clone());
+        self.read(move |c| {
+            let keys = store.keys_for(c, &t)?;
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM routing_tasks WHERE tenant_id = ?1 AND agent = ?2 AND state = 'assigned' ORDER BY created_at LIMIT 200"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let mut rows = st.query(params![t, a])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(task_row(&keys, r)?);
+            }
+            Ok(out)
         })
         .await
     }
@@ -546,17 +652,30 @@ impl Store {
         tenant_id: &str,
         conversation_id: &str,
     ) -> Result<Option<RoutingTask>> {
-        let (t, c) = (tenant_id.to_owned(), conversation_id.to_owned());
-        self.read(move |conn| {
-            let sql = format!(
-                "SELECT {TASK_COLUMNS} FROM routing_tasks WHERE tenant_id = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'reserved', 'assigned')"
-            );
-            Ok(conn
-                .prepare_cached(&sql)?
-                .query_row(params![t, c], task_row)
-                .optional()?)
-        })
-        .await
+        let (t, c, store) = (
+            tenant_id.to_owned(),
+            conversation_id.to_owned(),
+            self.clone(),
+        );
+        self.read(move |conn| open_task_in(conn, &*store.keys_for(conn, &t)?, &t, &c))
+            .await
+    }
+}
+
+pub(crate) fn open_task_in(
+    conn: &rusqlite::Connection,
+    keys: &TenantKeys,
+    t: &str,
+    conversation_id: &str,
+) -> Result<Option<RoutingTask>> {
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM routing_tasks WHERE tenant_id = ?1 AND conversation_id = ?2 AND state IN ('waiting', 'reserved', 'assigned')"
+    );
+    let mut st = conn.prepare_cached(&sql)?;
+    let mut rows = st.query(params![t, conversation_id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(task_row(keys, r)?)),
+        None => Ok(None),
     }
 }
 
@@ -586,14 +705,24 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
 }
 
 fn agent_in(c: &rusqlite::Connection, t: &str, id: &str) -> Result<Option<Agent>> {
-    Ok(c.prepare_cached("SELECT id, spec, updated_at FROM agents WHERE tenant_id = ?1 AND id = ?2")?
-        .query_row(params![t, id], agent_row)
-        .optional()?)
+    Ok(c.prepare_cached(
+        "SELECT id, spec, updated_at FROM agents WHERE tenant_id = ?1 AND id = ?2",
+    )?
+    .query_row(params![t, id], agent_row)
+    .optional()?)
 }
 
-fn task_in(c: &rusqlite::Connection, t: &str, id: &str) -> Result<Option<RoutingTask>> {
+fn task_in(
+    c: &rusqlite::Connection,
+    keys: &TenantKeys,
+    t: &str,
+    id: &str,
+) -> Result<Option<RoutingTask>> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM routing_tasks WHERE tenant_id = ?1 AND id = ?2");
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params![t, id], task_row)
-        .optional()?)
+    let mut st = c.prepare_cached(&sql)?;
+    let mut rows = st.query(params![t, id])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(task_row(keys, r)?)),
+        None => Ok(None),
+    }
 }

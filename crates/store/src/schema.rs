@@ -419,8 +419,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reminders_appointment ON reminders(appointment_id, offset_secs);
     "#,
     // 11: the front door. IVR flows (YAML as written), queues and agents
-    // (settings as JSON), and routing tasks (one per piece of work routed;
-    // conversation ids only). No PHI in any of them: in clear.
+    // (settings as JSON): the clinic's own configuration, in clear. Routing
+    // tasks (one per piece of work routed): which queue a patient's
+    // conversation waits in and its triage label are PHI, sealed.
     r#"
     CREATE TABLE ivr_flows (
         tenant_id TEXT NOT NULL REFERENCES tenants(id),
@@ -448,21 +449,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE routing_tasks (
         id TEXT PRIMARY KEY,
         tenant_id TEXT NOT NULL REFERENCES tenants(id),
-        queue TEXT NOT NULL,
         conversation_id TEXT NOT NULL REFERENCES conversations(id),
         channel TEXT NOT NULL,
         priority INTEGER NOT NULL,
-        skills TEXT NOT NULL,
         state TEXT NOT NULL,
         agent TEXT,
-        call_id TEXT,
-        triage TEXT,
+        -- The queue as a blind index (like conversations.queue_idx); queue,
+        -- skills, triage label and call id sealed in `data`.
+        queue_idx BLOB NOT NULL,
+        data BLOB NOT NULL,
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     );
     -- Open work: at most one per conversation (create checks), found fast.
     CREATE INDEX routing_tasks_open ON routing_tasks(conversation_id) WHERE state IN ('waiting', 'reserved', 'assigned');
-    CREATE INDEX routing_tasks_queue ON routing_tasks(tenant_id, queue, state);
+    CREATE INDEX routing_tasks_queue ON routing_tasks(tenant_id, queue_idx, state);
+    CREATE INDEX routing_tasks_agent ON routing_tasks(tenant_id, agent) WHERE state = 'assigned';
     "#,
 ];
 

@@ -321,6 +321,7 @@ async fn queue_assignee_and_tags_are_sealed_at_rest() {
             &t.id,
             ConversationFilter {
                 assignee: assignee.map(str::to_owned),
+                queue: None,
                 limit: 10,
                 ..Default::default()
             },

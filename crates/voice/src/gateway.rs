@@ -606,7 +606,8 @@ impl Gateway {
             let heard = leg.heard.unwrap_or([0; FRAME_SAMPLES]);
             if let Some(rec) = leg.recording.as_mut() {
                 let room = rec.max - rec.samples.len();
-                rec.samples.extend_from_slice(&heard[..room.min(FRAME_SAMPLES)]);
+                rec.samples
+                    .extend_from_slice(&heard[..room.min(FRAME_SAMPLES)]);
                 if rec.samples.len() >= rec.max {
                     let rec = leg.recording.take().expect("recording");
                     self.out.push_back(Output::Event(CallEvent::Recorded {
@@ -655,7 +656,11 @@ impl Gateway {
     /// Queues 8 kHz audio to play to the phone after what is queued already
     /// (an IVR prompt); [`CallEvent::PlaybackFinished`] when all of it has
     /// been sent. A call bridged to a target or a room hears its peer instead.
-    pub fn play(&mut self, call: CallId, samples: std::sync::Arc<[i16]>) -> Result<(), GatewayError> {
+    pub fn play(
+        &mut self,
+        call: CallId,
+        samples: std::sync::Arc<[i16]>,
+    ) -> Result<(), GatewayError> {
         let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
         if !samples.is_empty() {
             leg.playback.push_back(samples);
@@ -2076,7 +2081,9 @@ mod tests {
             .collect();
         assert_eq!(recorded, vec![(800, true)]);
         net.events.clear();
-        net.gw.start_recording(call, Duration::from_secs(60)).unwrap();
+        net.gw
+            .start_recording(call, Duration::from_secs(60))
+            .unwrap();
         net.run(Duration::from_millis(200));
         net.gw.stop_recording(call).unwrap();
         net.flush();
@@ -2084,7 +2091,11 @@ mod tests {
             panic!("no recording: {:?}", net.events);
         };
         assert!(!full);
-        assert!((1_200..=2_000).contains(&samples.len()), "{}", samples.len());
+        assert!(
+            (1_200..=2_000).contains(&samples.len()),
+            "{}",
+            samples.len()
+        );
         assert_eq!(
             net.gw.stop_recording(call),
             Err(GatewayError::State("not recording"))
@@ -2135,4 +2146,3 @@ mod tests {
         );
     }
 }
-

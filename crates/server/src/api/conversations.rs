@@ -89,6 +89,7 @@ pub async fn list(
         state,
         contact_id: q.contact_id,
         assignee: q.assignee,
+        queue: None,
         updated_since,
         only,
         cursor: q.cursor,

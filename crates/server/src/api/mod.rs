@@ -8,8 +8,11 @@ pub mod chat;
 pub mod contacts;
 pub mod conversations;
 pub mod doc;
+pub mod inbox;
+pub mod ivr;
 pub mod messaging;
 pub mod provider_hooks;
+pub mod queues;
 pub mod reminders;
 pub mod rtc;
 pub mod signal;
@@ -18,6 +21,7 @@ pub mod visits;
 pub mod voice;
 pub mod webhooks;
 pub mod whip;
+pub mod work;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -40,6 +44,9 @@ use utoipa_axum::routes;
         (name = "webhooks", description = "Signed outbound webhooks"),
         (name = "video", description = "Video rooms (media sessions of a conversation) and WebRTC signaling"),
         (name = "voice", description = "SIP trunks, dispatch rules and phone calls (dial-out, PSTN fallback)"),
+        (name = "queues", description = "Queues, agents, reservations and tasks: the routing engine"),
+        (name = "ivr", description = "IVR flows (YAML) and TwiML webhooks"),
+        (name = "console", description = "The staff console: who am I, the inbox (live)"),
         (name = "attachments", description = "Store-and-forward: uploads (sniffed, metadata stripped, sealed), audited downloads, the review queue"),
         (name = "chat", description = "Secure chat on a conversation: the chat WebSocket, the chat view of the timeline, receipts and typing"),
         (name = "messaging", description = "SMS and WhatsApp: providers (the failover chain), outbound messages and their delivery, provider webhooks"),
@@ -132,6 +139,32 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             reminders::update_appointment
         ))
         .routes(routes!(reminders::import))
+        .routes(routes!(queues::list_queues))
+        .routes(routes!(
+            queues::put_queue,
+            queues::get_queue,
+            queues::delete_queue
+        ))
+        .routes(routes!(queues::list_agents))
+        .routes(routes!(queues::put_agent, queues::delete_agent))
+        .routes(routes!(ivr::list_flows))
+        .routes(routes!(ivr::put_flow, ivr::get_flow, ivr::delete_flow))
+        .routes(routes!(ivr::check_flow))
+        .routes(routes!(ivr::signing_key))
+        .routes(routes!(work::get_me))
+        .routes(routes!(work::set_state))
+        .routes(routes!(work::events))
+        .routes(routes!(work::accept))
+        .routes(routes!(work::reject))
+        .routes(routes!(work::create_task))
+        .routes(routes!(work::get_task))
+        .routes(routes!(work::complete_task))
+        .routes(routes!(work::transfer_task))
+        .routes(routes!(work::get_stats))
+        .routes(routes!(work::stream_stats))
+        .routes(routes!(inbox::me))
+        .routes(routes!(inbox::inbox))
+        .routes(routes!(inbox::stream))
         .routes(routes!(provider_hooks::twilio_webhook))
         .routes(routes!(
             provider_hooks::meta_verify,

@@ -309,6 +309,24 @@ pub async fn create_dispatch_rule(
             let host = host.split([';', '?']).next().unwrap_or(host);
             check_host("action.sip_uri", host, s.config.sip.allow_private_trunks)?;
         }
+        DispatchAction::Ivr { flow } => {
+            if s.store.get_ivr_flow(p.tenant_id(), flow).await?.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "action.flow: no IVR flow named `{}`; upload it first with PUT /v1/ivr/flows/{{name}}",
+                    flow.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+        DispatchAction::Twiml { url, method } => {
+            if let Some(host) = &s.ivr {
+                host.check_url(url)
+                    .await
+                    .map_err(|e| ApiError::invalid(format!("action.url: {e}")))?;
+            }
+            if method.as_deref().is_some_and(|m| m != "GET" && m != "POST") {
+                return Err(ApiError::invalid("action.method: GET or POST"));
+            }
+        }
         _ => {}
     }
     let rule = s

@@ -100,9 +100,12 @@ impl Prompts {
         let cell = self.cell(&key);
         let path = self.files_dir.join(rel);
         cell.get_or_try_init(|| async move {
-            let bytes = tokio::fs::read(&path)
-                .await
-                .map_err(|e| bad(&format!("cannot be read ({e}) in {}", self.files_dir.display())))?;
+            let bytes = tokio::fs::read(&path).await.map_err(|e| {
+                bad(&format!(
+                    "cannot be read ({e}) in {}",
+                    self.files_dir.display()
+                ))
+            })?;
             decode_wav(&bytes).map_err(|r| bad(&r))
         })
         .await
@@ -137,7 +140,12 @@ impl Prompts {
         let raw = tempfile::Builder::new()
             .suffix(".wav")
             .tempfile_in(&self.cache_dir)
-            .map_err(|e| PromptError::Speech(format!("no temporary file in {}: {e}", self.cache_dir.display())))?
+            .map_err(|e| {
+                PromptError::Speech(format!(
+                    "no temporary file in {}: {e}",
+                    self.cache_dir.display()
+                ))
+            })?
             .into_temp_path();
         // The text goes in on stdin: a prompt that starts with `-` is never
         // taken for an option.
@@ -160,10 +168,11 @@ impl Prompts {
                 .await
                 .map_err(|e| PromptError::Speech(e.to_string()))?;
         }
-        let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
-            .await
-            .map_err(|_| PromptError::Speech("took over 30 s".into()))?
-            .map_err(|e| PromptError::Speech(e.to_string()))?;
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+                .await
+                .map_err(|_| PromptError::Speech("took over 30 s".into()))?
+                .map_err(|e| PromptError::Speech(e.to_string()))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             return Err(PromptError::Speech(format!(
@@ -193,10 +202,7 @@ impl Prompts {
 /// odd replaced by `en`: the voice name goes on a command line.
 fn voice_name(language: &str) -> String {
     let l = language.trim().to_ascii_lowercase();
-    if !l.is_empty()
-        && l.len() <= 16
-        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    if !l.is_empty() && l.len() <= 16 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         l
     } else {
         "en".into()
@@ -289,7 +295,10 @@ mod tests {
             eprintln!("espeak-ng is not installed: skipped (scripts/test installs it)");
             return;
         }
-        let a = prompts.say("-- press one for the nurse", "en").await.unwrap();
+        let a = prompts
+            .say("-- press one for the nurse", "en")
+            .await
+            .unwrap();
         assert!(a.len() > RATE as usize / 2, "{} samples", a.len());
         assert!(a.iter().any(|s| s.unsigned_abs() > 1_000), "silent speech");
         let files = std::fs::read_dir(dir.path().join("cache")).unwrap().count();
