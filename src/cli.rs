@@ -95,6 +95,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::appointments::AppointmentsCommand,
     },
+    /// IVR flows: check one, render its prompts.
+    Ivr {
+        #[command(subcommand)]
+        command: crate::ivr::IvrCommand,
+    },
     /// Benchmarks (run on the machine you plan for).
     Bench {
         #[command(subcommand)]
@@ -421,6 +426,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Appointments { command } => return crate::appointments::run(command),
         Command::Bench { command } => bench::run(command, load_config(&g)?)?,
+        Command::Ivr { command } => crate::ivr::run(command, load_config(&g)?)?,
         Command::Plan(args) => crate::plan::run(args)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ mod alloc;
 mod appointments;
 mod bench;
 mod cli;
+mod ivr;
 mod plan;
 
 use clap::Parser;

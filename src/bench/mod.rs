@@ -6,6 +6,7 @@ mod bridged;
 mod events;
 mod messaging;
 mod reminders;
+mod routing;
 mod server;
 mod sfu;
 mod turn;
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// found or created, reminders planned), then dispatched through the
     /// scheduler and the outbox to a Twilio-shaped stand-in on loopback.
     Reminders(reminders::RemindersArgs),
+    /// Routing decisions per second and their latency with many tasks
+    /// waiting and many agents (the routing engine alone).
+    Routing(routing::RoutingArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -52,5 +56,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Messaging(args) => messaging::run(args),
         BenchCommand::Attachments(args) => attachments::run(args),
         BenchCommand::Reminders(args) => reminders::run(args, cfg),
+        BenchCommand::Routing(args) => routing::run(args),
     }
 }

@@ -4,6 +4,7 @@
 pub mod phone;
 pub mod providers;
 pub mod sipp;
+pub mod sse;
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};

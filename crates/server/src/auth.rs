@@ -210,6 +210,9 @@ const QUERY_TOKEN_ROUTES: &[&str] = &[
     "/v1/rtc",
     "/v1/conversations/{id}/events/stream",
     "/v1/conversations/{id}/chat",
+    "/v1/inbox/stream",
+    "/v1/agents/me/events",
+    "/v1/routing/stream",
 ];
 
 enum Presented {

@@ -398,15 +398,16 @@ impl Queues {
     }
 
     /// Accepts a reservation of `agent`'s (only theirs: another agent's is
-    /// "no such reservation", like a made-up id).
-    pub fn accept(
+    /// "no such reservation", like a made-up id). The task's row and the
+    /// conversation's assignment are written before this returns.
+    pub async fn accept(
         &self,
         tenant: &str,
         agent: &str,
         reservation: u64,
     ) -> Result<continuum_routing::Assignment, QueueError> {
         let id = ReservationId(reservation);
-        self.with_engine(tenant, |e| {
+        let a = self.with_engine(tenant, |e| {
             if e.reservation(id).is_some_and(|r| r.agent.as_str() != agent) {
                 return Err(QueueError::NoReservation);
             }
@@ -414,7 +415,34 @@ impl Queues {
                 RoutingError::UnknownReservation(_) => QueueError::NoReservation,
                 other => QueueError::Routing(other),
             })
-        })
+        })?;
+        self.store
+            .set_task_state(tenant, &a.task, TaskState::Assigned, Some(agent), None)
+            .await?;
+        let params = TransitionParams {
+            assignee: Some(agent.to_owned()),
+            queue: Some(a.queue.to_string()),
+            reason: Some("routing".into()),
+        };
+        let actor = Actor {
+            actor_type: ActorType::Staff,
+            id: Some(agent.to_owned()),
+        };
+        if let Err(e) = self
+            .store
+            .transition(
+                tenant,
+                &a.conversation_id,
+                Transition::Assign,
+                params,
+                actor,
+                "system:routing",
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "an accepted task's conversation could not be assigned");
+        }
+        Ok(a)
     }
 
     pub fn reject(&self, tenant: &str, agent: &str, reservation: u64) -> Result<(), QueueError> {
@@ -724,46 +752,16 @@ impl Queues {
                     set(task.to_string(), TaskState::Waiting, None, None).await;
                 }
             }
+            // `accept` wrote the row and the assignment before answering.
             Output::Assigned {
                 task,
                 agent,
-                queue,
                 channel,
                 conversation_id,
                 ..
             } => {
                 metrics::counter!("continuum_routing_assigned_total", "channel" => channel_name(channel))
                     .increment(1);
-                set(
-                    task.to_string(),
-                    TaskState::Assigned,
-                    Some(agent.to_string()),
-                    None,
-                )
-                .await;
-                let params = TransitionParams {
-                    assignee: Some(agent.to_string()),
-                    queue: Some(queue.to_string()),
-                    reason: Some("routing".into()),
-                };
-                let actor = Actor {
-                    actor_type: ActorType::Staff,
-                    id: Some(agent.to_string()),
-                };
-                if let Err(e) = self
-                    .store
-                    .transition(
-                        tenant,
-                        &conversation_id,
-                        Transition::Assign,
-                        params,
-                        actor,
-                        "system:routing",
-                    )
-                    .await
-                {
-                    tracing::warn!(error = %e, "an accepted task's conversation could not be assigned");
-                }
                 self.notify(
                     tenant,
                     Some(&agent),

@@ -77,10 +77,10 @@ pub struct InboxQuery {
     /// Page size, default 100.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
-    /// The stream's EventSource token (stream only).
-    #[serde(default, rename = "token")]
+    /// The stream's EventSource token (read by the authentication layer).
+    #[serde(default, rename = "access_token")]
     #[param(ignore)]
-    pub _token: Option<String>,
+    pub _access_token: Option<String>,
 }
 
 fn reader(p: &Principal) -> String {

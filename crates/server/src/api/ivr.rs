@@ -119,18 +119,25 @@ pub async fn put_flow(
         .store
         .put_ivr_flow(p.tenant_id(), &name, &src, &p.audit_actor())
         .await?;
+    let FlowCheck {
+        warnings, prompts, ..
+    } = c;
+    // Speech rendered now, in the background: the first caller does not wait.
+    if let (Some(host), Ok(parsed)) = (s.ivr.clone(), continuum_ivr::Flow::from_yaml(&src)) {
+        tokio::spawn(async move {
+            for text in &prompts {
+                if host.prompts.say(text, &parsed.language).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(SavedFlow {
-            flow,
-            warnings: c.warnings,
-        }),
-    ))
+    Ok((status, Json(SavedFlow { flow, warnings })))
 }
 
 /// Check a flow without saving it.

@@ -246,7 +246,7 @@ pub async fn accept(
 ) -> ApiResult<Json<Accepted>> {
     let agent = agent_of(&p)?;
     let tenant = p.tenant_id();
-    let a = s.queues.accept(tenant, &agent, id)?;
+    let a = s.queues.accept(tenant, &agent, id).await?;
     let task = s
         .store
         .get_routing_task(tenant, &a.task)

@@ -1,0 +1,820 @@
+//! The front door over real sockets: sipp calls into the example IVR flow
+//! (examples/ivr/healthcare.yaml) keying RFC 4733 digits from sipp's own
+//! captures, waits in the nurse queue with priority, and an agent takes the
+//! call (it joins the agent's room); a TwiML webhook stand-in drives a call
+//! through Gather → Say → Enqueue with requests signed as Twilio signs them
+//! (checked by the `twilio` PyPI package); TwiML that is garbage, uses an
+//! unsupported verb or never comes is a clear error on the timeline and the
+//! call ends politely; broken flows are refused with line and reason.
+
+mod common;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use common::providers::twilio_signature;
+use common::sipp::*;
+use common::sse::Sse;
+use common::*;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The example flow without its business hours (a test runs at any hour;
+/// the hours are tested in crates/ivr).
+fn example_flow_always_open() -> String {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/ivr/healthcare.yaml"
+    ))
+    .unwrap();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in src.lines() {
+        if line.starts_with("hours:") {
+            skipping = true;
+            continue;
+        }
+        if skipping && (line.starts_with(' ') || line.is_empty()) {
+            if line.is_empty() {
+                skipping = false;
+            }
+            continue;
+        }
+        skipping = false;
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(!out.contains("time_zone"), "the hours were taken out");
+    out
+}
+
+async fn put_flow(s: &Server, key: &str, name: &str, yaml: &str) -> (u16, Value) {
+    let resp = s
+        .client
+        .put(s.url(&format!("/v1/ivr/flows/{name}")))
+        .bearer_auth(key)
+        .header("content-type", "application/yaml")
+        .body(yaml.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// RFC 4733 digits from sipp's shipped captures, each followed by a pause.
+fn dtmf(digits: &str, gap_ms: u64) -> String {
+    digits
+        .chars()
+        .map(|d| {
+            format!(
+                "<nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_{d}.pcap\"/></action></nop>\n<pause milliseconds=\"{gap_ms}\"/>\n"
+            )
+        })
+        .collect()
+}
+
+const MEDIA: &str = "m=audio [media_port] RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15";
+
+/// The conversation of the patient calling from `phone` (once the call made one).
+async fn conversation_of(s: &Server, key: &str, phone: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = s
+            .ok(
+                "GET",
+                &format!("/v1/contacts?phone={}", phone.replace('+', "%2B")),
+                key,
+                None,
+            )
+            .await;
+        if let Some(id) = found["contacts"][0]["id"].as_str() {
+            let convs = s
+                .ok(
+                    "GET",
+                    &format!("/v1/conversations?contact_id={id}"),
+                    key,
+                    None,
+                )
+                .await;
+            if let Some(c) = convs["conversations"][0]["id"].as_str() {
+                return c.to_owned();
+            }
+        }
+        assert!(Instant::now() < deadline, "no conversation for {phone}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls the timeline until `done` holds (within a minute: speech is
+/// rendered on a loaded machine); returns the events.
+async fn timeline_until(
+    s: &Server,
+    key: &str,
+    conv: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = s
+            .ok(
+                "GET",
+                &format!("/v1/conversations/{conv}/events?limit=500"),
+                key,
+                None,
+            )
+            .await;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timeline never got there: {}",
+            serde_json::to_string_pretty(&events).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn has(events: &[Value], kind: &str, pred: impl Fn(&Value) -> bool) -> bool {
+    events.iter().any(|e| e["kind"] == kind && pred(&e["meta"]))
+}
+
+async fn setup_queues(s: &Server, key: &str) {
+    s.ok(
+        "PUT",
+        "/v1/queues/nurse",
+        key,
+        Some(json!({"skills": ["triage"], "reservation_timeout_secs": 30, "wrap_up_secs": 5})),
+    )
+    .await;
+    s.ok("PUT", "/v1/queues/front-desk", key, Some(json!({})))
+        .await;
+}
+
+#[tokio::test]
+async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    setup_queues(&s, &key).await;
+    s.ok(
+        "PUT",
+        "/v1/agents/nurse-joy",
+        &key,
+        Some(json!({"display_name": "Nurse Joy", "skills": ["triage"]})),
+    )
+    .await;
+    let (code, saved) = put_flow(&s, &key, "front-door", &example_flow_always_open()).await;
+    assert_eq!(code, 201, "{saved}");
+    inbound_route(
+        &s,
+        &key,
+        "+14155550300",
+        json!({"type": "ivr", "flow": "front-door"}),
+    )
+    .await;
+
+    // The caller listens to the emergency notice, keys 1 during the menu
+    // (barge-in), and stays on the line.
+    let scenario = Uac::new("+14155550131")
+        .invite(MEDIA)
+        .answered()
+        .pause(9_000)
+        .raw(&dtmf("1", 500))
+        .pause(25_000)
+        .bye()
+        .build();
+    let caller = Sipp::uac(dir.path(), "ivr-nurse", &scenario, sip, "+14155550300");
+    let conv = conversation_of(&s, &key, "+14155550131").await;
+
+    // The timeline: the notice, the menu, the digit, the triage, the queue.
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "routing", |m| m["action"] == "queued")
+    })
+    .await;
+    assert!(
+        has(&events, "ivr.step", |m| m["node"] == "welcome"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "ivr.step", |m| m["node"] == "main_menu"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "ivr.input", |m| m["digit"] == "1"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "ivr.input", |m| m["node"] == "main_menu"
+            && m["choice"] == "1"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "triage.result", |m| m["level"]
+            == "urgent_symptoms"),
+        "{events:?}"
+    );
+    let queued = events
+        .iter()
+        .find(|e| e["kind"] == "routing" && e["meta"]["action"] == "queued")
+        .unwrap();
+    assert_eq!(queued["meta"]["queue"], "nurse", "{queued}");
+    assert_eq!(queued["meta"]["priority"], 10, "{queued}");
+    let task_id = queued["meta"]["task_id"].as_str().unwrap().to_owned();
+
+    // Waiting, first in line, with the triage label; the context knows.
+    let task = s
+        .ok("GET", &format!("/v1/tasks/{task_id}"), &key, None)
+        .await;
+    assert_eq!(task["state"], "waiting", "{task}");
+    assert_eq!(task["channel"], "voice");
+    assert_eq!(task["priority"], 10);
+    assert_eq!(task["triage"], "urgent_symptoms");
+    assert_eq!(task["position"], 1, "{task}");
+    let ctx = s
+        .ok(
+            "GET",
+            &format!("/v1/conversations/{conv}/context"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        ctx["last_triage"]["meta"]["level"], "urgent_symptoms",
+        "{ctx}"
+    );
+    let stats = s.ok("GET", "/v1/routing/stats", &key, None).await;
+    let nurse = stats["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "nurse")
+        .unwrap();
+    assert_eq!(nurse["waiting"], 1, "{stats}");
+
+    // The nurse signs in: the call is offered with its context, she takes it.
+    let nurse_token = s.mint(&key, "nurse-joy", "clinician", &["*"]).await;
+    let mut feed = Sse::open(
+        &s.client,
+        &s.url(&format!("/v1/agents/me/events?access_token={nurse_token}")),
+    )
+    .await;
+    feed.next("hello", WAIT).await;
+    let me = s
+        .ok(
+            "POST",
+            "/v1/agents/me/state",
+            &nurse_token,
+            Some(json!({"state": "available"})),
+        )
+        .await;
+    assert!(me["state"] == "available" || me["state"] == "busy", "{me}");
+    let offer = feed.next("reservation", WAIT).await;
+    assert_eq!(offer["task_id"], task_id.as_str(), "{offer}");
+    assert_eq!(offer["queue"], "nurse");
+    assert_eq!(offer["channel"], "voice");
+    assert_eq!(offer["triage"], "urgent_symptoms");
+    assert_eq!(
+        offer["context"]["patient"]["bindings"]["phone"], "+14155550131",
+        "{offer}"
+    );
+    let rid = offer["id"].as_u64().unwrap();
+    let accepted = s
+        .ok(
+            "POST",
+            &format!("/v1/reservations/{rid}/accept"),
+            &nurse_token,
+            None,
+        )
+        .await;
+    assert_eq!(accepted["conversation_id"], conv.as_str(), "{accepted}");
+    let room = accepted["call"]["room_id"].as_str().unwrap().to_owned();
+    assert!(
+        accepted["call"]["join_token"]
+            .as_str()
+            .is_some_and(|t| t.len() > 20)
+    );
+    // Accepting twice is refused, never a second assignment.
+    let (code, again) = s
+        .call(
+            "POST",
+            &format!("/v1/reservations/{rid}/accept"),
+            &nurse_token,
+            None,
+        )
+        .await;
+    assert_eq!(code, 409, "{again}");
+    // The caller is in the nurse's room by phone; the conversation is hers.
+    let seen = eventually(&s, &key, &format!("/v1/rooms/{room}"), |r| {
+        r["participants"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|m| m["phone"] == true))
+    })
+    .await;
+    assert!(
+        seen["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["phone"] == true),
+        "the caller never joined the room: {seen}"
+    );
+    let c = s
+        .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
+        .await;
+    assert_eq!(c["assignee"], "nurse-joy", "{c}");
+    assert_eq!(c["state"], "active", "{c}");
+    caller.assert_ok().await;
+
+    // She finishes: wrap-up, then available again.
+    s.ok(
+        "POST",
+        &format!("/v1/tasks/{task_id}/complete"),
+        &nurse_token,
+        None,
+    )
+    .await;
+    // (`busy` came first, when she took the call.)
+    let state = loop {
+        let st = feed.next("state", WAIT).await;
+        if st["state"] != "busy" {
+            break st;
+        }
+    };
+    assert_eq!(state["state"], "wrap_up", "{state}");
+    assert!(state["wrap_up_until"].as_i64().is_some(), "{state}");
+    let task = s
+        .ok("GET", &format!("/v1/tasks/{task_id}"), &key, None)
+        .await;
+    assert_eq!(task["state"], "completed", "{task}");
+}
+
+/// A customer's TwiML app, scripted per path; every request is kept.
+#[derive(Clone, Default)]
+struct TwimlApp {
+    docs: Arc<Mutex<Vec<(String, String)>>>,
+    requests: Arc<Mutex<Vec<(String, Option<String>, Vec<(String, String)>)>>>,
+}
+
+impl TwimlApp {
+    async fn start(docs: &[(&str, &str)]) -> (TwimlApp, String) {
+        let app = TwimlApp::default();
+        *app.docs.lock().unwrap() = docs
+            .iter()
+            .map(|(p, d)| (p.to_string(), d.to_string()))
+            .collect();
+        let router = Router::new()
+            .fallback(axum::routing::any(serve_twiml))
+            .with_state(app.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        (app, base)
+    }
+
+    fn requests(&self) -> Vec<(String, Option<String>, Vec<(String, String)>)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+async fn serve_twiml(
+    State(app): State<TwimlApp>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path().to_owned();
+    let form: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let sig = headers
+        .get("x-twilio-signature")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    app.requests.lock().unwrap().push((path.clone(), sig, form));
+    let doc = app
+        .docs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, d)| d.clone());
+    match doc.as_deref() {
+        Some("HANG") => {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "".into_response()
+        }
+        Some(d) if d.starts_with("<") => {
+            ([("content-type", "text/xml")], d.to_owned()).into_response()
+        }
+        Some(d) => ([("content-type", "text/plain")], d.to_owned()).into_response(),
+        None => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn twiml_server(dir: &std::path::Path) -> (Server, u16) {
+    voice_server_with(
+        dir,
+        &[
+            ("CONTINUUM_IVR__ALLOW_PRIVATE_WEBHOOKS", "true"),
+            ("CONTINUUM_IVR__ALLOW_HTTP_WEBHOOKS", "true"),
+            ("CONTINUUM_IVR__WEBHOOK_TIMEOUT_SECS", "2"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_twiml_webhook_drives_the_call_gather_say_enqueue_with_twilio_signatures() {
+    let dir = tempdir();
+    let (s, sip) = twiml_server(dir.path());
+    let key = s.key().to_owned();
+    setup_queues(&s, &key).await;
+    let (app, base) = TwimlApp::start(&[
+        (
+            "/voice",
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<Response>
+  <Gather input="dtmf" numDigits="1" timeout="10" action="/gathered">
+    <Say>Press 1 to speak with a nurse.</Say>
+  </Gather>
+  <Say>We did not get your choice. Goodbye.</Say>
+  <Hangup/>
+</Response>"#,
+        ),
+        (
+            "/gathered",
+            r#"<Response><Say>Connecting you to a nurse.</Say><Enqueue>nurse</Enqueue></Response>"#,
+        ),
+    ])
+    .await;
+    let url = format!("{base}/voice");
+    inbound_route(
+        &s,
+        &key,
+        "+14155550301",
+        json!({"type": "twiml", "url": url}),
+    )
+    .await;
+    let signing_key = s.ok("GET", "/v1/ivr/webhook-signing-key", &key, None).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let scenario = Uac::new("+14155550132")
+        .invite(MEDIA)
+        .answered()
+        .pause(2_500)
+        .raw(&dtmf("1", 500))
+        .pause(6_000)
+        .bye()
+        .build();
+    let caller = Sipp::uac(dir.path(), "twiml", &scenario, sip, "+14155550301");
+    let conv = conversation_of(&s, &key, "+14155550132").await;
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "routing", |m| m["action"] == "queued")
+    })
+    .await;
+    caller.assert_ok().await;
+    assert!(
+        has(&events, "ivr.step", |m| m["verb"] == "Gather"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "ivr.step", |m| m["verb"] == "Enqueue"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "routing", |m| m["action"] == "queued"
+            && m["queue"] == "nurse"),
+        "{events:?}"
+    );
+
+    // The requests: Twilio's parameters, the digit, and signatures the
+    // `twilio` package computes the same way.
+    let reqs = app.requests();
+    assert!(reqs.len() >= 2, "{reqs:?}");
+    let (first_path, first_sig, first) = &reqs[0];
+    assert_eq!(first_path, "/voice");
+    let field = |form: &[(String, String)], k: &str| {
+        form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        field(first, "From").as_deref(),
+        Some("+14155550132"),
+        "{first:?}"
+    );
+    assert_eq!(field(first, "To").as_deref(), Some("+14155550301"));
+    assert!(field(first, "CallSid").is_some_and(|s| s.starts_with("CA")));
+    let (second_path, second_sig, second) = &reqs[1];
+    assert_eq!(second_path, "/gathered");
+    assert_eq!(field(second, "Digits").as_deref(), Some("1"), "{second:?}");
+    for ((path, sig, form), full) in [
+        ((first_path, first_sig, first), url.clone()),
+        (
+            (second_path, second_sig, second),
+            format!("{base}/gathered"),
+        ),
+    ] {
+        let params: Vec<(&str, &str)> =
+            form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let expected = twilio_signature(&signing_key, &full, &params);
+        assert_eq!(
+            sig.as_deref(),
+            Some(expected.as_str()),
+            "signature of {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn twiml_that_is_garbage_unsupported_or_never_comes_is_a_clear_error_and_the_call_ends() {
+    let dir = tempdir();
+    let (s, sip) = twiml_server(dir.path());
+    let key = s.key().to_owned();
+    let (_app, base) = TwimlApp::start(&[
+        (
+            "/conference",
+            "<Response><Conference>room-1</Conference></Response>",
+        ),
+        ("/garbage", "this is not xml at all"),
+        ("/slow", "HANG"),
+    ])
+    .await;
+    let cases = [
+        ("conference", "+14155550302", "+14155550133", "Conference"),
+        ("garbage", "+14155550303", "+14155550134", "not TwiML"),
+        ("slow", "+14155550304", "+14155550135", "timed out"),
+    ];
+    for (path, number, _, _) in &cases {
+        inbound_route(
+            &s,
+            &key,
+            number,
+            json!({"type": "twiml", "url": format!("{base}/{path}")}),
+        )
+        .await;
+    }
+    let mut callers = Vec::new();
+    for (path, number, from, _) in &cases {
+        // The gateway apologises and hangs up: the caller waits for its BYE.
+        let scenario = Uac::new(from).invite(MEDIA).answered().await_bye().build();
+        callers.push(Sipp::uac(dir.path(), path, &scenario, sip, number));
+    }
+    for (path, _, from, reason) in &cases {
+        let conv = conversation_of(&s, &key, from).await;
+        let events = timeline_until(&s, &key, &conv, |ev| has(ev, "ivr.error", |_| true)).await;
+        let error = events
+            .iter()
+            .find(|e| e["kind"] == "ivr.error")
+            .map(|e| e["meta"]["error"].as_str().unwrap_or_default().to_owned())
+            .unwrap();
+        assert!(error.contains(reason), "{path}: {error}");
+        assert!(
+            error.contains(&format!("{base}/{path}")) || error.contains(path),
+            "{path}: {error}"
+        );
+    }
+    for c in callers {
+        c.assert_ok().await;
+    }
+}
+
+#[tokio::test]
+async fn broken_flows_are_refused_with_line_and_reason_by_the_api_and_the_cli() {
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let broken = "name: x\nstart: a\nnodes:\n  a:\n    queu: { name: nurse }\n";
+    let (code, body) = put_flow(&s, &key, "broken", broken).await;
+    assert_eq!(code, 422, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("5:5") && msg.contains("unknown field \"queu\""),
+        "{msg}"
+    );
+    let (code, _) = s.call("GET", "/v1/ivr/flows/broken", &key, None).await;
+    assert_eq!(code, 404, "nothing was stored");
+    // Checking without saving gives the same, structured.
+    let check = s
+        .client
+        .post(s.url("/v1/ivr/check"))
+        .bearer_auth(&key)
+        .body(broken)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(check["ok"], false);
+    assert_eq!(check["errors"][0]["line"], 5, "{check}");
+    // A dispatch rule to a flow that does not exist is refused.
+    s.ok(
+        "POST",
+        "/v1/sip/trunks",
+        &key,
+        Some(json!({"name": "in", "direction": "inbound", "numbers": ["+14155550310"], "allowed_sources": ["127.0.0.1/32"]})),
+    )
+    .await;
+    let (code, body) = s
+        .call(
+            "POST",
+            "/v1/sip/dispatch-rules",
+            &key,
+            Some(json!({"number": "+14155550310", "action": {"type": "ivr", "flow": "missing"}})),
+        )
+        .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("action.flow"),
+        "{body}"
+    );
+    // The example flow is accepted; the CLI says where a broken file is wrong.
+    let (code, saved) = put_flow(&s, &key, "front-door", &example_flow_always_open()).await;
+    assert_eq!(code, 201, "{saved}");
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, broken).unwrap();
+    let (code, out) = cli(dir.path(), &["ivr", "check", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:5:5: error: node \"a\": unknown field \"queu\"",
+            file.display()
+        )),
+        "{out}"
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ivr/healthcare.yaml");
+    let (code, out) = cli(dir.path(), &["ivr", "check", example]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[tokio::test]
+async fn queues_tasks_and_flows_stay_inside_their_tenant_and_grants() {
+    let dir = tempdir();
+    let (s, _sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let other = second_tenant(dir.path(), "other-clinic");
+    setup_queues(&s, &key).await;
+    s.ok(
+        "PUT",
+        "/v1/queues/chat",
+        &key,
+        Some(json!({"wrap_up_secs": 0})),
+    )
+    .await;
+    for id in ["agent-a", "agent-b"] {
+        s.ok(
+            "PUT",
+            &format!("/v1/agents/{id}"),
+            &key,
+            Some(json!({"display_name": id})),
+        )
+        .await;
+    }
+    let (code, _) = put_flow(&s, &key, "front-door", &example_flow_always_open()).await;
+    assert_eq!(code, 201);
+    let (_, conv) = s.patient_conversation(&key, "+14155550140").await;
+    let (_, other_conv) = s.patient_conversation(&key, "+14155550141").await;
+
+    // Another tenant sees none of it.
+    for path in ["/v1/ivr/flows/front-door", "/v1/queues/nurse"] {
+        let (code, _) = s.call("GET", path, &other, None).await;
+        assert_eq!(code, 404, "{path}");
+    }
+    let (code, _) = s
+        .call(
+            "POST",
+            "/v1/tasks",
+            &other,
+            Some(json!({"conversation_id": conv, "queue": "chat", "channel": "chat"})),
+        )
+        .await;
+    assert_eq!(code, 404, "another tenant's conversation");
+
+    // Staff who are not admins cannot change queues or flows.
+    let a = s.mint(&key, "agent-a", "agent", &["*"]).await;
+    let b = s.mint(&key, "agent-b", "agent", &["*"]).await;
+    let (code, _) = s.call("PUT", "/v1/queues/x", &a, Some(json!({}))).await;
+    assert_eq!(code, 403);
+    let (code, _) = put_flow(&s, &a, "mine", &example_flow_always_open()).await;
+    assert_eq!(code, 403);
+    // An agent whose token reaches one conversation sees only it in the
+    // inbox, and cannot work queues.
+    let narrow = s.mint(&key, "agent-a", "agent", &[&conv]).await;
+    let inbox = s.ok("GET", "/v1/inbox", &narrow, None).await;
+    let ids: Vec<&str> = inbox["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["conversation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![conv.as_str()], "{inbox}");
+    let (code, body) = s
+        .call(
+            "POST",
+            "/v1/agents/me/state",
+            &narrow,
+            Some(json!({"state": "available"})),
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = s
+        .call(
+            "POST",
+            "/v1/tasks",
+            &narrow,
+            Some(json!({"conversation_id": other_conv, "queue": "chat", "channel": "chat"})),
+        )
+        .await;
+    assert_eq!(code, 404, "a conversation outside the token's grants");
+    let patient = s.mint(&key, "contact:x", "patient", &[&conv]).await;
+    let (code, _) = s.call("GET", "/v1/inbox", &patient, None).await;
+    assert_eq!(code, 403);
+
+    // A chat routed to agent A: B cannot accept A's offer; A accepts once.
+    let mut feed_a = Sse::open(
+        &s.client,
+        &s.url(&format!("/v1/agents/me/events?access_token={a}")),
+    )
+    .await;
+    feed_a.next("hello", WAIT).await;
+    s.ok(
+        "POST",
+        "/v1/agents/me/state",
+        &a,
+        Some(json!({"state": "available"})),
+    )
+    .await;
+    let task = s
+        .ok(
+            "POST",
+            "/v1/tasks",
+            &key,
+            Some(
+                json!({"conversation_id": conv, "queue": "chat", "channel": "chat", "priority": 5}),
+            ),
+        )
+        .await;
+    let (code, _) = s
+        .call(
+            "POST",
+            "/v1/tasks",
+            &key,
+            Some(json!({"conversation_id": conv, "queue": "chat", "channel": "chat"})),
+        )
+        .await;
+    assert_eq!(code, 409, "one open task per conversation");
+    let offer = feed_a.next("reservation", WAIT).await;
+    assert_eq!(offer["task_id"], task["id"]);
+    let rid = offer["id"].as_u64().unwrap();
+    let (code, _) = s
+        .call("POST", &format!("/v1/reservations/{rid}/accept"), &b, None)
+        .await;
+    assert_eq!(code, 404, "another agent's offer is not theirs to take");
+    let accepted = s
+        .ok("POST", &format!("/v1/reservations/{rid}/accept"), &a, None)
+        .await;
+    assert!(accepted["call"].is_null(), "a chat has no call: {accepted}");
+    let me = s.ok("GET", "/v1/agents/me", &a, None).await;
+    assert_eq!(me["tasks"][0]["id"], task["id"], "{me}");
+    // B cannot complete A's task.
+    let (code, _) = s
+        .call(
+            "POST",
+            &format!("/v1/tasks/{}/complete", task["id"].as_str().unwrap()),
+            &b,
+            None,
+        )
+        .await;
+    assert_eq!(code, 404);
+
+    // The inbox follows changes live.
+    let mut inbox = Sse::open(
+        &s.client,
+        &s.url(&format!("/v1/inbox/stream?access_token={a}")),
+    )
+    .await;
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{conv}/events"),
+        &key,
+        Some(json!({"channel": "chat", "kind": "message", "actor": {"type": "patient"}, "body": "still dizzy"})),
+    )
+    .await;
+    let row = inbox.next("conversation", WAIT).await;
+    assert_eq!(row["conversation_id"], conv.as_str(), "{row}");
+    assert_eq!(row["last_event"]["kind"], "message", "{row}");
+    assert!(row["unread"].as_i64().unwrap() >= 1, "{row}");
+    assert_eq!(row["patient"]["display_name"], "Test Patient");
+}
