@@ -701,12 +701,14 @@ class VirtualList {
     });
     viewport.addEventListener("focus", () => { if (this.active < 0 && this.ids.length) this.setActive(0); else this.markActive(); });
   }
-  setIds(ids) {
+  /** New order: rows move (transforms); only `force` redraws their content. */
+  setIds(ids, force = true) {
     const activeId = this.ids[this.active];
     this.ids = ids;
     this.active = activeId ? ids.indexOf(activeId) : -1;
-    this.spacer.style.height = `${ids.length * ROW_H}px`;
-    this.render(true);
+    const height = `${ids.length * ROW_H}px`;
+    if (this.spacer.style.height !== height) this.spacer.style.height = height;
+    if (force) this.render(true);
   }
   schedule() {
     if (this.frame) return;
@@ -918,7 +920,8 @@ const inbox = {
             item.patient.name ||= old.patient.name;
             item.unread = old.unread;
             if (cv.last_seq > (old.lastSeq ?? 0)) {
-              item.lastEvent = undefined; // fetch the new one
+              item.lastEvent = old.lastEvent;
+              item._stale = true; // fetch the new one
               if (conversation.id !== cv.id) item.unread = (old.unread || 0) + 1;
             } else item.lastEvent = old.lastEvent;
           }
@@ -991,14 +994,17 @@ const inbox = {
         if (!item.patient.name) item.patient.name = old.patient.name;
       }
       this.put(item);
+      if (item._stale) { delete item._stale; item._fetching = false; this.want(item.id); }
       if (this.passes(item)) { ids.splice(this.position(ids, item), 0, item.id); moved = true; }
       changed.add(item.id);
       if (item.id === conversation.id) conversation.inboxChanged(item);
     }
     if (this.queuesChanged) this.fillQueues();
-    if (moved) this.list.setIds(ids);
+    if (moved) this.list.setIds(ids, false);
     this.list.render(false, changed);
     this.count();
+    // Layout now, inside the measurement (it would happen in this frame anyway).
+    void this.list.spacer.offsetHeight;
     const ms = performance.now() - t0;
     metrics.updates.count += batch.length;
     metrics.updates.batches++;
@@ -1018,7 +1024,9 @@ const inbox = {
 
   count() {
     const n = this.list.ids.length;
-    $("inbox-count").textContent = `(${n.toLocaleString()})`;
+    if (n !== this.counted) $("inbox-count").textContent = `(${n.toLocaleString()})`;
+    if (n && n === this.counted) return;
+    this.counted = n;
     if (!n) {
       const f = this.filter;
       const filtered = f.queue || f.mine || f.state;
@@ -1072,7 +1080,7 @@ const inbox = {
     el.replaceChildren(...parts);
     el.dataset.unread = it.unread ? "1" : "";
     el.dataset.open = id === conversation.id ? "1" : "";
-    el.setAttribute("aria-label", `${name}. ${STATE_LABELS[it.state] || it.state}${it.queue ? `, queue ${it.queue}` : ""}${waiting != null ? `, waiting ${duration(waiting)}` : ""}${it.unread ? `, ${it.unread} unread` : ""}. ${summary}`);
+    // The row's own text is its accessible name (what is seen is what is read).
   },
 
   /** Fallback mode: fetch the last event of rows on screen (4 at a time). */
@@ -1302,6 +1310,11 @@ const conversation = {
     if (stick) this.scrollEnd();
     if (["message", "attachment", "callback.requested", "triage.result", "channel.switched", "opt_out", "opt_in", "consent.granted", "consent.revoked", "state.changed", "assigned", "call.started", "call.ended", "call.failed"].includes(e.kind)) this.refreshCtx();
     if (e.kind === "attachment") this.loadAttachments();
+    // The open conversation's row follows its timeline at once.
+    const row = inbox.items.get(this.id);
+    if (row && !QUIET_KINDS.has(e.kind) && e.seq > (row.lastEvent?.seq ?? 0)) {
+      inbox.update({ ...row, patient: { ...row.patient }, lastEvent: { seq: e.seq, kind: e.kind, channel: e.channel, at: e.at, body: e.body, meta: e.meta, actor: e.actor }, lastSeq: Math.max(row.lastSeq || 0, e.seq), updatedAt: e.at });
+    }
     if (e.kind === "message" && e.actor.type === "patient") {
       announce(`New ${channelLabel(e.channel)} message from ${this.patient?.display_name || "the patient"}`);
       api.markRead(this.id, e.seq).catch(() => {});
