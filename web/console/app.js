@@ -404,7 +404,8 @@ const api = {
         message = j?.error?.message || message;
       } catch { /* not JSON */ }
       const err = new ApiError(r.status, code, message, path);
-      if (r.status === 401 && token === auth.token) session.expired();
+      // Signed in and refused: the session is over (while signing in, the form says why).
+      if (r.status === 401 && token === auth.token && app.me) session.expired();
       throw err;
     }
     if (raw) return r;
@@ -509,7 +510,7 @@ class LiveStream {
     if (this.closed) return this;
     this.onStatus("connecting");
     const es = (this.es = new EventSource(this.url()));
-    es.addEventListener("open", () => { this.retry = 0; this.onStatus("live"); });
+    es.addEventListener("open", () => { this.retry = 0; clearTimeout(this.quiet); this.onStatus("live"); });
     for (const [name, fn] of Object.entries(this.events)) {
       es.addEventListener(name, (e) => {
         let data;
@@ -519,7 +520,12 @@ class LiveStream {
     }
     es.addEventListener("error", () => {
       if (this.closed) return;
-      if (es.readyState === EventSource.CONNECTING) { this.onStatus("reconnecting"); return; }
+      if (es.readyState === EventSource.CONNECTING) {
+        // The browser reconnects by itself; say so only if it takes a while.
+        clearTimeout(this.quiet);
+        this.quiet = setTimeout(() => { if (es.readyState !== EventSource.OPEN && !this.closed) this.onStatus("reconnecting"); }, 4000);
+        return;
+      }
       es.close();
       this.probe();
     });
@@ -536,7 +542,7 @@ class LiveStream {
     } catch { status = 0; }
     ctl.abort();
     if (this.closed) return;
-    if (status === 401) { session.expired(); return; }
+    if (status === 401) { if (app.me) session.expired(); return; }
     if ((status === 404 && /no such route/i.test(message)) || status === 405) { this.onStatus("unavailable"); return; }
     if (status === 403 || status === 404) { this.onStatus("failed", message || `refused (${status})`); return; }
     this.retry++;
@@ -547,6 +553,7 @@ class LiveStream {
   close() {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.quiet);
     this.es?.close();
   }
 }
@@ -608,6 +615,7 @@ const session = {
     conversation.close();
     inbox.stop();
     auth.clear();
+    app.me = null;
     banner.hide();
     showSignIn(notice);
   },
@@ -918,6 +926,8 @@ const inbox = {
           const item = map.inboxFromConversation(cv, contact);
           if (old) {
             item.patient.name ||= old.patient.name;
+            // Still queued: the wait started when it was first seen queued, not at its latest event.
+            if (old.state === "queued" && item.state === "queued" && old.waitingSince) item.waitingSince = old.waitingSince;
             item.unread = old.unread;
             if (cv.last_seq > (old.lastSeq ?? 0)) {
               item.lastEvent = old.lastEvent;
@@ -1059,7 +1069,8 @@ const inbox = {
     const waiting = it.waitingSince ? sinceSecs(it.waitingSince) : null;
     const tone = waiting == null ? "" : waiting >= 1800 ? "bad" : waiting >= 600 ? "warn" : "ok";
     const le = it.lastEvent;
-    const summary = le ? eventSummary(le) : it.subject || (le === null ? "No activity yet" : "…");
+    const by = le?.kind === "message" && le.actor?.type === "staff" ? (le.actor.id === app.me?.subject ? "You: " : `${le.actor.id || "Staff"}: `) : "";
+    const summary = le ? by + eventSummary(le) : it.subject || (le === null ? "No activity yet" : "…");
     const parts = [
       h("div", { class: "row-line1" },
         it.unread ? h("span", { class: "unread" }, h("span", { class: "sr-only" }, `${it.unread} unread`), String(it.unread > 99 ? "99+" : it.unread)) : null,
@@ -1722,11 +1733,11 @@ function lineText(e) {
   const video = e.channel === "video";
   switch (e.kind) {
     case "call.started": return video ? "Video visit started" : `Phone call started${m.direction ? ` (${m.direction === "inbound" ? "patient called in" : "we called out"})` : ""}`;
-    case "call.ended": return `${video ? "Video visit" : "Phone call"} ended${m.duration_secs != null ? ` after ${duration(m.duration_secs)}` : ""}${m.reason ? ` — ${String(m.reason).replace(/_/g, " ")}` : ""}`;
+    case "call.ended": return `${video ? "Video visit" : "Phone call"} ended${m.duration_secs != null ? ` after ${duration(m.duration_secs)}` : ""}${m.reason ? ` — ${causeWords(m.reason) || String(m.reason).replace(/_/g, " ")}` : ""}`;
     case "call.failed": return `${video ? "Video visit" : "Phone call"} failed${m.reason ? `: ${String(m.reason).replace(/_/g, " ")}` : ""}${m.sip_status ? ` (SIP ${m.sip_status})` : ""}`;
     case "channel.switched": return `Switched from ${channelLabel(m.from)} to ${channelLabel(m.to)}${m.reason ? ` — ${String(m.reason).replace(/_/g, " ")}` : ""}`;
-    case "participant.joined": return `${m.name || m.identity || "Someone"} joined the visit`;
-    case "participant.left": return `${m.name || m.identity || "Someone"} left the visit`;
+    case "participant.joined": return `${m.name || conversation.who(e.actor)} joined the ${video ? "visit" : "call"}`;
+    case "participant.left": return `${m.name || conversation.who(e.actor)} left the ${video ? "visit" : "call"}`;
     case "quality.degraded": return `Connection quality dropped${m.participant ? ` for ${m.participant}` : ""}`;
     case "quality.recovered": return "Connection quality recovered";
     case "ivr.input": return `Pressed ${m.digit ?? e.body ?? "?"} in the phone menu${m.label ? ` (${m.label})` : ""}`;
@@ -1932,6 +1943,7 @@ const agent = {
       this.available = true;
       sel.disabled = false;
       sel.hidden = $("agent").querySelector(".agent-label").hidden = false;
+      $("agent").dataset.routing = "";
       this.paint();
       if (this.me.reservation) this.onReservation(this.me.reservation);
       this.stream = track(new LiveStream(api.streams.agent, {
@@ -1953,6 +1965,7 @@ const agent = {
       sel.disabled = true;
       // Without routing there is no status to choose: say so instead of showing one.
       sel.hidden = $("agent").querySelector(".agent-label").hidden = true;
+      $("agent").dataset.routing = "none";
       if (e instanceof ApiError && e.unavailable) {
         this.detail("Incoming calls: routing is not available on this server yet", "muted");
       } else if (e instanceof ApiError && e.status === 404) {
@@ -2372,7 +2385,7 @@ function causeWords(cause) {
   const words = {
     remote_hangup: "the caller hung up", caller_hangup: "the caller hung up", target_hangup: "the patient hung up",
     local_hangup: "hung up here", busy: "the line was busy", no_answer: "no answer", rejected: "the call was declined",
-    transferred: "transferred", media_timeout: "the audio stopped (network problem)", session_expired: "the call timed out",
+    transferred: "transferred", room_empty: "everyone left", media_timeout: "the audio stopped (network problem)", session_expired: "the call timed out",
   };
   return words[cause] || String(cause).replace(/_/g, " ");
 }
@@ -2443,7 +2456,9 @@ const supervisor = {
       h("tbody", {}, s.agents.length ? s.agents.map((a) => h("tr", {},
         h("th", { scope: "row" }, a.name), h("td", {}, h("span", { class: "pill", "data-agent": a.state }, AGENT_STATES[a.state] || a.state)), h("td", {}, String(a.tasks))))
         : h("tr", {}, h("td", { colspan: 3 }, "No agents signed in."))));
-    $("sup-body").replaceChildren(cards, h("div", { class: "sup-chart" }, chart(s.history)), h("div", { class: "sup-tables" }, queues, agents));
+    $("sup-body").replaceChildren(cards, h("div", { class: "sup-chart" }, chart(s.history)),
+      h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Queues table (scrolls sideways)" }, queues),
+      h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Agents table" }, agents));
   },
 };
 
@@ -2452,7 +2467,8 @@ function chart(history) {
   const W = 640, H = 200, L = 40, R = 48, T = 16, B = 30;
   const now = Date.now(), from = now - 3600_000;
   const pts = history.filter((p) => Number.isFinite(p.at) && p.at >= from).sort((a, b) => a.at - b.at);
-  const maxW = Math.max(4, ...pts.map((p) => p.waiting));
+  const step = Math.max(1, Math.ceil(Math.max(4, ...pts.map((p) => p.waiting)) / 4));
+  const maxW = step * 4;
   const x = (t) => L + ((t - from) / 3600_000) * (W - L - R);
   const yW = (v) => H - B - (v / maxW) * (H - T - B);
   const yS = (v) => H - B - v * (H - T - B);
@@ -2475,7 +2491,7 @@ function chart(history) {
   for (let i = 0; i <= 4; i++) {
     const v = (maxW / 4) * i, y = yW(v);
     svg.append(el("line", { x1: L, x2: W - R, y1: y, y2: y, class: "grid-line" }));
-    svg.append(el("text", { x: L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, String(Math.round(v))));
+    svg.append(el("text", { x: L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, String(v)));
     svg.append(el("text", { x: W - R + 6, y: yS(i / 4) + 4, class: "axis" }, `${i * 25}%`));
   }
   for (let m = 60; m >= 0; m -= 15) {
@@ -2546,6 +2562,7 @@ async function signIn(provider = TokenProvider) {
 
 function enterApp() {
   screen("app");
+  $("signin-notice").hidden = true;
   const me = app.me;
   $("me-name").textContent = `${me.name}${me.role ? ` · ${me.role}` : ""}`;
   // Supervisors: admins (and anyone the stats endpoint lets in, found on first visit).
