@@ -181,6 +181,7 @@ const TokenProvider = {
 };
 
 const STORE_KEY = "continuum.console.session";
+const DRAFT_KEY = "continuum.console.draft";
 
 const auth = {
   providers: new Map([[TokenProvider.name, TokenProvider]]),
@@ -621,7 +622,11 @@ const session = {
   },
   expired() {
     if (!auth.token) return;
-    session.end("Your session expired — sign in again with a new token. Nothing you were typing was sent.");
+    const draft = conversation.id ? $("reply-text").value.trim() : "";
+    if (draft) sessionStorage.setItem(DRAFT_KEY, JSON.stringify({ conv: conversation.id, text: draft, channel: $("reply-channel").value }));
+    session.end(draft
+      ? "Your session expired — sign in again with a new token. Your unsent reply was kept: it is back in the reply box when you return to the conversation."
+      : "Your session expired — sign in again with a new token.");
   },
 };
 
@@ -1277,6 +1282,7 @@ const conversation = {
       $("tl-earlier").hidden = after === 0;
       this.header();
       this.composerSetup();
+      this.restoreDraft();
       this.context();
       this.scrollEnd();
       if (!page.events.length) $("tl-items").append(h("li", { class: "tl-empty" }, "Nothing on this conversation yet."));
@@ -1524,6 +1530,17 @@ const conversation = {
     if (!usable(pick)) pick = ["sms", "whatsapp", "chat"].find(usable);
     sel.value = pick;
     this.hint();
+  },
+
+  /** A reply left unsent when the session expired comes back (never sent by itself). */
+  restoreDraft() {
+    let d = null;
+    try { d = JSON.parse(sessionStorage.getItem(DRAFT_KEY) || "null"); } catch { /* none */ }
+    if (!d || d.conv !== this.id) return;
+    sessionStorage.removeItem(DRAFT_KEY);
+    $("reply-text").value = d.text;
+    if ([...$("reply-channel").options].some((o) => o.value === d.channel && !o.disabled)) { $("reply-channel").value = d.channel; this.hint(); }
+    this.notice("Your unsent reply from before you signed in again is back in the reply box. Check it, then send it.", "info");
   },
 
   hint() {
@@ -2596,7 +2613,12 @@ async function boot() {
   agent.init();
   call.init();
   $("signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn(TokenProvider); });
-  $("signout").addEventListener("click", () => session.end("You signed out."));
+  $("signout").addEventListener("click", async () => {
+    // Signing out ends the token too (any token may revoke itself), so a
+    // copy left in this browser is worthless.
+    if (auth.claims?.jti) await api.post("/v1/tokens/revoke", { jti: auth.claims.jti }).catch(() => {});
+    session.end("You signed out. Your token no longer works; get a new one to sign in again.");
+  });
   addEventListener("hashchange", onRoute);
   addEventListener("keydown", keys);
   addEventListener("offline", () => banner.show("You are offline. Nothing can be sent until the connection is back; live updates resume by themselves.", "bad"));
