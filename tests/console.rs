@@ -240,7 +240,7 @@ async fn the_staff_console_in_a_browser() {
         "phone: signed in, the inbox fills the screen",
         "phone: conversation, context and back, one pane at a time",
         "accessibility: inbox (phone)",
-        "an expired session returns to sign-in and says so",
+        "an expired session returns to sign-in and says so; the unsent reply comes back",
         "perf: 10,000 conversations render (virtualized)",
         "perf: live updates patch one row each, without jank",
     ]

@@ -455,17 +455,26 @@ if (!statsReal) {
 }
 
 // ---------------------------------------------------------------------
-// Session expiry: a 401 anywhere brings back the sign-in, saying why.
+// Session expiry: a 401 anywhere brings back the sign-in, saying why; an
+// unsent reply is kept and comes back after signing in again. (The 401 is
+// routed: the server's tokens last at least minutes.)
 // ---------------------------------------------------------------------
 {
   const p = desk.page;
-  await desk.ctx.route("**/v1/conversations/*/context*", (route) => route.fulfill({ status: 401, contentType: "application/json", body: JSON.stringify({ error: { code: "unauthorized", message: "token expired" } }) }));
-  await p.evaluate((id) => { location.hash = "#/inbox"; setTimeout(() => { location.hash = `#/c/${id}`; }, 50); }, cfg.opted_out?.id || cfg.conv.id);
-  const ok = await waitText(desk, "#signin-notice", ["Your session expired — sign in again"]);
-  await shot(desk, "console-desktop-session-expired.png");
+  const draft = "Draft kept across sign-in";
+  await waitText(desk, "#conv-title", [cfg.conv.name]);
+  await p.fill("#reply-text", draft);
+  await desk.ctx.route("**/v1/conversations/*/visit-link", (route) => route.fulfill({ status: 401, contentType: "application/json", body: JSON.stringify({ error: { code: "unauthorized", message: "token expired" } }) }));
+  await p.click("#act-link");
+  const ok = await waitText(desk, "#signin-notice", ["Your session expired — sign in again", "unsent reply was kept"]);
   const screenNow = await p.evaluate(() => document.body.dataset.screen);
-  report("an expired session returns to sign-in and says so", ok && screenNow === "signin", { notice_shown: ok, screen: screenNow, notice: await textOf(desk, "#signin-notice") });
-  await desk.ctx.unroute("**/v1/conversations/*/context*");
+  await shot(desk, "console-desktop-session-expired.png");
+  await desk.ctx.unroute("**/v1/conversations/*/visit-link");
+  await signIn(desk, cfg.staff);
+  const back = (await inApp(desk)) && (await until(desk, (d) => document.getElementById("reply-text").value === d, draft));
+  report("an expired session returns to sign-in and says so; the unsent reply comes back", ok && screenNow === "signin" && back,
+    { notice_shown: ok, screen: screenNow, draft_back: back, notice: await textOf(desk, "#signin-notice") });
+  await p.fill("#reply-text", "");
 }
 
 // ---------------------------------------------------------------------

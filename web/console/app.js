@@ -1241,9 +1241,17 @@ const conversation = {
     if (tone === "bad") announce(text, true);
   },
 
+  drafts: new Map(), // conversation id → unsent reply text (a reply never follows you to another patient)
+
   async open(id) {
     const gen = ++this.gen;
     this.stream?.close();
+    if (this.id && this.id !== id) {
+      const text = $("reply-text").value;
+      if (text.trim()) this.drafts.set(this.id, text); else this.drafts.delete(this.id);
+    }
+    $("reply-text").value = this.drafts.get(id) || "";
+    this.drafts.delete(id);
     this.id = id;
     this.conv = this.ctx = this.patient = null;
     this.events.clear();
