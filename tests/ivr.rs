@@ -353,11 +353,14 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
     assert_eq!(task["state"], "completed", "{task}");
 }
 
+/// A request the TwiML app got: path, `X-Twilio-Signature`, form.
+type Seen = (String, Option<String>, Vec<(String, String)>);
+
 /// A customer's TwiML app, scripted per path; every request is kept.
 #[derive(Clone, Default)]
 struct TwimlApp {
     docs: Arc<Mutex<Vec<(String, String)>>>,
-    requests: Arc<Mutex<Vec<(String, Option<String>, Vec<(String, String)>)>>>,
+    requests: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl TwimlApp {
@@ -378,7 +381,7 @@ impl TwimlApp {
         (app, base)
     }
 
-    fn requests(&self) -> Vec<(String, Option<String>, Vec<(String, String)>)> {
+    fn requests(&self) -> Vec<Seen> {
         self.requests.lock().unwrap().clone()
     }
 }

@@ -46,7 +46,11 @@ impl Resampler {
     /// Between any two rates with whole 20 ms frames (multiples of 50 Hz,
     /// e.g. 22,050 Hz speech from espeak-ng → 8 kHz): `None` otherwise.
     pub fn between(rate_in: u32, rate_out: u32) -> Option<Self> {
-        if rate_in % 50 != 0 || rate_out % 50 != 0 || rate_in == 0 || rate_out == 0 {
+        if !rate_in.is_multiple_of(50)
+            || !rate_out.is_multiple_of(50)
+            || rate_in == 0
+            || rate_out == 0
+        {
             return None;
         }
         let (rate_in, rate_out) = (rate_in as usize, rate_out as usize);

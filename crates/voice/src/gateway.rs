@@ -220,6 +220,9 @@ struct Leg {
     played: usize,
     /// The caller's audio kept for a voicemail, up to `max` samples.
     recording: Option<Recording>,
+    /// On hold by us: the phone hears the hold tone, its peer (room or
+    /// bridge) hears nothing from it. Frames since hold began.
+    held: Option<u32>,
 }
 
 struct Recording {
@@ -264,6 +267,7 @@ impl Leg {
             playback: VecDeque::new(),
             played: 0,
             recording: None,
+            held: None,
         }
     }
 }
@@ -625,10 +629,20 @@ impl Gateway {
                 }
                 frame
             });
-            // Bridged into a room: the phone talks to the room and hears its mix.
+            // Bridged into a room: the phone talks to the room and hears its
+            // mix (on hold: the room hears silence, the phone the hold tone).
             if let Some(room) = leg.room.as_mut().filter(|r| r.connected()) {
-                let _ = room.push_phone(now, &heard);
+                let to_room = if leg.held.is_some() {
+                    [0; FRAME_SAMPLES]
+                } else {
+                    heard
+                };
+                let _ = room.push_phone(now, &to_room);
                 frame = room.pull_room(now);
+            }
+            if let Some(n) = leg.held.as_mut() {
+                frame = hold_tone(*n);
+                *n = n.wrapping_add(1);
             }
             media.push_pcm(now, &frame);
         }
@@ -651,6 +665,21 @@ impl Gateway {
             .values()
             .any(|l| l.media.is_some())
             .then_some(next);
+    }
+
+    /// Puts the call on hold (the phone hears a soft tone every few seconds
+    /// and its room or bridge peer hears nothing from it), or takes it off.
+    pub fn set_hold(&mut self, call: CallId, held: bool) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        if leg.media.is_none() {
+            return Err(GatewayError::State("not answered"));
+        }
+        leg.held = if held {
+            Some(leg.held.unwrap_or(0))
+        } else {
+            None
+        };
+        Ok(())
     }
 
     /// Queues 8 kHz audio to play to the phone after what is queued already
@@ -1654,6 +1683,19 @@ fn remote_rtp(sdp: &Sdp) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The hold tone: 400 Hz for 200 ms every 4 s, soft.
+fn hold_tone(frame_no: u32) -> Frame {
+    let mut f = [0; FRAME_SAMPLES];
+    let pos = frame_no % 200;
+    if pos < 10 {
+        for (i, s) in f.iter_mut().enumerate() {
+            let t = (pos as usize * FRAME_SAMPLES + i) as f32 / 8_000.0;
+            *s = ((t * 2.0 * std::f32::consts::PI * 400.0).sin() * 3_000.0) as i16;
+        }
+    }
+    f
+}
+
 /// The next 20 ms of queued prompts (silence-padded at the end of the last
 /// one), and whether that was the end of everything queued.
 fn next_prompt_frame(
@@ -2100,6 +2142,24 @@ mod tests {
             net.gw.stop_recording(call),
             Err(GatewayError::State("not recording"))
         );
+    }
+
+    #[test]
+    fn hold_is_for_answered_calls_and_plays_a_soft_periodic_tone() {
+        let mut net = Net::new();
+        let call = net.answered_calls(1)[0];
+        assert_eq!(net.gw.set_hold(call, true), Ok(()));
+        net.run(Duration::from_millis(200));
+        assert_eq!(net.gw.set_hold(call, false), Ok(()));
+        assert_eq!(
+            net.gw.set_hold(CallId(u64::MAX), true),
+            Err(GatewayError::UnknownCall)
+        );
+        // 200 ms of 400 Hz every 4 s, never loud.
+        let tone: Vec<Frame> = (0..200).map(hold_tone).collect();
+        let loud = tone.iter().filter(|f| f.iter().any(|s| *s != 0)).count();
+        assert_eq!(loud, 10);
+        assert!(tone.iter().flatten().all(|s| s.unsigned_abs() <= 3_000));
     }
 
     #[test]

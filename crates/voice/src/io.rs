@@ -226,6 +226,7 @@ enum Command<T> {
     StopPlayback(CallId),
     StartRecording(CallId, Duration),
     StopRecording(CallId),
+    Hold(CallId, bool, oneshot::Sender<Result<(), GatewayError>>),
     Authenticate(
         CallId,
         String,
@@ -428,6 +429,11 @@ impl<T: Clone + Send + 'static> Voice<T> {
     /// Ends a recording early: [`CallEvent::Recorded`] with what was kept.
     pub fn stop_recording(&self, call: CallId) {
         let _ = self.commands.send(Command::StopRecording(call));
+    }
+
+    /// Puts an answered call on hold or takes it off ([`crate::Gateway::set_hold`]).
+    pub async fn hold(&self, call: CallId, held: bool) -> Result<(), GatewayError> {
+        self.ask(|tx| Command::Hold(call, held, tx)).await
     }
 
     /// Bridges an answered call into a video room: a WebRTC leg for the SFU.
@@ -1002,6 +1008,9 @@ impl<T: Clone + Send + 'static> Host<T> {
             }
             Command::StopRecording(call) => {
                 let _ = self.gateway.stop_recording(call);
+            }
+            Command::Hold(call, held, reply) => {
+                let _ = reply.send(self.gateway.set_hold(call, held));
             }
         }
     }

@@ -104,6 +104,7 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(voice::create_call))
         .routes(routes!(voice::hangup_call))
         .routes(routes!(voice::send_dtmf))
+        .routes(routes!(voice::hold_call))
         .routes(routes!(voice::transfer_call))
         .routes(routes!(voice::start_fallback))
         .routes(routes!(voice::list_calls))

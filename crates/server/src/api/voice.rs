@@ -309,13 +309,13 @@ pub async fn create_dispatch_rule(
             let host = host.split([';', '?']).next().unwrap_or(host);
             check_host("action.sip_uri", host, s.config.sip.allow_private_trunks)?;
         }
-        DispatchAction::Ivr { flow } => {
-            if s.store.get_ivr_flow(p.tenant_id(), flow).await?.is_none() {
-                return Err(ApiError::invalid(format!(
-                    "action.flow: no IVR flow named `{}`; upload it first with PUT /v1/ivr/flows/{{name}}",
-                    flow.chars().take(64).collect::<String>()
-                )));
-            }
+        DispatchAction::Ivr { flow }
+            if s.store.get_ivr_flow(p.tenant_id(), flow).await?.is_none() =>
+        {
+            return Err(ApiError::invalid(format!(
+                "action.flow: no IVR flow named `{}`; upload it first with PUT /v1/ivr/flows/{{name}}",
+                flow.chars().take(64).collect::<String>()
+            )));
         }
         DispatchAction::Twiml { url, method } => {
             if let Some(host) = &s.ivr {
@@ -589,6 +589,36 @@ pub async fn hangup_call(
 ) -> ApiResult<StatusCode> {
     let (voice, call) = live_call(&s, &p, &id).await?;
     voice.voice.hangup(call).await.map_err(gateway_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// `true`: the phone hears the hold tone and the room hears nothing from
+    /// it; `false`: back to the conversation.
+    pub held: bool,
+}
+
+/// Put a call on hold, or take it off.
+#[utoipa::path(post, path = "/v1/calls/{id}/hold", tag = "voice", operation_id = "holdCall", params(("id" = String, Path, description = "the call's id")), request_body = HoldRequest,
+    responses((status = 204, description = "done"),
+        (status = 404, body = ErrorBody, description = "no such call within reach"),
+        (status = 409, body = ErrorBody, description = "the call is not answered (or it ended)"),
+        (status = 503, body = ErrorBody, description = "no SIP gateway on this node")),
+    security(("bearer" = [])))]
+pub async fn hold_call(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<HoldRequest>,
+) -> ApiResult<StatusCode> {
+    let (voice, call) = live_call(&s, &p, &id).await?;
+    voice
+        .voice
+        .hold(call, req.held)
+        .await
+        .map_err(gateway_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

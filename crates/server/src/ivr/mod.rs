@@ -32,12 +32,15 @@ pub struct IvrCall {
     pub called: String,
 }
 
+/// A flow's tenant and name.
+type FlowKey = (String, String);
+
 pub struct IvrHost {
     pub(crate) state: AppState,
     pub prompts: prompts::Prompts,
     http: reqwest::Client,
     /// Parsed flows by (tenant, name), with the version they were parsed from.
-    flows: Mutex<HashMap<(String, String), (i64, Arc<Flow>)>>,
+    flows: Mutex<HashMap<FlowKey, (i64, Arc<Flow>)>>,
 }
 
 #[derive(Debug, thiserror::Error)]

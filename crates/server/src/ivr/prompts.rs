@@ -189,10 +189,9 @@ impl Prompts {
         if let Ok(mut tmp) = tempfile::Builder::new()
             .suffix(".wav")
             .tempfile_in(&self.cache_dir)
+            && write_wav(tmp.as_file_mut(), &audio).is_ok()
         {
-            if write_wav(tmp.as_file_mut(), &audio).is_ok() {
-                let _ = tmp.persist(&cached);
-            }
+            let _ = tmp.persist(&cached);
         }
         Ok(audio)
     }
