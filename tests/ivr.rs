@@ -821,3 +821,194 @@ async fn queues_tasks_and_flows_stay_inside_their_tenant_and_grants() {
     assert!(row["unread"].as_i64().unwrap() >= 1, "{row}");
     assert_eq!(row["patient"]["display_name"], "Test Patient");
 }
+
+#[tokio::test]
+async fn nobody_takes_the_call_so_the_queue_overflows_to_a_voicemail_kept_on_the_timeline() {
+    use common::phone::{baresip_dial, tone, tone_share};
+    let dir = tempdir();
+    let (s, sip) = voice_server_with(dir.path(), &[("CONTINUUM_IVR__VOICEMAIL_MAX_SECS", "3")]);
+    let key = s.key().to_owned();
+    s.ok(
+        "PUT",
+        "/v1/queues/nurse",
+        &key,
+        Some(json!({"overflow": [{"after_secs": 2, "action": {"type": "voicemail"}}]})),
+    )
+    .await;
+    let flow = "name: vm\nstart: q\nnodes:\n  q:\n    say: \"Please hold.\"\n    queue: { name: nurse, priority: 1 }\n";
+    let (code, body) = put_flow(&s, &key, "vm", flow).await;
+    assert_eq!(code, 201, "{body}");
+    inbound_route(
+        &s,
+        &key,
+        "+14155550305",
+        json!({"type": "ivr", "flow": "vm"}),
+    )
+    .await;
+    // A real phone calls in, saying 440 Hz the whole time.
+    let work = dir.path().join("phone");
+    std::fs::create_dir_all(&work).unwrap();
+    let (t440, rec) = (work.join("tone440.wav"), work.join("rec"));
+    tone(&t440, 440, 8000, 120);
+    let phone = baresip_dial(
+        &work,
+        "+14155550136",
+        &t440,
+        &rec,
+        &format!("sip:+14155550305@127.0.0.1:{sip}"),
+    );
+    let conv = conversation_of(&s, &key, "+14155550136").await;
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "attachment", |_| true) && has(ev, "call.ended", |_| true)
+    })
+    .await;
+    drop(phone);
+    assert!(
+        has(&events, "routing", |m| m["action"] == "queued"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "routing", |m| m["action"] == "overflowed"
+            && m["rule"]["action"] == "voicemail"),
+        "{events:?}"
+    );
+    assert!(
+        has(&events, "routing", |m| m["action"] == "voicemail"),
+        "{events:?}"
+    );
+    // The voicemail: sealed like any attachment, and it is the caller's tone.
+    let list = s
+        .ok(
+            "GET",
+            &format!("/v1/attachments?conversation_id={conv}"),
+            &key,
+            None,
+        )
+        .await;
+    let vm = list
+        .as_array()
+        .and_then(|a| a.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("no voicemail attachment: {list}"));
+    assert_eq!(vm["content_type"], "audio/wav", "{vm}");
+    assert_eq!(vm["source"], "voicemail", "{vm}");
+    let id = vm["id"].as_str().unwrap();
+    let wav = s
+        .client
+        .get(s.url(&format!("/v1/attachments/{id}/content")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let path = work.join("voicemail.wav");
+    std::fs::write(&path, &wav).unwrap();
+    let (rate, samples) = common::phone::wav_samples(&path);
+    assert_eq!(rate, 8000);
+    assert!(samples.len() >= 8000 * 2, "{} samples", samples.len());
+    let share = samples
+        .chunks_exact(4000)
+        .map(|w| tone_share(rate, w, 440.0))
+        .fold(0.0, f64::max);
+    assert!(
+        share > 0.5,
+        "the voicemail is not the caller's 440 Hz (share {share})"
+    );
+    let task_id = events
+        .iter()
+        .find(|e| e["kind"] == "routing" && e["meta"]["action"] == "queued")
+        .unwrap()["meta"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let task = s
+        .ok("GET", &format!("/v1/tasks/{task_id}"), &key, None)
+        .await;
+    assert_eq!(task["state"], "voicemail", "{task}");
+}
+
+#[tokio::test]
+async fn a_text_on_a_queued_conversation_becomes_work_for_that_queue() {
+    use common::providers::{StandIn, local_providers_env};
+    let dir = tempdir();
+    let provider = StandIn::start().await;
+    let s = Server::start_with(
+        dir.path(),
+        Opts {
+            env: local_providers_env(&[]),
+            ..Default::default()
+        },
+    );
+    let key = s.key().to_owned();
+    s.ok(
+        "PUT",
+        "/v1/queues/front-desk",
+        &key,
+        Some(json!({"wrap_up_secs": 0})),
+    )
+    .await;
+    let token = "twilio-auth-token-for-tests";
+    let p = s
+        .ok(
+            "POST",
+            "/v1/messaging/providers",
+            &key,
+            Some(json!({"name": "twilio", "kind": "twilio", "priority": 1,
+                "channels": ["sms"], "senders": ["+14155550100"],
+                "spec": {"account_sid": "AC0123", "base_url": provider.base},
+                "credentials": {"auth_token": token}})),
+        )
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let (_, conv) = s.patient_conversation(&key, "+14155550150").await;
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{conv}/queue"),
+        &key,
+        Some(json!({"queue": "front-desk"})),
+    )
+    .await;
+    // The patient texts: signed as Twilio signs.
+    let url = s.url(&format!("/v1/messaging/twilio/{pid}/inbound"));
+    let params = [
+        ("MessageSid", "SM0001"),
+        ("AccountSid", "AC0123"),
+        ("From", "+14155550150"),
+        ("To", "+14155550100"),
+        ("Body", "Can someone call me about my results?"),
+        ("NumMedia", "0"),
+    ];
+    let sig = twilio_signature(token, &url, &params);
+    let resp = s
+        .client
+        .post(&url)
+        .header("x-twilio-signature", sig)
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "routing", |m| m["action"] == "queued")
+    })
+    .await;
+    let queued = events
+        .iter()
+        .find(|e| e["kind"] == "routing" && e["meta"]["action"] == "queued")
+        .unwrap();
+    assert_eq!(queued["meta"]["queue"], "front-desk", "{queued}");
+    assert_eq!(queued["meta"]["channel"], "sms", "{queued}");
+    let inbox = s.ok("GET", "/v1/inbox?queue=front-desk", &key, None).await;
+    assert_eq!(
+        inbox["items"][0]["conversation_id"],
+        conv.as_str(),
+        "{inbox}"
+    );
+    assert_eq!(inbox["items"][0]["task"]["state"], "waiting", "{inbox}");
+    assert_eq!(
+        inbox["items"][0]["last_activity"]["kind"], "message",
+        "{inbox}"
+    );
+}

@@ -236,6 +236,13 @@ parameters = {{ "path.room" = "{room}" }}
             "connectSignaling",
             "--exclude-operation-id",
             "connectChat",
+            // Live feeds that never end by themselves (tests/ivr.rs reads them).
+            "--exclude-operation-id",
+            "streamInbox",
+            "--exclude-operation-id",
+            "streamAgentEvents",
+            "--exclude-operation-id",
+            "streamRoutingStats",
             "--generation-with-security-parameters",
             "false",
             "--request-timeout",

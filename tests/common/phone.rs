@@ -154,3 +154,50 @@ pub fn heard_tone(rec: &Path, hz: f64, secs: u32) -> (f64, f64) {
     let rms = (tail.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / tail.len() as f64).sqrt();
     (tone_share(rate, tail, hz), rms)
 }
+
+/// A phone process, stopped when dropped.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// baresip calling `target` (a `sip:` URI) as `user` at once, playing `wav`
+/// and recording what it hears into `rec`; it hangs up when the far end does.
+pub fn baresip_dial(dir: &Path, user: &str, wav: &Path, rec: &Path, target: &str) -> Running {
+    let conf = dir.join("baresip-dial");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(rec).unwrap();
+    let port = super::sipp::free_udp_port();
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "sip_listen 127.0.0.1:{port}\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule sndfile.so\nmodule account.so\nmodule menu.so\naudio_source aufile,{}\naudio_player aufile,/dev/null\naudio_alert aufile,/dev/null\nsnd_path {}\n",
+            wav.display(),
+            rec.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        format!("<sip:{user}@127.0.0.1>;regint=0\n"),
+    )
+    .unwrap();
+    std::fs::write(conf.join("contacts"), "").unwrap();
+    Command::new("baresip")
+        .arg("-f")
+        .arg(&conf)
+        .arg("-e")
+        .arg(format!("/dial {target}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(
+            std::fs::File::create(dir.join("baresip-dial.log")).unwrap(),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Running)
+        .expect("baresip runs (Debian package baresip)")
+}

@@ -92,6 +92,13 @@ function sinceSecs(at) {
   return Number.isFinite(t) ? (Date.now() - t) / 1000 : null;
 }
 
+/** A time the server gives as unix milliseconds (or, elsewhere, RFC 3339) as unix milliseconds. */
+function ms(at) {
+  if (at == null) return null;
+  const t = typeof at === "number" ? at : Date.parse(at);
+  return Number.isFinite(t) ? t : null;
+}
+
 function bytes(n) {
   if (n < 1024) return `${n} bytes`;
   if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
@@ -267,13 +274,10 @@ const map = {
       tenantId: raw.tenant_id,
       subject: raw.subject,
       role: raw.role,
-      name: raw.name || raw.display_name || raw.agent?.display_name || raw.subject,
+      name: raw.name || raw.agent?.display_name || raw.subject,
+      seesAll: !!raw.sees_all_conversations,
       agent: raw.agent ? { displayName: raw.agent.display_name, skills: raw.agent.skills || [], capacity: raw.agent.capacity ?? null } : null,
-      source: "server",
     };
-  },
-  meFromClaims(c) {
-    return { tenantId: c.tid, subject: c.sub, role: c.role, name: c.name || c.sub, agent: undefined, source: "token" };
   },
   inboxItem(raw) {
     return {
@@ -289,24 +293,6 @@ const map = {
       task: raw.task ? { id: raw.task.id, state: raw.task.state, priority: raw.task.priority, triage: raw.task.triage ?? null } : null,
       updatedAt: raw.updated_at,
       lastSeq: raw.last_event?.seq ?? null,
-    };
-  },
-  /** The fallback inbox (no /v1/inbox): a conversation and, when known, its patient. */
-  inboxFromConversation(c, contact) {
-    return {
-      id: c.id,
-      state: c.state,
-      queue: c.queue || null,
-      assignee: c.assignee || null,
-      patient: { id: c.contact_id, name: contact?.display_name || null },
-      subject: c.subject || null,
-      lastEvent: undefined, // fetched lazily for visible rows
-      unread: 0,
-      // Approximation: a queued conversation has waited since its last change.
-      waitingSince: c.state === "queued" ? c.updated_at : null,
-      task: null,
-      updatedAt: c.updated_at,
-      lastSeq: c.last_seq,
     };
   },
   event(raw) {
@@ -340,39 +326,50 @@ const map = {
       recent: (raw.recent_events || []).map(map.event),
     };
   },
+  /** GET /v1/agents/me, the `hello` event and POST /v1/agents/me/state: times are unix ms. */
   agent(raw) {
     return {
-      id: raw.id, state: raw.state, wrapUpUntil: raw.wrap_up_until || null,
+      id: raw.id, state: raw.state, wrapUpUntil: ms(raw.wrap_up_until),
+      // Only {id, task_id, expires_at}: the rest comes from the task (agent.hydrate).
       reservation: raw.reservation ? map.reservation(raw.reservation) : null,
-      tasks: (raw.tasks || []).map((t) => ({ id: t.id, conversationId: t.conversation_id, channel: t.channel, queue: t.queue })),
+      tasks: (raw.tasks || []).map(map.task),
     };
   },
+  task(t) {
+    return { id: t.id, conversationId: t.conversation_id, channel: t.channel, queue: t.queue, state: t.state, priority: t.priority ?? 0, triage: t.triage ?? null, callId: t.call_id || null, position: t.position ?? null };
+  },
+  /** The `reservation` event: {id, task_id, conversation_id, channel, queue, priority, triage, expires_at (unix ms), context}. */
   reservation(raw) {
+    const ctx = raw.context ? map.context(raw.context) : null;
     return {
-      id: raw.id, taskId: raw.task_id, conversationId: raw.conversation_id, channel: raw.channel, queue: raw.queue,
-      priority: raw.priority ?? null, triage: raw.triage ?? null, expiresAt: raw.expires_at,
-      caller: { name: raw.caller?.display_name || null, last4: raw.caller?.phone_last4 || null },
-      context: raw.context ? map.context(raw.context) : null,
+      id: raw.id, taskId: raw.task_id, conversationId: raw.conversation_id || null, channel: raw.channel || null, queue: raw.queue || null,
+      priority: raw.priority ?? null, triage: raw.triage ?? null, expiresAt: ms(raw.expires_at),
+      caller: { name: ctx?.patient?.display_name || null, phone: ctx?.patient?.bindings?.phone || null },
+      context: ctx,
     };
   },
   accepted(raw) {
     return {
-      taskId: raw.task_id, conversationId: raw.conversation_id, channel: raw.channel,
-      call: raw.call ? { id: raw.call.id, roomId: raw.call.room_id, joinToken: raw.call.join_token || raw.call.token } : null,
+      taskId: raw.task_id, conversationId: raw.conversation_id, channel: raw.channel, queue: raw.queue,
+      call: raw.call ? { id: raw.call.id, roomId: raw.call.room_id, joinToken: raw.call.join_token } : null,
     };
   },
   call(raw) {
     return { id: raw.id, state: raw.state, cause: raw.cause || null, roomId: raw.room_id || null, remote: raw.remote, answeredAt: raw.answered_at || null };
   },
+  /** GET /v1/routing/stats and the `stats` event. */
   stats(raw) {
     return {
       queues: (raw.queues || []).map((q) => ({
-        name: q.name, waiting: q.waiting ?? 0, longestWait: q.longest_wait_secs ?? 0, reserved: q.reserved ?? 0, assigned: q.assigned ?? 0,
-        serviceLevel: q.service_level_15m ?? null, answered: q.answered_15m ?? 0, abandoned: q.abandoned_15m ?? 0,
+        name: q.name, waiting: q.waiting ?? 0, longestWait: (q.longest_wait_ms ?? 0) / 1000, reserved: q.reserved ?? 0, assigned: q.assigned ?? 0,
+        serviceLevel: q.service_level_15m ?? null, answered: q.answered_15m ?? 0, within: q.answered_within_target_15m ?? 0, abandoned: q.abandoned_15m ?? 0, overflowed: q.overflowed_15m ?? 0,
       })),
       byState: raw.agents_by_state || {},
-      agents: (raw.agents || []).map((a) => ({ id: a.id, name: a.display_name || a.id, state: a.state, tasks: Array.isArray(a.tasks) ? a.tasks.length : (a.tasks ?? 0) })),
-      history: (raw.history || []).map((p) => ({ at: Date.parse(p.at), waiting: p.waiting ?? 0, serviceLevel: p.service_level ?? null })),
+      agents: (raw.agents || []).map((a) => ({
+        id: a.id, state: a.state, tasks: Array.isArray(a.tasks) ? a.tasks.length : 0, offered: !!a.reserved,
+        idle: a.idle_ms != null ? a.idle_ms / 1000 : null, wrapLeft: a.wrap_up_remaining_ms != null ? a.wrap_up_remaining_ms / 1000 : null, missed: a.missed ?? 0,
+      })),
+      history: (raw.history || []).map((p) => ({ at: ms(p.at), waiting: p.waiting ?? 0, serviceLevel: p.service_level ?? null })),
     };
   },
 };
@@ -424,15 +421,6 @@ const api = {
     const r = await api.get("/v1/inbox", { query: { state, queue, assignee, cursor, limit } });
     return { items: (r.items || []).map(map.inboxItem), next: r.next_cursor || null };
   },
-  async conversationsPage({ state, cursor, updatedSince, limit = 200 } = {}) {
-    const r = await api.get("/v1/conversations", { query: { state, cursor, updated_since: updatedSince, limit } });
-    return { items: r.conversations || [], next: r.next_cursor || null };
-  },
-  async contactsPage(cursor) {
-    const r = await api.get("/v1/contacts", { query: { cursor, limit: 200 } });
-    return { items: r.contacts || [], next: r.next_cursor || null };
-  },
-  contact: (id) => api.get(`/v1/contacts/${encodeURIComponent(id)}`),
 
   conversation: (id) => api.get(`/v1/conversations/${encodeURIComponent(id)}`),
   assign: (id, assignee) => api.post(`/v1/conversations/${encodeURIComponent(id)}/assign`, { assignee }),
@@ -468,7 +456,10 @@ const api = {
   hold: (id, held) => api.post(`/v1/calls/${encodeURIComponent(id)}/hold`, { held }),
 
   async agentMe() { return map.agent(await api.get("/v1/agents/me")); },
-  setAgentState: (state) => api.post("/v1/agents/me/state", { state }),
+  async setAgentState(state) { return map.agent(await api.post("/v1/agents/me/state", { state })); },
+  async task(id) { return map.task(await api.get(`/v1/tasks/${encodeURIComponent(id)}`)); },
+  /** Agents' profiles (admins only): display names for the supervisor view. */
+  agents: () => api.get("/v1/agents"),
   async accept(resId) { return map.accepted(await api.post(`/v1/reservations/${encodeURIComponent(resId)}/accept`)); },
   reject: (resId) => api.post(`/v1/reservations/${encodeURIComponent(resId)}/reject`),
   completeTask: (id) => api.post(`/v1/tasks/${encodeURIComponent(id)}/complete`),
@@ -594,16 +585,7 @@ function screen(name) {
 const session = {
   async begin(token, provider = "token") {
     auth.set(token, provider);
-    let me;
-    try {
-      me = await api.me();
-    } catch (e) {
-      if (!(e instanceof ApiError) || !e.unavailable) throw e;
-      // No /v1/me on this server: who we are comes from the token, and a
-      // cheap call tells whether the server takes it.
-      await api.conversationsPage({ limit: 1 });
-      me = map.meFromClaims(auth.claims);
-    }
+    const me = await api.me();
     app.me = me;
     return me;
   },
@@ -791,19 +773,11 @@ const inbox = {
   items: new Map(), // conversation id → item
   pending: new Map(), // updates waiting for the next frame
   frame: 0,
-  mode: null, // "inbox" (server endpoint) or "fallback" (conversations + polling)
   list: null,
   stream: null,
-  pollTimer: 0,
   tickTimer: 0,
-  contacts: new Map(),
-  wanted: new Set(), // fallback: conversations whose last event we fetch
-  fetching: 0,
   queues: new Set(),
   filter: { state: "", queue: "", mine: false, sort: "updated" },
-  loadedState: null,
-  lastPoll: null,
-  seen: new Map(), // fallback: conversation id → last seq the user has seen
   version: 0,
 
   init() {
@@ -826,132 +800,61 @@ const inbox = {
   stop() {
     this.stream?.close();
     this.stream = null;
-    clearTimeout(this.pollTimer);
     clearInterval(this.tickTimer);
     this.items.clear();
     this.pending.clear();
   },
 
-  /** Loads the inbox (all pages), then follows it live. */
+  /** Loads the inbox (all pages of GET /v1/inbox), then follows it live (GET /v1/inbox/stream). */
   async load() {
     this.stream?.close();
-    clearTimeout(this.pollTimer);
     clearInterval(this.tickTimer);
     metrics.inbox.loadStart = performance.now();
     this.live("Loading…", "wait");
     $("inbox-empty").hidden = true;
     const state = this.filter.state || undefined;
-    this.loadedState = state;
     const items = [];
     try {
-      try {
-        let cursor = null;
-        do {
-          const page = await api.inboxPage({ state, cursor });
-          items.push(...page.items);
-          cursor = page.next;
-        } while (cursor && items.length < 50_000);
-        this.mode = "inbox";
-      } catch (e) {
-        if (!(e instanceof ApiError && e.unavailable)) throw e;
-        this.mode = "fallback";
-        items.push(...(await this.loadFallback(state)));
-      }
+      let cursor = null;
+      do {
+        const page = await api.inboxPage({ state, cursor });
+        items.push(...page.items);
+        cursor = page.next;
+      } while (cursor && items.length < 50_000);
     } catch (e) {
       this.live("Not loaded", "bad");
       this.showEmpty(explain(e, "The inbox could not be loaded"), true);
       return;
     }
     metrics.inbox.dataAt = performance.now();
-    metrics.inbox.source = this.mode;
+    metrics.inbox.source = "inbox";
     this.items.clear();
     for (const it of items) this.put(it);
     this.rebuild();
     metrics.inbox.firstRenderAt = performance.now();
     metrics.inbox.renderMs = metrics.inbox.firstRenderAt - metrics.inbox.dataAt;
     metrics.inbox.items = items.length;
-    this.follow();
+    this.follow(state);
     // Waiting times move on their own.
     this.tickTimer = setInterval(() => this.list.refresh(true), 30_000);
   },
 
-  async loadFallback(state) {
-    const convs = [];
-    let cursor = null;
-    do {
-      const page = await api.conversationsPage({ state, cursor });
-      convs.push(...page.items);
-      cursor = page.next;
-    } while (cursor && convs.length < 5000);
-    if (this.contacts.size === 0) {
-      let c = null;
-      try {
-        do {
-          const page = await api.contactsPage(c);
-          for (const ct of page.items) this.contacts.set(ct.id, ct);
-          c = page.next;
-        } while (c && this.contacts.size < 5000);
-      } catch { /* names then come one by one */ }
-    }
-    this.lastPoll = new Date(Date.now() - 2000).toISOString();
-    return convs.map((cv) => map.inboxFromConversation(cv, this.contacts.get(cv.contact_id)));
-  },
-
-  /** Live updates: the inbox stream, or (older servers) polling. */
-  follow() {
-    if (this.mode === "inbox") {
-      this.stream = track(new LiveStream(api.streams.inbox, {
-        events: { conversation: (raw) => this.update(map.inboxItem(raw)) },
-        onStatus: (s, why) => {
-          if (s === "live") this.live("Live");
-          else if (s === "reconnecting") this.live(`Reconnecting${why ? ` (${why})` : ""}…`, "wait");
-          else if (s === "unavailable") { this.live("Live updates not available on this server: refreshing every 10 s", "wait"); this.mode = "fallback"; this.poll(); }
-          else if (s === "failed") this.live(`Live updates refused: ${why}`, "bad");
-          else this.live("Connecting…", "wait");
-        },
-      }));
-    } else {
-      this.live("Updated every 5 s (this server has no live inbox yet)", "wait");
-      this.poll();
-    }
-  },
-
-  async poll() {
-    clearTimeout(this.pollTimer);
-    const since = this.lastPoll;
-    const started = new Date(Date.now() - 2000).toISOString();
-    try {
-      let cursor = null, n = 0;
-      do {
-        const page = await api.conversationsPage({ state: this.loadedState, updatedSince: since, cursor });
-        for (const cv of page.items) {
-          const old = this.items.get(cv.id);
-          if (old && old.lastSeq === cv.last_seq && old.state === cv.state && old.assignee === (cv.assignee || null) && old.queue === (cv.queue || null)) continue;
-          const contact = this.contacts.get(cv.contact_id);
-          const item = map.inboxFromConversation(cv, contact);
-          if (old) {
-            item.patient.name ||= old.patient.name;
-            // Still queued: the wait started when it was first seen queued, not at its latest event.
-            if (old.state === "queued" && item.state === "queued" && old.waitingSince) item.waitingSince = old.waitingSince;
-            item.unread = old.unread;
-            if (cv.last_seq > (old.lastSeq ?? 0)) {
-              item.lastEvent = old.lastEvent;
-              item._stale = true; // fetch the new one
-              if (conversation.id !== cv.id) item.unread = (old.unread || 0) + 1;
-            } else item.lastEvent = old.lastEvent;
-          }
-          this.update(item);
-          n++;
-        }
-        cursor = page.next;
-      } while (cursor);
-      this.lastPoll = started;
-      if (this.mode === "fallback") this.live(`Updated ${timeFmt.format(new Date())} · refreshes every 5 s`, "wait");
-    } catch (e) {
-      if (e instanceof ApiError && e.status === 401) return;
-      this.live(explain(e, "Could not refresh"), "bad");
-    }
-    this.pollTimer = setTimeout(() => this.poll(), 5000);
+  /** Live rows: `conversation` (an inbox row), `resync` (updates were missed: reload). */
+  follow(state) {
+    this.stream = track(new LiveStream(api.streams.inbox, {
+      query: { state },
+      events: {
+        conversation: (raw) => this.update(map.inboxItem(raw)),
+        resync: () => this.load(),
+      },
+      onStatus: (s, why) => {
+        if (s === "live") this.live("Live");
+        else if (s === "reconnecting") this.live(`Reconnecting${why ? ` (${why})` : ""}…`, "wait");
+        else if (s === "unavailable") this.live("Live updates are not available on this server: reload to see new messages", "bad");
+        else if (s === "failed") this.live(`Live updates refused: ${why}`, "bad");
+        else this.live("Connecting…", "wait");
+      },
+    }));
   },
 
   put(item) {
@@ -1004,12 +907,16 @@ const inbox = {
       if (old) {
         const i = ids.indexOf(item.id);
         if (i >= 0) { ids.splice(i, 1); moved = true; }
-        // A field the stream leaves out keeps its old value.
+        // A field the stream leaves out keeps its old value: the inbox
+        // carries no message text, so a body the timeline gave us stays
+        // while the row's last event is the same one.
         if (item.lastEvent === undefined) item.lastEvent = old.lastEvent;
+        else if (item.lastEvent && old.lastEvent && item.lastEvent.seq === old.lastEvent.seq) {
+          item.lastEvent = { ...old.lastEvent, ...item.lastEvent, body: item.lastEvent.body ?? old.lastEvent.body, actor: item.lastEvent.actor || old.lastEvent.actor, meta: item.lastEvent.meta || old.lastEvent.meta };
+        }
         if (!item.patient.name) item.patient.name = old.patient.name;
       }
       this.put(item);
-      if (item._stale) { delete item._stale; item._fetching = false; this.want(item.id); }
       if (this.passes(item)) { ids.splice(this.position(ids, item), 0, item.id); moved = true; }
       changed.add(item.id);
       if (item.id === conversation.id) conversation.inboxChanged(item);
@@ -1069,13 +976,17 @@ const inbox = {
   renderRow(el, id) {
     const it = this.items.get(id);
     if (!it) return;
-    if (this.mode === "fallback" && it.lastEvent === undefined) this.want(id);
     const name = it.patient.name || "Patient";
     const waiting = it.waitingSince ? sinceSecs(it.waitingSince) : null;
     const tone = waiting == null ? "" : waiting >= 1800 ? "bad" : waiting >= 600 ? "warn" : "ok";
     const le = it.lastEvent;
     const by = le?.kind === "message" && le.actor?.type === "staff" ? (le.actor.id === app.me?.subject ? "You: " : `${le.actor.id || "Staff"}: `) : "";
-    const summary = le ? by + eventSummary(le) : it.subject || (le === null ? "No activity yet" : "…");
+    // The inbox never carries message text (only what the timeline gave us).
+    // Bookkeeping (delivery receipts, assignment) says nothing here, and the
+    // inbox carries no meta for it: the subject says more.
+    const telling = le && !QUIET_KINDS.has(le.kind) && !(le.kind === "routing" && !le.meta) ? le : null;
+    const summary = telling ? (le.kind === "message" && !le.body ? (it.unread ? `${it.unread > 99 ? "99+" : it.unread} new message${it.unread === 1 ? "" : "s"}` : "Message") : by + eventSummary(le))
+      : it.unread ? `${it.unread > 99 ? "99+" : it.unread} unread${it.subject ? ` · ${it.subject}` : ""}` : it.subject || (le ? "No new messages" : "No activity yet");
     const parts = [
       h("div", { class: "row-line1" },
         it.unread ? h("span", { class: "unread" }, h("span", { class: "sr-only" }, `${it.unread} unread`), String(it.unread > 99 ? "99+" : it.unread)) : null,
@@ -1085,49 +996,18 @@ const inbox = {
           ? h("span", { class: "wait", "data-tone": tone }, icon("clock"), `waiting ${duration(waiting)}`)
           : h("span", { class: "row-time" }, when(it.updatedAt))),
       h("div", { class: "row-line2" },
-        le ? channelBadge(le.channel, "small") : null,
+        telling ? channelBadge(le.channel, "small") : null,
         h("span", { class: "row-summary" }, summary)),
       h("div", { class: "row-line3" },
         h("span", { class: "pill", "data-state": it.state }, STATE_LABELS[it.state] || it.state),
         it.queue ? h("span", { class: "pill q" }, `Queue: ${it.queue}`) : null,
         it.assignee ? h("span", { class: "pill who" }, it.assignee === app.me?.subject ? "Mine" : `With ${it.assignee}`) : null,
-        it.task?.triage ? h("span", { class: "pill triage" }, `Triage: ${typeof it.task.triage === "string" ? it.task.triage : it.task.triage.level || "set"}`) : null),
+        it.task?.triage ? h("span", { class: "pill triage" }, `Triage: ${triageWords(it.task.triage) || "set"}`) : null),
     ];
     el.replaceChildren(...parts);
     el.dataset.unread = it.unread ? "1" : "";
     el.dataset.open = id === conversation.id ? "1" : "";
     // The row's own text is its accessible name (what is seen is what is read).
-  },
-
-  /** Fallback mode: fetch the last event of rows on screen (4 at a time). */
-  want(id) {
-    const it = this.items.get(id);
-    if (!it || it._fetching) return;
-    it._fetching = true;
-    this.wanted.add(id);
-    this.pump();
-  },
-  pump() {
-    while (this.fetching < 4 && this.wanted.size) {
-      const id = this.wanted.values().next().value;
-      this.wanted.delete(id);
-      const it = this.items.get(id);
-      if (!it) continue;
-      this.fetching++;
-      const after = Math.max(0, (it.lastSeq || 1) - 8);
-      Promise.all([
-        api.events(id, after, 8).catch(() => ({ events: [] })),
-        it.patient.name ? null : (this.contacts.get(it.patient.id) ? Promise.resolve(this.contacts.get(it.patient.id)) : api.contact(it.patient.id).catch(() => null)),
-      ]).then(([page, contact]) => {
-        const cur = this.items.get(id);
-        if (!cur) return;
-        const last = [...page.events].reverse().find((e) => !QUIET_KINDS.has(e.kind)) || page.events.at(-1);
-        const next = { ...cur, lastEvent: last ? { seq: last.seq, kind: last.kind, channel: last.channel, at: last.at, body: last.body, meta: last.meta, actor: last.actor } : null };
-        if (contact) { this.contacts.set(contact.id, contact); next.patient = { ...cur.patient, name: contact.display_name }; }
-        next._fetching = false;
-        this.update(next);
-      }).finally(() => { this.fetching--; this.pump(); });
-    }
   },
 
   markSeen(id) {
@@ -1136,8 +1016,37 @@ const inbox = {
   },
 };
 
+/** "urgent_symptoms" → "Urgent symptoms". */
+function triageWords(t) {
+  if (!t) return "";
+  const s = typeof t === "string" ? t : t.level || "";
+  const w = String(s).replace(/[_-]+/g, " ").trim();
+  return w ? w.charAt(0).toUpperCase() + w.slice(1) : "";
+}
+
+/** A `routing` event (the queue's doings), in words. */
+function routingWords(m) {
+  const q = m.queue ? ` ${m.queue}` : "";
+  const who = (a) => (a && a === app.me?.subject ? "you" : a || "an agent");
+  switch (m.action) {
+    case "queued": return `Waiting in queue${q}${m.priority ? ` (priority ${m.priority})` : ""}`;
+    case "reserved": return `Offered to ${who(m.agent)}`;
+    case "timed_out": return `${who(m.agent) === "you" ? "You" : who(m.agent)} did not answer in time; offered to the next agent`;
+    case "transferred": return `Transferred from queue ${m.from_queue || "?"} to${q}`;
+    case "completed": return `Finished${q ? ` (queue${q})` : ""}`;
+    case "abandoned": return `The caller left queue${q} before anyone answered`;
+    case "voicemail": return `Sent to voicemail from queue${q}`;
+    case "callback": return `Callback promised from queue${q}`;
+    case "overflowed": return `Moved on from queue${q} (waited too long)`;
+    case "requeued": return `Back in queue${q}`;
+    default: return `Queue${q}: ${String(m.action || "update").replace(/_/g, " ")}`;
+  }
+}
+
 /** Bookkeeping events: not what a row in the inbox should say. */
-const QUIET_KINDS = new Set(["delivery.status", "state.changed", "assigned", "participant.joined", "participant.left", "quality.degraded", "quality.recovered"]);
+const QUIET_KINDS = new Set(["delivery.status", "state.changed", "assigned", "participant.joined", "participant.left", "quality.degraded", "quality.recovered", "ivr.step"]);
+/** What is worth a line in the offer dialog's "Latest": the patient's words and what happened to them, not bookkeeping. */
+const TELLING_KINDS = new Set(["message", "attachment", "callback.requested", "triage.result", "channel.switched", "call.failed", "note", "opt_out", "opt_in"]);
 
 /** One line about an event, for the inbox and the offer dialog. */
 function eventSummary(e) {
@@ -1149,10 +1058,13 @@ function eventSummary(e) {
     case "call.ended": return e.channel === "video" ? "Video visit ended" : "Phone call ended";
     case "call.failed": return `Call failed${e.meta?.reason ? `: ${e.meta.reason}` : ""}`;
     case "channel.switched": return `Switched from ${channelLabel(e.meta?.from)} to ${channelLabel(e.meta?.to)}`;
-    case "triage.result": return `Triage: ${body || e.meta?.level || "result"}`;
+    case "triage.result": return `Triage: ${body || triageWords(e.meta?.level) || "result"}`;
+    case "routing": return routingWords(e.meta || {});
+    case "ivr.step": return "Phone menu";
+    case "ivr.route": return `Phone menu sent the call to ${e.meta?.queue ? `queue ${e.meta.queue}` : "a queue"}`;
     case "callback.requested": return `Callback requested${body ? `: ${body}` : ""}`;
     case "ivr.input": return `IVR: pressed ${e.meta?.digit ?? body}`;
-    case "note": return `Note: ${body}`;
+    case "note": return body ? `Note: ${body}` : "Internal note";
     case "opt_out": return `Opted out of ${channelLabel(e.meta?.channel || e.channel)}`;
     case "opt_in": return `Opted back in to ${channelLabel(e.meta?.channel || e.channel)}`;
     case "delivery.status": return `Delivery: ${e.meta?.status || ""}`;
@@ -1221,6 +1133,7 @@ const conversation = {
     $("act-video").addEventListener("click", () => this.startVideo());
     $("act-call").addEventListener("click", () => this.callPatient());
     $("act-link").addEventListener("click", () => this.sendLink());
+    $("act-done").addEventListener("click", () => this.finishTask());
     this.refreshCtx = debounce(() => this.loadContext(), 800);
   },
 
@@ -1337,7 +1250,7 @@ const conversation = {
     if (e.kind === "attachment") this.loadAttachments();
     // The open conversation's row follows its timeline at once.
     const row = inbox.items.get(this.id);
-    if (row && !QUIET_KINDS.has(e.kind) && e.seq > (row.lastEvent?.seq ?? 0)) {
+    if (row && !QUIET_KINDS.has(e.kind) && (e.seq > (row.lastEvent?.seq ?? 0) || (e.seq === row.lastEvent?.seq && row.lastEvent.body == null && e.body))) {
       inbox.update({ ...row, patient: { ...row.patient }, lastEvent: { seq: e.seq, kind: e.kind, channel: e.channel, at: e.at, body: e.body, meta: e.meta, actor: e.actor }, lastSeq: Math.max(row.lastSeq || 0, e.seq), updatedAt: e.at });
     }
     if (e.kind === "message" && e.actor.type === "patient") {
@@ -1467,7 +1380,7 @@ const conversation = {
       }
       case "triage.result":
         li.classList.add("card", "triage");
-        li.append(meta, h("p", { class: "ev-body" }, h("strong", {}, "Triage result: "), e.body || e.meta?.level || "—"), metaLine(e.meta, ["level", "disposition", "score"]));
+        li.append(meta, h("p", { class: "ev-body" }, h("strong", {}, "Triage result: "), e.body || triageWords(e.meta?.level) || "—"), metaLine(e.meta, ["disposition", "score"]) || "");
         break;
       case "callback.requested":
         li.classList.add("card", "callback");
@@ -1475,7 +1388,7 @@ const conversation = {
         break;
       default: {
         li.classList.add("line");
-        li.append(channelBadge(e.channel), h("span", { class: "ev-line" }, lineText(e)), h("time", { datetime: e.at, title: fullFmt.format(new Date(e.at)) }, when(e.at)));
+        li.append(channelBadge(e.channel === "video" && callRoom(e.meta) ? "voice" : e.channel), h("span", { class: "ev-line" }, lineText(e)), h("time", { datetime: e.at, title: fullFmt.format(new Date(e.at)) }, when(e.at)));
       }
     }
     return li;
@@ -1510,6 +1423,10 @@ const conversation = {
     $("act-close").textContent = c.state === "closed" ? "Reopen" : "Close";
     $("act-close").setAttribute("aria-label", c.state === "closed" ? "Reopen the conversation" : "Close the conversation");
     $("act-close").dataset.confirm = "";
+    const task = agent.taskFor(c.id);
+    const onCall = call.current && call.current.conversationId === c.id && !["ended", "failed"].includes(call.current.state);
+    $("act-done").hidden = !task || !!onCall;
+    $("act-done").textContent = task ? `Done: finish this ${channelLabel(task.channel).toLowerCase()} task` : "Done";
     const ph = this.patient?.bindings?.phone;
     $("act-call").disabled = !ph || !!call.current;
     $("act-call").title = ph ? "" : "No phone number on file";
@@ -1634,6 +1551,21 @@ const conversation = {
     btn.disabled = false;
   },
 
+  async finishTask() {
+    const task = agent.taskFor(this.id);
+    if (!task) return;
+    const btn = $("act-done");
+    btn.disabled = true;
+    try {
+      await agent.finish(task.id);
+      announce("Task finished; wrap-up started");
+    } catch (e) {
+      this.notice(explain(e, "The task could not be finished"), "bad");
+    }
+    btn.disabled = false;
+    this.header();
+  },
+
   async closeOrReopen(btn) {
     if (this.conv?.state !== "closed" && btn.dataset.confirm !== "1") {
       btn.dataset.confirm = "1";
@@ -1752,21 +1684,29 @@ function metaLine(meta, keys) {
   return bits.length ? h("p", { class: "ev-hint" }, bits.join(" · ")) : null;
 }
 
+/** Whether a room's event is the room of the phone call on the bar (a phone call taken from a queue meets in a room). */
+function callRoom(m) {
+  return !!m?.session_id && m.session_id === call.current?.roomId;
+}
+
 /** The words for a one-line event (calls, switches, IVR, consent, state). */
 function lineText(e) {
   const m = e.meta || {};
   const video = e.channel === "video";
   switch (e.kind) {
-    case "call.started": return video ? "Video visit started" : `Phone call started${m.direction ? ` (${m.direction === "inbound" ? "patient called in" : "we called out"})` : ""}`;
-    case "call.ended": return `${video ? "Video visit" : "Phone call"} ended${m.duration_secs != null ? ` after ${duration(m.duration_secs)}` : ""}${m.reason ? ` — ${causeWords(m.reason) || String(m.reason).replace(/_/g, " ")}` : ""}`;
+    case "call.started": return video ? (callRoom(m) ? "The call's audio room opened" : "Video visit started") : `Phone call started${m.direction ? ` (${m.direction === "inbound" ? "patient called in" : "we called out"})` : ""}`;
+    case "call.ended": if (video && callRoom(m)) return "The call's audio room closed";
+      return `${video ? "Video visit" : "Phone call"} ended${m.duration_secs != null ? ` after ${duration(m.duration_secs)}` : ""}${m.reason ? ` — ${causeWords(m.reason) || String(m.reason).replace(/_/g, " ")}` : ""}`;
     case "call.failed": return `${video ? "Video visit" : "Phone call"} failed${m.reason ? `: ${String(m.reason).replace(/_/g, " ")}` : ""}${m.sip_status ? ` (SIP ${m.sip_status})` : ""}`;
     case "channel.switched": return `Switched from ${channelLabel(m.from)} to ${channelLabel(m.to)}${m.reason ? ` — ${String(m.reason).replace(/_/g, " ")}` : ""}`;
-    case "participant.joined": return `${m.name || conversation.who(e.actor)} joined the ${video ? "visit" : "call"}`;
-    case "participant.left": return `${m.name || conversation.who(e.actor)} left the ${video ? "visit" : "call"}`;
+    case "participant.joined": return `${m.name || conversation.who(e.actor)} joined the ${video && !callRoom(m) ? "visit" : "call"}`;
+    case "participant.left": return `${m.name || conversation.who(e.actor)} left the ${video && !callRoom(m) ? "visit" : "call"}`;
     case "quality.degraded": return `Connection quality dropped${m.participant ? ` for ${m.participant}` : ""}`;
     case "quality.recovered": return "Connection quality recovered";
     case "ivr.input": return `Pressed ${m.digit ?? e.body ?? "?"} in the phone menu${m.label ? ` (${m.label})` : ""}`;
-    case "ivr.route": return `Phone menu sent the call to ${m.queue || m.target || e.body || "a queue"}`;
+    case "ivr.route": return `Phone menu sent the call to ${m.queue ? `queue ${m.queue}` : m.target || e.body || "a queue"}`;
+    case "ivr.step": return `Phone menu${m.node ? ` (step “${m.node}”)` : ""}`;
+    case "routing": return routingWords(m);
     case "consent.granted": return `Consent given${e.body ? `: ${e.body}` : m.channel ? ` for ${channelLabel(m.channel)}` : ""}`;
     case "consent.revoked": return `Consent withdrawn${e.body ? `: ${e.body}` : m.channel ? ` for ${channelLabel(m.channel)}` : ""}`;
     case "opt_out": return `Patient opted out of ${channelLabel(m.channel || e.channel)}${m.sender ? ` from ${phone(m.sender)}` : ""}`;
@@ -1791,6 +1731,7 @@ const PENDING_WORDS = {
 
 /** The context snapshot, drawn as sections (used by the panel and the offer dialog). */
 function contextSections(ctx, { compact = false } = {}) {
+  if (compact) return offerSections(ctx);
   const out = [];
   const p = ctx.patient;
   if (p) {
@@ -1808,7 +1749,7 @@ function contextSections(ctx, { compact = false } = {}) {
     ? h("ul", { class: "pending" }, ctx.pending.map((x) => h("li", { "data-type": x.type }, icon(x.type === "delivery_failed" || x.type === "call_failed" ? "alert" : "clock"), h("span", {}, (PENDING_WORDS[x.type] || (() => x.type))(x)))))
     : h("p", { class: "muted" }, "Nothing pending.")));
   out.push(section("Triage", ctx.triage
-    ? h("div", { class: "triage-box" }, h("p", {}, h("strong", {}, ctx.triage.body || ctx.triage.meta.level || "Result")), metaLine(ctx.triage.meta, ["level", "disposition", "score"]), h("p", { class: "muted" }, `${when(ctx.triage.at)} · ${channelLabel(ctx.triage.channel)}`))
+    ? h("div", { class: "triage-box" }, h("p", {}, h("strong", {}, ctx.triage.body || triageWords(ctx.triage.meta.level) || "Result")), metaLine(ctx.triage.meta, ["disposition", "score"]), h("p", { class: "muted" }, `${when(ctx.triage.at)} · ${ctx.triage.meta.source === "ivr" ? "phone menu" : channelLabel(ctx.triage.channel)}`))
     : h("p", { class: "muted" }, "No triage result.")));
   out.push(section("Last channel switch", ctx.lastSwitch
     ? h("p", {}, lineText(ctx.lastSwitch), h("span", { class: "muted" }, ` · ${when(ctx.lastSwitch.at)}`))
@@ -1818,16 +1759,41 @@ function contextSections(ctx, { compact = false } = {}) {
   const consentEvents = (ctx.recent || []).filter((e) => e.kind.startsWith("consent."));
   for (const e of consentEvents) consent.push(h("li", {}, lineText(e), ` · ${when(e.at)}`));
   out.push(section("Consent", consent.length ? h("ul", { class: "consent" }, consent) : h("p", { class: "muted" }, "No opt-outs. No consent changes recorded recently.")));
-  if (!compact) {
+  {
     if (ctx.openSessions.length) out.push(section("Live now", h("ul", {}, ctx.openSessions.map((s) => h("li", {}, `${channelLabel(s.channel)} session since ${when(s.started_at)}`)))));
     if (ctx.appointments.length) {
       const upcoming = ctx.appointments.filter((a) => a.status !== "cancelled").slice(0, 3);
       out.push(section("Appointments", h("ul", {}, upcoming.map((a) => h("li", {}, `${fullFmt.format(new Date(a.start_time))}${a.clinician ? ` with ${a.clinician}` : ""} — ${a.status}`)))));
     }
     if (ctx.channels.length) out.push(section("Channels used", h("ul", { class: "chan-list" }, ctx.channels.map((c) => h("li", {}, channelBadge(c.channel), ` ${c.events} event${c.events === 1 ? "" : "s"}, last ${when(c.last_at)}`)))));
-  } else if (ctx.recent.length) {
-    out.push(section("Latest", h("ul", { class: "recent" }, ctx.recent.slice(-3).map((e) => h("li", {}, channelBadge(e.channel, "small"), ` ${eventSummary(e)}`)))));
   }
+  return out;
+}
+
+/**
+ * The context in the offer dialog: only what helps decide and prepare in
+ * the seconds before answering (what the patient wrote, what is pending,
+ * warnings); who is calling and the triage are said above it.
+ */
+function offerSections(ctx) {
+  const out = [];
+  const telling = (ctx.recent || []).filter((e) => TELLING_KINDS.has(e.kind) && !(e.kind === "triage.result" && ctx.triage?.seq === e.seq)).slice(-3);
+  out.push(section("Latest from the patient", telling.length
+    ? h("ul", { class: "recent" }, telling.map((e) => h("li", {}, channelBadge(e.channel, "small"),
+      h("span", {}, e.kind === "message" ? h("q", {}, eventSummary(e)) : eventSummary(e), h("span", { class: "muted" }, ` · ${when(e.at)}`)))))
+    : h("p", { class: "muted" }, "Nothing recent: a first contact.")));
+  const pending = ctx.pending.filter((x) => x.type !== "awaiting_assignment");
+  if (pending.length) out.push(section("Pending", h("ul", { class: "pending" }, pending.map((x) => h("li", { "data-type": x.type }, icon(x.type === "delivery_failed" || x.type === "call_failed" ? "alert" : "clock"), h("span", {}, (PENDING_WORDS[x.type] || (() => x.type))(x)))))));
+  const warn = [];
+  for (const c of ctx.optedOut) warn.push(h("li", { "data-tone": "bad" }, icon("alert"), h("span", {}, `Opted out of ${channelLabel(c)}`)));
+  if (ctx.lastSwitch) warn.push(h("li", {}, icon("transfer"), h("span", {}, `${lineText(ctx.lastSwitch)} · ${when(ctx.lastSwitch.at)}`)));
+  if (warn.length) out.push(section("Good to know", h("ul", { class: "consent" }, warn)));
+  const p = ctx.patient || {};
+  const facts = [p.date_of_birth ? fact("Born", p.date_of_birth) : null, p.external_id ? fact("Record no.", p.external_id) : null,
+    p.preferred_channel ? fact("Prefers", channelLabel(p.preferred_channel)) : null].filter(Boolean);
+  const next = (ctx.appointments || []).find((a) => a.status !== "cancelled");
+  if (next) facts.push(fact("Next visit", `${fullFmt.format(new Date(next.start_time))}${next.clinician ? ` with ${next.clinician}` : ""}`));
+  if (facts.length) out.push(section("Patient", h("dl", { class: "facts" }, ...facts)));
   return out;
 }
 function section(title, ...body) { return h("section", { class: "ctx-section" }, h("h3", {}, title), ...body); }
@@ -1940,6 +1906,7 @@ const agent = {
   offerTimer: 0,
   wrapTimer: 0,
   available: false,
+  accepted: new Set(), // conversations taken here (their `assigned` echo needs no banner)
 
   init() {
     $("agent-state").addEventListener("change", (e) => this.setState(e.target.value));
@@ -1955,11 +1922,20 @@ const agent = {
     $("agent-detail").dataset.tone = tone;
   },
 
+  /** Tasks of mine on this conversation (a chat or SMS taken from a queue). */
+  taskFor(conversationId) {
+    return this.me?.tasks.find((t) => t.conversationId === conversationId && t.state === "assigned") || null;
+  },
+
   async start() {
     const sel = $("agent-state");
-    if (app.me?.agent === null) {
-      // /v1/me says this person is not an agent: no routing controls.
-      $("agent").hidden = true;
+    if (!app.me?.agent && app.me?.role === "admin") { $("agent").hidden = true; return; }
+    if (!app.me?.agent) {
+      // No agent profile (GET /v1/me says so): no routing controls, just why.
+      $("agent").hidden = false;
+      sel.hidden = $("agent").querySelector(".agent-label").hidden = true;
+      $("agent").dataset.routing = "none";
+      this.detail(app.me?.seesAll === false ? "Queue work needs access to every conversation" : "Not set up to take calls from queues", "muted");
       return;
     }
     $("agent").hidden = false;
@@ -1970,20 +1946,23 @@ const agent = {
       sel.hidden = $("agent").querySelector(".agent-label").hidden = false;
       $("agent").dataset.routing = "";
       this.paint();
-      if (this.me.reservation) this.onReservation(this.me.reservation);
+      if (this.me.reservation) this.hydrate(this.me.reservation);
       this.stream = track(new LiveStream(api.streams.agent, {
         events: {
+          // On every (re)connection: the state, the pending offer, the tasks.
+          hello: (raw) => this.onView(map.agent(raw)),
+          resync: () => api.agentMe().then((v) => this.onView(v)).catch(() => {}),
           reservation: (r) => this.onReservation(map.reservation(r)),
-          reservation_cancelled: (r) => this.offerGone(r.id, r.reason === "caller_hung_up" || r.reason === "abandoned" ? "The caller hung up before you answered." : `The offer was withdrawn${r.reason ? ` (${String(r.reason).replace(/_/g, " ")})` : ""}.`),
-          reservation_timed_out: (r) => this.offerGone(r.id, "The offer timed out before you answered. It goes to the next agent."),
+          reservation_cancelled: (r) => this.offerGone(r.id, /hung|abandon|cancel/.test(r.reason || "") || !r.reason ? "The caller hung up before you answered." : `The offer was withdrawn (${String(r.reason).replace(/_/g, " ")}).`),
+          reservation_timed_out: (r) => this.offerGone(r.id, "The offer timed out before you answered; it goes to the next agent. A missed offer may set you Away: your status above says, and Available takes work again."),
           assigned: (a) => this.onAssigned(a),
-          state: (s) => { this.me = { ...this.me, state: s.state, wrapUpUntil: s.wrap_up_until || null }; this.paint(); },
+          state: (st) => { this.me = { ...this.me, state: st.state, wrapUpUntil: ms(st.wrap_up_until) }; this.paint(); },
         },
-        onStatus: (s, why) => {
-          if (s === "reconnecting") this.detail("Reconnecting — you may miss offers", "warn");
-          else if (s === "live") this.paint();
-          else if (s === "failed") this.detail(`Offers stopped: ${why}`, "bad");
-          else if (s === "unavailable") this.detail("Incoming work not available on this server", "warn");
+        onStatus: (st, why) => {
+          if (st === "reconnecting") this.detail("Reconnecting — you may miss offers", "warn");
+          else if (st === "live") this.paint();
+          else if (st === "failed") this.detail(`Offers stopped: ${why}`, "bad");
+          else if (st === "unavailable") this.detail("Incoming work is not available on this server", "warn");
         },
       }));
     } catch (e) {
@@ -1991,16 +1970,32 @@ const agent = {
       // Without routing there is no status to choose: say so instead of showing one.
       sel.hidden = $("agent").querySelector(".agent-label").hidden = true;
       $("agent").dataset.routing = "none";
-      if (e instanceof ApiError && e.unavailable) {
-        this.detail("Incoming calls: routing is not available on this server yet", "muted");
-      } else if (e instanceof ApiError && e.status === 404) {
-        this.detail("You are not set up as an agent: no calls are offered to you", "muted");
-      } else if (e instanceof ApiError && e.status === 401) {
-        return;
-      } else {
-        this.detail(explain(e, "Your status could not be loaded"), "bad");
-      }
+      if (e instanceof ApiError && e.status === 401) return;
+      if (e instanceof ApiError && e.status === 403) this.detail(`Queue work is not open to you: ${e.message}`, "muted");
+      else this.detail(explain(e, "Your status could not be loaded"), "bad");
     }
+  },
+
+  onView(v) {
+    this.me = v;
+    this.paint();
+    if (v.reservation && v.reservation.id !== this.offer?.id) this.hydrate(v.reservation);
+    if (!v.reservation && this.offer && this.offer.expiresAt < Date.now()) this.offerGone(this.offer.id, "The offer timed out before you answered.");
+    conversation.header();
+  },
+
+  /**
+   * A pending offer known only by {id, task_id, expires_at} (after a
+   * reload): its task says what it is, the conversation's context who.
+   */
+  async hydrate(r) {
+    try {
+      const t = await api.task(r.taskId);
+      const ctx = await api.context(t.conversationId).catch(() => null);
+      if (this.offer && this.offer.id === r.id) return;
+      this.onReservation({ ...r, conversationId: t.conversationId, channel: t.channel, queue: t.queue, priority: t.priority, triage: t.triage,
+        caller: { name: ctx?.patient?.display_name || null, phone: ctx?.patient?.bindings?.phone || null }, context: ctx });
+    } catch { /* it will come again, or time out */ }
   },
 
   stop() {
@@ -2021,27 +2016,29 @@ const agent = {
     sel.value = s;
     document.body.dataset.agent = s;
     clearInterval(this.wrapTimer);
+    const n = this.me?.tasks?.length || 0;
     if (s === "wrap_up") {
       const tick = () => {
-        const left = this.me.wrapUpUntil ? (Date.parse(this.me.wrapUpUntil) - Date.now()) / 1000 : null;
+        const left = this.me.wrapUpUntil ? (this.me.wrapUpUntil - Date.now()) / 1000 : null;
         this.detail(left != null && left > 0 ? `Wrap-up: ${clock(left)} left` : "Wrap-up", "warn");
+        $("agent-detail").title = "After a task, a short time to finish notes before new work is offered";
       };
       tick();
       this.wrapTimer = setInterval(tick, 1000);
-    } else if (s === "busy") this.detail(`On ${this.me.tasks.length || 1} task${this.me.tasks.length > 1 ? "s" : ""}`, "warn");
+    } else if (s === "busy" && this.offer) this.detail("Incoming work offered", "warn");
+    else if (s === "busy") this.detail(call.current && !["ended", "failed"].includes(call.current.state) ? "On a call" : n ? `Working on ${n} task${n > 1 ? "s" : ""}` : "Busy", "warn");
     else if (s === "available") this.detail("Ready for calls and messages", "ok");
     else if (s === "away") this.detail("No new work is offered", "muted");
-    else this.detail("Signed out of routing", "muted");
+    else this.detail("Signed out of the queues", "muted");
   },
 
   async setState(s) {
     const sel = $("agent-state");
     sel.disabled = true;
     try {
-      await api.setAgentState(s);
-      this.me = { ...(this.me || { tasks: [] }), state: s };
+      this.me = await api.setAgentState(s);
       this.paint();
-      announce(`Status: ${AGENT_STATES[s]}`);
+      announce(`Status: ${AGENT_STATES[this.me.state] || this.me.state}`);
     } catch (e) {
       this.paint();
       this.detail(explain(e, "Your status was not changed"), "bad");
@@ -2049,29 +2046,42 @@ const agent = {
     sel.disabled = !this.available;
   },
 
+  async refresh() {
+    try { this.me = await api.agentMe(); this.paint(); conversation.header(); } catch { /* the stream keeps us right */ }
+  },
+
   onReservation(r) {
     this.offer = r;
     this.showOffer();
-    announce(`Incoming ${r.channel === "voice" ? "call" : channelLabel(r.channel) + " conversation"} from ${r.caller.name || "a patient"}${r.queue ? `, queue ${r.queue}` : ""}`, true);
+    this.paint();
+    const what = r.channel === "voice" ? "call" : `${channelLabel(r.channel)} conversation`;
+    announce(`Incoming ${what} from ${r.caller.name || "a patient"}${r.queue ? `, queue ${r.queue}` : ""}${r.triage ? `, ${triageWords(r.triage)}` : ""}`, true);
   },
 
   showOffer() {
     const r = this.offer;
     if (!r) return;
-    const isCall = r.channel === "voice" || r.channel === "video";
-    $("offer-title").textContent = isCall ? "Incoming call" : `New ${channelLabel(r.channel)} conversation`;
+    const isCall = r.channel === "voice";
+    $("offer-title").textContent = isCall ? "Incoming call" : r.channel === "video" ? "Video visit request" : `New ${channelLabel(r.channel)} conversation`;
     const who = r.caller.name || "Unknown caller";
-    $("offer-desc").textContent = `${who}${r.caller.last4 ? ` · phone ending ${r.caller.last4}` : ""}${r.queue ? ` · queue ${r.queue}` : ""}${r.priority ? ` · priority ${r.priority}` : ""}`;
-    const ctxParts = r.context ? contextSections(r.context, { compact: true }) : [h("p", { class: "muted" }, "No context was sent with this offer.")];
-    if (r.triage) ctxParts.unshift(h("p", { class: "triage-box" }, h("strong", {}, "Triage: "), typeof r.triage === "string" ? r.triage : JSON.stringify(r.triage)));
+    $("offer-desc").replaceChildren(
+      h("strong", { class: "offer-who" }, who),
+      r.caller.phone ? h("span", {}, ` · ${isCall ? "calling from " : ""}${phone(r.caller.phone)}`) : null,
+      h("br"),
+      h("span", { class: "muted" }, [r.queue ? `Queue ${r.queue}` : null, r.priority ? `priority ${r.priority}` : null, r.context?.conversation?.subject || null].filter(Boolean).join(" · ")));
+    const ctxParts = r.context ? contextSections(r.context, { compact: true }) : [h("p", { class: "muted" }, "No context came with this offer.")];
+    $("offer-triage").hidden = !r.triage;
+    $("offer-triage").dataset.tone = /urgent|emergen/i.test(r.triage || "") ? "bad" : "";
+    $("offer-triage").replaceChildren(icon("alert"), h("span", {}, h("strong", {}, "Triage: "), triageWords(r.triage)));
     $("offer-context").replaceChildren(...ctxParts);
     $("offer-error").hidden = true;
     $("offer-accept").disabled = $("offer-reject").disabled = false;
     $("offer-accept").textContent = isCall ? "Accept call" : "Accept";
+    $("offer-reject").textContent = "Reject";
     $("offer-reopen").hidden = true;
     clearInterval(this.offerTimer);
     const tick = () => {
-      const left = (Date.parse(r.expiresAt) - Date.now()) / 1000;
+      const left = r.expiresAt != null ? (r.expiresAt - Date.now()) / 1000 : NaN;
       $("offer-countdown").textContent = Number.isFinite(left) ? (left > 0 ? `Answer within ${Math.ceil(left)} s` : "Time is up…") : "";
       $("offer-countdown").dataset.tone = left < 6 ? "bad" : "";
     };
@@ -2089,6 +2099,7 @@ const agent = {
     if ($("offer").open) $("offer").close();
     banner.show(why, "warn", { label: "Dismiss", run: () => banner.hide() });
     announce(why, true);
+    this.paint();
   },
 
   async accept() {
@@ -2096,27 +2107,32 @@ const agent = {
     if (!r) return;
     $("offer-accept").disabled = $("offer-reject").disabled = true;
     $("offer-accept").textContent = "Accepting…";
+    // Its `assigned` echo can come before the answer: no "assigned to you" banner for it.
+    if (r.conversationId) this.accepted.add(r.conversationId);
     try {
       const a = await api.accept(r.id);
       this.offer = null;
       clearInterval(this.offerTimer);
       $("offer").close();
+      this.accepted.add(a.conversationId);
       go(`#/c/${encodeURIComponent(a.conversationId)}`);
       if (a.call) {
-        call.start({ callId: a.call.id, roomId: a.call.roomId, joinToken: a.call.joinToken, taskId: a.taskId, conversationId: a.conversationId, label: `${r.caller.name || "Caller"}${r.caller.last4 ? ` · …${r.caller.last4}` : ""}` });
+        call.start({ callId: a.call.id, roomId: a.call.roomId, joinToken: a.call.joinToken, taskId: a.taskId, conversationId: a.conversationId,
+          label: `${r.caller.name || "Caller"}${r.caller.phone ? ` · ${phone(r.caller.phone)}` : ""}` });
       } else {
-        this.task = a.taskId;
+        announce(`${channelLabel(a.channel)} conversation with ${r.caller.name || "the patient"} is yours`);
       }
+      this.refresh();
     } catch (e) {
+      const gone = e instanceof ApiError && (e.status === 409 || e.status === 404 || e.status === 410);
       $("offer-error").hidden = false;
-      $("offer-error").textContent = e instanceof ApiError && (e.status === 409 || e.status === 404)
-        ? "This offer is no longer yours: it expired or someone else took it."
-        : explain(e, "Could not accept");
+      $("offer-error").textContent = e instanceof ApiError && e.status === 410 ? "The caller hung up before the call could be joined."
+        : gone ? "This offer is no longer yours: it expired or was withdrawn." : explain(e, "Could not accept");
       $("offer-accept").textContent = "Accept";
       $("offer-reject").disabled = false;
-      $("offer-reject").textContent = "Close";
-      if (e instanceof ApiError && (e.status === 409 || e.status === 404)) this.offer = null;
+      if (gone) { this.offer = null; clearInterval(this.offerTimer); $("offer-countdown").textContent = ""; $("offer-reject").textContent = "Close"; }
       else $("offer-accept").disabled = false;
+      $("offer-reject").focus();
     }
   },
 
@@ -2130,6 +2146,7 @@ const agent = {
       clearInterval(this.offerTimer);
       $("offer").close();
       announce("Offer rejected; it goes to the next agent");
+      this.paint();
     } catch (e) {
       $("offer-error").hidden = false;
       $("offer-error").textContent = explain(e, "Could not reject");
@@ -2138,13 +2155,18 @@ const agent = {
   },
 
   onAssigned(a) {
-    // Work given straight to us (no offer), or the echo of an accept.
-    if (a.call && !call.current) {
-      call.start({ callId: a.call.id, roomId: a.call.room_id, joinToken: a.call.join_token || a.call.token, taskId: a.task_id, conversationId: a.conversation_id, label: "Caller" });
-    }
+    // The echo of an accept here, or work given to us elsewhere.
+    this.refresh();
+    if (this.accepted.has(a.conversation_id)) return;
     if (a.conversation_id && a.conversation_id !== conversation.id) {
       banner.show(`A ${channelLabel(a.channel)} conversation was assigned to you.`, "info", { label: "Open it", run: () => { banner.hide(); go(`#/c/${encodeURIComponent(a.conversation_id)}`); } });
     }
+  },
+
+  /** Done with a chat or text task: wrap-up starts. */
+  async finish(taskId) {
+    await api.completeTask(taskId);
+    await this.refresh();
   },
 };
 
@@ -2211,9 +2233,11 @@ const call = {
     $("call-keypad").disabled = !live;
     $("call-transfer").disabled = !live;
     $("call-hangup").hidden = over;
+    // Once it is over only "Close" is left (nothing to mute, hold or dial).
+    for (const b of ["call-mute", "call-hold", "call-keypad", "call-transfer"]) $(b).hidden = over;
     $("call-dismiss").hidden = !over;
-    $("call-dismiss").textContent = c.taskId ? "Finish wrap-up" : "Close";
-    if (over) { for (const p of ["keypad", "transfer"]) $(p).hidden = true; }
+    $("call-dismiss").textContent = "Close";
+    if (over) { for (const [p, b] of [["keypad", "call-keypad"], ["transfer", "call-transfer"]]) { $(p).hidden = true; $(b).setAttribute("aria-expanded", "false"); } }
     if (state === "connected" && !c.startedAt) {
       c.startedAt = Date.now();
       this.timer = setInterval(() => { $("call-timer").textContent = clock((Date.now() - c.startedAt) / 1000); }, 1000);
@@ -2223,7 +2247,11 @@ const call = {
       clearInterval(this.poll);
       this.cleanup();
       conversation.header();
+      // The call is over: so is its task (wrap-up starts; the agent's status shows its countdown).
+      this.finishTask();
+      $("call-dismiss").focus();
     }
+    agent.paint();
     announce(text, state === "failed");
   },
 
@@ -2290,8 +2318,8 @@ const call = {
       if (s.state === "dialing" && c.state === "connecting") this.set("dialing");
       else if (s.state === "ringing" && ["connecting", "dialing"].includes(c.state)) this.set("ringing");
       else if (s.state === "answered") { c.answered = true; if (["connecting", "dialing", "ringing"].includes(c.state) && (c.mediaUp || !c.outbound)) this.set("connected"); }
-      else if (s.state === "ended") this.set("ended", causeWords(s.cause));
-      else if (s.state === "failed") this.set("failed", causeWords(s.cause) || "the call did not go through");
+      else if (s.state === "ended" && !["ended", "failed"].includes(c.state)) this.set("ended", causeWords(s.cause));
+      else if (s.state === "failed" && !["ended", "failed"].includes(c.state)) this.set("failed", causeWords(s.cause) || "the call did not go through");
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) clearInterval(this.poll);
     }
@@ -2317,15 +2345,18 @@ const call = {
     $("call-hold").disabled = true;
     try {
       await api.hold(c.callId, next);
+      if (this.current !== c) return;
       c.held = next;
       for (const t of c.stream?.getAudioTracks() || []) t.enabled = !next && !c.muted;
       $("call-hold").setAttribute("aria-pressed", String(next));
       $("call-hold").querySelector("span").textContent = next ? "Resume" : "Hold";
       this.set(next ? "held" : "connected");
     } catch (e) {
-      $("call-state").textContent = explain(e, next ? "Hold failed" : "Resume failed");
+      $("call-state").textContent = e instanceof ApiError && e.unavailable
+        ? "Hold is not available on this server yet: mute your microphone instead."
+        : explain(e, next ? "Hold failed" : "Resume failed");
     }
-    $("call-hold").disabled = false;
+    $("call-hold").disabled = !["connected", "held"].includes(c.state);
   },
 
   async dtmf(d) {
@@ -2354,6 +2385,7 @@ const call = {
         if (!c.taskId) throw new Error("only calls taken from a queue can go back to a queue; transfer to a number instead");
         await api.transferTask(c.taskId, target);
         status.textContent = `Transferred to queue ${target}.`;
+        c.taskDone = true; // the task went with the call
         this.set("ended", `transferred to queue ${target}`);
       } else {
         const uri = /^sips?:/.test(target) ? target : `sip:${target.replace(/[\s()-]/g, "")}`;
@@ -2373,10 +2405,26 @@ const call = {
       if (c.callId) await api.hangup(c.callId);
       this.set("ended", "you hung up");
     } catch (e) {
-      if (e instanceof ApiError && e.status === 409) this.set("ended", "the call had already ended");
+      if (e instanceof ApiError && (e.status === 409 || e.status === 404)) this.set("ended", "the call had already ended");
       else $("call-state").textContent = explain(e, "Hang-up failed (press again)");
     }
     $("call-hangup").disabled = false;
+  },
+
+  /** POST /v1/tasks/{id}/complete once the call is over (wrap-up starts). */
+  async finishTask() {
+    const c = this.current;
+    if (!c?.taskId || c.taskDone) return;
+    c.taskDone = "pending";
+    try {
+      await api.completeTask(c.taskId);
+      c.taskDone = true;
+    } catch (e) {
+      // Already completed (or transferred away): nothing left to finish.
+      if (e instanceof ApiError && (e.status === 404 || e.status === 409)) c.taskDone = true;
+      else { c.taskDone = false; $("call-state").textContent += ` — ${explain(e, "the task could not be finished (press Close to try again)")}`; }
+    }
+    agent.refresh();
   },
 
   cleanup() {
@@ -2389,13 +2437,13 @@ const call = {
 
   async dismiss() {
     const c = this.current;
-    if (c?.taskId) {
-      try { await api.completeTask(c.taskId); } catch (e) {
-        if (!(e instanceof ApiError && (e.unavailable || e.status === 409))) { $("call-state").textContent = explain(e, "Wrap-up could not be finished"); return; }
-      }
+    if (c?.taskId && c.taskDone !== true) {
+      await this.finishTask();
+      if (c.taskDone !== true) return;
     }
     this.current = null;
     $("callbar").hidden = true;
+    for (const b of ["call-mute", "call-hold", "call-keypad", "call-transfer"]) $(b).hidden = false;
     $("call-mute").setAttribute("aria-pressed", "false");
     $("call-hold").setAttribute("aria-pressed", "false");
     $("call-mute").querySelector("span").textContent = "Mute";
@@ -2409,7 +2457,7 @@ function causeWords(cause) {
   if (!cause) return "";
   const words = {
     remote_hangup: "the caller hung up", caller_hangup: "the caller hung up", target_hangup: "the patient hung up",
-    local_hangup: "hung up here", busy: "the line was busy", no_answer: "no answer", rejected: "the call was declined",
+    local_hangup: "hung up here", hangup: "hung up here", busy: "the line was busy", no_answer: "no answer", rejected: "the call was declined",
     transferred: "transferred", room_empty: "everyone left", media_timeout: "the audio stopped (network problem)", session_expired: "the call timed out",
   };
   return words[cause] || String(cause).replace(/_/g, " ");
@@ -2423,12 +2471,23 @@ const supervisor = {
   stream: null,
   stats: null,
   started: false,
+  names: new Map(), // agent id → display name (GET /v1/agents, admins only)
 
   async start() {
     if (this.started) return;
     this.started = true;
     const body = $("sup-body");
+    // The chart is drawn at the width it is shown: redraw when that changes.
+    this.resize ||= new ResizeObserver(() => {
+      const w = body.clientWidth;
+      if (this.started && this.stats && w > 0 && Math.abs(w - (this.drawnAt || 0)) > 8) this.render(this.stats);
+    });
+    this.resize.observe(body);
     body.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+    if (app.me?.agent) this.names.set(app.me.subject, app.me.agent.displayName);
+    if (app.me?.role === "admin" && this.names.size < 2) {
+      api.agents().then((list) => { for (const a of list || []) this.names.set(a.id, a.display_name); if (this.stats) this.render(this.stats); }).catch(() => {});
+    }
     try {
       this.render(await api.stats());
       this.stream = track(new LiveStream(api.streams.routing, {
@@ -2462,8 +2521,8 @@ const supervisor = {
     if (inbox.queuesChanged) inbox.fillQueues();
     const pct = (v) => (v == null ? "—" : `${Math.round(v * (v <= 1 ? 100 : 1))}%`);
     const by = s.byState;
-    const cards = h("ul", { class: "sup-cards", "aria-label": "Agents by state" },
-      ["available", "busy", "wrap_up", "away", "offline"].map((k) => h("li", { "data-state": k }, h("span", { class: "n" }, String(by[k] ?? 0)), h("span", {}, AGENT_STATES[k]))));
+    const cards = h("ul", { class: "sup-cards", "aria-label": "Agents signed in, by state" },
+      ["available", "busy", "wrap_up", "away"].map((k) => h("li", { "data-state": k }, h("span", { class: "n" }, String(by[k] ?? 0)), h("span", {}, AGENT_STATES[k]))));
     const waitingNow = s.queues.reduce((n, q) => n + q.waiting, 0);
     const queues = h("table", { class: "grid" },
       h("caption", {}, `Queues — ${waitingNow} waiting now`),
@@ -2477,21 +2536,32 @@ const supervisor = {
         h("td", {}, String(q.answered)), h("td", {}, String(q.abandoned)))) : h("tr", {}, h("td", { colspan: 8 }, "No queues yet."))));
     const agents = h("table", { class: "grid" },
       h("caption", {}, "Agents"),
-      h("thead", {}, h("tr", {}, ["Agent", "State", "Tasks"].map((t) => h("th", { scope: "col" }, t)))),
+      h("thead", {}, h("tr", {}, ["Agent", "State", "Tasks", "Missed offers"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, s.agents.length ? s.agents.map((a) => h("tr", {},
-        h("th", { scope: "row" }, a.name), h("td", {}, h("span", { class: "pill", "data-agent": a.state }, AGENT_STATES[a.state] || a.state)), h("td", {}, String(a.tasks))))
-        : h("tr", {}, h("td", { colspan: 3 }, "No agents signed in."))));
-    $("sup-body").replaceChildren(cards, h("div", { class: "sup-chart" }, chart(s.history)),
+        h("th", { scope: "row" }, this.names.get(a.id) || a.id, a.id === app.me?.subject ? h("span", { class: "muted" }, " (you)") : null),
+        h("td", {}, h("span", { class: "pill", "data-agent": a.state }, AGENT_STATES[a.state] || a.state),
+          a.offered ? h("span", { class: "muted" }, " · offer pending") : a.wrapLeft ? h("span", { class: "muted" }, ` · ${clock(a.wrapLeft)} left`) : a.idle != null && a.state === "available" ? h("span", { class: "muted" }, ` · free ${duration(a.idle)}`) : null),
+        h("td", {}, String(a.tasks)), h("td", { "data-tone": a.missed ? "warn" : "" }, String(a.missed))))
+        : h("tr", {}, h("td", { colspan: 4 }, "No agents signed in."))));
+    // The chart's "now": waiting across the queues, and the service level over all of them.
+    const ended = s.queues.reduce((n, q) => n + q.answered + q.abandoned + q.overflowed, 0);
+    const within = s.queues.reduce((n, q) => n + q.within, 0);
+    const current = { at: Date.now(), waiting: waitingNow, serviceLevel: ended ? within / ended : null };
+    this.drawnAt = $("sup-body").clientWidth;
+    const width = (this.drawnAt || 680) - 34;
+    $("sup-body").replaceChildren(cards, h("div", { class: "sup-chart" }, chart(s.history, current, width)),
       h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Queues table (scrolls sideways)" }, queues),
       h("div", { class: "table-wrap", tabindex: "0", role: "region", "aria-label": "Agents table" }, agents));
   },
 };
 
 /** Waiting calls (bars, left axis) and service level (line, right axis) over the last hour, as SVG. */
-function chart(history) {
-  const W = 640, H = 200, L = 40, R = 48, T = 16, B = 30;
+function chart(history, current = null, width = 640) {
+  // Drawn at the width it is shown (text stays readable on a phone).
+  const W = Math.max(300, Math.min(760, Math.round(width))), H = W < 480 ? 180 : 200, L = 36, R = 44, T = 16, B = 30;
   const now = Date.now(), from = now - 3600_000;
-  const pts = history.filter((p) => Number.isFinite(p.at) && p.at >= from).sort((a, b) => a.at - b.at);
+  // The server samples every 30 s; the live numbers are the point at "now".
+  const pts = [...history, ...(current ? [current] : [])].filter((p) => Number.isFinite(p.at) && p.at >= from).sort((a, b) => a.at - b.at);
   const step = Math.max(1, Math.ceil(Math.max(4, ...pts.map((p) => p.waiting)) / 4));
   const maxW = step * 4;
   const x = (t) => L + ((t - from) / 3600_000) * (W - L - R);
@@ -2519,11 +2589,11 @@ function chart(history) {
     svg.append(el("text", { x: L - 6, y: y + 4, class: "axis", "text-anchor": "end" }, String(v)));
     svg.append(el("text", { x: W - R + 6, y: yS(i / 4) + 4, class: "axis" }, `${i * 25}%`));
   }
-  for (let m = 60; m >= 0; m -= 15) {
-    svg.append(el("text", { x: x(now - m * 60_000), y: H - 10, class: "axis", "text-anchor": "middle" }, m ? `−${m} min` : "now"));
+  for (let m = 60; m >= 0; m -= W < 480 ? 30 : 15) {
+    svg.append(el("text", { x: x(now - m * 60_000), y: H - 10, class: "axis", "text-anchor": m === 60 ? "start" : m ? "middle" : "end" }, m ? `−${m} min` : "now"));
   }
-  // Waiting: bars.
-  const bw = Math.max(2, ((W - L - R) / 60) * 0.7);
+  // Waiting: bars (a point every 30 s).
+  const bw = Math.max(2, ((W - L - R) / 120) * 0.8);
   for (const p of pts) if (p.waiting > 0) svg.append(el("rect", { x: x(p.at) - bw / 2, y: yW(p.waiting), width: bw, height: H - B - yW(p.waiting), class: "bar" }));
   // Service level: a dashed line with dots.
   const slPts = pts.filter((p) => sl(p.serviceLevel) != null);
@@ -2534,8 +2604,8 @@ function chart(history) {
   }
   svg.append(el("line", { x1: L, x2: L, y1: T, y2: H - B, class: "axis-line" }), el("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, class: "axis-line" }));
   const legend = h("p", { class: "legend" },
-    h("span", { class: "key-bar" }), "Calls waiting (bars, left scale)  ",
-    h("span", { class: "key-line" }), "Service level: answered within target (dashed line, right scale)");
+    h("span", { class: "legend-item" }, h("span", { class: "key-bar" }), "Waiting (bars, left scale)"),
+    h("span", { class: "legend-item" }, h("span", { class: "key-line" }), "Service level: answered within target (dashed line, right scale)"));
   return [h("h3", {}, "Last hour"), svg, legend, h("p", { class: "muted" }, summary)];
 }
 
@@ -2591,7 +2661,8 @@ function enterApp() {
   const me = app.me;
   $("me-name").textContent = `${me.name}${me.role ? ` · ${me.role}` : ""}`;
   // Supervisors: admins (and anyone the stats endpoint lets in, found on first visit).
-  $("nav-supervisor").hidden = !(me.role === "admin" || me.lead);
+  // Every staff role may see the queues (GET /v1/routing/stats); the view explains a refusal.
+  $("nav-supervisor").hidden = false;
   if (!location.hash) history.replaceState(null, "", "#/inbox");
   inbox.load();
   agent.start();
@@ -2636,8 +2707,11 @@ async function boot() {
   if (new URLSearchParams(location.search).has("test-hooks")) {
     // For tests only: push inbox updates without a server stream.
     window.__consoleTest = {
+      call: () => call.current,
+      agent: () => agent.me,
       inboxUpdate: (raw) => inbox.update(map.inboxItem(raw)),
       inboxSize: () => inbox.list.ids.length,
+      item: (id) => { const it = inbox.items.get(id); return it ? { lastSeq: it.lastSeq, unread: it.unread, shown: !!inbox.list.rows.get(id) } : null; },
       renderedRows: () => inbox.list.rows.size,
     };
   }

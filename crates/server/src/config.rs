@@ -43,6 +43,9 @@ pub struct IvrConfig {
     /// Said to callers waiting in a queue, every `hold_every_secs`.
     pub hold_message: String,
     pub hold_every_secs: u64,
+    /// The longest voicemail taken when a queue overflows to voicemail
+    /// (a flow's `record` step sets its own).
+    pub voicemail_max_secs: u64,
     /// Timeline events one call's IVR may write (digits, steps); past it
     /// they are dropped (a key storm costs no more writes).
     pub max_events_per_call: u32,
@@ -58,6 +61,7 @@ impl Default for IvrConfig {
             allow_http_webhooks: false,
             hold_message: "Thank you for holding. Someone will be with you shortly.".into(),
             hold_every_secs: 30,
+            voicemail_max_secs: 120,
             max_events_per_call: 500,
         }
     }
@@ -796,6 +800,8 @@ allow_http_webhooks = false
 # What callers waiting in a queue hear, and how often.
 hold_message = "Thank you for holding. Someone will be with you shortly."
 hold_every_secs = 30
+# The longest voicemail taken when a queue overflows to voicemail.
+voicemail_max_secs = 120
 # Timeline events (digits, steps) one call's IVR may write.
 max_events_per_call = 500
 "#;

@@ -103,6 +103,9 @@ pub struct Queues {
     notices: broadcast::Sender<Arc<Notice>>,
     /// Waiting phone calls, by task id.
     calls: Mutex<HashMap<String, mpsc::UnboundedSender<CallOrder>>>,
+    /// The offer each agent has pending, as its `reservation` notice said
+    /// (a console that reloads shows it again), by (tenant, agent).
+    offers: Mutex<HashMap<(String, String), serde_json::Value>>,
     /// The monotonic clock's origin against the wall clock (reservations'
     /// expiry for clients).
     epoch: (Instant, i64),
@@ -144,12 +147,11 @@ fn channel_name(c: Channel) -> &'static str {
 pub fn queue_config(q: &Queue) -> QueueConfig {
     let mut c = QueueConfig::new(q.name.as_str());
     c.name = q.name.clone();
-    c.skills = q.spec.skills.clone();
-    c.reservation_timeout = Duration::from_secs(q.spec.reservation_timeout_secs.into());
-    c.service_level_target = Duration::from_secs(q.spec.service_level_secs.into());
-    c.wrap_up = Some(Duration::from_secs(q.spec.wrap_up_secs.into()));
+    c.skills = q.skills.clone();
+    c.reservation_timeout = Duration::from_secs(q.reservation_timeout_secs.into());
+    c.service_level_target = Duration::from_secs(q.service_level_secs.into());
+    c.wrap_up = Some(Duration::from_secs(q.wrap_up_secs.into()));
     c.overflow = q
-        .spec
         .overflow
         .iter()
         .map(|r| OverflowRule {
@@ -171,9 +173,9 @@ pub fn queue_config(q: &Queue) -> QueueConfig {
 
 fn agent_config(a: &Agent) -> AgentConfig {
     let mut c = AgentConfig::new(a.id.as_str());
-    c.skills = a.spec.skills.clone();
+    c.skills = a.skills.clone();
     let mut cap = Capacity::default();
-    for (channel, n) in &a.spec.capacity {
+    for (channel, n) in &a.capacity {
         let n = (*n).min(u16::MAX as u32) as u16;
         match channel.as_str() {
             "voice" => cap.voice = n,
@@ -209,6 +211,7 @@ impl Queues {
             outputs,
             notices: broadcast::channel(1024).0,
             calls: Mutex::new(HashMap::new()),
+            offers: Mutex::new(HashMap::new()),
             epoch: (Instant::now(), wall_ms()),
         });
         tokio::spawn(q.clone().apply_outputs(rx));
@@ -331,6 +334,63 @@ impl Queues {
         )
         .await;
         Ok(task)
+    }
+
+    /// Routes a conversation that waits in a queue (its `queue`, a queue of
+    /// the engine's) and is nobody's yet: a task on `channel` unless one is
+    /// open already. Quietly nothing otherwise.
+    pub async fn route_conversation(&self, tenant: &str, conversation_id: &str, channel: &str) {
+        use continuum_core::ConversationState;
+        let Ok(conv) = self.store.get_conversation(tenant, conversation_id).await else {
+            return;
+        };
+        let (Some(queue), None) = (conv.queue.clone(), conv.assignee.as_ref()) else {
+            return;
+        };
+        if !matches!(
+            conv.state,
+            ConversationState::Open | ConversationState::Queued
+        ) || channel_of(channel).is_none()
+        {
+            return;
+        }
+        match self.store.get_queue(tenant, &queue).await {
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+        let new = NewRoutingTask {
+            queue,
+            conversation_id: conversation_id.to_owned(),
+            channel: channel.to_owned(),
+            priority: 0,
+            skills: Vec::new(),
+            call_id: None,
+            triage: None,
+        };
+        match self.enqueue(tenant, new).await {
+            Ok(_) | Err(QueueError::Store(continuum_store::StoreError::Conflict(_))) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a queued conversation's message could not be routed")
+            }
+        }
+    }
+
+    /// The agent's pending offer, as its `reservation` notice carried it.
+    pub fn pending_offer(&self, tenant: &str, agent: &str) -> Option<serde_json::Value> {
+        let (state, r) = self.agent_state(tenant, agent);
+        let _ = state;
+        let key = (tenant.to_owned(), agent.to_owned());
+        let mut offers = self.offers.lock();
+        match r {
+            Some(r) => offers
+                .get(&key)
+                .filter(|o| o["id"].as_u64() == Some(r.id))
+                .cloned(),
+            None => {
+                offers.remove(&key);
+                None
+            }
+        }
     }
 
     /// A waiting call's orders arrive on `tx` until it leaves the queue.
@@ -686,25 +746,38 @@ impl Queues {
                 // what already happened (read on their behalf, audited).
                 let context = self
                     .store
-                    .context(tenant, &conversation_id, 10, &format!("agent:{agent}"))
+                    .context(tenant, &conversation_id, 50, &format!("agent:{agent}"))
                     .await
                     .ok();
-                self.notify(
-                    tenant,
-                    Some(&agent),
-                    "reservation",
-                    serde_json::json!({
-                        "id": reservation.0,
-                        "task_id": task.to_string(),
-                        "conversation_id": &*conversation_id,
-                        "channel": channel_name(channel),
-                        "queue": queue.to_string(),
-                        "priority": row.as_ref().map(|r| r.priority),
-                        "triage": row.as_ref().and_then(|r| r.triage.clone()),
-                        "expires_at": self.wall(expires_at),
-                        "context": context,
-                    }),
-                );
+                // The patient's own words first: a long IVR menu must not
+                // push them out of the offer.
+                let recent_messages: Vec<&continuum_store::Event> = context
+                    .as_ref()
+                    .map(|c| {
+                        let m: Vec<_> = c
+                            .recent_events
+                            .iter()
+                            .filter(|e| e.kind == EventKind::Message)
+                            .collect();
+                        m[m.len().saturating_sub(5)..].to_vec()
+                    })
+                    .unwrap_or_default();
+                let offer = serde_json::json!({
+                    "id": reservation.0,
+                    "task_id": task.to_string(),
+                    "conversation_id": &*conversation_id,
+                    "channel": channel_name(channel),
+                    "queue": queue.to_string(),
+                    "priority": row.as_ref().map(|r| r.priority),
+                    "triage": row.as_ref().and_then(|r| r.triage.clone()),
+                    "expires_at": self.wall(expires_at),
+                    "recent_messages": recent_messages,
+                    "context": context,
+                });
+                self.offers
+                    .lock()
+                    .insert((tenant.to_owned(), agent.to_string()), offer.clone());
+                self.notify(tenant, Some(&agent), "reservation", offer);
                 self.timeline(
                     tenant,
                     &conversation_id,

@@ -163,6 +163,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
             Some(attachments),
         ));
     }
+    if let Some(m) = &state.messaging {
+        m.set_queues(state.queues.clone());
+    }
     if let Some(voice) = state.voice.clone() {
         let host = crate::ivr::IvrHost::new(state.clone());
         voice.set_ivr(host.clone());

@@ -26,8 +26,15 @@ pub struct InboxItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub assignee: Option<String>,
     pub patient: InboxPatient,
+    /// The conversation's subject (e.g. "Rash follow-up").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
+    /// The last event a person would call news: a message, an attachment,
+    /// a triage result, a callback request or a call (not bookkeeping).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<LastEvent>,
     /// Patient events after the reader's read receipt (at most 99).
     pub unread: i64,
     /// Since when it waits for staff: its open routing task's creation, or
@@ -137,6 +144,21 @@ fn item_in(
             })
         })
         .optional()?;
+    let last_activity = c
+        .prepare_cached(
+            "SELECT seq, kind, channel, at FROM events WHERE conversation_id = ?1
+             AND kind IN ('message', 'attachment', 'triage.result', 'callback.requested', 'call.started', 'call.ended', 'call.failed')
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![conv.id], |r| {
+            Ok(LastEvent {
+                seq: r.get(0)?,
+                kind: r.get(1)?,
+                channel: r.get(2)?,
+                at: Timestamp(r.get(3)?),
+            })
+        })
+        .optional()?;
     let read_seq: i64 = c
         .prepare_cached(
             "SELECT read_seq FROM chat_receipts WHERE conversation_id = ?1 AND identity = ?2",
@@ -164,7 +186,9 @@ fn item_in(
             id: patient.id,
             display_name: patient.display_name,
         },
+        subject: conv.subject,
         last_event,
+        last_activity,
         unread,
         waiting_since,
         task: task.map(|t| InboxTask {

@@ -132,14 +132,34 @@ pub fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// A queue as stored: its name and settings (the fields of [`QueueSpec`],
+/// written out so the API schema stays exact).
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Queue {
     pub name: String,
-    #[serde(flatten)]
-    pub spec: QueueSpec,
+    pub skills: Vec<String>,
+    pub reservation_timeout_secs: u32,
+    pub service_level_secs: u32,
+    pub wrap_up_secs: u32,
+    pub overflow: Vec<OverflowSpec>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+impl Queue {
+    fn new(name: String, spec: QueueSpec, created_at: Timestamp, updated_at: Timestamp) -> Queue {
+        Queue {
+            name,
+            skills: spec.skills,
+            reservation_timeout_secs: spec.reservation_timeout_secs,
+            service_level_secs: spec.service_level_secs,
+            wrap_up_secs: spec.wrap_up_secs,
+            overflow: spec.overflow,
+            created_at,
+            updated_at,
+        }
+    }
 }
 
 /// What an agent (a staff identity) can take.
@@ -182,13 +202,15 @@ impl AgentSpec {
     }
 }
 
+/// An agent's profile as stored (the fields of [`AgentSpec`] written out).
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agent {
     /// The staff identity (a token's subject).
     pub id: String,
-    #[serde(flatten)]
-    pub spec: AgentSpec,
+    pub display_name: String,
+    pub skills: Vec<String>,
+    pub capacity: BTreeMap<String, u32>,
     pub updated_at: Timestamp,
 }
 
@@ -680,12 +702,12 @@ pub(crate) fn open_task_in(
 }
 
 fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queue> {
-    Ok(Queue {
-        name: r.get(0)?,
-        spec: json_col(r, 1)?,
-        created_at: Timestamp(r.get(2)?),
-        updated_at: Timestamp(r.get(3)?),
-    })
+    Ok(Queue::new(
+        r.get(0)?,
+        json_col(r, 1)?,
+        Timestamp(r.get(2)?),
+        Timestamp(r.get(3)?),
+    ))
 }
 
 fn queue_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<Queue>> {
@@ -697,9 +719,12 @@ fn queue_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<Queue>>
 }
 
 fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
+    let spec: AgentSpec = json_col(r, 1)?;
     Ok(Agent {
         id: r.get(0)?,
-        spec: json_col(r, 1)?,
+        display_name: spec.display_name,
+        skills: spec.skills,
+        capacity: spec.capacity,
         updated_at: Timestamp(r.get(2)?),
     })
 }

@@ -64,6 +64,10 @@ pub struct ReservationInfo {
     pub task_id: String,
     /// Unix milliseconds.
     pub expires_at: i64,
+    /// The whole offer, as the `reservation` event carried it (conversation,
+    /// channel, queue, priority, triage, recent messages, context).
+    #[schema(value_type = Object)]
+    pub offer: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -94,6 +98,7 @@ async fn me_view(s: &AppState, tenant: &str, agent: &str) -> ApiResult<AgentMe> 
             id: r.id,
             task_id: r.task_id,
             expires_at: s.queues.wall(r.expires),
+            offer: s.queues.pending_offer(tenant, agent),
         }),
         tasks,
     })
@@ -208,6 +213,11 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// A reservation's number; anything else names no reservation.
+fn reservation_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found("reservation"))
+}
+
 /// A phone call taken: the room it joins and a token for the agent's
 /// browser to join it (audio through the SFU).
 #[derive(Serialize, ToSchema)]
@@ -232,7 +242,7 @@ pub struct Accepted {
 /// Accept an offer: the conversation becomes the agent's. For a phone call,
 /// the caller is put in a room the agent's browser joins with `call.join_token`.
 #[utoipa::path(post, path = "/v1/reservations/{id}/accept", tag = "queues", operation_id = "acceptReservation",
-    params(("id" = u64, Path, description = "the reservation's id (from the `reservation` event)")),
+    params(("id" = String, Path, description = "the reservation's id (from the `reservation` event)")),
     responses((status = 200, body = Accepted, description = "assigned to the caller"),
         (status = 401, body = ErrorBody, description = "no or a bad credential"),
         (status = 403, body = ErrorBody, description = "not a staff token granted every conversation"),
@@ -242,9 +252,10 @@ pub struct Accepted {
 pub async fn accept(
     State(s): State<AppState>,
     Auth(p): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> ApiResult<Json<Accepted>> {
     let agent = agent_of(&p)?;
+    let id = reservation_id(&id)?;
     let tenant = p.tenant_id();
     let a = s.queues.accept(tenant, &agent, id).await?;
     let task = s
@@ -318,7 +329,7 @@ pub async fn accept(
 
 /// Turn an offer down: it goes to the next agent.
 #[utoipa::path(post, path = "/v1/reservations/{id}/reject", tag = "queues", operation_id = "rejectReservation",
-    params(("id" = u64, Path, description = "the reservation's id")),
+    params(("id" = String, Path, description = "the reservation's id")),
     responses((status = 204, description = "rejected"),
         (status = 401, body = ErrorBody, description = "no or a bad credential"),
         (status = 403, body = ErrorBody, description = "not a staff token granted every conversation"),
@@ -328,10 +339,11 @@ pub async fn accept(
 pub async fn reject(
     State(s): State<AppState>,
     Auth(p): Auth,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let agent = agent_of(&p)?;
-    s.queues.reject(p.tenant_id(), &agent, id)?;
+    s.queues
+        .reject(p.tenant_id(), &agent, reservation_id(&id)?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -496,22 +508,38 @@ pub async fn transfer_task(
 pub struct RoutingStats {
     /// Per queue: waiting, longest wait, reserved, assigned, and over the
     /// last 15 minutes answered, abandoned, overflowed, service level.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Vec<Object>)]
     pub queues: serde_json::Value,
     #[schema(value_type = Object)]
     pub agents_by_state: serde_json::Value,
-    #[schema(value_type = Object)]
+    /// Each agent: id, display_name, state, tasks, idle and wrap-up times.
+    #[schema(value_type = Vec<Object>)]
     pub agents: serde_json::Value,
     /// The last hour, a point every 30 s.
     pub history: Vec<HistoryPoint>,
 }
 
-fn stats(s: &AppState, tenant: &str) -> RoutingStats {
+async fn stats(s: &AppState, tenant: &str) -> RoutingStats {
     let (snap, history) = s.queues.snapshot(tenant);
+    let names: std::collections::HashMap<String, String> = s
+        .store
+        .list_agents(tenant)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.id, a.display_name))
+        .collect();
+    let mut agents = serde_json::to_value(&snap.agents).unwrap_or_default();
+    if let Some(list) = agents.as_array_mut() {
+        for a in list {
+            let name = a["id"].as_str().and_then(|id| names.get(id)).cloned();
+            a["display_name"] = name.map_or(serde_json::Value::Null, Into::into);
+        }
+    }
     RoutingStats {
         queues: serde_json::to_value(&snap.queues).unwrap_or_default(),
         agents_by_state: serde_json::to_value(&snap.agents_by_state).unwrap_or_default(),
-        agents: serde_json::to_value(&snap.agents).unwrap_or_default(),
+        agents,
         history,
     }
 }
@@ -532,7 +560,7 @@ fn supervisor(p: &Principal) -> Result<(), ApiError> {
     security(("bearer" = [])))]
 pub async fn get_stats(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<Json<RoutingStats>> {
     supervisor(&p)?;
-    Ok(Json(stats(&s, p.tenant_id())))
+    Ok(Json(stats(&s, p.tenant_id()).await))
 }
 
 /// The same, live: `event: stats` every two seconds.
@@ -561,7 +589,7 @@ pub async fn stream_stats(
             }
             let Ok(ev) = SseEvent::default()
                 .event("stats")
-                .json_data(stats(&s, p.tenant_id()))
+                .json_data(stats(&s, p.tenant_id()).await)
             else {
                 continue;
             };

@@ -353,7 +353,7 @@ impl CallRun {
     async fn store_voicemail(&mut self, samples: &[i16]) -> Option<String> {
         let rec = self.recording.take();
         let triage = rec.as_ref().and_then(|r| r.triage.clone());
-        if samples.len() < 8_00 {
+        if samples.len() < 800 {
             // Under 0.1 s: nothing was said.
             return None;
         }
@@ -570,9 +570,16 @@ impl CallRun {
             }
         }
         self.voice.voice.play(self.call, beep());
+        let max = self
+            .host
+            .state
+            .config
+            .ivr
+            .voicemail_max_secs
+            .clamp(1, 3_600);
         self.voice
             .voice
-            .start_recording(self.call, Duration::from_secs(120));
+            .start_recording(self.call, Duration::from_secs(max));
         self.recording = Some(Recording {
             finish_on: "#".into(),
             triage: None,

@@ -132,6 +132,15 @@ impl MessagingService {
             self.on_keyword(tenant_id, &conversation_id, channel, &from, &to, k)
                 .await?;
         }
+        // A text on a conversation waiting in a queue (and not yet anyone's)
+        // is work for that queue's agents.
+        if out.created
+            && keyword.is_none()
+            && let Some(q) = self.queues.get()
+        {
+            q.route_conversation(tenant_id, &conversation_id, channel.as_str())
+                .await;
+        }
         // A reply to an appointment reminder: the appointment it answers
         // is confirmed (or marked for rescheduling) with a note on the
         // timeline. The message itself is on the timeline already, and

@@ -41,6 +41,8 @@ pub struct MessagingService {
     late_receipts: std::sync::atomic::AtomicUsize,
     /// Where inbound media (MMS, WhatsApp) is stored.
     pub(crate) attachments: Option<Arc<crate::attachments::Attachments>>,
+    /// Inbound messages on a queued conversation route to its queue.
+    pub(crate) queues: std::sync::OnceLock<Arc<crate::queues::Queues>>,
 }
 
 impl MessagingService {
@@ -67,7 +69,13 @@ impl MessagingService {
             me: me.clone(),
             late_receipts: Default::default(),
             attachments,
+            queues: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Wires the routing engines in (once, at startup).
+    pub fn set_queues(&self, queues: Arc<crate::queues::Queues>) {
+        let _ = self.queues.set(queues);
     }
 
     /// A tenant's chain changed: its binds go, and it is built again now
