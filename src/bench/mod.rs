@@ -4,6 +4,7 @@
 mod attachments;
 mod bridged;
 mod events;
+mod ivr;
 mod messaging;
 mod reminders;
 mod routing;
@@ -45,6 +46,10 @@ pub enum BenchCommand {
     /// Routing decisions per second and their latency with many tasks
     /// waiting and many agents (the routing engine alone).
     Routing(routing::RoutingArgs),
+    /// IVR calls handled at once: sipp callers through the example flow
+    /// (spoken prompts, RFC 4733 digits) into a queue, with the media
+    /// clock's lateness, CPU and memory.
+    Ivr(ivr::IvrArgs),
 }
 
 pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
@@ -57,5 +62,6 @@ pub fn run(cmd: BenchCommand, cfg: Config) -> anyhow::Result<()> {
         BenchCommand::Attachments(args) => attachments::run(args),
         BenchCommand::Reminders(args) => reminders::run(args, cfg),
         BenchCommand::Routing(args) => routing::run(args),
+        BenchCommand::Ivr(args) => ivr::run(args),
     }
 }

@@ -319,6 +319,7 @@ impl Queues {
             return Err(QueueError::UnknownQueue(new.queue));
         }
         let task = self.store.create_routing_task(tenant, new).await?;
+        metrics::counter!("continuum_routing_tasks_total", "channel" => channel_name(channel_of(&task.channel).unwrap_or(Channel::Chat))).increment(1);
         let now = Instant::now();
         if let Err(e) = self.with_engine(tenant, |e| e.enqueue(engine_task(&task, now), now)) {
             let _ = self

@@ -755,7 +755,16 @@ impl<T: Clone + Send + 'static> Host<T> {
                     Some(msg) => self.net(msg),
                     None => return,
                 },
-                _ = sleep => self.gateway.handle_timeout(Instant::now()),
+                _ = sleep => {
+                    let now = Instant::now();
+                    // How late the media clock runs (prompts stutter past a
+                    // frame): the gateway's load, as callers hear it.
+                    if let Some(due) = wake {
+                        metrics::histogram!("continuum_sip_timer_lateness_seconds")
+                            .record(now.saturating_duration_since(due).as_secs_f64());
+                    }
+                    self.gateway.handle_timeout(now)
+                }
                 _ = housekeeping.tick() => self.housekeeping(),
             }
             self.flush();
