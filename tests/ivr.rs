@@ -1012,3 +1012,73 @@ async fn a_text_on_a_queued_conversation_becomes_work_for_that_queue() {
         "{inbox}"
     );
 }
+
+#[tokio::test]
+async fn a_flow_follows_the_tenants_named_business_hours_calendar() {
+    let dir = tempdir();
+    let (s, sip) = voice_server(dir.path());
+    let key = s.key().to_owned();
+    let flow = "name: cal\nstart: check\nhours: { calendar: main-clinic }\nnodes:\n  check:\n    branch:\n      - if: { open: false }\n        next: closed\n      - next: open\n  closed:\n    say: \"We are closed.\"\n    hangup: {}\n  open:\n    say: \"We are open.\"\n    hangup: {}\n";
+    // A flow naming a calendar that does not exist is refused.
+    let (code, body) = put_flow(&s, &key, "cal", flow).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hours.calendar"),
+        "{body}"
+    );
+    // A broken calendar is refused with its line.
+    let put_calendar = |src: &'static str| {
+        s.client
+            .put(s.url("/v1/ivr/calendars/main-clinic"))
+            .bearer_auth(&key)
+            .body(src)
+            .send()
+    };
+    let resp = put_calendar("time_zone: Europe/Paris\nweekly:\n  someday: \"08:00-18:00\"\n")
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("3:"),
+        "{body}"
+    );
+    // Closed every day: the caller hears the closed branch.
+    let resp = put_calendar("time_zone: Europe/Paris\nweekly:\n  daily: closed\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.text().await.unwrap()
+    );
+    let (code, body) = put_flow(&s, &key, "cal", flow).await;
+    assert_eq!(code, 201, "{body}");
+    inbound_route(
+        &s,
+        &key,
+        "+14155550306",
+        json!({"type": "ivr", "flow": "cal"}),
+    )
+    .await;
+    let scenario = Uac::new("+14155550137")
+        .invite(MEDIA)
+        .answered()
+        .await_bye()
+        .build();
+    let caller = Sipp::uac(dir.path(), "calendar", &scenario, sip, "+14155550306");
+    let conv = conversation_of(&s, &key, "+14155550137").await;
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "ivr.step", |m| m["node"] == "closed")
+    })
+    .await;
+    assert!(
+        !has(&events, "ivr.step", |m| m["node"] == "open"),
+        "{events:?}"
+    );
+    caller.assert_ok().await;
+}

@@ -31,7 +31,7 @@ mod session;
 pub mod twiml;
 mod yaml;
 
-pub use flow::{Diagnostic, Flow, FlowError, Report, Severity, check};
+pub use flow::{Diagnostic, Flow, FlowError, Report, Severity, check, load_calendar};
 pub use hours::Calendar;
 pub use params::{CallInfo, call_params};
 pub use session::{

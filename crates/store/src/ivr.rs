@@ -1,7 +1,8 @@
-//! IVR flows: a tenant's call flows, kept as the YAML source they were
-//! written in (the server validates it with `continuum-ivr` before it is
-//! stored, and parses it again when a call starts). All SQL of this table is
-//! here. A flow holds the clinic's prompts and menus, not PHI: in clear.
+//! IVR flows and business-hours calendars: a tenant's call flows and the
+//! opening hours they can name, kept as the YAML they were written in (the
+//! server validates it with `continuum-ivr` before it is stored, and parses
+//! it again when a call starts). All SQL of these tables is here. They hold
+//! the clinic's prompts, menus and hours, not PHI: in clear.
 
 use crate::audit::{AuditEntry, Outcome};
 use crate::error::{Result, StoreError};
@@ -104,6 +105,116 @@ impl Store {
         })
         .await
     }
+}
+
+/// A calendar, as written (`time_zone`, `weekly`, `holidays`).
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BusinessCalendar {
+    pub name: String,
+    pub source: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Store {
+    /// Stores (or replaces) a calendar the caller has validated; `true` when new.
+    pub async fn put_calendar(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        source: &str,
+        actor: &str,
+    ) -> Result<(BusinessCalendar, bool)> {
+        if !valid_name(name) {
+            return Err(StoreError::Invalid(
+                "name: 1-64 letters, digits, `.`, `-` or `_`".into(),
+            ));
+        }
+        if source.len() > 64 * 1024 {
+            return Err(StoreError::Invalid("a calendar is at most 64 KiB".into()));
+        }
+        let (t, n, src, actor) = (
+            tenant_id.to_owned(),
+            name.to_owned(),
+            source.to_owned(),
+            actor.to_owned(),
+        );
+        self.write(move |ctx| {
+            let existed = calendar_in(ctx.conn, &t, &n)?.is_some();
+            ctx.conn.execute(
+                "INSERT INTO business_calendars (tenant_id, name, source, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(tenant_id, name) DO UPDATE SET source = excluded.source, updated_at = excluded.updated_at",
+                params![t, n, src, now_micros()],
+            )?;
+            let action = if existed { "calendar.update" } else { "calendar.create" };
+            ctx.audit(&t, &AuditEntry::new(actor, action, format!("calendar/{n}"), Outcome::Ok))?;
+            Ok((calendar_in(ctx.conn, &t, &n)?.ok_or(StoreError::NotFound("calendar"))?, !existed))
+        })
+        .await
+    }
+
+    pub async fn get_calendar(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<BusinessCalendar>> {
+        let (t, n) = (tenant_id.to_owned(), name.to_owned());
+        self.read(move |c| calendar_in(c, &t, &n)).await
+    }
+
+    pub async fn list_calendars(&self, tenant_id: &str) -> Result<Vec<BusinessCalendar>> {
+        let t = tenant_id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT name, source, created_at, updated_at FROM business_calendars WHERE tenant_id = ?1 ORDER BY name",
+            )?;
+            let rows = st.query_map(params![t], calendar_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    pub async fn delete_calendar(&self, tenant_id: &str, name: &str, actor: &str) -> Result<()> {
+        let (t, n, actor) = (tenant_id.to_owned(), name.to_owned(), actor.to_owned());
+        self.write(move |ctx| {
+            let gone = ctx.conn.execute(
+                "DELETE FROM business_calendars WHERE tenant_id = ?1 AND name = ?2",
+                params![t, n],
+            )?;
+            if gone == 0 {
+                return Err(StoreError::NotFound("calendar"));
+            }
+            ctx.audit(
+                &t,
+                &AuditEntry::new(
+                    actor,
+                    "calendar.delete",
+                    format!("calendar/{n}"),
+                    Outcome::Ok,
+                ),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn calendar_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BusinessCalendar> {
+    Ok(BusinessCalendar {
+        name: r.get(0)?,
+        source: r.get(1)?,
+        created_at: Timestamp(r.get(2)?),
+        updated_at: Timestamp(r.get(3)?),
+    })
+}
+
+fn calendar_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<BusinessCalendar>> {
+    Ok(c.prepare_cached(
+        "SELECT name, source, created_at, updated_at FROM business_calendars WHERE tenant_id = ?1 AND name = ?2",
+    )?
+    .query_row(params![t, n], calendar_row)
+    .optional()?)
 }
 
 fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IvrFlow> {

@@ -42,7 +42,7 @@ pub use crypto::{SecretKey, TenantKeys};
 pub use error::{Result, StoreError};
 pub use events::{Context, Event, MediaSession};
 pub use inbox::{InboxItem, InboxPage, InboxPatient, InboxTask, LastEvent, UNREAD_CAP};
-pub use ivr::{IvrFlow, MAX_FLOW_BYTES};
+pub use ivr::{BusinessCalendar, IvrFlow, MAX_FLOW_BYTES};
 pub use messaging::{
     ClaimedMessage, ConsentChange, FailedAttempt, InboundOutcome, InboundRecord, MessageRef,
     MessageState, MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage,

@@ -418,12 +418,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reminders_due ON reminders(due_at, id) WHERE state = 'pending';
     CREATE INDEX reminders_appointment ON reminders(appointment_id, offset_secs);
     "#,
-    // 11: the front door. IVR flows (YAML as written), queues and agents
+    // 11: the front door. IVR flows and business-hours calendars (YAML as
+    // written), queues and agents
     // (settings as JSON): the clinic's own configuration, in clear. Routing
     // tasks (one per piece of work routed): which queue a patient's
     // conversation waits in and its triage label are PHI, sealed.
     r#"
     CREATE TABLE ivr_flows (
+        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE business_calendars (
         tenant_id TEXT NOT NULL REFERENCES tenants(id),
         name TEXT NOT NULL,
         source TEXT NOT NULL,

@@ -70,6 +70,36 @@ pub(super) fn load(src: &str) -> Result<Flow, FlowError> {
     }
 }
 
+/// A tenant calendar on its own: the same fields as a flow's inline `hours`
+/// (`time_zone`, `weekly`, `holidays`), with the same diagnostics.
+pub(super) fn load_calendar(src: &str) -> Result<Calendar, Vec<Diagnostic>> {
+    let mut d = Decoder::default();
+    let cal = match yaml::parse(src) {
+        Ok(root) => match d.hours(&root) {
+            Some(Hours::Inline(c)) => Some(c),
+            Some(Hours::Named(_)) => {
+                d.err(
+                    root.pos,
+                    "a calendar cannot name another calendar: give time_zone, weekly and holidays",
+                );
+                None
+            }
+            None => None,
+        },
+        Err(e) => {
+            d.err(e.pos, format!("YAML syntax: {}", e.message));
+            None
+        }
+    };
+    match cal {
+        Some(c) if d.errors.is_empty() => Ok(c),
+        _ => {
+            d.errors.sort_by_key(|e| (e.line, e.column));
+            Err(d.errors)
+        }
+    }
+}
+
 /// A mapping being read: which fields it has, where it is, what to call it.
 struct Fields<'a> {
     what: String,

@@ -62,6 +62,12 @@ impl Report {
 }
 
 /// Validates a flow file without keeping the flow.
+/// A tenant's business-hours calendar from YAML (or JSON): `time_zone`,
+/// `weekly`, `holidays`, as in a flow's `hours`; every error with its line.
+pub fn load_calendar(src: &str) -> Result<Calendar, Vec<Diagnostic>> {
+    decode::load_calendar(src)
+}
+
 pub fn check(src: &str) -> Report {
     match Flow::from_yaml(src) {
         Ok(flow) => Report {

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use continuum_core::Permission;
 use continuum_ivr::{Diagnostic, Severity};
-use continuum_store::IvrFlow;
+use continuum_store::{BusinessCalendar, IvrFlow};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -114,6 +114,14 @@ pub async fn put_flow(
     let (src, c) = check(&body)?;
     if !c.ok {
         return Err(refusal(&c));
+    }
+    if let Ok(parsed) = continuum_ivr::Flow::from_yaml(&src)
+        && let Some(continuum_ivr::flow::Hours::Named(cal)) = &parsed.hours
+        && s.store.get_calendar(p.tenant_id(), cal).await?.is_none()
+    {
+        return Err(ApiError::invalid(format!(
+            "hours.calendar: no business-hours calendar named `{cal}`; create it first with PUT /v1/ivr/calendars/{{name}}"
+        )));
     }
     let (flow, created) = s
         .store
@@ -241,4 +249,108 @@ pub async fn signing_key(State(s): State<AppState>, Auth(p): Auth) -> ApiResult<
     Ok(Json(SigningKey {
         key: host.signing_key(p.tenant_id()).await?,
     }))
+}
+
+/// Create or replace a business-hours calendar flows can name
+/// (`hours: { calendar: NAME }`): `time_zone`, `weekly`, `holidays`, as in
+/// a flow's `hours` (YAML or JSON).
+#[utoipa::path(put, path = "/v1/ivr/calendars/{name}", tag = "ivr", operation_id = "putCalendar",
+    params(("name" = String, Path, description = "the calendar's name")),
+    request_body(content = String, content_type = "application/yaml", description = "time_zone, weekly, holidays (docs/ivr.md)"),
+    responses((status = 201, body = BusinessCalendar, description = "stored"), (status = 200, body = BusinessCalendar, description = "replaced"),
+        (status = 401, body = ErrorBody, description = "no or a bad credential"),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 422, body = ErrorBody, description = "errors, each as `LINE:COLUMN: reason`")),
+    security(("bearer" = [])))]
+pub async fn put_calendar(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<BusinessCalendar>)> {
+    s.require(&p, Permission::ManageRouting, "calendars")
+        .await?;
+    let src = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("the calendar is not UTF-8 text (YAML or JSON)"))?;
+    if let Err(errors) = continuum_ivr::load_calendar(src) {
+        let lines: Vec<String> = errors
+            .iter()
+            .take(20)
+            .map(|e| format!("{}:{}: {}", e.line, e.column, e.message))
+            .collect();
+        return Err(ApiError::invalid(format!(
+            "the calendar has {} error(s):\n{}",
+            errors.len(),
+            lines.join("\n")
+        )));
+    }
+    let (cal, created) = s
+        .store
+        .put_calendar(p.tenant_id(), &name, src, &p.audit_actor())
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(cal)))
+}
+
+/// The tenant's calendars.
+#[utoipa::path(get, path = "/v1/ivr/calendars", tag = "ivr", operation_id = "listCalendars",
+    responses((status = 200, body = Vec<BusinessCalendar>, description = "by name"),
+        (status = 401, body = ErrorBody, description = "no or a bad credential"),
+        (status = 403, body = ErrorBody, description = "not an admin")),
+    security(("bearer" = [])))]
+pub async fn list_calendars(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<BusinessCalendar>>> {
+    s.require(&p, Permission::ManageRouting, "calendars")
+        .await?;
+    Ok(Json(s.store.list_calendars(p.tenant_id()).await?))
+}
+
+/// One calendar, as written.
+#[utoipa::path(get, path = "/v1/ivr/calendars/{name}", tag = "ivr", operation_id = "getCalendar",
+    params(("name" = String, Path, description = "the calendar's name")),
+    responses((status = 200, body = BusinessCalendar, description = "the calendar"),
+        (status = 401, body = ErrorBody, description = "no or a bad credential"),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 404, body = ErrorBody, description = "no such calendar")),
+    security(("bearer" = [])))]
+pub async fn get_calendar(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<BusinessCalendar>> {
+    s.require(&p, Permission::ManageRouting, "calendars")
+        .await?;
+    s.store
+        .get_calendar(p.tenant_id(), &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("calendar"))
+}
+
+/// Delete a calendar (flows naming it count the clinic as open, with an
+/// `ivr.error` on each call's timeline, until it is back).
+#[utoipa::path(delete, path = "/v1/ivr/calendars/{name}", tag = "ivr", operation_id = "deleteCalendar",
+    params(("name" = String, Path, description = "the calendar's name")),
+    responses((status = 204, description = "deleted"),
+        (status = 401, body = ErrorBody, description = "no or a bad credential"),
+        (status = 403, body = ErrorBody, description = "not an admin"),
+        (status = 404, body = ErrorBody, description = "no such calendar")),
+    security(("bearer" = [])))]
+pub async fn delete_calendar(
+    State(s): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.require(&p, Permission::ManageRouting, "calendars")
+        .await?;
+    s.store
+        .delete_calendar(p.tenant_id(), &name, &p.audit_actor())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -151,6 +151,12 @@ pub fn router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(ivr::list_flows))
         .routes(routes!(ivr::put_flow, ivr::get_flow, ivr::delete_flow))
         .routes(routes!(ivr::check_flow))
+        .routes(routes!(ivr::list_calendars))
+        .routes(routes!(
+            ivr::put_calendar,
+            ivr::get_calendar,
+            ivr::delete_calendar
+        ))
         .routes(routes!(ivr::signing_key))
         .routes(routes!(work::get_me))
         .routes(routes!(work::set_state))

@@ -58,7 +58,10 @@ enum Next {
 }
 
 impl CallRun {
-    pub async fn run(mut self) {
+    pub async fn run(mut self, calendar_problem: Option<String>) {
+        if let Some(problem) = calendar_problem {
+            self.error(&problem).await;
+        }
         let next = self.interpret().await;
         if let Next::Queued { task_id } = next {
             self.hold(task_id).await;

@@ -273,6 +273,26 @@ impl IvrHost {
         };
         let mut facts = Facts::new(jiff::Timestamp::now(), info);
         facts.context = self.facts_context(&tag).await;
+        let mut calendar_problem = None;
+        if let Program::Flow(flow) = &program
+            && let Some(continuum_ivr::flow::Hours::Named(name)) = &flow.hours
+        {
+            match self.state.store.get_calendar(&tag.tenant_id, name).await {
+                Ok(Some(c)) => match continuum_ivr::load_calendar(&c.source) {
+                    Ok(cal) => facts.calendar = Some(Arc::new(cal)),
+                    Err(_) => {
+                        calendar_problem = Some(format!(
+                            "the business-hours calendar `{name}` no longer loads: the clinic counts as open"
+                        ))
+                    }
+                },
+                _ => {
+                    calendar_problem = Some(format!(
+                        "no business-hours calendar `{name}`: the clinic counts as open"
+                    ))
+                }
+            }
+        }
         let (tx, events) = mpsc::unbounded_channel();
         let (fetched_tx, fetched_rx) = mpsc::unbounded_channel();
         metrics::counter!("continuum_ivr_calls_total").increment(1);
@@ -291,7 +311,7 @@ impl IvrHost {
         };
         tokio::spawn(async move {
             let _live = LiveCall::new();
-            run.run().await
+            run.run(calendar_problem).await
         });
         Ok(tx)
     }
