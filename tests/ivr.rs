@@ -185,6 +185,9 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
         .answered()
         .pause(9_000)
         .raw(&dtmf("1", 500))
+        .pause(15_000)
+        // Audio now and then: a silent line would end the call (media timeout).
+        .raw("<nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/g711a.pcap\"/></action></nop>\n")
         .pause(25_000)
         .bye()
         .build();
@@ -328,16 +331,33 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
         .await;
     assert_eq!(c["assignee"], "nurse-joy", "{c}");
     assert_eq!(c["state"], "active", "{c}");
-    caller.assert_ok().await;
 
-    // She finishes: wrap-up, then available again.
-    s.ok(
-        "POST",
-        &format!("/v1/tasks/{task_id}/complete"),
-        &nurse_token,
-        None,
-    )
+    // It is a front-desk matter: she sends the call back to a queue. The
+    // caller leaves her room and waits again; she is in wrap-up.
+    let code = s
+        .client
+        .post(s.url(&format!("/v1/tasks/{task_id}/transfer")))
+        .bearer_auth(&nurse_token)
+        .json(&json!({"queue": "front-desk"}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(code.as_u16(), 204);
+    let left = eventually(&s, &key, &format!("/v1/rooms/{room}"), |r| {
+        r["participants"]
+            .as_array()
+            .is_some_and(|p| !p.iter().any(|m| m["phone"] == true))
+    })
     .await;
+    assert!(
+        !left["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["phone"] == true),
+        "the caller is still in the nurse's room: {left}"
+    );
     // (`busy` came first, when she took the call.)
     let state = loop {
         let st = feed.next("state", WAIT).await;
@@ -347,6 +367,77 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
     };
     assert_eq!(state["state"], "wrap_up", "{state}");
     assert!(state["wrap_up_until"].as_i64().is_some(), "{state}");
+    let task = s
+        .ok("GET", &format!("/v1/tasks/{task_id}"), &key, None)
+        .await;
+    assert_eq!(task["state"], "waiting", "{task}");
+    assert_eq!(task["queue"], "front-desk", "{task}");
+
+    // The front desk takes it (the task keeps the skill the IVR asked
+    // for): the caller is in the new agent's room.
+    s.ok(
+        "PUT",
+        "/v1/agents/desk-1",
+        &key,
+        Some(json!({"display_name": "Front desk", "skills": ["triage"]})),
+    )
+    .await;
+    let desk = s.mint(&key, "desk-1", "agent", &["*"]).await;
+    let mut desk_feed = Sse::open(
+        &s.client,
+        &s.url(&format!("/v1/agents/me/events?access_token={desk}")),
+    )
+    .await;
+    desk_feed.next("hello", WAIT).await;
+    s.ok(
+        "POST",
+        "/v1/agents/me/state",
+        &desk,
+        Some(json!({"state": "available"})),
+    )
+    .await;
+    let offer = desk_feed.next("reservation", WAIT).await;
+    assert_eq!(offer["task_id"], task_id.as_str(), "{offer}");
+    assert_eq!(offer["queue"], "front-desk", "{offer}");
+    let rid = offer["id"].as_u64().unwrap();
+    let accepted = s
+        .ok(
+            "POST",
+            &format!("/v1/reservations/{rid}/accept"),
+            &desk,
+            None,
+        )
+        .await;
+    let desk_room = accepted["call"]["room_id"].as_str().unwrap().to_owned();
+    assert_ne!(desk_room, room);
+    let seen = eventually(&s, &key, &format!("/v1/rooms/{desk_room}"), |r| {
+        r["participants"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|m| m["phone"] == true))
+    })
+    .await;
+    assert!(
+        seen["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["phone"] == true),
+        "the caller never reached the front desk's room: {seen}"
+    );
+    let c = s
+        .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
+        .await;
+    assert_eq!(c["assignee"], "desk-1", "{c}");
+    caller.assert_ok().await;
+
+    // The desk finishes.
+    s.ok(
+        "POST",
+        &format!("/v1/tasks/{task_id}/complete"),
+        &desk,
+        None,
+    )
+    .await;
     let task = s
         .ok("GET", &format!("/v1/tasks/{task_id}"), &key, None)
         .await;

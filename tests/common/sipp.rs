@@ -340,7 +340,7 @@ fn sipp_command(dir: &Path, name: &str, scenario: Option<&str>) -> Command {
         "1",
         "-nostdin",
         "-timeout",
-        "40s",
+        "90s",
         "-timeout_error",
         "-trace_err",
         "-error_file",

@@ -41,6 +41,9 @@ pub enum CallOrder {
     Voicemail,
     /// Nobody in time: promise a call back and hang up.
     Callback,
+    /// The agent sent the answered call back to a queue: leave the room and
+    /// wait again.
+    Requeue,
 }
 
 /// Something an agent's console (or a supervisor's) should hear about.
@@ -103,6 +106,9 @@ pub struct Queues {
     notices: broadcast::Sender<Arc<Notice>>,
     /// Waiting phone calls, by task id.
     calls: Mutex<HashMap<String, mpsc::UnboundedSender<CallOrder>>>,
+    /// Answered phone calls (with an agent), by task id: a transfer sends
+    /// them back to wait.
+    answered: Mutex<HashMap<String, mpsc::UnboundedSender<CallOrder>>>,
     /// The offer each agent has pending, as its `reservation` notice said
     /// (a console that reloads shows it again), by (tenant, agent).
     offers: Mutex<HashMap<(String, String), serde_json::Value>>,
@@ -211,6 +217,7 @@ impl Queues {
             outputs,
             notices: broadcast::channel(1024).0,
             calls: Mutex::new(HashMap::new()),
+            answered: Mutex::new(HashMap::new()),
             offers: Mutex::new(HashMap::new()),
             epoch: (Instant::now(), wall_ms()),
         });
@@ -399,6 +406,17 @@ impl Queues {
         self.calls.lock().insert(task_id.to_owned(), tx);
     }
 
+    /// An answered call's orders (a transfer back to a queue) arrive on `tx`
+    /// until it ends.
+    pub fn call_joined(&self, task_id: &str, tx: mpsc::UnboundedSender<CallOrder>) {
+        self.answered.lock().insert(task_id.to_owned(), tx);
+    }
+
+    /// An answered call ended.
+    pub fn call_gone(&self, task_id: &str) {
+        self.answered.lock().remove(task_id);
+    }
+
     /// The caller hung up (or the work was withdrawn).
     pub fn cancel(&self, tenant: &str, task_id: &str) {
         self.calls.lock().remove(task_id);
@@ -531,13 +549,12 @@ impl Queues {
             .await?
             .filter(|t| t.agent.as_deref() == Some(agent) && t.state == TaskState::Assigned)
             .ok_or(QueueError::NoTask)?;
-        let in_engine = self.with_engine(tenant, |e| e.complete(&task.id, Instant::now()));
-        if in_engine.is_err() {
-            // Assigned before a restart: only the row knows it.
-            self.store
-                .set_task_state(tenant, &task.id, TaskState::Completed, None, None)
-                .await?;
-        }
+        // The engine's record (when it has one: not after a restart), then
+        // the row, before answering (the agent's next read agrees).
+        let _ = self.with_engine(tenant, |e| e.complete(&task.id, Instant::now()));
+        self.store
+            .set_task_state(tenant, &task.id, TaskState::Completed, None, None)
+            .await?;
         Ok(())
     }
 
@@ -563,6 +580,10 @@ impl Queues {
         self.store
             .set_task_state(tenant, &task.id, TaskState::Waiting, None, Some(to))
             .await?;
+        // A call an agent had: out of their room, back to hold audio.
+        if let Some(tx) = self.answered.lock().remove(&task.id) {
+            let _ = tx.send(CallOrder::Requeue);
+        }
         self.timeline(
             tenant,
             &task.conversation_id,

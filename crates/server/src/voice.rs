@@ -867,6 +867,21 @@ impl VoiceService {
         self.bridge(&tag).await
     }
 
+    /// Takes a call out of its room (the agent transferred it back to a
+    /// queue): its participant leaves, the phone hears prompts again.
+    pub async fn leave_room(&self, tag: &CallTag) -> Result<(), String> {
+        let call = self.active(&tag.call_id).ok_or("the call ended")?;
+        if let Some(pid) = self.in_rooms.lock().remove(&tag.call_id)
+            && let Some(media) = &self.media
+        {
+            media.leave(pid);
+        }
+        self.voice
+            .detach_room(call)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Puts an answered call into its video room: a WebRTC leg of the
     /// gateway joins the SFU as a phone participant, talks to the room and
     /// hears its mix; the SFU's renegotiation offers are answered by the leg.

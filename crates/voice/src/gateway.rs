@@ -519,6 +519,15 @@ impl Gateway {
         Ok(offer)
     }
 
+    /// Takes the call out of its room (back to prompts and hold audio).
+    pub fn detach_room(&mut self, call: CallId) -> Result<(), GatewayError> {
+        let leg = self.legs.get_mut(&call).ok_or(GatewayError::UnknownCall)?;
+        leg.room
+            .take()
+            .ok_or(GatewayError::State("the call is in no room"))?;
+        Ok(())
+    }
+
     /// The SFU's answer to the room leg's join offer; `sfu` is an address the
     /// host reaches the SFU at, when the advertised one may not be.
     pub fn room_answer(

@@ -227,6 +227,7 @@ enum Command<T> {
     StartRecording(CallId, Duration),
     StopRecording(CallId),
     Hold(CallId, bool, oneshot::Sender<Result<(), GatewayError>>),
+    DetachRoom(CallId, oneshot::Sender<Result<(), GatewayError>>),
     Authenticate(
         CallId,
         String,
@@ -444,6 +445,11 @@ impl<T: Clone + Send + 'static> Voice<T> {
         identity: String,
     ) -> Result<String, GatewayError> {
         self.ask(|tx| Command::AttachRoom(call, identity, tx)).await
+    }
+
+    /// Takes a call out of its room ([`crate::Gateway::detach_room`]).
+    pub async fn detach_room(&self, call: CallId) -> Result<(), GatewayError> {
+        self.ask(|tx| Command::DetachRoom(call, tx)).await
     }
 
     /// The SFU's answer to the leg's join offer (`sfu`: an address it is
@@ -1020,6 +1026,13 @@ impl<T: Clone + Send + 'static> Host<T> {
             }
             Command::Hold(call, held, reply) => {
                 let _ = reply.send(self.gateway.set_hold(call, held));
+            }
+            Command::DetachRoom(call, reply) => {
+                let result = self.gateway.detach_room(call);
+                if let Some((_, reader)) = self.rooms.remove(&call) {
+                    reader.abort();
+                }
+                let _ = reply.send(result);
             }
         }
     }

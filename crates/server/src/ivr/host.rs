@@ -516,11 +516,25 @@ impl CallRun {
     }
 
     /// In the queue: hold messages until an agent takes the call, an
-    /// overflow rule sends it elsewhere, or the caller hangs up.
+    /// overflow rule sends it elsewhere, or the caller hangs up. A call an
+    /// agent transfers back to a queue waits again.
     async fn hold(mut self, task_id: String) {
+        loop {
+            let room = match self.wait_in_queue(&task_id).await {
+                Some(room) => room,
+                None => return,
+            };
+            if !self.with_agent(&task_id, &room).await {
+                return;
+            }
+        }
+    }
+
+    /// Waits in the queue; the room an agent took the call into, if one did.
+    async fn wait_in_queue(&mut self, task_id: &str) -> Option<String> {
         let (tx, mut orders) = mpsc::unbounded_channel();
         let queues = self.host.state.queues.clone();
-        queues.hold_call(&task_id, tx);
+        queues.hold_call(task_id, tx);
         let every = Duration::from_secs(self.host.state.config.ivr.hold_every_secs.max(5));
         let hold_text = self.host.state.config.ivr.hold_message.clone();
         let hold_audio = self.host.prompts.say(&hold_text, "en").await.ok();
@@ -533,23 +547,22 @@ impl CallRun {
                         if let Err(e) = self.voice.join_room(&self.tag, &room_id).await {
                             self.error(&format!("the call could not reach the agent: {e}")).await;
                         }
-                        // Bridged: the recorder follows the call from here.
-                        return;
+                        return Some(room_id);
                     }
                     Some(CallOrder::Voicemail) => {
                         self.voicemail().await;
-                        return;
+                        return None;
                     }
                     Some(CallOrder::Callback) => {
                         self.callback().await;
-                        return;
+                        return None;
                     }
-                    None => return,
+                    Some(CallOrder::Requeue) | None => return None,
                 },
                 ev = self.events.recv() => match ev {
                     Some(CallEvent::Ended { .. } | CallEvent::Failed { .. }) | None => {
-                        queues.cancel(&self.tag.tenant_id, &task_id);
-                        return;
+                        queues.cancel(&self.tag.tenant_id, task_id);
+                        return None;
                     }
                     _ => {}
                 },
@@ -559,6 +572,38 @@ impl CallRun {
                         self.voice.voice.play(self.call, a.clone());
                     }
                 }
+            }
+        }
+    }
+
+    /// With an agent, in their room, until the call ends (false) or the
+    /// agent sends it back to a queue (true: it waits again).
+    async fn with_agent(&mut self, task_id: &str, _room: &str) -> bool {
+        let (tx, mut orders) = mpsc::unbounded_channel();
+        let queues = self.host.state.queues.clone();
+        queues.call_joined(task_id, tx);
+        loop {
+            tokio::select! {
+                order = orders.recv() => {
+                    if let Some(CallOrder::Requeue) = order {
+                        if let Err(e) = self.voice.leave_room(&self.tag).await {
+                            self.error(&format!("the call could not leave the agent's room: {e}")).await;
+                            return false;
+                        }
+                        self.timeline(EventKind::IvrStep, serde_json::json!({"outcome": "back_in_queue"})).await;
+                        return true;
+                    }
+                    if order.is_none() {
+                        return false;
+                    }
+                }
+                ev = self.events.recv() => match ev {
+                    Some(CallEvent::Ended { .. } | CallEvent::Failed { .. }) | None => {
+                        queues.call_gone(task_id);
+                        return false;
+                    }
+                    _ => {}
+                },
             }
         }
     }
