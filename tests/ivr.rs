@@ -1173,3 +1173,59 @@ async fn a_flow_follows_the_tenants_named_business_hours_calendar() {
     );
     caller.assert_ok().await;
 }
+
+#[tokio::test]
+async fn twiml_dial_bridges_the_caller_to_a_sip_desk_then_the_document_goes_on() {
+    let dir = tempdir();
+    let (s, sip) = twiml_server(dir.path());
+    let key = s.key().to_owned();
+    // The desk (sipp as a SIP phone) answers, talks two seconds, hangs up.
+    let desk = Uas::ringing().answer().acked_then_bye(2000).build();
+    let desk = Sipp::uas(dir.path(), "desk", Some(&desk));
+    let (app, base) = TwimlApp::start(&[
+        (
+            "/voice",
+            &*Box::leak(
+                format!(
+                    r#"<Response><Say>Connecting you.</Say><Dial timeout="20" action="/after">sip:desk@127.0.0.1:{}</Dial></Response>"#,
+                    desk.port
+                )
+                .into_boxed_str(),
+            ),
+        ),
+        ("/after", "<Response><Say>The desk hung up. Goodbye.</Say><Hangup/></Response>"),
+    ])
+    .await;
+    inbound_route(
+        &s,
+        &key,
+        "+14155550307",
+        json!({"type": "twiml", "url": format!("{base}/voice")}),
+    )
+    .await;
+    let scenario = Uac::new("+14155550138")
+        .invite(MEDIA)
+        .answered()
+        .await_bye()
+        .build();
+    let caller = Sipp::uac(dir.path(), "dial-caller", &scenario, sip, "+14155550307");
+    desk.assert_ok().await;
+    caller.assert_ok().await;
+    let reqs = app.requests();
+    let after = reqs
+        .iter()
+        .find(|(p, _, _)| p == "/after")
+        .unwrap_or_else(|| panic!("no request to the Dial action: {reqs:?}"));
+    let status = after
+        .2
+        .iter()
+        .find(|(k, _)| k == "DialCallStatus")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(status, Some("completed"), "{after:?}");
+    let conv = conversation_of(&s, &key, "+14155550138").await;
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "ivr.step", |m| m["verb"] == "Dial")
+    })
+    .await;
+    assert!(!has(&events, "ivr.error", |_| true), "{events:?}");
+}

@@ -234,20 +234,22 @@ impl CallRun {
                 }
                 return Some(Next::Left);
             }
-            Action::Dial { .. } => {
-                // A second leg bridged from an answered call needs the media
-                // bridge the gateway only has for calls not yet answered.
-                self.error(
-                    "<Dial> is not supported by this gateway yet: use <Enqueue> or a transfer",
-                )
-                .await;
-                self.session.handle(
-                    Input::DialDone {
-                        status: DialStatus::Failed,
-                        duration: Duration::ZERO,
-                    },
-                    Instant::now(),
-                );
+            Action::Dial {
+                targets,
+                timeout,
+                time_limit,
+                ..
+            } => {
+                let (status, duration) = match self.dial(&targets, timeout, time_limit).await {
+                    Ok(done) => done,
+                    Err(None) => return Some(Next::HungUp),
+                    Err(Some(e)) => {
+                        self.error(&format!("<Dial> failed: {e}")).await;
+                        (DialStatus::Failed, Duration::ZERO)
+                    }
+                };
+                self.session
+                    .handle(Input::DialDone { status, duration }, Instant::now());
             }
             Action::Fetch {
                 url,
@@ -261,6 +263,104 @@ impl CallRun {
             Action::Event(e) => self.event(e).await,
         }
         None
+    }
+
+    /// `<Dial>`: the caller and the dialled party meet in a room of the
+    /// conversation (the gateway bridges answered calls through rooms), for
+    /// at most `time_limit`; the first target only. `Err(None)`: the caller
+    /// hung up meanwhile.
+    async fn dial(
+        &mut self,
+        targets: &[continuum_ivr::twiml::DialTarget],
+        timeout: Duration,
+        time_limit: Duration,
+    ) -> Result<(DialStatus, Duration), Option<String>> {
+        use continuum_ivr::twiml::DialTarget;
+        use continuum_store::CallState;
+        let to = match targets.first() {
+            Some(DialTarget::Number(n)) => n.clone(),
+            Some(DialTarget::Sip(u)) => u.clone(),
+            None => return Err(Some("nothing to dial".into())),
+        };
+        let (tenant, conv) = (self.tag.tenant_id.clone(), self.tag.conversation_id.clone());
+        let store = self.host.state.store.clone();
+        let room = store
+            .create_room(
+                &tenant,
+                &conv,
+                self.host.state.config.rtc.max_participants_per_room as i64,
+                false,
+                "system:ivr",
+            )
+            .await
+            .map_err(|e| Some(e.to_string()))?;
+        self.voice.voice.stop_playback(self.call);
+        self.voice
+            .join_room(&self.tag, &room.id)
+            .await
+            .map_err(Some)?;
+        let req = crate::voice::DialRequest {
+            conversation_id: conv.clone(),
+            to,
+            trunk_id: None,
+            room_id: Some(room.id.clone()),
+        };
+        let dialled = match self.voice.dial(&tenant, req).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.voice.leave_room(&self.tag).await;
+                return Err(Some(e.to_string()));
+            }
+        };
+        let started = Instant::now();
+        let mut answered_at: Option<Instant> = None;
+        let mut gave_up = false;
+        let mut poll = tokio::time::interval(Duration::from_millis(250));
+        let hang_up_dialled = |voice: &std::sync::Arc<VoiceService>, id: &str| {
+            voice.active(id).map(|c| (voice.voice.clone(), c))
+        };
+        let outcome = loop {
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(CallEvent::Ended { .. } | CallEvent::Failed { .. }) | None => {
+                        if let Some((v, c)) = hang_up_dialled(&self.voice, &dialled.id) {
+                            let _ = v.hangup(c).await;
+                        }
+                        return Err(None);
+                    }
+                    _ => {}
+                },
+                _ = poll.tick() => {
+                    let Ok(call) = store.get_call(&tenant, &dialled.id).await else { continue };
+                    match call.state {
+                        CallState::Answered if answered_at.is_none() => answered_at = Some(Instant::now()),
+                        CallState::Ended => break (DialStatus::Completed, answered_at.map_or(Duration::ZERO, |a| a.elapsed())),
+                        CallState::Failed => {
+                            let status = match call.cause.as_deref() {
+                                _ if gave_up => DialStatus::NoAnswer,
+                                Some("busy") => DialStatus::Busy,
+                                Some("no_answer") => DialStatus::NoAnswer,
+                                Some("cancelled") => DialStatus::Canceled,
+                                _ => DialStatus::Failed,
+                            };
+                            break (status, Duration::ZERO);
+                        }
+                        _ => {}
+                    }
+                    let over = match answered_at {
+                        None => started.elapsed() >= timeout,
+                        Some(a) => a.elapsed() >= time_limit,
+                    };
+                    if over && !gave_up && let Some((v, c)) = hang_up_dialled(&self.voice, &dialled.id) {
+                        // Unanswered: cancelled (`no-answer`); answered: the limit.
+                        gave_up = answered_at.is_none();
+                        let _ = v.hangup(c).await;
+                    }
+                }
+            }
+        };
+        let _ = self.voice.leave_room(&self.tag).await;
+        Ok(outcome)
     }
 
     async fn play(&mut self, id: u64, audio: Result<Audio, String>) {
