@@ -91,20 +91,6 @@ const CALLER: (&str, &str, &str) = (
 /// A one-node flow: a word, then the nurse queue with priority and triage.
 const NURSE_LINE: &str = "name: nurse-line\nstart: q\nnodes:\n  q:\n    say: \"Connecting you to a nurse.\"\n    queue: { name: nurse, priority: 10, triage: urgent_symptoms }\n";
 
-async fn put_flow(s: &Server, key: &str, name: &str, yaml: &str) -> (u16, Value) {
-    let resp = s
-        .client
-        .put(s.url(&format!("/v1/ivr/flows/{name}")))
-        .bearer_auth(key)
-        .header("content-type", "application/yaml")
-        .body(yaml.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// baresip as the caller (tests/common/phone.rs `baresip` is the callee):
 /// its configuration in `dir`/baresip-caller, the account `user`, playing
 /// `wav`, recording into `rec`. The scenario starts it (`-e "/dial …"`) once

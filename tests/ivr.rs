@@ -50,20 +50,6 @@ fn example_flow_always_open() -> String {
     out
 }
 
-async fn put_flow(s: &Server, key: &str, name: &str, yaml: &str) -> (u16, Value) {
-    let resp = s
-        .client
-        .put(s.url(&format!("/v1/ivr/flows/{name}")))
-        .bearer_auth(key)
-        .header("content-type", "application/yaml")
-        .body(yaml.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// RFC 4733 digits from sipp's shipped captures, each followed by a pause.
 fn dtmf(digits: &str, gap_ms: u64) -> String {
     digits

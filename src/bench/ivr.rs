@@ -9,9 +9,9 @@
 //! whether the prompts played smoothly under the load.
 
 use super::server::ServerProcess;
+use super::voice::{free_port, summary};
 use anyhow::{Context as _, bail};
 use clap::Args;
-use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,10 +52,6 @@ fn flow_always_open() -> String {
         out.push('\n');
     }
     out
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// A caller from a distinct number per call: INVITE (PCMA, telephone
@@ -103,17 +99,6 @@ a=fmtp:101 0-15
         ack = head("ACK", "1 ACK", true),
         bye = head("BYE", "2 BYE", true),
     )
-}
-
-/// The last number on sipp's summary line `name`.
-fn summary(out: &str, name: &str) -> u64 {
-    out.lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with(name))
-        .and_then(|l| l.split('|').nth(2))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A sample's value in Prometheus text (`name{labels} value`), summed over

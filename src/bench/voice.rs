@@ -57,7 +57,7 @@ pub struct VoiceArgs {
     pub out: Option<PathBuf>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -117,7 +117,7 @@ impl Run {
 }
 
 /// The last number on sipp's summary line `name` (its cumulative column).
-fn summary(out: &str, name: &str) -> u64 {
+pub(super) fn summary(out: &str, name: &str) -> u64 {
     out.lines()
         .rev()
         .find(|l| l.trim_start().starts_with(name))

@@ -352,3 +352,18 @@ pub async fn browser_scenario(script: &str, args: &[&str], checks: &[String]) ->
     }
     stdout
 }
+
+/// Uploads an IVR flow (YAML); the status and the answer.
+pub async fn put_flow(s: &Server, key: &str, name: &str, yaml: &str) -> (u16, Value) {
+    let resp = s
+        .client
+        .put(s.url(&format!("/v1/ivr/flows/{name}")))
+        .bearer_auth(key)
+        .header("content-type", "application/yaml")
+        .body(yaml.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}

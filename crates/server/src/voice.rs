@@ -517,35 +517,18 @@ impl VoiceService {
                 if self.ivr.get().is_none() {
                     return refuse("no_ivr", 503);
                 }
-                let caller = call.caller.clone().unwrap_or_else(|| "anonymous".into());
-                let conversation_id = match self
-                    .caller_conversation(&tenant, call.caller.as_deref(), None)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no conversation for an incoming call");
-                        return refuse("store", 503);
-                    }
-                };
                 match self
-                    .open_call(
-                        &tenant,
-                        conversation_id,
-                        CallDirection::Inbound,
-                        caller,
-                        Some(trunk.trunk.id.clone()),
-                    )
+                    .caller_call(&tenant, call.caller.as_deref(), &trunk.trunk.id)
                     .await
                 {
-                    Ok(mut tag) => {
+                    Some(mut tag) => {
                         tag.ivr = Some(crate::ivr::IvrCall {
                             program,
                             called: called.clone(),
                         });
                         (Decision::Accept, Some(tag))
                     }
-                    Err(_) => refuse("store", 503),
+                    None => refuse("store", 503),
                 }
             }
             // Rings the target for the caller (B2BUA): the call is the
@@ -559,31 +542,15 @@ impl VoiceService {
                         return refuse("target_unreachable", 503);
                     }
                 };
-                let conversation_id = match self
-                    .caller_conversation(&tenant, call.caller.as_deref(), None)
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no conversation for an incoming call");
-                        return refuse("store", 503);
-                    }
-                };
                 match self
-                    .open_call(
-                        &tenant,
-                        conversation_id,
-                        CallDirection::Inbound,
-                        caller,
-                        Some(trunk.trunk.id.clone()),
-                    )
+                    .caller_call(&tenant, call.caller.as_deref(), &trunk.trunk.id)
                     .await
                 {
-                    Ok(mut tag) => {
+                    Some(mut tag) => {
                         tag.bridged_to = Some(name);
                         (Decision::Bridge(target), Some(tag))
                     }
-                    Err(_) => refuse("store", 503),
+                    None => refuse("store", 503),
                 }
             }
         }
@@ -672,6 +639,33 @@ impl VoiceService {
             "system:sip",
         )
         .await
+    }
+
+    /// An inbound call's record on the caller's conversation (found by
+    /// caller id, else a new contact); `None` when the store failed (logged).
+    async fn caller_call(
+        &self,
+        tenant: &str,
+        caller: Option<&str>,
+        trunk_id: &str,
+    ) -> Option<CallTag> {
+        let conversation_id = match self.caller_conversation(tenant, caller, None).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no conversation for an incoming call");
+                return None;
+            }
+        };
+        let remote = caller.unwrap_or("anonymous").to_owned();
+        self.open_call(
+            tenant,
+            conversation_id,
+            CallDirection::Inbound,
+            remote,
+            Some(trunk_id.to_owned()),
+        )
+        .await
+        .ok()
     }
 
     async fn open_call(
