@@ -1215,3 +1215,66 @@ async fn twiml_dial_bridges_the_caller_to_a_sip_desk_then_the_document_goes_on()
     .await;
     assert!(!has(&events, "ivr.error", |_| true), "{events:?}");
 }
+
+#[tokio::test]
+async fn a_patients_chat_on_a_queued_conversation_becomes_work_for_that_queue() {
+    use futures::{SinkExt, StreamExt};
+    let dir = tempdir();
+    let s = Server::start(dir.path());
+    let key = s.key().to_owned();
+    s.ok("PUT", "/v1/queues/front-desk", &key, Some(json!({})))
+        .await;
+    let (contact, conv) = s.patient_conversation(&key, "+14155550151").await;
+    s.ok(
+        "POST",
+        &format!("/v1/conversations/{conv}/queue"),
+        &key,
+        Some(json!({"queue": "front-desk"})),
+    )
+    .await;
+    let patient = s
+        .ok(
+            "POST",
+            "/v1/tokens",
+            &key,
+            Some(json!({"identity": format!("contact:{contact}"), "role": "patient", "grants": {"conversations": [conv]}})),
+        )
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!(
+        "{}/v1/conversations/{conv}/chat?token={patient}",
+        s.base.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "chat", "body": "Can I get my lab results?", "client_id": "p-1"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    // Its ack, then the task.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline.into(), ws.next())
+            .await
+            .expect("an ack within a minute")
+            .unwrap()
+            .unwrap();
+        if m.to_text().unwrap_or_default().contains("\"p-1\"") {
+            break;
+        }
+    }
+    let events = timeline_until(&s, &key, &conv, |ev| {
+        has(ev, "routing", |m| m["action"] == "queued")
+    })
+    .await;
+    let queued = events
+        .iter()
+        .find(|e| e["kind"] == "routing" && e["meta"]["action"] == "queued")
+        .unwrap();
+    assert_eq!(queued["meta"]["channel"], "chat", "{queued}");
+    assert_eq!(queued["meta"]["queue"], "front-desk", "{queued}");
+}

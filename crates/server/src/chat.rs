@@ -381,6 +381,18 @@ pub async fn send(
     {
         Ok(a) => {
             s.chat.sent(who, conversation);
+            // A patient writing on a conversation that waits in a queue
+            // (nobody's yet) is work for that queue's agents.
+            if a.created && who.role == continuum_core::Role::Patient {
+                let (queues, tenant, conv) = (
+                    s.queues.clone(),
+                    who.tenant_id.clone(),
+                    conversation.to_owned(),
+                );
+                tokio::spawn(
+                    async move { queues.route_conversation(&tenant, &conv, "chat").await },
+                );
+            }
             Ok((a.event, a.created))
         }
         Err(StoreError::IdempotencyMismatch(_)) => Err(Refused::new(
