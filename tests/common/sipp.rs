@@ -20,6 +20,23 @@ pub fn free_udp_port() -> u16 {
         .port()
 }
 
+/// A base port for sipp's media: sipp binds it and the next three (audio
+/// RTP/RTCP, video RTP/RTCP), so all four must be free, not only the first
+/// (tests run side by side; a taken neighbour failed a call with EADDRINUSE).
+pub fn free_media_ports() -> u16 {
+    for _ in 0..100 {
+        let base = free_udp_port() & !1;
+        if base > 65_530 {
+            continue;
+        }
+        let all_free = (0..4).all(|i| UdpSocket::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no four free UDP ports in a row for sipp's media");
+}
+
 /// A server whose SIP gateway listens on a UDP port of the OS's choosing
 /// (returned: tests start side by side, and a port picked before the server
 /// binds it can be taken meanwhile) and may call loopback trunks; `env` adds
@@ -335,7 +352,7 @@ fn sipp_command(dir: &Path, name: &str, scenario: Option<&str>) -> Command {
         "-i",
         "127.0.0.1",
         "-mp",
-        &free_udp_port().to_string(),
+        &free_media_ports().to_string(),
         "-m",
         "1",
         "-nostdin",
