@@ -116,11 +116,20 @@ async function waitWidth(peer, ok) {
   }
   return { w, ok: false };
 }
-const layersSent = await b.page.evaluate(async () => {
-  const rids = new Set();
-  (await window.visit.pc.getStats()).forEach((r) => { if (r.type === "outbound-rtp" && r.kind === "video" && r.rid && r.bytesSent > 0) rids.add(r.rid); });
-  return [...rids].sort();
-});
+// The layers B sends: waited for, not sampled once (on a loaded machine
+// Chromium starts the lower layers a moment after the first).
+async function layersOf(peer) {
+  return peer.page.evaluate(async () => {
+    const rids = new Set();
+    (await window.visit.pc.getStats()).forEach((r) => { if (r.type === "outbound-rtp" && r.kind === "video" && r.rid && r.bytesSent > 0) rids.add(r.rid); });
+    return [...rids].sort();
+  });
+}
+let layersSent = await layersOf(b);
+for (const deadline = Date.now() + TIMEOUT_MS; layersSent.length < 2 && Date.now() < deadline; ) {
+  await new Promise((r) => setTimeout(r, 250));
+  layersSent = await layersOf(b);
+}
 await a.page.evaluate(() => window.visit.setVideoQuality("high"));
 const high = await waitWidth(a, (w) => w >= 320);
 // The lowest layer is at most half the capture's width (a quarter with three
