@@ -77,8 +77,14 @@ fn find(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 async fn upload(s: &Server, token: &str, conv: &str, name: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let r = s
-        .client
+    // A connection of its own: the server closes one after refusing an
+    // upload (413 before the body ends), and a pooled connection it closed
+    // would fail the next request with IncompleteMessage.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let r = client
         .post(s.url(&format!(
             "/v1/conversations/{conv}/attachments?filename={name}"
         )))
