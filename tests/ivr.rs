@@ -94,6 +94,26 @@ async fn conversation_of(s: &Server, key: &str, phone: &str) -> String {
     }
 }
 
+/// Waits until a phone participant is in `room` (or, `present` false, is
+/// gone from it); the room as last seen.
+async fn phone_in_room(s: &Server, key: &str, room: &str, present: bool) -> Value {
+    let has_phone = |r: &Value| {
+        r["participants"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|m| m["phone"] == true))
+    };
+    let seen = eventually(s, key, &format!("/v1/rooms/{room}"), |r| {
+        has_phone(r) == present
+    })
+    .await;
+    assert_eq!(
+        has_phone(&seen),
+        present,
+        "phone in room {room} should be {present}: {seen}"
+    );
+    seen
+}
+
 /// Polls the timeline until `done` holds (within a minute: speech is
 /// rendered on a loaded machine); returns the events.
 async fn timeline_until(
@@ -298,20 +318,7 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
         .await;
     assert_eq!(code, 409, "{again}");
     // The caller is in the nurse's room by phone; the conversation is hers.
-    let seen = eventually(&s, &key, &format!("/v1/rooms/{room}"), |r| {
-        r["participants"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|m| m["phone"] == true))
-    })
-    .await;
-    assert!(
-        seen["participants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["phone"] == true),
-        "the caller never joined the room: {seen}"
-    );
+    phone_in_room(&s, &key, &room, true).await;
     let c = s
         .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
         .await;
@@ -330,20 +337,7 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
         .unwrap()
         .status();
     assert_eq!(code.as_u16(), 204);
-    let left = eventually(&s, &key, &format!("/v1/rooms/{room}"), |r| {
-        r["participants"]
-            .as_array()
-            .is_some_and(|p| !p.iter().any(|m| m["phone"] == true))
-    })
-    .await;
-    assert!(
-        !left["participants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["phone"] == true),
-        "the caller is still in the nurse's room: {left}"
-    );
+    phone_in_room(&s, &key, &room, false).await;
     // (`busy` came first, when she took the call.)
     let state = loop {
         let st = feed.next("state", WAIT).await;
@@ -396,20 +390,7 @@ async fn a_caller_presses_1_waits_in_the_nurse_queue_and_an_agent_takes_the_call
         .await;
     let desk_room = accepted["call"]["room_id"].as_str().unwrap().to_owned();
     assert_ne!(desk_room, room);
-    let seen = eventually(&s, &key, &format!("/v1/rooms/{desk_room}"), |r| {
-        r["participants"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|m| m["phone"] == true))
-    })
-    .await;
-    assert!(
-        seen["participants"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["phone"] == true),
-        "the caller never reached the front desk's room: {seen}"
-    );
+    phone_in_room(&s, &key, &desk_room, true).await;
     let c = s
         .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
         .await;

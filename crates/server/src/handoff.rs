@@ -117,31 +117,9 @@ impl Handoffs {
                 }
             },
         };
-        let conv = self
-            .store
-            .get_conversation(tenant_id, conversation_id)
+        let (token, expires_at) = self
+            .patient_token(tenant_id, conversation_id, Some(&room.id), ttl, audit_actor)
             .await?;
-        let contact = self
-            .store
-            .get_contact(tenant_id, &conv.contact_id, audit_actor)
-            .await?;
-        let grants = Grants {
-            conversations: vec![conversation_id.to_owned()],
-            rooms: vec![room.id.clone()],
-            contacts: vec![],
-        };
-        let (token, expires_at) = self.tokens.mint(
-            tenant_id,
-            &format!("contact:{}", contact.id),
-            Role::Patient,
-            grants,
-            About {
-                name: Some(contact.display_name.clone()),
-                region: None,
-                key_id: None,
-            },
-            ttl,
-        );
         // The token rides in the fragment: never sent to a server, never in
         // access logs; the page removes it from the address bar.
         let link = format!(
@@ -182,15 +160,16 @@ impl Handoffs {
         })
     }
 
-    /// Texts the patient a link to the conversation's chat page (between
-    /// visits; a patient token for this conversation only, valid `ttl`).
-    pub async fn send_chat_link(
+    /// A token for the conversation's patient: this conversation (and
+    /// `room`) only, valid `ttl`; with its expiry (unix seconds).
+    async fn patient_token(
         &self,
         tenant_id: &str,
         conversation_id: &str,
+        room: Option<&str>,
         ttl: Duration,
         audit_actor: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(String, u64), ApiError> {
         let conv = self
             .store
             .get_conversation(tenant_id, conversation_id)
@@ -201,10 +180,10 @@ impl Handoffs {
             .await?;
         let grants = Grants {
             conversations: vec![conversation_id.to_owned()],
-            rooms: vec![],
+            rooms: room.map(str::to_owned).into_iter().collect(),
             contacts: vec![],
         };
-        let (token, _) = self.tokens.mint(
+        Ok(self.tokens.mint(
             tenant_id,
             &format!("contact:{}", contact.id),
             Role::Patient,
@@ -215,7 +194,21 @@ impl Handoffs {
                 key_id: None,
             },
             ttl,
-        );
+        ))
+    }
+
+    /// Texts the patient a link to the conversation's chat page (between
+    /// visits; a patient token for this conversation only, valid `ttl`).
+    pub async fn send_chat_link(
+        &self,
+        tenant_id: &str,
+        conversation_id: &str,
+        ttl: Duration,
+        audit_actor: &str,
+    ) -> Result<(), ApiError> {
+        let (token, _) = self
+            .patient_token(tenant_id, conversation_id, None, ttl, audit_actor)
+            .await?;
         let link = format!(
             "{}/chat?conversation={conversation_id}#token={token}",
             self.public_base
