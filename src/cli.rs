@@ -396,7 +396,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let cfg = load_config(&g)?;
             let store = serve::open_store(&cfg)?;
-            let report = store.verify()?;
+            let report = store.verify_blocking()?;
             store.shutdown();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -95,6 +95,16 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "the server is shutting down; retry on another node or in a moment",
             ),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "database unavailable");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "the database is unavailable (restarting or unreachable); nothing was written, retry in a moment",
+                );
+                e.retry_after = Some(2);
+                e
+            }
             e @ (StoreError::Integrity(_) | StoreError::Database(_) | StoreError::Commit(_)) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::internal("the server could not complete the request; it has been logged")

@@ -3,12 +3,12 @@
 //! timeline, and the clinician review queue. SQL for the table lives here.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::events::{Appended, append_in_tx, publish};
 use crate::time_fmt::Timestamp;
 use crate::{Store, TenantKeys, now_micros};
 use continuum_core::{Actor, Channel, EventKind, NewEvent};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// Where a clinician is with an attachment.
@@ -98,7 +98,7 @@ fn aad(tenant_id: &str, id: &str) -> String {
     format!("attachment:{tenant_id}:{id}")
 }
 
-fn row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Attachment> {
+fn row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<Attachment> {
     let id: String = r.get(0)?;
     let tenant_id: String = r.get(1)?;
     let sealed: Sealed = serde_json::from_slice(
@@ -130,7 +130,7 @@ fn row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Attachment> {
 }
 
 fn load(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     id: &str,
@@ -310,7 +310,7 @@ impl Store {
                 filter.limit.clamp(1, 500) as i64
             ])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(row(&keys, r)?);
             }
             Ok(out)

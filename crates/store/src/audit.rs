@@ -2,20 +2,47 @@
 //! MAC covers the previous record's MAC, so editing, deleting or reordering any
 //! record breaks every link after it. The MAC key derives from the master key,
 //! so someone with write access to the database alone cannot re-forge the chain.
+//!
+//! On SQLite a tenant has one chain: the single writer appends in commit
+//! order. On PostgreSQL, nodes write concurrently, and one chain per tenant
+//! would make every PHI write of a tenant wait for the previous one's commit
+//! (a global bottleneck at one fsync per write). So a tenant has several
+//! chains, numbered from 0: a transaction takes the first chain head nobody
+//! holds (`FOR UPDATE SKIP LOCKED` on `audit_heads`), appends to it, and
+//! keeps it until it commits; when every head is held it opens a new chain.
+//! The number of chains follows the peak of concurrent writers, each chain is
+//! gap-free and verifiable on its own, and chain 0 is exactly SQLite's chain,
+//! so `continuum migrate` copies a single-node chain as it is. A record's MAC
+//! covers its chain's name (the tenant id, and `#N` for chain N > 0), so
+//! records cannot move between chains.
 
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::now_micros;
 use crate::writer::WriteCtx;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use std::collections::HashMap;
 
 /// Tenant id under which denials that belong to no tenant (bad API keys) are chained.
 pub const SERVER_CHAIN: &str = "-";
 
-/// Last (seq, mac) per tenant, so appends don't re-read the chain head.
+/// Last (chain, seq, mac) per tenant, so appends don't re-read the chain
+/// head (on PostgreSQL: the head this transaction holds).
 #[derive(Default)]
-pub(crate) struct AuditHeads(HashMap<String, (i64, [u8; 32])>);
+pub(crate) struct AuditHeads(HashMap<String, (i64, i64, [u8; 32])>);
+
+/// The name a chain's MACs cover.
+fn chain_name(tenant_id: &str, chain: i64) -> std::borrow::Cow<'_, str> {
+    if chain == 0 {
+        tenant_id.into()
+    } else {
+        format!("{tenant_id}#{chain}").into()
+    }
+}
+
+/// How many new chains one append may try to open before giving up (each
+/// try loses only to another node opening the same number at that moment).
+const NEW_CHAIN_TRIES: usize = 8;
 
 impl AuditHeads {
     pub fn clear(&mut self) {
@@ -85,6 +112,10 @@ pub struct AuditRecord {
     pub outcome: String,
     pub detail: serde_json::Value,
     pub mac: String,
+    /// Which of the tenant's chains (always 0 on SQLite).
+    pub chain: i64,
+    /// Paging cursor across chains (`after`): `seq` on SQLite.
+    pub position: i64,
 }
 
 fn record_mac(
@@ -111,8 +142,9 @@ fn record_mac(
 impl WriteCtx<'_> {
     /// Appends to `tenant_id`'s chain inside the current write.
     pub fn audit(&mut self, tenant_id: &str, entry: &AuditEntry) -> Result<i64> {
-        let (prev_seq, prev_mac) = match self.audit_heads.0.get(tenant_id) {
+        let (chain, prev_seq, prev_mac) = match self.audit_heads.0.get(tenant_id) {
             Some(head) => *head,
+            None if self.conn.is_pg() => take_head(self.conn, tenant_id)?,
             None => self
                 .conn
                 .query_row(
@@ -121,8 +153,8 @@ impl WriteCtx<'_> {
                     |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
                 )
                 .optional()?
-                .map(|(s, m)| (s, m.try_into().unwrap_or([0u8; 32])))
-                .unwrap_or((0, [0u8; 32])),
+                .map(|(s, m)| (0, s, m.try_into().unwrap_or([0u8; 32])))
+                .unwrap_or((0, 0, [0u8; 32])),
         };
         let seq = prev_seq + 1;
         let at = now_micros();
@@ -130,7 +162,7 @@ impl WriteCtx<'_> {
         let mac = record_mac(
             self.audit_key,
             &prev_mac,
-            tenant_id,
+            &chain_name(tenant_id, chain),
             seq,
             at,
             (
@@ -141,40 +173,115 @@ impl WriteCtx<'_> {
                 &detail,
             ),
         );
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (tenant_id, seq, at, actor, action, object, outcome, detail, prev, mac)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                tenant_id,
-                seq,
-                at,
-                entry.actor,
-                entry.action,
-                entry.object,
-                entry.outcome.as_str(),
-                detail,
-                &prev_mac[..],
-                &mac[..]
-            ])?;
-        self.audit_heads.0.insert(tenant_id.to_owned(), (seq, mac));
+        if self.conn.is_pg() {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO audit (tenant_id, chain, seq, at, actor, action, object, outcome, detail, prev, mac)
+                     VALUES (?1, ?11, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?
+                .execute(params![
+                    tenant_id,
+                    seq,
+                    at,
+                    entry.actor,
+                    entry.action,
+                    entry.object,
+                    entry.outcome.as_str(),
+                    detail,
+                    &prev_mac[..],
+                    &mac[..],
+                    chain
+                ])?;
+            self.conn
+                .prepare_cached(
+                    "UPDATE audit_heads SET seq = ?3, mac = ?4 WHERE tenant_id = ?1 AND chain = ?2",
+                )?
+                .execute(params![tenant_id, chain, seq, &mac[..]])?;
+        } else {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO audit (tenant_id, seq, at, actor, action, object, outcome, detail, prev, mac)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )?
+                .execute(params![
+                    tenant_id,
+                    seq,
+                    at,
+                    entry.actor,
+                    entry.action,
+                    entry.object,
+                    entry.outcome.as_str(),
+                    detail,
+                    &prev_mac[..],
+                    &mac[..]
+                ])?;
+        }
+        self.audit_heads
+            .0
+            .insert(tenant_id.to_owned(), (chain, seq, mac));
         metrics::counter!("continuum_audit_records_total", "outcome" => entry.outcome.as_str())
             .increment(1);
         Ok(seq)
     }
 }
 
+/// PostgreSQL: takes (locks until commit) a chain head of the tenant that no
+/// other transaction holds, opening a new chain when all are held.
+fn take_head(conn: &crate::db::Conn, tenant_id: &str) -> Result<(i64, i64, [u8; 32])> {
+    let head = |r: &crate::db::Row<'_>| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    };
+    for _ in 0..NEW_CHAIN_TRIES {
+        let free = conn
+            .query_row(
+                "SELECT chain, seq, mac FROM audit_heads WHERE tenant_id = ?1
+                 ORDER BY chain LIMIT 1 FOR UPDATE SKIP LOCKED",
+                [tenant_id],
+                head,
+            )
+            .optional()?;
+        if let Some((chain, seq, mac)) = free {
+            return Ok((chain, seq, mac.try_into().unwrap_or([0u8; 32])));
+        }
+        // Every chain is held (or there is none yet): open the next one. A
+        // row inserted by another transaction that has not committed makes
+        // this insert wait for it; if it commits, nothing is inserted here
+        // and the loop looks again.
+        let opened = conn
+            .query_row(
+                "INSERT INTO audit_heads (tenant_id, chain, seq, mac)
+                 SELECT ?1, COALESCE(MAX(chain) + 1, 0), 0, ?2 FROM audit_heads WHERE tenant_id = ?1
+                 ON CONFLICT DO NOTHING RETURNING chain",
+                params![tenant_id, &[0u8; 32][..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?;
+        if let Some(chain) = opened {
+            return Ok((chain, 0, [0u8; 32]));
+        }
+    }
+    Err(StoreError::Unavailable(format!(
+        "could not take an audit chain head for tenant {tenant_id} (too many writers opening chains at once); retry"
+    )))
+}
+
 pub(crate) fn list(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     tenant_id: &str,
     after: i64,
     limit: usize,
 ) -> Result<Vec<AuditRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, actor, action, object, outcome, detail, mac FROM audit
-         WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(if conn.is_pg() {
+        "SELECT seq, at, actor, action, object, outcome, detail, mac, chain, position FROM audit
+         WHERE tenant_id = ?1 AND position > ?2 ORDER BY position LIMIT ?3"
+    } else {
+        "SELECT seq, at, actor, action, object, outcome, detail, mac, 0, seq FROM audit
+         WHERE tenant_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    })?;
     let rows = stmt.query_map(params![tenant_id, after, limit as i64], |r| {
         Ok(AuditRecord {
             seq: r.get(0)?,
@@ -186,9 +293,11 @@ pub(crate) fn list(
             detail: serde_json::from_str(&r.get::<_, String>(6)?)
                 .unwrap_or(serde_json::Value::Null),
             mac: hex::encode(r.get::<_, Vec<u8>>(7)?),
+            chain: r.get(8)?,
+            position: r.get(9)?,
         })
     })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    Ok(rows.collect::<crate::db::Result<_>>()?)
 }
 
 /// What `continuum audit verify` found.
@@ -214,18 +323,24 @@ impl VerifyReport {
     }
 }
 
-/// Walks one tenant's chain. Returns the records checked and the first problem.
+/// Walks one of a tenant's chains. Returns the records checked and the first
+/// problem.
 pub(crate) fn verify_chain(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     key: &crate::crypto::SecretKey,
     tenant_id: &str,
+    chain: i64,
     mut on_record: impl FnMut(&AuditRecordRaw) -> Option<String>,
 ) -> Result<(u64, Option<Problem>)> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(if conn.is_pg() {
         "SELECT seq, at, actor, action, object, outcome, detail, prev, mac FROM audit
-         WHERE tenant_id = ?1 ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([tenant_id])?;
+         WHERE tenant_id = ?1 AND chain = ?2 ORDER BY seq"
+    } else {
+        "SELECT seq, at, actor, action, object, outcome, detail, prev, mac FROM audit
+         WHERE tenant_id = ?1 AND 0 = ?2 ORDER BY seq"
+    })?;
+    let mut rows = stmt.query(params![tenant_id, chain])?;
+    let name = chain_name(tenant_id, chain);
     let mut expected_seq = 1i64;
     let mut prev_mac = [0u8; 32].to_vec();
     let mut count = 0u64;
@@ -234,7 +349,7 @@ pub(crate) fn verify_chain(
         location,
         reason,
     };
-    while let Some(r) = rows.next()? {
+    while let Some(ref r) = rows.next()? {
         let raw = AuditRecordRaw {
             seq: r.get(0)?,
             at: r.get(1)?,
@@ -247,7 +362,11 @@ pub(crate) fn verify_chain(
             mac: r.get(8)?,
         };
         count += 1;
-        let loc = format!("audit record {}", raw.seq);
+        let loc = if chain == 0 {
+            format!("audit record {}", raw.seq)
+        } else {
+            format!("audit chain {chain} record {}", raw.seq)
+        };
         if raw.seq != expected_seq {
             return Ok((
                 count,
@@ -265,7 +384,7 @@ pub(crate) fn verify_chain(
         let mac = record_mac(
             key,
             &raw.prev,
-            tenant_id,
+            &name,
             raw.seq,
             raw.at,
             (
@@ -306,9 +425,16 @@ pub(crate) struct AuditRecordRaw {
     pub mac: Vec<u8>,
 }
 
-pub(crate) fn tenants_with_chains(conn: &rusqlite::Connection) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare("SELECT DISTINCT tenant_id FROM audit ORDER BY tenant_id")?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    rows.collect::<rusqlite::Result<_>>()
+/// Every (tenant, chain) with records, tenants in order.
+pub(crate) fn chains(conn: &crate::db::Conn) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare(if conn.is_pg() {
+        "SELECT DISTINCT tenant_id, chain FROM audit ORDER BY tenant_id, chain"
+    } else {
+        "SELECT DISTINCT tenant_id, 0 FROM audit ORDER BY tenant_id"
+    })?;
+    let rows = stmt.query_map(params![], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    rows.collect::<crate::db::Result<_>>()
         .map_err(StoreError::from)
 }

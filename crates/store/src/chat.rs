@@ -10,12 +10,12 @@
 
 use crate::audit::{AuditEntry, Outcome};
 use crate::conversations;
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::events::{EVENT_COLUMNS, Event, event_from_row};
 use crate::time_fmt::Timestamp;
 use crate::{Store, now_micros};
 use continuum_core::{Channel, Role};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 /// How far one person has got in a conversation: every event up to
@@ -51,7 +51,7 @@ fn channel_list(channels: &[Channel]) -> String {
         .join(",")
 }
 
-fn receipt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChatReceipt> {
+fn receipt_from_row(r: &crate::db::Row<'_>) -> crate::db::Result<ChatReceipt> {
     let role: String = r.get(1)?;
     Ok(ChatReceipt {
         identity: r.get(0)?,
@@ -134,7 +134,7 @@ impl Store {
             let mut stmt = c.prepare_cached(&sql)?;
             let mut rows = stmt.query(params![id, before.unwrap_or(i64::MAX), limit as i64])?;
             let mut out = Vec::with_capacity(limit.min(256));
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(event_from_row(&keys, &t, r)?);
             }
             out.reverse();
@@ -224,7 +224,7 @@ impl Store {
                 "SELECT {RECEIPT_COLUMNS} FROM chat_receipts WHERE conversation_id = ?1 AND tenant_id = ?2 ORDER BY identity"
             ))?;
             let rows = stmt.query_map(params![id, t], receipt_from_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -3,11 +3,11 @@
 //! a phone number in clear yet `GET /v1/contacts?phone=` is an index lookup.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, TenantKeys, now_micros};
 use continuum_core::{BindingKind, Channel};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -202,7 +202,7 @@ fn apply(input: ContactInput, data: &mut SealedContact) -> Result<()> {
 }
 
 fn write_bindings(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     tenant_id: &str,
     id: &str,
     keys: &TenantKeys,
@@ -235,7 +235,7 @@ fn write_bindings(
 }
 
 pub(crate) fn load(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     id: &str,
@@ -423,7 +423,7 @@ impl Store {
             )?;
             let mut rows = stmt.query(params![t, cursor.unwrap_or_default(), limit as i64 + 1])?;
             let mut contacts = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 contacts.push(to_contact(
                     &keys,
                     r.get(0)?,

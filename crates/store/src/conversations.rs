@@ -1,13 +1,13 @@
 //! Conversations: one continuous episode with one patient, across channels.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::events::{append_row, publish};
 use crate::time_fmt::Timestamp;
 use crate::webhooks::enqueue;
 use crate::{Event, Store, TenantKeys, now_micros};
 use continuum_core::{Actor, Channel, ConversationState, EventKind, NewEvent, Transition};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize)]
@@ -113,7 +113,7 @@ fn blind(keys: &TenantKeys, kind: &str, value: Option<&str>) -> Option<Vec<u8>> 
 // the values live in `data`, sealed.
 const COLUMNS: &str = "id, contact_id, state, data, last_seq, created_at, updated_at";
 
-fn from_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Conversation> {
+fn from_row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<Conversation> {
     let id: String = r.get(0)?;
     let sealed: Vec<u8> = r.get(3)?;
     let data = unseal(keys, &id, &sealed)?;
@@ -133,17 +133,18 @@ fn from_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Conversation> {
 }
 
 pub(crate) fn load(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     id: &str,
 ) -> Result<Conversation> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM conversations WHERE id = ?1 AND tenant_id = ?2"
+        "SELECT {COLUMNS} FROM conversations WHERE id = ?1 AND tenant_id = ?2{}",
+        conn.row_lock()
     ))?;
     let mut rows = stmt.query(params![id, tenant_id])?;
     match rows.next()? {
-        Some(r) => from_row(keys, r),
+        Some(ref r) => from_row(keys, r),
         None => Err(StoreError::NotFound("conversation")),
     }
 }
@@ -154,14 +155,11 @@ pub(crate) fn load(
 /// (`append_event`, `append_events_bulk`) only number and insert events, and
 /// load the conversation in full before a transition (the reopen of a closed
 /// conversation). Never return or serialize what this gives.
-pub(crate) fn load_head(
-    conn: &rusqlite::Connection,
-    tenant_id: &str,
-    id: &str,
-) -> Result<Conversation> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT contact_id, state, last_seq, created_at, updated_at FROM conversations WHERE id = ?1 AND tenant_id = ?2",
-    )?;
+pub(crate) fn load_head(conn: &crate::db::Conn, tenant_id: &str, id: &str) -> Result<Conversation> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT contact_id, state, last_seq, created_at, updated_at FROM conversations WHERE id = ?1 AND tenant_id = ?2{}",
+        conn.row_lock()
+    ))?;
     let mut rows = stmt.query(params![id, tenant_id])?;
     let Some(r) = rows.next()? else {
         return Err(StoreError::NotFound("conversation"));
@@ -423,7 +421,7 @@ impl Store {
             let mut sql = format!(
                 "SELECT {COLUMNS} FROM conversations{index} WHERE tenant_id = ?1 AND (updated_at < ?2 OR (updated_at = ?2 AND id < ?3))"
             );
-            let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(t.clone()), Box::new(cursor_at), Box::new(cursor_id)];
+            let mut args: Vec<Box<dyn crate::db::ToValue>> = vec![Box::new(t.clone()), Box::new(cursor_at), Box::new(cursor_id)];
             if let Some(s) = f.state {
                 args.push(Box::new(s.as_str()));
                 sql += &format!(" AND state = ?{}", args.len());
@@ -451,9 +449,9 @@ impl Store {
             args.push(Box::new(f.limit as i64 + 1));
             sql += &format!(" ORDER BY updated_at DESC, id DESC LIMIT ?{}", args.len());
             let mut stmt = c.prepare_cached(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+            let mut rows = stmt.query(&args)?;
             let mut conversations = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 conversations.push(from_row(&keys, r)?);
             }
             let next_cursor = if conversations.len() > f.limit {
@@ -523,30 +521,34 @@ const CLEAR_LABELS: &str =
 /// value wins over the sealed one: it was written last. Returns the number of
 /// conversations re-sealed.
 pub(crate) fn seal_clear_labels(
-    conn: &mut rusqlite::Connection,
+    conn: &crate::db::Conn,
     master: &crate::SecretKey,
     audit_key: &crate::SecretKey,
 ) -> Result<usize> {
     let pending: bool = conn.query_row(
         &format!("SELECT EXISTS (SELECT 1 {CLEAR_LABELS})"),
-        [],
+        params![],
         |r| r.get(0),
     )?;
     if !pending {
         return Ok(0);
     }
+    let Some(sqlite) = conn.as_sqlite() else {
+        // Clear labels predate the PostgreSQL backend: only SQLite has them.
+        return Ok(0);
+    };
     // Overwrite the clear values with zeros in the pages they leave, rather
     // than leave them readable in free space.
-    let secure_delete: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
-    conn.pragma_update(None, "secure_delete", 1)?;
+    let secure_delete: i64 = sqlite.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+    sqlite.pragma_update(None, "secure_delete", 1)?;
     let sealed = reseal_rows(conn, master, audit_key);
-    conn.pragma_update(None, "secure_delete", secure_delete)?;
+    sqlite.pragma_update(None, "secure_delete", secure_delete)?;
     let sealed = sealed?;
     // Until a checkpoint the database file keeps its pages as they were, clear
     // values included: copy the new ones back and empty the WAL now rather than
     // at the next shutdown. Best effort: another process reading the database
     // holds it back (the writer truncates again when it stops).
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+    match sqlite.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
         r.get::<_, i64>(0)
     }) {
         Ok(0) => {}
@@ -563,11 +565,28 @@ pub(crate) fn seal_clear_labels(
 }
 
 fn reseal_rows(
-    conn: &mut rusqlite::Connection,
+    conn: &crate::db::Conn,
     master: &crate::SecretKey,
     audit_key: &crate::SecretKey,
 ) -> Result<usize> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match reseal_rows_in(conn, master, audit_key) {
+        Ok(n) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(n)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn reseal_rows_in(
+    tx: &crate::db::Conn,
+    master: &crate::SecretKey,
+    audit_key: &crate::SecretKey,
+) -> Result<usize> {
     type ClearRow = (
         String,
         String,
@@ -580,7 +599,7 @@ fn reseal_rows(
         .prepare(&format!(
             "SELECT id, tenant_id, queue, assignee, tags, data {CLEAR_LABELS}"
         ))?
-        .query_map([], |r| {
+        .query_map(params![], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -590,12 +609,12 @@ fn reseal_rows(
                 r.get(5)?,
             ))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let mut per_tenant: std::collections::BTreeMap<String, (TenantKeys, usize)> =
         Default::default();
     for (id, tenant_id, queue, assignee, tags, sealed) in &rows {
         if !per_tenant.contains_key(tenant_id) {
-            let keys = crate::unwrap_tenant_keys(&tx, master, tenant_id)?;
+            let keys = crate::unwrap_tenant_keys(tx, master, tenant_id)?;
             per_tenant.insert(tenant_id.clone(), (keys, 0));
         }
         let (keys, count) = per_tenant.get_mut(tenant_id).expect("inserted just above");
@@ -629,7 +648,7 @@ fn reseal_rows(
     }
     let mut heads = crate::audit::AuditHeads::default();
     let mut ctx = crate::WriteCtx {
-        conn: &tx,
+        conn: tx,
         audit_heads: &mut heads,
         audit_key,
     };
@@ -646,7 +665,6 @@ fn reseal_rows(
             .with_detail(serde_json::json!({ "conversations": count })),
         )?;
     }
-    tx.commit()?;
     Ok(rows.len())
 }
 
@@ -757,12 +775,12 @@ mod tests {
                 .seal(br#"{"subject":"chest pain"}"#, &aad(&old.id));
             db.execute(
                 "UPDATE conversations SET queue = ?2, assignee = ?3, tags = ?4, data = ?5, queue_idx = NULL, assignee_idx = NULL WHERE id = ?1",
-                params![old.id, QUEUE, NURSE, format!(r#"["{TAG}"]"#), legacy],
+                rusqlite::params![old.id, QUEUE, NURSE, format!(r#"["{TAG}"]"#), legacy],
             )
             .unwrap();
             db.execute(
                 "UPDATE conversations SET assignee = ?2 WHERE id = ?1",
-                params![mixed.id, "dr-lee"],
+                rusqlite::params![mixed.id, "dr-lee"],
             )
             .unwrap();
             row(&db, &untouched.id)
@@ -833,7 +851,7 @@ mod tests {
             .collect();
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].detail["conversations"], 2);
-        assert!(store.verify().unwrap().is_intact());
+        assert!(store.verify().await.unwrap().is_intact());
 
         // Opening again changes nothing: same ciphertexts, no new audit record.
         let before = (row(&db, &old.id), row(&db, &mixed.id), audit_count(&db));
@@ -842,7 +860,7 @@ mod tests {
         let store = open_store().unwrap();
         let after = (row(&db, &old.id), row(&db, &mixed.id), audit_count(&db));
         assert_eq!(before, after);
-        assert!(store.verify().unwrap().is_intact());
+        assert!(store.verify().await.unwrap().is_intact());
     }
 
     #[test]

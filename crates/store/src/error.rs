@@ -33,6 +33,19 @@ pub enum StoreError {
     Commit(String),
     #[error("the store is shutting down")]
     ShuttingDown,
+    /// The database cannot be reached right now (PostgreSQL restarting, the
+    /// network): answered with 503 and Retry-After; nothing was written.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<crate::db::DbError> for StoreError {
+    fn from(e: crate::db::DbError) -> Self {
+        match e {
+            crate::db::DbError::Pg(p) if p.unavailable => StoreError::Unavailable(p.message),
+            e => StoreError::Database(e.to_string()),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {

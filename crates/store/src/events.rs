@@ -5,6 +5,7 @@
 use crate::audit::{AuditEntry, Outcome};
 use crate::contacts;
 use crate::conversations::{self, Conversation, TransitionParams, apply_transition};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::webhooks::enqueue;
@@ -14,7 +15,6 @@ use continuum_core::{
     Actor, Channel, ConversationState, EventKind, NewEvent, PendingItem, Transition,
     build_pending_items,
 };
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -212,7 +212,7 @@ pub(crate) const EVENT_COLUMNS: &str =
 
 /// One event by its place (inside a read or write).
 pub(crate) fn load_event(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     conversation_id: &str,
@@ -229,7 +229,7 @@ pub(crate) fn load_event(
 pub(crate) fn event_from_row(
     keys: &TenantKeys,
     tenant_id: &str,
-    r: &rusqlite::Row<'_>,
+    r: &crate::db::Row<'_>,
 ) -> Result<Event> {
     let conversation_id: String = r.get(0)?;
     let seq: i64 = r.get(1)?;
@@ -269,7 +269,7 @@ pub(crate) fn event_from_row(
     })
 }
 
-fn ensure_conversation(c: &rusqlite::Connection, tenant_id: &str, id: &str) -> Result<()> {
+fn ensure_conversation(c: &crate::db::Conn, tenant_id: &str, id: &str) -> Result<()> {
     c.prepare_cached("SELECT 1 FROM conversations WHERE id = ?1 AND tenant_id = ?2")?
         .query_row(params![id, tenant_id], |_| Ok(()))
         .optional()?
@@ -277,7 +277,7 @@ fn ensure_conversation(c: &rusqlite::Connection, tenant_id: &str, id: &str) -> R
 }
 
 pub(crate) fn page(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     conv: &str,
@@ -289,14 +289,14 @@ pub(crate) fn page(
     ))?;
     let mut rows = stmt.query(params![conv, after, limit as i64])?;
     let mut out = Vec::with_capacity(limit.min(256));
-    while let Some(r) = rows.next()? {
+    while let Some(ref r) = rows.next()? {
         out.push(event_from_row(keys, tenant_id, r)?);
     }
     Ok(out)
 }
 
 fn latest(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     conv: &str,
@@ -307,7 +307,7 @@ fn latest(
     ))?;
     let mut rows = stmt.query(params![conv, n as i64])?;
     let mut out = Vec::with_capacity(n.min(256));
-    while let Some(r) = rows.next()? {
+    while let Some(ref r) = rows.next()? {
         out.push(event_from_row(keys, tenant_id, r)?);
     }
     out.reverse();
@@ -315,7 +315,7 @@ fn latest(
 }
 
 fn event_at(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     conv: &str,
@@ -326,7 +326,7 @@ fn event_at(
     ))?;
     let mut rows = stmt.query(params![conv, seq])?;
     match rows.next()? {
-        Some(r) => Ok(Some(event_from_row(keys, tenant_id, r)?)),
+        Some(ref r) => Ok(Some(event_from_row(keys, tenant_id, r)?)),
         None => Ok(None),
     }
 }
@@ -412,7 +412,7 @@ pub struct Context {
 const PENDING_WINDOW: usize = 200;
 
 fn build_context(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     id: &str,
@@ -473,7 +473,7 @@ fn build_context(
     let markers: Vec<(String, i64)> = c
         .prepare_cached("SELECT marker, seq FROM event_markers WHERE conversation_id = ?1")?
         .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (marker, seq) in markers {
         let Some(e) = event_at(c, keys, tenant_id, id, seq)? else {
             continue;
@@ -715,7 +715,7 @@ impl Store {
         conversation_id: &str,
         after: i64,
         limit: usize,
-    ) -> impl FnOnce(&rusqlite::Connection) -> Result<Vec<Event>> + Send + 'static {
+    ) -> impl FnOnce(&crate::db::Conn) -> Result<Vec<Event>> + Send + 'static {
         let (t, id, store) = (
             tenant_id.to_owned(),
             conversation_id.to_owned(),
@@ -802,7 +802,7 @@ impl Store {
 
 /// Checks one `event.append` audit record against the stored row.
 pub(crate) fn check_event_record(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     object: &str,

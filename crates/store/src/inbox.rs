@@ -5,12 +5,12 @@
 //! conversations', contacts', events', receipts' and routing tasks' own.
 
 use crate::contacts;
+use crate::db::{OptionalExtension, params};
 use crate::error::Result;
 use crate::routing::open_task_in;
 use crate::time_fmt::Timestamp;
 use crate::{Conversation, ConversationFilter, Store, TenantKeys};
 use continuum_core::ConversationState;
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 /// Unread counts stop here (the badge says `99+`).
@@ -124,7 +124,7 @@ impl Store {
 }
 
 fn item_in(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     t: &str,
     conv: Conversation,

@@ -5,11 +5,11 @@
 //! the clinic's prompts, menus and hours, not PHI: in clear.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::routing::valid_name;
 use crate::time_fmt::Timestamp;
 use crate::{Store, now_micros};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +77,7 @@ impl Store {
                 "SELECT name, source, created_at, updated_at FROM ivr_flows WHERE tenant_id = ?1 ORDER BY name",
             )?;
             let rows = st.query_map(params![t], flow_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -170,7 +170,7 @@ impl Store {
                 "SELECT name, source, created_at, updated_at FROM business_calendars WHERE tenant_id = ?1 ORDER BY name",
             )?;
             let rows = st.query_map(params![t], calendar_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -200,7 +200,7 @@ impl Store {
     }
 }
 
-fn calendar_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BusinessCalendar> {
+fn calendar_row(r: &crate::db::Row<'_>) -> crate::db::Result<BusinessCalendar> {
     Ok(BusinessCalendar {
         name: r.get(0)?,
         source: r.get(1)?,
@@ -209,7 +209,7 @@ fn calendar_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BusinessCalendar> {
     })
 }
 
-fn calendar_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<BusinessCalendar>> {
+fn calendar_in(c: &crate::db::Conn, t: &str, n: &str) -> Result<Option<BusinessCalendar>> {
     Ok(c.prepare_cached(
         "SELECT name, source, created_at, updated_at FROM business_calendars WHERE tenant_id = ?1 AND name = ?2",
     )?
@@ -217,7 +217,7 @@ fn calendar_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<Busi
     .optional()?)
 }
 
-fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IvrFlow> {
+fn flow_row(r: &crate::db::Row<'_>) -> crate::db::Result<IvrFlow> {
     Ok(IvrFlow {
         name: r.get(0)?,
         source: r.get(1)?,
@@ -226,7 +226,7 @@ fn flow_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IvrFlow> {
     })
 }
 
-fn flow_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<IvrFlow>> {
+fn flow_in(c: &crate::db::Conn, t: &str, n: &str) -> Result<Option<IvrFlow>> {
     Ok(c.prepare_cached(
         "SELECT name, source, created_at, updated_at FROM ivr_flows WHERE tenant_id = ?1 AND name = ?2",
     )?

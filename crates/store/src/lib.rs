@@ -10,8 +10,10 @@
 mod attachments;
 pub mod audit;
 pub mod crypto;
+pub mod db;
 mod error;
 mod pool;
+mod postgres;
 mod schema;
 mod writer;
 
@@ -86,6 +88,8 @@ pub struct StoreOptions {
     pub readers: usize,
     /// Events kept for live subscribers that fall behind before they must re-read.
     pub live_buffer: usize,
+    /// PostgreSQL: connections kept open, and writes run at once.
+    pub pg_connections: usize,
 }
 
 impl Default for StoreOptions {
@@ -93,6 +97,7 @@ impl Default for StoreOptions {
         StoreOptions {
             readers: 8,
             live_buffer: 4096,
+            pg_connections: 32,
         }
     }
 }
@@ -131,9 +136,23 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 #[derive(Clone)]
 pub struct Store(Arc<Inner>);
 
+/// Where the data lives.
+enum Engine {
+    /// One file, one group-committing writer thread, a pool of readers.
+    Sqlite { writer: Writer, readers: ReadPool },
+    /// A PostgreSQL database shared by every node.
+    Postgres {
+        pool: Box<postgres::PgPool>,
+        /// Writes in flight at once (each holds a connection).
+        write_slots: Arc<Semaphore>,
+        audit_key: SecretKey,
+        /// Where it is, for error messages and `/readyz` (no password).
+        address: String,
+    },
+}
+
 struct Inner {
-    writer: Writer,
-    readers: ReadPool,
+    engine: Engine,
     /// One permit per read connection. Without it a burst of reads (800
     /// calls routing at once) parked hundreds of blocking threads, each
     /// opening its own connection with its own page cache: 650 MiB of RSS
@@ -167,7 +186,8 @@ impl Store {
         let audit_key = master.derive("audit-chain");
         // Rows written before migration 4 carry queue, assignee and tags in
         // clear columns: seal them (a no-op once done).
-        conversations::seal_clear_labels(&mut conn, &master, &audit_key)?;
+        let conn = db::Conn::sqlite(conn);
+        conversations::seal_clear_labels(&conn, &master, &audit_key)?;
         // Sealed or not, the database is nobody else's business; SQLite gives
         // the -wal and -shm files the database file's mode.
         for suffix in ["", "-wal", "-shm"] {
@@ -178,11 +198,93 @@ impl Store {
         }
         let writer = Writer::start(conn, audit_key, path.clone());
         let readers = ReadPool::new(path, opts.readers.max(1));
+        Ok(Store::with_engine(
+            Engine::Sqlite { writer, readers },
+            master,
+            opts,
+        ))
+    }
+
+    /// Connects to a PostgreSQL database (`postgres://…`) and brings its
+    /// schema up to date. Blocking: call it from a blocking thread (the
+    /// server does, through [`Store::connect`]).
+    pub fn open_postgres(url: &str, master: SecretKey, opts: StoreOptions) -> Result<Store> {
+        let pool = postgres::PgPool::new(url, opts.pg_connections.max(1))?;
+        let address = postgres::describe(url);
+        {
+            let conn = pool.get().map_err(|e| match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                    "{m} (store.url = {address}; is PostgreSQL running and reachable?)"
+                )),
+                e => e,
+            })?;
+            schema::migrate_postgres(&conn)?;
+        }
+        let audit_key = master.derive("audit-chain");
+        let write_slots = Arc::new(Semaphore::new(opts.pg_connections.max(1)));
+        Ok(Store::with_engine(
+            Engine::Postgres {
+                pool: Box::new(pool),
+                write_slots,
+                audit_key,
+                address,
+            },
+            master,
+            opts,
+        ))
+    }
+
+    /// Opens the store a URL names: `postgres://…` for PostgreSQL, anything
+    /// else is a data directory for SQLite.
+    pub async fn connect(location: &str, master: SecretKey, opts: StoreOptions) -> Result<Store> {
+        let location = location.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+                Store::open_postgres(&location, master, opts)
+            } else {
+                Store::open(Path::new(&location), master, opts)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("opening the store failed: {e}")))?
+    }
+
+    /// Where the data is, for logs and health reports (never a password).
+    pub fn location(&self) -> String {
+        match &self.0.engine {
+            Engine::Sqlite { .. } => "sqlite (embedded)".into(),
+            Engine::Postgres { address, .. } => address.clone(),
+        }
+    }
+
+    /// Which backend this store runs on: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.0.engine {
+            Engine::Sqlite { .. } => "sqlite",
+            Engine::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// Whether the database answers now (for `/readyz`): a round trip on
+    /// PostgreSQL, always true for the embedded SQLite file.
+    pub async fn ping(&self) -> Result<()> {
+        match self.0.engine {
+            Engine::Sqlite { .. } => Ok(()),
+            Engine::Postgres { .. } => {
+                self.read(|c| {
+                    c.query_row("SELECT 1", db::params![], |r| r.get::<_, i64>(0))?;
+                    Ok(())
+                })
+                .await
+            }
+        }
+    }
+
+    fn with_engine(engine: Engine, master: SecretKey, opts: StoreOptions) -> Store {
         let read_slots = Arc::new(Semaphore::new(opts.readers.max(1)));
         let (live, _) = broadcast::channel(opts.live_buffer.max(16));
-        Ok(Store(Arc::new(Inner {
-            writer,
-            readers,
+        Store(Arc::new(Inner {
+            engine,
             read_slots,
             master,
             tenant_keys: RwLock::new(HashMap::new()),
@@ -190,17 +292,23 @@ impl Store {
             outbox_ready: Arc::new(Notify::new()),
             messages_ready: Arc::new(Notify::new()),
             reminders_ready: Arc::new(Notify::new()),
-        })))
+        }))
     }
 
     /// Lets queued writes commit, then stops the writer. Later writes fail.
     pub fn shutdown(&self) {
-        self.0.writer.shutdown();
+        match &self.0.engine {
+            Engine::Sqlite { writer, .. } => writer.shutdown(),
+            Engine::Postgres { write_slots, .. } => write_slots.close(),
+        }
     }
 
-    /// Writes waiting for the writer thread.
+    /// Writes waiting for the writer thread (SQLite) or for a connection.
     pub fn write_queue_depth(&self) -> usize {
-        self.0.writer.queue_depth()
+        match &self.0.engine {
+            Engine::Sqlite { writer, .. } => writer.queue_depth(),
+            Engine::Postgres { .. } => 0,
+        }
     }
 
     /// Every committed event, in commit order, for live streams. A receiver that
@@ -235,6 +343,34 @@ impl Store {
         F: FnOnce(&mut WriteCtx<'_>) -> Result<T> + Send + 'static,
         A: FnOnce(&T) + Send + 'static,
     {
+        let writer = match &self.0.engine {
+            Engine::Sqlite { writer, .. } => writer,
+            Engine::Postgres {
+                write_slots,
+                audit_key,
+                ..
+            } => {
+                let slot = write_slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| StoreError::ShuttingDown)?;
+                let store = self.clone();
+                let audit_key = audit_key.clone();
+                return tokio::task::spawn_blocking(move || {
+                    let _slot = slot;
+                    let Engine::Postgres { pool, .. } = &store.0.engine else {
+                        unreachable!()
+                    };
+                    let conn = pool.get()?;
+                    let v = postgres::run_write(&conn, &audit_key, f)?;
+                    after(&v);
+                    Ok(v)
+                })
+                .await
+                .map_err(|e| StoreError::Database(format!("write task failed: {e}")))?;
+            }
+        };
         let (tx, rx) = oneshot::channel::<Result<T>>();
         let job: Job = Box::new(move |ctx| {
             let result = f(ctx);
@@ -248,7 +384,7 @@ impl Store {
             });
             (ok, done)
         });
-        self.0.writer.submit(job)?;
+        writer.submit(job)?;
         rx.await.unwrap_or_else(|_| {
             Err(StoreError::Commit(
                 "the write was not committed (writer failure)".into(),
@@ -260,7 +396,7 @@ impl Store {
     pub(crate) async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&crate::db::Conn) -> Result<T> + Send + 'static,
     {
         let store = self.clone();
         let slot = self
@@ -272,20 +408,18 @@ impl Store {
             .map_err(|_| StoreError::Database("the store is closed".into()))?;
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
-            let conn = store.0.readers.get()?;
-            f(&conn)
+            store.read_blocking(f)
         })
         .await
         .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
     }
 
     /// Synchronous read, for the CLI and verification.
-    pub fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
-    ) -> Result<T> {
-        let conn = self.0.readers.get()?;
-        f(&conn)
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&crate::db::Conn) -> Result<T>) -> Result<T> {
+        match &self.0.engine {
+            Engine::Sqlite { readers, .. } => f(&*readers.get()?),
+            Engine::Postgres { pool, .. } => f(&*pool.get()?),
+        }
     }
 
     /// Appends one audit record (used for denials and reads the server makes).
@@ -308,7 +442,7 @@ impl Store {
     /// The tenant's unwrapped keys (cached).
     pub(crate) fn keys_for(
         &self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Conn,
         tenant_id: &str,
     ) -> Result<Arc<TenantKeys>> {
         if let Some(k) = self.0.tenant_keys.read().get(tenant_id) {
@@ -326,7 +460,7 @@ impl Store {
 /// Opens a tenant's wrapped data key with the master key (no cache: see
 /// [`Store::keys_for`]).
 pub(crate) fn unwrap_tenant_keys(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     master: &SecretKey,
     tenant_id: &str,
 ) -> Result<TenantKeys> {
@@ -337,7 +471,7 @@ pub(crate) fn unwrap_tenant_keys(
             |r| r.get(0),
         )
         .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("tenant"),
+            crate::db::DbError::NoRows => StoreError::NotFound("tenant"),
             e => e.into(),
         })?;
     let data = master
@@ -361,7 +495,7 @@ impl Store {
     ) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T> + Send + 'static,
+        F: FnOnce(&crate::db::Conn) -> Result<T> + Send + 'static,
     {
         let result = self.read(f).await;
         let outcome = match &result {
@@ -378,33 +512,55 @@ impl Store {
 impl Store {
     /// Verifies every audit chain, and every event against the audit record of
     /// its append: reports the first broken link of each chain.
-    pub fn verify(&self) -> Result<VerifyReport> {
+    pub async fn verify(&self) -> Result<VerifyReport> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.verify_blocking())
+            .await
+            .map_err(|e| StoreError::Database(format!("verification failed: {e}")))?
+    }
+
+    /// [`Store::verify`] on the calling thread (not from async code: the
+    /// PostgreSQL client blocks).
+    pub fn verify_blocking(&self) -> Result<VerifyReport> {
         let audit_key = self.0.master.derive("audit-chain");
         self.read_blocking(|c| {
             let mut report = VerifyReport::default();
-            for tenant in audit::tenants_with_chains(c)? {
+            let mut by_tenant: Vec<(String, Vec<i64>)> = Vec::new();
+            for (tenant, chain) in audit::chains(c)? {
+                match by_tenant.last_mut() {
+                    Some((t, chains)) if *t == tenant => chains.push(chain),
+                    _ => by_tenant.push((tenant, vec![chain])),
+                }
+            }
+            for (tenant, chains) in by_tenant {
                 let keys = if tenant == SERVER_CHAIN { None } else { Some(self.keys_for(c, &tenant)?) };
                 let mut appended = 0u64;
-                let (n, problem) = audit::verify_chain(c, &audit_key, &tenant, |rec| {
-                    if rec.action == "event.append" && rec.outcome == "ok" && !rec.detail.contains("duplicate_of") {
-                        appended += 1;
-                        let keys = keys.as_ref()?;
-                        return events::check_event_record(c, keys, &tenant, &rec.object, &rec.detail);
+                let mut broken = false;
+                for chain in chains {
+                    let (n, problem) = audit::verify_chain(c, &audit_key, &tenant, chain, |rec| {
+                        if rec.action == "event.append" && rec.outcome == "ok" && !rec.detail.contains("duplicate_of") {
+                            appended += 1;
+                            let keys = keys.as_ref()?;
+                            return events::check_event_record(c, keys, &tenant, &rec.object, &rec.detail);
+                        }
+                        None
+                    })?;
+                    report.chains_checked += 1;
+                    report.audit_records += n;
+                    if let Some(p) = problem {
+                        report.problems.push(p);
+                        broken = true;
                     }
-                    None
-                })?;
-                report.chains_checked += 1;
-                report.audit_records += n;
+                }
                 report.events_checked += appended;
-                if let Some(p) = problem {
-                    report.problems.push(p);
+                if broken {
                     continue;
                 }
                 // Every stored event must be covered by an append record, with no gaps.
                 let gaps: i64 = c.query_row(
-                    "SELECT COALESCE(SUM(CASE WHEN cnt != last_seq THEN 1 ELSE 0 END), 0) FROM (
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN cnt != last_seq THEN 1 ELSE 0 END), 0) AS BIGINT) FROM (
                         SELECT c.id, c.last_seq, (SELECT COUNT(*) FROM events e WHERE e.conversation_id = c.id) AS cnt
-                        FROM conversations c WHERE c.tenant_id = ?1)",
+                        FROM conversations c WHERE c.tenant_id = ?1) AS per_conversation",
                     [&tenant],
                     |r| r.get(0),
                 )?;

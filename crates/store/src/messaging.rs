@@ -12,12 +12,12 @@
 //! id) still moves it on to `sent`/`delivered`.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::events::{Appended, Event, append_in_tx, publish};
 use crate::time_fmt::Timestamp;
 use crate::{Store, TenantKeys, WriteCtx, now_micros};
 use continuum_core::{Actor, Channel, EventKind, NewEvent};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// The protocol a provider speaks.
@@ -337,8 +337,8 @@ fn recipient_index(keys: &TenantKeys, channel: Channel, address: &str) -> Vec<u8
 
 fn provider_row(
     store: &Store,
-    c: &rusqlite::Connection,
-    r: &rusqlite::Row<'_>,
+    c: &crate::db::Conn,
+    r: &crate::db::Row<'_>,
     with_secret: bool,
 ) -> Result<ProviderWithSecret> {
     let id: String = r.get(0)?;
@@ -371,7 +371,7 @@ fn provider_row(
     })
 }
 
-fn message_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<OutboundMessage> {
+fn message_row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<OutboundMessage> {
     let id: String = r.get(0)?;
     let tenant_id: String = r.get(1)?;
     let sealed: SealedMessage = serde_json::from_slice(&keys.data.open(
@@ -411,7 +411,7 @@ fn message_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<OutboundMessa
 
 /// Whether `recipient` opted out of `channel` from `sender`.
 fn suppressed(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     channel: Channel,
@@ -486,7 +486,7 @@ fn set_state(
 }
 
 fn load_message(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     id: &str,
@@ -638,7 +638,7 @@ pub(crate) fn enqueue_in_tx(
 /// one: the first sender of the first provider (in failover order) that
 /// carries `channel` (inside a read or write).
 pub(crate) fn default_sender(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     tenant_id: &str,
     channel: Channel,
 ) -> Result<Option<String>> {
@@ -647,7 +647,7 @@ pub(crate) fn default_sender(
     )?;
     let mut rows = stmt.query([tenant_id])?;
     let mut carried = false;
-    while let Some(r) = rows.next()? {
+    while let Some(ref r) = rows.next()? {
         let stored: StoredSpec = serde_json::from_str(&r.get::<_, String>(0)?)
             .map_err(|e| StoreError::Integrity(format!("provider spec: {e}")))?;
         if stored.channels.contains(&channel) {
@@ -668,7 +668,7 @@ pub(crate) fn default_sender(
 
 /// When `address` last wrote to the tenant on `channel` (inside a read or write).
 pub(crate) fn last_inbound_in_tx(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     channel: Channel,
@@ -758,7 +758,7 @@ impl Store {
             ))?;
             let mut rows = stmt.query([&t])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(provider_row(&store, c, r, true)?);
             }
             Ok(out)
@@ -776,7 +776,7 @@ impl Store {
             ))?;
             let mut rows = stmt.query([&id])?;
             match rows.next()? {
-                Some(r) => provider_row(&store, c, r, true),
+                Some(ref r) => provider_row(&store, c, r, true),
                 None => Err(StoreError::NotFound("messaging provider")),
             }
         })
@@ -877,7 +877,7 @@ impl Store {
                          ORDER BY next_attempt_at, id LIMIT ?2",
                     )?
                     .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::Result<_>>()?;
                 let mut claimed = Vec::with_capacity(due.len());
                 let mut events = Vec::new();
                 for (id, tenant_id) in due {
@@ -913,7 +913,7 @@ impl Store {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_attempt_at) FROM messages WHERE state = 'queued'",
-                [],
+                params![],
                 |r| r.get(0),
             )?)
         })
@@ -1053,8 +1053,8 @@ impl Store {
                 let stuck: Vec<(String, String)> = ctx
                     .conn
                     .prepare("SELECT id, tenant_id FROM messages WHERE state = 'sending'")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<crate::db::Result<_>>()?;
                 let mut events = Vec::new();
                 for (id, t) in &stuck {
                     let keys = store.keys_for(ctx.conn, t)?;
@@ -1148,7 +1148,7 @@ impl Store {
             ))?;
             let mut rows = stmt.query(params![cid, t])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(message_row(&keys, r)?);
             }
             Ok(out)
@@ -1160,8 +1160,8 @@ impl Store {
     pub async fn message_counts(&self) -> Result<Vec<(String, i64)>> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT state, COUNT(*) FROM messages GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }

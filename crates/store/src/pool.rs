@@ -1,6 +1,7 @@
 //! A tiny pool of read-only connections. WAL lets readers run beside the
 //! writer; a pool crate would add a dependency pinned to its own rusqlite.
 
+use crate::db::Conn;
 use crate::error::{Result, StoreError};
 use crate::schema;
 use parking_lot::Mutex;
@@ -10,13 +11,13 @@ use std::path::PathBuf;
 
 pub(crate) struct ReadPool {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Conn>>,
     max_idle: usize,
 }
 
 pub(crate) struct PooledConn<'p> {
     pool: &'p ReadPool,
-    conn: Option<Connection>,
+    conn: Option<Conn>,
 }
 
 impl ReadPool {
@@ -39,7 +40,7 @@ impl ReadPool {
                 )
                 .map_err(|e| StoreError::Database(format!("cannot open read connection: {e}")))?;
                 schema::configure(&c, false)?;
-                c
+                Conn::sqlite(c)
             }
         };
         Ok(PooledConn {
@@ -50,8 +51,8 @@ impl ReadPool {
 }
 
 impl Deref for PooledConn<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
         self.conn.as_ref().expect("connection present until drop")
     }
 }

@@ -19,6 +19,7 @@ pub mod plan;
 
 use crate::audit::{AuditEntry, Outcome};
 use crate::contacts;
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::events::{Appended, Event, append_in_tx, publish};
 use crate::messaging::{default_sender, enqueue_in_tx, last_inbound_in_tx};
@@ -26,7 +27,6 @@ use crate::time_fmt::Timestamp;
 use crate::{Contact, NewOutboundMessage, Store, TenantKeys, WriteCtx, now_micros};
 use continuum_core::{Actor, ActorType, Channel, EventKind, NewEvent};
 use plan::{QuietWindow, Vars};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -536,7 +536,7 @@ struct Row {
     data: SealedAppointment,
 }
 
-fn appointment_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Row> {
+fn appointment_row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<Row> {
     let id: String = r.get(0)?;
     let tenant_id: String = r.get(1)?;
     let data: SealedAppointment = serde_json::from_slice(
@@ -569,12 +569,7 @@ fn appointment_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<Row> {
     })
 }
 
-fn load_row(
-    conn: &rusqlite::Connection,
-    keys: &TenantKeys,
-    tenant_id: &str,
-    id: &str,
-) -> Result<Row> {
+fn load_row(conn: &crate::db::Conn, keys: &TenantKeys, tenant_id: &str, id: &str) -> Result<Row> {
     conn.prepare_cached(&format!(
         "SELECT {APPT_COLUMNS} FROM appointments WHERE id = ?1 AND tenant_id = ?2"
     ))?
@@ -583,14 +578,14 @@ fn load_row(
     .ok_or(StoreError::NotFound("appointment"))?
 }
 
-fn reminders_of(conn: &rusqlite::Connection, appointment_id: &str) -> Result<Vec<Reminder>> {
+fn reminders_of(conn: &crate::db::Conn, appointment_id: &str) -> Result<Vec<Reminder>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, offset_secs, due_at, state, message_id, detail, updated_at FROM reminders
          WHERE appointment_id = ?1 ORDER BY offset_secs, created_at",
     )?;
     let mut rows = stmt.query([appointment_id])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    while let Some(ref r) = rows.next()? {
         out.push(Reminder {
             id: r.get(0)?,
             offset: plan::format_offset(r.get(1)?),
@@ -605,7 +600,7 @@ fn reminders_of(conn: &rusqlite::Connection, appointment_id: &str) -> Result<Vec
 }
 
 fn load(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     id: &str,
@@ -615,7 +610,7 @@ fn load(
     Ok(a)
 }
 
-fn settings_in(conn: &rusqlite::Connection, tenant_id: &str) -> Result<ReminderSettings> {
+fn settings_in(conn: &crate::db::Conn, tenant_id: &str) -> Result<ReminderSettings> {
     let json: Option<String> = conn
         .prepare_cached("SELECT settings FROM reminder_settings WHERE tenant_id = ?1")?
         .query_row([tenant_id], |r| r.get(0))
@@ -625,7 +620,7 @@ fn settings_in(conn: &rusqlite::Connection, tenant_id: &str) -> Result<ReminderS
         .unwrap_or_default())
 }
 
-fn template_from_row(r: &rusqlite::Row<'_>) -> Result<(ReminderTemplate, StoredTemplate)> {
+fn template_from_row(r: &crate::db::Row<'_>) -> Result<(ReminderTemplate, StoredTemplate)> {
     let id: String = r.get(0)?;
     let spec: StoredTemplate = serde_json::from_str(&r.get::<_, String>(2)?)
         .map_err(|e| StoreError::Integrity(format!("reminder template {id}: {e}")))?;
@@ -651,7 +646,7 @@ fn template_from_row(r: &rusqlite::Row<'_>) -> Result<(ReminderTemplate, StoredT
 
 /// A template by id, deleted or not (reminders planned from it still go out).
 fn template_in(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     tenant_id: &str,
     id: &str,
 ) -> Result<(ReminderTemplate, StoredTemplate)> {
@@ -663,7 +658,7 @@ fn template_in(
     .ok_or(StoreError::NotFound("reminder template"))?
 }
 
-fn live_template_exists(conn: &rusqlite::Connection, tenant_id: &str, id: &str) -> Result<bool> {
+fn live_template_exists(conn: &crate::db::Conn, tenant_id: &str, id: &str) -> Result<bool> {
     Ok(conn
         .prepare_cached(
             "SELECT 1 FROM reminder_templates WHERE id = ?1 AND tenant_id = ?2 AND deleted_at IS NULL",
@@ -754,7 +749,7 @@ struct Shared {
 impl Shared {
     fn settings(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Conn,
         tenant_id: &str,
     ) -> Result<(ReminderSettings, Option<QuietWindow>)> {
         if let Some(s) = self.settings.get(tenant_id) {
@@ -768,7 +763,7 @@ impl Shared {
 
     fn template(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Conn,
         tenant_id: &str,
         id: &str,
     ) -> Result<StoredTemplate> {
@@ -782,7 +777,7 @@ impl Shared {
 
     fn clinic(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Conn,
         tenant_id: &str,
         s: &ReminderSettings,
     ) -> Result<String> {
@@ -974,7 +969,7 @@ fn upsert_in_tx(
 /// The appointments the context snapshot shows: not yet more than an hour
 /// past, soonest first (at most 5).
 pub(crate) fn for_context(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     conversation_id: &str,
@@ -989,7 +984,7 @@ pub(crate) fn for_context(
         now_micros() - 3600 * 1_000_000
     ])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
+    while let Some(ref r) = rows.next()? {
         out.push(appointment_row(keys, r)?.a);
     }
     for a in &mut out {
@@ -1108,7 +1103,7 @@ impl Store {
             ))?;
             let mut rows = stmt.query([&t])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(template_from_row(r)?.0);
             }
             Ok(out)
@@ -1326,7 +1321,7 @@ impl Store {
             ))?;
             let mut rows = stmt.query(params![conv, t])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(appointment_row(&keys, r)?.a);
             }
             for a in &mut out {
@@ -1342,7 +1337,7 @@ impl Store {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT MIN(due_at) FROM reminders WHERE state = 'pending'",
-                [],
+                params![],
                 |r| r.get(0),
             )?)
         })
@@ -1353,8 +1348,8 @@ impl Store {
     pub async fn reminder_counts(&self) -> Result<Vec<(String, i64)>> {
         self.read(|c| {
             let mut stmt = c.prepare("SELECT state, COUNT(*) FROM reminders GROUP BY state")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rows = stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -1374,7 +1369,7 @@ impl Store {
                          ORDER BY due_at, id LIMIT ?2",
                     )?
                     .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::Result<_>>()?;
                 let mut report = DispatchReport { claimed: due.len(), ..Default::default() };
                 let mut events: Vec<Event> = Vec::new();
                 let mut shared = Shared::default();

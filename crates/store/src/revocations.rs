@@ -3,9 +3,9 @@
 //! tokens; every node loads it at start and on change.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::params;
 use crate::error::Result;
 use crate::{Store, now_micros};
-use rusqlite::params;
 
 /// One revoked token: `(tenant id, jti, until)` with `until` in Unix seconds.
 pub type RevokedToken = (String, String, u64);
@@ -50,7 +50,7 @@ impl Store {
             let rows = stmt.query_map([now as i64], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?.max(0) as u64))
             })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }

@@ -1,10 +1,10 @@
 //! Video rooms: each is a media session inside one conversation.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, now_micros};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]

@@ -12,10 +12,10 @@
 //! and show supervisors what happened.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, TenantKeys, now_micros};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -324,7 +324,7 @@ fn unseal_task(keys: &TenantKeys, id: &str, sealed: &[u8]) -> Result<TaskData> {
         .map_err(|e| StoreError::Integrity(format!("routing task {id}: {e}")))
 }
 
-fn task_row(keys: &TenantKeys, r: &rusqlite::Row<'_>) -> Result<RoutingTask> {
+fn task_row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<RoutingTask> {
     let id: String = r.get(0)?;
     let state: String = r.get(4)?;
     let sealed: Vec<u8> = r.get(6)?;
@@ -350,13 +350,11 @@ fn json_of<T: Serialize>(v: &T) -> Result<String> {
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(
-    r: &rusqlite::Row<'_>,
+    r: &crate::db::Row<'_>,
     i: usize,
-) -> rusqlite::Result<T> {
+) -> crate::db::Result<T> {
     let s: String = r.get(i)?;
-    serde_json::from_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(&s).map_err(|e| crate::db::DbError::conversion(i, e))
 }
 
 impl Store {
@@ -404,7 +402,7 @@ impl Store {
                 "SELECT name, spec, created_at, updated_at FROM queues WHERE tenant_id = ?1 ORDER BY name",
             )?;
             let rows = st.query_map(params![t], queue_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -415,8 +413,8 @@ impl Store {
             let mut st = c.prepare_cached(
                 "SELECT name, spec, created_at, updated_at, tenant_id FROM queues ORDER BY tenant_id, name",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(4)?, queue_row(r)?)))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            let rows = st.query_map(params![], |r| Ok((r.get::<_, String>(4)?, queue_row(r)?)))?;
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -500,7 +498,7 @@ impl Store {
                 "SELECT id, spec, updated_at FROM agents WHERE tenant_id = ?1 ORDER BY id",
             )?;
             let rows = st.query_map(params![t], agent_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(rows.collect::<crate::db::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -637,9 +635,9 @@ impl Store {
                 "SELECT {TASK_COLUMNS}, tenant_id FROM routing_tasks WHERE state IN ('waiting', 'reserved', 'assigned') ORDER BY created_at"
             );
             let mut st = c.prepare_cached(&sql)?;
-            let mut rows = st.query([])?;
+            let mut rows = st.query(params![])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 let t: String = r.get(9)?;
                 let keys = store.keys_for(c, &t)?;
                 out.push((t, task_row(&keys, r)?));
@@ -660,7 +658,7 @@ impl Store {
             let mut st = c.prepare_cached(&sql)?;
             let mut rows = st.query(params![t, a])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 out.push(task_row(&keys, r)?);
             }
             Ok(out)
@@ -685,7 +683,7 @@ impl Store {
 }
 
 pub(crate) fn open_task_in(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     t: &str,
     conversation_id: &str,
@@ -696,12 +694,12 @@ pub(crate) fn open_task_in(
     let mut st = conn.prepare_cached(&sql)?;
     let mut rows = st.query(params![t, conversation_id])?;
     match rows.next()? {
-        Some(r) => Ok(Some(task_row(keys, r)?)),
+        Some(ref r) => Ok(Some(task_row(keys, r)?)),
         None => Ok(None),
     }
 }
 
-fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queue> {
+fn queue_row(r: &crate::db::Row<'_>) -> crate::db::Result<Queue> {
     Ok(Queue::new(
         r.get(0)?,
         json_col(r, 1)?,
@@ -710,7 +708,7 @@ fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queue> {
     ))
 }
 
-fn queue_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<Queue>> {
+fn queue_in(c: &crate::db::Conn, t: &str, n: &str) -> Result<Option<Queue>> {
     Ok(c.prepare_cached(
         "SELECT name, spec, created_at, updated_at FROM queues WHERE tenant_id = ?1 AND name = ?2",
     )?
@@ -718,7 +716,7 @@ fn queue_in(c: &rusqlite::Connection, t: &str, n: &str) -> Result<Option<Queue>>
     .optional()?)
 }
 
-fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
+fn agent_row(r: &crate::db::Row<'_>) -> crate::db::Result<Agent> {
     let spec: AgentSpec = json_col(r, 1)?;
     Ok(Agent {
         id: r.get(0)?,
@@ -729,7 +727,7 @@ fn agent_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
     })
 }
 
-fn agent_in(c: &rusqlite::Connection, t: &str, id: &str) -> Result<Option<Agent>> {
+fn agent_in(c: &crate::db::Conn, t: &str, id: &str) -> Result<Option<Agent>> {
     Ok(c.prepare_cached(
         "SELECT id, spec, updated_at FROM agents WHERE tenant_id = ?1 AND id = ?2",
     )?
@@ -738,7 +736,7 @@ fn agent_in(c: &rusqlite::Connection, t: &str, id: &str) -> Result<Option<Agent>
 }
 
 fn task_in(
-    c: &rusqlite::Connection,
+    c: &crate::db::Conn,
     keys: &TenantKeys,
     t: &str,
     id: &str,
@@ -747,7 +745,7 @@ fn task_in(
     let mut st = c.prepare_cached(&sql)?;
     let mut rows = st.query(params![t, id])?;
     match rows.next()? {
-        Some(r) => Ok(Some(task_row(keys, r)?)),
+        Some(ref r) => Ok(Some(task_row(keys, r)?)),
         None => Ok(None),
     }
 }

@@ -2,13 +2,13 @@
 
 use crate::audit::{AuditEntry, Outcome};
 use crate::crypto::{SecretKey, TenantKeys};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, now_micros};
 use base64::Engine;
 use continuum_core::Role;
 use rand::RngCore;
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -51,11 +51,11 @@ struct StaffData {
 }
 
 /// A tenant's name (inside a read or write).
-pub(crate) fn name_in(conn: &rusqlite::Connection, tenant_id: &str) -> Result<String> {
+pub(crate) fn name_in(conn: &crate::db::Conn, tenant_id: &str) -> Result<String> {
     conn.prepare_cached("SELECT name FROM tenants WHERE id = ?1")?
         .query_row([tenant_id], |r| r.get(0))
         .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound("tenant"),
+            crate::db::DbError::NoRows => StoreError::NotFound("tenant"),
             e => e.into(),
         })
 }
@@ -74,7 +74,7 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
-fn tenant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tenant> {
+fn tenant_row(r: &crate::db::Row<'_>) -> crate::db::Result<Tenant> {
     Ok(Tenant {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -132,8 +132,8 @@ impl Store {
         self.read(|c| {
             let mut stmt =
                 c.prepare("SELECT id, name, region, created_at FROM tenants ORDER BY created_at")?;
-            let rows = stmt.query_map([], tenant_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            let rows = stmt.query_map(params![], tenant_row)?;
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -207,7 +207,7 @@ impl Store {
                     revoked_at: r.get::<_, Option<i64>>(3)?.map(Timestamp),
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -234,8 +234,8 @@ impl Store {
         self.read(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT id FROM api_keys WHERE revoked_at IS NOT NULL")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+            let rows = stmt.query_map(params![], |r| r.get(0))?;
+            Ok(rows.collect::<crate::db::Result<Vec<String>>>()?)
         })
         .await
     }
@@ -316,7 +316,7 @@ impl Store {
             )?;
             let mut rows = stmt.query([&tenant_id])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 let id: String = r.get(0)?;
                 let role: String = r.get(1)?;
                 let sealed: Vec<u8> = r.get(2)?;

@@ -9,10 +9,10 @@
 //! patient's number) is PHI: sealed.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::{OptionalExtension, params};
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, now_micros};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -266,15 +266,13 @@ fn remote_aad(tenant_id: &str, call_id: &str) -> String {
 
 const TRUNK_COLUMNS: &str = "id, tenant_id, name, spec, username, secret, created_at";
 
-fn trunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Trunk, Option<Vec<u8>>)> {
+fn trunk_row(r: &crate::db::Row<'_>) -> crate::db::Result<(String, Trunk, Option<Vec<u8>>)> {
     let spec: String = r.get(3)?;
     let secret: Option<Vec<u8>> = r.get(5)?;
     let trunk = Trunk {
         id: r.get(0)?,
         name: r.get(2)?,
-        spec: serde_json::from_str(&spec).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        spec: serde_json::from_str(&spec).map_err(|e| crate::db::DbError::conversion(3, e))?,
         username: r.get(4)?,
         has_password: secret.is_some(),
         created_at: Timestamp(r.get(6)?),
@@ -353,7 +351,7 @@ impl Store {
             let rows = stmt.query_map([t], trunk_row)?;
             Ok(rows
                 .map(|r| r.map(|(_, trunk, _)| trunk))
-                .collect::<rusqlite::Result<_>>()?)
+                .collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -449,7 +447,7 @@ impl Store {
             let mut stmt = c.prepare(&format!(
                 "SELECT {TRUNK_COLUMNS} FROM sip_trunks WHERE deleted_at IS NULL ORDER BY id"
             ))?;
-            let rows = stmt.query_map([], trunk_row)?;
+            let rows = stmt.query_map(params![], trunk_row)?;
             let mut out = Vec::new();
             for row in rows {
                 let (tenant, trunk, _) = row?;
@@ -464,7 +462,7 @@ impl Store {
 
     fn open_trunk(
         &self,
-        c: &rusqlite::Connection,
+        c: &crate::db::Conn,
         (tenant_id, trunk, secret): (String, Trunk, Option<Vec<u8>>),
     ) -> Result<TrunkWithSecret> {
         let password = match secret {
@@ -532,7 +530,7 @@ impl Store {
                 "SELECT id, number, action, created_at FROM dispatch_rules WHERE tenant_id = ?1 AND deleted_at IS NULL ORDER BY id",
             )?;
             let rows = stmt.query_map([t], rule_row)?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -703,7 +701,7 @@ impl Store {
 
     fn open_call(
         &self,
-        c: &rusqlite::Connection,
+        c: &crate::db::Conn,
         tenant_id: &str,
         (mut call, sealed): (Call, Vec<u8>),
     ) -> Result<Call> {
@@ -737,7 +735,7 @@ impl Store {
 
 const CALL_COLUMNS: &str = "id, conversation_id, room_id, direction, state, remote, trunk_id, created_at, answered_at, ended_at, cause";
 
-fn call_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Call, Vec<u8>)> {
+fn call_row(r: &crate::db::Row<'_>) -> crate::db::Result<(Call, Vec<u8>)> {
     let direction: String = r.get(3)?;
     let state: String = r.get(4)?;
     Ok((
@@ -762,14 +760,12 @@ fn call_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Call, Vec<u8>)> {
     ))
 }
 
-fn rule_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DispatchRule> {
+fn rule_row(r: &crate::db::Row<'_>) -> crate::db::Result<DispatchRule> {
     let action: String = r.get(2)?;
     Ok(DispatchRule {
         id: r.get(0)?,
         number: r.get(1)?,
-        action: serde_json::from_str(&action).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        action: serde_json::from_str(&action).map_err(|e| crate::db::DbError::conversion(2, e))?,
         created_at: Timestamp(r.get(3)?),
     })
 }

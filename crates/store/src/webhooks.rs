@@ -4,11 +4,11 @@
 //! sends them and records every attempt here.
 
 use crate::audit::{AuditEntry, Outcome};
+use crate::db::params;
 use crate::error::{Result, StoreError};
 use crate::time_fmt::Timestamp;
 use crate::{Store, TenantKeys, now_micros};
 use rand::RngCore;
-use rusqlite::params;
 use serde::Serialize;
 
 /// The event types a webhook can subscribe to.
@@ -120,7 +120,7 @@ fn payload_aad(tenant_id: &str, webhook_id: &str) -> Vec<u8> {
 /// Queues `data` for every webhook of the tenant subscribed to `event_type`.
 /// `data` is only built when some webhook wants it (most appends have none).
 pub(crate) fn enqueue(
-    conn: &rusqlite::Connection,
+    conn: &crate::db::Conn,
     keys: &TenantKeys,
     tenant_id: &str,
     event_type: &str,
@@ -131,7 +131,7 @@ pub(crate) fn enqueue(
     )?;
     let hooks: Vec<(String, String, String)> = stmt
         .query_map([tenant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let mut n = 0;
     let now = now_micros();
     let mut data = Some(data);
@@ -234,7 +234,7 @@ impl Store {
                     created_at: Timestamp(r.get(3)?),
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -271,7 +271,7 @@ impl Store {
             )?;
             let mut rows = stmt.query(params![now_micros(), limit as i64])?;
             let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            while let Some(ref r) = rows.next()? {
                 let tenant_id: String = r.get(1)?;
                 let webhook_id: String = r.get(2)?;
                 let keys = store.keys_for(c, &tenant_id)?;
@@ -298,7 +298,7 @@ impl Store {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'",
-                [],
+                params![],
                 |r| r.get(0),
             )?)
         })
@@ -373,7 +373,7 @@ impl Store {
                     duration_ms: r.get(5)?,
                 })
             })?;
-            Ok(rows.collect::<rusqlite::Result<_>>()?)
+            Ok(rows.collect::<crate::db::Result<_>>()?)
         })
         .await
     }
@@ -383,7 +383,7 @@ impl Store {
         self.read(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
-                [],
+                params![],
                 |r| r.get(0),
             )?)
         })

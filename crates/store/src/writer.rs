@@ -6,6 +6,7 @@
 //! A single writer also makes gap-free per-conversation `seq` trivially correct.
 
 use crate::audit::AuditHeads;
+use crate::db::Conn;
 use crate::error::StoreError;
 use crossbeam_channel::{Receiver, Sender};
 use rusqlite::Connection;
@@ -21,7 +22,7 @@ const MAX_BATCH: usize = 1024;
 
 /// What a job sees: the connection, inside an open transaction and savepoint.
 pub struct WriteCtx<'c> {
-    pub conn: &'c Connection,
+    pub conn: &'c Conn,
     pub(crate) audit_heads: &'c mut AuditHeads,
     pub(crate) audit_key: &'c crate::crypto::SecretKey,
 }
@@ -33,7 +34,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub fn start(
-        conn: Connection,
+        conn: Conn,
         audit_key: crate::crypto::SecretKey,
         path: std::path::PathBuf,
     ) -> Writer {
@@ -104,7 +105,7 @@ fn spawn_checkpointer(path: std::path::PathBuf) -> Sender<()> {
 }
 
 fn run(
-    conn: Connection,
+    conn: Conn,
     rx: Receiver<Job>,
     audit_key: crate::crypto::SecretKey,
     checkpoints: Sender<()>,
@@ -135,9 +136,11 @@ fn run(
     let deadline = Instant::now() + std::time::Duration::from_secs(3);
     loop {
         let done = conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "PRAGMA wal_checkpoint(TRUNCATE)",
+                crate::db::params![],
+                |r| r.get::<_, i64>(0),
+            )
             .is_ok_and(|b| b == 0);
         if done || Instant::now() > deadline {
             break;
@@ -151,13 +154,13 @@ fn run(
 /// begin, or the job panicked) drops its reply channel, which its caller sees
 /// as a failed write: nothing is acknowledged that was not committed.
 /// Runs a parameterless statement through the statement cache (no re-parse).
-fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([])?;
+fn exec_cached(conn: &Conn, sql: &str) -> crate::db::Result<()> {
+    conn.prepare_cached(sql)?.execute(crate::db::params![])?;
     Ok(())
 }
 
 fn run_batch(
-    conn: &Connection,
+    conn: &Conn,
     heads: &mut AuditHeads,
     audit_key: &crate::crypto::SecretKey,
     jobs: Vec<Job>,

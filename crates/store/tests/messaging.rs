@@ -168,7 +168,7 @@ async fn outbox_life_cycle_and_receipts_out_of_order() {
             .state,
         MessageState::Read
     );
-    assert!(store.verify().unwrap().is_intact());
+    assert!(store.verify().await.unwrap().is_intact());
 }
 
 #[tokio::test]

@@ -7,10 +7,18 @@ use continuum_store::{
     TransitionParams,
 };
 use std::collections::HashSet;
+use support::Backend;
 
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, SecretKey::generate(), StoreOptions::default()).unwrap()
-}
+mod support;
+
+both!(
+    concurrent_appends_get_gap_free_seqs,
+    a_failing_write_does_not_spoil_its_batch,
+    everything_is_scoped_to_its_tenant,
+    idempotent_appends_return_the_original,
+    a_wrong_master_key_cannot_read_anything,
+    queue_assignee_and_tags_are_sealed_at_rest,
+);
 
 fn message(body: &str, key: Option<&str>) -> NewEvent {
     NewEvent {
@@ -54,10 +62,8 @@ async fn conversation(store: &Store, tenant: &str) -> String {
         .id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_appends_get_gap_free_seqs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn concurrent_appends_get_gap_free_seqs(backend: Backend) {
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap();
     let conv = conversation(&store, &t.id).await;
     let tasks: Vec<_> = (0..200)
@@ -78,13 +84,11 @@ async fn concurrent_appends_get_gap_free_seqs() {
         assert!(seqs.insert(task.await.unwrap()));
     }
     assert_eq!(seqs, (1..=200).collect::<HashSet<i64>>());
-    assert!(store.verify().unwrap().is_intact());
+    assert!(store.verify().await.unwrap().is_intact());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failing_write_does_not_spoil_its_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn a_failing_write_does_not_spoil_its_batch(backend: Backend) {
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap();
     let conv = conversation(&store, &t.id).await;
     store
@@ -149,14 +153,12 @@ async fn a_failing_write_does_not_spoil_its_batch() {
         1 + ok,
         "the close plus every good append, nothing else"
     );
-    let report = store.verify().unwrap();
+    let report = store.verify().await.unwrap();
     assert!(report.is_intact(), "{report:?}");
 }
 
-#[tokio::test]
-async fn everything_is_scoped_to_its_tenant() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn everything_is_scoped_to_its_tenant(backend: Backend) {
+    let store = support::open(backend).await;
     let a = store.create_tenant("a", "eu", "test").await.unwrap();
     let b = store.create_tenant("b", "us", "test").await.unwrap();
     let conv = conversation(&store, &a.id).await;
@@ -184,10 +186,8 @@ async fn everything_is_scoped_to_its_tenant() {
     );
 }
 
-#[tokio::test]
-async fn idempotent_appends_return_the_original() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn idempotent_appends_return_the_original(backend: Backend) {
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap();
     let conv = conversation(&store, &t.id).await;
     let first = store
@@ -210,13 +210,11 @@ async fn idempotent_appends_return_the_original() {
         matches!(err, continuum_store::StoreError::IdempotencyMismatch(ref k) if k == "k"),
         "{err}"
     );
-    assert!(store.verify().unwrap().is_intact());
+    assert!(store.verify().await.unwrap().is_intact());
 }
 
-#[tokio::test]
-async fn a_wrong_master_key_cannot_read_anything() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn a_wrong_master_key_cannot_read_anything(backend: Backend) {
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap();
     let conv = conversation(&store, &t.id).await;
     store
@@ -224,7 +222,13 @@ async fn a_wrong_master_key_cannot_read_anything() {
         .await
         .unwrap();
     store.shutdown();
-    let other = open(dir.path());
+    let other = Store::connect(
+        &store.location,
+        SecretKey::generate(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap();
     let err = other
         .list_events(&t.id, &conv, 0, 10, "test")
         .await
@@ -232,29 +236,36 @@ async fn a_wrong_master_key_cannot_read_anything() {
     assert!(err.to_string().contains("master key"), "{err}");
 }
 
-/// Everything SQLite has on disk for the store in `dir`: the database and its WAL.
-fn raw_bytes(dir: &std::path::Path) -> Vec<u8> {
-    let db = continuum_store::database_path(dir);
-    let mut bytes = std::fs::read(&db).unwrap();
-    if let Ok(wal) = std::fs::read(format!("{}-wal", db.display())) {
-        bytes.extend_from_slice(&wal);
+/// Everything the database holds for the store: SQLite's database file and
+/// its WAL, or PostgreSQL's rows as `pg_dump` prints them.
+fn raw_bytes(store: &support::TestStore) -> Vec<u8> {
+    match store.backend {
+        Backend::Sqlite => {
+            let db = continuum_store::database_path(std::path::Path::new(&store.location));
+            let mut bytes = std::fs::read(&db).unwrap();
+            if let Ok(wal) = std::fs::read(format!("{}-wal", db.display())) {
+                bytes.extend_from_slice(&wal);
+            }
+            bytes
+        }
+        Backend::Postgres => support::pg_dump(&store.location),
     }
-    bytes
 }
 
+/// Whether `needle` is in `haystack`, as text or hex-encoded (how pg_dump
+/// prints byte columns).
 fn holds(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+    let hex = hex::encode(needle);
+    [needle.as_bytes(), hex.as_bytes()]
+        .iter()
+        .any(|n| haystack.windows(n.len()).any(|w| w == *n))
 }
 
-#[tokio::test]
-async fn queue_assignee_and_tags_are_sealed_at_rest() {
+async fn queue_assignee_and_tags_are_sealed_at_rest(backend: Backend) {
     const QUEUE: &str = "psychiatry-crisis";
     const TAG: &str = "hiv-positive";
     const NURSE: &str = "nurse@example.org";
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap();
     let contact = store
         .create_contact(
@@ -349,21 +360,19 @@ async fn queue_assignee_and_tags_are_sealed_at_rest() {
     );
 
     // The row itself: clear columns empty, blind indexes set.
-    let db = continuum_store::database_path(dir.path());
-    {
-        let raw = rusqlite::Connection::open(&db).unwrap();
-        let (clear_empty, queue_idx, assignee_idx): (bool, Option<i64>, Option<i64>) = raw
-            .query_row(
-                "SELECT queue IS NULL AND assignee IS NULL AND tags = '[]', length(queue_idx), length(assignee_idx)
-                 FROM conversations WHERE id = ?1",
-                [&created.id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .unwrap();
-        assert!(clear_empty, "the clear columns stay NULL / '[]'");
-        assert_eq!((queue_idx, assignee_idx), (Some(32), Some(32)));
-    }
-    let bytes = raw_bytes(dir.path());
+    let row = support::raw_query(
+        &store,
+        &format!(
+            "SELECT CASE WHEN queue IS NULL AND assignee IS NULL AND tags = '[]' THEN 1 ELSE 0 END, length(queue_idx), length(assignee_idx)
+             FROM conversations WHERE id = '{}'",
+            created.id
+        ),
+    );
+    assert_eq!(
+        row, "1|32|32",
+        "the clear columns stay NULL / '[]', the blind indexes are set"
+    );
+    let bytes = raw_bytes(&store);
     for s in [QUEUE, TAG, NURSE] {
         assert!(!holds(&bytes, s), "`{s}` is on disk in clear while open");
     }
@@ -391,9 +400,9 @@ async fn queue_assignee_and_tags_are_sealed_at_rest() {
     assert_eq!(got.tags, vec![TAG.to_owned()]);
     assert_eq!(got.subject.as_deref(), Some("subject"));
     assert!(list(Some(NURSE)).await.unwrap().conversations.is_empty());
-    assert!(store.verify().unwrap().is_intact());
+    assert!(store.verify().await.unwrap().is_intact());
     store.shutdown();
-    let bytes = raw_bytes(dir.path());
+    let bytes = raw_bytes(&store);
     assert!(
         holds(&bytes, &created.id),
         "the check reads the right files"

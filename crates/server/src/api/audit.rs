@@ -13,7 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
-    /// Records with `seq` greater than this.
+    /// Records after this `position` (the previous page's `next_after`). On
+    /// SQLite a tenant has one chain and `position` is its `seq`; on
+    /// PostgreSQL records of the tenant's several chains interleave in
+    /// commit order.
     #[param(minimum = 0)]
     pub after: Option<i64>,
     /// Page size, default 100.
@@ -55,7 +58,7 @@ pub async fn list(
     .with_detail(serde_json::json!({ "after": q.after.unwrap_or(0), "count": records.len() }));
     s.store.audit(p.tenant_id(), entry).await?;
     let next_after = (records.len() == limit)
-        .then(|| records.last().map(|r| r.seq))
+        .then(|| records.last().map(|r| r.position))
         .flatten();
     Ok(Json(AuditPage {
         records,
