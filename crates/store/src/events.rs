@@ -18,7 +18,6 @@ use continuum_core::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -79,10 +78,9 @@ fn row_digest(
     hex::encode(h.finalize())
 }
 
-pub(crate) fn publish(live: &broadcast::Sender<Arc<Event>>, events: &[Event]) {
+pub(crate) fn publish(live: &crate::live::Live, events: &[Event]) {
     for e in events {
-        // No subscribers is fine: live streams are an optimisation over re-reading.
-        let _ = live.send(Arc::new(e.clone()));
+        live.send(Arc::new(e.clone()));
     }
     metrics::counter!("continuum_events_written_total").increment(events.len() as u64);
 }

@@ -23,6 +23,7 @@ mod conversations;
 mod events;
 mod inbox;
 mod ivr;
+mod live;
 mod messaging;
 mod reminders;
 mod revocations;
@@ -75,7 +76,7 @@ use pool::ReadPool;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use writer::{Completion, Job, Writer};
 
 pub(crate) use continuum_core::clock::unix_micros as now_micros;
@@ -160,7 +161,7 @@ struct Inner {
     read_slots: Arc<Semaphore>,
     master: SecretKey,
     tenant_keys: RwLock<HashMap<String, Arc<TenantKeys>>>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: live::Live,
     outbox_ready: Arc<Notify>,
     /// Woken when outbound messages are queued or re-queued.
     messages_ready: Arc<Notify>,
@@ -282,7 +283,7 @@ impl Store {
 
     fn with_engine(engine: Engine, master: SecretKey, opts: StoreOptions) -> Store {
         let read_slots = Arc::new(Semaphore::new(opts.readers.max(1)));
-        let (live, _) = broadcast::channel(opts.live_buffer.max(16));
+        let live = live::Live::new(opts.live_buffer.max(16));
         Store(Arc::new(Inner {
             engine,
             read_slots,
@@ -309,12 +310,6 @@ impl Store {
             Engine::Sqlite { writer, .. } => writer.queue_depth(),
             Engine::Postgres { .. } => 0,
         }
-    }
-
-    /// Every committed event, in commit order, for live streams. A receiver that
-    /// lags re-reads from the store; nothing is lost.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.0.live.subscribe()
     }
 
     /// Woken whenever a commit adds webhook deliveries.
@@ -437,6 +432,16 @@ impl Store {
         let tenant_id = tenant_id.to_owned();
         self.read(move |c| audit::list(c, &tenant_id, after, limit))
             .await
+    }
+
+    /// The tenant's unwrapped keys, read if not cached.
+    pub(crate) async fn tenant_keys(&self, tenant_id: &str) -> Result<Arc<TenantKeys>> {
+        if let Some(k) = self.0.tenant_keys.read().get(tenant_id) {
+            return Ok(k.clone());
+        }
+        let store = self.clone();
+        let tenant = tenant_id.to_owned();
+        self.read(move |c| store.keys_for(c, &tenant)).await
     }
 
     /// The tenant's unwrapped keys (cached).
