@@ -129,6 +129,8 @@ fn row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<Attachment> {
     })
 }
 
+/// One attachment by id; inside a write, its row stays locked (PostgreSQL)
+/// until the write commits (a review reads it to change it).
 fn load(
     conn: &crate::db::Conn,
     keys: &TenantKeys,
@@ -136,7 +138,8 @@ fn load(
     id: &str,
 ) -> Result<Attachment> {
     conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM attachments WHERE id = ?1 AND tenant_id = ?2"
+        "SELECT {COLUMNS} FROM attachments WHERE id = ?1 AND tenant_id = ?2{}",
+        conn.row_lock()
     ))?
     .query_row(params![id, tenant_id], |r| Ok(row(keys, r)))
     .optional()?

@@ -219,16 +219,20 @@ fn write_bindings(
                     |r| r.get(0),
                 )
                 .optional()?;
-            if taken.is_some() {
-                return Err(StoreError::Conflict(format!(
+            let taken_msg = || {
+                format!(
                     "{} {value} is already bound to another contact",
                     kind.as_str()
-                )));
+                )
+            };
+            if taken.is_some() {
+                return Err(StoreError::Conflict(taken_msg()));
             }
             conn.execute(
                 "INSERT INTO contact_bindings (tenant_id, kind, lookup, contact_id) VALUES (?1, ?2, ?3, ?4)",
                 params![tenant_id, kind.as_str(), lookup, id],
-            )?;
+            )
+            .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
         }
     }
     Ok(())
@@ -240,10 +244,26 @@ pub(crate) fn load(
     tenant_id: &str,
     id: &str,
 ) -> Result<Contact> {
+    load_with(conn, keys, tenant_id, id, "")
+}
+
+/// [`load`] for a write that changes the contact from what it read: the
+/// row stays locked (PostgreSQL) until the write commits.
+fn lock(conn: &crate::db::Conn, keys: &TenantKeys, tenant_id: &str, id: &str) -> Result<Contact> {
+    load_with(conn, keys, tenant_id, id, conn.row_lock())
+}
+
+fn load_with(
+    conn: &crate::db::Conn,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    id: &str,
+    lock: &str,
+) -> Result<Contact> {
     let row: Option<(Vec<u8>, i64, i64)> = conn
-        .prepare_cached(
-            "SELECT data, created_at, updated_at FROM contacts WHERE id = ?1 AND tenant_id = ?2",
-        )?
+        .prepare_cached(&format!(
+            "SELECT data, created_at, updated_at FROM contacts WHERE id = ?1 AND tenant_id = ?2{lock}"
+        ))?
         .query_row(params![id, tenant_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
@@ -327,7 +347,7 @@ impl Store {
         );
         self.write(move |ctx| {
             let keys = store.keys_for(ctx.conn, &tenant_id)?;
-            let current = load(ctx.conn, &keys, &tenant_id, &id)?;
+            let current = lock(ctx.conn, &keys, &tenant_id, &id)?;
             let mut data = SealedContact {
                 display_name: current.display_name,
                 date_of_birth: current.date_of_birth,

@@ -179,6 +179,15 @@ pub(crate) fn load_head(conn: &crate::db::Conn, tenant_id: &str, id: &str) -> Re
     })
 }
 
+/// The elements of the JSON array of strings bound to `?n`, as a subquery.
+fn json_text_elements(conn: &crate::db::Conn, n: usize) -> String {
+    if conn.is_pg() {
+        format!("SELECT jsonb_array_elements_text(CAST(CAST(?{n} AS TEXT) AS jsonb))")
+    } else {
+        format!("SELECT value FROM json_each(?{n})")
+    }
+}
+
 fn validate_label(what: &str, s: &str) -> Result<()> {
     if s.is_empty()
         || s.len() > 64
@@ -373,10 +382,11 @@ impl Store {
             .transpose()?;
         self.read(move |conn| {
             let found: Option<i64> = conn
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT 1 FROM conversations WHERE tenant_id = ?1 AND contact_id = ?2
-                     AND (?3 IS NULL OR id IN (SELECT value FROM json_each(?3))) LIMIT 1",
-                )?
+                     AND (CAST(?3 AS TEXT) IS NULL OR id IN ({})) LIMIT 1",
+                    json_text_elements(conn, 3)
+                ))?
                 .query_row(params![t, c, ids], |r| r.get(0))
                 .optional()?;
             Ok(found.is_some())
@@ -417,7 +427,8 @@ impl Store {
             // finds its conversation) through the contact index: without
             // statistics SQLite picked `conversations_recent` and scanned
             // every conversation of the tenant, per lookup.
-            let index = if f.contact_id.is_some() { " INDEXED BY conversations_contact" } else { "" };
+            // (PostgreSQL keeps statistics, and has no such hint.)
+            let index = if f.contact_id.is_some() && !c.is_pg() { " INDEXED BY conversations_contact" } else { "" };
             let mut sql = format!(
                 "SELECT {COLUMNS} FROM conversations{index} WHERE tenant_id = ?1 AND (updated_at < ?2 OR (updated_at = ?2 AND id < ?3))"
             );
@@ -444,7 +455,7 @@ impl Store {
             }
             if let Some(only) = f.only {
                 args.push(Box::new(serde_json::to_string(&only).unwrap_or_default()));
-                sql += &format!(" AND id IN (SELECT value FROM json_each(?{}))", args.len());
+                sql += &format!(" AND id IN ({})", json_text_elements(c, args.len()));
             }
             args.push(Box::new(f.limit as i64 + 1));
             sql += &format!(" ORDER BY updated_at DESC, id DESC LIMIT ?{}", args.len());

@@ -48,6 +48,22 @@ impl From<crate::db::DbError> for StoreError {
     }
 }
 
+impl StoreError {
+    /// A unique constraint refusing a row becomes `Conflict(what())`: the
+    /// check before the insert found nothing, but a concurrent write (another
+    /// node, on PostgreSQL) inserted the same key in the meantime.
+    pub(crate) fn unique_as_conflict(
+        e: crate::db::DbError,
+        what: impl FnOnce() -> String,
+    ) -> StoreError {
+        if e.is_unique_violation() {
+            StoreError::Conflict(what())
+        } else {
+            e.into()
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Database(e.to_string())

@@ -123,7 +123,8 @@ pub(crate) fn append_row(
     if let Some(marker) = marker_for(ev) {
         ctx.conn
             .prepare_cached(
-                "INSERT OR REPLACE INTO event_markers (conversation_id, marker, seq) VALUES (?1, ?2, ?3)",
+                "INSERT INTO event_markers (conversation_id, marker, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (conversation_id, marker) DO UPDATE SET seq = excluded.seq",
             )?
             .execute(params![conv.id, marker, seq])?;
     }
@@ -182,8 +183,8 @@ fn track_media_session(
         EventKind::CallStarted => {
             ctx.conn
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO media_sessions (conversation_id, session_id, tenant_id, channel, started_seq, started_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO media_sessions (conversation_id, session_id, tenant_id, channel, started_seq, started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![conv_id, session, tenant_id, ev.channel.as_str(), seq, at])?;
         }

@@ -168,7 +168,7 @@ fn item_in(
         .unwrap_or(0);
     let unread: i64 = c
         .prepare_cached(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE conversation_id = ?1 AND seq > ?2 AND actor_type = 'patient' LIMIT ?3)",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE conversation_id = ?1 AND seq > ?2 AND actor_type = 'patient' LIMIT ?3) AS unread",
         )?
         .query_row(params![conv.id, read_seq, UNREAD_CAP], |r| r.get(0))?;
     let task = open_task_in(c, keys, t, &conv.id)?;

@@ -68,7 +68,7 @@ pub use voice::{
     Call, CallDirection, CallState, DispatchAction, DispatchRule, MediaEncryption, NewCall,
     SipTransport, Trunk, TrunkSpec, TrunkStatus, TrunkWithSecret,
 };
-pub use webhooks::{Delivery, DueDelivery, Webhook, WebhookPayload};
+pub use webhooks::{DELIVERY_LEASE, Delivery, DueDelivery, Webhook, WebhookPayload};
 pub use writer::WriteCtx;
 
 use parking_lot::RwLock;

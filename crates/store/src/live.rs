@@ -11,10 +11,10 @@
 //! in clear, with the body and meta sealed under the tenant's data key, so
 //! NATS never carries PHI in clear.
 
+use crate::Store;
 use crate::error::{Result, StoreError};
 use crate::events::Event;
 use crate::time_fmt::Timestamp;
-use crate::Store;
 use base64::Engine as _;
 use continuum_core::{Actor, Channel, EventKind};
 use serde::{Deserialize, Serialize};

@@ -491,8 +491,29 @@ fn load_message(
     tenant_id: &str,
     id: &str,
 ) -> Result<OutboundMessage> {
+    load_message_with(conn, keys, tenant_id, id, "")
+}
+
+/// [`load_message`] for a write that changes the message from what it
+/// read: the row stays locked (PostgreSQL) until the write commits.
+fn lock_message(
+    conn: &crate::db::Conn,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    id: &str,
+) -> Result<OutboundMessage> {
+    load_message_with(conn, keys, tenant_id, id, conn.row_lock())
+}
+
+fn load_message_with(
+    conn: &crate::db::Conn,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    id: &str,
+    lock: &str,
+) -> Result<OutboundMessage> {
     conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND tenant_id = ?2"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND tenant_id = ?2{lock}"
     ))?
     .query_row(params![id, tenant_id], |r| Ok(message_row(keys, r)))
     .optional()?
@@ -523,8 +544,11 @@ pub(crate) fn enqueue_in_tx(
         meta,
         idempotency_key: new.idempotency_key.clone(),
     };
-    // The retry of a request: the message its first try queued.
+    // The retry of a request: the message its first try queued. The
+    // conversation is locked first (PostgreSQL), so a retry racing its first
+    // try on another node waits for it and then finds its message here.
     if let Some(key) = &new.idempotency_key {
+        crate::conversations::load_head(ctx.conn, tenant_id, conv_id)?;
         let existing: Option<String> = ctx
                 .conn
                 .prepare_cached(
@@ -721,14 +745,17 @@ impl Store {
                     |_| Ok(()),
                 )
                 .optional()?;
+            let taken_msg = || format!("a messaging provider named `{}` already exists", p.name);
             if taken.is_some() {
-                return Err(StoreError::Conflict(format!("a messaging provider named `{}` already exists", p.name)));
+                return Err(StoreError::Conflict(taken_msg()));
             }
             let sealed = keys.data.seal(&secret, secret_aad(&p.id).as_bytes());
-            ctx.conn.execute(
-                "INSERT INTO messaging_providers (id, tenant_id, name, kind, priority, spec, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![p.id, tenant_id, p.name, p.kind.as_str(), p.priority, stored, sealed, p.created_at.0],
-            )?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO messaging_providers (id, tenant_id, name, kind, priority, spec, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![p.id, tenant_id, p.name, p.kind.as_str(), p.priority, stored, sealed, p.created_at.0],
+                )
+                .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
             ctx.audit(&tenant_id, &AuditEntry::new(actor, "messaging_provider.create", format!("messaging_provider/{}", p.id), Outcome::Ok))?;
             Ok(())
         })
@@ -870,12 +897,15 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let now = now_micros();
+                // On PostgreSQL the claimed rows stay locked until this
+                // write commits, and other nodes' claims pass them over.
                 let due: Vec<(String, String)> = ctx
                     .conn
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "SELECT id, tenant_id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?1
-                         ORDER BY next_attempt_at, id LIMIT ?2",
-                    )?
+                         ORDER BY next_attempt_at, id LIMIT ?2{}",
+                        ctx.conn.claim_lock()
+                    ))?
                     .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<crate::db::Result<_>>()?;
                 let mut claimed = Vec::with_capacity(due.len());
@@ -934,7 +964,7 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &t)?;
-                let current = load_message(ctx.conn, &keys, &t, &id)?;
+                let current = lock_message(ctx.conn, &keys, &t, &id)?;
                 let mut events = Vec::new();
                 let mut detail = serde_json::Map::new();
                 let state = match &outcome {
@@ -1021,7 +1051,7 @@ impl Store {
                         .optional()?
                         .ok_or(StoreError::NotFound("message"))?,
                 };
-                let current = load_message(ctx.conn, &keys, &t, &id)?;
+                let current = lock_message(ctx.conn, &keys, &t, &id)?;
                 if !current.state.accepts_receipt(status) {
                     return Ok(None);
                 }
@@ -1052,7 +1082,10 @@ impl Store {
             move |ctx| {
                 let stuck: Vec<(String, String)> = ctx
                     .conn
-                    .prepare("SELECT id, tenant_id FROM messages WHERE state = 'sending'")?
+                    .prepare(&format!(
+                        "SELECT id, tenant_id FROM messages WHERE state = 'sending'{}",
+                        ctx.conn.row_lock()
+                    ))?
                     .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<crate::db::Result<_>>()?;
                 let mut events = Vec::new();
@@ -1186,6 +1219,10 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &t)?;
+                // The conversation is locked first (PostgreSQL): the same
+                // message delivered twice at once (a provider's retry reaching
+                // another node) waits here, then finds the first one's row.
+                crate::conversations::load_head(ctx.conn, &t, &conv_id)?;
                 let seen: Option<(String, String, i64)> = ctx
                     .conn
                     .prepare_cached("SELECT tenant_id, conversation_id, event_seq FROM inbound_messages WHERE provider_id = ?1 AND provider_message_id = ?2")?
@@ -1220,7 +1257,8 @@ impl Store {
                 ctx.conn
                     .prepare_cached(
                         "INSERT INTO messaging_windows (tenant_id, channel, address, last_inbound_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (tenant_id, channel, address) DO UPDATE SET last_inbound_at = MAX(last_inbound_at, excluded.last_inbound_at)",
+                         ON CONFLICT (tenant_id, channel, address) DO UPDATE SET last_inbound_at = CASE WHEN excluded.last_inbound_at > messaging_windows.last_inbound_at
+                            THEN excluded.last_inbound_at ELSE messaging_windows.last_inbound_at END",
                     )?
                     .execute(params![t, inbound.channel.as_str(), recipient_index(&keys, inbound.channel, &inbound.from), now])?;
                 let mut events = a.also_written;

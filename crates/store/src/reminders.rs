@@ -570,8 +570,25 @@ fn appointment_row(keys: &TenantKeys, r: &crate::db::Row<'_>) -> Result<Row> {
 }
 
 fn load_row(conn: &crate::db::Conn, keys: &TenantKeys, tenant_id: &str, id: &str) -> Result<Row> {
+    load_row_with(conn, keys, tenant_id, id, "")
+}
+
+/// [`load_row`] for a write that changes the appointment from what it read:
+/// the row stays locked (PostgreSQL) until the write commits, so a write on
+/// another node waits and then reads what this one wrote.
+fn lock_row(conn: &crate::db::Conn, keys: &TenantKeys, tenant_id: &str, id: &str) -> Result<Row> {
+    load_row_with(conn, keys, tenant_id, id, conn.row_lock())
+}
+
+fn load_row_with(
+    conn: &crate::db::Conn,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    id: &str,
+    lock: &str,
+) -> Result<Row> {
     conn.prepare_cached(&format!(
-        "SELECT {APPT_COLUMNS} FROM appointments WHERE id = ?1 AND tenant_id = ?2"
+        "SELECT {APPT_COLUMNS} FROM appointments WHERE id = ?1 AND tenant_id = ?2{lock}"
     ))?
     .query_row(params![id, tenant_id], |r| Ok(appointment_row(keys, r)))
     .optional()?
@@ -820,15 +837,17 @@ fn upsert_in_tx(
         .external_id
         .as_deref()
         .map(|x| keys.blind_index(EXTERNAL_INDEX, x));
-    let existing: Option<String> = match &ext_idx {
-        Some(idx) => ctx
-            .conn
-            .prepare_cached(
-                "SELECT id FROM appointments WHERE tenant_id = ?1 AND external_idx = ?2",
-            )?
-            .query_row(params![tenant_id, idx], |r| r.get(0))
-            .optional()?,
-        None => None,
+    let by_external = |conn: &crate::db::Conn| -> Result<Option<String>> {
+        Ok(match &ext_idx {
+            Some(idx) => conn
+                .prepare_cached(&format!(
+                    "SELECT id FROM appointments WHERE tenant_id = ?1 AND external_idx = ?2{}",
+                    conn.row_lock()
+                ))?
+                .query_row(params![tenant_id, idx], |r| r.get(0))
+                .optional()?,
+            None => None,
+        })
     };
     let (settings, quiet) = shared.settings(ctx.conn, tenant_id)?;
     let contact = contacts::load(ctx.conn, keys, tenant_id, &up.contact_id)?;
@@ -838,59 +857,73 @@ fn upsert_in_tx(
         let plain = serde_json::to_vec(&data).map_err(|e| StoreError::Invalid(e.to_string()))?;
         Ok(keys.data.seal(&plain, &appointment_aad(tenant_id, id)))
     };
-    let Some(id) = existing else {
-        let id = uuid::Uuid::now_v7().to_string();
-        let status = if input.cancelled {
-            AppointmentStatus::Cancelled
-        } else {
-            AppointmentStatus::Scheduled
-        };
-        ctx.conn
-            .prepare_cached(
-                "INSERT INTO appointments (id, tenant_id, conversation_id, contact_id, external_idx, template_id, start_at, status, data, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-            )?
-            .execute(params![
-                id,
-                tenant_id,
-                up.conversation_id,
-                up.contact_id,
-                ext_idx,
-                input.template_id,
-                input.start_at,
-                status.as_str(),
-                seal(&id)?,
-                now
-            ])?;
-        let pending = if input.cancelled {
-            0
-        } else {
-            schedule(
-                ctx,
-                tenant_id,
-                &id,
-                input.start_at,
-                &spec.offsets,
-                &tz,
-                quiet,
-                now,
-            )?
-        };
-        ctx.audit(
-            tenant_id,
-            &AuditEntry::new(
-                actor,
-                "appointment.create",
-                format!("appointment/{id}"),
-                Outcome::Ok,
-            )
-            .with_detail(
-                serde_json::json!({ "conversation": up.conversation_id, "reminders": pending }),
-            ),
-        )?;
-        return Ok((id, UpsertOutcome::Created, pending));
+    let id = match by_external(ctx.conn)? {
+        Some(id) => id,
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            let status = if input.cancelled {
+                AppointmentStatus::Cancelled
+            } else {
+                AppointmentStatus::Scheduled
+            };
+            let inserted = ctx
+                .conn
+                .prepare_cached(
+                    "INSERT INTO appointments (id, tenant_id, conversation_id, contact_id, external_idx, template_id, start_at, status, data, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![
+                    id,
+                    tenant_id,
+                    up.conversation_id,
+                    up.contact_id,
+                    ext_idx,
+                    input.template_id,
+                    input.start_at,
+                    status.as_str(),
+                    seal(&id)?,
+                    now
+                ])?;
+            if inserted == 1 {
+                let pending = if input.cancelled {
+                    0
+                } else {
+                    schedule(
+                        ctx,
+                        tenant_id,
+                        &id,
+                        input.start_at,
+                        &spec.offsets,
+                        &tz,
+                        quiet,
+                        now,
+                    )?
+                };
+                ctx.audit(
+                    tenant_id,
+                    &AuditEntry::new(
+                        actor,
+                        "appointment.create",
+                        format!("appointment/{id}"),
+                        Outcome::Ok,
+                    )
+                    .with_detail(
+                        serde_json::json!({ "conversation": up.conversation_id, "reminders": pending }),
+                    ),
+                )?;
+                return Ok((id, UpsertOutcome::Created, pending));
+            }
+            // Nothing inserted: a write that committed since the lookup (on
+            // another node; this insert waited for it) imported the same
+            // external id. Update that appointment, as a retry would.
+            by_external(ctx.conn)?.ok_or_else(|| {
+                StoreError::Conflict(
+                    "the appointment's external_id is being imported concurrently; retry".into(),
+                )
+            })?
+        }
     };
-    let cur = load_row(ctx.conn, keys, tenant_id, &id)?;
+    let cur = lock_row(ctx.conn, keys, tenant_id, &id)?;
     let was_cancelled = cur.a.status == AppointmentStatus::Cancelled;
     let moved = cur.a.start_time.0 != input.start_at
         || cur.a.template_id != input.template_id
@@ -1041,15 +1074,18 @@ impl Store {
                 .prepare_cached("SELECT 1 FROM reminder_templates WHERE tenant_id = ?1 AND name = ?2 AND deleted_at IS NULL")?
                 .query_row(params![t, name], |_| Ok(()))
                 .optional()?;
+            let taken_msg = || format!("a reminder template named `{name}` already exists");
             if taken.is_some() {
-                return Err(StoreError::Conflict(format!("a reminder template named `{name}` already exists")));
+                return Err(StoreError::Conflict(taken_msg()));
             }
             let id = uuid::Uuid::now_v7().to_string();
             let now = now_micros();
-            ctx.conn.execute(
-                "INSERT INTO reminder_templates (id, tenant_id, name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![id, t, name, json, now],
-            )?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO reminder_templates (id, tenant_id, name, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                    params![id, t, name, json, now],
+                )
+                .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
             ctx.audit(&t, &AuditEntry::new(actor, "reminder_template.create", format!("reminder_template/{id}"), Outcome::Ok))?;
             Ok(template_in(ctx.conn, &t, &id)?.0)
         })
@@ -1079,13 +1115,17 @@ impl Store {
                 .prepare_cached("SELECT id FROM reminder_templates WHERE tenant_id = ?1 AND name = ?2 AND deleted_at IS NULL")?
                 .query_row(params![t, name], |r| r.get(0))
                 .optional()?;
+            let taken_msg = || format!("a reminder template named `{name}` already exists");
             if taken.as_ref().is_some_and(|other| *other != id) {
-                return Err(StoreError::Conflict(format!("a reminder template named `{name}` already exists")));
+                return Err(StoreError::Conflict(taken_msg()));
             }
-            let n = ctx.conn.execute(
-                "UPDATE reminder_templates SET name = ?3, spec = ?4, updated_at = ?5 WHERE id = ?1 AND tenant_id = ?2 AND deleted_at IS NULL",
-                params![id, t, name, json, now_micros()],
-            )?;
+            let n = ctx
+                .conn
+                .execute(
+                    "UPDATE reminder_templates SET name = ?3, spec = ?4, updated_at = ?5 WHERE id = ?1 AND tenant_id = ?2 AND deleted_at IS NULL",
+                    params![id, t, name, json, now_micros()],
+                )
+                .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
             if n == 0 {
                 return Err(StoreError::NotFound("reminder template"));
             }
@@ -1220,7 +1260,7 @@ impl Store {
         self.write_then(
             move |ctx| {
                 let keys = store.keys_for(ctx.conn, &t)?;
-                let cur = load_row(ctx.conn, &keys, &t, &id)?;
+                let cur = lock_row(ctx.conn, &keys, &t, &id)?;
                 if let Some(s) = patch.status
                     && !matches!(
                         s,
@@ -1362,12 +1402,15 @@ impl Store {
         let messages = self.0.messages_ready.clone();
         self.write_then(
             move |ctx| {
+                // On PostgreSQL the claimed rows stay locked until this
+                // write commits, and other nodes' claims pass them over.
                 let due: Vec<(String, String)> = ctx
                     .conn
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "SELECT id, tenant_id FROM reminders WHERE state = 'pending' AND due_at <= ?1
-                         ORDER BY due_at, id LIMIT ?2",
-                    )?
+                         ORDER BY due_at, id LIMIT ?2{}",
+                        ctx.conn.claim_lock()
+                    ))?
                     .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<crate::db::Result<_>>()?;
                 let mut report = DispatchReport { claimed: due.len(), ..Default::default() };
@@ -1441,7 +1484,7 @@ impl Store {
                     .query_row(params![conv, t, now - REPLY_WINDOW_MICROS, now - 3600 * 1_000_000], |r| r.get(0))
                     .optional()?;
                 let Some(id) = found else { return Ok((None, Vec::new())) };
-                let row = load_row(ctx.conn, &keys, &t, &id)?;
+                let row = lock_row(ctx.conn, &keys, &t, &id)?;
                 let status = match reply {
                     ReminderReplyKind::Confirm => AppointmentStatus::Confirmed,
                     ReminderReplyKind::Reschedule => AppointmentStatus::RescheduleRequested,
@@ -1684,6 +1727,10 @@ fn dispatch_one(
         .conn
         .prepare_cached("SELECT appointment_id, offset_secs FROM reminders WHERE id = ?1")?
         .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // Not locked: the claim holds this reminder's row, and a reschedule
+    // or reply holds the appointment's before it changes its reminders;
+    // locking the appointment here too would make the two wait on each
+    // other. A change that commits after this one finds the reminder sent.
     let row = load_row(ctx.conn, keys, tenant_id, &appointment_id)?;
     let a = &row.a;
     if a.status == AppointmentStatus::Cancelled {

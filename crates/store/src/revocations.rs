@@ -29,7 +29,8 @@ impl Store {
             )?;
             ctx.conn.execute(
                 "INSERT INTO revoked_tokens (tenant_id, jti, until, revoked_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (tenant_id, jti) DO UPDATE SET until = MAX(until, excluded.until)",
+                 ON CONFLICT (tenant_id, jti) DO UPDATE SET until = CASE WHEN excluded.until > revoked_tokens.until
+                    THEN excluded.until ELSE revoked_tokens.until END",
                 params![tenant_id, jti, until as i64, now],
             )?;
             ctx.audit(

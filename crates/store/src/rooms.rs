@@ -70,10 +70,16 @@ impl Store {
             if pin.is_empty() {
                 return Err(StoreError::Conflict("no free dial-in PIN: end some open rooms".into()));
             }
-            ctx.conn.execute(
-                "INSERT INTO rooms (id, tenant_id, conversation_id, max_participants, created_at, waiting_room, pin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![r.id, t, r.conversation_id, r.max_participants, r.created_at.0, r.waiting_room, pin],
-            )?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO rooms (id, tenant_id, conversation_id, max_participants, created_at, waiting_room, pin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![r.id, t, r.conversation_id, r.max_participants, r.created_at.0, r.waiting_room, pin],
+                )
+                .map_err(|e| {
+                    StoreError::unique_as_conflict(e, || {
+                        "the dial-in PIN drawn was taken at the same moment by another room; retry".into()
+                    })
+                })?;
             ctx.audit(&t, &AuditEntry::new(actor, "room.create", format!("room/{}", r.id), Outcome::Ok))?;
             Ok(pin)
         })

@@ -531,6 +531,16 @@ impl Store {
     ) -> Result<RoutingTask> {
         let (t, store) = (tenant_id.to_owned(), self.clone());
         self.write(move |ctx| {
+            // The conversation's row is locked first (PostgreSQL): a second
+            // task created at the same moment (on another node) waits, then
+            // finds this one open.
+            ctx.conn
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM conversations WHERE id = ?1{}",
+                    ctx.conn.row_lock()
+                ))?
+                .query_row(params![new.conversation_id], |_| Ok(()))
+                .optional()?;
             let open = ctx
                 .conn
                 .prepare_cached(
@@ -590,7 +600,10 @@ impl Store {
                 let sealed: Vec<u8> = ctx
                     .conn
                     .query_row(
-                        "SELECT data FROM routing_tasks WHERE tenant_id = ?1 AND id = ?2",
+                        &format!(
+                            "SELECT data FROM routing_tasks WHERE tenant_id = ?1 AND id = ?2{}",
+                            ctx.conn.row_lock()
+                        ),
                         params![t, id],
                         |r| r.get(0),
                     )

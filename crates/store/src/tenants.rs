@@ -110,13 +110,16 @@ impl Store {
                 .query_row("SELECT 1 FROM tenants WHERE name = ?1", [&t.name], |_| Ok(true))
                 .optional()?
                 .unwrap_or(false);
+            let taken_msg = || format!("a tenant named `{}` already exists", t.name);
             if exists {
-                return Err(StoreError::Conflict(format!("a tenant named `{}` already exists", t.name)));
+                return Err(StoreError::Conflict(taken_msg()));
             }
-            ctx.conn.execute(
-                "INSERT INTO tenants (id, name, region, wrapped_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![t.id, t.name, t.region, wrapped, t.created_at.0],
-            )?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO tenants (id, name, region, wrapped_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![t.id, t.name, t.region, wrapped, t.created_at.0],
+                )
+                .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
             ctx.audit(&t.id, &AuditEntry::new(actor, "tenant.create", format!("tenant/{}", t.id), Outcome::Ok))?;
             Ok(())
         })

@@ -324,15 +324,16 @@ impl Store {
                         .conn
                         .query_row("SELECT 1 FROM sip_numbers WHERE number = ?1", [n], |_| Ok(()))
                         .optional()?;
+                    let taken_msg = || format!("number {n} is already carried by another inbound trunk");
                     if taken.is_some() {
-                        return Err(StoreError::Conflict(format!(
-                            "number {n} is already carried by another inbound trunk"
-                        )));
+                        return Err(StoreError::Conflict(taken_msg()));
                     }
-                    ctx.conn.execute(
-                        "INSERT INTO sip_numbers (number, tenant_id, trunk_id) VALUES (?1, ?2, ?3)",
-                        params![n, tenant_id, t.id],
-                    )?;
+                    ctx.conn
+                        .execute(
+                            "INSERT INTO sip_numbers (number, tenant_id, trunk_id) VALUES (?1, ?2, ?3)",
+                            params![n, tenant_id, t.id],
+                        )
+                        .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
                 }
             }
             ctx.audit(&tenant_id, &AuditEntry::new(actor, "trunk.create", format!("trunk/{}", t.id), Outcome::Ok))?;
@@ -506,16 +507,16 @@ impl Store {
                     |_| Ok(()),
                 )
                 .optional()?;
+            let taken_msg = || format!("number {} already has a dispatch rule: delete it first", r.number);
             if exists.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "number {} already has a dispatch rule: delete it first",
-                    r.number
-                )));
+                return Err(StoreError::Conflict(taken_msg()));
             }
-            ctx.conn.execute(
-                "INSERT INTO dispatch_rules (id, tenant_id, number, action, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![r.id, t, r.number, action_json, r.created_at.0],
-            )?;
+            ctx.conn
+                .execute(
+                    "INSERT INTO dispatch_rules (id, tenant_id, number, action, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![r.id, t, r.number, action_json, r.created_at.0],
+                )
+                .map_err(|e| StoreError::unique_as_conflict(e, taken_msg))?;
             ctx.audit(&t, &AuditEntry::new(actor, "dispatch_rule.create", format!("dispatch_rule/{}", r.id), Outcome::Ok))?;
             Ok(())
         })

@@ -166,6 +166,52 @@ pub(crate) fn enqueue(
     Ok(n)
 }
 
+/// How long [`Store::due_deliveries`] leaves the deliveries it claims to
+/// the node that claimed them (PostgreSQL).
+pub const DELIVERY_LEASE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The deliveries due at `now`, oldest first, unsealed; `lock` follows the
+/// query (the claim's row locks on PostgreSQL).
+fn due_in(
+    c: &crate::db::Conn,
+    store: &Store,
+    now: i64,
+    limit: usize,
+    lock: &str,
+) -> Result<Vec<DueDelivery>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT o.id, o.tenant_id, o.webhook_id, w.url, w.secret, o.event_type, o.payload, o.attempts
+         FROM outbox o JOIN webhooks w ON w.id = o.webhook_id
+         WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
+         ORDER BY o.next_attempt_at, o.id LIMIT ?2{lock}"
+    ))?;
+    let mut rows = stmt.query(params![now, limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(ref r) = rows.next()? {
+        let tenant_id: String = r.get(1)?;
+        let webhook_id: String = r.get(2)?;
+        let keys = store.keys_for(c, &tenant_id)?;
+        let secret = keys
+            .data
+            .open(&r.get::<_, Vec<u8>>(4)?, &secret_aad(&webhook_id))?;
+        let body = keys.data.open(
+            &r.get::<_, Vec<u8>>(6)?,
+            &payload_aad(&tenant_id, &webhook_id),
+        )?;
+        out.push(DueDelivery {
+            outbox_id: r.get(0)?,
+            url: r.get(3)?,
+            secret: String::from_utf8_lossy(&secret).into_owned(),
+            event_type: r.get(5)?,
+            body,
+            attempts: r.get(7)?,
+            tenant_id,
+            webhook_id,
+        });
+    }
+    Ok(out)
+}
+
 impl Store {
     /// Registers an endpoint. The signing secret is returned once.
     pub async fn create_webhook(
@@ -259,36 +305,49 @@ impl Store {
         .await
     }
 
-    /// Deliveries whose time has come, oldest first.
+    /// Deliveries whose time has come, oldest first, claimed for
+    /// [`DELIVERY_LEASE`]: see [`Store::claim_due_deliveries`].
     pub async fn due_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>> {
+        self.claim_due_deliveries(limit, DELIVERY_LEASE).await
+    }
+
+    /// Deliveries whose time has come, oldest first, for this node to send.
+    ///
+    /// On PostgreSQL every node runs a dispatcher, so this is a claim: the
+    /// rows are taken `FOR UPDATE SKIP LOCKED` (a claim running at the same
+    /// moment on another node passes them over) and their next attempt is
+    /// pushed `lease` ahead, so no other node finds them due while this one
+    /// sends them; [`Store::record_delivery`] then sets what really comes
+    /// next. A node that dies mid-delivery leaves them to be sent again once
+    /// the lease runs out (deliveries are at least once). Make `lease`
+    /// longer than a batch takes to send.
+    ///
+    /// On SQLite the one process has one dispatcher, which sends a batch
+    /// before it asks again: this only reads.
+    pub async fn claim_due_deliveries(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<DueDelivery>> {
         let store = self.clone();
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT o.id, o.tenant_id, o.webhook_id, w.url, w.secret, o.event_type, o.payload, o.attempts
-                 FROM outbox o JOIN webhooks w ON w.id = o.webhook_id
-                 WHERE o.state = 'pending' AND o.next_attempt_at <= ?1
-                 ORDER BY o.next_attempt_at, o.id LIMIT ?2",
-            )?;
-            let mut rows = stmt.query(params![now_micros(), limit as i64])?;
-            let mut out = Vec::new();
-            while let Some(ref r) = rows.next()? {
-                let tenant_id: String = r.get(1)?;
-                let webhook_id: String = r.get(2)?;
-                let keys = store.keys_for(c, &tenant_id)?;
-                let secret = keys.data.open(&r.get::<_, Vec<u8>>(4)?, &secret_aad(&webhook_id))?;
-                let body = keys.data.open(&r.get::<_, Vec<u8>>(6)?, &payload_aad(&tenant_id, &webhook_id))?;
-                out.push(DueDelivery {
-                    outbox_id: r.get(0)?,
-                    url: r.get(3)?,
-                    secret: String::from_utf8_lossy(&secret).into_owned(),
-                    event_type: r.get(5)?,
-                    body,
-                    attempts: r.get(7)?,
-                    tenant_id,
-                    webhook_id,
-                });
+        if !matches!(self.0.engine, crate::Engine::Postgres { .. }) {
+            return self
+                .read(move |c| due_in(c, &store, now_micros(), limit, ""))
+                .await;
+        }
+        let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+        self.write(move |ctx| {
+            let now = now_micros();
+            // Only the outbox rows are locked: two nodes delivering to the
+            // same endpoint take different deliveries of it.
+            let due = due_in(ctx.conn, &store, now, limit, " FOR UPDATE OF o SKIP LOCKED")?;
+            let mut lease_out = ctx
+                .conn
+                .prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
+            for d in &due {
+                lease_out.execute(params![d.outbox_id, now.saturating_add(lease)])?;
             }
-            Ok(out)
+            Ok(due)
         })
         .await
     }

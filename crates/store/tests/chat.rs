@@ -2,11 +2,15 @@
 //! chat channels, never notes), and receipts that only move forward.
 
 use continuum_core::{Actor, ActorType, Channel, EventKind, NewEvent, Role};
-use continuum_store::{ContactInput, NewConversation, SecretKey, Store, StoreError, StoreOptions};
+use continuum_store::{ContactInput, NewConversation, Store, StoreError};
+use support::Backend;
 
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, SecretKey::generate(), StoreOptions::default()).unwrap()
-}
+mod support;
+
+both!(
+    chat_history_is_the_messages_on_chat_channels_newest_page_oldest_first,
+    receipts_only_move_forward_and_reading_implies_delivery,
+);
 
 fn event(channel: Channel, kind: EventKind, body: &str) -> NewEvent {
     NewEvent {
@@ -52,10 +56,8 @@ async fn conversation(store: &Store, tenant: &str) -> String {
 
 const CHAT: &[Channel] = &[Channel::Chat, Channel::Sms, Channel::Whatsapp];
 
-#[tokio::test]
-async fn chat_history_is_the_messages_on_chat_channels_newest_page_oldest_first() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn chat_history_is_the_messages_on_chat_channels_newest_page_oldest_first(backend: Backend) {
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap().id;
     let conv = conversation(&store, &t).await;
     let mut expected = Vec::new();
@@ -114,10 +116,8 @@ async fn chat_history_is_the_messages_on_chat_channels_newest_page_oldest_first(
     assert_eq!(store.open_chat(&t, &conv, "test").await.unwrap(), 10);
 }
 
-#[tokio::test]
-async fn receipts_only_move_forward_and_reading_implies_delivery() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+async fn receipts_only_move_forward_and_reading_implies_delivery(backend: Backend) {
+    let store = support::open(backend).await;
     let t = store.create_tenant("t", "local", "test").await.unwrap().id;
     let conv = conversation(&store, &t).await;
     for i in 0..5 {
@@ -132,7 +132,7 @@ async fn receipts_only_move_forward_and_reading_implies_delivery() {
             .unwrap();
     }
     let mark = |d: Option<i64>, r: Option<i64>| {
-        let (store, t, conv) = (store.clone(), t.clone(), conv.clone());
+        let (store, t, conv) = (store.store.clone(), t.clone(), conv.clone());
         async move {
             store
                 .mark_chat_receipt(&t, &conv, "pat", Role::Patient, d, r)

@@ -5,21 +5,24 @@
 use continuum_core::{Actor, ActorType, Channel, EventKind};
 use continuum_store::{
     ConsentChange, ContactInput, FailedAttempt, InboundRecord, MessageRef, MessageState,
-    NewConversation, NewMessagingProvider, NewOutboundMessage, ProviderKind, SecretKey,
-    SendOutcome, Store, StoreError, StoreOptions,
+    NewConversation, NewMessagingProvider, NewOutboundMessage, ProviderKind, SendOutcome, Store,
+    StoreError,
 };
+use support::Backend;
+
+mod support;
+
+both!(
+    outbox_life_cycle_and_receipts_out_of_order,
+    retry_requeues_and_failure_dead_letters,
+    claimed_messages_become_unconfirmed_after_a_crash,
+    opt_out_suppresses_queueing_and_queued_messages,
+    inbound_is_stored_once_per_provider_id_and_opens_the_window,
+    providers_are_tenant_scoped_and_secrets_sealed,
+);
 
 const PATIENT: &str = "+14155550100";
 const CLINIC: &str = "+14155559999";
-
-fn open(dir: &std::path::Path, key: &SecretKey) -> Store {
-    Store::open(
-        dir,
-        SecretKey::from_bytes(key.as_bytes()).unwrap(),
-        StoreOptions::default(),
-    )
-    .unwrap()
-}
 
 async fn setup(store: &Store, name: &str) -> (String, String) {
     let tenant = store.create_tenant(name, "us", "test").await.unwrap().id;
@@ -70,11 +73,8 @@ fn sms(body: &str, key: Option<&str>) -> NewOutboundMessage {
     }
 }
 
-#[tokio::test]
-async fn outbox_life_cycle_and_receipts_out_of_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SecretKey::generate();
-    let store = open(dir.path(), &key);
+async fn outbox_life_cycle_and_receipts_out_of_order(backend: Backend) {
+    let store = support::open(backend).await;
     let (tenant, conv) = setup(&store, "a").await;
     let (m, appended) = store
         .enqueue_message(&tenant, &conv, sms("hello", Some("k1")), "test")
@@ -171,10 +171,8 @@ async fn outbox_life_cycle_and_receipts_out_of_order() {
     assert!(store.verify().await.unwrap().is_intact());
 }
 
-#[tokio::test]
-async fn retry_requeues_and_failure_dead_letters() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &SecretKey::generate());
+async fn retry_requeues_and_failure_dead_letters(backend: Backend) {
+    let store = support::open(backend).await;
     let (tenant, conv) = setup(&store, "a").await;
     let (m, _) = store
         .enqueue_message(&tenant, &conv, sms("x", None), "test")
@@ -234,12 +232,10 @@ async fn retry_requeues_and_failure_dead_letters() {
     assert_eq!(last.meta["status"], "failed");
 }
 
-#[tokio::test]
-async fn claimed_messages_become_unconfirmed_after_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = SecretKey::generate();
+async fn claimed_messages_become_unconfirmed_after_a_crash(backend: Backend) {
+    let first = support::open(backend).await;
     let (tenant, conv, id) = {
-        let store = open(dir.path(), &key);
+        let store = &first;
         let (tenant, conv) = setup(&store, "a").await;
         let (m, _) = store
             .enqueue_message(&tenant, &conv, sms("x", None), "test")
@@ -253,7 +249,7 @@ async fn claimed_messages_become_unconfirmed_after_a_crash() {
         store.shutdown();
         (tenant, conv, m.id)
     };
-    let store = open(dir.path(), &key);
+    let store = first.reopen().await;
     assert_eq!(store.recover_claimed_messages().await.unwrap(), 1);
     assert_eq!(
         store.get_message(&tenant, &id, "test").await.unwrap().state,
@@ -277,10 +273,8 @@ async fn claimed_messages_become_unconfirmed_after_a_crash() {
     assert_eq!(all[0].state, MessageState::Delivered);
 }
 
-#[tokio::test]
-async fn opt_out_suppresses_queueing_and_queued_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &SecretKey::generate());
+async fn opt_out_suppresses_queueing_and_queued_messages(backend: Backend) {
+    let store = support::open(backend).await;
     let (tenant, conv) = setup(&store, "a").await;
     let (queued, _) = store
         .enqueue_message(&tenant, &conv, sms("before", None), "test")
@@ -354,10 +348,8 @@ async fn opt_out_suppresses_queueing_and_queued_messages() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn inbound_is_stored_once_per_provider_id_and_opens_the_window() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &SecretKey::generate());
+async fn inbound_is_stored_once_per_provider_id_and_opens_the_window(backend: Backend) {
+    let store = support::open(backend).await;
     let (tenant, conv) = setup(&store, "a").await;
     let rec = InboundRecord {
         provider_id: "p1".into(),
@@ -413,10 +405,8 @@ async fn inbound_is_stored_once_per_provider_id_and_opens_the_window() {
     assert!(matches!(err, StoreError::Conflict(_)));
 }
 
-#[tokio::test]
-async fn providers_are_tenant_scoped_and_secrets_sealed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), &SecretKey::generate());
+async fn providers_are_tenant_scoped_and_secrets_sealed(backend: Backend) {
+    let store = support::open(backend).await;
     let (a, _) = setup(&store, "a").await;
     let (b, conv_b) = setup(&store, "b").await;
     let mut secret = serde_json::Map::new();
@@ -455,16 +445,14 @@ async fn providers_are_tenant_scoped_and_secrets_sealed() {
         store.get_message(&a, &m.id, "test").await,
         Err(StoreError::NotFound(_))
     ));
-    // No secret or phone number in clear in the database file.
+    // No secret or phone number in clear in the database (SQLite's file
+    // and WAL, or every row PostgreSQL holds).
     store.shutdown();
-    let raw = std::fs::read(dir.path().join("continuum.db")).unwrap();
-    let wal = std::fs::read(dir.path().join("continuum.db-wal")).unwrap_or_default();
-    for hay in [&raw, &wal] {
-        assert!(!contains(hay, b"tok-very-secret"));
-        assert!(!contains(hay, PATIENT.as_bytes()));
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    let raw = support::raw_bytes(&store);
+    assert!(
+        support::holds(&raw, &m.id),
+        "the check reads the right data"
+    );
+    assert!(!support::holds(&raw, "tok-very-secret"));
+    assert!(!support::holds(&raw, PATIENT));
 }

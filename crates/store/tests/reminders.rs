@@ -8,9 +8,21 @@ use continuum_core::{Actor, Channel, EventKind};
 use continuum_store::{
     AppointmentInput, AppointmentPatch, AppointmentStatus, AppointmentUpsert, ConsentChange,
     ContactInput, NewConversation, NewMessagingProvider, ProviderKind, QuietHours,
-    ReminderReplyKind, ReminderSettings, ReminderState, SecretKey, Store, StoreOptions,
-    TemplateInput, UpsertOutcome,
+    ReminderReplyKind, ReminderSettings, ReminderState, TemplateInput, UpsertOutcome,
 };
+use support::{Backend, TestStore};
+
+mod support;
+
+both!(
+    a_reschedule_cancels_pending_reminders_and_plans_new_ones,
+    due_reminders_become_outbox_messages_exactly_once,
+    an_opted_out_patient_gets_no_reminder_and_it_is_logged,
+    a_late_dispatch_never_lands_in_quiet_hours,
+    a_reply_confirms_the_appointment_whose_reminder_went_out,
+    appointments_stay_in_their_tenant,
+    whatsapp_reminders_use_the_approved_template_outside_the_window,
+);
 
 const PATIENT: &str = "+14155550100";
 const CLINIC: &str = "+14155559999";
@@ -21,17 +33,15 @@ fn now() -> i64 {
 }
 
 struct Fixture {
-    store: Store,
+    store: TestStore,
     tenant: String,
     contact: String,
     conv: String,
     template: String,
-    _dir: tempfile::TempDir,
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), SecretKey::generate(), StoreOptions::default()).unwrap();
+async fn fixture(backend: Backend) -> Fixture {
+    let store = support::open(backend).await;
     let tenant = store
         .create_tenant("clinic", "us", "test")
         .await
@@ -117,7 +127,6 @@ async fn fixture() -> Fixture {
         contact,
         conv,
         template,
-        _dir: dir,
     }
 }
 
@@ -144,9 +153,8 @@ fn states(a: &continuum_store::Appointment) -> Vec<(String, ReminderState)> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_reschedule_cancels_pending_reminders_and_plans_new_ones() {
-    let f = fixture().await;
+async fn a_reschedule_cancels_pending_reminders_and_plans_new_ones(backend: Backend) {
+    let f = fixture(backend).await;
     let start = now() + 72 * H;
     let (a, o) = f
         .store
@@ -224,9 +232,8 @@ async fn a_reschedule_cancels_pending_reminders_and_plans_new_ones() {
     assert_eq!(r.claimed, 0);
 }
 
-#[tokio::test]
-async fn due_reminders_become_outbox_messages_exactly_once() {
-    let f = fixture().await;
+async fn due_reminders_become_outbox_messages_exactly_once(backend: Backend) {
+    let f = fixture(backend).await;
     let min = 60 * 1_000_000;
     let start = now() + 48 * H;
     let (a, _) = f
@@ -309,9 +316,8 @@ async fn due_reminders_become_outbox_messages_exactly_once() {
     assert_eq!(f.store.next_reminder_due().await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn an_opted_out_patient_gets_no_reminder_and_it_is_logged() {
-    let f = fixture().await;
+async fn an_opted_out_patient_gets_no_reminder_and_it_is_logged(backend: Backend) {
+    let f = fixture(backend).await;
     f.store
         .set_consent(
             &f.tenant,
@@ -367,9 +373,8 @@ async fn an_opted_out_patient_gets_no_reminder_and_it_is_logged() {
     assert!(audit.iter().any(|r| r.action == "message.suppressed"));
 }
 
-#[tokio::test]
-async fn a_late_dispatch_never_lands_in_quiet_hours() {
-    let f = fixture().await;
+async fn a_late_dispatch_never_lands_in_quiet_hours(backend: Backend) {
+    let f = fixture(backend).await;
     // Quiet all night in Chicago; the reminder is due at 16:00 Chicago but
     // the dispatcher only gets to it at 23:00 (the server was down).
     f.store
@@ -417,9 +422,8 @@ async fn a_late_dispatch_never_lands_in_quiet_hours() {
     );
 }
 
-#[tokio::test]
-async fn a_reply_confirms_the_appointment_whose_reminder_went_out() {
-    let f = fixture().await;
+async fn a_reply_confirms_the_appointment_whose_reminder_went_out(backend: Backend) {
+    let f = fixture(backend).await;
     let start = now() + 24 * H + 60 * 1_000_000;
     let (a, _) = f
         .store
@@ -475,9 +479,8 @@ async fn a_reply_confirms_the_appointment_whose_reminder_went_out() {
     );
 }
 
-#[tokio::test]
-async fn appointments_stay_in_their_tenant() {
-    let f = fixture().await;
+async fn appointments_stay_in_their_tenant(backend: Backend) {
+    let f = fixture(backend).await;
     let (a, _) = f
         .store
         .upsert_appointment(&f.tenant, f.up("E1", now() + 48 * H), "test")
@@ -518,9 +521,8 @@ async fn appointments_stay_in_their_tenant() {
     );
 }
 
-#[tokio::test]
-async fn whatsapp_reminders_use_the_approved_template_outside_the_window() {
-    let f = fixture().await;
+async fn whatsapp_reminders_use_the_approved_template_outside_the_window(backend: Backend) {
+    let f = fixture(backend).await;
     let mut spec = serde_json::Map::new();
     spec.insert("phone_number_id".into(), "1".into());
     f.store

@@ -236,31 +236,6 @@ async fn a_wrong_master_key_cannot_read_anything(backend: Backend) {
     assert!(err.to_string().contains("master key"), "{err}");
 }
 
-/// Everything the database holds for the store: SQLite's database file and
-/// its WAL, or PostgreSQL's rows as `pg_dump` prints them.
-fn raw_bytes(store: &support::TestStore) -> Vec<u8> {
-    match store.backend {
-        Backend::Sqlite => {
-            let db = continuum_store::database_path(std::path::Path::new(&store.location));
-            let mut bytes = std::fs::read(&db).unwrap();
-            if let Ok(wal) = std::fs::read(format!("{}-wal", db.display())) {
-                bytes.extend_from_slice(&wal);
-            }
-            bytes
-        }
-        Backend::Postgres => support::pg_dump(&store.location),
-    }
-}
-
-/// Whether `needle` is in `haystack`, as text or hex-encoded (how pg_dump
-/// prints byte columns).
-fn holds(haystack: &[u8], needle: &str) -> bool {
-    let hex = hex::encode(needle);
-    [needle.as_bytes(), hex.as_bytes()]
-        .iter()
-        .any(|n| haystack.windows(n.len()).any(|w| w == *n))
-}
-
 async fn queue_assignee_and_tags_are_sealed_at_rest(backend: Backend) {
     const QUEUE: &str = "psychiatry-crisis";
     const TAG: &str = "hiv-positive";
@@ -372,9 +347,12 @@ async fn queue_assignee_and_tags_are_sealed_at_rest(backend: Backend) {
         row, "1|32|32",
         "the clear columns stay NULL / '[]', the blind indexes are set"
     );
-    let bytes = raw_bytes(&store);
+    let bytes = support::raw_bytes(&store);
     for s in [QUEUE, TAG, NURSE] {
-        assert!(!holds(&bytes, s), "`{s}` is on disk in clear while open");
+        assert!(
+            !support::holds(&bytes, s),
+            "`{s}` is on disk in clear while open"
+        );
     }
     // A patient writing into the closed conversation reopens it (loaded in
     // full on the append path): unassigned, queue and tags kept.
@@ -402,14 +380,14 @@ async fn queue_assignee_and_tags_are_sealed_at_rest(backend: Backend) {
     assert!(list(Some(NURSE)).await.unwrap().conversations.is_empty());
     assert!(store.verify().await.unwrap().is_intact());
     store.shutdown();
-    let bytes = raw_bytes(&store);
+    let bytes = support::raw_bytes(&store);
     assert!(
-        holds(&bytes, &created.id),
+        support::holds(&bytes, &created.id),
         "the check reads the right files"
     );
     for s in [QUEUE, TAG, NURSE] {
         assert!(
-            !holds(&bytes, s),
+            !support::holds(&bytes, s),
             "`{s}` is on disk in clear after shutdown"
         );
     }

@@ -44,9 +44,11 @@ impl DbError {
     /// A unique or primary-key constraint refused the row.
     pub fn is_unique_violation(&self) -> bool {
         match self {
-            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
-                e.code == rusqlite::ErrorCode::ConstraintViolation
-            }
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
             DbError::Pg(e) => e.code.as_deref() == Some("23505"),
             _ => false,
         }
@@ -156,6 +158,19 @@ impl Conn {
     pub fn row_lock(&self) -> &'static str {
         match &self.0 {
             Backend::Pg(c) if c.borrow().in_write => " FOR UPDATE",
+            _ => "",
+        }
+    }
+
+    /// ` FOR UPDATE SKIP LOCKED` inside a PostgreSQL write, else nothing:
+    /// for the SELECT that claims queued work (due messages, reminders,
+    /// webhook deliveries). Rows another node is claiming right now are
+    /// passed over rather than waited for, and the rows returned stay locked
+    /// until the claim commits, so no two nodes ever take the same one.
+    /// (SQLite's single writer claims one batch at a time.)
+    pub fn claim_lock(&self) -> &'static str {
+        match &self.0 {
+            Backend::Pg(c) if c.borrow().in_write => " FOR UPDATE SKIP LOCKED",
             _ => "",
         }
     }

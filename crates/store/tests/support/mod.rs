@@ -158,3 +158,28 @@ pub fn raw_query(store: &TestStore, sql: &str) -> String {
             .unwrap(),
     }
 }
+
+/// Everything the database holds for the store: SQLite's database file and
+/// its WAL, or PostgreSQL's rows as `pg_dump` prints them.
+pub fn raw_bytes(store: &TestStore) -> Vec<u8> {
+    match store.backend {
+        Backend::Sqlite => {
+            let db = continuum_store::database_path(std::path::Path::new(&store.location));
+            let mut bytes = std::fs::read(&db).unwrap();
+            if let Ok(wal) = std::fs::read(format!("{}-wal", db.display())) {
+                bytes.extend_from_slice(&wal);
+            }
+            bytes
+        }
+        Backend::Postgres => pg_dump(&store.location),
+    }
+}
+
+/// Whether `needle` is in `haystack`, as text or hex-encoded (how pg_dump
+/// prints byte columns).
+pub fn holds(haystack: &[u8], needle: &str) -> bool {
+    let hex = hex::encode(needle);
+    [needle.as_bytes(), hex.as_bytes()]
+        .iter()
+        .any(|n| haystack.windows(n.len()).any(|w| w == *n))
+}
