@@ -298,11 +298,13 @@ impl Store {
             }));
         self.read_audited(tenant_id, entry, move |c| {
             let keys = store.keys_for(c, &t)?;
+            // (The casts type the parameters for PostgreSQL, which cannot
+            // tell the type of a bare `?2 IS NULL`.)
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM attachments WHERE tenant_id = ?1
-                   AND (?2 IS NULL OR conversation_id = ?2)
-                   AND (?3 IS NULL OR review_state = ?3)
-                   AND (?4 IS NULL OR id > ?4)
+                   AND (CAST(?2 AS TEXT) IS NULL OR conversation_id = ?2)
+                   AND (CAST(?3 AS TEXT) IS NULL OR review_state = ?3)
+                   AND (CAST(?4 AS TEXT) IS NULL OR id > ?4)
                  ORDER BY id LIMIT ?5"
             ))?;
             let mut rows = stmt.query(params![

@@ -235,8 +235,8 @@ async fn retry_requeues_and_failure_dead_letters(backend: Backend) {
 async fn claimed_messages_become_unconfirmed_after_a_crash(backend: Backend) {
     let first = support::open(backend).await;
     let (tenant, conv, id) = {
-        let store = &first;
-        let (tenant, conv) = setup(&store, "a").await;
+        let store = &first.store;
+        let (tenant, conv) = setup(store, "a").await;
         let (m, _) = store
             .enqueue_message(&tenant, &conv, sms("x", None), "test")
             .await
