@@ -735,6 +735,8 @@ mod tests {
             .unwrap()
     }
 
+    // SQLite only: clear labels predate the PostgreSQL backend, which never
+    // has them (`seal_clear_labels` returns at once there).
     #[tokio::test]
     async fn clear_labels_from_before_migration_4_are_sealed_on_open() {
         let dir = tempfile::tempdir().unwrap();

@@ -528,7 +528,9 @@ impl Store {
     /// PostgreSQL client blocks).
     pub fn verify_blocking(&self) -> Result<VerifyReport> {
         let audit_key = self.0.master.derive("audit-chain");
-        self.read_blocking(|c| {
+        // One snapshot: appends committing meanwhile (another node's, or the
+        // writer's) would otherwise show as events without their audit record.
+        self.read_blocking(|c| c.snapshot(|c| {
             let mut report = VerifyReport::default();
             let mut by_tenant: Vec<(String, Vec<i64>)> = Vec::new();
             for (tenant, chain) in audit::chains(c)? {
@@ -585,6 +587,6 @@ impl Store {
                 }
             }
             Ok(report)
-        })
+        }))
     }
 }

@@ -676,3 +676,30 @@ async fn one_name_taken_on_two_nodes_at_once_is_a_conflict_for_one() {
     }
     assert_eq!((made, refused), (10, 10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verifying_while_another_node_appends_finds_nothing_wrong() {
+    let (a, b) = two_nodes().await;
+    let (t, conv) = setup(&a).await;
+    let writer = {
+        let (b, t, conv) = (b.clone(), t.clone(), conv.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                b.append_event(&t, &conv, message(format!("m{i}")), "test")
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut runs = 0;
+    while !writer.is_finished() {
+        let report = a.verify().await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        runs += 1;
+    }
+    writer.await.unwrap();
+    assert!(runs > 0);
+    let report = a.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.events_checked, 300);
+}

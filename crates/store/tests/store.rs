@@ -18,6 +18,7 @@ both!(
     idempotent_appends_return_the_original,
     a_wrong_master_key_cannot_read_anything,
     queue_assignee_and_tags_are_sealed_at_rest,
+    verifying_while_appends_commit_finds_nothing_wrong,
 );
 
 fn message(body: &str, key: Option<&str>) -> NewEvent {
@@ -391,4 +392,34 @@ async fn queue_assignee_and_tags_are_sealed_at_rest(backend: Backend) {
             "`{s}` is on disk in clear after shutdown"
         );
     }
+}
+
+async fn verifying_while_appends_commit_finds_nothing_wrong(backend: Backend) {
+    let store = support::open(backend).await;
+    let t = store.create_tenant("t", "local", "test").await.unwrap().id;
+    let conv = conversation(&store, &t).await;
+    // On PostgreSQL the appends come from another node.
+    let appender = match backend {
+        Backend::Sqlite => store.store.clone(),
+        Backend::Postgres => store.reopen().await,
+    };
+    let writer = {
+        let (t, conv) = (t.clone(), conv.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                appender
+                    .append_event(&t, &conv, message(&format!("m{i}"), None), "test")
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    while !writer.is_finished() {
+        let report = store.verify().await.unwrap();
+        assert!(report.is_intact(), "{report:?}");
+    }
+    writer.await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.events_checked, 300);
 }

@@ -175,6 +175,31 @@ impl Conn {
         }
     }
 
+    /// Runs `f` on one snapshot of the database: every statement of it sees
+    /// the same committed state (PostgreSQL: a read-only REPEATABLE READ
+    /// transaction; SQLite: a read transaction), so a walk over several
+    /// tables never sees a write of another node (or of the writer thread)
+    /// land between two of its statements. For reads only.
+    pub fn snapshot<T, E: From<DbError>>(
+        &self,
+        f: impl FnOnce(&Conn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        /// Ends the transaction however `f` ends (a panic included), so the
+        /// connection goes back to its pool outside one.
+        struct End<'c>(&'c Conn);
+        impl Drop for End<'_> {
+            fn drop(&mut self) {
+                let _ = self.0.execute_batch("ROLLBACK");
+            }
+        }
+        self.execute_batch(match self.dialect() {
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            Dialect::Sqlite => "BEGIN",
+        })?;
+        let _end = End(self);
+        f(self)
+    }
+
     /// The SQLite connection underneath (migrations, pragmas, checkpoints).
     pub fn as_sqlite(&self) -> Option<&rusqlite::Connection> {
         match &self.0 {
