@@ -461,6 +461,7 @@ pub struct Follower {
     /// The last `seq` handed on (or skipped as not chat).
     pub last: i64,
     live: broadcast::Receiver<Arc<Event>>,
+    resyncs: tokio::sync::watch::Receiver<u64>,
     pending: std::collections::VecDeque<ChatMessage>,
 }
 
@@ -474,7 +475,8 @@ impl Follower {
         channels: &'static [Channel],
     ) -> Follower {
         Follower {
-            live: store.subscribe(),
+            live: store.subscribe_cluster(),
+            resyncs: store.resyncs(),
             store: store.clone(),
             tenant_id: tenant_id.to_owned(),
             conversation: conversation.to_owned(),
@@ -521,7 +523,15 @@ impl Follower {
             if !self.pending.is_empty() {
                 return Ok(self.pending.drain(..).collect());
             }
-            match self.live.recv().await {
+            let got = tokio::select! {
+                got = self.live.recv() => got,
+                // Live delivery may have missed events (the bus was away).
+                _ = self.resyncs.changed() => {
+                    self.read_store().await?;
+                    continue;
+                }
+            };
+            match got {
                 Ok(e)
                     if e.tenant_id == self.tenant_id && e.conversation_id == self.conversation =>
                 {

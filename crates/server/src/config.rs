@@ -22,6 +22,88 @@ pub struct Config {
     pub messaging: MessagingConfig,
     pub attachments: AttachmentsConfig,
     pub ivr: IvrConfig,
+    pub store: StoreConfig,
+    pub bus: BusConfig,
+    pub node: NodeConfig,
+}
+
+/// Where state lives. Unset `url`: SQLite in `server.data_dir` (one node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`: every node of a
+    /// cluster points at the same database.
+    pub url: Option<String>,
+    /// PostgreSQL connections this node keeps, and writes it runs at once.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            pool_size: 32,
+        }
+    }
+}
+
+/// The live bus between nodes. Unset `url`: in-process (one node).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `nats://HOST:PORT` of a NATS server (or cluster) with JetStream.
+    pub url: Option<String>,
+}
+
+/// What this process does in a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name on the bus and in placement (unique in the cluster).
+    /// Unset: the host name and listen port.
+    pub name: Option<String>,
+    /// Any of `api` (the HTTP API and signaling), `media` (the SFU), `turn`,
+    /// `sip` (the SIP gateway and IVR) and `worker` (webhook delivery, the
+    /// messaging outbox, reminders). All by default: one node does everything.
+    pub roles: Vec<NodeRole>,
+    /// Media nodes: the URL clients reach this node's signaling at, as
+    /// announced to the cluster. Unset: `server.public_url`.
+    pub media_url: Option<String>,
+    /// Media nodes: rooms this node takes before placement prefers others.
+    pub media_capacity: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Api,
+    Media,
+    Turn,
+    Sip,
+    Worker,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            roles: vec![
+                NodeRole::Api,
+                NodeRole::Media,
+                NodeRole::Turn,
+                NodeRole::Sip,
+                NodeRole::Worker,
+            ],
+            media_url: None,
+            media_capacity: 200,
+        }
+    }
+}
+
+impl NodeConfig {
+    pub fn has(&self, role: NodeRole) -> bool {
+        self.roles.contains(&role)
+    }
 }
 
 /// The IVR: prompts, TwiML webhooks, what callers waiting in a queue hear.
@@ -585,6 +667,33 @@ impl Config {
                 "sip.tls_listen needs sip.tls_cert and sip.tls_key (PEM files): set them, or unset sip.tls_listen".into(),
             ));
         }
+        if let Some(url) = &self.store.url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError::Inconsistent(format!(
+                    "store.url must be a postgres:// URL (got `{}`); leave it unset for the embedded SQLite store",
+                    url.split('@').next_back().unwrap_or("")
+                )));
+            }
+            if self.security.master_key.is_none() {
+                return Err(ConfigError::Inconsistent(
+                    "store.url is PostgreSQL: set security.master_key (CONTINUUM_SECURITY__MASTER_KEY), the same on every node; \
+                     a key generated into one node's data_dir could not be read by the others"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(url) = &self.bus.url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            return Err(ConfigError::Inconsistent(format!(
+                "bus.url must be a nats:// URL (got `{url}`); leave it unset for a single node"
+            )));
+        }
+        if self.node.roles.is_empty() {
+            return Err(ConfigError::Inconsistent(
+                "node.roles is empty: name at least one of api, media, turn, sip, worker".into(),
+            ));
+        }
         if self.security.token_default_ttl_secs > self.security.token_max_ttl_secs {
             return Err(ConfigError::Inconsistent(
                 "security.token_default_ttl_secs must not exceed security.token_max_ttl_secs"
@@ -623,6 +732,30 @@ trusted_proxies = []
 # demo conversation). Only ever served on a loopback listen address and to
 # requests whose Host header is a loopback name or address.
 demo = true
+
+[store]
+# PostgreSQL for a cluster: every node points at the same database (and then
+# security.master_key must be set, the same on every node). Unset: SQLite in
+# server.data_dir, one node. `continuum migrate` copies one to the other.
+# url = "postgres://continuum:secret@db.internal:5432/continuum"
+# PostgreSQL connections this node keeps (and writes it runs at once).
+pool_size = 32
+
+[bus]
+# NATS (with JetStream, `nats-server -js`) carrying live events between
+# nodes and the media nodes' announcements. Unset: in-process, one node.
+# url = "nats://nats.internal:4222"
+
+[node]
+# This node's name in the cluster. Unset: host name and listen port.
+# name = "api-1"
+# What this node does: api, media (SFU), turn, sip (gateway and IVR) and
+# worker (webhooks, messaging outbox, reminders). All by default.
+roles = ["api", "media", "turn", "sip", "worker"]
+# Media nodes: the URL clients reach this node's signaling at (unset:
+# server.public_url), and the rooms it takes before placement prefers others.
+# media_url = "https://media-1.example.com"
+media_capacity = 200
 
 [security]
 # 32-byte master key (64 hex chars or base64) that wraps every tenant's data

@@ -6,6 +6,7 @@ pub mod app;
 pub mod attachments;
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod demo;

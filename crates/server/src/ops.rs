@@ -13,17 +13,38 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: started, not shutting down, and the database answers.
+/// Readiness: started, not shutting down, the database answers and (in a
+/// cluster) the bus is connected. The body names what is missing.
 pub async fn readyz(State(s): State<AppState>) -> Response {
     if !s.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }
-    match s.store.outbox_depth().await {
-        Ok(_) => "ready\n".into_response(),
-        Err(e) => {
+    let store = tokio::time::timeout(std::time::Duration::from_secs(3), s.store.ping()).await;
+    let mut problems = Vec::new();
+    match store {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the database does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+            problems.push(format!("database unavailable ({})", s.store.location()));
         }
+        Err(_) => problems.push(format!(
+            "database unavailable ({}: no answer in 3 s)",
+            s.store.location()
+        )),
+    }
+    if let Some(bus) = &s.bus
+        && !bus.is_connected()
+    {
+        problems.push("bus disconnected (NATS; reconnecting)".into());
+    }
+    if problems.is_empty() {
+        "ready\n".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", problems.join("; ")),
+        )
+            .into_response()
     }
 }
 

@@ -2,7 +2,7 @@
 //! serve HTTP(S), deliver webhooks, and shut down without losing acknowledged
 //! writes.
 
-use crate::config::Config;
+use crate::config::{Config, NodeRole};
 use crate::dispatch::Dispatcher;
 use crate::state::AppState;
 use crate::{app, telemetry};
@@ -62,11 +62,29 @@ fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store described by `cfg`.
+fn store_options(cfg: &Config) -> StoreOptions {
+    StoreOptions {
+        pg_connections: cfg.store.pool_size,
+        ..StoreOptions::default()
+    }
+}
+
+/// Opens the store described by `cfg` (blocking: from the CLI, or a
+/// blocking thread).
 pub fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let master = load_master_key(cfg)?;
-    Store::open(&cfg.server.data_dir, master, StoreOptions::default())
-        .with_context(|| format!("opening the database in {}", cfg.server.data_dir.display()))
+    match &cfg.store.url {
+        Some(url) => Store::open_postgres(url, master, store_options(cfg))
+            .context("opening the PostgreSQL store (store.url)"),
+        None => Store::open(&cfg.server.data_dir, master, store_options(cfg))
+            .with_context(|| format!("opening the database in {}", cfg.server.data_dir.display())),
+    }
+}
+
+/// [`open_store`] from async code.
+pub async fn connect_store(cfg: &Config) -> anyhow::Result<Store> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || open_store(&cfg)).await?
 }
 
 /// On an empty database, creates the `dev` tenant and prints its API key once.
@@ -110,25 +128,35 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         };
         cfg.server.public_url = Some(format!("{scheme}://{bound}"));
     }
-    let store = open_store(&cfg)?;
+    let store = connect_store(&cfg).await?;
+    tracing::info!(store = %store.location(), backend = store.backend(), "store open");
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
     let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
-    let (fallback_triggers, fallback_rx) = tokio::sync::mpsc::unbounded_channel();
-    let media = crate::media::start(
-        &cfg.rtc,
-        store.clone(),
-        state.lobby.clone(),
-        fallback_triggers,
-    )?;
-    if cfg.turn.enabled {
-        let turn =
-            crate::turn::TurnService::start(&cfg.turn, store.master_key(), media.udp_addrs())
-                .await?;
-        state.turn = Some(std::sync::Arc::new(turn));
+    let node = crate::cluster::node_name(&cfg);
+    if let Some(url) = &cfg.bus.url {
+        let bus = continuum_bus::Bus::connect(url, &node).await?;
+        crate::cluster::start(store.clone(), bus.clone()).await?;
+        tracing::info!(node = %node, "joined the cluster bus");
+        state.bus = Some(bus);
     }
-    state.media = Some(media);
-    if cfg.sip.enabled {
+    let (fallback_triggers, fallback_rx) = tokio::sync::mpsc::unbounded_channel();
+    if cfg.node.has(NodeRole::Media) {
+        let media = crate::media::start(
+            &cfg.rtc,
+            store.clone(),
+            state.lobby.clone(),
+            fallback_triggers,
+        )?;
+        if cfg.turn.enabled && cfg.node.has(NodeRole::Turn) {
+            let turn =
+                crate::turn::TurnService::start(&cfg.turn, store.master_key(), media.udp_addrs())
+                    .await?;
+            state.turn = Some(std::sync::Arc::new(turn));
+        }
+        state.media = Some(media);
+    }
+    if cfg.sip.enabled && cfg.node.has(NodeRole::Sip) {
         let nonce_key = *store.master_key().derive("sip-nonce").as_bytes();
         let voice = crate::voice::VoiceService::start(
             &cfg.sip,
@@ -197,17 +225,21 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     if let Some(m) = state.messaging.clone() {
         tokio::spawn(async move { m.start_links().await });
     }
+    // Outbox work (messages, reminders, webhooks) runs on worker nodes; on
+    // PostgreSQL several claim it side by side without taking the same row.
+    let worker = cfg.node.has(NodeRole::Worker);
     let sender = state
         .messaging
         .clone()
+        .filter(|_| worker)
         .map(|m| tokio::spawn(m.run_sender(stop_rx.clone())));
     // Reminders become outbox messages: they run where the sender does.
-    let scheduler = state.messaging.is_some().then(|| {
+    let scheduler = (state.messaging.is_some() && worker).then(|| {
         let s = std::sync::Arc::new(crate::reminders::Scheduler::new(store.clone()));
         tokio::spawn(s.run(stop_rx.clone()))
     });
-    let dispatcher =
-        tokio::spawn(Dispatcher::new(store.clone(), cfg.webhooks.clone()).run(stop_rx));
+    let dispatcher = worker
+        .then(|| tokio::spawn(Dispatcher::new(store.clone(), cfg.webhooks.clone()).run(stop_rx)));
 
     let served = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => {
@@ -259,7 +291,9 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     housekeeper.abort();
     state.flush_refusals().await;
     let _ = stop_tx.send(true);
-    let _ = dispatcher.await;
+    if let Some(dispatcher) = dispatcher {
+        let _ = dispatcher.await;
+    }
     if let Some(scheduler) = scheduler {
         let _ = scheduler.await;
     }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub queues: Arc<crate::queues::Queues>,
     /// The IVR (with the SIP gateway).
     pub ivr: Option<Arc<crate::ivr::IvrHost>>,
+    /// The cluster bus, when this node is one of several.
+    pub bus: Option<continuum_bus::Bus>,
 }
 
 impl AppState {
@@ -85,6 +87,7 @@ impl AppState {
             lobby: crate::lobby::Lobby::default(),
             chat: Arc::default(),
             ivr: None,
+            bus: None,
         }
     }
 

@@ -115,7 +115,7 @@ impl Store {
             seq: e.seq,
             at: e.at.0,
             channel: e.channel,
-            kind: e.kind.clone(),
+            kind: e.kind,
             actor: e.actor.clone(),
             idempotency_key: e.idempotency_key.clone(),
             sealed: base64::engine::general_purpose::STANDARD.encode(sealed),

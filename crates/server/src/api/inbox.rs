@@ -163,7 +163,8 @@ pub async fn stream(
         Outcome::Ok,
     );
     s.store.audit(p.tenant_id(), entry).await?;
-    let mut live = s.store.subscribe();
+    let mut live = s.store.subscribe_cluster();
+    let mut resyncs = s.store.resyncs();
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
     let mut stop = s.shutdown.subscribe();
     let mut revoked = s.revocations.watch();
@@ -185,6 +186,9 @@ pub async fn stream(
                 _ = stop.wait_for(|stopping| *stopping) => Wake::Stop,
                 _ = revoked.changed() => Wake::Revoked,
                 got = live.recv() => Wake::Event(got),
+                // Live delivery may have missed events (the bus was away):
+                // the same as falling behind.
+                _ = resyncs.changed() => Wake::Event(Err(RecvError::Lagged(0))),
                 _ = flush.tick() => Wake::Flush,
             };
             match wake {

@@ -224,8 +224,10 @@ pub async fn stream(
         .open_stream(p.tenant_id(), &id, after, &p.audit_actor())
         .await?;
 
-    // Subscribe before reading the backlog so nothing committed in between is missed.
-    let mut live = s.store.subscribe();
+    // Subscribe before reading the backlog so nothing committed in between is
+    // missed; the cluster feed has what every node commits.
+    let mut live = s.store.subscribe_cluster();
+    let mut resyncs = s.store.resyncs();
     // Chat receipts and typing: not timeline events, announced live only.
     let mut chat = s.chat.subscribe(p.tenant_id(), &id);
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(256);
@@ -295,6 +297,9 @@ pub async fn stream(
                     }
                 }
                 got = live.recv() => Ok(got),
+                // Live delivery may have missed events (the bus was away):
+                // read the store from where this stream is.
+                _ = resyncs.changed() => Ok(Err(RecvError::Lagged(0))),
             };
             // A chat notice (not a timeline event): passed on as it is.
             let got = match got {

@@ -1,0 +1,493 @@
+//! Several `continuum serve` processes as one deployment: one PostgreSQL,
+//! one NATS (both started by the test, on free ports), nodes on loopback.
+
+mod common;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use common::sse::Sse;
+use common::*;
+use continuum_testkit::{Nats, Postgres};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MASTER_KEY: &str = "7f3a9c2e5b8d1f4a6c0e9b2d5f8a1c4e7b0d3f6a9c2e5b8d1f4a6c0e9b2d5f8a";
+
+/// One PostgreSQL database and one NATS server for a cluster.
+struct Backing {
+    pg: Postgres,
+    nats: Nats,
+    db_url: String,
+}
+
+fn backing() -> Backing {
+    let pg = Postgres::start().expect("starting PostgreSQL for the cluster");
+    let db_url = pg.create_database("continuum").unwrap();
+    let nats = Nats::start().expect("starting nats-server -js for the cluster");
+    Backing { pg, nats, db_url }
+}
+
+/// A node of the cluster: its own data directory (blobs, prompts) and
+/// listen port, the shared database and bus.
+fn node(b: &Backing, name: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> Server {
+    let mut env: Vec<(String, String)> = vec![
+        ("CONTINUUM_STORE__URL".into(), b.db_url.clone()),
+        ("CONTINUUM_BUS__URL".into(), b.nats.url()),
+        ("CONTINUUM_SECURITY__MASTER_KEY".into(), MASTER_KEY.into()),
+        ("CONTINUUM_NODE__NAME".into(), name.into()),
+        ("CONTINUUM_WEBHOOKS__BACKOFF_BASE_MS".into(), "50".into()),
+        ("CONTINUUM_WEBHOOKS__BACKOFF_MAX_SECS".into(), "1".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Server::start_with(
+        dir,
+        Opts {
+            env,
+            ..Default::default()
+        },
+    )
+}
+
+struct Cluster {
+    nodes: Vec<Server>,
+    key: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Starts `n` nodes one after another (the first creates the dev tenant).
+fn cluster(b: &Backing, n: usize) -> Cluster {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..n {
+        let dir = tempdir();
+        nodes.push(node(
+            b,
+            &format!("node-{}", (b'a' + i as u8) as char),
+            dir.path(),
+            &[],
+        ));
+        dirs.push(dir);
+    }
+    let key = nodes[0].key().to_owned();
+    Cluster {
+        nodes,
+        key,
+        _dirs: dirs,
+    }
+}
+
+async fn append(s: &Server, key: &str, conv: &str, body: &str) -> (u16, Value) {
+    s.call(
+        "POST",
+        &format!("/v1/conversations/{conv}/events"),
+        key,
+        Some(json!({"channel": "chat", "kind": "note", "body": body})),
+    )
+    .await
+}
+
+/// Webhook deliveries not yet made, cluster-wide (the outbox is in the
+/// shared database), from a node's /metrics.
+async fn outbox_depth(s: &Server) -> i64 {
+    let text = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("continuum_outbox_depth "))
+        .map(|v| v.trim().parse::<f64>().unwrap() as i64)
+        .expect("continuum_outbox_depth in /metrics")
+}
+
+/// The `seq`s a timeline stream delivers, until `until` of them arrived.
+async fn stream_seqs(sse: &mut Sse, until: usize) -> Vec<i64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < until {
+        let e = sse.next("timeline", Duration::from_secs(30)).await;
+        seqs.push(e["seq"].as_i64().unwrap());
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_on_one_node_sees_every_nodes_events_in_order_and_webhooks_fire_once() {
+    let b = backing();
+    let c = cluster(&b, 3);
+    let (a, bn, cn) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    let key = c.key.clone();
+
+    // A webhook receiver counting deliveries per event.
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: Bytes| {
+            let counts = counts.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap();
+                let id = format!("{}#{}", v["data"]["conversation_id"], v["data"]["seq"]);
+                *counts.lock().unwrap().entry(id).or_default() += 1;
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    a.ok(
+        "POST",
+        "/v1/webhooks",
+        &key,
+        Some(json!({"url": format!("http://127.0.0.1:{port}/hook"), "event_types": ["event.created"]})),
+    )
+    .await;
+
+    let (_, conv) = a.patient_conversation(&key, "+14155550170").await;
+    let start = a
+        .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
+        .await["last_seq"]
+        .as_i64()
+        .unwrap();
+    // Watched on node C, written on nodes A and B at once.
+    let token = cn.mint(&key, "nurse-watcher", "clinician", &[&conv]).await;
+    let mut sse = Sse::open(
+        &cn.client,
+        &cn.url(&format!(
+            "/v1/conversations/{conv}/events/stream?after={start}&access_token={token}"
+        )),
+    )
+    .await;
+    const EACH: usize = 40;
+    let writers = [a, bn].map(|s| {
+        let (client, base, key, conv) =
+            (s.client.clone(), s.base.clone(), key.clone(), conv.clone());
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                let r = client
+                    .post(format!("{base}/v1/conversations/{conv}/events"))
+                    .bearer_auth(&key)
+                    .json(
+                        &json!({"channel": "chat", "kind": "note", "body": format!("{base} {i}")}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+            }
+        })
+    });
+    for w in writers {
+        w.await.unwrap();
+    }
+    let seqs = stream_seqs(&mut sse, 2 * EACH).await;
+    let expected: Vec<i64> = (start + 1..=start + 2 * EACH as i64).collect();
+    assert_eq!(
+        seqs, expected,
+        "node C's stream: every event of A and B, in seq order, once"
+    );
+
+    // Each event was delivered to the webhook exactly once, by whichever
+    // node's worker claimed it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered = seen.lock().unwrap().len();
+        if delivered >= 2 * EACH {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {delivered} of {} events reached the webhook",
+            2 * EACH
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Wait until no node has anything left to deliver, then count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let depth = outbox_depth(a).await;
+        if depth == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox never drained: {depth} left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counts = seen.lock().unwrap().clone();
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "delivered more than once: {doubled:?}");
+    assert_eq!(counts.len(), 2 * EACH);
+}
+
+/// Every event of a conversation, in `seq` order.
+async fn timeline(s: &Server, key: &str, conv: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s
+            .ok(
+                "GET",
+                &format!("/v1/conversations/{conv}/events?after={after}&limit=500"),
+                key,
+                None,
+            )
+            .await;
+        let events = page["events"].as_array().unwrap().clone();
+        all.extend(events);
+        match page["next_after"].as_i64() {
+            Some(n) => after = n,
+            None => return all,
+        }
+    }
+}
+
+/// The timeline holds every acknowledged key exactly once, with the `seq`
+/// it was acknowledged with, and its `seq`s have no gap.
+fn check_acknowledged(events: &[Value], acked: &HashMap<String, i64>) {
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "gap-free seqs");
+    let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
+    for e in events {
+        if let Some(k) = e["idempotency_key"].as_str() {
+            by_key
+                .entry(k)
+                .or_default()
+                .push(e["seq"].as_i64().unwrap());
+        }
+    }
+    for (k, seq) in acked {
+        assert_eq!(
+            by_key.get(k.as_str()).map(Vec::as_slice),
+            Some(&[*seq][..]),
+            "acknowledged event {k} is stored exactly once, at the seq it was acknowledged with"
+        );
+    }
+}
+
+/// Writers appending with idempotency keys, as a client behind a load
+/// balancer would: a request that fails (node gone, 503) is retried with the
+/// same key on the next node, until it is acknowledged.
+async fn writers(
+    bases: Vec<String>,
+    key: String,
+    conv: String,
+    writers: usize,
+    each: usize,
+    acked_so_far: Arc<std::sync::atomic::AtomicUsize>,
+) -> (HashMap<String, i64>, Vec<u16>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (client, bases, key, conv, counter) = (
+                client.clone(),
+                bases.clone(),
+                key.clone(),
+                conv.clone(),
+                acked_so_far.clone(),
+            );
+            tokio::spawn(async move {
+                let mut acked = HashMap::new();
+                let mut refusals = Vec::new();
+                for i in 0..each {
+                    let idem = format!("w{w}-{i}");
+                    let mut attempt = w;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+                    loop {
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "{idem} never acknowledged; refusals {refusals:?}"
+                        );
+                        let base = &bases[attempt % bases.len()];
+                        attempt += 1;
+                        let r = client
+                            .post(format!("{base}/v1/conversations/{conv}/events"))
+                            .bearer_auth(&key)
+                            .header("Idempotency-Key", &idem)
+                            .json(&json!({"channel": "chat", "kind": "note", "body": idem}))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status().is_success() => {
+                                let v: Value = r.json().await.unwrap();
+                                acked.insert(idem.clone(), v["seq"].as_i64().unwrap());
+                                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                break;
+                            }
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let body = r.text().await.unwrap_or_default();
+                                assert_eq!(
+                                    status, 503,
+                                    "only 503 while a dependency is down: {body}"
+                                );
+                                assert!(body.contains("database"), "the 503 says why: {body}");
+                                refusals.push(status);
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            // The node is gone (killed): the next one.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                }
+                (acked, refusals)
+            })
+        })
+        .collect();
+    let mut acked = HashMap::new();
+    let mut refusals = Vec::new();
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked.extend(a);
+        refusals.extend(r);
+    }
+    (acked, refusals)
+}
+
+async fn wait_for_count(counter: &std::sync::atomic::AtomicUsize, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while counter.load(std::sync::atomic::Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writers stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_api_node_killed_under_load_loses_no_acknowledged_event() {
+    let b = backing();
+    let mut c = cluster(&b, 2);
+    let key = c.key.clone();
+    let (_, conv) = c.nodes[0].patient_conversation(&key, "+14155550171").await;
+    // Start from an empty timeline count: the conversation's own events are
+    // not the writers'.
+    let before = timeline(&c.nodes[0], &key, &conv).await.len();
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bases: Vec<String> = c.nodes.iter().map(|n| n.base.clone()).collect();
+    let load = tokio::spawn(writers(
+        bases,
+        key.clone(),
+        conv.clone(),
+        8,
+        40,
+        counter.clone(),
+    ));
+    wait_for_count(&counter, 60).await;
+    c.nodes.remove(1).kill9();
+    let (acked, _) = load.await.unwrap();
+    assert_eq!(acked.len(), 8 * 40);
+    let events = timeline(&c.nodes[0], &key, &conv).await;
+    assert_eq!(
+        events.len(),
+        before + 8 * 40,
+        "nothing lost, nothing doubled"
+    );
+    check_acknowledged(&events, &acked);
+    // The audit chains still verify, on PostgreSQL, from the CLI.
+    let dir = tempdir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_continuum"))
+        .args(["audit", "verify"])
+        .env("CONTINUUM_STORE__URL", &b.db_url)
+        .env("CONTINUUM_SECURITY__MASTER_KEY", MASTER_KEY)
+        .env("CONTINUUM_SERVER__DATA_DIR", dir.path())
+        .env("CONTINUUM_LOG", "warn")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "audit verify on PostgreSQL: {text}");
+    assert!(text.contains("intact"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarting_gives_503_then_recovers_with_nothing_lost() {
+    let mut b = backing();
+    let c = cluster(&b, 1);
+    let key = c.key.clone();
+    let a = &c.nodes[0];
+    let (_, conv) = a.patient_conversation(&key, "+14155550172").await;
+    let before = timeline(a, &key, &conv).await.len();
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = tokio::spawn(writers(
+        vec![a.base.clone()],
+        key.clone(),
+        conv.clone(),
+        8,
+        30,
+        counter.clone(),
+    ));
+    wait_for_count(&counter, 40).await;
+    b.pg.stop().unwrap();
+    // While it is down: a clear 503, and /readyz says the database is away.
+    let (status, body) = append(a, &key, &conv, "while down").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    let ready = a.client.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.text().await.unwrap().contains("database unavailable"));
+    b.pg.start_again().unwrap();
+    let (acked, refusals) = load.await.unwrap();
+    assert!(!refusals.is_empty(), "the writers saw the outage as 503s");
+    assert_eq!(acked.len(), 8 * 30);
+    let ready = a.client.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "ready again by itself");
+    let events = timeline(a, &key, &conv).await;
+    assert_eq!(events.len(), before + 8 * 30);
+    check_acknowledged(&events, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_resume_without_gaps_after_nats_restarts() {
+    let mut b = backing();
+    let c = cluster(&b, 2);
+    let key = c.key.clone();
+    let (a, bn) = (&c.nodes[0], &c.nodes[1]);
+    let (_, conv) = a.patient_conversation(&key, "+14155550173").await;
+    let start = a
+        .ok("GET", &format!("/v1/conversations/{conv}"), &key, None)
+        .await["last_seq"]
+        .as_i64()
+        .unwrap();
+    let token = bn.mint(&key, "nurse-watcher", "clinician", &[&conv]).await;
+    let mut sse = Sse::open(
+        &bn.client,
+        &bn.url(&format!(
+            "/v1/conversations/{conv}/events/stream?after={start}&access_token={token}"
+        )),
+    )
+    .await;
+    for i in 0..5 {
+        assert_eq!(append(a, &key, &conv, &format!("before {i}")).await.0, 201);
+    }
+    assert_eq!(
+        stream_seqs(&mut sse, 5).await,
+        (start + 1..=start + 5).collect::<Vec<_>>()
+    );
+    // NATS goes away: writes on A go on (the store is the record) ...
+    b.nats.stop().unwrap();
+    for i in 0..5 {
+        assert_eq!(append(a, &key, &conv, &format!("during {i}")).await.0, 201);
+    }
+    let ready = bn.client.get(bn.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "readyz reports the bus");
+    assert!(ready.text().await.unwrap().contains("bus"));
+    // ... and when it is back, B's stream catches up from the store, with
+    // no gap and no repeat, and goes on live.
+    b.nats.start_again().unwrap();
+    let seqs = stream_seqs(&mut sse, 5).await;
+    assert_eq!(seqs, (start + 6..=start + 10).collect::<Vec<_>>());
+    assert_eq!(append(a, &key, &conv, "after").await.0, 201);
+    assert_eq!(stream_seqs(&mut sse, 1).await, vec![start + 11]);
+}
