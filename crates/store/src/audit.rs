@@ -247,26 +247,54 @@ fn take_head(conn: &crate::db::Conn, tenant_id: &str) -> Result<(i64, i64, [u8; 
         if let Some((chain, seq, mac)) = free {
             return Ok((chain, seq, mac.try_into().unwrap_or([0u8; 32])));
         }
-        // Every chain is held (or there is none yet): open the next one. A
-        // row inserted by another transaction that has not committed makes
-        // this insert wait for it; if it commits, nothing is inserted here
-        // and the loop looks again.
-        let opened = conn
-            .query_row(
-                "INSERT INTO audit_heads (tenant_id, chain, seq, mac)
-                 SELECT ?1, COALESCE(MAX(chain) + 1, 0), 0, ?2 FROM audit_heads WHERE tenant_id = ?1
-                 ON CONFLICT DO NOTHING RETURNING chain",
-                params![tenant_id, &[0u8; 32][..]],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?;
-        if let Some(chain) = opened {
-            return Ok((chain, 0, [0u8; 32]));
+        // Every chain is held (or there is none yet): open the next one.
+        // Only a transaction holding a chain number's advisory lock inserts
+        // that number, so this insert never waits for another transaction's
+        // uncommitted one: that wait, while the other transaction waited for
+        // a row this one had locked (a conversation), was a deadlock. A
+        // number another transaction is opening right now is passed over.
+        let next: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(chain) + 1, 0) FROM audit_heads WHERE tenant_id = ?1",
+            [tenant_id],
+            |r| r.get(0),
+        )?;
+        for chain in next..next + NEW_CHAIN_TRIES as i64 {
+            let mine: bool = conn.query_row(
+                "SELECT pg_try_advisory_xact_lock(?1, ?2)",
+                params![chain_lock_key(tenant_id), chain],
+                |r| r.get(0),
+            )?;
+            if !mine {
+                continue;
+            }
+            let opened = conn
+                .query_row(
+                    "INSERT INTO audit_heads (tenant_id, chain, seq, mac) VALUES (?1, ?2, 0, ?3)
+                     ON CONFLICT DO NOTHING RETURNING chain",
+                    params![tenant_id, chain, &[0u8; 32][..]],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?;
+            if let Some(chain) = opened {
+                return Ok((chain, 0, [0u8; 32]));
+            }
+            // Opened and committed by another transaction since the MAX
+            // above: its head may be free now; look again.
+            break;
         }
     }
     Err(StoreError::Unavailable(format!(
         "could not take an audit chain head for tenant {tenant_id} (too many writers opening chains at once); retry"
     )))
+}
+
+/// The first key of the advisory locks that guard the opening of a
+/// tenant's chains (the second is the chain number). A collision between
+/// tenants only makes an opener pass a number over.
+fn chain_lock_key(tenant_id: &str) -> i32 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(tenant_id.as_bytes());
+    i32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 pub(crate) fn list(

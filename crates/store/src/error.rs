@@ -43,6 +43,12 @@ impl From<crate::db::DbError> for StoreError {
     fn from(e: crate::db::DbError) -> Self {
         match e {
             crate::db::DbError::Pg(p) if p.unavailable => StoreError::Unavailable(p.message),
+            // PostgreSQL chose this transaction as a deadlock's victim (or
+            // could not serialize it): it was rolled back, and the same
+            // write tried again goes through.
+            crate::db::DbError::Pg(p) if matches!(p.code.as_deref(), Some("40P01" | "40001")) => {
+                StoreError::Unavailable(format!("{} (rolled back; retry)", p.message))
+            }
             e => StoreError::Database(e.to_string()),
         }
     }
@@ -77,3 +83,25 @@ impl From<crate::crypto::CryptoError> for StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+    use crate::db::{DbError, pg::PgError};
+
+    fn pg(code: &str) -> StoreError {
+        DbError::Pg(PgError {
+            code: Some(code.into()),
+            message: "m".into(),
+            unavailable: false,
+        })
+        .into()
+    }
+
+    #[test]
+    fn a_deadlock_victim_is_retried_later_a_constraint_is_not() {
+        assert!(matches!(pg("40P01"), StoreError::Unavailable(_)));
+        assert!(matches!(pg("40001"), StoreError::Unavailable(_)));
+        assert!(matches!(pg("23505"), StoreError::Database(_)));
+    }
+}

@@ -909,17 +909,12 @@ impl Store {
                     .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<crate::db::Result<_>>()?;
                 let mut claimed = Vec::with_capacity(due.len());
-                let mut events = Vec::new();
+                let mut suppress = Vec::new();
                 for (id, tenant_id) in due {
                     let keys = store.keys_for(ctx.conn, &tenant_id)?;
                     let mut message = load_message(ctx.conn, &keys, &tenant_id, &id)?;
                     if !message.compliance && suppressed(ctx.conn, &keys, &tenant_id, message.channel, message.from.as_deref(), &message.to)? {
-                        set_state(ctx, &id, MessageState::Suppressed, None, None, Some("the patient opted out before it was sent"))?;
-                        let mut detail = serde_json::Map::new();
-                        detail.insert("reason".into(), "opted_out".into());
-                        let a = append_status(ctx, &keys, &tenant_id, &message.conversation_id, &id, message.event_seq, message.channel, MessageState::Suppressed, detail, "system:messaging")?;
-                        events.extend(a.also_written);
-                        events.push(a.event);
+                        suppress.push((tenant_id, keys, message));
                         continue;
                     }
                     ctx.conn
@@ -929,6 +924,20 @@ impl Store {
                     message.state = MessageState::Sending;
                     let provider_hint = message.provider_id.clone();
                     claimed.push(ClaimedMessage { tenant_id, message, provider_hint });
+                }
+                // A suppression lands on its conversation's timeline, which
+                // locks the conversation (PostgreSQL): every claim takes them
+                // in one order, so two nodes' claims cannot deadlock.
+                suppress.sort_by(|a, b| a.2.conversation_id.cmp(&b.2.conversation_id));
+                let mut events = Vec::new();
+                for (tenant_id, keys, message) in suppress {
+                    let id = &message.id;
+                    set_state(ctx, id, MessageState::Suppressed, None, None, Some("the patient opted out before it was sent"))?;
+                    let mut detail = serde_json::Map::new();
+                    detail.insert("reason".into(), "opted_out".into());
+                    let a = append_status(ctx, &keys, &tenant_id, &message.conversation_id, id, message.event_seq, message.channel, MessageState::Suppressed, detail, "system:messaging")?;
+                    events.extend(a.also_written);
+                    events.push(a.event);
                 }
                 Ok((claimed, events))
             },
@@ -1082,8 +1091,10 @@ impl Store {
             move |ctx| {
                 let stuck: Vec<(String, String)> = ctx
                     .conn
+                    // By conversation: each gets a status event, which locks
+                    // its conversation (PostgreSQL), in the order claims take them.
                     .prepare(&format!(
-                        "SELECT id, tenant_id FROM messages WHERE state = 'sending'{}",
+                        "SELECT id, tenant_id FROM messages WHERE state = 'sending' ORDER BY conversation_id, id{}",
                         ctx.conn.row_lock()
                     ))?
                     .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?

@@ -1404,19 +1404,26 @@ impl Store {
             move |ctx| {
                 // On PostgreSQL the claimed rows stay locked until this
                 // write commits, and other nodes' claims pass them over.
-                let due: Vec<(String, String)> = ctx
+                let mut due: Vec<(String, String, String)> = ctx
                     .conn
                     .prepare_cached(&format!(
-                        "SELECT id, tenant_id FROM reminders WHERE state = 'pending' AND due_at <= ?1
+                        "SELECT id, tenant_id, (SELECT a.conversation_id FROM appointments a WHERE a.id = reminders.appointment_id)
+                         FROM reminders WHERE state = 'pending' AND due_at <= ?1
                          ORDER BY due_at, id LIMIT ?2{}",
                         ctx.conn.claim_lock()
                     ))?
-                    .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<crate::db::Result<_>>()?;
+                // Each reminder sent locks its conversation (PostgreSQL):
+                // every dispatcher takes them in one order, or two nodes'
+                // dispatchers holding each other's next conversation would
+                // deadlock (and one would fail its reminder). Stable: the
+                // reminders of one appointment keep their due order.
+                due.sort_by(|a, b| a.2.cmp(&b.2));
                 let mut report = DispatchReport { claimed: due.len(), ..Default::default() };
                 let mut events: Vec<Event> = Vec::new();
                 let mut shared = Shared::default();
-                for (id, tenant_id) in due {
+                for (id, tenant_id, _) in due {
                     let keys = store.keys_for(ctx.conn, &tenant_id)?;
                     let r = in_savepoint(ctx, |ctx| dispatch_one(ctx, &keys, &tenant_id, &id, now, &mut shared, &mut events));
                     match r {
@@ -1428,6 +1435,11 @@ impl Store {
                             Dispatched::Failed => report.failed += 1,
                             Dispatched::Deferred => report.deferred += 1,
                         },
+                        Err(StoreError::Unavailable(e)) => {
+                            // Rolled back alone, and still pending: the next
+                            // dispatch tries it again (a deadlock's victim, say).
+                            tracing::warn!(reminder = %id, error = %e, "a reminder could not be dispatched now; it stays due");
+                        }
                         Err(e) => {
                             // Rolled back alone; recorded so it is not claimed forever.
                             tracing::error!(reminder = %id, error = %e, "a reminder could not be dispatched");
@@ -1755,11 +1767,12 @@ fn dispatch_one(
         return Ok(Dispatched::Skipped);
     }
     // A later reminder of the same appointment is due too (the server was
-    // down): only that one goes.
+    // down): only that one goes. (Or has gone already: another node's
+    // dispatcher may have claimed and sent it first.)
     let superseded = ctx
         .conn
         .prepare_cached(
-            "SELECT 1 FROM reminders WHERE appointment_id = ?1 AND state = 'pending' AND offset_secs > ?2 AND due_at <= ?3 LIMIT 1",
+            "SELECT 1 FROM reminders WHERE appointment_id = ?1 AND state IN ('pending', 'sent') AND offset_secs > ?2 AND due_at <= ?3 LIMIT 1",
         )?
         .query_row(params![appointment_id, offset, now], |_| Ok(()))
         .optional()?

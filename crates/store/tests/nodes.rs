@@ -703,3 +703,88 @@ async fn verifying_while_another_node_appends_finds_nothing_wrong() {
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.events_checked, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dispatchers_on_two_nodes_across_many_conversations_fail_no_reminder() {
+    let (a, b) = two_nodes().await;
+    let (t, _) = setup(&a).await;
+    provider(&a, &t).await;
+    let template = a
+        .create_reminder_template(
+            &t,
+            TemplateInput {
+                name: "default".into(),
+                offsets: vec!["-24h".into()],
+                body: "See you {{date}}".into(),
+                channel: Default::default(),
+                whatsapp: None,
+                from: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap()
+        .id;
+    // 12 patients, 5 appointments each; due times interleave the patients,
+    // so each claim holds reminders of many conversations.
+    let start = continuum_core::clock::unix_micros() + 48 * H;
+    let mut ups = Vec::new();
+    for p in 0..12 {
+        let contact = a
+            .create_contact(
+                &t,
+                ContactInput {
+                    display_name: Some(format!("P{p}")),
+                    phone: Some(format!("+1415555{:04}", 3000 + p)),
+                    ..Default::default()
+                },
+                "test",
+            )
+            .await
+            .unwrap()
+            .id;
+        let conv = conversation(&a, &t, &contact).await;
+        for k in 0..5 {
+            ups.push(AppointmentUpsert {
+                conversation_id: conv.clone(),
+                contact_id: contact.clone(),
+                input: AppointmentInput {
+                    external_id: Some(format!("E{p}-{k}")),
+                    start_at: start + (k * 12 + p) * 60_000_000,
+                    template_id: template.clone(),
+                    ..Default::default()
+                },
+            });
+        }
+    }
+    for r in a.upsert_appointments(&t, ups, "test").await.unwrap() {
+        r.unwrap();
+    }
+    let at = start - 23 * H;
+    let mut tasks = Vec::new();
+    for node in [a.store.clone(), b.clone()] {
+        for _ in 0..3 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut sent = 0;
+                loop {
+                    let r = node.dispatch_due_reminders(at, 7).await.unwrap();
+                    assert_eq!(r.failed, 0, "{r:?}");
+                    if r.claimed == 0 {
+                        return sent;
+                    }
+                    sent += r.sent;
+                }
+            }));
+        }
+    }
+    let mut sent = 0;
+    for task in tasks {
+        sent += task.await.unwrap();
+    }
+    assert_eq!(sent, 60);
+    assert_eq!(
+        a.reminder_counts().await.unwrap(),
+        vec![("sent".to_owned(), 60)]
+    );
+}

@@ -183,3 +183,9 @@ pub fn holds(haystack: &[u8], needle: &str) -> bool {
         .iter()
         .any(|n| haystack.windows(n.len()).any(|w| w == *n))
 }
+
+/// The last lines of the test PostgreSQL server's log (deadlock reports
+/// name the statements there), for a failing test to print.
+pub fn pg_log_tail() -> String {
+    server().lock().unwrap().log_tail()
+}
