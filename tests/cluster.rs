@@ -21,6 +21,14 @@ struct Backing {
     db_url: String,
 }
 
+/// One cluster at a time: each is a PostgreSQL, a NATS and up to four
+/// servers (and in one test two browsers), which together fill a 2-core
+/// runner; side by side they would time out rather than test anything.
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    TURN.lock().await
+}
+
 fn backing() -> Backing {
     let pg = Postgres::start().expect("starting PostgreSQL for the cluster");
     let db_url = pg.create_database("continuum").unwrap();
@@ -117,6 +125,7 @@ async fn stream_seqs(sse: &mut Sse, until: usize) -> Vec<i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_on_one_node_sees_every_nodes_events_in_order_and_webhooks_fire_once() {
+    let _turn = one_at_a_time().await;
     let b = backing();
     let c = cluster(&b, 3);
     let (a, bn, cn) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
@@ -367,6 +376,7 @@ async fn wait_for_count(counter: &std::sync::atomic::AtomicUsize, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_api_node_killed_under_load_loses_no_acknowledged_event() {
+    let _turn = one_at_a_time().await;
     let b = backing();
     let mut c = cluster(&b, 2);
     let key = c.key.clone();
@@ -413,6 +423,7 @@ async fn an_api_node_killed_under_load_loses_no_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarting_gives_503_then_recovers_with_nothing_lost() {
+    let _turn = one_at_a_time().await;
     let mut b = backing();
     let c = cluster(&b, 1);
     let key = c.key.clone();
@@ -450,6 +461,7 @@ async fn postgres_restarting_gives_503_then_recovers_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streams_resume_without_gaps_after_nats_restarts() {
+    let _turn = one_at_a_time().await;
     let mut b = backing();
     let c = cluster(&b, 2);
     let key = c.key.clone();
@@ -490,4 +502,229 @@ async fn streams_resume_without_gaps_after_nats_restarts() {
     assert_eq!(seqs, (start + 6..=start + 10).collect::<Vec<_>>());
     assert_eq!(append(a, &key, &conv, "after").await.0, 201);
     assert_eq!(stream_seqs(&mut sse, 1).await, vec![start + 11]);
+}
+
+/// A node with roles and a region of its own.
+fn node_with(b: &Backing, name: &str, dir: &std::path::Path, roles: &str, region: &str) -> Server {
+    node(
+        b,
+        name,
+        dir,
+        &[
+            ("CONTINUUM_NODE__ROLES", roles),
+            ("CONTINUUM_SERVER__REGION", region),
+        ],
+    )
+}
+
+/// An API node (eu, where the tenant is pinned: it creates the dev tenant),
+/// two eu media nodes and one us media node.
+fn regional_cluster(b: &Backing) -> (Cluster, Vec<String>) {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    let layout = [
+        ("api-eu", r#"["api","worker"]"#, "eu"),
+        ("media-eu-1", r#"["api","media"]"#, "eu"),
+        ("media-eu-2", r#"["api","media"]"#, "eu"),
+        ("media-us-1", r#"["api","media"]"#, "us"),
+    ];
+    for (name, roles, region) in layout {
+        let dir = tempdir();
+        nodes.push(node_with(b, name, dir.path(), roles, region));
+        dirs.push(dir);
+    }
+    let key = nodes[0].key().to_owned();
+    let names = layout.iter().map(|(n, _, _)| n.to_string()).collect();
+    (
+        Cluster {
+            nodes,
+            key,
+            _dirs: dirs,
+        },
+        names,
+    )
+}
+
+/// Sends `join` for `room` on a signaling connection to `base` and returns
+/// the first answer that is not chat or roster noise.
+async fn join_answer(base: &str, token: &str, room: &str) -> Value {
+    use futures::{SinkExt, StreamExt};
+    let url = format!("{}/v1/rtc?token={token}", base.replace("http", "ws"));
+    let (mut ws, _) = connect_signaling(&url).await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "join", "room": room, "sdp": "v=0\r\n"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("an answer to join within 30 s")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+        if v["type"] == "redirect" || v["type"] == "error" {
+            return v;
+        }
+    }
+}
+
+/// Waits until `n` media nodes are announced (each announces once it
+/// serves), as a node's /metrics shows the cluster.
+async fn wait_for_media_nodes(s: &Server, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = s
+            .client
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let live: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("continuum_cluster_media_nodes{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if live as usize >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {live} of {n} media nodes announced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_pinned_to_eu_is_never_placed_on_a_us_node() {
+    let _turn = one_at_a_time().await;
+    let b = backing();
+    let (mut c, names) = regional_cluster(&b);
+    let key = c.key.clone();
+    wait_for_media_nodes(&c.nodes[0], 3).await;
+    let tenant = c.nodes[0].ok("GET", "/v1/me", &key, None).await;
+    let _ = tenant;
+    // Twenty rooms, each joined through a different node: all land on an
+    // eu media node, spread over both.
+    let mut hosts: HashMap<String, usize> = HashMap::new();
+    for i in 0..20 {
+        let v = c.nodes[0]
+            .visit(
+                &key,
+                &format!("+1415555{:04}", 2000 + i),
+                &[("dr", "clinician")],
+            )
+            .await;
+        let via = &c.nodes[i % c.nodes.len()];
+        let answer = join_answer(&via.base, &v.tokens[0], &v.room).await;
+        let host = match answer["type"].as_str() {
+            Some("redirect") => answer["node"].as_str().unwrap().to_owned(),
+            // Joined where it asked: that node hosts the room (an `error`
+            // about the dummy SDP means it got as far as the SFU).
+            _ => names[i % c.nodes.len()].clone(),
+        };
+        *hosts.entry(host).or_default() += 1;
+    }
+    assert!(
+        !hosts.contains_key("media-us-1"),
+        "placed in the us: {hosts:?}"
+    );
+    assert!(
+        !hosts.contains_key("api-eu"),
+        "placed on a node without media: {hosts:?}"
+    );
+    assert!(
+        hosts.get("media-eu-1").is_some() && hosts.get("media-eu-2").is_some(),
+        "both eu nodes take rooms: {hosts:?}"
+    );
+    // With no eu media node left, a new room is refused with the reason,
+    // rather than placed in the us.
+    c.nodes.remove(2).kill9();
+    c.nodes.remove(1).kill9();
+    let v = c.nodes[0]
+        .visit(&key, "+14155553000", &[("dr", "clinician")])
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = join_answer(&c.nodes[0].base, &v.tokens[0], &v.room).await;
+        if answer["type"] == "error" || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        // The killed nodes' announcements have not expired yet.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(answer["code"], "media_unavailable", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("region `eu`"),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_media_node_rooms_move_and_browsers_come_back() {
+    let _turn = one_at_a_time().await;
+    use tokio::io::AsyncBufReadExt;
+    let b = backing();
+    let (mut c, names) = regional_cluster(&b);
+    let key = c.key.clone();
+    wait_for_media_nodes(&c.nodes[0], 3).await;
+    let v = c.nodes[0]
+        .visit(
+            &key,
+            "+14155550174",
+            &[("dr-lee", "clinician"), ("pat", "patient")],
+        )
+        .await;
+    let _browsers = browsers().await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/cluster.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(script)
+        .args([&c.nodes[0].base, &v.room, &v.tokens[0], &v.tokens[1]])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs the browser scenario");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut output = String::new();
+    let mut killed_at = None;
+    let mut recovered = None;
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await
+    {
+        println!("{line}");
+        output.push_str(&line);
+        output.push('\n');
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["check"] == "joined" {
+            let host = v["node"].as_str().unwrap();
+            assert!(host.starts_with("media-eu"), "{line}");
+            let i = names.iter().position(|n| n == host).unwrap();
+            c.nodes.remove(i).kill9();
+            killed_at = Some(std::time::Instant::now());
+        }
+        if v["check"] == "recovered" {
+            recovered = killed_at.map(|k| k.elapsed());
+        }
+    }
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "cluster.mjs failed:\n{output}");
+    let recovered = recovered.expect("the browsers came back");
+    println!(
+        "media node kill -9 → both browsers with video again: {} ms",
+        recovered.as_millis()
+    );
+    // The timeline says what happened.
+    let events = timeline(&c.nodes[0], &key, &v.conv).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "note" && e["meta"]["reason"] == "media_node_lost"),
+        "the interruption is on the timeline"
+    );
 }

@@ -53,6 +53,10 @@ export class Visit extends EventTarget {
     this.waiting = [];
     this.base = (url || location.origin).replace(/^http/, "ws");
     this.wsUrl = this.base + "/v1/rtc?token=" + encodeURIComponent(token);
+    /** Where we first connected: in a cluster, the node that places rooms. */
+    this.homeUrl = this.wsUrl;
+    /** The media node hosting our room, when a cluster redirected us there. */
+    this.node = null;
     this.pc = null;
     this.ws = null;
     this.participant = null;
@@ -80,6 +84,9 @@ export class Visit extends EventTarget {
   async join(room, stream, { simulcast = true } = {}) {
     this._setState("connecting");
     this.stream = stream;
+    this.room = room;
+    this.simulcast = simulcast;
+    this._redirects = 0;
     // Signaling first: its `welcome` carries the TURN servers, so the peer
     // connection gathers relay candidates from the first offer on (on a
     // network that blocks UDP, TURN over TCP/TLS is the only way in).
@@ -99,6 +106,7 @@ export class Visit extends EventTarget {
       this._emit("track", { track: e.track, stream });
     });
     pc.addEventListener("connectionstatechange", () => {
+      if (this.pc !== pc) return; // replaced by a rejoin
       const s = pc.connectionState;
       if (s === "connected") this._setState("connected");
       if (s === "failed" || s === "disconnected") {
@@ -179,6 +187,7 @@ export class Visit extends EventTarget {
     this._resuming = true;
     this._setState("reconnecting");
     const deadline = Date.now() + 15000;
+    let failures = 0;
     for (let delay = 250; Date.now() < deadline && this.state !== "left"; delay = Math.min(delay * 2, 4000)) {
       try {
         await this._openSignaling();
@@ -190,18 +199,92 @@ export class Visit extends EventTarget {
         await this.restartIce();
         return;
       } catch (e) {
-        if (e.code === "resume_refused") break;
+        // The seat is gone (its media node stopped), or the node does not
+        // answer at all: in a cluster, join again through the home node,
+        // which places the room on a live media node.
+        failures += 1;
+        if (e.code === "resume_refused" || (this.node && failures >= 2)) break;
         await new Promise((r) => setTimeout(r, delay));
       }
+    }
+    if (this.state !== "left" && this.room && (this.node || this.wsUrl !== this.homeUrl)) {
+      this._resuming = false;
+      return this._rejoin();
     }
     this._resuming = false;
     this._setState("disconnected");
     this._emit("error", { code: "resume_failed", message: "lost the connection to the room: join again" });
   }
 
+  /**
+   * The media node holding our seat is gone: a new peer connection, joined
+   * through the home node (which moves the room to a live media node), with
+   * the same camera and microphone. Others' tracks come again as `track`.
+   */
+  async _rejoin() {
+    this._setState("reconnecting");
+    this._emit("rejoining", { node: this.node });
+    const old = this.ws;
+    this.ws = null;
+    try { old?.close(); } catch (_) {}
+    try { this.pc?.close(); } catch (_) {}
+    this.pc = null;
+    this.participant = null;
+    this.resumeToken = null;
+    this.tracks.clear();
+    this.participants.clear();
+    this.wsUrl = this.homeUrl;
+    this.node = null;
+    const deadline = Date.now() + 30000;
+    for (let delay = 250; Date.now() < deadline && this.state !== "left"; delay = Math.min(delay * 2, 2000)) {
+      try {
+        await this.join(this.room, this.stream, { simulcast: this.simulcast });
+        this._emit("rejoined", { node: this.node });
+        return;
+      } catch (e) {
+        try { this.ws?.close(); } catch (_) {}
+        try { this.pc?.close(); } catch (_) {}
+        this.ws = null;
+        this.pc = null;
+        this.wsUrl = this.homeUrl;
+        if (e.code === "visit_ended") return;
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+    this._setState("disconnected");
+    this._emit("error", { code: "resume_failed", message: "lost the connection to the room: join again" });
+  }
+
+  /** The room is on another media node: continue the join there. */
+  async _redirect(msg) {
+    this._redirects += 1;
+    if (this._redirects > 3) {
+      this._joined?.reject(Object.assign(new Error("the cluster kept redirecting the join"), { code: "redirect_loop" }));
+      return;
+    }
+    const old = this.ws;
+    this.ws = null;
+    try { old?.close(); } catch (_) {}
+    this.node = msg.node;
+    this.wsUrl = msg.url + (msg.url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(this.token);
+    try {
+      await this._openSignaling();
+      if (this.iceServers.length) {
+        try { this.pc.setConfiguration({ ...this.pc.getConfiguration(), iceServers: this.iceServers }); } catch (_) {}
+      }
+      this._emit("redirected", { node: msg.node });
+      this.ws.send(JSON.stringify({ type: "join", room: msg.room, sdp: this.pc.localDescription.sdp }));
+    } catch (e) {
+      this._joined?.reject(e);
+    }
+  }
+
   async _onSignal(msg) {
     const pc = this.pc;
     switch (msg.type) {
+      case "redirect":
+        await this._redirect(msg);
+        break;
       case "resumed":
         // Fresh TURN credentials came with this connection's `welcome`.
         if (this.iceServers.length) {

@@ -7,7 +7,7 @@
 //!   a gap by reading it (a `seq` that skips ahead, or [`Bus::reconnects`]
 //!   after NATS was away). Keeping a second copy in a JetStream stream would
 //!   double the write path for no guarantee the store does not already give.
-//! - **Membership** (media nodes and their load) lives in a JetStream
+//! - **Buckethip** (media nodes and their load) lives in a JetStream
 //!   key-value bucket whose entries expire: a node that stops announcing
 //!   itself (killed, partitioned) drops out of placement by itself.
 //!
@@ -87,7 +87,9 @@ impl Bus {
                         async_nats::Event::SlowConsumer(_) => {
                             // Messages were dropped for a slow subscriber:
                             // the same repair as after a reconnect.
-                            tracing::warn!("bus: slow consumer, messages dropped; streams re-read the store");
+                            tracing::warn!(
+                                "bus: slow consumer, messages dropped; streams re-read the store"
+                            );
                             reconnects_tx.send_modify(|n| *n += 1);
                         }
                         other => tracing::debug!(event = %other, "bus event"),
@@ -175,7 +177,7 @@ impl Bus {
 
     /// A key-value bucket whose entries expire `ttl` after their last put
     /// (created if missing).
-    pub async fn members(&self, bucket: &str, ttl: Duration) -> Result<Members, BusError> {
+    pub async fn bucket(&self, bucket: &str, ttl: Duration) -> Result<Bucket, BusError> {
         let kv = match self.jetstream.get_key_value(bucket).await {
             Ok(kv) => kv,
             Err(_) => self
@@ -190,17 +192,48 @@ impl Bus {
                 .await
                 .map_err(|e| nats("create key-value bucket")(e.to_string()))?,
         };
-        Ok(Members { kv })
+        Ok(Bucket { kv })
     }
 }
 
-/// Entries that live as long as they are renewed.
+/// A JetStream key-value bucket: entries live as long as they are renewed
+/// (membership), or are changed only by compare-and-set (placements).
 #[derive(Clone)]
-pub struct Members {
+pub struct Bucket {
     kv: jetstream::kv::Store,
 }
 
-impl Members {
+impl Bucket {
+    /// The value and its revision (for [`Bucket::replace`]), if any.
+    pub async fn get(&self, key: &str) -> Result<Option<(Bytes, u64)>, BusError> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|e| nats("read entry")(e.to_string()))?;
+        Ok(entry
+            .filter(|e| e.operation == jetstream::kv::Operation::Put)
+            .map(|e| (e.value, e.revision)))
+    }
+
+    /// Sets `key` only if it has no value: false if someone else's is there.
+    pub async fn create(&self, key: &str, value: Bytes) -> Result<bool, BusError> {
+        match self.kv.create(key, value).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(nats("create entry")(e.to_string())),
+        }
+    }
+
+    /// Sets `key` only if it is still at `revision`: false if it moved on.
+    pub async fn replace(&self, key: &str, value: Bytes, revision: u64) -> Result<bool, BusError> {
+        match self.kv.update(key, value, revision).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == jetstream::kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(nats("update entry")(e.to_string())),
+        }
+    }
+
     /// Adds or renews `key`.
     pub async fn announce(&self, key: &str, value: Bytes) -> Result<(), BusError> {
         self.kv

@@ -21,6 +21,7 @@ pub mod lobby;
 pub mod media;
 pub mod messaging;
 pub mod ops;
+pub mod placement;
 pub mod queues;
 pub mod reminders;
 pub mod routing;

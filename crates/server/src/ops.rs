@@ -87,6 +87,28 @@ pub async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response 
         metrics::gauge!("continuum_outbox_depth").set(depth as f64);
     }
     metrics::gauge!("continuum_store_write_queue_depth").set(s.store.write_queue_depth() as f64);
+    if let Some(placement) = &s.placement
+        && let Ok(nodes) = placement.live_nodes().await
+    {
+        // The cluster as this node sees it: live media nodes per region.
+        let mut per_region: std::collections::BTreeMap<&str, (usize, u32, u32)> =
+            Default::default();
+        for n in &nodes {
+            let r = per_region.entry(n.region.as_str()).or_default();
+            r.0 += 1;
+            r.1 += n.rooms;
+            r.2 += n.capacity;
+        }
+        for (region, (count, rooms, capacity)) in per_region {
+            let region = region.to_owned();
+            metrics::gauge!("continuum_cluster_media_nodes", "region" => region.clone())
+                .set(count as f64);
+            metrics::gauge!("continuum_cluster_media_rooms", "region" => region.clone())
+                .set(rooms as f64);
+            metrics::gauge!("continuum_cluster_media_capacity", "region" => region)
+                .set(capacity as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

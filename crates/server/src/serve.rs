@@ -156,6 +156,30 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         }
         state.media = Some(media);
     }
+    if let Some(bus) = &state.bus {
+        let announce = state.media.as_ref().map(|_| {
+            let public = cfg
+                .node
+                .media_url
+                .clone()
+                .unwrap_or_else(|| cfg.server.public_base());
+            (
+                crate::placement::MediaNode {
+                    node: node.clone(),
+                    region: cfg.server.region.clone(),
+                    signaling: crate::placement::signaling_base(&public),
+                    capacity: cfg.node.media_capacity,
+                    rooms: 0,
+                    participants: 0,
+                },
+                state.lobby.clone(),
+            )
+        });
+        state.placement = Some(
+            crate::placement::Placement::start(bus, store.clone(), announce, state.ready.clone())
+                .await?,
+        );
+    }
     if cfg.sip.enabled && cfg.node.has(NodeRole::Sip) {
         let nonce_key = *store.master_key().derive("sip-nonce").as_bytes();
         let voice = crate::voice::VoiceService::start(

@@ -46,6 +46,8 @@ pub struct AppState {
     pub ivr: Option<Arc<crate::ivr::IvrHost>>,
     /// The cluster bus, when this node is one of several.
     pub bus: Option<continuum_bus::Bus>,
+    /// Which media node hosts each room (with a bus).
+    pub placement: Option<Arc<crate::placement::Placement>>,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             chat: Arc::default(),
             ivr: None,
             bus: None,
+            placement: None,
         }
     }
 

@@ -98,6 +98,13 @@ pub async fn signaling(
         .into_response();
     }
     if s.media.is_none() {
+        // In a cluster, a node without media still takes the connection and
+        // sends the client to the room's media node.
+        if s.placement.is_some() {
+            return ws
+                .max_message_size(256 * 1024)
+                .on_upgrade(move |socket| redirect_session(s, p, socket));
+        }
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "media_unavailable",
@@ -328,6 +335,109 @@ pub(crate) fn refreshed(
     }
     s.revocations.check(tenant_id, &c.meta())?;
     Ok(c)
+}
+
+/// In a cluster: `None` when this node hosts the room, else the `redirect`
+/// (or the error) to send.
+async fn placed(s: &AppState, tenant_id: &str, room: &Room) -> Result<Option<String>, String> {
+    let Some(placement) = &s.placement else {
+        return Ok(None);
+    };
+    let region = match s.store.find_tenant(tenant_id).await {
+        Ok(t) => t.region,
+        Err(e) => {
+            return Err(error(
+                "media_unavailable",
+                format!("the tenant could not be read: {e}"),
+            ));
+        }
+    };
+    match placement.host_for(tenant_id, &region, room).await {
+        Ok(crate::placement::Host::Here) => Ok(None),
+        Ok(crate::placement::Host::There { node, signaling }) => Ok(Some(
+            ServerMsg::Redirect {
+                room: room.id.clone(),
+                node,
+                url: format!("{signaling}/v1/rtc"),
+            }
+            .text(),
+        )),
+        Err(m) => Err(error("media_unavailable", m)),
+    }
+}
+
+/// A signaling connection on a node without media: `welcome`, then each
+/// `join` is answered with the room's media node (`redirect`) or an error.
+async fn redirect_session(s: AppState, p: Principal, socket: WebSocket) {
+    let Principal::Token {
+        tenant_id,
+        identity,
+        role,
+        grants,
+        region,
+        name,
+        token,
+    } = p.clone()
+    else {
+        return;
+    };
+    let (mut sink, mut stream) = socket.split();
+    let welcome = ServerMsg::Welcome {
+        protocol: PROTOCOL_VERSION,
+        identity: identity.clone(),
+        name,
+        role,
+        expires_at: token.expires_at,
+        ice_servers: ice_servers(&s, &tenant_id, &identity, region.as_deref()),
+    };
+    if sink
+        .send(Message::Text(welcome.text().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let reply = match serde_json::from_str::<ClientMsg>(&text) {
+            Ok(ClientMsg::Join { room, .. }) => {
+                if !grants.allows_room(&room) {
+                    s.audit_denial(
+                        &tenant_id,
+                        &p.audit_actor(),
+                        "room.join",
+                        &format!("room/{room}"),
+                        "not in grants",
+                    )
+                    .await;
+                    error("not_found", "room not found")
+                } else {
+                    match s.store.get_room(&tenant_id, &room).await {
+                        Err(_) => error("not_found", "room not found"),
+                        Ok(r) if r.ended_at.is_some() => {
+                            error("visit_ended", "this visit has ended")
+                        }
+                        Ok(r) => match placed(&s, &tenant_id, &r).await {
+                            Ok(Some(redirect)) => redirect,
+                            Ok(None) => {
+                                error("media_unavailable", "this node runs no media worker")
+                            }
+                            Err(e) => e,
+                        },
+                    }
+                }
+            }
+            Ok(ClientMsg::Resume { .. }) => error(
+                "resume_refused",
+                "this node holds no seats (no media worker): join again",
+            ),
+            Ok(_) => error("not_joined", "join a room first"),
+            Err(e) => error("bad_message", e.to_string()),
+        };
+        if sink.send(Message::Text(reply.into())).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn session(s: AppState, p: Principal, socket: WebSocket) {
@@ -801,6 +911,11 @@ impl Connection {
             Ok(r) if r.ended_at.is_some() => return error("visit_ended", "this visit has ended"),
             Ok(r) => r,
         };
+        match placed(&self.s, &self.tenant_id, &r).await {
+            Ok(None) => {}
+            Ok(Some(redirect)) => return redirect,
+            Err(e) => return e,
+        }
         let key = RoomKey::new(&self.tenant_id, &r.id);
         let rx = self.s.lobby.subscribe(&key);
         self.lobby = Some((key.clone(), rx));

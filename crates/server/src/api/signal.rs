@@ -29,6 +29,13 @@ pub enum ServerMsg {
         ticket: String,
         message: &'static str,
     },
+    /// The room is hosted by another media node of the cluster: reconnect
+    /// to `url` (with the same token) and send the `join` there.
+    Redirect {
+        room: String,
+        node: String,
+        url: String,
+    },
     Joined {
         protocol: u32,
         resume: String,
