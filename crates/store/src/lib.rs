@@ -12,6 +12,7 @@ pub mod audit;
 pub mod crypto;
 pub mod db;
 mod error;
+pub mod migrate;
 mod pool;
 mod postgres;
 mod schema;
@@ -49,7 +50,7 @@ pub use ivr::{BusinessCalendar, IvrFlow, MAX_FLOW_BYTES};
 pub use messaging::{
     ClaimedMessage, ConsentChange, FailedAttempt, InboundOutcome, InboundRecord, MessageRef,
     MessageState, MessagingProvider, NewMessagingProvider, NewOutboundMessage, OutboundMessage,
-    ProviderKind, ProviderWithSecret, SendOutcome,
+    ProviderKind, ProviderWithSecret, SENDING_LEASE, SendOutcome,
 };
 pub use reminders::{
     Appointment, AppointmentInput, AppointmentPatch, AppointmentStatus, AppointmentUpsert,

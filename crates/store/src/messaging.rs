@@ -20,6 +20,10 @@ use crate::{Store, TenantKeys, WriteCtx, now_micros};
 use continuum_core::{Actor, Channel, EventKind, NewEvent};
 use serde::{Deserialize, Serialize};
 
+/// How long a node may take to send a claimed message before others treat
+/// the claim as abandoned (PostgreSQL; far above any provider timeout).
+pub const SENDING_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -1084,20 +1088,31 @@ impl Store {
 
     /// At start: messages a crashed process had claimed become `unconfirmed`
     /// (see the module docs for why they are not re-sent). Returns how many.
+    /// Messages claimed for sending and never settled: at start on SQLite
+    /// (all of them were this process's), and on PostgreSQL those claimed
+    /// longer than [`SENDING_LEASE`] ago (their node died; run it now and then).
     pub async fn recover_claimed_messages(&self) -> Result<usize> {
         let store = self.clone();
         let live = self.0.live.clone();
         self.write_then(
             move |ctx| {
+                // SQLite: one node, so everything still `sending` at start
+                // was this process's. PostgreSQL: other nodes may be sending
+                // right now; only claims older than the lease were abandoned.
+                let claimed_before = if ctx.conn.is_pg() {
+                    now_micros() - SENDING_LEASE.as_micros() as i64
+                } else {
+                    i64::MAX
+                };
                 let stuck: Vec<(String, String)> = ctx
                     .conn
                     // By conversation: each gets a status event, which locks
                     // its conversation (PostgreSQL), in the order claims take them.
                     .prepare(&format!(
-                        "SELECT id, tenant_id FROM messages WHERE state = 'sending' ORDER BY conversation_id, id{}",
+                        "SELECT id, tenant_id FROM messages WHERE state = 'sending' AND updated_at < ?1 ORDER BY conversation_id, id{}",
                         ctx.conn.row_lock()
                     ))?
-                    .query_map(params![], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map(params![claimed_before], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<crate::db::Result<_>>()?;
                 let mut events = Vec::new();
                 for (id, t) in &stuck {

@@ -26,6 +26,29 @@ impl MessagingService {
             ),
             Err(e) => tracing::error!(error = %e, "cannot recover claimed messages"),
         }
+        if self.store.backend() == "postgres" {
+            // Other nodes' abandoned claims (their node died mid-send) are
+            // found by age, so look now and then, not only at start.
+            let store = self.store.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.changed() => return,
+                    }
+                    if let Ok(n) = store.recover_claimed_messages().await
+                        && n > 0
+                    {
+                        tracing::warn!(
+                            messages = n,
+                            "messages claimed by a node that stopped; marked unconfirmed (not re-sent)"
+                        );
+                    }
+                }
+            });
+        }
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let ready = self.store.messages_ready();
         loop {
