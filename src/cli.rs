@@ -76,6 +76,22 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copy a single-node SQLite store into an empty PostgreSQL database,
+    /// to run it as a cluster (`store.url`). Stop the server first: the copy
+    /// takes the SQLite store's exclusive lock and is refused while a server
+    /// holds it open. Every table is copied as it is (sealed data stays
+    /// sealed, so the PostgreSQL nodes need this same master key), in one
+    /// transaction (a failed copy leaves the target empty); the audit chains
+    /// are verified on PostgreSQL at the end.
+    Migrate {
+        /// The SQLite store's data directory (default: server.data_dir).
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// The empty PostgreSQL database to fill,
+        /// postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (default: store.url).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+    },
     /// Print the OpenAPI document.
     Openapi,
     /// Run only the STUN/TURN server (`[turn]` config), e.g. on an edge node
@@ -421,6 +437,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             });
         }
+        Command::Migrate { from, to } => return migrate(&g, from, to),
         Command::Openapi => {
             println!("{}", continuum_server::app::openapi().to_pretty_json()?);
         }
@@ -430,4 +447,141 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => crate::plan::run(args)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `continuum migrate`: the copy with a progress bar per table, a summary,
+/// and the verification of the PostgreSQL store's audit chains.
+fn migrate(g: &Global, from: Option<PathBuf>, to: Option<String>) -> anyhow::Result<ExitCode> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let mut cfg = load_config(g)?;
+    if let Some(from) = from {
+        cfg.server.data_dir = from;
+    }
+    let from = cfg.server.data_dir.clone();
+    let Some(to) = to.or_else(|| cfg.store.url.clone()) else {
+        bail!(
+            "no target: give --to postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (or set store.url)"
+        );
+    };
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        bail!("--to must be a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)");
+    }
+    if !continuum_store::database_path(&from).is_file() {
+        bail!(
+            "no Continuum store at {}: --from names the server's data directory (server.data_dir)",
+            continuum_store::database_path(&from).display()
+        );
+    }
+    let key_file = cfg.security.master_key.is_none();
+    let master = serve::load_master_key(&cfg)?;
+    println!(
+        "copying the SQLite store in {} to {}",
+        from.display(),
+        describe_url(&to)
+    );
+    let style = ProgressStyle::with_template("{prefix:>20} {bar:30} {pos:>9}/{len:9} rows {msg}")
+        .expect("template");
+    let mut bar: Option<ProgressBar> = None;
+    let started = std::time::Instant::now();
+    let result = continuum_store::migrate::copy_sqlite_to_postgres(&from, master, &to, |p| {
+        use continuum_store::migrate::Progress;
+        match p {
+            Progress::Checked { tenants } => {
+                println!(
+                    "source locked, {tenants} tenant key(s) open with the master key, target empty"
+                );
+            }
+            Progress::Table { table, rows } => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                let b = ProgressBar::new(rows).with_style(style.clone());
+                b.set_prefix(table.to_owned());
+                bar = Some(b);
+            }
+            Progress::Copied { rows, .. } => {
+                if let Some(b) = &bar {
+                    b.set_position(rows);
+                }
+            }
+            Progress::Finishing => {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                println!("setting audit chain heads and id sequences, committing…");
+            }
+            Progress::Verifying => println!(
+                "committed in {:.1} s; verifying the audit chains on PostgreSQL…",
+                started.elapsed().as_secs_f64()
+            ),
+        }
+    });
+    if let Some(b) = bar.take() {
+        b.abandon();
+    }
+    let report = result.context("the migration failed; the target database was left as it was")?;
+    println!();
+    println!("{:<22}{:>12}", "table", "rows");
+    for (table, rows) in &report.tables {
+        println!("{table:<22}{rows:>12}");
+    }
+    println!("{:<22}{:>12}", "total", report.rows());
+    println!();
+    println!(
+        "copied {} rows of {} tenant(s) in {:.1} s",
+        report.rows(),
+        report.tenants,
+        report.elapsed.as_secs_f64()
+    );
+    for (tenant, seq) in &report.audit_chains {
+        println!("audit chain {tenant}: continues after record {seq}");
+    }
+    let v = &report.verify;
+    println!(
+        "PostgreSQL verification: checked {} chain(s), {} audit records, {} events",
+        v.chains_checked, v.audit_records, v.events_checked
+    );
+    for p in &v.problems {
+        println!(
+            "BROKEN tenant {} at {}: {}",
+            p.tenant_id, p.location, p.reason
+        );
+    }
+    if !v.is_intact() {
+        println!("audit chain NOT intact on PostgreSQL: keep serving from SQLite and report this");
+        return Ok(ExitCode::from(2));
+    }
+    println!("audit chain intact");
+    println!();
+    println!(
+        "next: start the nodes with store.url = {}",
+        describe_url(&to)
+    );
+    if key_file {
+        println!(
+            "      and the master key of {} as security.master_key (CONTINUUM_SECURITY__MASTER_KEY) on every node",
+            from.join("master.key").display()
+        );
+    } else {
+        println!("      and the same security.master_key on every node");
+    }
+    println!(
+        "      (the SQLite store in {} is unchanged: keep it as a backup, do not serve from it again)",
+        from.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A PostgreSQL URL without its password, for messages.
+fn describe_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user, host)) => {
+                let user = user.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
