@@ -14,6 +14,71 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_continuum");
 
+/// `CONTINUUM_TEST_BACKEND=postgres`: every server of this test binary keeps
+/// its state in PostgreSQL and joins a NATS bus (both started here, once per
+/// binary), so the suite runs against the cluster backends. Otherwise the
+/// embedded SQLite store, as a newcomer runs it.
+pub fn on_postgres() -> bool {
+    std::env::var("CONTINUUM_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The master key of a PostgreSQL-backed test server: one per data
+/// directory, as each SQLite server generates its own (tests rely on two
+/// servers not trusting each other's tokens).
+fn pg_master_key(data_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    format!("{:016x}", h.finish()).repeat(4)
+}
+
+struct Backends {
+    pg: continuum_testkit::Postgres,
+    nats: continuum_testkit::Nats,
+    /// Data directory → its database (a server restarted on the same data
+    /// directory finds its data again, as with SQLite).
+    databases: std::collections::HashMap<PathBuf, String>,
+}
+
+fn backends() -> &'static std::sync::Mutex<Backends> {
+    static B: std::sync::OnceLock<std::sync::Mutex<Backends>> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        std::sync::Mutex::new(Backends {
+            pg: continuum_testkit::Postgres::start().expect("starting the test PostgreSQL"),
+            nats: continuum_testkit::Nats::start().expect("starting the test nats-server"),
+            databases: Default::default(),
+        })
+    })
+}
+
+/// The environment that points a server (or the CLI) for `data_dir` at
+/// PostgreSQL and NATS, when the suite runs on them.
+pub fn backend_env(data_dir: &Path) -> Vec<(String, String)> {
+    if !on_postgres() {
+        return Vec::new();
+    }
+    let mut b = backends().lock().unwrap();
+    let n = b.databases.len();
+    let url = match b.databases.get(data_dir) {
+        Some(url) => url.clone(),
+        None => {
+            let url =
+                b.pg.create_database(&format!("t{}_{n}", std::process::id()))
+                    .expect("creating a test database");
+            b.databases.insert(data_dir.to_owned(), url.clone());
+            url
+        }
+    };
+    vec![
+        ("CONTINUUM_STORE__URL".into(), url),
+        ("CONTINUUM_BUS__URL".into(), b.nats.url()),
+        (
+            "CONTINUUM_SECURITY__MASTER_KEY".into(),
+            pg_master_key(data_dir),
+        ),
+    ]
+}
+
 pub struct Visit {
     pub conv: String,
     pub room: String,
@@ -65,6 +130,9 @@ impl Server {
             .env("CONTINUUM_SIP__TCP_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        for (k, v) in backend_env(data_dir) {
+            cmd.env(k, v);
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -238,6 +306,7 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String) {
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
+        .envs(backend_env(data_dir))
         .env("CONTINUUM_LOG", "warn")
         .output()
         .expect("running continuum");

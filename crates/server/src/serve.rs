@@ -65,6 +65,7 @@ fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 fn store_options(cfg: &Config) -> StoreOptions {
     StoreOptions {
         pg_connections: cfg.store.pool_size,
+        node: crate::cluster::node_name(cfg),
         ..StoreOptions::default()
     }
 }
@@ -129,6 +130,19 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         cfg.server.public_url = Some(format!("{scheme}://{bound}"));
     }
     let store = connect_store(&cfg).await?;
+    if cfg.store.url.is_some() {
+        // No database file here, but attachments and prompts are: the data
+        // directory is the owner's alone, as with SQLite.
+        let dir = &cfg.server.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data dir {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to mode 700", dir.display()))?;
+        }
+    }
     tracing::info!(store = %store.location(), backend = store.backend(), "store open");
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();

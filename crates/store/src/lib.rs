@@ -92,6 +92,8 @@ pub struct StoreOptions {
     pub live_buffer: usize,
     /// PostgreSQL: connections kept open, and writes run at once.
     pub pg_connections: usize,
+    /// This node's name in a cluster (whose claims are whose).
+    pub node: String,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +102,7 @@ impl Default for StoreOptions {
             readers: 8,
             live_buffer: 4096,
             pg_connections: 32,
+            node: "local".into(),
         }
     }
 }
@@ -163,6 +166,7 @@ struct Inner {
     master: SecretKey,
     tenant_keys: RwLock<HashMap<String, Arc<TenantKeys>>>,
     live: live::Live,
+    node: String,
     outbox_ready: Arc<Notify>,
     /// Woken when outbound messages are queued or re-queued.
     messages_ready: Arc<Notify>,
@@ -285,12 +289,14 @@ impl Store {
     fn with_engine(engine: Engine, master: SecretKey, opts: StoreOptions) -> Store {
         let read_slots = Arc::new(Semaphore::new(opts.readers.max(1)));
         let live = live::Live::new(opts.live_buffer.max(16));
+        let node = opts.node.clone();
         Store(Arc::new(Inner {
             engine,
             read_slots,
             master,
             tenant_keys: RwLock::new(HashMap::new()),
             live,
+            node,
             outbox_ready: Arc::new(Notify::new()),
             messages_ready: Arc::new(Notify::new()),
             reminders_ready: Arc::new(Notify::new()),

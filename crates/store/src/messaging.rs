@@ -922,8 +922,8 @@ impl Store {
                         continue;
                     }
                     ctx.conn
-                        .prepare_cached("UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1")?
-                        .execute(params![id, now])?;
+                        .prepare_cached("UPDATE messages SET state = 'sending', attempts = attempts + 1, updated_at = ?2, claimed_by = ?3 WHERE id = ?1")?
+                        .execute(params![id, now, store.0.node])?;
                     message.attempts += 1;
                     message.state = MessageState::Sending;
                     let provider_hint = message.provider_id.clone();
@@ -1089,8 +1089,9 @@ impl Store {
     /// At start: messages a crashed process had claimed become `unconfirmed`
     /// (see the module docs for why they are not re-sent). Returns how many.
     /// Messages claimed for sending and never settled: at start on SQLite
-    /// (all of them were this process's), and on PostgreSQL those claimed
-    /// longer than [`SENDING_LEASE`] ago (their node died; run it now and then).
+    /// (all of them were this process's), and on PostgreSQL this node's own
+    /// (`StoreOptions::node`: it restarted) and any claimed longer than
+    /// [`SENDING_LEASE`] ago (their node died; run it now and then).
     pub async fn recover_claimed_messages(&self) -> Result<usize> {
         let store = self.clone();
         let live = self.0.live.clone();
@@ -1104,15 +1105,16 @@ impl Store {
                 } else {
                     i64::MAX
                 };
+                let me = store.0.node.clone();
                 let stuck: Vec<(String, String)> = ctx
                     .conn
                     // By conversation: each gets a status event, which locks
                     // its conversation (PostgreSQL), in the order claims take them.
                     .prepare(&format!(
-                        "SELECT id, tenant_id FROM messages WHERE state = 'sending' AND updated_at < ?1 ORDER BY conversation_id, id{}",
+                        "SELECT id, tenant_id FROM messages WHERE state = 'sending' AND (updated_at < ?1 OR claimed_by = ?2) ORDER BY conversation_id, id{}",
                         ctx.conn.row_lock()
                     ))?
-                    .query_map(params![claimed_before], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map(params![claimed_before, me], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<crate::db::Result<_>>()?;
                 let mut events = Vec::new();
                 for (id, t) in &stuck {

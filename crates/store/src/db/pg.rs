@@ -54,12 +54,12 @@ impl From<tokio_postgres::Error> for PgError {
 }
 
 /// One client connection with its statement cache. The store runs on
-/// blocking threads; each call blocks on the async client, whose connection
-/// task runs on the pool's own runtime (so dropping a connection never blocks,
-/// wherever it happens).
+/// blocking threads; each call waits for the async client with a plain
+/// executor (legal on any thread, the CLI's async main included), while the
+/// connection's socket is driven by a task on the pool's own runtime (so
+/// dropping a connection never blocks, wherever it happens).
 pub(crate) struct PgConn {
     client: tokio_postgres::Client,
-    runtime: tokio::runtime::Handle,
     cache: HashMap<String, tokio_postgres::Statement>,
     /// Set once an error said the connection is gone; the pool drops it.
     pub(crate) broken: bool,
@@ -75,15 +75,25 @@ impl PgConn {
         config: &tokio_postgres::Config,
         runtime: &tokio::runtime::Handle,
     ) -> Result<PgConn, PgError> {
-        let (client, connection) = runtime.block_on(config.connect(tokio_postgres::NoTls))?;
-        runtime.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended");
-            }
+        // The socket is the runtime's: connect there, and leave the
+        // connection task running on it.
+        let config = config.clone();
+        let connecting = runtime.spawn(async move {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "PostgreSQL connection ended");
+                }
+            });
+            Ok::<_, tokio_postgres::Error>(client)
         });
+        let client = futures::executor::block_on(connecting).map_err(|e| PgError {
+            code: None,
+            message: format!("connecting failed: {e}"),
+            unavailable: true,
+        })??;
         Ok(PgConn {
             client,
-            runtime: runtime.clone(),
             cache: HashMap::new(),
             broken: false,
             in_write: false,
@@ -109,7 +119,7 @@ impl PgConn {
             return Ok(s.clone());
         }
         let translated = translate(sql);
-        let r = self.runtime.block_on(self.client.prepare(&translated));
+        let r = futures::executor::block_on(self.client.prepare(&translated));
         let stmt = self.note(r)?;
         if cache {
             if self.cache.len() >= MAX_CACHED {
@@ -128,7 +138,7 @@ impl PgConn {
         let params: Vec<Param<'_>> = values.iter().map(|v| Param(*v)).collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let r = self.runtime.block_on(self.client.execute(stmt, &refs));
+        let r = futures::executor::block_on(self.client.execute(stmt, &refs));
         self.note(r)
     }
 
@@ -140,12 +150,12 @@ impl PgConn {
         let params: Vec<Param<'_>> = values.iter().map(|v| Param(*v)).collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let r = self.runtime.block_on(self.client.query(stmt, &refs));
+        let r = futures::executor::block_on(self.client.query(stmt, &refs));
         self.note(r)
     }
 
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
-        let r = self.runtime.block_on(self.client.batch_execute(sql));
+        let r = futures::executor::block_on(self.client.batch_execute(sql));
         self.note(r)
     }
 
