@@ -683,7 +683,10 @@ async fn a_killed_media_node_rooms_move_and_browsers_come_back() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/cluster.mjs");
     let mut child = tokio::process::Command::new("node")
         .arg(script)
-        .args([&c.nodes[0].base, &v.room, &v.tokens[0], &v.tokens[1]])
+        // Each browser enters through a different node: the eu API node, and
+        // the us node (any node takes signaling and redirects; the room
+        // still goes to the tenant's region).
+        .args([&c.nodes[0].base, &c.nodes[3].base, &v.room, &v.tokens[0], &v.tokens[1]])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

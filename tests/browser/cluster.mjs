@@ -1,13 +1,13 @@
-// Two Chromium peers join one room through an API node of a cluster, are
-// redirected to the media node that hosts it, and see each other. Then the
-// test kills that media node (kill -9): both must come back by themselves,
-// on another media node, with video flowing again. Usage:
-//   node cluster.mjs <home-base-url> <room> <token-a> <token-b>
+// Two Chromium peers join one room, each through a different node of a
+// cluster, are redirected to the media node that hosts it, and see each
+// other. Then the test kills that media node (kill -9): both must come back
+// by themselves, on another media node, with video flowing again. Usage:
+//   node cluster.mjs <home-url-a> <home-url-b> <room> <token-a> <token-b>
 // Prints one JSON line per check; `{"check":"joined",...,"node":...}` is the
 // test's cue to kill that node. Exits non-zero on the first failure.
 import { launch } from "./chromium.mjs";
 
-const [base, room, ...tokens] = process.argv.slice(2);
+const [baseA, baseB, room, ...tokens] = process.argv.slice(2);
 const browser = await launch();
 
 function report(check, ok, detail) {
@@ -18,7 +18,7 @@ function report(check, ok, detail) {
   }
 }
 
-async function join(name, token) {
+async function join(name, base, token) {
   const page = await (await browser.newContext()).newPage();
   page.on("pageerror", (e) => console.error(`[${name}] ${e.message}`));
   page.on("console", (m) => { if (m.type() === "error") console.error(`[${name}] ${m.text()}`); });
@@ -60,7 +60,7 @@ async function waitForVideo(pages, what, timeoutMs) {
   report(what, false, { frames: seen });
 }
 
-const pages = await Promise.all([join("A", tokens[0]), join("B", tokens[1])]);
+const pages = await Promise.all([join("A", baseA, tokens[0]), join("B", baseB, tokens[1])]);
 const nodes = await Promise.all(pages.map((p) => p.evaluate(() => window.nodes)));
 const hosts = nodes.map((n) => n[n.length - 1]);
 report("both redirected to one media node", hosts[0] && hosts[0] === hosts[1], { nodes });
