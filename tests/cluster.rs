@@ -229,6 +229,24 @@ async fn a_stream_on_one_node_sees_every_nodes_events_in_order_and_webhooks_fire
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Each node's metrics say which node they are from.
+    let metrics = cn
+        .client
+        .get(cn.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("continuum_node_info{")
+                && l.contains(r#"node="node-c""#)
+                && l.contains(r#"store="postgres""#)),
+        "continuum_node_info names node-c"
+    );
     let counts = seen.lock().unwrap().clone();
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "delivered more than once: {doubled:?}");
@@ -686,7 +704,13 @@ async fn a_killed_media_node_rooms_move_and_browsers_come_back() {
         // Each browser enters through a different node: the eu API node, and
         // the us node (any node takes signaling and redirects; the room
         // still goes to the tenant's region).
-        .args([&c.nodes[0].base, &c.nodes[3].base, &v.room, &v.tokens[0], &v.tokens[1]])
+        .args([
+            &c.nodes[0].base,
+            &c.nodes[3].base,
+            &v.room,
+            &v.tokens[0],
+            &v.tokens[1],
+        ])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

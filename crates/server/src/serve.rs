@@ -148,6 +148,21 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     let metrics = telemetry::install_metrics();
     let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
     let node = crate::cluster::node_name(&cfg);
+    // Which node these metrics are from, for a cluster's dashboards.
+    let roles: Vec<String> = cfg
+        .node
+        .roles
+        .iter()
+        .map(|r| format!("{r:?}").to_lowercase())
+        .collect();
+    metrics::gauge!(
+        "continuum_node_info",
+        "node" => node.clone(),
+        "region" => cfg.server.region.clone(),
+        "roles" => roles.join(","),
+        "store" => store.backend()
+    )
+    .set(1.0);
     if let Some(url) = &cfg.bus.url {
         let bus = continuum_bus::Bus::connect(url, &node).await?;
         crate::cluster::start(store.clone(), bus.clone()).await?;
