@@ -69,9 +69,14 @@ pub fn backend_env(data_dir: &Path) -> Vec<(String, String)> {
             url
         }
     };
+    // Each server (data directory) is its own deployment: its own database,
+    // and its own namespace on the shared NATS.
+    let cluster = url.rsplit('/').next().unwrap_or("t").to_owned();
     vec![
         ("CONTINUUM_STORE__URL".into(), url),
+        ("CONTINUUM_STORE__POOL_SIZE".into(), "8".into()),
         ("CONTINUUM_BUS__URL".into(), b.nats.url()),
+        ("CONTINUUM_BUS__CLUSTER".into(), cluster),
         (
             "CONTINUUM_SECURITY__MASTER_KEY".into(),
             pg_master_key(data_dir),

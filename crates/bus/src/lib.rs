@@ -12,7 +12,10 @@
 //!   itself (killed, partitioned) drops out of placement by itself.
 //!
 //! Every message carries the sending node's name in a header, so a node can
-//! skip its own.
+//! skip its own. Subjects and buckets are namespaced by the cluster's name
+//! (`<cluster>.events…`, `<cluster>_media`), so several deployments (staging
+//! and production, or parallel tests) can share one NATS without hearing
+//! each other.
 
 use async_nats::jetstream;
 use bytes::Bytes;
@@ -43,6 +46,7 @@ pub struct Bus {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     node: String,
+    cluster: String,
     connected: watch::Receiver<bool>,
     reconnects: watch::Receiver<u64>,
 }
@@ -57,9 +61,22 @@ pub struct Delivery {
 }
 
 impl Bus {
-    /// Connects as `node`. Fails if NATS cannot be reached now; once
-    /// connected, the client reconnects by itself for as long as it takes.
-    pub async fn connect(url: &str, node: &str) -> Result<Bus, BusError> {
+    /// Connects as `node` of `cluster` (letters, digits, `_` and `-`). Fails
+    /// if NATS cannot be reached now; once connected, the client reconnects
+    /// by itself for as long as it takes.
+    pub async fn connect(url: &str, cluster: &str, node: &str) -> Result<Bus, BusError> {
+        if cluster.is_empty()
+            || !cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(BusError::Connect {
+                url: url.to_owned(),
+                reason: format!(
+                    "the cluster name `{cluster}` must be letters, digits, `_` and `-` (bus.cluster)"
+                ),
+            });
+        }
         let (connected_tx, connected) = watch::channel(false);
         let (reconnects_tx, reconnects) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
@@ -108,6 +125,7 @@ impl Bus {
             client,
             jetstream,
             node: node.to_owned(),
+            cluster: cluster.to_owned(),
             connected,
             reconnects,
         })
@@ -136,33 +154,41 @@ impl Bus {
         self.connected.clone()
     }
 
-    /// Publishes `payload` on `subject`, marked as this node's.
+    /// Publishes `payload` on `subject` (in this cluster's namespace),
+    /// marked as this node's.
     pub async fn publish(&self, subject: String, payload: Bytes) -> Result<(), BusError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(NODE_HEADER, self.node.as_str());
         self.client
-            .publish_with_headers(subject, headers, payload)
+            .publish_with_headers(format!("{}.{subject}", self.cluster), headers, payload)
             .await
             .map_err(|e| nats("publish")(e.to_string()))
     }
 
-    /// Every message on `subject` (wildcards allowed) from now on.
+    /// Every message on `subject` (in this cluster's namespace; wildcards
+    /// allowed) from now on. Deliveries name the subject without the
+    /// namespace.
     pub async fn subscribe(
         &self,
         subject: &str,
     ) -> Result<impl Stream<Item = Delivery> + Send + Unpin + use<>, BusError> {
+        let prefix = format!("{}.", self.cluster);
         let sub = self
             .client
-            .subscribe(subject.to_owned())
+            .subscribe(format!("{prefix}{subject}"))
             .await
             .map_err(|e| nats("subscribe")(e.to_string()))?;
-        Ok(sub.map(|m| Delivery {
+        Ok(sub.map(move |m| Delivery {
             from: m
                 .headers
                 .as_ref()
                 .and_then(|h| h.get(NODE_HEADER))
                 .map(|v| v.as_str().to_owned()),
-            subject: m.subject.to_string(),
+            subject: m
+                .subject
+                .strip_prefix(prefix.as_str())
+                .unwrap_or(&m.subject)
+                .to_owned(),
             payload: m.payload,
         }))
     }
@@ -178,6 +204,8 @@ impl Bus {
     /// A key-value bucket whose entries expire `ttl` after their last put
     /// (created if missing).
     pub async fn bucket(&self, bucket: &str, ttl: Duration) -> Result<Bucket, BusError> {
+        let bucket = format!("{}_{bucket}", self.cluster);
+        let bucket = bucket.as_str();
         let kv = match self.jetstream.get_key_value(bucket).await {
             Ok(kv) => kv,
             Err(_) => self

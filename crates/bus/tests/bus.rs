@@ -11,29 +11,45 @@ const WAIT: Duration = Duration::from_secs(20);
 #[tokio::test]
 async fn messages_cross_nodes_and_say_who_sent_them() {
     let nats = Nats::start().unwrap();
-    let a = Bus::connect(&nats.url(), "a").await.unwrap();
-    let b = Bus::connect(&nats.url(), "b").await.unwrap();
-    let mut sub = b.subscribe("continuum.events.>").await.unwrap();
+    let a = Bus::connect(&nats.url(), "test", "a").await.unwrap();
+    let b = Bus::connect(&nats.url(), "test", "b").await.unwrap();
+    let mut sub = b.subscribe("events.>").await.unwrap();
+    // Another deployment on the same NATS.
+    let other = Bus::connect(&nats.url(), "other", "c").await.unwrap();
+    let mut overheard = other.subscribe("events.>").await.unwrap();
     b.flush().await.unwrap();
-    a.publish(
-        "continuum.events.t1.c1".into(),
-        Bytes::from_static(b"hello"),
-    )
-    .await
-    .unwrap();
+    other.flush().await.unwrap();
+    a.publish("events.t1.c1".into(), Bytes::from_static(b"hello"))
+        .await
+        .unwrap();
     let got = tokio::time::timeout(WAIT, sub.next())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(got.subject, "continuum.events.t1.c1");
+    assert_eq!(got.subject, "events.t1.c1");
     assert_eq!(&got.payload[..], b"hello");
     assert_eq!(got.from.as_deref(), Some("a"));
+    // The other deployment hears its own message, and it is the first thing
+    // it hears: ours never reached it.
+    other
+        .publish("events.t1.c1".into(), Bytes::from_static(b"theirs"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, overheard.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &first.payload[..],
+        b"theirs",
+        "the other cluster heard ours"
+    );
 }
 
 #[tokio::test]
 async fn members_expire_unless_renewed() {
     let nats = Nats::start().unwrap();
-    let a = Bus::connect(&nats.url(), "a").await.unwrap();
+    let a = Bus::connect(&nats.url(), "test", "a").await.unwrap();
     let members = a
         .bucket("test_nodes", Duration::from_secs(2))
         .await
@@ -84,8 +100,8 @@ async fn members_expire_unless_renewed() {
 #[tokio::test]
 async fn a_nats_restart_is_announced_and_subscriptions_resume() {
     let mut nats = Nats::start().unwrap();
-    let a = Bus::connect(&nats.url(), "a").await.unwrap();
-    let b = Bus::connect(&nats.url(), "b").await.unwrap();
+    let a = Bus::connect(&nats.url(), "test", "a").await.unwrap();
+    let b = Bus::connect(&nats.url(), "test", "b").await.unwrap();
     let mut sub = b.subscribe("x.>").await.unwrap();
     let mut reconnects = b.reconnects();
     let before = *reconnects.borrow_and_update();
@@ -114,8 +130,8 @@ async fn a_nats_restart_is_announced_and_subscriptions_resume() {
 #[tokio::test]
 async fn placements_change_only_by_compare_and_set() {
     let nats = Nats::start().unwrap();
-    let a = Bus::connect(&nats.url(), "a").await.unwrap();
-    let b = Bus::connect(&nats.url(), "b").await.unwrap();
+    let a = Bus::connect(&nats.url(), "test", "a").await.unwrap();
+    let b = Bus::connect(&nats.url(), "test", "b").await.unwrap();
     let on_a = a
         .bucket("test_rooms", Duration::from_secs(3600))
         .await

@@ -10,10 +10,10 @@ use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
-/// Where events travel: `continuum.events.<tenant>.<conversation>`.
-pub const EVENTS: &str = "continuum.events";
+/// Where events travel: `<cluster>.events.<tenant>.<conversation>`.
+pub const EVENTS: &str = "events";
 /// Someone dropped events before the bus (a lagging relay): all re-read.
-pub const RESYNC: &str = "continuum.resync";
+pub const RESYNC: &str = "resync";
 
 /// This node's name: `node.name`, else the host name and listen port.
 pub fn node_name(cfg: &crate::config::Config) -> String {

@@ -48,11 +48,23 @@ impl Default for StoreConfig {
 }
 
 /// The live bus between nodes. Unset `url`: in-process (one node).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// `nats://HOST:PORT` of a NATS server (or cluster) with JetStream.
     pub url: Option<String>,
+    /// This deployment's name on the bus: its subjects and buckets are
+    /// namespaced by it, so deployments sharing one NATS stay apart.
+    pub cluster: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: None,
+            cluster: "continuum".into(),
+        }
+    }
 }
 
 /// What this process does in a cluster.
@@ -745,6 +757,10 @@ pool_size = 32
 # NATS (with JetStream, `nats-server -js`) carrying live events between
 # nodes and the media nodes' announcements. Unset: in-process, one node.
 # url = "nats://nats.internal:4222"
+# This deployment's name on the bus (letters, digits, _ and -): subjects and
+# key-value buckets are namespaced by it, so staging and production can share
+# one NATS.
+cluster = "continuum"
 
 [node]
 # This node's name in the cluster. Unset: host name and listen port.

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
 pub const TTL: Duration = Duration::from_secs(2);
-const MEDIA_BUCKET: &str = "continuum_media";
-const ROOMS_BUCKET: &str = "continuum_rooms";
+/// `<cluster>_media` and `<cluster>_rooms` on the bus.
+const MEDIA_BUCKET: &str = "media";
+const ROOMS_BUCKET: &str = "rooms";
 
 /// A media node as it announces itself.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -61,6 +62,9 @@ pub enum Host {
 
 pub struct Placement {
     me: String,
+    /// This node's own entry while it serves media: placement counts it live
+    /// from the moment it is ready, before its first announcement lands.
+    own: Option<(Arc<Mutex<MediaNode>>, Arc<std::sync::atomic::AtomicBool>)>,
     members: Bucket,
     rooms: Bucket,
     store: Store,
@@ -96,8 +100,12 @@ impl Placement {
         let rooms = bus
             .bucket(ROOMS_BUCKET, Duration::from_secs(24 * 3600))
             .await?;
+        let own = announce
+            .as_ref()
+            .map(|(entry, _)| (Arc::new(Mutex::new(entry.clone())), ready.clone()));
         let placement = Arc::new(Placement {
             me: bus.node().to_owned(),
+            own: own.clone(),
             members: members.clone(),
             rooms,
             store,
@@ -105,6 +113,7 @@ impl Placement {
             recent: Mutex::new(Vec::new()),
         });
         if let Some((mut entry, lobby)) = announce {
+            let shared = own.map(|(e, _)| e);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
                 let mut announced = false;
@@ -126,6 +135,9 @@ impl Placement {
                         .fold((0, 0), |(r, p), (rr, pp)| (r + rr, p + pp));
                     entry.rooms = rooms as u32;
                     entry.participants = participants as u32;
+                    if let Some(shared) = &shared {
+                        *shared.lock() = entry.clone();
+                    }
                     metrics::gauge!("continuum_media_rooms").set(rooms as f64);
                     let value = Bytes::from(serde_json::to_vec(&entry).unwrap_or_default());
                     if let Err(e) = members.announce(&entry.node, value).await {
@@ -141,6 +153,7 @@ impl Placement {
     pub async fn live_nodes(&self) -> anyhow::Result<Vec<MediaNode>> {
         if let Some((at, nodes)) = &*self.cache.lock()
             && at.elapsed() < Duration::from_millis(500)
+            && !nodes.is_empty()
         {
             return Ok(nodes.clone());
         }
@@ -151,6 +164,12 @@ impl Placement {
             .into_iter()
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect();
+        if let Some((entry, ready)) = &self.own
+            && ready.load(std::sync::atomic::Ordering::Relaxed)
+            && !nodes.iter().any(|n| n.node == self.me)
+        {
+            nodes.push(entry.lock().clone());
+        }
         nodes.sort_by(|a, b| a.node.cmp(&b.node));
         *self.cache.lock() = Some((Instant::now(), nodes.clone()));
         Ok(nodes)

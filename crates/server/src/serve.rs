@@ -164,7 +164,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     )
     .set(1.0);
     if let Some(url) = &cfg.bus.url {
-        let bus = continuum_bus::Bus::connect(url, &node).await?;
+        let bus = continuum_bus::Bus::connect(url, &cfg.bus.cluster, &node).await?;
         crate::cluster::start(store.clone(), bus.clone()).await?;
         tracing::info!(node = %node, "joined the cluster bus");
         state.bus = Some(bus);
