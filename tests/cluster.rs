@@ -542,9 +542,9 @@ fn regional_cluster(b: &Backing) -> (Cluster, Vec<String>) {
     let mut dirs = Vec::new();
     let layout = [
         ("api-eu", r#"["api","worker"]"#, "eu"),
-        ("media-eu-1", r#"["api","media"]"#, "eu"),
-        ("media-eu-2", r#"["api","media"]"#, "eu"),
-        ("media-us-1", r#"["api","media"]"#, "us"),
+        ("media-eu-1", r#"["api","media","turn"]"#, "eu"),
+        ("media-eu-2", r#"["api","media","turn"]"#, "eu"),
+        ("media-us-1", r#"["api","media","turn"]"#, "us"),
     ];
     for (name, roles, region) in layout {
         let dir = tempdir();
@@ -658,6 +658,25 @@ async fn a_tenant_pinned_to_eu_is_never_placed_on_a_us_node() {
     assert!(
         hosts.contains_key("media-eu-1") && hosts.contains_key("media-eu-2"),
         "both eu nodes take rooms: {hosts:?}"
+    );
+    // TURN credentials come from the tenant's region only: the us node's
+    // welcome has none for it, an eu media node's has them.
+    let v = c.nodes[0]
+        .visit(&key, "+14155552999", &[("dr", "clinician")])
+        .await;
+    let ws_url = |s: &Server| {
+        format!(
+            "{}/v1/rtc?token={}",
+            s.base.replace("http", "ws"),
+            v.tokens[0]
+        )
+    };
+    let (_, welcome_us) = connect_signaling(ws_url(&c.nodes[3])).await;
+    assert_eq!(welcome_us["ice_servers"], json!([]), "{welcome_us}");
+    let (_, welcome_eu) = connect_signaling(ws_url(&c.nodes[1])).await;
+    assert!(
+        welcome_eu["ice_servers"].to_string().contains("turn:"),
+        "{welcome_eu}"
     );
     // With no eu media node left, a new room is refused with the reason,
     // rather than placed in the us.

@@ -206,6 +206,25 @@ fn media_kind(kind: Option<&str>) -> Result<Option<continuum_sfu::MediaKind>, ()
 
 /// TURN servers with credentials bound to `<tenant>.<participant>`, those
 /// of the participant's region (from its token) first.
+/// The TURN servers for `welcome`. In a cluster, a node outside the
+/// tenant's region hands out none (the tenant's TURN credentials stay in its
+/// region): the client gets its region's from the media node it is
+/// redirected to, and restarts ICE with them if it must.
+async fn welcome_ice_servers(
+    s: &AppState,
+    tenant: &str,
+    participant: &str,
+    region: Option<&str>,
+) -> serde_json::Value {
+    if s.placement.is_some() {
+        match s.store.find_tenant(tenant).await {
+            Ok(t) if t.region == s.config.server.region => {}
+            _ => return json!([]),
+        }
+    }
+    ice_servers(s, tenant, participant, region)
+}
+
 fn ice_servers(
     s: &AppState,
     tenant: &str,
@@ -388,7 +407,7 @@ async fn redirect_session(s: AppState, p: Principal, socket: WebSocket) {
         name,
         role,
         expires_at: token.expires_at,
-        ice_servers: ice_servers(&s, &tenant_id, &identity, region.as_deref()),
+        ice_servers: welcome_ice_servers(&s, &tenant_id, &identity, region.as_deref()).await,
     };
     if sink
         .send(Message::Text(welcome.text().into()))
@@ -475,7 +494,7 @@ async fn session(s: AppState, p: Principal, socket: WebSocket) {
         name: name.clone(),
         role,
         expires_at: token.expires_at,
-        ice_servers: ice_servers(&s, &tenant_id, &identity, region.as_deref()),
+        ice_servers: welcome_ice_servers(&s, &tenant_id, &identity, region.as_deref()).await,
     };
     if sink
         .send(Message::Text(welcome.text().into()))
