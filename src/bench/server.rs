@@ -29,6 +29,7 @@ impl ServerProcess {
             .env("CONTINUUM_TURN__UDP_LISTEN", "127.0.0.1:0")
             .env("CONTINUUM_TURN__TCP_LISTEN", "127.0.0.1:0")
             .env("CONTINUUM_SIP__TCP_LISTEN", "127.0.0.1:0")
+            .env("CONTINUUM_SIP__UDP_LISTEN", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env_remove("CONTINUUM_CONFIG")
             .stdout(Stdio::piped())
@@ -78,18 +79,7 @@ impl ServerProcess {
 
     /// Process CPU time (user + system) in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())) else {
-            return 0.0;
-        };
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (ticks(11) + ticks(12)) / 100.0
+        proc_cpu_seconds(self.pid(), false).unwrap_or(0.0)
     }
 
     /// SIGTERM and wait: the graceful path, which checkpoints the WAL.
@@ -108,6 +98,36 @@ impl ServerProcess {
         self.child.kill()?;
         bail!("the server did not stop within 60 s of SIGTERM")
     }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+/// A process's CPU time (user + system) in seconds; with `children`, also
+/// that of its children it has waited for (exited ones).
+pub fn proc_cpu_seconds(pid: u32, children: bool) -> Option<f64> {
+    let fields = stat_fields(pid)?;
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mut t = ticks(11) + ticks(12);
+    if children {
+        t += ticks(13) + ticks(14);
+    }
+    // USER_HZ: 100 on every Linux we run on.
+    Some(t / 100.0)
+}
+
+/// A process's parent.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
 }
 
 pub fn rss_of(pid: u32) -> u64 {
