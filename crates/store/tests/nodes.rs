@@ -24,6 +24,15 @@ const PHONE: &str = "+14155550100";
 const CLINIC: &str = "+14155559999";
 const H: i64 = 3_600_000_000;
 
+/// Noon (UTC) `days` days from now: appointments there have their reminders
+/// and their dispatch outside the default quiet hours (21:00-08:00) whatever
+/// the time the test runs at.
+fn noon_in_days(days: i64) -> i64 {
+    let day = 24 * H;
+    let today = continuum_core::clock::unix_micros() / day * day;
+    today + days * day + 12 * H
+}
+
 /// Two nodes on one fresh database.
 async fn two_nodes() -> (TestStore, Store) {
     let opts = StoreOptions {
@@ -334,7 +343,7 @@ async fn two_nodes_dispatch_each_due_reminder_once() {
         .await
         .unwrap()
         .id;
-    let start = continuum_core::clock::unix_micros() + 48 * H;
+    let start = noon_in_days(3);
     let ups = (0..40)
         .map(|i| AppointmentUpsert {
             conversation_id: conv.clone(),
@@ -459,7 +468,7 @@ async fn a_request_retried_on_another_node_while_the_first_try_runs_is_done_once
         .await
         .unwrap()
         .id;
-    let start = continuum_core::clock::unix_micros() + 72 * H;
+    let start = noon_in_days(4);
     let mut tasks = Vec::new();
     for i in 0..20 {
         for node in &nodes {
@@ -727,7 +736,7 @@ async fn dispatchers_on_two_nodes_across_many_conversations_fail_no_reminder() {
         .id;
     // 12 patients, 5 appointments each; due times interleave the patients,
     // so each claim holds reminders of many conversations.
-    let start = continuum_core::clock::unix_micros() + 48 * H;
+    let start = noon_in_days(3);
     let mut ups = Vec::new();
     for p in 0..12 {
         let contact = a
