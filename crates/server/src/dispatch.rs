@@ -135,6 +135,16 @@ impl Dispatcher {
 
     /// Runs until `shutdown` flips to true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        // Deliveries this node leased before it stopped (PostgreSQL) go out
+        // now, not when their lease ends.
+        match self.store.release_my_deliveries().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                "took back the webhook deliveries leased before a restart"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not take back leased webhook deliveries"),
+        }
         let notify = self.store.outbox_ready();
         let this = Arc::new(self);
         loop {

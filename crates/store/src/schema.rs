@@ -478,11 +478,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX routing_tasks_queue ON routing_tasks(tenant_id, queue_idx, state);
     CREATE INDEX routing_tasks_agent ON routing_tasks(tenant_id, agent) WHERE state = 'assigned';
     "#,
-    // 12: several nodes. Which node claimed a message for sending, so a
-    // node that restarts takes back its own abandoned claims at once (others
-    // only once the claim is older than the sending lease).
+    // 12: several nodes. Which node claimed a message for sending, or leased
+    // a webhook delivery, so a node that restarts takes back its own
+    // abandoned claims at once (others only once the claim or lease is old).
     r#"
     ALTER TABLE messages ADD COLUMN claimed_by TEXT;
+    ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
     "#,
 ];
 

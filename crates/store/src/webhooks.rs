@@ -341,13 +341,36 @@ impl Store {
             // Only the outbox rows are locked: two nodes delivering to the
             // same endpoint take different deliveries of it.
             let due = due_in(ctx.conn, &store, now, limit, " FOR UPDATE OF o SKIP LOCKED")?;
-            let mut lease_out = ctx
-                .conn
-                .prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
+            let mut lease_out = ctx.conn.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?2, claimed_by = ?3 WHERE id = ?1",
+            )?;
             for d in &due {
-                lease_out.execute(params![d.outbox_id, now.saturating_add(lease)])?;
+                lease_out.execute(params![
+                    d.outbox_id,
+                    now.saturating_add(lease),
+                    store.0.node
+                ])?;
             }
             Ok(due)
+        })
+        .await
+    }
+
+    /// PostgreSQL: this node (re)starting gives back the deliveries it had
+    /// leased before it stopped, so they go out now rather than when the
+    /// lease ends. Returns how many. (SQLite leases nothing.)
+    pub async fn release_my_deliveries(&self) -> Result<usize> {
+        if !matches!(self.0.engine, crate::Engine::Postgres { .. }) {
+            return Ok(0);
+        }
+        let me = self.0.node.clone();
+        self.write(move |ctx| {
+            let now = now_micros();
+            Ok(ctx.conn.execute(
+                "UPDATE outbox SET next_attempt_at = ?2, claimed_by = NULL
+                 WHERE claimed_by = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+                params![me, now],
+            )?)
         })
         .await
     }
