@@ -47,7 +47,6 @@ pub struct Bus {
     jetstream: jetstream::Context,
     node: String,
     cluster: String,
-    connected: watch::Receiver<bool>,
     reconnects: watch::Receiver<u64>,
 }
 
@@ -77,7 +76,6 @@ impl Bus {
                 ),
             });
         }
-        let (connected_tx, connected) = watch::channel(false);
         let (reconnects_tx, reconnects) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(format!("continuum {node}"))
@@ -88,18 +86,15 @@ impl Bus {
                 Duration::from_millis((50u64 << attempts.min(6)).min(2000))
             })
             .event_callback(move |event| {
-                let connected_tx = connected_tx.clone();
                 let reconnects_tx = reconnects_tx.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             tracing::info!("bus: connected to NATS");
-                            connected_tx.send_replace(true);
                             reconnects_tx.send_modify(|n| *n += 1);
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("bus: NATS connection lost; reconnecting");
-                            connected_tx.send_replace(false);
                         }
                         async_nats::Event::SlowConsumer(_) => {
                             // Messages were dropped for a slow subscriber:
@@ -126,7 +121,6 @@ impl Bus {
             jetstream,
             node: node.to_owned(),
             cluster: cluster.to_owned(),
-            connected,
             reconnects,
         })
     }
@@ -147,11 +141,6 @@ impl Bus {
     /// were dropped: whoever relies on live messages re-reads the store.
     pub fn reconnects(&self) -> watch::Receiver<u64> {
         self.reconnects.clone()
-    }
-
-    /// Connection up/down, as it changes.
-    pub fn connected(&self) -> watch::Receiver<bool> {
-        self.connected.clone()
     }
 
     /// Publishes `payload` on `subject` (in this cluster's namespace),

@@ -161,14 +161,20 @@ pub(crate) fn run_write<T>(
     audit_key: &crate::crypto::SecretKey,
     f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>,
 ) -> Result<T> {
-    let pg = conn.as_pg().expect("a PostgreSQL connection");
     let started = std::time::Instant::now();
-    let _timing = scopeguard(move || {
-        // The same series as SQLite's writer (a batch of one here).
-        metrics::histogram!("continuum_store_commit_batch_size").record(1.0);
-        metrics::histogram!("continuum_store_commit_seconds")
-            .record(started.elapsed().as_secs_f64());
-    });
+    let result = transaction(conn, audit_key, f);
+    // The same series as SQLite's writer (a batch of one here).
+    metrics::histogram!("continuum_store_commit_batch_size").record(1.0);
+    metrics::histogram!("continuum_store_commit_seconds").record(started.elapsed().as_secs_f64());
+    result
+}
+
+fn transaction<T>(
+    conn: &Conn,
+    audit_key: &crate::crypto::SecretKey,
+    f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>,
+) -> Result<T> {
+    let pg = conn.as_pg().expect("a PostgreSQL connection");
     conn.execute_batch("BEGIN")?;
     pg.borrow_mut().in_write = true;
     let mut heads = AuditHeads::default();
@@ -202,17 +208,4 @@ pub(crate) fn run_write<T>(
             Err(StoreError::Commit("the write failed (rolled back)".into()))
         }
     }
-}
-
-/// Runs `f` when dropped (however the write ends).
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
