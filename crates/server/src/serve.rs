@@ -146,7 +146,7 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
     tracing::info!(store = %store.location(), backend = store.backend(), "store open");
     bootstrap(&store, &cfg).await?;
     let metrics = telemetry::install_metrics();
-    let mut state = AppState::new(store.clone(), cfg.clone(), metrics);
+    let mut state = crate::state::AppParts::new(store.clone(), cfg.clone(), metrics);
     let node = crate::cluster::node_name(&cfg);
     // Which node these metrics are from, for a cluster's dashboards.
     let roles: Vec<String> = cfg
@@ -248,10 +248,12 @@ pub async fn run(mut cfg: Config) -> anyhow::Result<()> {
         m.set_queues(state.queues.clone());
     }
     if let Some(voice) = state.voice.clone() {
-        let host = crate::ivr::IvrHost::new(state.clone());
+        // The IVR's view of the node: everything but itself.
+        let host = crate::ivr::IvrHost::new(AppState::from(state.clone()));
         voice.set_ivr(host.clone());
         state.ivr = Some(host);
     }
+    let state = AppState::from(state);
     state
         .queues
         .restore()

@@ -5,9 +5,29 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-/// Everything a request handler can reach.
+/// Everything a request handler can reach, behind one `Arc`: axum clones
+/// the state for every extractor and middleware of every request, and
+/// cloning two dozen `Arc`s and the bus client each time was about a sixth
+/// of the server's CPU per append (perf, `continuum bench events`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+impl From<AppParts> for AppState {
+    fn from(parts: AppParts) -> Self {
+        AppState(Arc::new(parts))
+    }
+}
+
+/// The parts of [`AppState`], set up one by one at start.
+#[derive(Clone)]
+pub struct AppParts {
     pub store: Store,
     pub tokens: Arc<TokenIssuer>,
     pub keys: Arc<KeyCache>,
@@ -50,7 +70,7 @@ pub struct AppState {
     pub placement: Option<Arc<crate::placement::Placement>>,
 }
 
-impl AppState {
+impl AppParts {
     pub fn new(store: Store, config: Config, metrics: Option<PrometheusHandle>) -> Self {
         let sec = &config.security;
         let limits = crate::guard::Limits::new(
@@ -66,7 +86,7 @@ impl AppState {
             max_participants: config.rtc.max_participants_per_room as i64,
         });
         let queues = crate::queues::Queues::new(store.clone());
-        AppState {
+        AppParts {
             queues,
             limits: Arc::new(limits),
             refusals: Arc::default(),
@@ -93,7 +113,9 @@ impl AppState {
             placement: None,
         }
     }
+}
 
+impl AppState {
     /// Once a second-scale housekeeping: refusal summaries of ended minutes,
     /// idle rate-limit entries, revocations made by other processes.
     pub async fn housekeeping(&self) {

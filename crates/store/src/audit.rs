@@ -225,27 +225,131 @@ impl WriteCtx<'_> {
     }
 }
 
+/// PostgreSQL: the first chain head of a tenant no other transaction
+/// holds, locked until commit (none when all are held: see [`take_head`]).
+pub(crate) const FREE_HEAD_SQL: &str =
+    "SELECT chain, seq, mac FROM audit_heads WHERE tenant_id = $1
+     ORDER BY chain LIMIT 1 FOR UPDATE SKIP LOCKED";
+
+/// A chain head as [`FREE_HEAD_SQL`] returns it.
+pub(crate) fn head_from_row(r: &crate::db::Row<'_>) -> crate::db::Result<(i64, i64, [u8; 32])> {
+    let mac: Vec<u8> = r.get(2)?;
+    Ok((r.get(0)?, r.get(1)?, mac.try_into().unwrap_or([0u8; 32])))
+}
+
+/// Records chained after a head, as the columns of one multi-row insert
+/// (PostgreSQL), and the head they leave.
+pub(crate) struct ChainedRecords<'e> {
+    tenant_id: &'e str,
+    chain: i64,
+    seqs: Vec<i64>,
+    ats: Vec<i64>,
+    actors: Vec<&'e str>,
+    actions: Vec<&'e str>,
+    objects: Vec<&'e str>,
+    outcomes: Vec<&'static str>,
+    details: Vec<String>,
+    prevs: Vec<Vec<u8>>,
+    macs: Vec<Vec<u8>>,
+    /// (chain, seq, mac) after the last record.
+    pub head: (i64, i64, [u8; 32]),
+}
+
+impl<'e> ChainedRecords<'e> {
+    pub fn new(
+        key: &crate::crypto::SecretKey,
+        tenant_id: &'e str,
+        head: (i64, i64, [u8; 32]),
+        entries: &'e [AuditEntry],
+    ) -> Self {
+        let (chain, mut seq, mut mac) = head;
+        let name = chain_name(tenant_id, chain);
+        let n = entries.len();
+        let mut c = ChainedRecords {
+            tenant_id,
+            chain,
+            seqs: Vec::with_capacity(n),
+            ats: Vec::with_capacity(n),
+            actors: entries.iter().map(|e| e.actor.as_str()).collect(),
+            actions: entries.iter().map(|e| e.action.as_str()).collect(),
+            objects: entries.iter().map(|e| e.object.as_str()).collect(),
+            outcomes: entries.iter().map(|e| e.outcome.as_str()).collect(),
+            details: Vec::with_capacity(n),
+            prevs: Vec::with_capacity(n),
+            macs: Vec::with_capacity(n),
+            head,
+        };
+        for e in entries {
+            seq += 1;
+            let at = now_micros();
+            let detail = e.detail.to_string();
+            let next = record_mac(
+                key,
+                &mac,
+                &name,
+                seq,
+                at,
+                (&e.actor, &e.action, &e.object, e.outcome.as_str(), &detail),
+            );
+            c.prevs.push(mac.to_vec());
+            c.macs.push(next.to_vec());
+            mac = next;
+            c.seqs.push(seq);
+            c.ats.push(at);
+            c.details.push(detail);
+            metrics::counter!("continuum_audit_records_total", "outcome" => e.outcome.as_str())
+                .increment(1);
+        }
+        c.head = (chain, seq, mac);
+        c
+    }
+
+    /// The insert of the records, then the move of the head (for a
+    /// pipeline).
+    #[allow(clippy::type_complexity)]
+    pub fn statements(
+        &self,
+    ) -> [(
+        &'static str,
+        Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+    ); 2] {
+        [
+            (
+                "INSERT INTO audit (tenant_id, chain, seq, at, actor, action, object, outcome, detail, prev, mac)
+                 SELECT $1, $2, s, a, ac, act, o, oc, d, p, m
+                 FROM unnest($3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], $11::bytea[])
+                      AS r(s, a, ac, act, o, oc, d, p, m)",
+                vec![
+                    &self.tenant_id,
+                    &self.chain,
+                    &self.seqs,
+                    &self.ats,
+                    &self.actors,
+                    &self.actions,
+                    &self.objects,
+                    &self.outcomes,
+                    &self.details,
+                    &self.prevs,
+                    &self.macs,
+                ],
+            ),
+            (
+                "UPDATE audit_heads SET seq = $3, mac = $4 WHERE tenant_id = $1 AND chain = $2",
+                vec![&self.tenant_id, &self.chain, &self.head.1, &self.macs[self.macs.len() - 1]],
+            ),
+        ]
+    }
+}
+
 /// PostgreSQL: takes (locks until commit) a chain head of the tenant that no
 /// other transaction holds, opening a new chain when all are held.
-fn take_head(conn: &crate::db::Conn, tenant_id: &str) -> Result<(i64, i64, [u8; 32])> {
-    let head = |r: &crate::db::Row<'_>| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-        ))
-    };
+pub(crate) fn take_head(conn: &crate::db::Conn, tenant_id: &str) -> Result<(i64, i64, [u8; 32])> {
     for _ in 0..NEW_CHAIN_TRIES {
         let free = conn
-            .query_row(
-                "SELECT chain, seq, mac FROM audit_heads WHERE tenant_id = ?1
-                 ORDER BY chain LIMIT 1 FOR UPDATE SKIP LOCKED",
-                [tenant_id],
-                head,
-            )
+            .query_row(FREE_HEAD_SQL, [tenant_id], head_from_row)
             .optional()?;
-        if let Some((chain, seq, mac)) = free {
-            return Ok((chain, seq, mac.try_into().unwrap_or([0u8; 32])));
+        if let Some(head) = free {
+            return Ok(head);
         }
         // Every chain is held (or there is none yet): open the next one.
         // Only a transaction holding a chain number's advisory lock inserts

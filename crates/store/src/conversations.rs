@@ -149,6 +149,18 @@ pub(crate) fn load(
     }
 }
 
+/// PostgreSQL: locks the conversations `$1` (an array) for a batch of
+/// appends, in id order (so two batches never wait on each other in a
+/// cycle), with what the batch needs of each.
+pub(crate) const LOCK_MANY_SQL: &str = "SELECT id, tenant_id, state, last_seq FROM conversations
+     WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// PostgreSQL: moves the `last_seq` and `updated_at` of several
+/// conversations at once (arrays of ids, seqs, times).
+pub(crate) const ADVANCE_MANY_SQL: &str =
+    "UPDATE conversations AS c SET last_seq = v.seq, updated_at = v.at
+     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(id, seq, at) WHERE c.id = v.id";
+
 /// The conversation without its sealed fields (no decryption): what the
 /// append path needs (state, `last_seq`), on the hot path. `subject`, `queue`,
 /// `assignee` and `tags` are sealed and left empty here: its callers

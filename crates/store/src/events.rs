@@ -85,6 +85,85 @@ pub(crate) fn publish(live: &crate::live::Live, events: &[Event]) {
     metrics::counter!("continuum_events_written_total").increment(events.len() as u64);
 }
 
+/// An event ready to store: the sealed payload of its row, the audit entry
+/// that binds the row's digest, and the event as readers get it back.
+pub(crate) struct SealedEvent {
+    pub event: Event,
+    pub sealed: Vec<u8>,
+    pub audit: AuditEntry,
+}
+
+/// Seals `ev` as event `seq` of `conv_id`, written at `at`: what every
+/// append path stores (one at a time, or a batch on PostgreSQL).
+pub(crate) fn seal_event(
+    keys: &TenantKeys,
+    tenant_id: &str,
+    conv_id: &str,
+    seq: i64,
+    at: i64,
+    ev: &NewEvent,
+    audit_actor: &str,
+) -> Result<SealedEvent> {
+    let payload = serde_json::to_vec(&SealedPayload {
+        body: ev.body.clone(),
+        meta: ev.meta.clone(),
+    })
+    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let sealed = keys.data.seal(&payload, &aad(tenant_id, conv_id, seq));
+    let (channel, kind, actor_type) = (
+        ev.channel.as_str(),
+        ev.kind.as_str(),
+        ev.actor.actor_type.as_str(),
+    );
+    let digest = row_digest(
+        conv_id,
+        seq,
+        at,
+        channel,
+        kind,
+        actor_type,
+        ev.actor.id.as_deref(),
+        ev.idempotency_key.as_deref(),
+        &sealed,
+    );
+    let audit = AuditEntry::new(
+        audit_actor,
+        "event.append",
+        format!("conversation/{conv_id}/event/{seq}"),
+        Outcome::Ok,
+    )
+    .with_detail(serde_json::json!({ "digest": digest, "kind": kind, "channel": channel }));
+    let event = Event {
+        conversation_id: conv_id.to_owned(),
+        seq,
+        at: Timestamp(at),
+        channel: ev.channel,
+        kind: ev.kind,
+        actor: ev.actor.clone(),
+        body: ev.body.clone(),
+        meta: ev.meta.clone(),
+        idempotency_key: ev.idempotency_key.clone(),
+        tenant_id: tenant_id.to_owned(),
+    };
+    Ok(SealedEvent {
+        event,
+        sealed,
+        audit,
+    })
+}
+
+/// The audit entry of an append that an idempotency key answered with the
+/// event it stored before.
+pub(crate) fn duplicate_audit(audit_actor: &str, conv_id: &str, seq: i64) -> AuditEntry {
+    AuditEntry::new(
+        audit_actor,
+        "event.append",
+        format!("conversation/{conv_id}/event/{seq}"),
+        Outcome::Ok,
+    )
+    .with_detail(serde_json::json!({ "duplicate_of": seq }))
+}
+
 /// Inserts one event as the next `seq` of `conv` (inside the caller's write).
 pub(crate) fn append_row(
     ctx: &mut WriteCtx<'_>,
@@ -96,76 +175,59 @@ pub(crate) fn append_row(
 ) -> Result<Event> {
     let seq = conv.last_seq + 1;
     let at = now_micros();
-    let payload = serde_json::to_vec(&SealedPayload {
-        body: ev.body.clone(),
-        meta: ev.meta.clone(),
-    })
-    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let sealed = keys.data.seal(&payload, &aad(tenant_id, &conv.id, seq));
-    let (channel, kind, actor_type) = (
-        ev.channel.as_str(),
-        ev.kind.as_str(),
-        ev.actor.actor_type.as_str(),
-    );
+    let row = seal_event(keys, tenant_id, &conv.id, seq, at, ev, audit_actor)?;
     ctx.conn
         .prepare_cached(
             "INSERT INTO events (conversation_id, seq, tenant_id, at, channel, kind, actor_type, actor_id, idempotency_key, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
-        .execute(params![conv.id, seq, tenant_id, at, channel, kind, actor_type, ev.actor.id, ev.idempotency_key, sealed])?;
+        .execute(params![
+            conv.id,
+            seq,
+            tenant_id,
+            at,
+            ev.channel.as_str(),
+            ev.kind.as_str(),
+            ev.actor.actor_type.as_str(),
+            ev.actor.id,
+            ev.idempotency_key,
+            row.sealed
+        ])?;
     ctx.conn
         .prepare_cached("UPDATE conversations SET last_seq = ?2, updated_at = ?3 WHERE id = ?1")?
         .execute(params![conv.id, seq, at])?;
     conv.last_seq = seq;
     conv.updated_at = Timestamp(at);
+    write_side_rows(ctx, tenant_id, &conv.id, ev, seq, at)?;
+    ctx.audit(tenant_id, &row.audit)?;
+    let event = row.event;
+    enqueue(ctx.conn, keys, tenant_id, "event.created", || {
+        serde_json::to_value(&event).unwrap_or_default()
+    })?;
+    Ok(event)
+}
 
-    track_media_session(ctx, tenant_id, &conv.id, ev, seq, at)?;
+/// What a few kinds of event keep besides their row: the media session a
+/// call opens or closes, and the marker of the latest triage, switch or
+/// opt-in/out. (After the event's row.)
+pub(crate) fn write_side_rows(
+    ctx: &WriteCtx<'_>,
+    tenant_id: &str,
+    conv_id: &str,
+    ev: &NewEvent,
+    seq: i64,
+    at: i64,
+) -> Result<()> {
+    track_media_session(ctx, tenant_id, conv_id, ev, seq, at)?;
     if let Some(marker) = marker_for(ev) {
         ctx.conn
             .prepare_cached(
                 "INSERT INTO event_markers (conversation_id, marker, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (conversation_id, marker) DO UPDATE SET seq = excluded.seq",
             )?
-            .execute(params![conv.id, marker, seq])?;
+            .execute(params![conv_id, marker, seq])?;
     }
-
-    let digest = row_digest(
-        &conv.id,
-        seq,
-        at,
-        channel,
-        kind,
-        actor_type,
-        ev.actor.id.as_deref(),
-        ev.idempotency_key.as_deref(),
-        &sealed,
-    );
-    ctx.audit(
-        tenant_id,
-        &AuditEntry::new(
-            audit_actor,
-            "event.append",
-            format!("conversation/{}/event/{seq}", conv.id),
-            Outcome::Ok,
-        )
-        .with_detail(serde_json::json!({ "digest": digest, "kind": kind, "channel": channel })),
-    )?;
-    let event = Event {
-        conversation_id: conv.id.clone(),
-        seq,
-        at: Timestamp(at),
-        channel: ev.channel,
-        kind: ev.kind,
-        actor: ev.actor.clone(),
-        body: ev.body.clone(),
-        meta: ev.meta.clone(),
-        idempotency_key: ev.idempotency_key.clone(),
-        tenant_id: tenant_id.to_owned(),
-    };
-    enqueue(ctx.conn, keys, tenant_id, "event.created", || {
-        serde_json::to_value(&event).unwrap_or_default()
-    })?;
-    Ok(event)
+    Ok(())
 }
 
 fn track_media_session(
@@ -204,6 +266,19 @@ fn track_media_session(
         _ => {}
     }
     Ok(())
+}
+
+/// PostgreSQL: the events of a batch of appends, one array per column.
+pub(crate) const INSERT_MANY_SQL: &str = "INSERT INTO events (conversation_id, seq, tenant_id, at, channel, kind, actor_type, actor_id, idempotency_key, payload)
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[])";
+
+/// PostgreSQL: the events stored under some (conversation, idempotency
+/// key) pairs, given as two arrays.
+pub(crate) fn stored_under_keys_sql() -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS} FROM events
+         WHERE (conversation_id, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+    )
 }
 
 pub(crate) const EVENT_COLUMNS: &str =
@@ -538,7 +613,7 @@ pub struct Appended {
 }
 
 /// Whether a retried append asks for the event that its key already stored.
-fn same_request(existing: &Event, ev: &NewEvent) -> bool {
+pub(crate) fn same_request(existing: &Event, ev: &NewEvent) -> bool {
     existing.channel == ev.channel
         && existing.kind == ev.kind
         && existing.actor == ev.actor
@@ -575,13 +650,7 @@ pub(crate) fn append_in_tx(
             }
             ctx.audit(
                 tenant_id,
-                &AuditEntry::new(
-                    audit_actor,
-                    "event.append",
-                    format!("conversation/{conv_id}/event/{}", existing.seq),
-                    Outcome::Ok,
-                )
-                .with_detail(serde_json::json!({ "duplicate_of": existing.seq })),
+                &duplicate_audit(audit_actor, conv_id, existing.seq),
             )?;
             return Ok(Appended {
                 event: existing,
@@ -658,6 +727,11 @@ impl Store {
             audit_actor.to_owned(),
             self.clone(),
         );
+        if self.backend() == "postgres" {
+            return self
+                .append_batched(tenant_id, conv_id, ev, audit_actor)
+                .await;
+        }
         let live = self.0.live.clone();
         let notify = self.outbox_ready();
         self.write_then(

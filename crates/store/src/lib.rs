@@ -7,6 +7,7 @@
 //! the tenant's MAC-chained audit log ([`audit`]) in the same transaction as the
 //! write itself, or before a read is returned.
 
+mod appender;
 mod attachments;
 pub mod audit;
 pub mod crypto;
@@ -142,6 +143,11 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 pub struct Store(Arc<Inner>);
 
 /// Where the data lives.
+/// Batches of appends written at once on PostgreSQL (`appender.rs`): one
+/// commits while the next is written, and one blocked on another node's
+/// row lock does not hold up every append of this node.
+const APPEND_LANES: usize = 2;
+
 enum Engine {
     /// One file, one group-committing writer thread, a pool of readers.
     Sqlite { writer: Writer, readers: ReadPool },
@@ -153,6 +159,8 @@ enum Engine {
         audit_key: SecretKey,
         /// Where it is, for error messages and `/readyz` (no password).
         address: String,
+        /// Timeline appends, written in batches (`appender.rs`).
+        appender: appender::Appender,
     },
 }
 
@@ -234,6 +242,7 @@ impl Store {
                 write_slots,
                 audit_key,
                 address,
+                appender: appender::Appender::new(APPEND_LANES),
             },
             master,
             opts,
@@ -315,7 +324,7 @@ impl Store {
     pub fn write_queue_depth(&self) -> usize {
         match &self.0.engine {
             Engine::Sqlite { writer, .. } => writer.queue_depth(),
-            Engine::Postgres { .. } => 0,
+            Engine::Postgres { appender, .. } => appender.queue_depth(),
         }
     }
 

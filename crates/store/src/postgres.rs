@@ -169,7 +169,7 @@ pub(crate) fn run_write<T>(
     result
 }
 
-fn transaction<T>(
+pub(crate) fn transaction<T>(
     conn: &Conn,
     audit_key: &crate::crypto::SecretKey,
     f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>,

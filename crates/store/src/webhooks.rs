@@ -117,27 +117,36 @@ fn payload_aad(tenant_id: &str, webhook_id: &str) -> Vec<u8> {
     format!("outbox:{tenant_id}:{webhook_id}").into_bytes()
 }
 
-/// Queues `data` for every webhook of the tenant subscribed to `event_type`.
-/// `data` is only built when some webhook wants it (most appends have none).
-pub(crate) fn enqueue(
-    conn: &crate::db::Conn,
-    keys: &TenantKeys,
-    tenant_id: &str,
-    event_type: &str,
-    data: impl FnOnce() -> serde_json::Value,
-) -> Result<usize> {
+/// A live webhook of a tenant, as `enqueue` matches it: (id, subscribed
+/// event types as stored, payload kind as stored).
+pub(crate) type LiveHook = (String, String, String);
+
+/// The tenant's webhooks that are not deleted.
+pub(crate) fn live_hooks(conn: &crate::db::Conn, tenant_id: &str) -> Result<Vec<LiveHook>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_types, payload FROM webhooks WHERE tenant_id = ?1 AND deleted_at IS NULL",
     )?;
-    let hooks: Vec<(String, String, String)> = stmt
+    let hooks = stmt
         .query_map([tenant_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<crate::db::Result<_>>()?;
-    let mut n = 0;
-    let now = now_micros();
+    Ok(hooks)
+}
+
+/// The sealed outbox payloads, one per hook subscribed to `event_type`, as
+/// (webhook id, sealed body). `data` is only built when some hook wants it.
+pub(crate) fn deliveries_for(
+    keys: &TenantKeys,
+    tenant_id: &str,
+    hooks: &[LiveHook],
+    event_type: &str,
+    now: i64,
+    data: impl FnOnce() -> serde_json::Value,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
     let mut data = Some(data);
     let mut built = serde_json::Value::Null;
     for (id, types, payload) in hooks {
-        let types: Vec<String> = serde_json::from_str(&types).unwrap_or_default();
+        let types: Vec<String> = serde_json::from_str(types).unwrap_or_default();
         if !types.iter().any(|t| t == "*" || t == event_type) {
             continue;
         }
@@ -149,21 +158,90 @@ pub(crate) fn enqueue(
             "type": event_type,
             "tenant_id": tenant_id,
             "created_at": Timestamp(now),
-            "data": match WebhookPayload::parse(&payload) {
+            "data": match WebhookPayload::parse(payload) {
                 WebhookPayload::Full => built.clone(),
                 WebhookPayload::Thin => thin(&built),
             },
         });
         let sealed = keys
             .data
-            .seal(body.to_string().as_bytes(), &payload_aad(tenant_id, &id));
+            .seal(body.to_string().as_bytes(), &payload_aad(tenant_id, id));
+        out.push((id.clone(), sealed));
+    }
+    out
+}
+
+/// PostgreSQL: the live webhooks of several tenants (`$1`, an array), as
+/// (tenant id, then a [`LiveHook`]).
+pub(crate) const LIVE_HOOKS_MANY_SQL: &str =
+    "SELECT tenant_id, id, event_types, payload FROM webhooks
+     WHERE tenant_id = ANY($1) AND deleted_at IS NULL";
+
+/// The outbox rows of one batch of appends (PostgreSQL), in one statement.
+#[derive(Default)]
+pub(crate) struct OutboxRows {
+    tenant_ids: Vec<String>,
+    webhook_ids: Vec<String>,
+    event_types: Vec<&'static str>,
+    payloads: Vec<Vec<u8>>,
+    at: Vec<i64>,
+}
+
+impl OutboxRows {
+    pub fn push(
+        &mut self,
+        tenant_id: &str,
+        event_type: &'static str,
+        now: i64,
+        d: Vec<(String, Vec<u8>)>,
+    ) {
+        for (webhook_id, sealed) in d {
+            self.tenant_ids.push(tenant_id.to_owned());
+            self.webhook_ids.push(webhook_id);
+            self.event_types.push(event_type);
+            self.payloads.push(sealed);
+            self.at.push(now);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tenant_ids.len()
+    }
+
+    /// The insert (for a pipeline).
+    pub fn statement(
+        &self,
+    ) -> (
+        &'static str,
+        Vec<&(dyn tokio_postgres::types::ToSql + Sync)>,
+    ) {
+        (
+            "INSERT INTO outbox (tenant_id, webhook_id, event_type, payload, created_at, next_attempt_at)
+             SELECT t, w, e, p, a, a FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::int8[]) AS r(t, w, e, p, a)",
+            vec![&self.tenant_ids, &self.webhook_ids, &self.event_types, &self.payloads, &self.at],
+        )
+    }
+}
+
+/// Queues `data` for every webhook of the tenant subscribed to `event_type`.
+/// `data` is only built when some webhook wants it (most appends have none).
+pub(crate) fn enqueue(
+    conn: &crate::db::Conn,
+    keys: &TenantKeys,
+    tenant_id: &str,
+    event_type: &str,
+    data: impl FnOnce() -> serde_json::Value,
+) -> Result<usize> {
+    let hooks = live_hooks(conn, tenant_id)?;
+    let now = now_micros();
+    let deliveries = deliveries_for(keys, tenant_id, &hooks, event_type, now, data);
+    for (id, sealed) in &deliveries {
         conn.prepare_cached(
             "INSERT INTO outbox (tenant_id, webhook_id, event_type, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
         )?
         .execute(params![tenant_id, id, event_type, sealed, now])?;
-        n += 1;
     }
-    Ok(n)
+    Ok(deliveries.len())
 }
 
 /// How long [`Store::due_deliveries`] leaves the deliveries it claims to

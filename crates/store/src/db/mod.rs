@@ -123,6 +123,17 @@ pub enum Dialect {
     Postgres,
 }
 
+fn pg_only(sql: &str) -> DbError {
+    DbError::Pg(pg::PgError {
+        code: None,
+        message: format!(
+            "a PostgreSQL-only statement ran on SQLite: {}",
+            sql.chars().take(60).collect::<String>()
+        ),
+        unavailable: false,
+    })
+}
+
 /// One database connection of either backend.
 pub struct Conn(Backend);
 
@@ -220,6 +231,30 @@ impl Conn {
             Backend::Pg(c) => Some(c),
             Backend::Sqlite(_) => None,
         }
+    }
+
+    /// PostgreSQL only: several statements in one round trip (see
+    /// `PgConn::pipeline`), their parameters typed Rust values, arrays
+    /// included, for the set-based writes of a batch (`INSERT … SELECT FROM
+    /// unnest($1::text[], …)`): one statement for a whole batch where the
+    /// value layer above binds one row at a time. Each answer is that
+    /// statement's rows or error.
+    pub(crate) fn pg_pipeline(
+        &self,
+        items: &[(&str, &[&(dyn tokio_postgres::types::ToSql + Sync)])],
+    ) -> Result<Vec<Result<Vec<tokio_postgres::Row>>>> {
+        let first = items.first().map_or("", |i| i.0);
+        let c = self.as_pg().ok_or_else(|| pg_only(first))?;
+        let mut c = c.borrow_mut();
+        let mut stmts = Vec::with_capacity(items.len());
+        for (sql, _) in items {
+            stmts.push(c.prepare(sql, true)?);
+        }
+        let piped: Vec<_> = stmts.iter().zip(items).map(|(s, i)| (s, i.1)).collect();
+        Ok(c.pipeline(&piped)
+            .into_iter()
+            .map(|r| r.map_err(DbError::from))
+            .collect())
     }
 
     /// A statement kept in the connection's cache (hot paths).

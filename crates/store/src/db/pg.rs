@@ -154,6 +154,24 @@ impl PgConn {
         self.note(r)
     }
 
+    /// Sends every statement at once and then reads every answer, in
+    /// order (tokio-postgres pipelines requests made concurrently): one
+    /// round trip for the lot. A statement after one that failed inside a
+    /// transaction fails too (the transaction is aborted), and a COMMIT
+    /// there ends it as a rollback, so the caller must check every result.
+    pub fn pipeline(
+        &mut self,
+        items: &[(&tokio_postgres::Statement, &[&(dyn ToSql + Sync)])],
+    ) -> Vec<Result<Vec<tokio_postgres::Row>, PgError>> {
+        let client = &self.client;
+        let all = futures::executor::block_on(futures::future::join_all(
+            items
+                .iter()
+                .map(|(stmt, params)| client.query(*stmt, params)),
+        ));
+        all.into_iter().map(|r| self.note(r)).collect()
+    }
+
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
         let r = futures::executor::block_on(self.client.batch_execute(sql));
         self.note(r)
