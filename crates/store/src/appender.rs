@@ -174,7 +174,14 @@ impl Store {
                 }
                 continue;
             }
-            self.write_batch(batch);
+            // A panic must not take the lane with it (the lanes would run
+            // out and every later append would wait forever); its appends'
+            // callers see their reply dropped: not committed.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_batch(batch)))
+                .is_err()
+            {
+                tracing::error!("a batch of appends panicked; its appends were answered as failed");
+            }
         }
     }
 
