@@ -211,7 +211,8 @@ impl Store {
             }
         }
         let started = std::time::Instant::now();
-        let written = in_transaction(&conn, || write_rows(&conn, audit_key, &keys, &batch));
+        let written =
+            crate::postgres::in_write(&conn, || write_rows(&conn, audit_key, &keys, &batch));
         metrics::histogram!("continuum_store_commit_batch_size").record(batch.len() as f64);
         metrics::histogram!("continuum_store_commit_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -281,27 +282,6 @@ impl Store {
             self.0.outbox_ready.notify_one();
         }
         Ok(a)
-    }
-}
-
-/// Runs `f`, which opens and commits its transaction; rolls back whatever
-/// it left open if it fails or panics.
-fn in_transaction<T>(conn: &crate::db::Conn, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let pg = conn.as_pg().expect("a PostgreSQL connection");
-    pg.borrow_mut().in_write = true;
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    pg.borrow_mut().in_write = false;
-    match outcome {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
-        }
-        Err(_) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!("a batch of appends panicked; it was rolled back");
-            Err(StoreError::Commit("the batch failed (rolled back)".into()))
-        }
     }
 }
 

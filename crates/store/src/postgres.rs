@@ -169,42 +169,46 @@ pub(crate) fn run_write<T>(
     result
 }
 
-pub(crate) fn transaction<T>(
+fn transaction<T>(
     conn: &Conn,
     audit_key: &crate::crypto::SecretKey,
     f: impl FnOnce(&mut WriteCtx<'_>) -> Result<T>,
 ) -> Result<T> {
-    let pg = conn.as_pg().expect("a PostgreSQL connection");
     conn.execute_batch("BEGIN")?;
-    pg.borrow_mut().in_write = true;
-    let mut heads = AuditHeads::default();
-    let outcome = {
+    in_write(conn, || {
+        let mut heads = AuditHeads::default();
         let mut ctx = WriteCtx {
             conn,
             audit_heads: &mut heads,
             audit_key,
         };
-        std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut ctx)))
-    };
+        let v = f(&mut ctx)?;
+        conn.execute_batch("COMMIT")
+            .map_err(|e| match StoreError::from(e) {
+                StoreError::Unavailable(m) => StoreError::Unavailable(m),
+                e => StoreError::Commit(e.to_string()),
+            })?;
+        Ok(v)
+    })
+}
+
+/// Runs `f` (which ends the transaction it runs in by committing it) with
+/// the connection marked as inside a write (`Conn::row_lock`), and rolls
+/// back whatever it left open when it fails or panics.
+pub(crate) fn in_write<T>(conn: &Conn, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let pg = conn.as_pg().expect("a PostgreSQL connection");
+    pg.borrow_mut().in_write = true;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
     pg.borrow_mut().in_write = false;
     match outcome {
-        Ok(Ok(v)) => match conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(v),
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(match StoreError::from(e) {
-                    StoreError::Unavailable(m) => StoreError::Unavailable(m),
-                    e => StoreError::Commit(e.to_string()),
-                })
-            }
-        },
+        Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(e)
         }
         Err(_) => {
             let _ = conn.execute_batch("ROLLBACK");
-            tracing::error!("a write job panicked; it was rolled back");
+            tracing::error!("a write panicked; it was rolled back");
             Err(StoreError::Commit("the write failed (rolled back)".into()))
         }
     }
