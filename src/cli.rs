@@ -569,6 +569,19 @@ fn migrate(g: &Global, from: Option<PathBuf>, to: Option<String>) -> anyhow::Res
         "      (the SQLite store in {} is unchanged: keep it as a backup, do not serve from it again)",
         from.display()
     );
+    let blobs = from.join("attachments");
+    let has_blobs = std::fs::read_dir(&blobs)
+        .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name() != ".tmp")))
+        .unwrap_or(false);
+    if has_blobs {
+        println!(
+            "attachments: their sealed files in {} are not in the database (rows only); give every node the same files: \
+             attachments.s3 after `aws s3 sync {} s3://BUCKET[/PREFIX] --exclude '.tmp/*'` (the same layout), \
+             or one attachments.dir that every node mounts",
+            blobs.display(),
+            blobs.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -187,6 +187,27 @@ async fn a_sqlite_store_moves_to_postgres_and_its_timelines_and_audit_chains_go_
         )
         .await;
     }
+    // An attachment: its row moves, its sealed file stays in the directory.
+    let photo = {
+        let img =
+            image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 9, y as u8 * 9, 90]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+            .encode_image(&img)
+            .unwrap();
+        jpeg
+    };
+    let uploaded = reqwest::Client::new()
+        .post(s.url(&format!(
+            "/v1/conversations/{conv}/attachments?filename=rash.jpg"
+        )))
+        .bearer_auth(&key)
+        .header("content-type", "image/jpeg")
+        .body(photo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status().as_u16(), 201);
     // A denial with a bad key: a record in the server's own chain.
     let (code, _) = s
         .call("GET", "/v1/contacts", "ck_0000000000000000_nope", None)
@@ -224,7 +245,7 @@ async fn a_sqlite_store_moves_to_postgres_and_its_timelines_and_audit_chains_go_
     let before_second = timeline(&s, &second_key, &second_conv).await;
     let before_contacts = s.ok("GET", "/v1/contacts", &key, None).await;
     let before_audit = audit(&s, &key).await;
-    assert_eq!(before_conv.len(), 80);
+    assert_eq!(before_conv.len(), 81, "80 messages and the attachment");
     assert_eq!(before_other.len(), 40);
 
     // 2. Refused while the server runs.
@@ -273,6 +294,10 @@ async fn a_sqlite_store_moves_to_postgres_and_its_timelines_and_audit_chains_go_
     println!("{out}");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("audit chain intact"), "{out}");
+    assert!(
+        out.contains("attachments: their sealed files in") && out.contains("aws s3 sync"),
+        "the files the copy leaves behind are named, with what to do: {out}"
+    );
     for (table, n) in [("events", events), ("audit", audits), ("outbox", outbox)] {
         assert!(
             out.lines()
@@ -335,7 +360,7 @@ async fn a_sqlite_store_moves_to_postgres_and_its_timelines_and_audit_chains_go_
             Some(json!({"channel": "chat", "kind": "note", "body": "written on PostgreSQL"})),
         )
         .await;
-    assert_eq!(e["seq"], 81);
+    assert_eq!(e["seq"], before_conv.len() as i64 + 1);
     let again = n
         .ok(
             "POST",
@@ -359,8 +384,8 @@ async fn a_sqlite_store_moves_to_postgres_and_its_timelines_and_audit_chains_go_
         .await;
     assert_eq!(e2["seq"], before_second.len() as i64 + 1);
     let now = timeline(&n, &key, &conv).await;
-    assert_eq!(now[..80], before_conv[..]);
-    assert_eq!(now[80]["body"], "written on PostgreSQL");
+    assert_eq!(now[..before_conv.len()], before_conv[..]);
+    assert_eq!(now[before_conv.len()]["body"], "written on PostgreSQL");
     let records = n
         .ok(
             "GET",

@@ -63,6 +63,14 @@ impl Attachments {
                     .dir
                     .clone()
                     .unwrap_or_else(|| data_dir.join("attachments"));
+                if store.backend() == "postgres" {
+                    // The rows are shared, the files would not be: an
+                    // upload through this node would not open on another.
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "attachments are kept in a directory while the store is shared (PostgreSQL): unless every node mounts this same directory, set attachments.s3 so each node can read what another stored"
+                    );
+                }
                 BlobStore::new(LocalDir::open(&dir).with_context(|| {
                     format!("opening the attachments directory {}", dir.display())
                 })?)
