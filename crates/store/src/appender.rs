@@ -246,6 +246,11 @@ impl Store {
         if webhooks > 0 {
             self.0.outbox_ready.notify_one();
         }
+        // What the batch decided is answered first; the appends that go
+        // alone (each a transaction that may wait on locks) come after, in
+        // batch order. A conversation with one of them has all its later
+        // appends alone too, so its order holds.
+        let mut alone = Vec::new();
         for (r, slot) in batch.into_iter().zip(slots) {
             let outcome = match slot {
                 Slot::Created(event) => Ok(Appended {
@@ -259,8 +264,15 @@ impl Store {
                     also_written: vec![],
                 }),
                 Slot::Refused(e) => Err(e),
-                Slot::Alone => self.append_alone(&conn, audit_key, &r),
+                Slot::Alone => {
+                    alone.push(r);
+                    continue;
+                }
             };
+            let _ = r.reply.send(outcome);
+        }
+        for r in alone {
+            let outcome = self.append_alone(&conn, audit_key, &r);
             let _ = r.reply.send(outcome);
         }
     }
@@ -335,9 +347,15 @@ fn write_rows(
     keys: &HashMap<String, Result<Arc<TenantKeys>>>,
     batch: &[AppendRequest],
 ) -> Result<(Vec<Slot>, usize)> {
-    let mut ids: Vec<&str> = batch.iter().map(|r| r.conv_id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    // (conversation, tenant) pairs: a conversation is locked and read only
+    // for the tenant it belongs to, as `load_head` does for one append.
+    let mut pairs: Vec<(&str, &str)> = batch
+        .iter()
+        .map(|r| (r.conv_id.as_str(), r.tenant_id.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (ids, owners): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
     let mut tenants: Vec<&str> = batch
         .iter()
         .filter(|r| matches!(keys.get(&r.tenant_id), Some(Ok(_))))
@@ -345,21 +363,25 @@ fn write_rows(
         .collect();
     tenants.sort_unstable();
     tenants.dedup();
-    let (key_convs, key_values): (Vec<&str>, Vec<&str>) = batch
-        .iter()
-        .filter_map(|r| Some((r.conv_id.as_str(), r.ev.idempotency_key.as_deref()?)))
-        .unzip();
+    let (mut key_convs, mut key_values, mut key_tenants) = (Vec::new(), Vec::new(), Vec::new());
+    for r in batch {
+        if let Some(key) = r.ev.idempotency_key.as_deref() {
+            key_convs.push(r.conv_id.as_str());
+            key_values.push(key);
+            key_tenants.push(r.tenant_id.as_str());
+        }
+    }
 
     // Round trip 1.
     let stored_sql = crate::events::stored_under_keys_sql();
     let no_params: Params<'_> = vec![];
     let mut first: Vec<(&str, Params<'_>)> = vec![
         ("BEGIN", no_params),
-        (crate::conversations::LOCK_MANY_SQL, vec![&ids]),
+        (crate::conversations::LOCK_MANY_SQL, vec![&ids, &owners]),
         (crate::webhooks::LIVE_HOOKS_MANY_SQL, vec![&tenants]),
     ];
     if !key_convs.is_empty() {
-        first.push((&stored_sql, vec![&key_convs, &key_values]));
+        first.push((&stored_sql, vec![&key_convs, &key_values, &key_tenants]));
     }
     for t in &tenants {
         first.push((crate::audit::FREE_HEAD_SQL, vec![t]));

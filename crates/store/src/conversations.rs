@@ -149,11 +149,12 @@ pub(crate) fn load(
     }
 }
 
-/// PostgreSQL: locks the conversations `$1` (an array) for a batch of
-/// appends, in id order (so two batches never wait on each other in a
-/// cycle), with what the batch needs of each.
+/// PostgreSQL: locks the conversations of a batch of appends, given as
+/// (id, tenant) pairs in two arrays (another tenant's conversation is
+/// neither locked nor read), in id order (so two batches never wait on each
+/// other in a cycle), with what the batch needs of each.
 pub(crate) const LOCK_MANY_SQL: &str = "SELECT id, tenant_id, state, last_seq FROM conversations
-     WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+     WHERE (id, tenant_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY id FOR UPDATE";
 
 /// PostgreSQL: moves the `last_seq` and `updated_at` of several
 /// conversations at once (arrays of ids, seqs, times).

@@ -273,11 +273,12 @@ pub(crate) const INSERT_MANY_SQL: &str = "INSERT INTO events (conversation_id, s
      SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[])";
 
 /// PostgreSQL: the events stored under some (conversation, idempotency
-/// key) pairs, given as two arrays.
+/// key, tenant) triples, given as three arrays.
 pub(crate) fn stored_under_keys_sql() -> String {
     format!(
         "SELECT {EVENT_COLUMNS} FROM events
-         WHERE (conversation_id, idempotency_key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+         WHERE (conversation_id, idempotency_key, tenant_id)
+               IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))"
     )
 }
 

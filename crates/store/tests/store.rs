@@ -526,9 +526,16 @@ async fn a_burst_of_mixed_appends_is_answered_as_one_by_one(backend: Backend) {
                         )
                         .await
                     }
+                    // Another tenant, naming a conversation of `t` and a
+                    // key `t` uses there: not found, not a duplicate.
                     Ask::OtherTenant => {
-                        s.append_event(&other, &convs[1], staff("x".into(), None), "test")
-                            .await
+                        s.append_event(
+                            &other,
+                            &convs[1],
+                            staff("keyed 1".into(), Some("key-1".into())),
+                            "test",
+                        )
+                        .await
                     }
                     Ask::Inbound => {
                         s.append_event(&t, &closed, message("I am back", None), "test")

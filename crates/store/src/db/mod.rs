@@ -251,7 +251,7 @@ impl Conn {
             stmts.push(c.prepare(sql, true)?);
         }
         let piped: Vec<_> = stmts.iter().zip(items).map(|(s, i)| (s, i.1)).collect();
-        Ok(c.pipeline(&piped)
+        Ok(c.pipeline(&piped)?
             .into_iter()
             .map(|r| r.map_err(DbError::from))
             .collect())

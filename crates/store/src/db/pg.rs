@@ -159,17 +159,40 @@ impl PgConn {
     /// round trip for the lot. A statement after one that failed inside a
     /// transaction fails too (the transaction is aborted), and a COMMIT
     /// there ends it as a rollback, so the caller must check every result.
+    ///
+    /// Every statement's parameters are checked before anything is sent:
+    /// tokio-postgres refuses a bad parameter without sending that query
+    /// but would send the ones after it, so a refused insert followed by a
+    /// COMMIT would commit the rest of the pipeline. Here a bad parameter
+    /// sends nothing (the outer error).
+    #[allow(clippy::type_complexity)]
     pub fn pipeline(
         &mut self,
         items: &[(&tokio_postgres::Statement, &[&(dyn ToSql + Sync)])],
-    ) -> Vec<Result<Vec<tokio_postgres::Row>, PgError>> {
+    ) -> Result<Vec<Result<Vec<tokio_postgres::Row>, PgError>>, PgError> {
+        let mut scratch = bytes::BytesMut::new();
+        for (stmt, params) in items {
+            let types = stmt.params();
+            if types.len() != params.len() {
+                return Err(not_sent(format!(
+                    "a statement takes {} parameters, {} were given",
+                    types.len(),
+                    params.len()
+                )));
+            }
+            for (i, (p, ty)) in params.iter().zip(types).enumerate() {
+                scratch.clear();
+                p.to_sql_checked(ty, &mut scratch)
+                    .map_err(|e| not_sent(format!("parameter ${}: {e}", i + 1)))?;
+            }
+        }
         let client = &self.client;
         let all = futures::executor::block_on(futures::future::join_all(
             items
                 .iter()
                 .map(|(stmt, params)| client.query(*stmt, params)),
         ));
-        all.into_iter().map(|r| self.note(r)).collect()
+        Ok(all.into_iter().map(|r| self.note(r)).collect())
     }
 
     pub fn batch_execute(&mut self, sql: &str) -> Result<(), PgError> {
@@ -179,6 +202,15 @@ impl PgConn {
 
     pub fn is_usable(&self) -> bool {
         !self.broken && !self.client.is_closed()
+    }
+}
+
+/// A pipeline refused before sending anything.
+fn not_sent(message: String) -> PgError {
+    PgError {
+        code: None,
+        message: format!("nothing was sent: {message}"),
+        unavailable: false,
     }
 }
 
@@ -323,7 +355,52 @@ pub(crate) fn value_at(
 
 #[cfg(test)]
 mod tests {
-    use super::translate;
+    use super::{PgConn, translate};
+    use tokio_postgres::types::ToSql;
+
+    /// A pipeline whose insert has a parameter of the wrong type, then a
+    /// second insert and COMMIT: nothing is sent, so nothing is committed
+    /// (tokio-postgres alone would skip the bad insert and commit the rest).
+    #[test]
+    fn a_pipeline_with_a_bad_parameter_sends_nothing() {
+        let pg = continuum_testkit::Postgres::start().unwrap();
+        let url = pg.create_database("pipeline").unwrap();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let mut c = PgConn::connect(&config, runtime.handle()).unwrap();
+        c.batch_execute("CREATE TABLE t (n BIGINT NOT NULL)")
+            .unwrap();
+        let begin = c.prepare("BEGIN", false).unwrap();
+        let insert = c.prepare("INSERT INTO t (n) VALUES ($1)", false).unwrap();
+        let commit = c.prepare("COMMIT", false).unwrap();
+        let (bad, good): (&str, i64) = ("seven", 7);
+        let none: [&(dyn ToSql + Sync); 0] = [];
+        let e = c
+            .pipeline(&[
+                (&begin, &none),
+                (&insert, &[&bad]),
+                (&insert, &[&good]),
+                (&commit, &none),
+            ])
+            .unwrap_err();
+        assert!(
+            e.message.starts_with("nothing was sent: parameter $1"),
+            "{}",
+            e.message
+        );
+        // The connection is still outside any transaction, and t is empty.
+        let count = c.prepare("SELECT COUNT(*) FROM t", false).unwrap();
+        let rows = c.pipeline(&[(&count, &none)]).unwrap();
+        let n: i64 = rows[0].as_ref().unwrap()[0].get(0);
+        assert_eq!(n, 0);
+        let answers = c
+            .pipeline(&[(&begin, &none), (&insert, &[&good]), (&commit, &none)])
+            .unwrap();
+        assert!(answers.iter().all(|a| a.is_ok()));
+        let rows = c.pipeline(&[(&count, &none)]).unwrap();
+        let n: i64 = rows[0].as_ref().unwrap()[0].get(0);
+        assert_eq!(n, 1);
+    }
 
     #[test]
     fn placeholders_are_numbered_for_postgres() {
