@@ -154,7 +154,8 @@ pub(crate) fn load(
 /// neither locked nor read), in id order (so two batches never wait on each
 /// other in a cycle), with what the batch needs of each.
 pub(crate) const LOCK_MANY_SQL: &str = "SELECT id, tenant_id, state, last_seq FROM conversations
-     WHERE (id, tenant_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY id FOR UPDATE";
+     WHERE id = ANY($1) AND (id, tenant_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+     ORDER BY id FOR UPDATE";
 
 /// PostgreSQL: moves the `last_seq` and `updated_at` of several
 /// conversations at once (arrays of ids, seqs, times).
