@@ -34,7 +34,6 @@ use crate::events::{
     seal_event, write_side_rows,
 };
 use crate::webhooks::{OutboxRows, deliveries_for};
-use crate::writer::WriteCtx;
 use crate::{Store, TenantKeys, now_micros};
 use continuum_core::{ConversationState, NewEvent};
 use parking_lot::Mutex;
@@ -511,15 +510,9 @@ fn write_rows(
 
     // Side rows of the few kinds that have them, then the chains' heads
     // (a tenant whose chains are all held opens one: statements of its own).
-    let mut heads_audit = crate::audit::AuditHeads::default();
-    let ctx = WriteCtx {
-        conn,
-        audit_heads: &mut heads_audit,
-        audit_key,
-    };
     for (r, slot) in batch.iter().zip(&slots) {
         if let Slot::Created(e) = slot {
-            write_side_rows(&ctx, &r.tenant_id, &r.conv_id, &r.ev, e.seq, e.at.0)?;
+            write_side_rows(conn, &r.tenant_id, &r.conv_id, &r.ev, e.seq, e.at.0)?;
         }
     }
     let mut chains = Vec::new();
@@ -529,13 +522,10 @@ fn write_rows(
         };
         let head = match free.first() {
             Some(row) => crate::audit::head_from_row(&crate::db::Row::Pg(row))?,
-            None => crate::audit::take_head(ctx.conn, t)?,
+            None => crate::audit::take_head(conn, t)?,
         };
         chains.push(crate::audit::ChainedRecords::new(
-            ctx.audit_key,
-            t,
-            head,
-            entries,
+            audit_key, t, head, entries,
         ));
     }
     let mut outbox = OutboxRows::default();

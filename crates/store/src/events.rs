@@ -198,7 +198,7 @@ pub(crate) fn append_row(
         .execute(params![conv.id, seq, at])?;
     conv.last_seq = seq;
     conv.updated_at = Timestamp(at);
-    write_side_rows(ctx, tenant_id, &conv.id, ev, seq, at)?;
+    write_side_rows(ctx.conn, tenant_id, &conv.id, ev, seq, at)?;
     ctx.audit(tenant_id, &row.audit)?;
     let event = row.event;
     enqueue(ctx.conn, keys, tenant_id, "event.created", || {
@@ -211,27 +211,26 @@ pub(crate) fn append_row(
 /// call opens or closes, and the marker of the latest triage, switch or
 /// opt-in/out. (After the event's row.)
 pub(crate) fn write_side_rows(
-    ctx: &WriteCtx<'_>,
+    conn: &crate::db::Conn,
     tenant_id: &str,
     conv_id: &str,
     ev: &NewEvent,
     seq: i64,
     at: i64,
 ) -> Result<()> {
-    track_media_session(ctx, tenant_id, conv_id, ev, seq, at)?;
+    track_media_session(conn, tenant_id, conv_id, ev, seq, at)?;
     if let Some(marker) = marker_for(ev) {
-        ctx.conn
-            .prepare_cached(
-                "INSERT INTO event_markers (conversation_id, marker, seq) VALUES (?1, ?2, ?3)
+        conn.prepare_cached(
+            "INSERT INTO event_markers (conversation_id, marker, seq) VALUES (?1, ?2, ?3)
                  ON CONFLICT (conversation_id, marker) DO UPDATE SET seq = excluded.seq",
-            )?
-            .execute(params![conv_id, marker, seq])?;
+        )?
+        .execute(params![conv_id, marker, seq])?;
     }
     Ok(())
 }
 
 fn track_media_session(
-    ctx: &WriteCtx<'_>,
+    conn: &crate::db::Conn,
     tenant_id: &str,
     conv_id: &str,
     ev: &NewEvent,
@@ -243,7 +242,7 @@ fn track_media_session(
     };
     match ev.kind {
         EventKind::CallStarted => {
-            ctx.conn
+            conn
                 .prepare_cached(
                     "INSERT INTO media_sessions (conversation_id, session_id, tenant_id, channel, started_seq, started_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
@@ -256,12 +255,11 @@ fn track_media_session(
             } else {
                 "failed"
             };
-            ctx.conn
-                .prepare_cached(
-                    "UPDATE media_sessions SET ended_at = ?3, outcome = ?4
+            conn.prepare_cached(
+                "UPDATE media_sessions SET ended_at = ?3, outcome = ?4
                      WHERE conversation_id = ?1 AND session_id = ?2 AND ended_at IS NULL",
-                )?
-                .execute(params![conv_id, session, at, outcome])?;
+            )?
+            .execute(params![conv_id, session, at, outcome])?;
         }
         _ => {}
     }
